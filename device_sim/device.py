@@ -1,0 +1,138 @@
+"""One simulated device: its own MQTT identity, its own topics, QoS 1, a last will.
+
+``publish`` applies backpressure instead of dropping: when paho's queue of unacknowledged
+messages is full it waits for acknowledgements, and it never returns without the message
+either handed to paho or an exception raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from services.core.topics import MessageKind, device_topic
+
+log = logging.getLogger(__name__)
+
+QOS = 1
+KEEPALIVE_S = 30
+# Unacknowledged QoS 1 messages one device keeps before publish() waits: a real device's
+# buffer is small, and a bounded queue keeps memory flat under load.
+MAX_OUTSTANDING = 1000
+BACKPRESSURE_WAIT_S = 0.01
+BACKPRESSURE_GIVE_UP_S = 60.0
+
+
+class PublishError(Exception):
+    """A message could not be handed to the MQTT client."""
+
+
+class SimDevice:
+    def __init__(self, serial: str, password: str, host: str, port: int) -> None:
+        self.serial = serial
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self.sent = 0
+        self._host, self._port = host, port
+        # Sequence numbers continue across simulator restarts, as a device's flash counter would.
+        self._seq = time.time_ns() // 1_000_000
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=serial, protocol=mqtt.MQTTv311
+        )
+        self._client.username_pw_set(serial, password)
+        self._client.max_queued_messages_set(MAX_OUTSTANDING)
+        self._client.will_set(
+            device_topic(serial, MessageKind.STATUS),
+            json.dumps({"v": 1, "state": "offline"}),
+            qos=QOS,
+            retain=True,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self.firmware: str | None = None
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self.refused = str(reason)
+            log.warning("device %s refused by broker: %s", self.serial, reason)
+            return
+        self.refused = None
+        self.connected.set()
+        self._publish_status("online")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self.connected.clear()
+
+    def start(self) -> None:
+        self._client.connect_async(self._host, self._port, KEEPALIVE_S)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Say goodbye (offline status) and disconnect cleanly."""
+        if self.connected.is_set():
+            info = self._publish_status("offline")
+            info.wait_for_publish(timeout=5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
+        body: dict[str, Any] = {"v": 1, "state": state, "ts": _now()}
+        if self.firmware:
+            body["firmware"] = self.firmware
+        return self._client.publish(
+            device_topic(self.serial, MessageKind.STATUS), json.dumps(body), qos=QOS, retain=True
+        )
+
+    def publish(self, kind: MessageKind, body: dict[str, Any] | bytes) -> mqtt.MQTTMessageInfo:
+        """Publish with QoS 1, waiting while paho's outstanding queue is full."""
+        payload = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":"))
+        deadline = time.monotonic() + BACKPRESSURE_GIVE_UP_S
+        while True:
+            info = self._client.publish(device_topic(self.serial, kind), payload, qos=QOS)
+            # NO_CONN: paho has queued the QoS 1 message and sends it after reconnecting.
+            if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                self.sent += 1
+                return info
+            if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
+                raise PublishError(f"{self.serial}: publish failed: {mqtt.error_string(info.rc)}")
+            if time.monotonic() > deadline:
+                raise PublishError(f"{self.serial}: broker has not acknowledged for too long")
+            time.sleep(BACKPRESSURE_WAIT_S)
+
+    def usage(self, feature: str, count: int = 1, duration_ms: int | None = None) -> mqtt.MQTTMessageInfo:
+        event: dict[str, Any] = {"feature": feature, "count": count}
+        if duration_ms is not None:
+            event["duration_ms"] = duration_ms
+        return self.publish(
+            MessageKind.USAGE, {"v": 1, "seq": self.next_seq(), "ts": _now(), "events": [event]}
+        )
+
+    def telemetry(self, metrics: dict[str, tuple[float, str]]) -> mqtt.MQTTMessageInfo:
+        return self.publish(
+            MessageKind.TELEMETRY,
+            {
+                "v": 1,
+                "seq": self.next_seq(),
+                "ts": _now(),
+                "metrics": [{"name": n, "value": v, "unit": u} for n, (v, u) in metrics.items()],
+            },
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,42 @@
+"""The fieldtrack API and dashboards."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from services.api import errors
+from services.api.routes import health, pages, projects
+from services.core.db import open_pool
+from services.core.migrate import migrate
+from services.core.paths import DASHBOARDS_DIR
+from services.core.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    config = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        migrate(config.database_url.get_secret_value())
+        app.state.pool = open_pool(config)
+        try:
+            yield
+        finally:
+            app.state.pool.close()
+
+    app = FastAPI(
+        title="fieldtrack",
+        summary="What was delivered to each customer project, beside what devices really use.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(projects.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
+    return app

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from services.api.deps import ConnDep
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+@router.get("/health", response_model=Health, summary="Liveness and database reachability")
+def health(conn: ConnDep) -> Health:
+    conn.execute("SELECT 1")
+    return Health(status="ok", database="ok")

@@ -1,0 +1,220 @@
+"""Mosquitto's dynamic-security API: the broker side of device identities.
+
+Commands go to ``$CONTROL/dynamic-security/v1`` as JSON; the broker answers on
+``.../response`` with one entry per command, matched here by correlation data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from services.core.errors import BrokerAdminError
+from services.core.topics import INGEST_SUBSCRIPTIONS, device_publish_filter
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
+INGEST_ROLE = "fieldtrack-ingest"
+# Mosquitto 2.0's dynamic security does not expand %u/%c in ACLs, so every device gets a
+# role of its own naming exactly its topics.
+DEVICE_ROLE_PREFIX = "fieldtrack-device-"
+# Mosquitto handles a control message as one unit; ~100 commands keeps each reply fast.
+COMMANDS_PER_MESSAGE = 100
+REPLY_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+
+Command = dict[str, Any]
+
+
+class BrokerAdmin:
+    """A short-lived admin connection that sends dynamic-security commands and waits for replies."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"fieldtrack-admin-{uuid.uuid4().hex[:12]}",
+            protocol=mqtt.MQTTv311,
+        )
+        self._client.username_pw_set(username, password)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._host, self._port = host, port
+        self._ready = threading.Event()
+        self._connect_reason: str | None = None
+        self._lock = threading.Lock()
+        self._waiting: dict[str, threading.Event] = {}
+        self._replies: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> BrokerAdmin:
+        try:
+            self._client.connect(self._host, self._port, keepalive=30)
+        except OSError as exc:
+            raise BrokerAdminError(
+                f"cannot reach the MQTT broker at {self._host}:{self._port}: {exc}"
+            ) from exc
+        self._client.loop_start()
+        if not self._ready.wait(CONNECT_TIMEOUT_S) or self._connect_reason:
+            self._client.loop_stop()
+            raise BrokerAdminError(
+                f"broker admin login to {self._host}:{self._port} failed: "
+                f"{self._connect_reason or 'no answer'}"
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._connect_reason = str(reason)
+            self._ready.set()
+            return
+        client.subscribe(RESPONSE_TOPIC, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            responses = json.loads(msg.payload).get("responses", [])
+        except (ValueError, AttributeError):
+            log.warning("unreadable dynamic-security reply: %.200r", msg.payload)
+            return
+        with self._lock:
+            for response in responses:
+                key = response.get("correlationData")
+                if key in self._waiting:
+                    self._replies[key] = response
+                    self._waiting.pop(key).set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            self._connect_reason = f"not allowed to subscribe to {RESPONSE_TOPIC}"
+        self._ready.set()
+
+    def execute(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
+        """Send commands (batched) and return the broker's reply for each, in order."""
+        replies: list[dict[str, Any]] = []
+        for start in range(0, len(commands), COMMANDS_PER_MESSAGE):
+            replies += self._execute_chunk(commands[start : start + COMMANDS_PER_MESSAGE])
+        return replies
+
+    def _execute_chunk(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
+        keys = [uuid.uuid4().hex for _ in commands]
+        events = [threading.Event() for _ in commands]
+        with self._lock:
+            self._waiting.update(zip(keys, events, strict=True))
+        body = {
+            "commands": [
+                {**cmd, "correlationData": key} for cmd, key in zip(commands, keys, strict=True)
+            ]
+        }
+        info = self._client.publish(CONTROL_TOPIC, json.dumps(body), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerAdminError(f"could not send dynamic-security commands: {info.rc}")
+        for event in events:
+            if not event.wait(REPLY_TIMEOUT_S):
+                raise BrokerAdminError("the broker did not answer dynamic-security commands")
+        with self._lock:
+            return [self._replies.pop(key) for key in keys]
+
+    def check(self, commands: Sequence[Command], *, tolerate: Iterable[str] = ()) -> None:
+        """Execute and raise on any error the caller did not say it expects."""
+        allowed = tuple(tolerate)
+        for cmd, reply in zip(commands, self.execute(commands), strict=True):
+            error = reply.get("error")
+            if error and not any(text in error for text in allowed):
+                raise BrokerAdminError(f"broker refused {cmd['command']}: {error}")
+
+    # --- domain operations -------------------------------------------------
+
+    def ensure_roles(self) -> None:
+        """The ingest role, with exactly the subscriptions it needs."""
+        self.check(
+            [{"command": "createRole", "rolename": INGEST_ROLE}], tolerate=["already exists"]
+        )
+        # Re-applying the ACLs keeps an existing broker in step with this code.
+        self.check(
+            [
+                {"command": "addRoleACL", "rolename": INGEST_ROLE, "acltype": "subscribePattern",
+                 "topic": topic, "allow": True, "priority": 0}
+                for topic in INGEST_SUBSCRIPTIONS
+            ],
+            tolerate=["already exists"],
+        )  # fmt: skip
+
+    def ensure_client(self, username: str, password: str, role: str) -> None:
+        """Create the client, or reset its password, role and enabled state if it exists."""
+        [reply] = self.execute([{"command": "getClient", "username": username}])
+        if reply.get("error"):
+            self.check(
+                [{"command": "createClient", "username": username, "password": password,
+                  "roles": [{"rolename": role}]}]
+            )  # fmt: skip
+            return
+        roles = {r.get("rolename") for r in reply.get("data", {}).get("client", {}).get("roles", [])}
+        commands: list[Command] = [
+            {"command": "setClientPassword", "username": username, "password": password},
+            {"command": "enableClient", "username": username},
+        ]
+        if role not in roles:
+            commands.append({"command": "addClientRole", "username": username, "rolename": role})
+        self.check(commands)
+
+    def create_devices(self, credentials: Sequence[tuple[str, str]]) -> None:
+        """Create (or re-password and re-enable) one broker client and role per device."""
+        roles = [
+            {"command": "createRole", "rolename": device_role(serial),
+             "acls": [{"acltype": "publishClientSend", "topic": device_publish_filter(serial),
+                       "allow": True, "priority": 0}]}
+            for serial, _ in credentials
+        ]  # fmt: skip
+        self.check(roles, tolerate=["already exists"])
+        creates = [
+            {"command": "createClient", "username": serial, "clientid": serial,
+             "password": password, "roles": [{"rolename": device_role(serial)}]}
+            for serial, password in credentials
+        ]  # fmt: skip
+        existing = []
+        for (serial, password), reply in zip(credentials, self.execute(creates), strict=True):
+            error = reply.get("error")
+            if error and "already exists" in error:
+                existing.append((serial, password))
+            elif error:
+                raise BrokerAdminError(f"broker refused device {serial}: {error}")
+        self.check(
+            [
+                cmd
+                for serial, password in existing
+                for cmd in (
+                    {"command": "setClientPassword", "username": serial, "password": password},
+                    {"command": "enableClient", "username": serial},
+                )
+            ]
+        )
+
+    def disable_device(self, serial: str) -> None:
+        """Disable the device's client; the broker disconnects it at once."""
+        self.check([{"command": "disableClient", "username": serial}])
+
+
+def device_role(serial: str) -> str:
+    return f"{DEVICE_ROLE_PREFIX}{serial}"

@@ -1,0 +1,172 @@
+"""Device message payloads, version 1, and the pure function that classifies raw bytes.
+
+Every message ends as exactly one of: readings to store, a status change, or a
+quarantine entry with a reason. Nothing here does I/O, so it is safe on any thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from services.core.topics import DeviceTopic, MessageKind, parse_topic
+
+# Largest payload fieldtrack stores; larger ones are quarantined (truncated) instead.
+MAX_PAYLOAD_BYTES = 256 * 1024
+# Quarantine keeps this much of an oversized payload: enough to see what it was.
+QUARANTINE_KEEP_BYTES = 64 * 1024
+MAX_READINGS = 1000
+MAX_SEQ = 2**63 - 1
+
+
+def _clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a time zone (e.g. 2026-01-31T12:00:00Z)")
+    return value.astimezone(UTC)
+
+
+CleanText = Annotated[str, AfterValidator(_clean_text)]
+FeatureKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class UsageReading(_Strict):
+    feature: FeatureKey = Field(description="feature key from the catalog, e.g. remote_unlock")
+    count: int = Field(default=1, ge=0, le=1_000_000, description="uses in this reading")
+    duration_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+    ts: Timestamp | None = Field(default=None, description="when used; defaults to the message ts")
+
+
+class MetricReading(_Strict):
+    name: MetricName = Field(description="metric name, e.g. battery, rssi, temperature")
+    value: float = Field(description="finite number")
+    unit: Annotated[CleanText, Field(max_length=16)] | None = None
+    ts: Timestamp | None = None
+
+
+class _Message(_Strict):
+    v: Literal[1] = Field(default=1, description="payload schema version")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="per-device sequence number")
+    ts: Timestamp = Field(description="device time of the message, ISO 8601 with zone")
+
+
+class UsageMessage(_Message):
+    """Published to fieldtrack/v1/{device}/usage."""
+
+    events: list[UsageReading] = Field(min_length=1, max_length=MAX_READINGS)
+
+
+class TelemetryMessage(_Message):
+    """Published to fieldtrack/v1/{device}/telemetry."""
+
+    metrics: list[MetricReading] = Field(min_length=1, max_length=MAX_READINGS)
+
+
+class DeviceStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class StatusMessage(_Strict):
+    """Published (retained) to fieldtrack/v1/{device}/status: birth and last will."""
+
+    v: Literal[1] = 1
+    state: DeviceStatus
+    ts: Timestamp | None = None
+    firmware: Annotated[CleanText, Field(max_length=64)] | None = None
+
+
+MESSAGE_MODELS: dict[MessageKind, type[BaseModel]] = {
+    MessageKind.USAGE: UsageMessage,
+    MessageKind.TELEMETRY: TelemetryMessage,
+    MessageKind.STATUS: StatusMessage,
+}
+
+
+class QuarantineReason(StrEnum):
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_JSON = "not_json"
+    INVALID_PAYLOAD = "invalid_payload"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UNKNOWN_DEVICE = "unknown_device"
+    REVOKED_DEVICE = "revoked_device"
+    FUTURE_TIMESTAMP = "future_timestamp"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: QuarantineReason
+    detail: str
+    serial: str | None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    topic: DeviceTopic
+    message: UsageMessage | TelemetryMessage | StatusMessage
+
+
+def decode(
+    topic: str, payload: bytes, *, now: datetime, max_future_skew: timedelta
+) -> Accepted | Rejected:
+    """Classify one raw MQTT message; never raises."""
+    where = parse_topic(topic)
+    if where is None:
+        return Rejected(QuarantineReason.UNKNOWN_TOPIC, f"not a v1 device topic: {topic[:200]}", None)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Rejected(
+            QuarantineReason.PAYLOAD_TOO_LARGE,
+            f"{len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}",
+            where.serial,
+        )
+    try:
+        # Pydantic's own JSON parser, strict: no NaN/Infinity, no "5" for 5, no floats for ints.
+        message = MESSAGE_MODELS[where.kind].model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            return Rejected(QuarantineReason.NOT_JSON, _summarise(exc), where.serial)
+        return Rejected(QuarantineReason.INVALID_PAYLOAD, _summarise(exc), where.serial)
+    except (RecursionError, ValueError, TypeError) as exc:
+        return Rejected(QuarantineReason.INVALID_PAYLOAD, str(exc)[:500], where.serial)
+    assert isinstance(message, UsageMessage | TelemetryMessage | StatusMessage)  # noqa: S101
+    latest = _latest_time(message)
+    if latest is not None and latest > now + max_future_skew:
+        return Rejected(
+            QuarantineReason.FUTURE_TIMESTAMP,
+            f"device time {latest.isoformat()} is ahead of receive time {now.isoformat()}",
+            where.serial,
+        )
+    return Accepted(where, message)
+
+
+def _latest_time(message: UsageMessage | TelemetryMessage | StatusMessage) -> datetime | None:
+    times = [message.ts] if message.ts else []
+    if isinstance(message, UsageMessage):
+        times += [e.ts for e in message.events if e.ts]
+    elif isinstance(message, TelemetryMessage):
+        times += [m.ts for m in message.metrics if m.ts]
+    return max(times) if times else None
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

@@ -1,0 +1,91 @@
+"""One typed configuration for every fieldtrack process.
+
+Values come from the environment (prefix ``FIELDTRACK_``) and, below that, from the
+file that ``fieldtrack infra up`` writes for the local services. A user who runs their
+own TimescaleDB and broker sets the connection values and skips the local services.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.core.paths import local_env_file
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FIELDTRACK_",
+        env_file=local_env_file(),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    database_url: SecretStr = Field(
+        description="libpq URL of the TimescaleDB database, e.g. postgresql://user:pw@host:5432/db",
+    )
+    db_pool_min: Annotated[int, Field(ge=1, le=64)] = 1
+    db_pool_max: Annotated[int, Field(ge=1, le=256)] = 8
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    mqtt_admin_username: str = "fieldtrack-admin"
+    mqtt_admin_password: SecretStr = Field(
+        description="broker account allowed to use $CONTROL/dynamic-security/v1 (provisioning)",
+    )
+    mqtt_ingest_username: str = "fieldtrack-ingest"
+    mqtt_ingest_password: SecretStr
+
+    ingest_client_id: str = Field(
+        default="fieldtrack-ingest-1",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="stable per process: the broker keeps this client's session across restarts",
+    )
+    ingest_share_group: str = Field(default="fieldtrack", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    ingest_batch_max: Annotated[int, Field(ge=1, le=50_000)] = 2000
+    ingest_batch_wait_ms: Annotated[int, Field(ge=1, le=10_000)] = 200
+    ingest_max_future_skew_s: Annotated[int, Field(ge=0, le=86_400)] = 300
+    ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+
+    @field_validator("mqtt_admin_password", "mqtt_ingest_password")
+    @classmethod
+    def _not_placeholder(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("is empty or a placeholder; set a real secret")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; raises ConfigError with every problem listed."""
+    from pydantic import ValidationError
+
+    from services.core.errors import ConfigError
+
+    try:
+        return Settings()  # type: ignore[call-arg]  # values come from the environment
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"FIELDTRACK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(
+            f"configuration is incomplete or invalid ({problems}). "
+            f"Run `fieldtrack infra up` for local services, or set these variables."
+        ) from exc

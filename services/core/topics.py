@@ -1,0 +1,60 @@
+"""The MQTT topic scheme, version 1.
+
+Every device publishes under its own prefix, ``fieldtrack/v1/{device}/{kind}``, where
+``{device}`` is its MQTT username (its serial). The broker's ACL lets a device publish only
+under its own prefix, so the topic names the device and the payload never does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+TOPIC_ROOT = "fieldtrack/v1"
+# A device serial doubles as MQTT username, client id and topic level, so it must be a
+# plain token: no MQTT wildcards, no separators, nothing needing escapes.
+SERIAL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+SERIAL_RE = re.compile(rf"^{SERIAL_PATTERN}$")
+INGEST_TOPIC_FILTER = f"{TOPIC_ROOT}/+/+"
+INGEST_SUBSCRIPTIONS = (f"{TOPIC_ROOT}/#", f"$share/+/{TOPIC_ROOT}/#")
+
+
+class MessageKind(StrEnum):
+    USAGE = "usage"
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+
+
+@dataclass(frozen=True)
+class DeviceTopic:
+    serial: str
+    kind: MessageKind
+
+
+def device_topic(serial: str, kind: MessageKind) -> str:
+    return f"{TOPIC_ROOT}/{serial}/{kind.value}"
+
+
+def device_publish_filter(serial: str) -> str:
+    """Everything a device may publish to: its own prefix and nothing else."""
+    return f"{TOPIC_ROOT}/{serial}/#"
+
+
+def shared_subscription(group: str) -> str:
+    """Several ingest processes split the load through one shared subscription."""
+    return f"$share/{group}/{INGEST_TOPIC_FILTER}"
+
+
+def parse_topic(topic: str) -> DeviceTopic | None:
+    """The device and message kind a topic names, or None if it is not a v1 device topic."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+        return None
+    serial, kind = parts[2], parts[3]
+    if not SERIAL_RE.match(serial):
+        return None
+    try:
+        return DeviceTopic(serial, MessageKind(kind))
+    except ValueError:
+        return None

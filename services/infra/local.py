@@ -1,0 +1,176 @@
+"""`fieldtrack infra up|down|status`: the local TimescaleDB and Mosquitto, without Docker."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.broker_admin import INGEST_ROLE, BrokerAdmin
+from services.core.errors import InfraError
+from services.core.paths import local_env_file, state_dir
+from services.infra import timescale
+from services.infra.mosquitto import LocalMosquitto, port_open
+from services.infra.postgres import LocalPostgres
+from services.infra.system import Reporter, ensure_packages
+
+RUNTIME_PACKAGES = ("postgresql-15", "mosquitto", "mosquitto-clients")
+DEFAULT_PG_PORT = 54329  # away from a system PostgreSQL on 5432
+DEFAULT_MQTT_PORT = 18830  # away from a system Mosquitto on 1883
+ADMIN_USER = "fieldtrack-admin"
+INGEST_USER = "fieldtrack-ingest"
+SECRET_KEYS = ("DB_PASSWORD", "MQTT_ADMIN_PASSWORD", "MQTT_INGEST_PASSWORD")
+
+
+@dataclass(frozen=True)
+class LocalServices:
+    root: Path
+    pg_port: int
+    mqtt_port: int
+
+    @classmethod
+    def from_env(cls) -> LocalServices:
+        return cls(
+            root=state_dir(),
+            pg_port=int(os.environ.get("FIELDTRACK_LOCAL_PG_PORT", DEFAULT_PG_PORT)),
+            mqtt_port=int(os.environ.get("FIELDTRACK_LOCAL_MQTT_PORT", DEFAULT_MQTT_PORT)),
+        )
+
+    @property
+    def postgres(self) -> LocalPostgres:
+        return LocalPostgres(self.root / "postgres", self.pg_port)
+
+    @property
+    def mosquitto(self) -> LocalMosquitto:
+        return LocalMosquitto(self.root / "mosquitto", self.mqtt_port)
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.root / "secrets.env"
+
+    @property
+    def build_cache(self) -> Path:
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fieldtrack"
+
+    def load_secrets(self) -> dict[str, str]:
+        """Secrets generated on the first `up` and kept (mode 0600) for later runs."""
+        values: dict[str, str] = {}
+        if self.secrets_file.exists():
+            for line in self.secrets_file.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key in SECRET_KEYS and value:
+                    values[key] = value
+        missing = [key for key in SECRET_KEYS if key not in values]
+        if missing:
+            values.update({key: secrets.token_urlsafe(24) for key in missing})
+            self._write_private(
+                self.secrets_file, "".join(f"{k}={values[k]}\n" for k in SECRET_KEYS)
+            )
+        return values
+
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+
+    def write_env_file(self, values: dict[str, str]) -> Path:
+        """The connection settings every fieldtrack process reads for the local services."""
+        path = local_env_file()
+        self._write_private(
+            path,
+            "# written by `fieldtrack infra up`; environment variables override these\n"
+            f"FIELDTRACK_DATABASE_URL={self.postgres.app_url(values['DB_PASSWORD'])}\n"
+            f"FIELDTRACK_MQTT_HOST=127.0.0.1\n"
+            f"FIELDTRACK_MQTT_PORT={self.mqtt_port}\n"
+            f"FIELDTRACK_MQTT_ADMIN_USERNAME={ADMIN_USER}\n"
+            f"FIELDTRACK_MQTT_ADMIN_PASSWORD={values['MQTT_ADMIN_PASSWORD']}\n"
+            f"FIELDTRACK_MQTT_INGEST_USERNAME={INGEST_USER}\n"
+            f"FIELDTRACK_MQTT_INGEST_PASSWORD={values['MQTT_INGEST_PASSWORD']}\n"
+            f"FIELDTRACK_LOCAL_PG_SUPERUSER={self.postgres.superuser_conninfo()}\n",
+        )
+        return path
+
+    def up(self, report: Reporter) -> None:
+        """Install, build, initialise and start whatever is missing; idempotent."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        # The services run as their own users and must traverse into the state folder.
+        self.root.chmod(0o755)
+        installed = ensure_packages(
+            [*RUNTIME_PACKAGES, *timescale.BUILD_PACKAGES], report
+        )
+        if not installed:
+            report("system packages: already installed")
+        version = timescale.installed_version()
+        if version:
+            report(f"TimescaleDB {version}: already installed")
+        else:
+            version = timescale.ensure_timescaledb(self.build_cache / "timescaledb", report)
+            report(f"TimescaleDB {version}: built and installed")
+        values = self.load_secrets()
+
+        pg = self.postgres
+        if not pg.running() and port_open("127.0.0.1", pg.port):
+            raise InfraError(
+                f"port {pg.port} is taken by another program; "
+                "set FIELDTRACK_LOCAL_PG_PORT to a free port"
+            )
+        pg.init(report)
+        if not pg.start(report):
+            report(f"PostgreSQL: already running on 127.0.0.1:{pg.port} (pid {pg.pid()})")
+        pg.wait_ready()
+        pg.ensure_app_database(values["DB_PASSWORD"])
+
+        mq = self.mosquitto
+        if not mq.running() and port_open("127.0.0.1", mq.port):
+            raise InfraError(
+                f"port {mq.port} is taken by another program; "
+                "set FIELDTRACK_LOCAL_MQTT_PORT to a free port"
+            )
+        mq.configure(ADMIN_USER, values["MQTT_ADMIN_PASSWORD"], report)
+        if not mq.start(report):
+            report(f"Mosquitto: already running on 127.0.0.1:{mq.port} (pid {mq.pid()})")
+        with BrokerAdmin("127.0.0.1", mq.port, ADMIN_USER, values["MQTT_ADMIN_PASSWORD"]) as admin:
+            admin.ensure_roles()
+            admin.ensure_client(INGEST_USER, values["MQTT_INGEST_PASSWORD"], INGEST_ROLE)
+        env_file = self.write_env_file(values)
+        report(f"connection settings written to {env_file}")
+
+    def down(self, report: Reporter) -> None:
+        if self.mosquitto.stop():
+            report("Mosquitto stopped")
+        else:
+            report("Mosquitto: not running")
+        if self.postgres.stop():
+            report("PostgreSQL stopped")
+        else:
+            report("PostgreSQL: not running")
+
+    def status(self) -> list[dict[str, str]]:
+        """One row per service: what it is, whether it runs, where, and its files."""
+        pg, mq = self.postgres, self.mosquitto
+        ts_version = timescale.installed_version() if timescale.PG_CONFIG.exists() else None
+        pg_pid, mq_pid = pg.pid(), mq.pid()
+        return [
+            {
+                "service": "TimescaleDB (PostgreSQL 15)",
+                "state": f"running, pid {pg_pid}" if pg_pid else "stopped",
+                "address": f"127.0.0.1:{pg.port} database fieldtrack",
+                "detail": f"extension {ts_version or 'not installed'}; data {pg.data}; "
+                f"log {pg.logfile}",
+            },
+            {
+                "service": "Mosquitto",
+                "state": f"running, pid {mq_pid}" if mq_pid else "stopped",
+                "address": f"127.0.0.1:{mq.port} (MQTT, no anonymous access)",
+                "detail": f"config {mq.config}; log {mq.logfile}",
+            },
+            {
+                "service": "connection settings",
+                "state": "written" if local_env_file().exists() else "missing (run infra up)",
+                "address": "",
+                "detail": str(local_env_file()),
+            },
+        ]

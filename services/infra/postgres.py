@@ -1,0 +1,182 @@
+"""A project-owned PostgreSQL 15 cluster with TimescaleDB preloaded."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from services.core.errors import InfraError
+from services.infra.system import Reporter, chown_tree, is_root, run
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SERVICE_USER = "postgres"  # PostgreSQL refuses to run as root
+APP_ROLE = "fieldtrack"
+APP_DATABASE = "fieldtrack"
+START_TIMEOUT_S = 60
+LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class LocalPostgres:
+    root: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logfile(self) -> Path:
+        return self.root / "postgres.log"
+
+    def superuser_conninfo(self, dbname: str = "postgres") -> str:
+        """Over the private Unix socket, which only the service user (and root) can reach."""
+        return f"host={self.socket_dir} port={self.port} user={SERVICE_USER} dbname={dbname}"
+
+    def app_url(self, password: str, dbname: str = APP_DATABASE) -> str:
+        return f"postgresql://{APP_ROLE}:{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def _user(self) -> str | None:
+        return SERVICE_USER if is_root() else None
+
+    def initialised(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def running(self) -> bool:
+        pidfile = self.data / "postmaster.pid"
+        if not pidfile.exists():
+            return False
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def pid(self) -> int | None:
+        if not self.running():
+            return None
+        return int((self.data / "postmaster.pid").read_text().splitlines()[0])
+
+    def init(self, report: Reporter) -> bool:
+        """Create the cluster if there is none; return True when it was created."""
+        if self.initialised():
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        chown_tree(self.root, SERVICE_USER)
+        report(f"creating PostgreSQL cluster in {self.data}")
+        run(
+            [
+                PG_BIN / "initdb", "-D", self.data, "-U", SERVICE_USER, "-E", "UTF8",
+                "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256",
+            ],
+            what="initdb",
+            as_user=self._user(),
+        )  # fmt: skip
+        conf = self.data / "postgresql.conf"
+        with conf.open("a") as handle:
+            handle.write("\ninclude_if_exists = 'fieldtrack.conf'\n")
+        return True
+
+    def write_config(self) -> None:
+        """fieldtrack's settings, rewritten on every start so a changed port applies."""
+        (self.data / "fieldtrack.conf").write_text(
+            "# written by `fieldtrack infra up`; edits are overwritten\n"
+            f"port = {self.port}\n"
+            "listen_addresses = '127.0.0.1'\n"
+            f"unix_socket_directories = '{self.socket_dir}'\n"
+            "unix_socket_permissions = 0700\n"
+            "shared_preload_libraries = 'timescaledb'\n"
+            "timescaledb.telemetry_level = off\n"
+            "max_connections = 200\n"
+            "shared_buffers = 512MB\n"
+            "max_wal_size = 4GB\n"
+            "password_encryption = 'scram-sha-256'\n"
+        )
+        chown_tree(self.data / "fieldtrack.conf", SERVICE_USER)
+
+    def start(self, report: Reporter) -> bool:
+        """Start the cluster unless it runs; return True when it was started."""
+        if self.running():
+            return False
+        self.write_config()
+        report(f"starting PostgreSQL on 127.0.0.1:{self.port}")
+        try:
+            run(
+                [PG_BIN / "pg_ctl", "-D", self.data, "-l", self.logfile, "-w",
+                 "-t", str(START_TIMEOUT_S), "start"],
+                what="PostgreSQL start",
+                as_user=self._user(),
+            )  # fmt: skip
+        except InfraError as exc:
+            raise InfraError(f"{exc}\n--- {self.logfile} ---\n{self.log_tail()}") from exc
+        return True
+
+    def stop(self) -> bool:
+        if not self.running():
+            return False
+        run(
+            [PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"],
+            what="PostgreSQL stop",
+            as_user=self._user(),
+        )
+        return True
+
+    def log_tail(self) -> str:
+        if not self.logfile.exists():
+            return "(no log)"
+        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self.superuser_conninfo(), connect_timeout=2):
+                    return
+            except psycopg.OperationalError as exc:
+                last = exc
+                time.sleep(0.2)
+        raise InfraError(f"PostgreSQL did not accept connections: {last}\n{self.log_tail()}")
+
+    def ensure_app_database(self, password: str, dbname: str = APP_DATABASE) -> None:
+        """Create (or re-password) the application role, its database and the extension."""
+        with psycopg.connect(self.superuser_conninfo(), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)
+            ).fetchone()
+            verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
+            conn.execute(
+                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    verb, sql.Identifier(APP_ROLE), sql.Literal(password)
+                )
+            )
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(dbname), sql.Identifier(APP_ROLE)
+                    )
+                )
+        # The extension needs a superuser; migrations then find it in place.
+        with psycopg.connect(self.superuser_conninfo(dbname), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+
+    def timescaledb_version(self) -> str | None:
+        try:
+            with psycopg.connect(self.superuser_conninfo(APP_DATABASE), connect_timeout=2) as conn:
+                row = conn.execute(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+                ).fetchone()
+        except psycopg.Error:
+            return None
+        return str(row[0]) if row else None

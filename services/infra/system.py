@@ -1,0 +1,117 @@
+"""Running system tools and installing Debian packages for the local services."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services.core.errors import InfraError
+
+log = logging.getLogger(__name__)
+
+# How much of a failing tool's output goes into the error: enough to see the cause.
+ERROR_TAIL_CHARS = 2000
+
+Reporter = Callable[[str], None]
+
+
+def run(
+    cmd: Sequence[str | Path],
+    *,
+    what: str,
+    as_user: str | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> str:
+    """Run a command and return its stdout; raise InfraError naming *what* failed."""
+    argv = [str(c) for c in cmd]
+    if as_user and os.geteuid() == 0 and as_user != "root":
+        argv = ["runuser", "-u", as_user, "--", *argv]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise InfraError(f"{what}: command not found: {argv[0]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise InfraError(f"{what}: timed out after {timeout:.0f}s: {' '.join(argv)}") from exc
+    if done.returncode != 0:
+        output = (done.stderr or "") + (done.stdout or "")
+        raise InfraError(
+            f"{what} failed (exit {done.returncode}): {' '.join(argv)}\n"
+            f"{output[-ERROR_TAIL_CHARS:]}"
+        )
+    return done.stdout
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def chown_tree(path: Path, user: str) -> None:
+    """Give *path* and everything under it to *user* (only meaningful as root)."""
+    if not is_root():
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(Path(root) / name, entry.pw_uid, entry.pw_gid)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def missing_packages(packages: Sequence[str]) -> list[str]:
+    """Debian packages from *packages* that are not installed."""
+    missing = []
+    for package in packages:
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0 or "install ok installed" not in done.stdout:
+            missing.append(package)
+    return missing
+
+
+def ensure_packages(packages: Sequence[str], report: Reporter) -> list[str]:
+    """Install whatever of *packages* is missing from Debian's packages; return what was installed."""
+    missing = missing_packages(packages)
+    if not missing:
+        return []
+    if not is_root():
+        raise InfraError(
+            "these Debian packages are missing and installing them needs root: "
+            f"sudo apt-get install -y {' '.join(missing)}"
+        )
+    if shutil.which("apt-get") is None:
+        raise InfraError(f"apt-get is not available to install: {' '.join(missing)}")
+    report(f"installing Debian packages: {', '.join(missing)} (one-time, about a minute)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], what="apt-get update", env=env)
+    run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        what="apt-get install",
+        env=env,
+    )
+    return missing

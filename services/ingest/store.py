@@ -1,0 +1,249 @@
+"""Classifying a batch of raw messages and writing it in one transaction.
+
+Valid readings are COPYed into a staging table and moved with ``ON CONFLICT DO NOTHING``,
+so a redelivered message adds nothing; the hourly rollup is fed from the rows that were
+really inserted, in the same transaction. Rejected messages go to the quarantine.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import psycopg
+
+from services.core.payloads import (
+    QUARANTINE_KEEP_BYTES,
+    Accepted,
+    DeviceStatus,
+    QuarantineReason,
+    Rejected,
+    StatusMessage,
+    TelemetryMessage,
+    UsageMessage,
+    decode,
+)
+from services.ingest.directory import DeviceDirectory, DeviceRef
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One message as the MQTT thread saw it, before any parsing."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+    mid: int = 0
+    qos: int = 0
+    generation: int = 0  # which broker connection delivered it (acks are per connection)
+
+
+@dataclass
+class BatchResult:
+    messages: int = 0
+    usage_rows: int = 0
+    usage_duplicates: int = 0
+    metric_rows: int = 0
+    metric_duplicates: int = 0
+    status_updates: int = 0
+    quarantined: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    lag_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _DeviceSeen:
+    last_seen: datetime
+    last_seq: int | None = None
+    online: bool | None = None
+    online_since: datetime | None = None
+    firmware: str | None = None
+
+
+STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS incoming_usage (LIKE usage_events) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS incoming_metrics (LIKE metric_samples) ON COMMIT DELETE ROWS;
+"""
+COPY_USAGE = """
+COPY incoming_usage (device_id, project_id, feature_key, device_time, received_at, seq, item,
+                     count, duration_ms) FROM STDIN
+"""
+COPY_METRICS = """
+COPY incoming_metrics (device_id, project_id, name, value, unit, device_time, received_at, seq,
+                       item) FROM STDIN
+"""
+MOVE_USAGE = """
+WITH inserted AS (
+    INSERT INTO usage_events SELECT * FROM incoming_usage
+    ON CONFLICT DO NOTHING
+    RETURNING project_id, feature_key, device_id, device_time, count, duration_ms
+), rolled AS (
+    INSERT INTO usage_hourly AS h (project_id, feature_key, device_id, hour, events, readings,
+                                   duration_ms)
+    SELECT project_id, feature_key, device_id, time_bucket('1 hour', device_time),
+           sum(count), count(*), coalesce(sum(duration_ms), 0)
+    FROM inserted
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 4, 3  -- one lock order for every writer: no deadlocks between processes
+    ON CONFLICT (project_id, feature_key, hour, device_id) DO UPDATE
+    SET events = h.events + excluded.events,
+        readings = h.readings + excluded.readings,
+        duration_ms = h.duration_ms + excluded.duration_ms
+)
+SELECT count(*) FROM inserted
+"""
+MOVE_METRICS = """
+WITH inserted AS (
+    INSERT INTO metric_samples SELECT * FROM incoming_metrics
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"""
+COPY_QUARANTINE = """
+COPY quarantine (received_at, topic, device_serial, reason, detail, payload, payload_size)
+FROM STDIN
+"""
+UPSERT_DEVICE_STATE = """
+INSERT INTO device_state AS s (device_id, online, online_since, last_seen, last_seq, firmware)
+SELECT * FROM unnest(%s::bigint[], %s::boolean[], %s::timestamptz[], %s::timestamptz[],
+                     %s::bigint[], %s::text[])
+ORDER BY 1
+ON CONFLICT (device_id) DO UPDATE SET
+    last_seen = greatest(s.last_seen, excluded.last_seen),
+    last_seq = coalesce(excluded.last_seq, s.last_seq),
+    online_since = CASE
+        WHEN excluded.online IS NOT NULL AND excluded.online IS DISTINCT FROM s.online
+        THEN excluded.online_since ELSE s.online_since END,
+    online = coalesce(excluded.online, s.online),
+    firmware = coalesce(excluded.firmware, s.firmware)
+"""
+
+
+def store_batch(
+    conn: psycopg.Connection,
+    batch: list[RawMessage],
+    directory: DeviceDirectory,
+    *,
+    max_future_skew: timedelta,
+    now: datetime,
+) -> BatchResult:
+    """Write one batch in one transaction; the caller commits (by leaving `transaction()`)."""
+    result = BatchResult(messages=len(batch))
+    decoded = [
+        (raw, decode(raw.topic, raw.payload, now=now, max_future_skew=max_future_skew))
+        for raw in batch
+    ]
+    serials = {d.topic.serial for _, d in decoded if isinstance(d, Accepted)}
+    devices = directory.lookup(conn, serials)
+
+    usage: list[tuple[object, ...]] = []
+    metrics: list[tuple[object, ...]] = []
+    quarantine: list[tuple[object, ...]] = []
+    seen: dict[int, _DeviceSeen] = {}
+
+    for raw, outcome in decoded:
+        if isinstance(outcome, Accepted):
+            device = devices.get(outcome.topic.serial)
+            if device is None:
+                outcome = Rejected(
+                    QuarantineReason.UNKNOWN_DEVICE,
+                    "no provisioned device with this serial",
+                    outcome.topic.serial,
+                )
+            elif not device.active:
+                outcome = Rejected(
+                    QuarantineReason.REVOKED_DEVICE, "device was revoked", outcome.topic.serial
+                )
+            else:
+                _collect(raw, outcome, device, usage, metrics, seen, result)
+                continue
+        quarantine.append(_quarantine_row(raw, outcome))
+        result.quarantined[outcome.reason.value] += 1
+
+    with conn.cursor() as cur:
+        if usage or metrics:
+            cur.execute(STAGING_DDL)
+        if usage:
+            with cur.copy(COPY_USAGE) as copy:
+                for row in usage:
+                    copy.write_row(row)
+            inserted = _scalar(cur.execute(MOVE_USAGE).fetchone())
+            result.usage_rows = inserted
+            result.usage_duplicates = len(usage) - inserted
+        if metrics:
+            with cur.copy(COPY_METRICS) as copy:
+                for row in metrics:
+                    copy.write_row(row)
+            inserted = _scalar(cur.execute(MOVE_METRICS).fetchone())
+            result.metric_rows = inserted
+            result.metric_duplicates = len(metrics) - inserted
+        if quarantine:
+            with cur.copy(COPY_QUARANTINE) as copy:
+                for row in quarantine:
+                    copy.write_row(row)
+        if seen:
+            ids = sorted(seen)
+            cur.execute(
+                UPSERT_DEVICE_STATE,
+                (
+                    ids,
+                    [seen[i].online for i in ids],
+                    [seen[i].online_since for i in ids],
+                    [seen[i].last_seen for i in ids],
+                    [seen[i].last_seq for i in ids],
+                    [seen[i].firmware for i in ids],
+                ),
+            )
+    return result
+
+
+def _collect(
+    raw: RawMessage,
+    accepted: Accepted,
+    device: DeviceRef,
+    usage: list[tuple[object, ...]],
+    metrics: list[tuple[object, ...]],
+    seen: dict[int, _DeviceSeen],
+    result: BatchResult,
+) -> None:
+    message = accepted.message
+    state = seen.setdefault(device.id, _DeviceSeen(last_seen=raw.received_at))
+    state.last_seen = max(state.last_seen, raw.received_at)
+    if isinstance(message, UsageMessage):
+        for item, event in enumerate(message.events):
+            usage.append((
+                device.id, device.project_id, event.feature, event.ts or message.ts,
+                raw.received_at, message.seq, item, event.count, event.duration_ms,
+            ))  # fmt: skip
+        state.last_seq = max(state.last_seq or 0, message.seq)
+        result.lag_seconds.append((raw.received_at - message.ts).total_seconds())
+    elif isinstance(message, TelemetryMessage):
+        for item, metric in enumerate(message.metrics):
+            metrics.append((
+                device.id, device.project_id, metric.name, metric.value, metric.unit,
+                metric.ts or message.ts, raw.received_at, message.seq, item,
+            ))  # fmt: skip
+        state.last_seq = max(state.last_seq or 0, message.seq)
+    elif isinstance(message, StatusMessage):
+        state.online = message.state is DeviceStatus.ONLINE
+        state.online_since = message.ts or raw.received_at
+        state.firmware = message.firmware or state.firmware
+        result.status_updates += 1
+
+
+def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
+    return (
+        raw.received_at,
+        raw.topic.replace("\x00", "\\0")[:1024],
+        rejected.serial,
+        rejected.reason.value,
+        rejected.detail.replace("\x00", "\\0")[:2000],
+        raw.payload[:QUARANTINE_KEEP_BYTES],
+        len(raw.payload),
+    )
+
+
+def _scalar(row: tuple[object, ...] | None) -> int:
+    value = row[0] if row else 0
+    return int(value) if isinstance(value, int) else 0
