@@ -114,7 +114,9 @@ class SimDevice:
                 raise PublishError(f"{self.serial}: broker has not acknowledged for too long")
             time.sleep(BACKPRESSURE_WAIT_S)
 
-    def usage(self, feature: str, count: int = 1, duration_ms: int | None = None) -> mqtt.MQTTMessageInfo:
+    def usage(
+        self, feature: str, count: int = 1, duration_ms: int | None = None
+    ) -> mqtt.MQTTMessageInfo:
         event: dict[str, Any] = {"feature": feature, "count": count}
         if duration_ms is not None:
             event["duration_ms"] = duration_ms

@@ -106,4 +106,6 @@ def load(path: Path) -> Scenario:
 
 def serials(project: Project) -> list[str]:
     width = max(3, len(str(project.fleet.count)))
-    return [f"{project.fleet.serial_prefix}-{n:0{width}d}" for n in range(1, project.fleet.count + 1)]
+    return [
+        f"{project.fleet.serial_prefix}-{n:0{width}d}" for n in range(1, project.fleet.count + 1)
+    ]

@@ -17,7 +17,9 @@ from services.core.registry import DeviceCredential
 CREDENTIAL_FIELDS = ("serial", "password", "project_id")
 
 
-def seed(conn: psycopg.Connection, admin: BrokerAdmin, scenario: Scenario) -> list[DeviceCredential]:
+def seed(
+    conn: psycopg.Connection, admin: BrokerAdmin, scenario: Scenario
+) -> list[DeviceCredential]:
     """Upsert everything the scenario describes; (re)provision its devices; return credentials."""
     with conn.transaction():
         feature_ids = {

@@ -21,7 +21,9 @@ from services.core.paths import PROJECT_ROOT, state_dir
 
 app = typer.Typer(help="fieldtrack: IoT solution deliveries beside real device usage.",
                   no_args_is_help=True)  # fmt: skip
-infra_app = typer.Typer(help="Local TimescaleDB and Mosquitto, without Docker.", no_args_is_help=True)
+infra_app = typer.Typer(
+    help="Local TimescaleDB and Mosquitto, without Docker.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 sim_app = typer.Typer(help="Simulated device fleets.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
@@ -97,6 +99,26 @@ def _print_status(services: object) -> None:
     console.print(table)
 
 
+@app.command("broker-setup")
+def broker_setup() -> None:
+    """Create fieldtrack's roles and ingest account on a broker (for your own Mosquitto)."""
+    from services.core.broker_admin import setup_broker
+    from services.core.settings import get_settings
+
+    try:
+        s = get_settings()
+        setup_broker(
+            host=s.mqtt_host, port=s.mqtt_port,
+            admin_user=s.mqtt_admin_username,
+            admin_password=s.mqtt_admin_password.get_secret_value(),
+            ingest_user=s.mqtt_ingest_username,
+            ingest_password=s.mqtt_ingest_password.get_secret_value(),
+        )  # fmt: skip
+    except FieldtrackError as exc:
+        raise _fail(exc) from exc
+    console.print(f"broker {s.mqtt_host}:{s.mqtt_port} is set up for fieldtrack")
+
+
 # --- db -----------------------------------------------------------------------
 
 
@@ -118,7 +140,9 @@ def db_migrate() -> None:
 
 @app.command()
 def ingest(
-    client_id: Annotated[str | None, typer.Option(help="overrides FIELDTRACK_INGEST_CLIENT_ID")] = None,
+    client_id: Annotated[
+        str | None, typer.Option(help="overrides FIELDTRACK_INGEST_CLIENT_ID")
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Run the ingest service until SIGTERM or Ctrl-C (flushes and acknowledges first)."""
@@ -147,7 +171,8 @@ def ingest(
         "ingest %s running against %s:%s", settings.ingest_client_id, settings.mqtt_host,
         settings.mqtt_port,
     )  # fmt: skip
-    stop.wait()
+    while not stop.wait(0.5):  # a bare wait() would not wake for the signal handler
+        pass
     service.stop()
     totals = service.totals
     logging.getLogger("fieldtrack.ingest").info(
@@ -185,13 +210,21 @@ def api(
 @sim_app.command("seed")
 def sim_seed(
     scenario: Annotated[Path, typer.Option(help="scenario YAML")] = DEMO_SCENARIO,
-    out: Annotated[Path, typer.Option(help="where device credentials are written (mode 0600)")] = (
-        state_dir() / "demo" / "devices.csv"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="where device credentials go (mode 0600); default .state/demo/devices.csv"
+        ),
+    ] = None,
 ) -> None:
     """Load a scenario into the registry and provision its devices."""
+    out = out or _demo_credentials()
     count = _seed(scenario, out)
     console.print(f"provisioned {count} devices; credentials in {out}")
+
+
+def _demo_credentials() -> Path:
+    return state_dir() / "demo" / "devices.csv"
 
 
 def _seed(scenario_path: Path, out: Path) -> int:
@@ -222,9 +255,9 @@ def _seed(scenario_path: Path, out: Path) -> int:
 @sim_app.command("run")
 def sim_run(
     scenario: Annotated[Path, typer.Option(help="scenario YAML")] = DEMO_SCENARIO,
-    credentials: Annotated[Path, typer.Option(help="CSV from `sim seed`")] = (
-        state_dir() / "demo" / "devices.csv"
-    ),
+    credentials: Annotated[
+        Path | None, typer.Option(help="CSV from `sim seed`; default .state/demo/devices.csv")
+    ] = None,
     speed: Annotated[float, typer.Option(min=0.01, help="simulated seconds per real second")] = 60,
     tick: Annotated[float, typer.Option(min=0.05, help="seconds between rounds")] = 1.0,
 ) -> None:
@@ -238,7 +271,7 @@ def sim_run(
     try:
         settings = get_settings()
         fleet = Fleet(
-            scenario_mod.load(scenario), read_credentials(credentials),
+            scenario_mod.load(scenario), read_credentials(credentials or _demo_credentials()),
             settings.mqtt_host, settings.mqtt_port, speed=speed,
         )  # fmt: skip
     except (FieldtrackError, OSError) as exc:
@@ -270,7 +303,7 @@ def demo(
         settings = get_settings()
     except FieldtrackError as exc:
         raise _fail(exc) from exc
-    creds = state_dir() / "demo" / "devices.csv"
+    creds = _demo_credentials()
     console.print("[bold]seeding the demo[/] (2 customers, 3 projects, 50 devices)")
     count = _seed(DEMO_SCENARIO, creds)
     console.print(f"  • {count} devices provisioned, credentials in {creds}")

@@ -170,7 +170,9 @@ class BrokerAdmin:
                   "roles": [{"rolename": role}]}]
             )  # fmt: skip
             return
-        roles = {r.get("rolename") for r in reply.get("data", {}).get("client", {}).get("roles", [])}
+        roles = {
+            r.get("rolename") for r in reply.get("data", {}).get("client", {}).get("roles", [])
+        }
         commands: list[Command] = [
             {"command": "setClientPassword", "username": username, "password": password},
             {"command": "enableClient", "username": username},
@@ -214,6 +216,21 @@ class BrokerAdmin:
     def disable_device(self, serial: str) -> None:
         """Disable the device's client; the broker disconnects it at once."""
         self.check([{"command": "disableClient", "username": serial}])
+
+
+def setup_broker(
+    *,
+    host: str,
+    port: int,
+    admin_user: str,
+    admin_password: str,
+    ingest_user: str,
+    ingest_password: str,
+) -> None:
+    """Roles and the ingest account fieldtrack needs; idempotent (local infra and Docker)."""
+    with BrokerAdmin(host, port, admin_user, admin_password) as admin:
+        admin.ensure_roles()
+        admin.ensure_client(ingest_user, ingest_password, INGEST_ROLE)
 
 
 def device_role(serial: str) -> str:

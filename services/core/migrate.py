@@ -60,7 +60,7 @@ def migrate(conninfo: str) -> list[str]:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
             conn.execute(CREATE_LEDGER)
-            done = dict(conn.execute(APPLIED).fetchall())
+            done: dict[str, str] = dict(conn.execute(APPLIED).fetchall())
             for migration in available():
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:

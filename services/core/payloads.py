@@ -127,7 +127,9 @@ def decode(
     """Classify one raw MQTT message; never raises."""
     where = parse_topic(topic)
     if where is None:
-        return Rejected(QuarantineReason.UNKNOWN_TOPIC, f"not a v1 device topic: {topic[:200]}", None)
+        return Rejected(
+            QuarantineReason.UNKNOWN_TOPIC, f"not a v1 device topic: {topic[:200]}", None
+        )
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejected(
             QuarantineReason.PAYLOAD_TOO_LARGE,

@@ -8,6 +8,7 @@ if the broker refuses, nothing is left behind in the database.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -119,13 +120,13 @@ def provision_devices(
     conn: psycopg.Connection,
     admin: BrokerAdmin,
     project_id: int,
-    devices: list[tuple[str, str | None, str | None]],
+    devices: Sequence[tuple[str, str | None, str | None]],
 ) -> list[DeviceCredential]:
     """Provision (serial, model, firmware) devices; existing ones of this project get new
     credentials. Returns each password once; only the broker keeps a (hashed) copy."""
     serials = [serial for serial, _, _ in devices]
     with conn.transaction():
-        existing = dict(conn.execute(EXISTING_DEVICES, (serials,)).fetchall())
+        existing: dict[str, int] = dict(conn.execute(EXISTING_DEVICES, (serials,)).fetchall())
         foreign = sorted(s for s, p in existing.items() if p != project_id)
         if foreign:
             raise ProvisioningError(
@@ -137,9 +138,7 @@ def provision_devices(
                 INSERT_DEVICE,
                 [(s, project_id, m, f) for s, m, f in devices if s not in existing],
             )
-            cur.executemany(
-                REACTIVATE_DEVICE, [(m, f, s) for s, m, f in devices if s in existing]
-            )
+            cur.executemany(REACTIVATE_DEVICE, [(m, f, s) for s, m, f in devices if s in existing])
         credentials = [
             DeviceCredential(serial, secrets.token_urlsafe(DEVICE_PASSWORD_BYTES), project_id)
             for serial in serials

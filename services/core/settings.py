@@ -10,9 +10,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.errors import ConfigError
 from services.core.paths import local_env_file
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
@@ -21,7 +22,6 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secre
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FIELDTRACK_",
-        env_file=local_env_file(),
         env_file_encoding="utf-8",
         extra="ignore",
     )
@@ -74,12 +74,10 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; raises ConfigError with every problem listed."""
-    from pydantic import ValidationError
-
-    from services.core.errors import ConfigError
-
     try:
-        return Settings()  # type: ignore[call-arg]  # values come from the environment
+        # The file is found at call time, so FIELDTRACK_STATE_DIR set by a test or a
+        # wrapper script applies.
+        return Settings(_env_file=local_env_file())
     except ValidationError as exc:
         problems = "; ".join(
             f"FIELDTRACK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.broker_admin import INGEST_ROLE, BrokerAdmin
+from services.core.broker_admin import setup_broker
 from services.core.errors import InfraError
 from services.core.paths import local_env_file, state_dir
 from services.infra import timescale
@@ -98,9 +98,7 @@ class LocalServices:
         self.root.mkdir(parents=True, exist_ok=True)
         # The services run as their own users and must traverse into the state folder.
         self.root.chmod(0o755)
-        installed = ensure_packages(
-            [*RUNTIME_PACKAGES, *timescale.BUILD_PACKAGES], report
-        )
+        installed = ensure_packages([*RUNTIME_PACKAGES, *timescale.BUILD_PACKAGES], report)
         if not installed:
             report("system packages: already installed")
         version = timescale.installed_version()
@@ -132,9 +130,11 @@ class LocalServices:
         mq.configure(ADMIN_USER, values["MQTT_ADMIN_PASSWORD"], report)
         if not mq.start(report):
             report(f"Mosquitto: already running on 127.0.0.1:{mq.port} (pid {mq.pid()})")
-        with BrokerAdmin("127.0.0.1", mq.port, ADMIN_USER, values["MQTT_ADMIN_PASSWORD"]) as admin:
-            admin.ensure_roles()
-            admin.ensure_client(INGEST_USER, values["MQTT_INGEST_PASSWORD"], INGEST_ROLE)
+        setup_broker(
+            host="127.0.0.1", port=mq.port,
+            admin_user=ADMIN_USER, admin_password=values["MQTT_ADMIN_PASSWORD"],
+            ingest_user=INGEST_USER, ingest_password=values["MQTT_INGEST_PASSWORD"],
+        )  # fmt: skip
         env_file = self.write_env_file(values)
         report(f"connection settings written to {env_file}")
 

@@ -4,6 +4,7 @@ and the dynamic-security plugin holding every device's identity.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -37,9 +38,7 @@ def config_template() -> Template:
     return Template(text)
 
 
-def render_config(
-    *, port: int, bind: str, data_dir: str, plugin: str, user_line: str
-) -> str:
+def render_config(*, port: int, bind: str, data_dir: str, plugin: str, user_line: str) -> str:
     return config_template().substitute(
         port=port, bind=bind, data_dir=data_dir.rstrip("/"), plugin=plugin, user_line=user_line
     )
@@ -174,13 +173,28 @@ class LocalMosquitto:
 
 def _reap(pid: int) -> None:
     """Collect the broker if this very process started it (tests do), so it is not a zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+# The broker config docker-compose mounts; tests check the committed copy matches this.
+DOCKER_DATA_DIR = "/mosquitto/data"
+DOCKER_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
+DOCKER_PORT = 1883
+
+
+def render_docker_config() -> str:
+    return render_config(
+        port=DOCKER_PORT, bind="0.0.0.0", data_dir=DOCKER_DATA_DIR,  # noqa: S104
+        plugin=DOCKER_PLUGIN, user_line="",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(render_docker_config(), end="")

@@ -161,7 +161,9 @@ class LocalPostgres:
                     verb, sql.Identifier(APP_ROLE), sql.Literal(password)
                 )
             )
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
+            ).fetchone():
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(
                         sql.Identifier(dbname), sql.Identifier(APP_ROLE)

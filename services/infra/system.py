@@ -95,7 +95,7 @@ def missing_packages(packages: Sequence[str]) -> list[str]:
 
 
 def ensure_packages(packages: Sequence[str], report: Reporter) -> list[str]:
-    """Install whatever of *packages* is missing from Debian's packages; return what was installed."""
+    """Install what is missing of *packages* from Debian's packages; return what was installed."""
     missing = missing_packages(packages)
     if not missing:
         return []

@@ -52,10 +52,10 @@ def debian_mirror() -> str:
         text = path.read_text(errors="replace")
         for uri in re.findall(r"^URIs:\s*(\S+)", text, flags=re.MULTILINE):
             if uri.rstrip("/").endswith("/debian"):
-                return uri.rstrip("/")
+                return str(uri).rstrip("/")
         for uri in re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", text, flags=re.MULTILINE):
             if uri.rstrip("/").endswith("/debian"):
-                return uri.rstrip("/")
+                return str(uri).rstrip("/")
     return DEFAULT_MIRROR
 
 

@@ -170,10 +170,14 @@ class IngestService:
                 if self._stop.is_set():
                     give_up_at = give_up_at or time.monotonic() + SHUTDOWN_FLUSH_S
                     if time.monotonic() > give_up_at:
-                        log.error("database still failing at shutdown; %d messages left "
+                        log.error(  # noqa: TRY400 - each retry already logged the cause
+                            "database still failing at shutdown; %d messages left "
                                   "unacknowledged for redelivery", len(batch))  # fmt: skip
                         break
-                self._stop.wait(delay) if not self._stop.is_set() else time.sleep(delay)
+                if self._stop.is_set():
+                    time.sleep(delay)  # shutting down: keep trying until give_up_at
+                else:
+                    self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay = RETRY_FIRST_S

@@ -137,30 +137,18 @@ def store_batch(
     serials = {d.topic.serial for _, d in decoded if isinstance(d, Accepted)}
     devices = directory.lookup(conn, serials)
 
-    usage: list[tuple[object, ...]] = []
-    metrics: list[tuple[object, ...]] = []
-    quarantine: list[tuple[object, ...]] = []
-    seen: dict[int, _DeviceSeen] = {}
+    rows = _Rows()
 
     for raw, outcome in decoded:
-        if isinstance(outcome, Accepted):
-            device = devices.get(outcome.topic.serial)
-            if device is None:
-                outcome = Rejected(
-                    QuarantineReason.UNKNOWN_DEVICE,
-                    "no provisioned device with this serial",
-                    outcome.topic.serial,
-                )
-            elif not device.active:
-                outcome = Rejected(
-                    QuarantineReason.REVOKED_DEVICE, "device was revoked", outcome.topic.serial
-                )
-            else:
-                _collect(raw, outcome, device, usage, metrics, seen, result)
-                continue
-        quarantine.append(_quarantine_row(raw, outcome))
-        result.quarantined[outcome.reason.value] += 1
+        rejected = outcome if isinstance(outcome, Rejected) else _check_device(outcome, devices)
+        if rejected is None:
+            assert isinstance(outcome, Accepted)  # noqa: S101
+            rows.add(raw, outcome, devices[outcome.topic.serial], result)
+            continue
+        rows.quarantine.append(_quarantine_row(raw, rejected))
+        result.quarantined[rejected.reason.value] += 1
 
+    usage, metrics, quarantine, seen = rows.usage, rows.metrics, rows.quarantine, rows.seen
     with conn.cursor() as cur:
         if usage or metrics:
             cur.execute(STAGING_DDL)
@@ -198,38 +186,54 @@ def store_batch(
     return result
 
 
-def _collect(
-    raw: RawMessage,
-    accepted: Accepted,
-    device: DeviceRef,
-    usage: list[tuple[object, ...]],
-    metrics: list[tuple[object, ...]],
-    seen: dict[int, _DeviceSeen],
-    result: BatchResult,
-) -> None:
-    message = accepted.message
-    state = seen.setdefault(device.id, _DeviceSeen(last_seen=raw.received_at))
-    state.last_seen = max(state.last_seen, raw.received_at)
-    if isinstance(message, UsageMessage):
-        for item, event in enumerate(message.events):
-            usage.append((
-                device.id, device.project_id, event.feature, event.ts or message.ts,
-                raw.received_at, message.seq, item, event.count, event.duration_ms,
-            ))  # fmt: skip
-        state.last_seq = max(state.last_seq or 0, message.seq)
-        result.lag_seconds.append((raw.received_at - message.ts).total_seconds())
-    elif isinstance(message, TelemetryMessage):
-        for item, metric in enumerate(message.metrics):
-            metrics.append((
-                device.id, device.project_id, metric.name, metric.value, metric.unit,
-                metric.ts or message.ts, raw.received_at, message.seq, item,
-            ))  # fmt: skip
-        state.last_seq = max(state.last_seq or 0, message.seq)
-    elif isinstance(message, StatusMessage):
-        state.online = message.state is DeviceStatus.ONLINE
-        state.online_since = message.ts or raw.received_at
-        state.firmware = message.firmware or state.firmware
-        result.status_updates += 1
+def _check_device(accepted: Accepted, devices: dict[str, DeviceRef]) -> Rejected | None:
+    """Why a well-formed message still cannot be stored, or None if it can."""
+    serial = accepted.topic.serial
+    device = devices.get(serial)
+    if device is None:
+        return Rejected(
+            QuarantineReason.UNKNOWN_DEVICE, "no provisioned device with this serial", serial
+        )
+    if not device.active:
+        return Rejected(QuarantineReason.REVOKED_DEVICE, "device was revoked", serial)
+    return None
+
+
+@dataclass
+class _Rows:
+    """What one batch will write, gathered before any statement runs."""
+
+    usage: list[tuple[object, ...]] = field(default_factory=list)
+    metrics: list[tuple[object, ...]] = field(default_factory=list)
+    quarantine: list[tuple[object, ...]] = field(default_factory=list)
+    seen: dict[int, _DeviceSeen] = field(default_factory=dict)
+
+    def add(
+        self, raw: RawMessage, accepted: Accepted, device: DeviceRef, result: BatchResult
+    ) -> None:
+        message = accepted.message
+        state = self.seen.setdefault(device.id, _DeviceSeen(last_seen=raw.received_at))
+        state.last_seen = max(state.last_seen, raw.received_at)
+        if isinstance(message, UsageMessage):
+            for item, event in enumerate(message.events):
+                self.usage.append((
+                    device.id, device.project_id, event.feature, event.ts or message.ts,
+                    raw.received_at, message.seq, item, event.count, event.duration_ms,
+                ))  # fmt: skip
+            state.last_seq = max(state.last_seq or 0, message.seq)
+            result.lag_seconds.append((raw.received_at - message.ts).total_seconds())
+        elif isinstance(message, TelemetryMessage):
+            for item, metric in enumerate(message.metrics):
+                self.metrics.append((
+                    device.id, device.project_id, metric.name, metric.value, metric.unit,
+                    metric.ts or message.ts, raw.received_at, message.seq, item,
+                ))  # fmt: skip
+            state.last_seq = max(state.last_seq or 0, message.seq)
+        elif isinstance(message, StatusMessage):
+            state.online = message.state is DeviceStatus.ONLINE
+            state.online_since = message.ts or raw.received_at
+            state.firmware = message.firmware or state.firmware
+            result.status_updates += 1
 
 
 def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:

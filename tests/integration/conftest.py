@@ -1,0 +1,165 @@
+"""Real services for integration tests: TimescaleDB and Mosquitto started by the suite.
+
+If they cannot start, every integration test errors with the reason: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from psycopg import sql
+from pydantic import SecretStr
+
+from device_sim.device import SimDevice
+from services.api.app import create_app
+from services.core import registry
+from services.core.broker_admin import BrokerAdmin
+from services.core.migrate import migrate
+from services.core.settings import Settings, get_settings
+from services.infra.local import LocalServices
+from services.ingest.service import IngestService
+
+
+@pytest.fixture(scope="session")
+def local_services() -> LocalServices:
+    services = LocalServices.from_env()
+    services.up(lambda message: print(f"[infra] {message}"))
+    return services
+
+
+@pytest.fixture(scope="session")
+def base_settings(local_services: LocalServices) -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def database(local_services: LocalServices, base_settings: Settings) -> Iterator[str]:
+    """A fresh database for this session, migrated; dropped afterwards."""
+    name = f"fieldtrack_test_{uuid.uuid4().hex[:10]}"
+    pg = local_services.postgres
+    with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER fieldtrack").format(sql.Identifier(name)))
+    with psycopg.connect(pg.superuser_conninfo(name), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION timescaledb")
+    url = base_settings.database_url.get_secret_value().rsplit("/", 1)[0] + f"/{name}"
+    migrate(url)
+    yield url
+    with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings, database: str) -> Settings:
+    """Settings pointing at this session's database, with its own ingest identity."""
+    return base_settings.model_copy(
+        update={
+            "database_url": SecretStr(database),
+            "ingest_client_id": f"test-ingest-{uuid.uuid4().hex[:8]}",
+            "ingest_share_group": f"test-{uuid.uuid4().hex[:8]}",
+            "ingest_batch_wait_ms": 50,
+        }
+    )
+
+
+@pytest.fixture
+def conn(settings: Settings) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def broker_admin(settings: Settings) -> Iterator[BrokerAdmin]:
+    with BrokerAdmin(
+        settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+        settings.mqtt_admin_password.get_secret_value(),
+    ) as admin:  # fmt: skip
+        yield admin
+
+
+@pytest.fixture(scope="session")
+def ingest(settings: Settings) -> Iterator[IngestService]:
+    service = IngestService(settings)
+    service.start()
+    assert service.wait_connected(15), "ingest could not connect to the broker"
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def api(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    customer_id: int
+    feature_key: str
+
+
+@pytest.fixture
+def project(conn: psycopg.Connection, unique: str) -> Project:
+    """A customer with one project and one delivered feature."""
+    customer_id = registry.upsert_customer(
+        conn, f"Customer {unique}", "waist", "retail", "adoption"
+    )
+    project_id = registry.upsert_project(
+        conn, customer_id, f"Project {unique}", contract_value=1000, currency="EUR",
+        go_live_date=None, status="live",
+    )  # fmt: skip
+    feature_key = f"feature_{unique}"
+    feature_id = registry.upsert_feature(conn, feature_key, f"Feature {unique}", "test", None)
+    registry.upsert_delivery(
+        conn, project_id, feature_id, status="delivered", delivered_on=None,
+        cost_person_days=3, contract_line_value=500, business_score=3, strategic=False,
+    )  # fmt: skip
+    return Project(project_id, customer_id, feature_key)
+
+
+@pytest.fixture
+def provision(
+    conn: psycopg.Connection, broker_admin: BrokerAdmin, settings: Settings
+) -> Iterator[Callable[[int, str], SimDevice]]:
+    """Provision a device into a project and return it connected, as a real device would be."""
+    devices: list[SimDevice] = []
+
+    def make(project_id: int, serial: str) -> SimDevice:
+        [credential] = registry.provision_devices(
+            conn, broker_admin, project_id, [(serial, "T1", "1.0")]
+        )
+        device = SimDevice(serial, credential.password, settings.mqtt_host, settings.mqtt_port)
+        device.start()
+        assert device.connected.wait(10), f"device {serial} could not connect: {device.refused}"
+        devices.append(device)
+        return device
+
+    yield make
+    for device in devices:
+        device.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random token for names and serials, so tests never collide."""
+    return uuid.uuid4().hex[:8]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until check() returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")

@@ -1,0 +1,129 @@
+"""The broker the suite starts is locked down: no anonymous access, devices confined to
+their own topics. MQTT 5 is used so a denied publish shows its reason code (135)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from services.core.broker_admin import BrokerAdmin
+from services.core.settings import Settings
+
+NOT_AUTHORISED = 135
+
+
+class Probe:
+    """A raw MQTT 5 client that records what the broker answers."""
+
+    def __init__(self, settings: Settings, client_id: str, user: str | None, password: str | None):
+        self.connack: ReasonCode | None = None
+        self.pubacks: dict[int, int] = {}
+        self.subacks: list[int] = []
+        self._events = {name: threading.Event() for name in ("connect", "puback", "suback")}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        if user is not None:
+            self.client.username_pw_set(user, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
+        self.client.connect(settings.mqtt_host, settings.mqtt_port)
+        self.client.loop_start()
+        assert self._events["connect"].wait(10), "no CONNACK"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connack = reason
+        self._events["connect"].set()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self.pubacks[mid] = reason.value
+        self._events["puback"].set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        self.subacks = [r.value for r in reasons]
+        self._events["suback"].set()
+
+    def publish(self, topic: str) -> int:
+        self._events["puback"].clear()
+        info = self.client.publish(topic, b"{}", qos=1)
+        assert self._events["puback"].wait(10), "no PUBACK"
+        return self.pubacks[info.mid]
+
+    def subscribe(self, topic: str) -> list[int]:
+        self._events["suback"].clear()
+        self.client.subscribe(topic, qos=1)
+        assert self._events["suback"].wait(10), "no SUBACK"
+        return self.subacks
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def device_identity(broker_admin: BrokerAdmin, unique: str) -> tuple[str, str]:
+    serial, password = f"sec-{unique}", secrets.token_urlsafe(16)
+    broker_admin.create_devices([(serial, password)])
+    return serial, password
+
+
+def test_anonymous_connect_is_refused(settings: Settings) -> None:
+    probe = Probe(settings, "anonymous-probe", None, None)
+    try:
+        assert probe.connack is not None and probe.connack.is_failure
+    finally:
+        probe.close()
+
+
+def test_wrong_password_is_refused(settings: Settings, device_identity: tuple[str, str]) -> None:
+    serial, _ = device_identity
+    probe = Probe(settings, serial, serial, "not-the-password")
+    try:
+        assert probe.connack is not None and probe.connack.is_failure
+    finally:
+        probe.close()
+
+
+def test_device_publishes_only_to_its_own_topics(
+    settings: Settings, device_identity: tuple[str, str], unique: str
+) -> None:
+    serial, password = device_identity
+    probe = Probe(settings, serial, serial, password)
+    try:
+        assert probe.connack is not None and not probe.connack.is_failure
+        assert probe.publish(f"fieldtrack/v1/{serial}/usage") == 0
+        assert probe.publish(f"fieldtrack/v1/other-{unique}/usage") == NOT_AUTHORISED
+        assert probe.publish("elsewhere/entirely") == NOT_AUTHORISED
+        assert probe.subscribe("#")[0] >= 0x80
+        assert probe.subscribe("$SYS/#")[0] >= 0x80
+    finally:
+        probe.close()
+
+
+def test_device_must_use_its_own_client_id(
+    settings: Settings, device_identity: tuple[str, str]
+) -> None:
+    serial, password = device_identity
+    probe = Probe(settings, "someone-else", serial, password)
+    try:
+        assert probe.connack is not None and probe.connack.is_failure
+    finally:
+        probe.close()
+
+
+def test_disabled_device_is_refused(
+    settings: Settings, broker_admin: BrokerAdmin, device_identity: tuple[str, str]
+) -> None:
+    serial, password = device_identity
+    broker_admin.disable_device(serial)
+    probe = Probe(settings, serial, serial, password)
+    try:
+        assert probe.connack is not None and probe.connack.is_failure
+    finally:
+        probe.close()

@@ -1,0 +1,95 @@
+"""Messages that cannot be stored land in the quarantine with a reason; nothing is dropped."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from device_sim.device import SimDevice
+from services.core.broker_admin import BrokerAdmin
+from services.core.settings import Settings
+from services.core.topics import MessageKind
+from services.ingest.service import IngestService
+from tests.integration.conftest import Project, wait_for
+
+
+def _quarantined(conn: psycopg.Connection, serial: str) -> list[tuple[str, str, bytes]]:
+    return [
+        (reason, detail, bytes(payload))
+        for reason, detail, payload in conn.execute(
+            "SELECT reason, detail, payload FROM quarantine WHERE device_serial = %s ORDER BY id",
+            (serial,),
+        )
+    ]
+
+
+def test_message_from_unknown_device_is_quarantined_with_reason(
+    ingest: IngestService,
+    conn: psycopg.Connection,
+    broker_admin: BrokerAdmin,
+    settings: Settings,
+    unique: str,
+) -> None:
+    # The broker knows this identity, fieldtrack's registry does not.
+    serial = f"ghost-{unique}"
+    password = secrets.token_urlsafe(16)
+    broker_admin.create_devices([(serial, password)])
+    device = SimDevice(serial, password, settings.mqtt_host, settings.mqtt_port)
+    device.start()
+    try:
+        assert device.connected.wait(10)
+        device.usage("remote_unlock").wait_for_publish(5)
+        rows = wait_for(lambda: [r for r in _quarantined(conn, serial) if b"events" in r[2]])
+    finally:
+        device.stop()
+    reason, detail, payload = rows[0]
+    assert reason == "unknown_device"
+    assert "no provisioned device" in detail
+    assert json.loads(payload)["events"][0]["feature"] == "remote_unlock"
+    stored = conn.execute(
+        "SELECT count(*) FROM usage_events u JOIN devices d ON d.id = u.device_id WHERE d.serial = %s",
+        (serial,),
+    ).fetchone()
+    assert stored == (0,)
+
+
+def test_malformed_and_future_messages_are_quarantined_with_reasons(
+    ingest: IngestService,
+    conn: psycopg.Connection,
+    project: Project,
+    provision: Callable[[int, str], SimDevice],
+    unique: str,
+) -> None:
+    device = provision(project.id, f"bad-{unique}")
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    bad = [
+        b"not json at all",
+        b'{"v": 1, "seq": 1, "ts": "2026-01-01T00:00:00Z", "events": [{"feature": "x", "count": NaN}]}',
+        json.dumps({"v": 1, "seq": "7", "ts": future, "events": [{"feature": "x"}]}).encode(),
+        json.dumps({"v": 1, "seq": 8, "ts": future, "events": [{"feature": "x"}]}).encode(),
+        b'{"v": 1, "seq": 9, "ts": "2026-01-01T00:00:00Z", "events": [{"feature": "a\\u0000b"}]}',
+        b"x" * 300_000,
+    ]
+    for payload in bad:
+        device.publish(MessageKind.USAGE, payload).wait_for_publish(5)
+    rows = wait_for(lambda: (r := _quarantined(conn, device.serial)) and len(r) >= len(bad) and r)
+    reasons = [reason for reason, _, _ in rows]
+    assert reasons == [
+        "not_json",
+        "invalid_payload",
+        "invalid_payload",
+        "future_timestamp",
+        "invalid_payload",
+        "payload_too_large",
+    ]
+    assert "seq" in rows[2][1]
+    assert len(rows[5][2]) == 64 * 1024  # oversized payloads are kept truncated
+    size = conn.execute(
+        "SELECT payload_size FROM quarantine WHERE device_serial = %s AND reason = 'payload_too_large'",
+        (device.serial,),
+    ).fetchone()
+    assert size == (300_000,)

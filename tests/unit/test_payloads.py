@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.core.payloads import (
+    MAX_PAYLOAD_BYTES,
+    Accepted,
+    QuarantineReason,
+    Rejected,
+    UsageMessage,
+    decode,
+)
+from services.core.topics import MessageKind, parse_topic
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+SKEW = timedelta(minutes=5)
+USAGE = "fieldtrack/v1/dev-1/usage"
+
+
+def _decode(payload: bytes | dict[str, object], topic: str = USAGE) -> Accepted | Rejected:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return decode(topic, raw, now=NOW, max_future_skew=SKEW)
+
+
+def _usage(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {"v": 1, "seq": 5, "ts": "2026-11-22T11:59:00Z",
+                               "events": [{"feature": "remote_unlock", "count": 2}]}  # fmt: skip
+    body.update(overrides)
+    return body
+
+
+def test_valid_usage_message_is_accepted_with_utc_times() -> None:
+    outcome = _decode(_usage(ts="2026-11-22T13:59:00+02:00"))
+    assert isinstance(outcome, Accepted)
+    assert outcome.topic.serial == "dev-1"
+    assert isinstance(outcome.message, UsageMessage)
+    assert outcome.message.ts == datetime(2026, 11, 22, 11, 59, tzinfo=UTC)
+    assert outcome.message.events[0].count == 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "mentions"),
+    [
+        (b"\xff\xfe", QuarantineReason.NOT_JSON, "Invalid JSON"),
+        (b"[" * 10_000, QuarantineReason.NOT_JSON, "Invalid JSON"),
+        (_usage(seq="5"), QuarantineReason.INVALID_PAYLOAD, "seq"),
+        (_usage(seq=-1), QuarantineReason.INVALID_PAYLOAD, "seq"),
+        (_usage(seq=2**63), QuarantineReason.INVALID_PAYLOAD, "seq"),
+        (_usage(ts="2026-11-22T11:59:00"), QuarantineReason.INVALID_PAYLOAD, "time zone"),
+        (_usage(events=[]), QuarantineReason.INVALID_PAYLOAD, "events"),
+        (_usage(events=[{"feature": "Bad Key"}]), QuarantineReason.INVALID_PAYLOAD, "feature"),
+        (_usage(events=[{"feature": "a\u0000"}]), QuarantineReason.INVALID_PAYLOAD, "feature"),
+        (_usage(device="dev-2"), QuarantineReason.INVALID_PAYLOAD, "device"),
+        (_usage(v=2), QuarantineReason.INVALID_PAYLOAD, "v"),
+        (_usage(ts="2026-11-22T12:30:00Z"), QuarantineReason.FUTURE_TIMESTAMP, "ahead"),
+        (
+            _usage(events=[{"feature": "x", "ts": "2027-01-01T00:00:00Z"}]),
+            QuarantineReason.FUTURE_TIMESTAMP,
+            "2027",
+        ),
+        (b"x" * (MAX_PAYLOAD_BYTES + 1), QuarantineReason.PAYLOAD_TOO_LARGE, "bytes"),
+    ],
+)
+def test_bad_usage_payloads_are_rejected_with_a_reason(
+    payload: bytes | dict[str, object], reason: QuarantineReason, mentions: str
+) -> None:
+    outcome = _decode(payload)
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason is reason
+    assert mentions in outcome.detail
+    assert outcome.serial == "dev-1"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_metric_values_are_rejected(literal: bytes) -> None:
+    payload = (
+        b'{"v":1,"seq":1,"ts":"2026-11-22T11:00:00Z","metrics":[{"name":"temp","value":'
+        + literal
+        + b"}]}"
+    )
+    outcome = _decode(payload, "fieldtrack/v1/dev-1/telemetry")
+    assert isinstance(outcome, Rejected)
+
+
+def test_status_message_needs_no_sequence() -> None:
+    outcome = _decode({"state": "offline"}, "fieldtrack/v1/dev-1/status")
+    assert isinstance(outcome, Accepted)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["fieldtrack/v1/dev-1", "fieldtrack/v2/dev-1/usage", "fieldtrack/v1/dev-1/usage/extra",
+     "fieldtrack/v1/+/usage", "fieldtrack/v1/dev-1/firmware", "fieldtrack/v1//usage"],
+)  # fmt: skip
+def test_unknown_topics_are_rejected(topic: str) -> None:
+    outcome = _decode(_usage(), topic)
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason is QuarantineReason.UNKNOWN_TOPIC
+    assert outcome.serial is None
+
+
+def test_topic_round_trip() -> None:
+    parsed = parse_topic("fieldtrack/v1/acme-lck-001/telemetry")
+    assert parsed is not None
+    assert (parsed.serial, parsed.kind) == ("acme-lck-001", MessageKind.TELEMETRY)
