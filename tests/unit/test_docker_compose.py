@@ -1,0 +1,445 @@
+"""docker-compose.yml against the code it runs: no Docker needed, the YAML is only parsed.
+
+Compose cannot tell that `fieldtrack sim run --credentals` is a typo, that the mounted
+broker config is stale, or that the published port is not the one the broker listens on;
+each of those only shows when the stack misbehaves. These tests catch them at commit time.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import typer.main
+import yaml
+
+from services.cli import app
+from services.core.settings import Settings
+from services.infra.mosquitto import (
+    DOCKER_DATA_DIR,
+    DOCKER_PLUGIN,
+    DOCKER_PORT,
+    render_docker_config,
+)
+
+try:  # recent Typer versions vendor their own copy of Click
+    from typer._click import ClickException as _TyperClickException
+
+    CLICK_ERRORS: tuple[type[Exception], ...] = (click.ClickException, _TyperClickException)
+except ImportError:  # pragma: no cover - Typer on the public Click
+    CLICK_ERRORS = (click.ClickException,)
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+REGENERATE = ".venv/bin/python -m services.infra.mosquitto > deploy/mosquitto/mosquitto.conf"
+
+# What each fieldtrack-image service must run: its subcommand path(s), in order.
+EXPECTED_COMMANDS: dict[str, list[tuple[str, ...]]] = {
+    "broker-setup": [("broker-setup",)],
+    "migrate": [("db", "migrate")],
+    "ingest": [("ingest",)],
+    "api": [("api",)],
+    "simulator": [("sim", "seed"), ("sim", "run")],
+}
+SHELL_SEPARATORS = {"&&", ";", "||"}
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<modifier>[^}]*)\}")
+URL_PASSWORD = re.compile(r"://[^:/@]+:(?P<password>.*)@")
+ALL_ADDRESSES = "0.0.0.0"  # inside a container: reachable through the published port
+MOSQUITTO_UID = "1883"  # the mosquitto user of the eclipse-mosquitto image
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict), "docker-compose.yml is not a mapping"
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = compose.get("services")
+    assert isinstance(found, dict) and found, "docker-compose.yml has no services"
+    return found
+
+
+@pytest.fixture(scope="module")
+def shared_env(compose: dict[str, Any]) -> dict[str, str]:
+    env = compose.get("x-fieldtrack-env")
+    assert isinstance(env, dict), "x-fieldtrack-env must be a mapping of variables"
+    return {str(k): str(v) for k, v in env.items()}
+
+
+@pytest.fixture(scope="module")
+def directives() -> dict[str, list[str]]:
+    """The committed broker config as directive -> values (one per occurrence)."""
+    found: dict[str, list[str]] = {}
+    for line in MOSQUITTO_CONF.read_text().splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            key, _, value = stripped.partition(" ")
+            found.setdefault(key, []).append(value.strip())
+    return found
+
+
+def _fieldtrack_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        name: svc
+        for name, svc in services.items()
+        if "build" in svc or str(svc.get("image", "")).split(":")[0] == "fieldtrack"
+    }
+
+
+def _invocations(command: Any) -> list[list[str]]:
+    """The argv of each program a service command runs (`sh -c "a && b"` gives two)."""
+    if isinstance(command, str):
+        command = shlex.split(command)
+    assert isinstance(command, list), f"unexpected command {command!r}"
+    if command[:2] != ["sh", "-c"]:
+        return [[str(arg) for arg in command]]
+    assert len(command) == 3, f"`sh -c` takes one script: {command!r}"
+    lexer = shlex.shlex(command[2], posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    runs: list[list[str]] = [[]]
+    for token in lexer:
+        if token in SHELL_SEPARATORS:
+            runs.append([])
+        else:
+            assert not set(token) <= set("();<>|&"), f"unsupported shell syntax {token!r}"
+            runs[-1].append(token)
+    assert all(runs), f"empty command in {command[2]!r}"
+    return runs
+
+
+def _resolve(argv: list[str]) -> tuple[tuple[str, ...], Any, list[str]]:
+    """Walk the Typer app's command groups: (subcommand path, leaf command, its arguments).
+
+    Duck-typed: Typer builds Click-compatible commands, from Click or from its vendored copy.
+    """
+    assert argv[0] == "fieldtrack", f"{shlex.join(argv)!r} does not run fieldtrack"
+    command: Any = typer.main.get_command(app)
+    path: list[str] = []
+    args = argv[1:]
+    while hasattr(command, "list_commands"):
+        assert args, f"{shlex.join(argv)!r} stops at a command group"
+        name, args = args[0], args[1:]
+        ctx = command.context_class(command)
+        sub = command.get_command(ctx, name)
+        assert sub is not None, (
+            f"{shlex.join(argv)!r}: `{' '.join(['fieldtrack', *path])}` has no command "
+            f"{name!r} (it has {sorted(command.list_commands(ctx))})"
+        )
+        path.append(name)
+        command = sub
+    return tuple(path), command, args
+
+
+def _parse(argv: list[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Parse argv as the CLI would (unknown options and bad values fail), without running it."""
+    path, command, args = _resolve(argv)
+    try:
+        ctx = command.make_context(" ".join(["fieldtrack", *path]), list(args))
+    except CLICK_ERRORS as exc:
+        pytest.fail(f"{shlex.join(argv)!r} is rejected by the CLI: {exc}")
+    return path, dict(ctx.params)
+
+
+def _ports(svc: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """Published ports as (host ip, host port, container port); short syntax only."""
+    published = []
+    for entry in svc.get("ports", []):
+        parts = str(entry).split("/")[0].split(":")
+        assert len(parts) == 3, f"publish as HOST_IP:HOST_PORT:CONTAINER_PORT, not {entry!r}"
+        published.append((parts[0], int(parts[1]), int(parts[2])))
+    return published
+
+
+def _volumes(svc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Mounts as (source, target, mode); short syntax only."""
+    mounts = []
+    for entry in svc.get("volumes", []):
+        parts = str(entry).split(":")
+        assert len(parts) in (2, 3), f"unexpected volume syntax {entry!r}"
+        mounts.append((parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"))
+    return mounts
+
+
+def _interpolate(value: str) -> str:
+    """What compose substitutes, with a placeholder for every variable."""
+    return INTERPOLATION.sub(lambda m: f"value-of-{m['name']}", value)
+
+
+def _script(svc: dict[str, Any]) -> str:
+    command = svc.get("command")
+    assert isinstance(command, list) and command[:2] == ["sh", "-c"], "expected sh -c SCRIPT"
+    return str(command[2])
+
+
+def _fieldtrack_invocations(services: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    return [
+        (name, argv)
+        for name, svc in _fieldtrack_services(services).items()
+        for argv in _invocations(svc.get("command"))
+    ]
+
+
+# --- the fieldtrack services -----------------------------------------------------------
+
+
+def test_fieldtrack_image_services_share_image_and_env(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    ours = _fieldtrack_services(services)
+    assert set(ours) == set(EXPECTED_COMMANDS)
+    images = {svc.get("image") for svc in ours.values()}
+    assert len(images) == 1, f"fieldtrack services use different images: {images}"
+    for name, svc in ours.items():
+        assert svc.get("environment") == compose["x-fieldtrack-env"], (
+            f"{name} does not use x-fieldtrack-env"
+        )
+
+
+def test_fieldtrack_is_the_typer_app() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts.get("fieldtrack") == "services.cli:app"
+
+
+@pytest.mark.parametrize("service", sorted(EXPECTED_COMMANDS))
+def test_service_commands_are_real_cli_commands(
+    services: dict[str, dict[str, Any]], service: str
+) -> None:
+    argvs = _invocations(services[service].get("command"))
+    paths = [_parse(argv)[0] for argv in argvs]
+    assert paths == EXPECTED_COMMANDS[service]
+
+
+def test_resolution_rejects_unknown_commands_and_options() -> None:
+    """Guards the helpers above: a typo must fail, not pass silently."""
+    assert _parse(["fieldtrack", "sim", "run", "--speed", "2"])[1]["speed"] == 2.0
+    for bad in (
+        ["fieldtrack", "sim", "walk"],
+        ["fieldtrack", "sim"],
+        ["fieldtrack", "sim", "run", "--credentals", "x"],
+        ["fieldtrack", "api", "--port", "http"],
+    ):
+        with pytest.raises((AssertionError, pytest.fail.Exception)):
+            _parse(bad)
+
+
+def test_simulator_credentials_are_shared_and_on_its_volume(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    sim = services["simulator"]
+    params = dict(_parse(argv) for argv in _invocations(sim["command"]))
+    written = PurePosixPath(params[("sim", "seed")]["out"])
+    read = PurePosixPath(params[("sim", "run")]["credentials"])
+    assert written == read, "`sim run` must read the credentials `sim seed` wrote"
+    targets = [PurePosixPath(target) for _, target, _ in _volumes(sim)]
+    assert any(written.is_relative_to(t) for t in targets), (
+        f"{written} is on no volume of the simulator ({targets}): lost on restart"
+    )
+
+
+def test_api_listens_on_its_published_port(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    (argv,) = _invocations(api["command"])
+    params = _parse(argv)[1]
+    assert params["host"] == ALL_ADDRESSES, (
+        "inside a container the API must listen on all addresses"
+    )
+    container_ports = [container for _, _, container in _ports(api)]
+    assert container_ports == [params["port"]]
+    health = " ".join(map(str, api.get("healthcheck", {}).get("test", [])))
+    if health:
+        assert f":{params['port']}/" in health, "the API healthcheck probes another port"
+
+
+# --- environment ----------------------------------------------------------------------
+
+
+def test_shared_env_only_sets_settings_fields(shared_env: dict[str, str]) -> None:
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    assert prefix == "FIELDTRACK_"
+    fieldtrack_vars = [k for k in shared_env if k.startswith(prefix)]
+    assert fieldtrack_vars == list(shared_env), "x-fieldtrack-env sets non-FIELDTRACK_ variables"
+    unknown = [k for k in fieldtrack_vars if k[len(prefix) :].lower() not in Settings.model_fields]
+    assert not unknown, f"not fields of services.core.settings.Settings: {unknown}"
+    required = {
+        f"{prefix}{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if field.is_required()
+    }
+    assert required <= set(shared_env), f"missing required settings: {required - set(shared_env)}"
+
+
+def test_shared_env_points_at_the_compose_services(
+    services: dict[str, dict[str, Any]], shared_env: dict[str, str]
+) -> None:
+    assert shared_env["FIELDTRACK_MQTT_HOST"] in services
+    assert services[shared_env["FIELDTRACK_MQTT_HOST"]]["image"].startswith("eclipse-mosquitto")
+    assert int(shared_env["FIELDTRACK_MQTT_PORT"]) == DOCKER_PORT
+
+    url = urlsplit(_interpolate(shared_env["FIELDTRACK_DATABASE_URL"]))
+    assert url.scheme in ("postgresql", "postgres")
+    db = services.get(url.hostname or "")
+    assert db is not None, f"database host {url.hostname!r} is not a compose service"
+    db_env = db["environment"]
+    assert url.username == db_env["POSTGRES_USER"]
+    assert url.path.lstrip("/") == db_env["POSTGRES_DB"]
+    assert url.port == 5432  # the port Postgres listens on inside its container
+    url_vars = [m["name"] for m in INTERPOLATION.finditer(shared_env["FIELDTRACK_DATABASE_URL"])]
+    db_vars = [m["name"] for m in INTERPOLATION.finditer(str(db_env["POSTGRES_PASSWORD"]))]
+    assert url_vars == db_vars, "the URL's password is not the one the database is created with"
+
+
+def test_secrets_are_required_variables_not_values(services: dict[str, dict[str, Any]]) -> None:
+    checked = 0
+    for name, svc in services.items():
+        env = svc.get("environment") or {}
+        assert isinstance(env, dict), f"{name}: use a mapping for environment"
+        for key, value in env.items():
+            if "PASSWORD" in key:
+                secret = str(value)
+            elif key.endswith("_URL") and (userinfo := URL_PASSWORD.search(str(value))):
+                secret = userinfo["password"]
+            else:
+                continue
+            checked += 1
+            match = INTERPOLATION.fullmatch(secret)
+            assert match and match["modifier"].startswith(":?"), (
+                f"{name}: the secret in {key} must be a required variable like ${{VAR:?message}}"
+            )
+    assert checked >= 5  # database URL and password, admin (three times), ingest
+
+
+def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = {name: _ports(svc) for name, svc in services.items() if svc.get("ports")}
+    assert {"timescaledb", "mosquitto", "api"} <= set(published)
+    for name, ports in published.items():
+        assert all(ip == "127.0.0.1" for ip, _, _ in ports), f"{name} is published beyond loopback"
+
+
+# --- broker ------------------------------------------------------------------------
+
+
+def test_committed_mosquitto_config_is_the_rendered_one() -> None:
+    assert MOSQUITTO_CONF.read_text() == render_docker_config(), (
+        f"deploy/mosquitto/mosquitto.conf is stale; regenerate it with `{REGENERATE}`"
+    )
+
+
+def test_mosquitto_mounts_the_config_its_command_reads(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    broker = services["mosquitto"]
+    (argv,) = _invocations(broker["command"])
+    assert argv[0] == "mosquitto" and "-c" in argv
+    config_path = argv[argv.index("-c") + 1]
+    mounts = {target: (source, mode) for source, target, mode in _volumes(broker)}
+    assert config_path in mounts, f"nothing is mounted at {config_path}"
+    source, mode = mounts[config_path]
+    assert (COMPOSE_FILE.parent / source).resolve() == MOSQUITTO_CONF.resolve()
+    assert mode == "ro"
+
+
+def test_mosquitto_port_is_the_listener_port(
+    services: dict[str, dict[str, Any]], directives: dict[str, list[str]]
+) -> None:
+    (listener,) = directives["listener"]
+    port, bind = listener.split()
+    assert int(port) == DOCKER_PORT
+    assert bind == ALL_ADDRESSES, "the broker must listen beyond the container's loopback"
+    assert [container for _, _, container in _ports(services["mosquitto"])] == [DOCKER_PORT]
+    health = " ".join(map(str, services["mosquitto"].get("healthcheck", {}).get("test", [])))
+    if health:
+        assert f"-p {DOCKER_PORT}" in health, "the broker healthcheck probes another port"
+
+
+def test_broker_data_volume_and_dynsec_store(
+    compose: dict[str, Any],
+    services: dict[str, dict[str, Any]],
+    directives: dict[str, list[str]],
+) -> None:
+    def data_volume(service: str) -> str:
+        sources = [s for s, t, _ in _volumes(services[service]) if t == DOCKER_DATA_DIR]
+        assert len(sources) == 1, f"{service} does not mount one volume at {DOCKER_DATA_DIR}"
+        return sources[0]
+
+    volume = data_volume("mosquitto")
+    assert volume in (compose.get("volumes") or {}), f"{volume!r} is not a named volume"
+    assert data_volume("broker-init") == volume, "broker-init initialises another volume"
+
+    (store,) = directives["plugin_opt_config_file"]
+    assert PurePosixPath(store).parent == PurePosixPath(DOCKER_DATA_DIR)
+    assert directives["plugin"] == [DOCKER_PLUGIN]
+
+    script = _script(services["broker-init"])
+    init = re.search(r"mosquitto_ctrl dynsec init (\S+) (\S+) ", script)
+    assert init, "broker-init does not run `mosquitto_ctrl dynsec init FILE ADMIN PASSWORD`"
+    assert init[1] == store, f"broker-init creates {init[1]}, the broker reads {store}"
+    guard = re.search(r"\[ ! -f (\S+) \]", script)
+    assert guard and guard[1] == store, "broker-init must only create a missing store"
+    chown = re.search(r"chown (\S+) (\S+)", script)
+    assert chown and chown[2] == store and chown[1].split(":")[0] in (MOSQUITTO_UID, "mosquitto")
+
+    admin = Settings.model_fields["mqtt_admin_username"].default
+    assert init[2] == admin, f"the store's admin is {init[2]!r}, fieldtrack logs in as {admin!r}"
+
+
+# --- ordering ----------------------------------------------------------------------
+
+
+def test_dependencies_can_be_satisfied(services: dict[str, dict[str, Any]]) -> None:
+    expected = {
+        ("mosquitto", "broker-init"): "service_completed_successfully",
+        ("broker-setup", "mosquitto"): None,
+        ("migrate", "timescaledb"): "service_healthy",
+        ("ingest", "migrate"): "service_completed_successfully",
+        ("ingest", "broker-setup"): "service_completed_successfully",
+    }
+    for (service, dependency), condition in expected.items():
+        deps = services[service].get("depends_on") or {}
+        assert dependency in deps, f"{service} does not wait for {dependency}"
+        if condition:
+            assert deps[dependency]["condition"] == condition, f"{service} -> {dependency}"
+
+    for name, svc in services.items():
+        for dependency, spec in (svc.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            condition = spec.get("condition")
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
+            if condition == "service_completed_successfully":
+                # A restarting service never "completes"; compose would wait forever.
+                assert services[dependency].get("restart", "no") == "no", dependency
+
+
+# --- image -------------------------------------------------------------------------
+
+
+def test_image_runs_unprivileged_from_the_source_tree() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.MULTILINE)
+    assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+    workdir = re.findall(r"^WORKDIR\s+(\S+)", dockerfile, flags=re.MULTILINE)[-1]
+    assert re.search(r"pip install --no-cache-dir -e \.", dockerfile), (
+        "install editable: services/core/paths.py finds dashboards/ in the source tree"
+    )
+    ignored = [
+        line.strip().strip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ".state" in ignored, ".state holds local secrets and must not enter the image"
+    for needed in ("services", "device_sim", "dashboards", "pyproject.toml"):
+        assert needed not in ignored and f"**/{needed}" not in ignored, needed
+    assert workdir == "/app"
