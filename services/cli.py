@@ -14,7 +14,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from services.core.errors import FieldtrackError
 from services.core.paths import PROJECT_ROOT, state_dir
@@ -91,12 +90,14 @@ def _print_status(services: object) -> None:
     from services.infra.local import LocalServices
 
     assert isinstance(services, LocalServices)  # noqa: S101
-    table = Table(title=f"local services (state in {services.root})")
-    for column in ("service", "state", "address", "detail"):
-        table.add_column(column, overflow="fold")
+    console.print(f"[bold]local services[/] (state in {services.root})")
     for row in services.status():
-        table.add_row(*row.values())
-    console.print(table)
+        colour = "green" if row["state"].startswith(("running", "written")) else "yellow"
+        console.print(f"  [bold]{row['service']}[/]: [{colour}]{row['state']}[/]")
+        if row["address"]:
+            console.print(f"      address  {row['address']}")
+        for part in row["detail"].split("; "):
+            console.print(f"      {part}", soft_wrap=True)
 
 
 @app.command("broker-setup")

@@ -16,7 +16,7 @@ from pathlib import Path
 from string import Template
 
 from services.core.errors import InfraError
-from services.infra.system import Reporter, chown_tree, is_root, run, user_exists
+from services.infra.system import Reporter, chown_tree, is_root, log_tail, run, user_exists
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 MOSQUITTO_CTRL = "mosquitto_ctrl"
@@ -29,7 +29,6 @@ PLUGIN_CANDIDATES = (
 SERVICE_USER = "mosquitto"  # Mosquitto started as root drops to this user
 START_TIMEOUT_S = 15
 STOP_TIMEOUT_S = 15
-LOG_TAIL_LINES = 30
 
 
 def config_template() -> Template:
@@ -166,9 +165,7 @@ class LocalMosquitto:
         return True
 
     def log_tail(self) -> str:
-        if not self.logfile.exists():
-            return "(no log)"
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        return log_tail(self.logfile)
 
 
 def _reap(pid: int) -> None:

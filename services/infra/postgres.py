@@ -11,14 +11,13 @@ import psycopg
 from psycopg import sql
 
 from services.core.errors import InfraError
-from services.infra.system import Reporter, chown_tree, is_root, run
+from services.infra.system import Reporter, chown_tree, is_root, log_tail, run
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SERVICE_USER = "postgres"  # PostgreSQL refuses to run as root
 APP_ROLE = "fieldtrack"
 APP_DATABASE = "fieldtrack"
 START_TIMEOUT_S = 60
-LOG_TAIL_LINES = 30
 
 
 @dataclass(frozen=True)
@@ -133,9 +132,7 @@ class LocalPostgres:
         return True
 
     def log_tail(self) -> str:
-        if not self.logfile.exists():
-            return "(no log)"
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        return log_tail(self.logfile)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

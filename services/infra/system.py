@@ -56,6 +56,13 @@ def run(
     return done.stdout
 
 
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The end of a service's log, for error messages."""
+    if not path.exists():
+        return f"(no log at {path})"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 

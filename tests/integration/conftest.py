@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,20 +41,29 @@ def base_settings(local_services: LocalServices) -> Settings:
     return get_settings()
 
 
-@pytest.fixture(scope="session")
-def database(local_services: LocalServices, base_settings: Settings) -> Iterator[str]:
-    """A fresh database for this session, migrated; dropped afterwards."""
-    name = f"fieldtrack_test_{uuid.uuid4().hex[:10]}"
-    pg = local_services.postgres
+@contextmanager
+def scratch_database(services: LocalServices, app_url: str, prefix: str) -> Iterator[str]:
+    """A new database owned by the app role, with TimescaleDB; dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    pg = services.postgres
     with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER fieldtrack").format(sql.Identifier(name)))
     with psycopg.connect(pg.superuser_conninfo(name), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION timescaledb")
-    url = base_settings.database_url.get_secret_value().rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    try:
+        yield app_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database(local_services: LocalServices, base_settings: Settings) -> Iterator[str]:
+    """A fresh database for this session, migrated; dropped afterwards."""
+    app_url = base_settings.database_url.get_secret_value()
+    with scratch_database(local_services, app_url, "fieldtrack_test") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

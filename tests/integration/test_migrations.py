@@ -1,28 +1,20 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from services.core.migrate import available, migrate
 from services.infra.local import LocalServices
+from tests.integration.conftest import scratch_database
 
 
 @pytest.fixture
 def empty_database(local_services: LocalServices, database: str) -> Iterator[str]:
-    name = f"fieldtrack_migrate_{uuid.uuid4().hex[:8]}"
-    pg = local_services.postgres
-    with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER fieldtrack").format(sql.Identifier(name)))
-    with psycopg.connect(pg.superuser_conninfo(name), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
-    yield database.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(local_services, database, "fieldtrack_migrate") as url:
+        yield url
 
 
 def test_migrations_apply_once_then_are_a_no_op(empty_database: str) -> None:
