@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from device_sim.device import SimDevice
 from device_sim.scenario import Scenario, serials
-from services.core.registry import DeviceCredential
+from services.registry.upserts import DeviceCredential
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 
 from device_sim.scenario import Scenario, serials
-from services.core import registry
 from services.core.broker_admin import BrokerAdmin
-from services.core.registry import DeviceCredential
+from services.registry import upserts as registry
+from services.registry.upserts import DeviceCredential
 
 CREDENTIAL_FIELDS = ("serial", "password", "project_id")
 

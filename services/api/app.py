@@ -7,9 +7,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from services.api import errors
-from services.api.routes import health, pages, projects
+from services.api.routes import (
+    customers,
+    deliveries,
+    devices,
+    features,
+    health,
+    imports,
+    pages,
+    projects,
+)
 from services.core.db import open_pool
 from services.core.migrate import migrate
 from services.core.paths import DASHBOARDS_DIR
@@ -22,13 +32,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate(config.database_url.get_secret_value())
+        app.state.settings = config
         app.state.pool = open_pool(config)
         try:
             yield
         finally:
             app.state.pool.close()
 
-    app = FastAPI(
+    # FastAPIOffline serves /docs and /redoc from packaged assets: no CDN, works offline.
+    app = FastAPIOffline(
         title="fieldtrack",
         summary="What was delivered to each customer project, beside what devices really use.",
         version="0.1.0",
@@ -36,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(projects.router)
+    for module in (customers, projects, features, deliveries, devices, imports):
+        app.include_router(module.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
     return app

@@ -7,11 +7,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import psycopg
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, Query, Request
 from psycopg_pool import ConnectionPool
+
+from services.core.broker_admin import BrokerAdmin
+from services.core.errors import InvalidInputError
+from services.core.settings import Settings
+from services.registry.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 DEFAULT_WINDOW = timedelta(days=7)
 MAX_WINDOW = timedelta(days=400)
+MAX_OFFSET = 1_000_000
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection]:
@@ -21,6 +27,44 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
 
 
 ConnDep = Annotated[psycopg.Connection, Depends(get_conn)]
+
+
+def get_broker_admin(request: Request) -> Iterator[BrokerAdmin]:
+    """A dynamic-security session for this request (provisioning is rare; keep it simple)."""
+    settings: Settings = request.app.state.settings
+    with BrokerAdmin(
+        settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+        settings.mqtt_admin_password.get_secret_value(),
+    ) as admin:  # fmt: skip
+        yield admin
+
+
+BrokerDep = Annotated[BrokerAdmin, Depends(get_broker_admin)]
+
+
+class ListParams:
+    """Paging, sorting and free-text search shared by every list route."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")] = (
+            DEFAULT_PAGE_SIZE
+        ),
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")] = 0,
+        sort: Annotated[
+            str | None,
+            Query(max_length=64, description="field to sort by; prefix - for descending"),
+        ] = None,
+        q: Annotated[
+            str | None, Query(min_length=1, max_length=200, description="case-insensitive search")
+        ] = None,
+    ) -> None:
+        if q is not None and "\x00" in q:
+            raise InvalidInputError("must not contain NUL characters", field="q", location="query")
+        self.limit, self.offset, self.sort, self.q = limit, offset, sort, q
+
+
+ListDep = Annotated[ListParams, Depends()]
 
 
 class Window:
@@ -37,19 +81,18 @@ class Window:
     ) -> None:
         for name, value in (("since", since), ("until", until)):
             if value is not None and value.tzinfo is None:
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    f"{name} needs a time zone, e.g. 2026-01-31T00:00:00Z",
+                raise InvalidInputError(
+                    "needs a time zone, e.g. 2026-01-31T00:00:00Z", field=name, location="query"
                 )
         self.until = (until or datetime.now(UTC)).astimezone(UTC)
         self.since = (since or self.until - DEFAULT_WINDOW).astimezone(UTC)
         if self.since >= self.until:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since must be before until")
+            raise InvalidInputError("since must be before until", field="since", location="query")
         if self.until - self.since > MAX_WINDOW:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"the window may span at most {MAX_WINDOW.days} days",
-            )
+            raise InvalidInputError(
+                f"the window may span at most {MAX_WINDOW.days} days", field="since",
+                location="query",
+            )  # fmt: skip
 
 
 WindowDep = Annotated[Window, Depends()]

@@ -1,4 +1,8 @@
-"""How fieldtrack's own errors become HTTP responses."""
+"""How fieldtrack's own errors become HTTP responses, and their documented shapes.
+
+Every 422 has FastAPI's shape (`detail` is a list of {loc, msg, type}), whether the
+request failed its schema or a check against the data; other errors carry `detail` text.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,39 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from services.core.errors import NotFoundError
+from services.core.errors import (
+    BrokerAdminError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
+from services.registry.imports import ImportRejected, RowError
 
 
 class ErrorBody(BaseModel):
-    detail: str
+    detail: str = Field(examples=["customer 42 not found"])
 
 
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "no such object"}
+class ImportErrorBody(BaseModel):
+    detail: str = Field(examples=["2 row error(s); nothing was imported"])
+    errors: list[RowError]
+
+
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "no such object"}}
+CONFLICT: Responses = {
+    409: {"model": ErrorBody, "description": "a duplicate, or the object still has data"}
+}
+BROKER_DOWN: Responses = {
+    503: {
+        "model": ErrorBody,
+        "description": "the MQTT broker refused or is unreachable; nothing changed",
+    }
+}
+IMPORT_REJECTED: Responses = {
+    422: {"model": ImportErrorBody, "description": "rows with errors; nothing was imported"}
 }
 
 
@@ -24,3 +50,29 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NotFoundError)
     def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(ConflictError)
+    def conflict(request: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(InvalidInputError)
+    def invalid(request: Request, exc: InvalidInputError) -> JSONResponse:
+        loc = [exc.location, exc.field] if exc.field else [exc.location]
+        return JSONResponse(
+            {"detail": [{"loc": loc, "msg": str(exc), "type": "invalid_input"}]},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(ImportRejected)
+    def rejected(request: Request, exc: ImportRejected) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc), "errors": [e.model_dump() for e in exc.errors]},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(BrokerAdminError)
+    def broker_down(request: Request, exc: BrokerAdminError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"{exc}; nothing was changed"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )

@@ -217,6 +217,19 @@ class BrokerAdmin:
         """Disable the device's client; the broker disconnects it at once."""
         self.check([{"command": "disableClient", "username": serial}])
 
+    def set_device_password(self, serial: str, password: str) -> None:
+        self.check([{"command": "setClientPassword", "username": serial, "password": password}])
+
+    def delete_device(self, serial: str) -> None:
+        """Remove the device's client and role; a client that is already gone is fine."""
+        self.check(
+            [
+                {"command": "deleteClient", "username": serial},
+                {"command": "deleteRole", "rolename": device_role(serial)},
+            ],
+            tolerate=["not found"],
+        )
+
 
 def setup_broker(
     *,

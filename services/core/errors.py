@@ -19,3 +19,16 @@ class BrokerAdminError(FieldtrackError):
 
 class NotFoundError(FieldtrackError):
     """A requested object does not exist (or is not visible to the caller)."""
+
+
+class ConflictError(FieldtrackError):
+    """The request clashes with what exists: a duplicate, or data that still depends on it."""
+
+
+class InvalidInputError(FieldtrackError):
+    """Input that passed its schema but does not fit the data (e.g. an unknown reference)."""
+
+    def __init__(self, message: str, field: str | None = None, location: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
+        self.location = location

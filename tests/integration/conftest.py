@@ -20,12 +20,12 @@ from pydantic import SecretStr
 
 from device_sim.device import SimDevice
 from services.api.app import create_app
-from services.core import registry
 from services.core.broker_admin import BrokerAdmin
 from services.core.migrate import migrate
 from services.core.settings import Settings, get_settings
 from services.infra.local import LocalServices
 from services.ingest.service import IngestService
+from services.registry import upserts as registry
 
 
 @pytest.fixture(scope="session")

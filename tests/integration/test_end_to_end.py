@@ -110,4 +110,6 @@ def test_unknown_project_usage_is_404_with_a_message(api: TestClient) -> None:
 def test_window_without_time_zone_is_422(api: TestClient, project: Project) -> None:
     response = api.get(f"/projects/{project.id}/usage", params={"since": "2026-01-01T00:00:00"})
     assert response.status_code == 422
-    assert "time zone" in response.json()["detail"]
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["query", "since"]
+    assert "time zone" in error["msg"]

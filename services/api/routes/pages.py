@@ -8,8 +8,9 @@ from fastapi.templating import Jinja2Templates
 
 from services.analytics.usage import project_usage
 from services.api.deps import ConnDep, WindowDep
-from services.api.routes.projects import list_project_summaries
 from services.core.paths import DASHBOARDS_DIR
+from services.registry import repository
+from services.registry.resources import PROJECTS
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=DASHBOARDS_DIR / "templates")
@@ -17,9 +18,10 @@ templates = Jinja2Templates(directory=DASHBOARDS_DIR / "templates")
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, conn: ConnDep) -> HTMLResponse:
-    return templates.TemplateResponse(
-        request, "projects.html", {"projects": list_project_summaries(conn)}
+    projects = repository.list_items(
+        conn, PROJECTS, filters={}, search=None, sort="customer_name", limit=500, offset=0
     )
+    return templates.TemplateResponse(request, "projects.html", {"projects": projects.items})
 
 
 @router.get("/dashboards/projects/{project_id}", response_class=HTMLResponse)

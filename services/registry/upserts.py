@@ -1,4 +1,5 @@
-"""Writing the registry: customers, projects, features, deliveries, and device provisioning.
+"""Idempotent registry writes for scenario seeding: upserts by natural key, and devices
+re-provisioned with fresh credentials.
 
 Provisioning is one unit across two systems: the device row is inserted inside a
 transaction, its broker identity is created, and only then is the transaction committed;

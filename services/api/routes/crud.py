@@ -1,0 +1,72 @@
+"""One router factory for the registry resources that are plain create/read/update/delete.
+
+Deliberately without `from __future__ import annotations`: FastAPI reads the request and
+response models from these annotations at runtime, and here they are the factory's
+arguments.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, status
+from pydantic import BaseModel
+
+from services.api.deps import ConnDep, ListDep
+from services.api.errors import CONFLICT, NOT_FOUND
+from services.registry import repository
+from services.registry.models import MAX_BIGINT, Page
+from services.registry.repository import Resource
+
+ItemId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="the item's id")]
+
+
+def filter_values(filters: object) -> dict[str, Any]:
+    return {k: v for k, v in vars(filters).items() if v is not None}
+
+
+def crud_router(
+    *,
+    resource: Resource[Any],
+    create: type[BaseModel],
+    update: type[BaseModel],
+    filters: type,
+    plural: str,
+) -> APIRouter:
+    """GET list / GET one / POST / PATCH / DELETE for one resource."""
+    out = resource.out
+    router = APIRouter(prefix=f"/{plural}", tags=[plural])
+
+    @router.get("", response_model=Page[out], summary=f"List {plural}")  # type: ignore[valid-type]
+    def list_items(conn: ConnDep, page: ListDep, where: Annotated[filters, Depends()]) -> Any:  # type: ignore[valid-type]
+        return repository.list_items(
+            conn, resource, filters=filter_values(where), search=page.q, sort=page.sort,
+            limit=page.limit, offset=page.offset,
+        )  # fmt: skip
+
+    @router.get(
+        "/{item_id}", response_model=out, responses=NOT_FOUND, summary=f"One {resource.label}"
+    )
+    def get_item(item_id: ItemId, conn: ConnDep) -> Any:
+        return repository.get_item(conn, resource, item_id)
+
+    @router.post(
+        "", response_model=out, status_code=status.HTTP_201_CREATED, responses=CONFLICT,
+        summary=f"Create a {resource.label}",
+    )  # fmt: skip
+    def create_item(body: create, conn: ConnDep) -> Any:  # type: ignore[valid-type]
+        return repository.create_item(conn, resource, body)
+
+    @router.patch(
+        "/{item_id}", response_model=out, responses={**NOT_FOUND, **CONFLICT},
+        summary=f"Change some fields of a {resource.label}",
+    )  # fmt: skip
+    def update_item(item_id: ItemId, body: update, conn: ConnDep) -> Any:  # type: ignore[valid-type]
+        return repository.update_item(conn, resource, item_id, body)
+
+    @router.delete(
+        "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT},
+        summary=f"Delete a {resource.label} that nothing depends on",
+    )  # fmt: skip
+    def delete_item(item_id: ItemId, conn: ConnDep) -> None:
+        repository.delete_item(conn, resource, item_id)
+
+    return router

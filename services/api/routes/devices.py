@@ -1,0 +1,156 @@
+"""Devices: the registry row and the broker identity, kept in step (see provisioning)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, status
+from fastapi.responses import Response
+
+from services.api.deps import BrokerDep, ConnDep, ListDep
+from services.api.errors import BROKER_DOWN, CONFLICT, IMPORT_REJECTED, NOT_FOUND
+from services.api.routes.crud import ItemId, filter_values
+from services.core.errors import InvalidInputError
+from services.registry import imports, models, provisioning, repository
+from services.registry.resources import DEVICES
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+MAX_BATCH = 1000
+MAX_CSV_BYTES = 5 * 1024 * 1024
+
+
+class DeviceFilters:
+    def __init__(  # noqa: PLR0917 - FastAPI reads each filter from its own query parameter
+        self,
+        project_id: Annotated[int | None, Query(ge=1, le=models.MAX_BIGINT)] = None,
+        status: Annotated[models.DeviceStatus | None, Query()] = None,
+        model: Annotated[str | None, Query(max_length=100)] = None,
+        firmware: Annotated[str | None, Query(max_length=100)] = None,
+        site: Annotated[str | None, Query(max_length=200)] = None,
+        tag: Annotated[
+            str | None, Query(max_length=64, description="devices carrying this tag")
+        ] = None,
+    ) -> None:
+        self.project_id, self.status, self.model = project_id, status, model
+        self.firmware, self.site, self.tag = firmware, site, tag
+
+
+@router.get("", response_model=models.Page[models.Device], summary="List devices")
+def list_devices(
+    conn: ConnDep, page: ListDep, where: Annotated[DeviceFilters, Depends()]
+) -> models.Page[Any]:
+    return repository.list_items(
+        conn, DEVICES, filters=filter_values(where), search=page.q, sort=page.sort,
+        limit=page.limit, offset=page.offset,
+    )  # fmt: skip
+
+
+@router.get("/{item_id}", response_model=models.Device, responses=NOT_FOUND, summary="One device")
+def get_device(item_id: ItemId, conn: ConnDep) -> Any:
+    return repository.get_item(conn, DEVICES, item_id)
+
+
+@router.post(
+    "",
+    response_model=models.ProvisionedDevice,
+    status_code=status.HTTP_201_CREATED,
+    responses={**CONFLICT, **BROKER_DOWN},
+    summary="Provision a device: registry row plus MQTT identity; the password is shown once",
+)
+def provision_device(
+    body: models.DeviceCreate, conn: ConnDep, admin: BrokerDep
+) -> models.ProvisionedDevice:
+    [provisioned] = provisioning.provision(conn, admin, [body])
+    return provisioned
+
+
+@router.post(
+    "/batch",
+    response_model=list[models.ProvisionedDevice],
+    status_code=status.HTTP_201_CREATED,
+    responses={**CONFLICT, **BROKER_DOWN},
+    summary=f"Provision up to {MAX_BATCH} devices at once, all or none",
+)
+def provision_batch(
+    body: Annotated[list[models.DeviceCreate], Body(min_length=1, max_length=MAX_BATCH)],
+    conn: ConnDep,
+    admin: BrokerDep,
+) -> list[models.ProvisionedDevice]:
+    errors = imports.check_devices(conn, list(enumerate(body)))
+    if errors:
+        first = errors[0]
+        raise InvalidInputError(
+            f"item {first.row}: {first.message}"
+            + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""),
+            field=first.field,
+        )
+    return provisioning.provision(conn, admin, body)
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        **IMPORT_REJECTED,
+        **BROKER_DOWN,
+        201: {
+            "content": {"text/csv": {"example": "serial,password,project_id,device_id\n"}},
+            "description": "credentials, once: serial, password, project_id, device_id",
+        },
+    },
+    response_class=Response,
+    summary="Provision devices from CSV (serial,project_id,model,firmware,site,tags); all or none",
+)
+def import_devices(
+    body: Annotated[str, Body(media_type="text/csv", max_length=MAX_CSV_BYTES)],
+    conn: ConnDep,
+    admin: BrokerDep,
+) -> Response:
+    provisioned = imports.import_devices(conn, admin, body)
+    return Response(
+        imports.credentials_csv(provisioned),
+        status_code=status.HTTP_201_CREATED,
+        media_type="text/csv",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.patch(
+    "/{item_id}", response_model=models.Device, responses=NOT_FOUND,
+    summary="Change model, firmware, site or tags",
+)  # fmt: skip
+def update_device(item_id: ItemId, body: models.DeviceUpdate, conn: ConnDep) -> Any:
+    return repository.update_item(conn, DEVICES, item_id, body)
+
+
+@router.post(
+    "/{item_id}/revoke",
+    response_model=models.Device,
+    responses={**NOT_FOUND, **BROKER_DOWN},
+    summary="Revoke: disabled in the broker (disconnected at once); history stays",
+)
+def revoke_device(item_id: ItemId, conn: ConnDep, admin: BrokerDep) -> models.Device:
+    return provisioning.revoke(conn, admin, item_id)
+
+
+@router.post(
+    "/{item_id}/credentials",
+    response_model=models.ProvisionedDevice,
+    responses={**NOT_FOUND, **CONFLICT, **BROKER_DOWN},
+    summary="Rotate the device's password; the old one stops working at once",
+)
+def rotate_credentials(
+    item_id: ItemId, conn: ConnDep, admin: BrokerDep
+) -> models.ProvisionedDevice:
+    return provisioning.rotate_credentials(conn, admin, item_id)
+
+
+@router.delete(
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, **CONFLICT, **BROKER_DOWN},
+    summary="Delete a device that never sent data (otherwise revoke it)",
+)
+def delete_device(item_id: ItemId, conn: ConnDep, admin: BrokerDep) -> None:
+    provisioning.delete(conn, admin, item_id)

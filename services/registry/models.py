@@ -1,0 +1,288 @@
+"""What was delivered to whom: the registry's resources as the API sees them.
+
+Each resource has a Create model (what a client sends), an Update model (every field
+optional, for PATCH) and an output model (what the API returns). The constraints mirror
+the database's CHECKs so bad input is a 422 naming the field, never a database error.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from services.core.topics import SERIAL_PATTERN
+
+MAX_BIGINT = 2**63 - 1
+MAX_MONEY = Decimal("999999999999.99")  # numeric(14, 2)
+FEATURE_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+def _strip(value: str) -> str:
+    return value.strip()
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Name = Annotated[
+    str, AfterValidator(_strip), AfterValidator(_no_nul), Field(min_length=1, max_length=200)
+]
+Label = Annotated[
+    str, AfterValidator(_strip), AfterValidator(_no_nul), Field(min_length=1, max_length=100)
+]
+Notes = Annotated[str, AfterValidator(_no_nul), Field(max_length=5000)]
+Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, decimal_places=2, allow_inf_nan=False)]
+PersonDays = Annotated[
+    Decimal, Field(ge=0, le=Decimal("999999.99"), decimal_places=2, allow_inf_nan=False)
+]
+Id = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
+FeatureKey = Annotated[str, Field(pattern=FEATURE_KEY_PATTERN, examples=["remote_unlock"])]
+Serial = Annotated[str, Field(pattern=f"^{SERIAL_PATTERN}$", examples=["acme-lck-001"])]
+Tag = Annotated[str, AfterValidator(_no_nul), Field(min_length=1, max_length=64)]
+
+
+class Tier(StrEnum):
+    HEAD = "head"
+    WAIST = "waist"
+    TAIL = "tail"
+
+
+class LifecycleStage(StrEnum):
+    ONBOARDING = "onboarding"
+    ADOPTION = "adoption"
+    EXPANSION = "expansion"
+    RENEWAL = "renewal"
+    AT_RISK = "at_risk"
+
+
+class ProjectStatus(StrEnum):
+    DELIVERING = "delivering"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+class DeliveryStatus(StrEnum):
+    DELIVERED = "delivered"
+    PLANNED = "planned"
+    CUT = "cut"
+
+
+class DeviceStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- customers ----------------------------------------------------------------------
+
+
+class CustomerCreate(_In):
+    name: Name = Field(examples=["Acme Logistics"])
+    tier: Tier = Field(description="head (large), waist (mid) or tail (small and micro)")
+    industry: Label = Field(examples=["logistics"])
+    lifecycle_stage: LifecycleStage = LifecycleStage.ONBOARDING
+
+
+class CustomerUpdate(_In):
+    name: Name | None = None
+    tier: Tier | None = None
+    industry: Label | None = None
+    lifecycle_stage: LifecycleStage | None = None
+
+
+class Customer(_Out):
+    id: int
+    name: str
+    tier: Tier
+    industry: str
+    lifecycle_stage: LifecycleStage
+    created_at: datetime
+
+
+# --- projects -------------------------------------------------------------------------
+
+
+class ProjectCreate(_In):
+    customer_id: Id
+    name: Name = Field(examples=["Smart Lockers EU"])
+    contract_value: Money | None = Field(default=None, examples=["480000.00"])
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
+    go_live_date: date | None = None
+    status: ProjectStatus = ProjectStatus.DELIVERING
+    retention_days: int | None = Field(
+        default=None, ge=1, le=36500, description="how long raw device data is kept"
+    )
+
+
+class ProjectUpdate(_In):
+    name: Name | None = None
+    contract_value: Money | None = None
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    go_live_date: date | None = None
+    status: ProjectStatus | None = None
+    retention_days: int | None = Field(default=None, ge=1, le=36500)
+
+
+class Project(_Out):
+    id: int
+    customer_id: int
+    customer_name: str
+    name: str
+    contract_value: Decimal | None
+    currency: str
+    go_live_date: date | None
+    status: ProjectStatus
+    retention_days: int | None
+    devices: int = Field(description="active devices")
+    created_at: datetime
+
+
+# --- features ---------------------------------------------------------------------------
+
+
+class MetricCondition(_In):
+    """A metric sample that counts as use, e.g. dimming_level > 0."""
+
+    metric: FeatureKey = Field(examples=["dimming_level"])
+    op: Literal[">", ">=", "<", "<=", "=", "!="]
+    value: float = Field(allow_inf_nan=False)
+
+
+class FeatureCreate(_In):
+    key: FeatureKey = Field(description="stable key devices report in usage events")
+    name: Name = Field(examples=["Remote unlock"])
+    product_line: Label | None = None
+    description: Notes | None = None
+    usage_events: list[FeatureKey] = Field(
+        default_factory=list, max_length=50,
+        description="usage-event names that count as use; empty means the key itself",
+    )  # fmt: skip
+    usage_metrics: list[MetricCondition] = Field(
+        default_factory=list, max_length=20, description="metric conditions that count as use"
+    )
+
+
+class FeatureUpdate(_In):
+    name: Name | None = None
+    product_line: Label | None = None
+    description: Notes | None = None
+    usage_events: list[FeatureKey] | None = Field(default=None, max_length=50)
+    usage_metrics: list[MetricCondition] | None = Field(default=None, max_length=20)
+
+
+class Feature(_Out):
+    id: int
+    key: str
+    name: str
+    product_line: str | None
+    description: str | None
+    usage_events: list[str]
+    usage_metrics: list[MetricCondition]
+    created_at: datetime
+
+
+# --- deliveries ---------------------------------------------------------------------------
+
+
+class DeliveryCreate(_In):
+    project_id: Id
+    feature_id: Id
+    status: DeliveryStatus = DeliveryStatus.DELIVERED
+    delivered_on: date | None = None
+    cost_person_days: PersonDays | None = None
+    contract_line_value: Money | None = None
+    business_score: int | None = Field(default=None, ge=1, le=5)
+    strategic: bool = False
+    notes: Notes | None = None
+
+
+class DeliveryUpdate(_In):
+    status: DeliveryStatus | None = None
+    delivered_on: date | None = None
+    cost_person_days: PersonDays | None = None
+    contract_line_value: Money | None = None
+    business_score: int | None = Field(default=None, ge=1, le=5)
+    strategic: bool | None = None
+    notes: Notes | None = None
+
+
+class Delivery(_Out):
+    id: int
+    project_id: int
+    feature_id: int
+    feature_key: str
+    feature_name: str
+    status: DeliveryStatus
+    delivered_on: date | None
+    cost_person_days: Decimal | None
+    contract_line_value: Decimal | None
+    business_score: int | None
+    strategic: bool
+    notes: str | None
+    created_at: datetime
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+class DeviceCreate(_In):
+    serial: Serial = Field(description="also the device's MQTT username, client id and topic level")
+    project_id: Id
+    model: Label | None = None
+    firmware: Label | None = None
+    site: Name | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+
+class DeviceUpdate(_In):
+    model: Label | None = None
+    firmware: Label | None = None
+    site: Name | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=20)
+
+
+class Device(_Out):
+    id: int
+    serial: str
+    project_id: int
+    model: str | None
+    firmware: str | None
+    site: str | None
+    tags: list[str]
+    status: DeviceStatus
+    online: bool | None = Field(description="from birth / last-will messages; null if never seen")
+    last_seen: datetime | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ProvisionedDevice(BaseModel):
+    device: Device
+    password: str = Field(description="MQTT password; shown once, stored nowhere in clear")
+
+
+# --- shared -------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int = Field(description="items matching the filters, over all pages")
+    limit: int
+    offset: int

@@ -1,0 +1,106 @@
+"""Devices as two systems see them: a row in the registry and an identity in the broker.
+
+Each operation keeps the two in step: the database change is made inside a transaction,
+the broker is changed, and only then is the transaction committed. If the broker refuses
+or is unreachable, the database change is rolled back and nothing was provisioned.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+
+from services.core.broker_admin import BrokerAdmin
+from services.core.errors import ConflictError, NotFoundError
+from services.registry import models
+from services.registry.repository import get_item, translate_errors
+from services.registry.resources import DEVICES
+
+# 24 random bytes: far beyond guessing, short enough to paste.
+PASSWORD_BYTES = 24
+
+INSERT_DEVICE = """
+INSERT INTO devices (serial, project_id, model, firmware, site, tags)
+VALUES (%s, %s, %s, %s, %s, %s) RETURNING id
+"""
+REVOKE = """
+UPDATE devices SET status = 'revoked', revoked_at = now()
+WHERE id = %s AND status = 'active' RETURNING serial
+"""
+HAS_DATA = """
+SELECT EXISTS (SELECT 1 FROM usage_events WHERE device_id = %(id)s)
+    OR EXISTS (SELECT 1 FROM metric_samples WHERE device_id = %(id)s)
+    OR EXISTS (SELECT 1 FROM device_state WHERE device_id = %(id)s)
+"""
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+def provision(
+    conn: psycopg.Connection, admin: BrokerAdmin, devices: Sequence[models.DeviceCreate]
+) -> list[models.ProvisionedDevice]:
+    """Register devices and create their broker identities; all or nothing."""
+    ids: list[int] = []
+    passwords = [new_password() for _ in devices]
+    with translate_errors(DEVICES), conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            INSERT_DEVICE,
+            [(d.serial, d.project_id, d.model, d.firmware, d.site, d.tags) for d in devices],
+            returning=True,
+        )
+        while True:
+            row = cur.fetchone()
+            if row is not None:
+                ids.append(int(row[0]))
+            if not cur.nextset():
+                break
+        admin.create_devices([(d.serial, p) for d, p in zip(devices, passwords, strict=True)])
+    return [
+        models.ProvisionedDevice(device=get_item(conn, DEVICES, device_id), password=password)
+        for device_id, password in zip(ids, passwords, strict=True)
+    ]
+
+
+def revoke(conn: psycopg.Connection, admin: BrokerAdmin, device_id: int) -> models.Device:
+    """Disable the device in the broker (it is disconnected at once) and mark it revoked.
+    Its history stays. Revoking a revoked device changes nothing."""
+    with conn.transaction():
+        device = get_item(conn, DEVICES, device_id)
+        if conn.execute(REVOKE, (device_id,)).fetchone() is not None:
+            admin.disable_device(device.serial)
+    return get_item(conn, DEVICES, device_id)
+
+
+def rotate_credentials(
+    conn: psycopg.Connection, admin: BrokerAdmin, device_id: int
+) -> models.ProvisionedDevice:
+    """A new password; the old one stops working at once."""
+    device = get_item(conn, DEVICES, device_id)
+    if device.status is models.DeviceStatus.REVOKED:
+        raise ConflictError(f"device {device_id} is revoked; its credentials cannot be rotated")
+    password = new_password()
+    admin.set_device_password(device.serial, password)
+    return models.ProvisionedDevice(device=device, password=password)
+
+
+def delete(conn: psycopg.Connection, admin: BrokerAdmin, device_id: int) -> None:
+    """Remove a device that never reported; one with history must be revoked instead."""
+    with conn.transaction():
+        device = get_item(conn, DEVICES, device_id)
+        row = conn.execute(HAS_DATA, {"id": device_id}).fetchone()
+        if row and row[0]:
+            raise ConflictError(
+                f"device {device_id} has sent data; revoke it instead (its history stays)"
+            )
+        conn.execute(sql.SQL("DELETE FROM devices WHERE id = %s"), (device_id,))
+        admin.delete_device(device.serial)
+
+
+def require_project(conn: psycopg.Connection, project_id: int) -> None:
+    if conn.execute("SELECT 1 FROM projects WHERE id = %s", (project_id,)).fetchone() is None:
+        raise NotFoundError(f"project {project_id} not found")

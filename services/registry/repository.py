@@ -1,0 +1,250 @@
+"""One CRUD engine for every registry resource, driven by a declarative `Resource`.
+
+Identifiers come only from the resource declarations (psycopg.sql), every value is bound,
+and database errors a client can cause are translated into fieldtrack's own errors:
+duplicates and still-referenced rows are conflicts, unknown references and values the
+database refuses are invalid input. Nothing a client sends becomes a 500.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Generic, Literal, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel
+
+from services.core.errors import ConflictError, InvalidInputError, NotFoundError
+from services.registry.models import Page
+
+OutT = TypeVar("OutT", bound=BaseModel)
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A query parameter that narrows a list: equality, or array containment."""
+
+    column: str
+    op: Literal["eq", "contains"] = "eq"
+
+
+@dataclass(frozen=True)
+class Dependent:
+    """Rows elsewhere that keep an item from being deleted."""
+
+    table: str
+    column: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Resource(Generic[OutT]):
+    label: str  # singular, as people say it: "customer"
+    table: str  # where writes go
+    view: str  # where reads come from (may join for display fields)
+    out: type[OutT]
+    sortable: frozenset[str]
+    default_sort: str
+    filters: Mapping[str, Filter] = field(default_factory=dict)
+    search_columns: tuple[str, ...] = ()
+    dependents: tuple[Dependent, ...] = ()
+    json_columns: frozenset[str] = frozenset()
+
+
+def _bindable(resource: Resource[Any], data: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in resource.json_columns:
+            values[key] = Jsonb(value)
+        elif isinstance(value, Enum):
+            values[key] = value.value
+        else:
+            values[key] = value
+    return values
+
+
+def parse_sort(resource: Resource[Any], sort: str | None) -> tuple[str, bool]:
+    """`name` or `-name` → (column, descending); unknown columns are a 422 listing choices."""
+    text = sort or resource.default_sort
+    descending = text.startswith("-")
+    column = text.removeprefix("-")
+    if column not in resource.sortable:
+        raise InvalidInputError(
+            f"cannot sort {resource.label}s by {column!r}; choose one of "
+            f"{', '.join(sorted(resource.sortable))} (prefix - for descending)",
+            field="sort",
+            location="query",
+        )
+    return column, descending
+
+
+def list_items(
+    conn: psycopg.Connection,
+    resource: Resource[OutT],
+    *,
+    filters: Mapping[str, Any],
+    search: str | None,
+    sort: str | None,
+    limit: int,
+    offset: int,
+) -> Page[OutT]:
+    column, descending = parse_sort(resource, sort)
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
+    for name, value in filters.items():
+        if value is None:
+            continue
+        spec = resource.filters[name]
+        if spec.op == "contains":
+            clauses.append(sql.SQL("{} @> %s").format(sql.Identifier(spec.column)))
+            params.append([value])
+        else:
+            clauses.append(sql.SQL("{} = %s").format(sql.Identifier(spec.column)))
+            params.append(value.value if isinstance(value, Enum) else value)
+    if search:
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
+        clauses.append(
+            sql.SQL("({})").format(
+                sql.SQL(" OR ").join(
+                    sql.SQL("{}::text ILIKE %s").format(sql.Identifier(c))
+                    for c in resource.search_columns
+                )
+            )
+        )
+        params += [pattern] * len(resource.search_columns)
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+    order = sql.SQL(" ORDER BY {} {} NULLS LAST, id").format(
+        sql.Identifier(column), sql.SQL("DESC" if descending else "ASC")
+    )
+    view = sql.Identifier(resource.view)
+    total_row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(view) + where, params
+    ).fetchone()
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            sql.SQL("SELECT * FROM {}").format(view)
+            + where
+            + order
+            + sql.SQL(" LIMIT %s OFFSET %s"),
+            [*params, limit, offset],
+        ).fetchall()
+    return Page[resource.out](  # type: ignore[name-defined]
+        items=[resource.out.model_validate(row) for row in rows],
+        total=int(total_row[0]) if total_row else 0,
+        limit=limit,
+        offset=offset,
+    )
+
+
+def get_item(conn: psycopg.Connection, resource: Resource[OutT], item_id: int) -> OutT:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            sql.SQL("SELECT * FROM {} WHERE id = %s").format(sql.Identifier(resource.view)),
+            (item_id,),
+        ).fetchone()
+    if row is None:
+        raise NotFoundError(f"{resource.label} {item_id} not found")
+    return resource.out.model_validate(row)
+
+
+def create_item(conn: psycopg.Connection, resource: Resource[OutT], data: BaseModel) -> OutT:
+    values = _bindable(resource, data.model_dump())
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+        sql.Identifier(resource.table),
+        sql.SQL(", ").join(map(sql.Identifier, values)),
+        sql.SQL(", ").join(sql.Placeholder(k) for k in values),
+    )
+    with translate_errors(resource), conn.transaction():
+        row = conn.execute(query, values).fetchone()
+    assert row is not None  # noqa: S101 - INSERT … RETURNING always returns the row
+    return get_item(conn, resource, int(row[0]))
+
+
+def update_item(
+    conn: psycopg.Connection, resource: Resource[OutT], item_id: int, data: BaseModel
+) -> OutT:
+    changes = data.model_dump(exclude_unset=True)
+    if not changes:
+        return get_item(conn, resource, item_id)
+    values = _bindable(resource, changes)
+    query = sql.SQL("UPDATE {} SET {} WHERE id = {} RETURNING id").format(
+        sql.Identifier(resource.table),
+        sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values
+        ),
+        sql.Placeholder("__id"),
+    )
+    with translate_errors(resource), conn.transaction():
+        row = conn.execute(query, {**values, "__id": item_id}).fetchone()
+    if row is None:
+        raise NotFoundError(f"{resource.label} {item_id} not found")
+    return get_item(conn, resource, item_id)
+
+
+def delete_item(conn: psycopg.Connection, resource: Resource[Any], item_id: int) -> None:
+    with conn.transaction():
+        get_item(conn, resource, item_id)
+        blockers = []
+        for dep in resource.dependents:
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} = %s LIMIT 1000) x"
+                ).format(sql.Identifier(dep.table), sql.Identifier(dep.column)),
+                (item_id,),
+            ).fetchone()
+            if row and row[0]:
+                blockers.append(f"{row[0]}{'+' if row[0] == 1000 else ''} {dep.label}")
+        if blockers:
+            raise ConflictError(
+                f"{resource.label} {item_id} still has {' and '.join(blockers)}; "
+                "remove those first (history is never deleted implicitly)"
+            )
+        with translate_errors(resource, deleting=True):
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(resource.table)),
+                (item_id,),
+            )
+
+
+_KEY_DETAIL = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\)")
+
+
+@contextmanager
+def translate_errors(
+    resource: Resource[Any] | None = None, *, deleting: bool = False
+) -> Iterator[None]:
+    """Turn database refusals a client can cause into fieldtrack errors."""
+    label = resource.label if resource else "item"
+    try:
+        yield
+    except pg_errors.UniqueViolation as exc:
+        match = _KEY_DETAIL.search(exc.diag.message_detail or "")
+        what = f" with {match['cols']} = {match['vals']}" if match else ""
+        raise ConflictError(f"a {label}{what} exists already") from exc
+    except pg_errors.ForeignKeyViolation as exc:
+        if deleting:
+            raise ConflictError(f"{label} is still referenced by other data") from exc
+        match = _KEY_DETAIL.search(exc.diag.message_detail or "")
+        column = match["cols"] if match else None
+        value = match["vals"] if match else "?"
+        raise InvalidInputError(
+            f"{column or 'reference'} {value} does not exist", field=column
+        ) from exc
+    except (pg_errors.CheckViolation, pg_errors.NotNullViolation) as exc:
+        raise InvalidInputError(
+            f"{label} refused by the database: {exc.diag.message_primary}",
+            field=exc.diag.column_name,
+        ) from exc
+    except pg_errors.DataError as exc:
+        raise InvalidInputError(f"value out of range: {exc.diag.message_primary}") from exc

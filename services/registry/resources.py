@@ -1,0 +1,108 @@
+"""The registry's resources, declared once for the CRUD engine, the API and the importer."""
+
+from __future__ import annotations
+
+from services.registry import models
+from services.registry.repository import Dependent, Filter, Resource
+
+CUSTOMERS = Resource(
+    label="customer",
+    table="customers",
+    view="customers",
+    out=models.Customer,
+    sortable=frozenset({"id", "name", "tier", "industry", "lifecycle_stage", "created_at"}),
+    default_sort="name",
+    filters={
+        "tier": Filter("tier"),
+        "industry": Filter("industry"),
+        "lifecycle_stage": Filter("lifecycle_stage"),
+    },
+    search_columns=("name", "industry"),
+    dependents=(Dependent("projects", "customer_id", "project(s)"),),
+)
+
+PROJECTS = Resource(
+    label="project",
+    table="projects",
+    view="project_details",
+    out=models.Project,
+    sortable=frozenset(
+        {
+            "id",
+            "name",
+            "customer_name",
+            "contract_value",
+            "go_live_date",
+            "status",
+            "devices",
+            "created_at",
+        }
+    ),
+    default_sort="name",
+    filters={"customer_id": Filter("customer_id"), "status": Filter("status")},
+    search_columns=("name", "customer_name"),
+    dependents=(
+        Dependent("devices", "project_id", "device(s)"),
+        Dependent("deliveries", "project_id", "delivery(ies)"),
+    ),
+)
+
+FEATURES = Resource(
+    label="feature",
+    table="features",
+    view="features",
+    out=models.Feature,
+    sortable=frozenset({"id", "key", "name", "product_line", "created_at"}),
+    default_sort="key",
+    filters={"product_line": Filter("product_line")},
+    search_columns=("key", "name", "description"),
+    dependents=(Dependent("deliveries", "feature_id", "delivery(ies)"),),
+    json_columns=frozenset({"usage_metrics"}),
+)
+
+DELIVERIES = Resource(
+    label="delivery",
+    table="deliveries",
+    view="delivery_details",
+    out=models.Delivery,
+    sortable=frozenset(
+        {
+            "id",
+            "feature_key",
+            "status",
+            "delivered_on",
+            "cost_person_days",
+            "contract_line_value",
+            "business_score",
+            "created_at",
+        }
+    ),
+    default_sort="feature_key",
+    filters={
+        "project_id": Filter("project_id"),
+        "feature_id": Filter("feature_id"),
+        "status": Filter("status"),
+        "strategic": Filter("strategic"),
+    },
+    search_columns=("feature_key", "feature_name", "notes"),
+)
+
+DEVICES = Resource(
+    label="device",
+    table="devices",
+    view="device_details",
+    out=models.Device,
+    sortable=frozenset(
+        {"id", "serial", "model", "firmware", "site", "status", "last_seen", "created_at"}
+    ),
+    default_sort="serial",
+    filters={
+        "project_id": Filter("project_id"),
+        "status": Filter("status"),
+        "model": Filter("model"),
+        "firmware": Filter("firmware"),
+        "site": Filter("site"),
+        "tag": Filter("tags", "contains"),
+    },
+    search_columns=("serial", "site"),
+)
