@@ -61,6 +61,9 @@ class MetricReading(_Strict):
 
 class _Message(_Strict):
     v: Literal[1] = Field(default=1, description="payload schema version")
+    device: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None, description="optional; if given it must equal the topic's device"
+    )
     seq: int = Field(ge=0, le=MAX_SEQ, description="per-device sequence number")
     ts: Timestamp = Field(description="device time of the message, ISO 8601 with zone")
 
@@ -86,6 +89,7 @@ class StatusMessage(_Strict):
     """Published (retained) to fieldtrack/v1/{device}/status: birth and last will."""
 
     v: Literal[1] = 1
+    device: Annotated[str, Field(max_length=64)] | None = None
     state: DeviceStatus
     ts: Timestamp | None = None
     firmware: Annotated[CleanText, Field(max_length=64)] | None = None
@@ -106,6 +110,9 @@ class QuarantineReason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     REVOKED_DEVICE = "revoked_device"
     FUTURE_TIMESTAMP = "future_timestamp"
+    TOO_OLD = "too_old"
+    DEVICE_MISMATCH = "device_mismatch"
+    REJECTED_BY_DATABASE = "rejected_by_database"
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,13 @@ def decode(
     except (RecursionError, ValueError, TypeError) as exc:
         return Rejected(QuarantineReason.INVALID_PAYLOAD, str(exc)[:500], where.serial)
     assert isinstance(message, UsageMessage | TelemetryMessage | StatusMessage)  # noqa: S101
+    if message.device is not None and message.device != where.serial:
+        # Identity comes from credentials and topic; a payload claiming otherwise is suspect.
+        return Rejected(
+            QuarantineReason.DEVICE_MISMATCH,
+            f"payload names device {message.device[:64]!r}, topic names {where.serial!r}",
+            where.serial,
+        )
     latest = _latest_time(message)
     if latest is not None and latest > now + max_future_skew:
         return Rejected(
@@ -156,13 +170,24 @@ def decode(
     return Accepted(where, message)
 
 
+def earliest_time(message: UsageMessage | TelemetryMessage | StatusMessage) -> datetime | None:
+    """The oldest device time in a message (for the late-data window)."""
+    times = _times(message)
+    return min(times) if times else None
+
+
 def _latest_time(message: UsageMessage | TelemetryMessage | StatusMessage) -> datetime | None:
+    times = _times(message)
+    return max(times) if times else None
+
+
+def _times(message: UsageMessage | TelemetryMessage | StatusMessage) -> list[datetime]:
     times = [message.ts] if message.ts else []
     if isinstance(message, UsageMessage):
         times += [e.ts for e in message.events if e.ts]
     elif isinstance(message, TelemetryMessage):
         times += [m.ts for m in message.metrics if m.ts]
-    return max(times) if times else None
+    return times
 
 
 def _summarise(exc: ValidationError) -> str:

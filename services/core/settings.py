@@ -49,8 +49,15 @@ class Settings(BaseSettings):
     ingest_share_group: str = Field(default="fieldtrack", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     ingest_batch_max: Annotated[int, Field(ge=1, le=50_000)] = 2000
     ingest_batch_wait_ms: Annotated[int, Field(ge=1, le=10_000)] = 200
-    ingest_max_future_skew_s: Annotated[int, Field(ge=0, le=86_400)] = 300
-    ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    ingest_max_future_skew_s: Annotated[int, Field(ge=0, le=86_400)] = 600
+    ingest_late_data_days: int = Field(
+        default=30, ge=1, le=3650, description="default late-data window; a project may set its own"
+    )
+    ingest_quarantine_retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    ingest_metrics_host: str = "127.0.0.1"
+    ingest_metrics_port: int = Field(
+        default=9108, ge=0, le=65535, description="Prometheus /metrics of ingest; 0 turns it off"
+    )
 
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000

@@ -18,12 +18,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from psycopg import sql
 
+from services.core.payloads import QuarantineReason, Rejected
 from services.core.settings import Settings
-from services.core.topics import shared_subscription
+from services.core.topics import parse_topic, shared_subscription
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import BatchResult, RawMessage, store_batch
+from services.ingest.store import BatchResult, RawMessage, quarantine_messages, store_batch
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ RETRY_MAX_S = 10.0
 # redelivers whatever was not acknowledged, so giving up loses nothing).
 SHUTDOWN_FLUSH_S = 20.0
 QOS = 1
+# Registry changes arrive by LISTEN/NOTIFY; this is how often the listener checks for stop.
+LISTEN_POLL_S = 1.0
+# Quarantine retention is enforced this often, in bounded deletes that never block ingest long.
+PURGE_EVERY_S = 600.0
+PURGE_CHUNK = 10_000
+DEVICE_CHANNEL = "fieldtrack_devices"
 
 MESSAGES = Counter("fieldtrack_ingest_messages_total", "MQTT messages taken by the writer")
 ROWS = Counter("fieldtrack_ingest_rows_total", "readings stored", ["kind"])
@@ -45,11 +53,16 @@ QUARANTINED = Counter("fieldtrack_ingest_quarantined_total", "messages quarantin
 DB_FAILURES = Counter("fieldtrack_ingest_db_failures_total", "batches that failed and were retried")
 QUEUE_DEPTH = Gauge("fieldtrack_ingest_queue_depth", "messages received, not yet committed")
 BATCH_SECONDS = Histogram("fieldtrack_ingest_batch_seconds", "time to store and commit a batch")
-LAG_SECONDS = Histogram(
-    "fieldtrack_ingest_device_to_receive_seconds",
-    "device time to broker delivery for usage messages",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+BATCH_SIZE = Histogram(
+    "fieldtrack_ingest_batch_messages", "messages per committed batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)  # fmt: skip
+COMMIT_LAG = Histogram(
+    "fieldtrack_ingest_publish_to_commit_seconds",
+    "device time of a stored message to its commit (includes device clock skew)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
+PURGED = Counter("fieldtrack_ingest_quarantine_purged_total", "quarantine rows past retention")
 
 
 class IngestService:
@@ -77,6 +90,10 @@ class IngestService:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._listener = threading.Thread(
+            target=self._listen_loop, name="ingest-registry-listener", daemon=True
+        )
+        self._next_purge = 0.0
 
     # --- paho callbacks: convert and enqueue, never I/O, never raise ----------
 
@@ -154,12 +171,16 @@ class IngestService:
                         self._settings.database_url.get_secret_value(), connect_timeout=5
                     )
                 started = time.perf_counter()
-                with conn.transaction():
-                    result = store_batch(
-                        conn, batch, self._directory,
-                        max_future_skew=self._skew, now=datetime.now(UTC),
-                    )  # fmt: skip
+                try:
+                    result = self._store(conn, batch)
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    # Not transient: some message in the batch is one the database refuses.
+                    # Find it by halving, quarantine it, and store the rest.
+                    log.warning("database refused a batch (%s); isolating the message", exc)
+                    result = self._store_isolating(conn, batch)
                 BATCH_SECONDS.observe(time.perf_counter() - started)
+                if time.monotonic() >= self._next_purge:
+                    self._purge_quarantine(conn)
             except psycopg.Error as exc:
                 DB_FAILURES.inc()
                 log.warning("storing %d messages failed (%s); retrying in %.1fs",
@@ -187,6 +208,33 @@ class IngestService:
         if conn is not None:
             conn.close()
 
+    def _store(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
+        with conn.transaction():
+            return store_batch(
+                conn, batch, self._directory,
+                max_future_skew=self._skew, now=datetime.now(UTC),
+                late_data_days=self._settings.ingest_late_data_days,
+            )  # fmt: skip
+
+    def _store_isolating(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
+        """Store a batch the database refused, quarantining exactly the messages it refuses."""
+        try:
+            return self._store(conn, batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            if len(batch) == 1:
+                [raw] = batch
+                reason = QuarantineReason.REJECTED_BY_DATABASE
+                with conn.transaction():
+                    where = parse_topic(raw.topic)
+                    why = Rejected(reason, str(exc)[:500], where.serial if where else None)
+                    quarantine_messages(conn, [(raw, why)])
+                result = BatchResult(messages=1)
+                result.quarantined[reason.value] += 1
+                return result
+            middle = len(batch) // 2
+            first = self._store_isolating(conn, batch[:middle])
+            return first.merge(self._store_isolating(conn, batch[middle:]))
+
     def _acknowledge(self, batch: list[RawMessage]) -> None:
         generation = self._generation
         for raw in batch:
@@ -203,19 +251,63 @@ class IngestService:
         DUPLICATES.labels("metric").inc(result.metric_duplicates)
         for reason, count in result.quarantined.items():
             QUARANTINED.labels(reason).inc(count)
-            self.totals.quarantined[reason] += count
-        for lag in result.lag_seconds:
-            LAG_SECONDS.observe(max(lag, 0.0))
-        self.totals.messages += result.messages
-        self.totals.usage_rows += result.usage_rows
-        self.totals.usage_duplicates += result.usage_duplicates
-        self.totals.metric_rows += result.metric_rows
-        self.totals.metric_duplicates += result.metric_duplicates
-        self.totals.status_updates += result.status_updates
+        BATCH_SIZE.observe(result.messages)
+        committed = datetime.now(UTC)
+        for device_time in result.device_times:
+            COMMIT_LAG.observe(max((committed - device_time).total_seconds(), 0.0))
+        self.totals.merge(result)
+        self.totals.device_times.clear()  # totals keep counts, not every timestamp
+
+    def _purge_quarantine(self, conn: psycopg.Connection) -> None:
+        """Drop quarantine rows older than the retention setting, a bounded chunk at a time."""
+        self._next_purge = time.monotonic() + PURGE_EVERY_S
+        cutoff = datetime.now(UTC) - timedelta(days=self._settings.ingest_quarantine_retention_days)
+        with conn.transaction():
+            done = conn.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine "
+                "WHERE received_at < %s LIMIT %s)",
+                (cutoff, PURGE_CHUNK),
+            )
+        PURGED.inc(done.rowcount)
+        if done.rowcount == PURGE_CHUNK:
+            self._next_purge = 0.0  # more to do: continue after the next batch
+
+    # --- registry listener --------------------------------------------------
+
+    def _listen_loop(self) -> None:
+        """Forget cached devices as soon as the registry says they changed."""
+        delay = RETRY_FIRST_S
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._settings.database_url.get_secret_value(), autocommit=True,
+                    connect_timeout=5,
+                ) as conn:  # fmt: skip
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DEVICE_CHANNEL)))
+                    # Changes made while we were not listening are unknown: start afresh.
+                    self._directory.forget()
+                    delay = RETRY_FIRST_S
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=LISTEN_POLL_S):
+                            self._directory.forget(note.payload)
+            except psycopg.Error as exc:
+                log.warning("registry listener lost its connection (%s); retrying", exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        if self._settings.ingest_metrics_port:
+            try:
+                start_http_server(
+                    self._settings.ingest_metrics_port, addr=self._settings.ingest_metrics_host
+                )
+            except OSError as exc:
+                log.error("metrics endpoint not started on %s:%s: %s",  # noqa: TRY400
+                          self._settings.ingest_metrics_host, self._settings.ingest_metrics_port,
+                          exc)  # fmt: skip
+        self._listener.start()
         self._writer.start()
         self._client.connect_async(self._settings.mqtt_host, self._settings.mqtt_port, KEEPALIVE_S)
         self._client.loop_start()
@@ -227,5 +319,6 @@ class IngestService:
         """Flush and acknowledge what was received, then disconnect."""
         self._stop.set()
         self._writer.join(SHUTDOWN_FLUSH_S + RETRY_MAX_S)
+        self._listener.join(LISTEN_POLL_S + 1)
         self._client.disconnect()
         self._client.loop_stop()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
@@ -23,6 +24,7 @@ from services.core.payloads import (
     TelemetryMessage,
     UsageMessage,
     decode,
+    earliest_time,
 )
 from services.ingest.directory import DeviceDirectory, DeviceRef
 
@@ -48,7 +50,20 @@ class BatchResult:
     metric_duplicates: int = 0
     status_updates: int = 0
     quarantined: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    lag_seconds: list[float] = field(default_factory=list)
+    device_times: list[datetime] = field(default_factory=list)  # of stored usage/telemetry
+
+    def merge(self, other: BatchResult) -> BatchResult:
+        """Add *other*'s counts into this result and return it."""
+        self.messages += other.messages
+        self.usage_rows += other.usage_rows
+        self.usage_duplicates += other.usage_duplicates
+        self.metric_rows += other.metric_rows
+        self.metric_duplicates += other.metric_duplicates
+        self.status_updates += other.status_updates
+        for reason, count in other.quarantined.items():
+            self.quarantined[reason] += count
+        self.device_times += other.device_times
+        return self
 
 
 @dataclass
@@ -76,7 +91,7 @@ MOVE_USAGE = """
 WITH inserted AS (
     INSERT INTO usage_events SELECT * FROM incoming_usage
     ON CONFLICT DO NOTHING
-    RETURNING project_id, feature_key, device_id, device_time, count, duration_ms
+    RETURNING project_id, feature_key, device_id, device_time, seq, count, duration_ms
 ), rolled AS (
     INSERT INTO usage_hourly AS h (project_id, feature_key, device_id, hour, events, readings,
                                    duration_ms)
@@ -90,15 +105,26 @@ WITH inserted AS (
         readings = h.readings + excluded.readings,
         duration_ms = h.duration_ms + excluded.duration_ms
 )
-SELECT count(*) FROM inserted
+SELECT device_id, project_id, seq, min(device_time), count(*) FROM inserted GROUP BY 1, 2, 3
 """
 MOVE_METRICS = """
 WITH inserted AS (
     INSERT INTO metric_samples SELECT * FROM incoming_metrics
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING device_id, project_id, seq, device_time
 )
-SELECT count(*) FROM inserted
+SELECT device_id, project_id, seq, min(device_time), count(*) FROM inserted GROUP BY 1, 2, 3
+"""
+# One row per device and hour; only messages stored for the first time are counted.
+UPSERT_DEVICE_HOURLY = """
+INSERT INTO device_hourly AS h (device_id, project_id, hour, messages, seq_min, seq_max)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[], %s::bigint[],
+                     %s::bigint[], %s::bigint[])
+ORDER BY 1, 3
+ON CONFLICT (device_id, hour) DO UPDATE SET
+    messages = h.messages + excluded.messages,
+    seq_min = least(h.seq_min, excluded.seq_min),
+    seq_max = greatest(h.seq_max, excluded.seq_max)
 """
 COPY_QUARANTINE = """
 COPY quarantine (received_at, topic, device_serial, reason, detail, payload, payload_size)
@@ -127,6 +153,7 @@ def store_batch(
     *,
     max_future_skew: timedelta,
     now: datetime,
+    late_data_days: int,
 ) -> BatchResult:
     """Write one batch in one transaction; the caller commits (by leaving `transaction()`)."""
     result = BatchResult(messages=len(batch))
@@ -140,7 +167,11 @@ def store_batch(
     rows = _Rows()
 
     for raw, outcome in decoded:
-        rejected = outcome if isinstance(outcome, Rejected) else _check_device(outcome, devices)
+        rejected = (
+            outcome
+            if isinstance(outcome, Rejected)
+            else _check_device(outcome, devices, now=now, default_late_days=late_data_days)
+        )
         if rejected is None:
             assert isinstance(outcome, Accepted)  # noqa: S101
             rows.add(raw, outcome, devices[outcome.topic.serial], result)
@@ -152,20 +183,23 @@ def store_batch(
     with conn.cursor() as cur:
         if usage or metrics:
             cur.execute(STAGING_DDL)
+        stored: dict[tuple[int, int], tuple[int, datetime]] = {}  # (device, seq) → project, time
         if usage:
             with cur.copy(COPY_USAGE) as copy:
                 for row in usage:
                     copy.write_row(row)
-            inserted = _scalar(cur.execute(MOVE_USAGE).fetchone())
+            inserted = _stored_messages(cur.execute(MOVE_USAGE).fetchall(), stored)
             result.usage_rows = inserted
             result.usage_duplicates = len(usage) - inserted
         if metrics:
             with cur.copy(COPY_METRICS) as copy:
                 for row in metrics:
                     copy.write_row(row)
-            inserted = _scalar(cur.execute(MOVE_METRICS).fetchone())
+            inserted = _stored_messages(cur.execute(MOVE_METRICS).fetchall(), stored)
             result.metric_rows = inserted
             result.metric_duplicates = len(metrics) - inserted
+        if stored:
+            cur.execute(UPSERT_DEVICE_HOURLY, _device_hours(stored))
         if quarantine:
             with cur.copy(COPY_QUARANTINE) as copy:
                 for row in quarantine:
@@ -186,7 +220,9 @@ def store_batch(
     return result
 
 
-def _check_device(accepted: Accepted, devices: dict[str, DeviceRef]) -> Rejected | None:
+def _check_device(
+    accepted: Accepted, devices: dict[str, DeviceRef], *, now: datetime, default_late_days: int
+) -> Rejected | None:
     """Why a well-formed message still cannot be stored, or None if it can."""
     serial = accepted.topic.serial
     device = devices.get(serial)
@@ -196,6 +232,15 @@ def _check_device(accepted: Accepted, devices: dict[str, DeviceRef]) -> Rejected
         )
     if not device.active:
         return Rejected(QuarantineReason.REVOKED_DEVICE, "device was revoked", serial)
+    oldest = earliest_time(accepted.message)
+    window = timedelta(days=device.late_data_days or default_late_days)
+    if oldest is not None and oldest < now - window:
+        return Rejected(
+            QuarantineReason.TOO_OLD,
+            f"device time {oldest.isoformat()} is older than the project's late-data window "
+            f"of {window.days} days",
+            serial,
+        )
     return None
 
 
@@ -221,7 +266,7 @@ class _Rows:
                     raw.received_at, message.seq, item, event.count, event.duration_ms,
                 ))  # fmt: skip
             state.last_seq = max(state.last_seq or 0, message.seq)
-            result.lag_seconds.append((raw.received_at - message.ts).total_seconds())
+            result.device_times.append(message.ts)
         elif isinstance(message, TelemetryMessage):
             for item, metric in enumerate(message.metrics):
                 self.metrics.append((
@@ -229,11 +274,21 @@ class _Rows:
                     metric.ts or message.ts, raw.received_at, message.seq, item,
                 ))  # fmt: skip
             state.last_seq = max(state.last_seq or 0, message.seq)
+            result.device_times.append(message.ts)
         elif isinstance(message, StatusMessage):
             state.online = message.state is DeviceStatus.ONLINE
             state.online_since = message.ts or raw.received_at
             state.firmware = message.firmware or state.firmware
             result.status_updates += 1
+
+
+def quarantine_messages(
+    conn: psycopg.Connection, rejected: list[tuple[RawMessage, Rejected]]
+) -> None:
+    """Write messages straight to the quarantine (used when the database refuses a message)."""
+    with conn.cursor() as cur, cur.copy(COPY_QUARANTINE) as copy:
+        for raw, why in rejected:
+            copy.write_row(_quarantine_row(raw, why))
 
 
 def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
@@ -248,6 +303,35 @@ def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
     )
 
 
-def _scalar(row: tuple[object, ...] | None) -> int:
-    value = row[0] if row else 0
-    return int(value) if isinstance(value, int) else 0
+def _stored_messages(
+    rows: list[tuple[Any, ...]], stored: dict[tuple[int, int], tuple[int, datetime]]
+) -> int:
+    """Note each newly stored message; return the readings inserted."""
+    readings = 0
+    for device_id, project_id, seq, first_time, count in rows:
+        key = (device_id, seq)
+        if key not in stored or first_time < stored[key][1]:
+            stored[key] = (project_id, first_time)
+        readings += count
+    return readings
+
+
+def _device_hours(
+    stored: dict[tuple[int, int], tuple[int, datetime]],
+) -> tuple[list[Any], ...]:
+    hours: dict[tuple[int, datetime], list[Any]] = {}
+    for (device_id, seq), (project_id, first_time) in stored.items():
+        hour = first_time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        entry = hours.setdefault((device_id, hour), [project_id, 0, seq, seq])
+        entry[1] += 1
+        entry[2] = min(entry[2], seq)
+        entry[3] = max(entry[3], seq)
+    keys = sorted(hours)
+    return (
+        [k[0] for k in keys],
+        [hours[k][0] for k in keys],
+        [k[1] for k in keys],
+        [hours[k][1] for k in keys],
+        [hours[k][2] for k in keys],
+        [hours[k][3] for k in keys],
+    )

@@ -127,6 +127,10 @@ class ProjectCreate(_In):
     retention_days: int | None = Field(
         default=None, ge=1, le=36500, description="how long raw device data is kept"
     )
+    late_data_days: int | None = Field(
+        default=None, ge=1, le=3650,
+        description="readings older than this (device time) are quarantined; null: ingest default",
+    )  # fmt: skip
 
 
 class ProjectUpdate(_In):
@@ -136,6 +140,7 @@ class ProjectUpdate(_In):
     go_live_date: date | None = None
     status: ProjectStatus | None = None
     retention_days: int | None = Field(default=None, ge=1, le=36500)
+    late_data_days: int | None = Field(default=None, ge=1, le=3650)
 
 
 class Project(_Out):
@@ -148,6 +153,7 @@ class Project(_Out):
     go_live_date: date | None
     status: ProjectStatus
     retention_days: int | None
+    late_data_days: int | None
     devices: int = Field(description="active devices")
     created_at: datetime
 

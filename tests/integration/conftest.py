@@ -75,6 +75,7 @@ def settings(base_settings: Settings, database: str) -> Settings:
             "ingest_client_id": f"test-ingest-{uuid.uuid4().hex[:8]}",
             "ingest_share_group": f"test-{uuid.uuid4().hex[:8]}",
             "ingest_batch_wait_ms": 50,
+            "ingest_metrics_port": 0,
         }
     )
 

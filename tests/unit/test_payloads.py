@@ -53,7 +53,21 @@ def test_valid_usage_message_is_accepted_with_utc_times() -> None:
         (_usage(events=[]), QuarantineReason.INVALID_PAYLOAD, "events"),
         (_usage(events=[{"feature": "Bad Key"}]), QuarantineReason.INVALID_PAYLOAD, "feature"),
         (_usage(events=[{"feature": "a\u0000"}]), QuarantineReason.INVALID_PAYLOAD, "feature"),
-        (_usage(device="dev-2"), QuarantineReason.INVALID_PAYLOAD, "device"),
+        (_usage(device="dev-2"), QuarantineReason.DEVICE_MISMATCH, "dev-2"),
+        (_usage(colour="red"), QuarantineReason.INVALID_PAYLOAD, "colour"),
+        (b"", QuarantineReason.NOT_JSON, "Invalid JSON"),
+        (
+            b'{"v": 1, "seq": 5, "ts": "2026-11-22T11:59:00Z", "events": [{"feat',
+            QuarantineReason.NOT_JSON,
+            "Invalid JSON",
+        ),
+        (_usage(ts=None), QuarantineReason.INVALID_PAYLOAD, "ts"),
+        (_usage(events=[{"count": 1}]), QuarantineReason.INVALID_PAYLOAD, "feature"),
+        (
+            _usage(events=[{"feature": "x", "count": 1.5}]),
+            QuarantineReason.INVALID_PAYLOAD,
+            "count",
+        ),
         (_usage(v=2), QuarantineReason.INVALID_PAYLOAD, "v"),
         (_usage(ts="2026-11-22T12:30:00Z"), QuarantineReason.FUTURE_TIMESTAMP, "ahead"),
         (
@@ -83,6 +97,18 @@ def test_non_finite_metric_values_are_rejected(literal: bytes) -> None:
     )
     outcome = _decode(payload, "fieldtrack/v1/dev-1/telemetry")
     assert isinstance(outcome, Rejected)
+
+
+def test_payload_naming_its_own_device_is_accepted() -> None:
+    assert isinstance(_decode(_usage(device="dev-1")), Accepted)
+
+
+def test_ten_minutes_of_clock_skew_is_tolerated_by_default_setting() -> None:
+    outcome = decode(
+        USAGE, json.dumps(_usage(ts="2026-11-22T12:09:00Z")).encode(), now=NOW,
+        max_future_skew=timedelta(minutes=10),
+    )  # fmt: skip
+    assert isinstance(outcome, Accepted)
 
 
 def test_status_message_needs_no_sequence() -> None:
