@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# Set before anything reads settings: tests get their own state folder and ports.
-os.environ["FIELDTRACK_STATE_DIR"] = str(PROJECT_ROOT / ".state" / "test")
+# Set before anything reads settings: tests get their own state folder and ports, never the
+# demo's. FIELDTRACK_TEST_STATE_DIR (with other ports) lets two suites run side by side.
+os.environ["FIELDTRACK_STATE_DIR"] = os.environ.get(
+    "FIELDTRACK_TEST_STATE_DIR", str(PROJECT_ROOT / ".state" / "test")
+)
 os.environ.setdefault("FIELDTRACK_LOCAL_PG_PORT", "54339")
 os.environ.setdefault("FIELDTRACK_LOCAL_MQTT_PORT", "18840")
 

@@ -19,6 +19,8 @@ from services.api.routes import (
     imports,
     pages,
     projects,
+    quarantine,
+    schemas,
 )
 from services.core.db import open_pool
 from services.core.migrate import migrate
@@ -48,7 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(health.router)
-    for module in (customers, projects, features, deliveries, devices, imports):
+    for module in (
+        customers,
+        projects,
+        features,
+        deliveries,
+        devices,
+        imports,
+        quarantine,
+        schemas,
+    ):
         app.include_router(module.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")

@@ -1,0 +1,147 @@
+"""The quarantine: every message ingest could not store, with its reason and raw bytes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from psycopg.rows import class_row
+from pydantic import BaseModel, Field, field_validator
+
+from services.api.deps import ConnDep, ListDep, WindowDep
+from services.api.errors import NOT_FOUND
+from services.api.routes.crud import ItemId
+from services.core.errors import NotFoundError
+from services.core.payloads import QuarantineReason
+from services.registry.models import Page
+
+router = APIRouter(prefix="/quarantine", tags=["quarantine"])
+
+PREVIEW_BYTES = 2048
+
+
+class QuarantinedMessage(BaseModel):
+    id: int
+    received_at: datetime
+    topic: str
+    device_serial: str | None
+    reason: QuarantineReason
+    detail: str | None
+    payload_size: int = Field(description="bytes received (the stored payload may be truncated)")
+    payload_preview: str = Field(
+        description=f"first {PREVIEW_BYTES} bytes as text: invalid UTF-8 replaced, NUL shown as \\0"
+    )
+
+    @field_validator("payload_preview", mode="before")
+    @classmethod
+    def _as_text(cls, value: object) -> object:
+        if isinstance(value, bytes | memoryview):
+            return bytes(value).decode("utf-8", errors="replace").replace("\x00", "\\0")
+        return value
+
+
+class ReasonSummary(BaseModel):
+    reason: QuarantineReason
+    count: int
+    last_received_at: datetime
+    sample: QuarantinedMessage = Field(description="the most recent message with this reason")
+
+
+PREVIEW_COLUMNS = f"""
+id, received_at, topic, device_serial, reason, detail, payload_size,
+convert_from(substring(payload FROM 1 FOR {PREVIEW_BYTES}), 'SQL_ASCII') AS payload_preview
+"""
+LIST = f"""
+SELECT {PREVIEW_COLUMNS} FROM quarantine
+WHERE received_at >= %(since)s AND received_at < %(until)s
+  AND (%(reason)s::text IS NULL OR reason = %(reason)s)
+  AND (%(device)s::text IS NULL OR device_serial = %(device)s)
+ORDER BY received_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s
+"""
+COUNT = """
+SELECT count(*) FROM quarantine
+WHERE received_at >= %(since)s AND received_at < %(until)s
+  AND (%(reason)s::text IS NULL OR reason = %(reason)s)
+  AND (%(device)s::text IS NULL OR device_serial = %(device)s)
+"""
+SUMMARY = """
+SELECT reason, count(*) AS count, max(received_at) AS last_received_at, max(id) AS sample_id
+FROM quarantine WHERE received_at >= %(since)s AND received_at < %(until)s
+GROUP BY reason ORDER BY count(*) DESC
+"""
+ONE = f"SELECT {PREVIEW_COLUMNS} FROM quarantine WHERE id = %s"
+RAW = "SELECT payload FROM quarantine WHERE id = %s"
+
+
+class _SummaryRow(BaseModel):
+    reason: QuarantineReason
+    count: int
+    last_received_at: datetime
+    sample_id: int
+
+
+def _one(conn: ConnDep, item_id: int) -> QuarantinedMessage:
+    with conn.cursor(row_factory=class_row(QuarantinedMessage)) as cur:
+        found = cur.execute(ONE, (item_id,)).fetchone()
+    if found is None:
+        raise NotFoundError(f"quarantined message {item_id} not found")
+    return found
+
+
+@router.get(
+    "", response_model=Page[QuarantinedMessage], summary="Quarantined messages, newest first"
+)
+def list_quarantine(
+    conn: ConnDep,
+    window: WindowDep,
+    page: ListDep,
+    reason: Annotated[QuarantineReason | None, Query()] = None,
+    device: Annotated[str | None, Query(max_length=64, description="device serial")] = None,
+) -> Page[QuarantinedMessage]:
+    params = {
+        "since": window.since, "until": window.until, "reason": reason.value if reason else None,
+        "device": device, "limit": page.limit, "offset": page.offset,
+    }  # fmt: skip
+    total = conn.execute(COUNT, params).fetchone()
+    with conn.cursor(row_factory=class_row(QuarantinedMessage)) as cur:
+        items = cur.execute(LIST, params).fetchall()
+    return Page[QuarantinedMessage](
+        items=items, total=int(total[0]) if total else 0, limit=page.limit, offset=page.offset
+    )
+
+
+@router.get(
+    "/summary", response_model=list[ReasonSummary], summary="Counts by reason, with a sample"
+)
+def quarantine_summary(conn: ConnDep, window: WindowDep) -> list[ReasonSummary]:
+    with conn.cursor(row_factory=class_row(_SummaryRow)) as cur:
+        rows = cur.execute(SUMMARY, {"since": window.since, "until": window.until}).fetchall()
+    return [
+        ReasonSummary(
+            reason=r.reason,
+            count=r.count,
+            last_received_at=r.last_received_at,
+            sample=_one(conn, r.sample_id),
+        )
+        for r in rows
+    ]
+
+
+@router.get("/{item_id}", response_model=QuarantinedMessage, responses=NOT_FOUND)
+def get_quarantined(item_id: ItemId, conn: ConnDep) -> QuarantinedMessage:
+    return _one(conn, item_id)
+
+
+@router.get(
+    "/{item_id}/payload",
+    response_class=Response,
+    responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
+    summary="The stored raw bytes (up to 64 KiB of the original)",
+)
+def get_quarantined_payload(item_id: ItemId, conn: ConnDep) -> Response:
+    row = conn.execute(RAW, (item_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"quarantined message {item_id} not found")
+    return Response(bytes(row[0]), media_type="application/octet-stream")
