@@ -202,10 +202,17 @@ def test_fieldtrack_image_services_share_image_and_env(
     assert set(ours) == set(EXPECTED_COMMANDS)
     images = {svc.get("image") for svc in ours.values()}
     assert len(images) == 1, f"fieldtrack services use different images: {images}"
+    shared = compose["x-fieldtrack-env"]
     for name, svc in ours.items():
-        assert svc.get("environment") == compose["x-fieldtrack-env"], (
-            f"{name} does not use x-fieldtrack-env"
-        )
+        env = svc.get("environment") or {}
+        # A service may add its own variables, but never drop or change the shared ones.
+        assert {k: env.get(k) for k in shared} == shared, f"{name} does not use x-fieldtrack-env"
+        settings_fields = set(Settings.model_fields)
+        extra = [k for k in env if k not in shared]
+        for key in extra:
+            assert key.startswith("FIELDTRACK_") and key.removeprefix("FIELDTRACK_").lower() in (
+                settings_fields
+            ), f"{name} sets {key}, which is not a fieldtrack setting"
 
 
 def test_fieldtrack_is_the_typer_app() -> None:
