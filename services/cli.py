@@ -14,7 +14,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from services.client import commands as client_commands
 from services.core.errors import FieldtrackError
 from services.core.paths import PROJECT_ROOT, state_dir
 
@@ -28,6 +30,12 @@ sim_app = typer.Typer(help="Simulated device fleets.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
+app.add_typer(client_commands.customers_app, name="customers")
+app.add_typer(client_commands.projects_app, name="projects")
+app.add_typer(client_commands.features_app, name="features")
+app.add_typer(client_commands.deliveries_app, name="deliveries")
+app.add_typer(client_commands.devices_app, name="devices")
+app.add_typer(client_commands.import_app, name="import")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +48,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
     return typer.Exit(code=1)
 
 
@@ -147,8 +155,6 @@ def ingest(
     verbose: bool = False,
 ) -> None:
     """Run the ingest service until SIGTERM or Ctrl-C (flushes and acknowledges first)."""
-    from prometheus_client import start_http_server
-
     from services.core.migrate import migrate
     from services.core.settings import get_settings
     from services.ingest.service import IngestService
@@ -161,8 +167,6 @@ def ingest(
         migrate(settings.database_url.get_secret_value())
     except FieldtrackError as exc:
         raise _fail(exc) from exc
-    if settings.ingest_metrics_port:
-        start_http_server(settings.ingest_metrics_port, addr="127.0.0.1")
     service = IngestService(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

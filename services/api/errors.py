@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -47,6 +48,17 @@ IMPORT_REJECTED: Responses = {
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes each bad `input`, which cannot always be encoded (NaN,
+        # undecodable bytes) and may carry secrets; loc, msg and type are what people act on.
+        detail = [
+            {"loc": [str(p) if not isinstance(p, int) else p for p in err.get("loc", ())],
+             "msg": str(err.get("msg", "invalid")), "type": str(err.get("type", "invalid"))}
+            for err in exc.errors()
+        ]  # fmt: skip
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     @app.exception_handler(NotFoundError)
     def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)

@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from services.core.errors import BrokerAdminError
+from services.core.errors import BrokerAdminError, ConflictError
 from services.core.topics import INGEST_SUBSCRIPTIONS, device_publish_filter
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,7 @@ class BrokerAdmin:
                 existing.append((serial, password))
             elif error:
                 raise BrokerAdminError(f"broker refused device {serial}: {error}")
+        self._refuse_foreign_accounts([serial for serial, _ in existing])
         self.check(
             [
                 cmd
@@ -213,6 +214,22 @@ class BrokerAdmin:
             ]
         )
 
+    def _refuse_foreign_accounts(self, serials: Sequence[str]) -> None:
+        """An existing broker account may be re-used for a device only if it is that device's
+        own (it holds exactly the device's role). Anything else — the ingest or admin account,
+        another application's client — must never have its password reset by provisioning."""
+        if not serials:
+            return
+        replies = self.execute([{"command": "getClient", "username": s} for s in serials])
+        for serial, reply in zip(serials, replies, strict=True):
+            client = reply.get("data", {}).get("client", {})
+            roles = {r.get("rolename") for r in client.get("roles", [])}
+            if roles != {device_role(serial)}:
+                raise ConflictError(
+                    f"the broker already has an account named {serial!r} that is not a "
+                    "fieldtrack device; choose another serial"
+                )
+
     def disable_device(self, serial: str) -> None:
         """Disable the device's client; the broker disconnects it at once."""
         self.check([{"command": "disableClient", "username": serial}])
@@ -222,10 +239,17 @@ class BrokerAdmin:
 
     def delete_device(self, serial: str) -> None:
         """Remove the device's client and role; a client that is already gone is fine."""
+        self.delete_devices([serial])
+
+    def delete_devices(self, serials: Sequence[str]) -> None:
         self.check(
             [
-                {"command": "deleteClient", "username": serial},
-                {"command": "deleteRole", "rolename": device_role(serial)},
+                cmd
+                for serial in serials
+                for cmd in (
+                    {"command": "deleteClient", "username": serial},
+                    {"command": "deleteRole", "rolename": device_role(serial)},
+                )
             ],
             tolerate=["not found"],
         )

@@ -24,6 +24,10 @@ class NotFoundError(FieldtrackError):
 class ConflictError(FieldtrackError):
     """The request clashes with what exists: a duplicate, or data that still depends on it."""
 
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 class InvalidInputError(FieldtrackError):
     """Input that passed its schema but does not fit the data (e.g. an unknown reference)."""

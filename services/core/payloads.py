@@ -113,6 +113,7 @@ class QuarantineReason(StrEnum):
     TOO_OLD = "too_old"
     DEVICE_MISMATCH = "device_mismatch"
     REJECTED_BY_DATABASE = "rejected_by_database"
+    STORE_FAILED = "store_failed"
 
 
 @dataclass(frozen=True)

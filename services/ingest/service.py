@@ -43,6 +43,9 @@ LISTEN_POLL_S = 1.0
 PURGE_EVERY_S = 600.0
 PURGE_CHUNK = 10_000
 DEVICE_CHANNEL = "fieldtrack_devices"
+# Errors that retrying the same batch cannot cure: a message the database refuses, or one
+# that trips a bug in our code. Connection and server errors are retried instead.
+NOT_TRANSIENT = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, UnicodeError)
 
 MESSAGES = Counter("fieldtrack_ingest_messages_total", "MQTT messages taken by the writer")
 ROWS = Counter("fieldtrack_ingest_rows_total", "readings stored", ["kind"])
@@ -119,6 +122,8 @@ class IngestService:
             log.warning("disconnected from broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._stop.is_set():
+            return  # shutting down: left unacknowledged, the broker redelivers it later
         try:
             self._queue.put_nowait(
                 RawMessage(
@@ -128,6 +133,7 @@ class IngestService:
                     mid=msg.mid,
                     qos=msg.qos,
                     generation=self._generation,
+                    retained=bool(msg.retain),
                 )
             )
         except Exception:  # a callback that raises would kill paho's network loop
@@ -173,10 +179,10 @@ class IngestService:
                 started = time.perf_counter()
                 try:
                     result = self._store(conn, batch)
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    # Not transient: some message in the batch is one the database refuses.
-                    # Find it by halving, quarantine it, and store the rest.
-                    log.warning("database refused a batch (%s); isolating the message", exc)
+                except NOT_TRANSIENT as exc:
+                    # Some message in the batch is one that cannot be stored. Find it by
+                    # halving, quarantine it, and store the rest: the queue never blocks.
+                    log.warning("a batch could not be stored (%r); isolating the message", exc)
                     result = self._store_isolating(conn, batch)
                 BATCH_SECONDS.observe(time.perf_counter() - started)
                 if time.monotonic() >= self._next_purge:
@@ -220,10 +226,14 @@ class IngestService:
         """Store a batch the database refused, quarantining exactly the messages it refuses."""
         try:
             return self._store(conn, batch)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except NOT_TRANSIENT as exc:
             if len(batch) == 1:
                 [raw] = batch
-                reason = QuarantineReason.REJECTED_BY_DATABASE
+                reason = (
+                    QuarantineReason.REJECTED_BY_DATABASE
+                    if isinstance(exc, psycopg.Error)
+                    else QuarantineReason.STORE_FAILED
+                )
                 with conn.transaction():
                     where = parse_topic(raw.topic)
                     why = Rejected(reason, str(exc)[:500], where.serial if where else None)

@@ -39,6 +39,7 @@ class RawMessage:
     mid: int = 0
     qos: int = 0
     generation: int = 0  # which broker connection delivered it (acks are per connection)
+    retained: bool = False  # replayed by the broker on subscribe, not sent just now
 
 
 @dataclass
@@ -68,7 +69,7 @@ class BatchResult:
 
 @dataclass
 class _DeviceSeen:
-    last_seen: datetime
+    last_seen: datetime | None
     last_seq: int | None = None
     online: bool | None = None
     online_since: datetime | None = None
@@ -257,8 +258,11 @@ class _Rows:
         self, raw: RawMessage, accepted: Accepted, device: DeviceRef, result: BatchResult
     ) -> None:
         message = accepted.message
-        state = self.seen.setdefault(device.id, _DeviceSeen(last_seen=raw.received_at))
-        state.last_seen = max(state.last_seen, raw.received_at)
+        state = self.seen.setdefault(device.id, _DeviceSeen(last_seen=None))
+        if not raw.retained:
+            # A retained status replayed on subscribe says nothing about when the device
+            # was last heard from; only live messages refresh last_seen.
+            state.last_seen = max(state.last_seen or raw.received_at, raw.received_at)
         if isinstance(message, UsageMessage):
             for item, event in enumerate(message.events):
                 self.usage.append((

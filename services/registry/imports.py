@@ -52,11 +52,16 @@ Resolver = Callable[[psycopg.Connection, dict[str, Any]], None]
 def _by_name(column: str, target: str, query: str, what: str) -> Resolver:
     def resolve(conn: psycopg.Connection, row: dict[str, Any]) -> None:
         name = row.pop(column, None)
-        if name is None or row.get(target) is not None:
+        if name is None:
             return
         found = conn.execute(query, (name,)).fetchone()
         if found is None:
             raise InvalidInputError(f"{what} {name!r} does not exist", field=column)
+        given = row.get(target)
+        if given is not None and str(given) != str(found[0]):
+            raise InvalidInputError(
+                f"{column} {name!r} is {what} {found[0]}, but {target} says {given}", field=column
+            )
         row[target] = found[0]
 
     return resolve
@@ -100,7 +105,8 @@ def read_rows(
     text: str, model: type[BaseModel], extra: frozenset[str] = frozenset()
 ) -> list[dict[str, Any]]:
     """Rows as dicts, header checked against the model's fields."""
-    reader = csv.DictReader(io.StringIO(text))
+    # Spreadsheets often save UTF-8 with a byte-order mark; it is not part of the header.
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff")))
     header = reader.fieldnames or []
     allowed = set(model.model_fields) | extra
     unknown = [h for h in header if h not in allowed]

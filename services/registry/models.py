@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from enum import StrEnum
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from services.core.topics import SERIAL_PATTERN
+from services.registry.enums import (  # re-exported: routes take them from here
+    DeliveryStatus as DeliveryStatus,
+    DeviceStatus as DeviceStatus,
+    LifecycleStage as LifecycleStage,
+    ProjectStatus as ProjectStatus,
+    Tier as Tier,
+)
 
 MAX_BIGINT = 2**63 - 1
 MAX_MONEY = Decimal("999999999999.99")  # numeric(14, 2)
@@ -22,13 +35,21 @@ FEATURE_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 
 
 def _no_nul(value: str) -> str:
+    """Text PostgreSQL can store: no NUL characters, no lone UTF-16 surrogates."""
     if "\x00" in value:
         raise ValueError("must not contain NUL (\\u0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode (it contains a lone surrogate)") from exc
     return value
 
 
 def _strip(value: str) -> str:
-    return value.strip()
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("must not be blank")
+    return stripped
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
@@ -49,39 +70,23 @@ Serial = Annotated[str, Field(pattern=f"^{SERIAL_PATTERN}$", examples=["acme-lck
 Tag = Annotated[str, AfterValidator(_no_nul), Field(min_length=1, max_length=64)]
 
 
-class Tier(StrEnum):
-    HEAD = "head"
-    WAIST = "waist"
-    TAIL = "tail"
-
-
-class LifecycleStage(StrEnum):
-    ONBOARDING = "onboarding"
-    ADOPTION = "adoption"
-    EXPANSION = "expansion"
-    RENEWAL = "renewal"
-    AT_RISK = "at_risk"
-
-
-class ProjectStatus(StrEnum):
-    DELIVERING = "delivering"
-    LIVE = "live"
-    ENDED = "ended"
-
-
-class DeliveryStatus(StrEnum):
-    DELIVERED = "delivered"
-    PLANNED = "planned"
-    CUT = "cut"
-
-
-class DeviceStatus(StrEnum):
-    ACTIVE = "active"
-    REVOKED = "revoked"
-
-
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Patch(_In):
+    """A partial update: absent fields stay as they are; fields the resource cannot be
+    without may be changed but not set to null."""
+
+    not_null: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*")
+    @classmethod
+    def _no_null_for_required(cls, value: object, info: ValidationInfo) -> object:
+        # Runs only for fields the client sent: absent fields keep their defaults unchecked.
+        if value is None and info.field_name in cls.not_null:
+            raise ValueError("cannot be null; leave the field out to keep its value")
+        return value
 
 
 class _Out(BaseModel):
@@ -98,7 +103,9 @@ class CustomerCreate(_In):
     lifecycle_stage: LifecycleStage = LifecycleStage.ONBOARDING
 
 
-class CustomerUpdate(_In):
+class CustomerUpdate(_Patch):
+    not_null = frozenset({"name", "tier", "industry", "lifecycle_stage"})
+
     name: Name | None = None
     tier: Tier | None = None
     industry: Label | None = None
@@ -133,7 +140,9 @@ class ProjectCreate(_In):
     )  # fmt: skip
 
 
-class ProjectUpdate(_In):
+class ProjectUpdate(_Patch):
+    not_null = frozenset({"name", "currency", "status"})
+
     name: Name | None = None
     contract_value: Money | None = None
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
@@ -183,7 +192,9 @@ class FeatureCreate(_In):
     )
 
 
-class FeatureUpdate(_In):
+class FeatureUpdate(_Patch):
+    not_null = frozenset({"name", "usage_events", "usage_metrics"})
+
     name: Name | None = None
     product_line: Label | None = None
     description: Notes | None = None
@@ -217,7 +228,9 @@ class DeliveryCreate(_In):
     notes: Notes | None = None
 
 
-class DeliveryUpdate(_In):
+class DeliveryUpdate(_Patch):
+    not_null = frozenset({"status", "strategic"})
+
     status: DeliveryStatus | None = None
     delivered_on: date | None = None
     cost_person_days: PersonDays | None = None
@@ -255,7 +268,9 @@ class DeviceCreate(_In):
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
 
-class DeviceUpdate(_In):
+class DeviceUpdate(_Patch):
+    not_null = frozenset({"tags"})
+
     model: Label | None = None
     firmware: Label | None = None
     site: Name | None = None

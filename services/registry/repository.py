@@ -16,8 +16,7 @@ from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
 import psycopg
-from psycopg import errors as pg_errors
-from psycopg import sql
+from psycopg import errors as pg_errors, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
@@ -231,7 +230,8 @@ def translate_errors(
     except pg_errors.UniqueViolation as exc:
         match = _KEY_DETAIL.search(exc.diag.message_detail or "")
         what = f" with {match['cols']} = {match['vals']}" if match else ""
-        raise ConflictError(f"a {label}{what} exists already") from exc
+        field = match["cols"] if match else None
+        raise ConflictError(f"a {label}{what} exists already", field=field) from exc
     except pg_errors.ForeignKeyViolation as exc:
         if deleting:
             raise ConflictError(f"{label} is still referenced by other data") from exc

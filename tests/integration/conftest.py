@@ -8,13 +8,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 from pydantic import SecretStr
 
@@ -64,6 +66,21 @@ def database(local_services: LocalServices, base_settings: Settings) -> Iterator
     with scratch_database(local_services, app_url, "fieldtrack_test") as url:
         migrate(url)
         yield url
+        forget_broker_identities(base_settings, url)
+
+
+def forget_broker_identities(settings: Settings, database_url: str) -> None:
+    """Remove the broker accounts of a test database's devices, so the suite's broker does
+    not grow from run to run."""
+    with psycopg.connect(database_url) as conn:
+        serials = [row[0] for row in conn.execute("SELECT serial FROM devices")]
+    if not serials:
+        return
+    with BrokerAdmin(
+        settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+        settings.mqtt_admin_password.get_secret_value(),
+    ) as admin:  # fmt: skip
+        admin.delete_devices(serials)
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +119,26 @@ def ingest(settings: Settings) -> Iterator[IngestService]:
     assert service.wait_connected(15), "ingest could not connect to the broker"
     yield service
     service.stop()
+    # The session was persistent; drop it so the broker stops queueing for this client id.
+    discard_session(settings, settings.ingest_client_id)
+
+
+def discard_session(settings: Settings, client_id: str) -> None:
+    """Remove a persistent broker session (and its queue) left by an ingest client id, so
+    later runs do not keep queueing messages for a consumer that will never return."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+        protocol=mqtt.MQTTv311,
+    )  # fmt: skip
+    client.username_pw_set(
+        settings.mqtt_ingest_username, settings.mqtt_ingest_password.get_secret_value()
+    )
+    with suppress(OSError):
+        client.connect(settings.mqtt_host, settings.mqtt_port, 10)
+        client.loop_start()
+        time.sleep(0.3)
+        client.disconnect()
+        client.loop_stop()
 
 
 @pytest.fixture(scope="session")
@@ -174,3 +211,35 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+@pytest.fixture
+def mqtt_login(settings: Settings) -> Callable[[str, str], bool]:
+    """Whether the broker accepts a device login (username = client id = serial)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    def login(serial: str, password: str) -> bool:
+        answered = threading.Event()
+        result: list[bool] = []
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            result.append(not reason.is_failure)
+            client.disconnect()
+            answered.set()
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=serial, protocol=mqtt.MQTTv5)
+        client.username_pw_set(serial, password)
+        client.on_connect = on_connect
+        client.connect(settings.mqtt_host, settings.mqtt_port)
+        client.loop_start()
+        try:
+            assert answered.wait(10), f"no CONNACK for {serial}"
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return result[0]
+
+    return login

@@ -18,6 +18,7 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 
 MAX_BATCH = 1000
 MAX_CSV_BYTES = 5 * 1024 * 1024
+NO_STORE = "no-store"  # responses carrying passwords must not sit in any cache
 
 
 class DeviceFilters:
@@ -59,8 +60,9 @@ def get_device(item_id: ItemId, conn: ConnDep) -> Any:
     summary="Provision a device: registry row plus MQTT identity; the password is shown once",
 )
 def provision_device(
-    body: models.DeviceCreate, conn: ConnDep, admin: BrokerDep
+    body: models.DeviceCreate, conn: ConnDep, admin: BrokerDep, response: Response
 ) -> models.ProvisionedDevice:
+    response.headers["Cache-Control"] = NO_STORE
     [provisioned] = provisioning.provision(conn, admin, [body])
     return provisioned
 
@@ -76,7 +78,9 @@ def provision_batch(
     body: Annotated[list[models.DeviceCreate], Body(min_length=1, max_length=MAX_BATCH)],
     conn: ConnDep,
     admin: BrokerDep,
+    response: Response,
 ) -> list[models.ProvisionedDevice]:
+    response.headers["Cache-Control"] = NO_STORE
     errors = imports.check_devices(conn, list(enumerate(body)))
     if errors:
         first = errors[0]
@@ -112,7 +116,7 @@ def import_devices(
         imports.credentials_csv(provisioned),
         status_code=status.HTTP_201_CREATED,
         media_type="text/csv",
-        headers={"Cache-Control": "no-store"},
+        headers={"Cache-Control": NO_STORE},
     )
 
 

@@ -51,7 +51,7 @@ class ReasonSummary(BaseModel):
 
 PREVIEW_COLUMNS = f"""
 id, received_at, topic, device_serial, reason, detail, payload_size,
-convert_from(substring(payload FROM 1 FOR {PREVIEW_BYTES}), 'SQL_ASCII') AS payload_preview
+substring(payload FROM 1 FOR {PREVIEW_BYTES}) AS payload_preview
 """
 LIST = f"""
 SELECT {PREVIEW_COLUMNS} FROM quarantine

@@ -1,0 +1,1 @@
+"""The fieldtrack API as a command-line client: settings, HTTP client and typer commands."""

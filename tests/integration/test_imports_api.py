@@ -1,0 +1,504 @@
+"""CSV imports through the API: every row lands, or none does."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+CSV = {"content-type": "text/csv"}
+MAX_BIGINT = 2**63 - 1
+
+
+def expect(response: httpx.Response, status: int) -> Any:
+    assert response.status_code < 500, f"server error: {response.text}"
+    assert response.status_code == status, (
+        f"{response.request.method} {response.request.url}: expected {status}, "
+        f"got {response.status_code}: {response.text}"
+    )
+    return response.json() if "json" in response.headers.get("content-type", "") else None
+
+
+def post_csv(api: TestClient, url: str, text: str) -> httpx.Response:
+    return api.post(url, content=text.encode(), headers=CSV)
+
+
+def rejected(response: httpx.Response) -> list[tuple[int, str | None]]:
+    """(row, field) of each error of a refused import."""
+    body = expect(response, 422)
+    assert "nothing was imported" in body["detail"], body
+    assert body["errors"], body
+    return [(e["row"], e["field"]) for e in body["errors"]]
+
+
+def count(conn: psycopg.Connection, query: str, *params: Any) -> int:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def create(api: TestClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = api.post(url, json=body)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def fetch(api: TestClient, url: str) -> dict[str, Any]:
+    response = api.get(url)
+    assert response.status_code == 200, response.text
+    item: dict[str, Any] = response.json()
+    return item
+
+
+# --- customers --------------------------------------------------------------------------------
+
+
+def test_customers_import_creates_every_row(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    text = (
+        "name,tier,industry,lifecycle_stage\r\n"
+        f"imp {unique} a,head,retail,\r\n"
+        f'"imp {unique} b, Inc.",tail,energy,renewal\r\n'
+    )
+    report = expect(post_csv(api, "/imports/customers", text), 201)
+    assert report["created"] == 2 and len(report["ids"]) == 2
+    a, b = (fetch(api, f"/customers/{i}") for i in report["ids"])
+    assert (a["name"], a["tier"], a["industry"], a["lifecycle_stage"]) == (
+        f"imp {unique} a", "head", "retail", "onboarding",
+    )  # fmt: skip
+    assert (b["name"], b["tier"], b["industry"], b["lifecycle_stage"]) == (
+        f"imp {unique} b, Inc.", "tail", "energy", "renewal",
+    )  # fmt: skip
+    assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"imp {unique} %") == 2
+
+
+def test_customers_import_with_one_invalid_row_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    text = (
+        "name,tier,industry\n"
+        f"bad {unique} 1,head,retail\n"
+        f"bad {unique} 2,gold,retail\n"
+        f"bad {unique} 3,tail,retail\n"
+    )
+    errors = rejected(post_csv(api, "/imports/customers", text))
+    assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"bad {unique} %") == 0
+    # the refused row is named, with the field to fix
+    assert errors == [(3, "tier")]
+
+
+def test_customers_import_reports_every_bad_row_and_field(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    long_name = "n" * 201
+    text = (
+        "name,tier,industry,lifecycle_stage\n"
+        f"many {unique} 1,head,retail,adoption\n"
+        f"{long_name},head,retail,\n"
+        f"many {unique} 3,head,,\n"
+        f"many {unique} 4,head,retail,churned\n"
+        f"many {unique} 5,waist,retail,\n"
+    )
+    errors = rejected(post_csv(api, "/imports/customers", text))
+    assert sorted(errors) == [(3, "name"), (4, "industry"), (5, "lifecycle_stage")]
+    assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"many {unique} %") == 0
+
+
+def test_customers_import_is_all_or_nothing_when_the_database_refuses_a_row(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    """Rows 2 and 3 are inserted before row 4 repeats row 2's name: all are rolled back."""
+    text = (
+        "name,tier,industry\n"
+        f"atom {unique} 1,head,retail\n"
+        f"atom {unique} 2,head,retail\n"
+        f"atom {unique} 1,tail,energy\n"
+    )
+    errors = rejected(post_csv(api, "/imports/customers", text))
+    assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"atom {unique} %") == 0
+    # the refused row is named, with the field to fix
+    assert errors == [(4, "name")]
+
+
+def test_customers_import_clashing_with_an_existing_customer_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    create(api, "/customers", {"name": f"exists {unique}", "tier": "head", "industry": "x"})
+    text = f"name,tier,industry\nnew {unique},head,retail\nexists {unique},head,retail\n"
+    errors = rejected(post_csv(api, "/imports/customers", text))
+    assert count(conn, "SELECT count(*) FROM customers WHERE name = %s", f"new {unique}") == 0
+    # the refused row is named, with the field to fix
+    assert errors == [(3, "name")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n",
+        "name,tier,industry\n",  # a header and no rows
+        "name,tier,industry,colour\nx,head,retail,red\n",  # unknown column
+        "name,tier,industy\nx,head,retail\n",  # a typo is an unknown column too
+        "id,name,tier,industry\n1,x,head,retail\n",  # ids are not imported
+    ],
+    ids=["blank-line", "header-only", "unknown-column", "typo", "id-column"],
+)
+def test_unusable_files_are_422_at_line_1(api: TestClient, text: str) -> None:
+    errors = rejected(post_csv(api, "/imports/customers", text))
+    assert errors[0][0] == 1
+
+
+@pytest.mark.parametrize("url", ["/imports/customers", "/imports/projects", "/devices/import"])
+def test_empty_file_is_422(api: TestClient, url: str) -> None:
+    expect(post_csv(api, url, ""), 422)
+
+
+def test_unknown_column_is_named(api: TestClient, unique: str) -> None:
+    text = f"name,tier,industry,colour\nuc {unique},head,retail,red\n"
+    body = expect(post_csv(api, "/imports/customers", text), 422)
+    assert "colour" in body["errors"][0]["message"]
+    assert expect(api.get("/customers", params={"q": f"uc {unique}"}), 200)["total"] == 0
+
+
+def test_row_with_too_many_cells_is_named(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    text = f"name,tier,industry\ncells {unique} 1,head,retail\ncells {unique} 2,head,retail,extra\n"
+    assert rejected(post_csv(api, "/imports/customers", text)) == [(3, None)]
+    assert (
+        count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"cells {unique} %") == 0
+    )
+
+
+def test_unknown_import_kind_is_422(api: TestClient) -> None:
+    for kind in ("widgets", "devices"):
+        expect(post_csv(api, f"/imports/{kind}", "name\nx\n"), 422)
+
+
+# --- projects --------------------------------------------------------------------------------
+
+
+def test_projects_import_by_customer_name_or_id(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    named = create(api, "/customers", {"name": f"Acme, {unique}", "tier": "head", "industry": "x"})
+    other = create(api, "/customers", {"name": f"other {unique}", "tier": "tail", "industry": "x"})
+    text = (
+        "customer,customer_id,name,contract_value,currency,go_live_date,status,retention_days\n"
+        f'"Acme, {unique}",,p {unique} 1,1000.50,USD,2026-05-01,live,90\n'
+        f",{other['id']},p {unique} 2,,,,,\n"
+    )
+    report = expect(post_csv(api, "/imports/projects", text), 201)
+    assert report["created"] == 2
+    first, second = (fetch(api, f"/projects/{i}") for i in report["ids"])
+    assert (first["customer_id"], first["name"]) == (named["id"], f"p {unique} 1")
+    assert Decimal(str(first["contract_value"])) == Decimal("1000.50")
+    assert (first["currency"], first["go_live_date"], first["status"]) == (
+        "USD", "2026-05-01", "live",
+    )  # fmt: skip
+    assert first["retention_days"] == 90
+    assert (second["customer_id"], second["currency"], second["status"]) == (
+        other["id"], "EUR", "delivering",
+    )  # fmt: skip
+    assert second["contract_value"] is None
+
+
+def test_projects_import_with_an_unknown_customer_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    create(api, "/customers", {"name": f"known {unique}", "tier": "head", "industry": "x"})
+    text = (
+        "customer,name\n"
+        f"known {unique},pu {unique} 1\n"
+        f"unknown {unique},pu {unique} 2\n"
+        f"known {unique},pu {unique} 3\n"
+    )
+    errors = rejected(post_csv(api, "/imports/projects", text))
+    assert count(conn, "SELECT count(*) FROM projects WHERE name LIKE %s", f"pu {unique} %") == 0
+    # the refused row is named, with the field to fix
+    assert errors == [(3, "customer")]
+
+
+def test_projects_import_with_an_unknown_customer_id_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    known = create(api, "/customers", {"name": f"kid {unique}", "tier": "head", "industry": "x"})
+    text = f"customer_id,name\n{known['id']},pi {unique} 1\n{MAX_BIGINT},pi {unique} 2\n"
+    errors = rejected(post_csv(api, "/imports/projects", text))
+    assert count(conn, "SELECT count(*) FROM projects WHERE name LIKE %s", f"pi {unique} %") == 0
+    # the refused row is named, with the field to fix
+    assert errors == [(3, "customer_id")]
+
+
+def test_projects_import_is_all_or_nothing_on_a_duplicate(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    create(api, "/customers", {"name": f"dupc {unique}", "tier": "head", "industry": "x"})
+    text = (
+        "customer,name,contract_value\n"
+        f"dupc {unique},pd {unique} 1,10\n"
+        f"dupc {unique},pd {unique} 2,-5\n"
+        f"dupc {unique},pd {unique} 3,1.234\n"
+    )
+    assert rejected(post_csv(api, "/imports/projects", text)) == [
+        (3, "contract_value"), (4, "contract_value"),
+    ]  # fmt: skip
+    text = f"customer,name\ndupc {unique},pd {unique} 1\ndupc {unique},pd {unique} 1\n"
+    assert [row for row, _ in rejected(post_csv(api, "/imports/projects", text))] == [3]
+    assert count(conn, "SELECT count(*) FROM projects WHERE name LIKE %s", f"pd {unique} %") == 0
+
+
+# --- features ---------------------------------------------------------------------------------
+
+
+def test_features_import_splits_lists_on_semicolons(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    text = (
+        "key,name,product_line,description,usage_events\n"
+        f'fi_{unique}_a,Remote unlock,locks,"opens, remotely",unlock;unlock.remote;unlock_app\n'
+        f"fi_{unique}_b,Energy report,energy,,\n"
+        f"fi_{unique}_c,Dimming,lighting,,dim\n"
+    )
+    report = expect(post_csv(api, "/imports/features", text), 201)
+    assert report["created"] == 3
+    a, b, c = (fetch(api, f"/features/{i}") for i in report["ids"])
+    assert (a["key"], a["name"], a["product_line"], a["description"]) == (
+        f"fi_{unique}_a", "Remote unlock", "locks", "opens, remotely",
+    )  # fmt: skip
+    assert a["usage_events"] == ["unlock", "unlock.remote", "unlock_app"]
+    assert (b["key"], b["usage_events"], b["description"]) == (f"fi_{unique}_b", [], None)
+    assert c["usage_events"] == ["dim"]
+    stored = conn.execute("SELECT usage_events FROM features WHERE id = %s", (a["id"],)).fetchone()
+    assert stored == (["unlock", "unlock.remote", "unlock_app"],)
+
+
+def test_features_import_with_a_bad_key_or_event_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    text = (
+        f"key,name,usage_events\nfb_{unique}_a,A,ok\nFb {unique},B,\nfb_{unique}_c,C,ok;Not Valid\n"
+    )
+    errors = rejected(post_csv(api, "/imports/features", text))
+    assert errors[0] == (3, "key")
+    assert errors[1][0] == 4 and (errors[1][1] or "").startswith("usage_events")
+    assert count(conn, "SELECT count(*) FROM features WHERE key LIKE %s", f"fb\\_{unique}%") == 0
+
+
+def test_features_import_with_an_existing_key_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    create(api, "/features", {"key": f"fe_{unique}_old", "name": "Old"})
+    text = f"key,name\nfe_{unique}_new,New\nfe_{unique}_old,Again\n"
+    errors = rejected(post_csv(api, "/imports/features", text))
+    assert count(conn, "SELECT count(*) FROM features WHERE key = %s", f"fe_{unique}_new") == 0
+    # the refused row is named, with the field to fix
+    assert errors == [(3, "key")]
+
+
+# --- deliveries -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def catalog(api: TestClient, unique: str) -> dict[str, Any]:
+    """A customer's project and three features to deliver to it."""
+    customer = create(api, "/customers", {"name": f"cat {unique}", "tier": "head", "industry": "x"})
+    project = create(api, "/projects", {"customer_id": customer["id"], "name": f"cat {unique}"})
+    features = [create(api, "/features", {"key": f"cat_{unique}_{i}", "name": f"F{i}"})
+                for i in range(3)]  # fmt: skip
+    return {"project": project, "features": features}
+
+
+def test_deliveries_import_by_feature_key_or_id(api: TestClient, catalog: dict[str, Any]) -> None:
+    pid = catalog["project"]["id"]
+    f0, f1, _ = catalog["features"]
+    text = (
+        "project_id,feature_key,feature_id,status,delivered_on,cost_person_days,"
+        "contract_line_value,business_score,strategic,notes\n"
+        f'{pid},{f0["key"]},,planned,2026-04-01,2.5,1200,4,true,"pilot; then roll-out"\n'
+        f"{pid},,{f1['id']},,,,,,,\n"
+    )
+    report = expect(post_csv(api, "/imports/deliveries", text), 201)
+    assert report["created"] == 2
+    first, second = (fetch(api, f"/deliveries/{i}") for i in report["ids"])
+    assert (first["project_id"], first["feature_id"], first["feature_key"]) == (
+        pid, f0["id"], f0["key"],
+    )  # fmt: skip
+    assert (first["status"], first["delivered_on"], first["business_score"]) == (
+        "planned", "2026-04-01", 4,
+    )  # fmt: skip
+    assert Decimal(str(first["cost_person_days"])) == Decimal("2.5")
+    assert Decimal(str(first["contract_line_value"])) == Decimal(1200)
+    assert (first["strategic"], first["notes"]) == (True, "pilot; then roll-out")
+    assert (second["feature_id"], second["status"], second["strategic"]) == (
+        f1["id"], "delivered", False,
+    )  # fmt: skip
+    listed = expect(api.get("/deliveries", params={"project_id": pid}), 200)
+    assert listed["total"] == 2
+
+
+def test_deliveries_import_with_an_unknown_feature_key_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, catalog: dict[str, Any], unique: str
+) -> None:
+    pid = catalog["project"]["id"]
+    text = (
+        f"project_id,feature_key\n{pid},{catalog['features'][0]['key']}\n{pid},missing_{unique}\n"
+    )
+    errors = rejected(post_csv(api, "/imports/deliveries", text))
+    assert count(conn, "SELECT count(*) FROM deliveries WHERE project_id = %s", pid) == 0
+    # the refused row is named, with the field to fix
+    assert errors == [(3, "feature_key")]
+
+
+@pytest.mark.parametrize(
+    ("cells", "field"),
+    [("business_score=6", "business_score"), ("strategic=perhaps", "strategic"),
+     ("status=shipped", "status"), ("project_id=0", "project_id"),
+     (f"project_id={MAX_BIGINT}", "project_id")],
+)  # fmt: skip
+def test_deliveries_import_with_one_bad_row_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, catalog: dict[str, Any], cells: str, field: str
+) -> None:
+    pid = catalog["project"]["id"]
+    keys = [f["key"] for f in catalog["features"]]
+    column, value = cells.split("=")
+    rows = [{column: "", "project_id": str(pid), "feature_key": k} for k in keys]
+    rows[1][column] = value
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    assert rejected(post_csv(api, "/imports/deliveries", out.getvalue())) == [(3, field)]
+    assert count(conn, "SELECT count(*) FROM deliveries WHERE project_id = %s", pid) == 0
+
+
+def test_deliveries_import_repeating_a_delivery_imports_nothing(
+    api: TestClient, conn: psycopg.Connection, catalog: dict[str, Any]
+) -> None:
+    pid = catalog["project"]["id"]
+    f0, f1, _ = (f["key"] for f in catalog["features"])
+    text = f"project_id,feature_key\n{pid},{f0}\n{pid},{f1}\n{pid},{f0}\n"
+    assert [row for row, _ in rejected(post_csv(api, "/imports/deliveries", text))] == [4]
+    assert count(conn, "SELECT count(*) FROM deliveries WHERE project_id = %s", pid) == 0
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+def read_credentials(response: httpx.Response) -> list[dict[str, str]]:
+    assert response.status_code < 500, response.text
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    assert response.headers.get("cache-control") == "no-store"
+    reader = csv.DictReader(io.StringIO(response.text))
+    assert reader.fieldnames == ["serial", "password", "project_id", "device_id"]
+    return list(reader)
+
+
+def serials_in_db(conn: psycopg.Connection, serials: list[str]) -> list[str]:
+    rows = conn.execute("SELECT serial FROM devices WHERE serial = ANY(%s)", (serials,))
+    return sorted(r[0] for r in rows)
+
+
+def test_devices_import_returns_credentials_once(
+    api: TestClient,
+    conn: psycopg.Connection,
+    catalog: dict[str, Any],
+    mqtt_login: Callable[[str, str], bool],
+    unique: str,
+) -> None:
+    pid = catalog["project"]["id"]
+    serials = [f"di-{unique}-{i}" for i in range(3)]
+    text = (
+        "serial,project_id,model,firmware,site,tags\n"
+        f'{serials[0]},{pid},LCK-2,1.0,"Dock 1, north",eu;pilot\n'
+        f"{serials[1]},{pid},,,,\n"
+        f"{serials[2]},{pid},LCK-3,2.0,,eu\n"
+    )
+    credentials = read_credentials(post_csv(api, "/devices/import", text))
+    assert [c["serial"] for c in credentials] == serials
+    assert all(c["project_id"] == str(pid) for c in credentials)
+    assert len({c["password"] for c in credentials}) == 3
+    assert serials_in_db(conn, serials) == sorted(serials)
+
+    devices = [fetch(api, f"/devices/{c['device_id']}") for c in credentials]
+    assert [d["serial"] for d in devices] == serials
+    assert (devices[0]["model"], devices[0]["site"], devices[0]["tags"]) == (
+        "LCK-2", "Dock 1, north", ["eu", "pilot"],
+    )  # fmt: skip
+    assert (devices[1]["model"], devices[1]["tags"], devices[1]["status"]) == (None, [], "active")
+    assert devices[2]["tags"] == ["eu"]
+    for device, credential in zip(devices, credentials, strict=True):
+        assert credential["password"] not in str(device)
+    assert mqtt_login(serials[0], credentials[0]["password"])
+    assert not mqtt_login(serials[0], credentials[1]["password"])
+
+
+def test_devices_import_with_a_repeated_serial_creates_nothing(
+    api: TestClient, conn: psycopg.Connection, catalog: dict[str, Any], unique: str
+) -> None:
+    pid = catalog["project"]["id"]
+    serials = [f"dd-{unique}-1", f"dd-{unique}-2", f"dd-{unique}-1"]
+    text = "serial,project_id\n" + "".join(f"{s},{pid}\n" for s in serials)
+    assert rejected(post_csv(api, "/devices/import", text)) == [(4, "serial")]
+    assert serials_in_db(conn, serials) == []
+
+
+def test_devices_import_with_an_existing_serial_creates_nothing(
+    api: TestClient, conn: psycopg.Connection, catalog: dict[str, Any], unique: str
+) -> None:
+    pid = catalog["project"]["id"]
+    create(api, "/devices", {"serial": f"dx-{unique}-old", "project_id": pid})
+    text = f"serial,project_id\ndx-{unique}-new,{pid}\ndx-{unique}-old,{pid}\n"
+    assert rejected(post_csv(api, "/devices/import", text)) == [(3, "serial")]
+    assert serials_in_db(conn, [f"dx-{unique}-new"]) == []
+
+
+def test_devices_import_with_bad_rows_names_each_and_creates_nothing(
+    api: TestClient, conn: psycopg.Connection, catalog: dict[str, Any], unique: str
+) -> None:
+    pid = catalog["project"]["id"]
+    text = (
+        "serial,project_id,tags\n"
+        f"db-{unique}-1,{pid},\n"
+        f"db-{unique}-2,{MAX_BIGINT},\n"
+        f"bad serial {unique},{pid},\n"
+        f"db-{unique}-4,{pid},{'t' * 65}\n"
+    )
+    errors = rejected(post_csv(api, "/devices/import", text))
+    assert errors[0] == (3, "project_id")
+    assert errors[1] == (4, "serial")
+    assert errors[2][0] == 5 and (errors[2][1] or "").startswith("tags")
+    assert serials_in_db(conn, [f"db-{unique}-{i}" for i in (1, 2, 4)]) == []
+
+
+@pytest.mark.parametrize(
+    "text", ["\n", "serial,project_id\n", "serial,project_id,password\nx,1,secret\n"]
+)
+def test_devices_import_of_an_unusable_file_is_422(api: TestClient, text: str) -> None:
+    assert rejected(post_csv(api, "/devices/import", text))[0][0] == 1
+
+
+def test_file_that_is_not_utf8_is_422(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    """A spreadsheet saved as Latin-1 is refused as such, not with a server error."""
+    text = f"name,tier,industry\ncaf\xe9 {unique},head,retail\n".encode("latin-1")
+    expect(api.post("/imports/customers", content=text, headers=CSV), 422)
+    assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"caf% {unique}") == 0
+
+
+def test_nul_character_in_a_cell_is_422_naming_the_field(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    text = f"name,tier,industry\nnul {unique} 1,head,retail\nnul {unique} 2,head,re\x00tail\n"
+    assert rejected(post_csv(api, "/imports/customers", text)) == [(3, "industry")]
+    assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"nul {unique} %") == 0
