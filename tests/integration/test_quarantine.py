@@ -93,3 +93,25 @@ def test_malformed_and_future_messages_are_quarantined_with_reasons(
         (device.serial,),
     ).fetchone()
     assert size == (300_000,)
+
+
+def test_quarantine_older_than_retention_is_purged(
+    settings: Settings, conn: psycopg.Connection, unique: str
+) -> None:
+    serial = f"purge-{unique}"
+    old = datetime.now(UTC) - timedelta(days=settings.ingest_quarantine_retention_days + 1)
+    recent = datetime.now(UTC) - timedelta(days=1)
+    for received in (old, recent):
+        conn.execute(
+            """INSERT INTO quarantine (received_at, topic, device_serial, reason, detail,
+                                       payload, payload_size)
+               VALUES (%s, 't', %s, 'not_json', 'test', 'x', 1)""",
+            (received, serial),
+        )
+    service = IngestService(settings)  # not started: only its retention step is exercised
+    with psycopg.connect(settings.database_url.get_secret_value()) as writer:
+        service._purge_quarantine(writer)
+    kept = conn.execute(
+        "SELECT received_at FROM quarantine WHERE device_serial = %s", (serial,)
+    ).fetchall()
+    assert [row[0] for row in kept] == [recent]
