@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import psycopg
 
-from device_sim.scenario import Scenario, serials
+from device_sim.generator import firmware_of
+from device_sim.scenario import Scenario, go_live, serials
 from services.core.broker_admin import BrokerAdmin
 from services.registry import upserts as registry
 from services.registry.upserts import DeviceCredential
@@ -18,9 +20,15 @@ CREDENTIAL_FIELDS = ("serial", "password", "project_id")
 
 
 def seed(
-    conn: psycopg.Connection, admin: BrokerAdmin, scenario: Scenario
+    conn: psycopg.Connection,
+    admin: BrokerAdmin | None,
+    scenario: Scenario,
+    end: date | None = None,
 ) -> list[DeviceCredential]:
-    """Upsert everything the scenario describes; (re)provision its devices; return credentials."""
+    """Upsert everything the scenario describes; (re)provision its devices; return credentials.
+
+    Go-live dates count back from *end* (default today), as the generator's do."""
+    end = end or datetime.now(UTC).date()
     with conn.transaction():
         feature_ids = {
             f.key: registry.upsert_feature(conn, f.key, f.name, f.product_line, f.description)
@@ -33,24 +41,24 @@ def seed(
                 conn, customer.name, customer.tier, customer.industry, customer.lifecycle_stage
             )
         for project in customer.projects:
+            live_on = go_live(project, end)
             with conn.transaction():
                 project_id = registry.upsert_project(
                     conn, customer_id, project.name,
                     contract_value=project.contract_value, currency=project.currency,
-                    go_live_date=project.go_live_date, status=project.status,
+                    go_live_date=live_on, status=project.status,
                 )  # fmt: skip
                 for delivery in project.deliveries:
                     registry.upsert_delivery(
                         conn, project_id, feature_ids[delivery.feature],
-                        status=delivery.status, delivered_on=project.go_live_date,
+                        status=delivery.status, delivered_on=live_on,
                         cost_person_days=delivery.cost_person_days,
                         contract_line_value=delivery.contract_line_value,
                         business_score=delivery.business_score, strategic=delivery.strategic,
                     )  # fmt: skip
-            firmware = project.fleet.firmware
             devices = [
-                (serial, project.fleet.model, firmware[i % len(firmware)])
-                for i, serial in enumerate(serials(project))
+                (serial, project.fleet.model, firmware_of(scenario, project, serial))
+                for serial in serials(project)
             ]
             credentials += registry.provision_devices(conn, admin, project_id, devices)
     return credentials

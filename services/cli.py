@@ -9,16 +9,16 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from device_sim.cli import sim_app
 from services.client import commands as client_commands
 from services.core.errors import FieldtrackError
-from services.core.paths import PROJECT_ROOT, state_dir
+from services.core.paths import state_dir
 
 app = typer.Typer(help="fieldtrack: IoT solution deliveries beside real device usage.",
                   no_args_is_help=True)  # fmt: skip
@@ -26,10 +26,9 @@ infra_app = typer.Typer(
     help="Local TimescaleDB and Mosquitto, without Docker.", no_args_is_help=True
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-sim_app = typer.Typer(help="Simulated device fleets.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
-app.add_typer(sim_app, name="sim")
+app.add_typer(sim_app, name="sim")  # device_sim/cli.py
 app.add_typer(client_commands.customers_app, name="customers")
 app.add_typer(client_commands.projects_app, name="projects")
 app.add_typer(client_commands.features_app, name="features")
@@ -39,7 +38,6 @@ app.add_typer(client_commands.import_app, name="import")
 
 console = Console()
 err_console = Console(stderr=True)
-DEMO_SCENARIO = PROJECT_ROOT / "device_sim" / "scenarios" / "demo.yaml"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -209,117 +207,48 @@ def api(
     )
 
 
-# --- simulator --------------------------------------------------------------------
-
-
-@sim_app.command("seed")
-def sim_seed(
-    scenario: Annotated[Path, typer.Option(help="scenario YAML")] = DEMO_SCENARIO,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="where device credentials go (mode 0600); default .state/demo/devices.csv"
-        ),
-    ] = None,
-) -> None:
-    """Load a scenario into the registry and provision its devices."""
-    out = out or _demo_credentials()
-    count = _seed(scenario, out)
-    console.print(f"provisioned {count} devices; credentials in {out}")
-
-
-def _demo_credentials() -> Path:
-    return state_dir() / "demo" / "devices.csv"
-
-
-def _seed(scenario_path: Path, out: Path) -> int:
-    import psycopg
-
-    from device_sim import scenario as scenario_mod
-    from device_sim.seed import seed, write_credentials
-    from services.core.broker_admin import BrokerAdmin
-    from services.core.migrate import migrate
-    from services.core.settings import get_settings
-
-    try:
-        settings = get_settings()
-        loaded = scenario_mod.load(scenario_path)
-        migrate(settings.database_url.get_secret_value())
-        with (
-            psycopg.connect(settings.database_url.get_secret_value()) as conn,
-            BrokerAdmin(settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
-                        settings.mqtt_admin_password.get_secret_value()) as admin,
-        ):  # fmt: skip
-            credentials = seed(conn, admin, loaded)
-    except (FieldtrackError, psycopg.Error) as exc:
-        raise _fail(exc) from exc
-    write_credentials(out, credentials)
-    return len(credentials)
-
-
-@sim_app.command("run")
-def sim_run(
-    scenario: Annotated[Path, typer.Option(help="scenario YAML")] = DEMO_SCENARIO,
-    credentials: Annotated[
-        Path | None, typer.Option(help="CSV from `sim seed`; default .state/demo/devices.csv")
-    ] = None,
-    speed: Annotated[float, typer.Option(min=0.01, help="simulated seconds per real second")] = 60,
-    tick: Annotated[float, typer.Option(min=0.05, help="seconds between rounds")] = 1.0,
-) -> None:
-    """Run a fleet live until Ctrl-C or SIGTERM."""
-    from device_sim import scenario as scenario_mod
-    from device_sim.fleet import Fleet
-    from device_sim.seed import read_credentials
-    from services.core.settings import get_settings
-
-    _setup_logging()
-    try:
-        settings = get_settings()
-        fleet = Fleet(
-            scenario_mod.load(scenario), read_credentials(credentials or _demo_credentials()),
-            settings.mqtt_host, settings.mqtt_port, speed=speed,
-        )  # fmt: skip
-    except (FieldtrackError, OSError) as exc:
-        raise _fail(exc) from exc
-    connected = fleet.start()
-    console.print(f"{connected} of {len(fleet.plans)} devices connected; speed ×{speed:g}")
-    if connected == 0:
-        fleet.stop()
-        raise _fail(FieldtrackError("no device could connect; re-run `fieldtrack sim seed`"))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    fleet.run(stop, tick)
-    fleet.stop()
-    console.print(f"simulator stopped after {fleet.sent} messages")
-
-
 # --- demo -------------------------------------------------------------------------
 
 
 @app.command()
 def demo(
-    speed: Annotated[float, typer.Option(min=0.01, help="simulated seconds per real second")] = 60,
+    speed: Annotated[float, typer.Option(min=1, help="catch-up speed of the live fleet")] = 60,
+    history_days: Annotated[float, typer.Option(min=0, help="days of history to backfill")] = 14,
 ) -> None:
-    """Start ingest, API and a simulated fleet on the local services; Ctrl-C stops all."""
+    """Seed the demo, backfill its history, then run ingest, API and the live fleet.
+    Ctrl-C stops them all; the local services keep running."""
+    from device_sim.cli import seed_scenario
     from services.core.settings import get_settings
 
     try:
         settings = get_settings()
+        console.print("[bold]seeding the demo[/] (2 customers, 3 projects, 50 devices)")
+        creds, count = seed_scenario("demo")
     except FieldtrackError as exc:
         raise _fail(exc) from exc
-    creds = _demo_credentials()
-    console.print("[bold]seeding the demo[/] (2 customers, 3 projects, 50 devices)")
-    count = _seed(DEMO_SCENARIO, creds)
     console.print(f"  • {count} devices provisioned, credentials in {creds}")
     exe = [sys.executable, "-m", "services"]
     logs = state_dir() / "demo"
+    logs.mkdir(parents=True, exist_ok=True)
+    # History up to two hours ago; the live fleet replays those two hours at --speed and
+    # then keeps real time, so the dashboards have both a past and a pulse.
+    catch_up = 2.0
+    if history_days:
+        console.print(f"[bold]backfilling {history_days:g} days of history[/]")
+        done = subprocess.run(
+            [*exe, "sim", "backfill", "--scenario", "demo", "--days", str(history_days),
+             "--gap-hours", str(catch_up), "--no-seed"],
+            check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise _fail(FieldtrackError("backfill failed; see the output above"))
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name, args in (
         ("ingest", ["ingest"]),
         ("api", ["api"]),
-        ("simulator", ["sim", "run", "--credentials", str(creds), "--speed", str(speed)]),
-    ):
+        ("simulator", ["sim", "run", "--scenario", "demo", "--credentials", str(creds),
+                       "--speed", str(speed), "--catch-up-hours", str(catch_up)]),
+    ):  # fmt: skip
         with (logs / f"{name}.log").open("ab") as log:
             children[name] = subprocess.Popen(
                 [*exe, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -328,6 +257,7 @@ def demo(
     console.print(
         f"\n[bold green]fieldtrack demo is running[/]\n"
         f"  dashboards  {url}/\n  API docs    {url}/docs\n"
+        f"  metrics     http://{settings.ingest_metrics_host}:{settings.ingest_metrics_port}/metrics\n"
         f"  logs        {logs}/{{ingest,api,simulator}}.log\n"
         "Ctrl-C stops the demo (the local services keep running; `make down` stops them)."
     )

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,11 +22,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from psycopg import sql
 
-from services.core.payloads import QuarantineReason, Rejected
 from services.core.settings import Settings
-from services.core.topics import parse_topic, shared_subscription
+from services.core.topics import shared_subscription
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import BatchResult, RawMessage, quarantine_messages, store_batch
+from services.ingest.store import (
+    NOT_TRANSIENT,
+    BatchResult,
+    RawMessage,
+    store_batch,
+    store_isolating,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +49,6 @@ LISTEN_POLL_S = 1.0
 PURGE_EVERY_S = 600.0
 PURGE_CHUNK = 10_000
 DEVICE_CHANNEL = "fieldtrack_devices"
-# Errors that retrying the same batch cannot cure: a message the database refuses, or one
-# that trips a bug in our code. Connection and server errors are retried instead.
-NOT_TRANSIENT = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, UnicodeError)
 
 MESSAGES = Counter("fieldtrack_ingest_messages_total", "MQTT messages taken by the writer")
 ROWS = Counter("fieldtrack_ingest_rows_total", "readings stored", ["kind"])
@@ -183,7 +186,7 @@ class IngestService:
                     # Some message in the batch is one that cannot be stored. Find it by
                     # halving, quarantine it, and store the rest: the queue never blocks.
                     log.warning("a batch could not be stored (%r); isolating the message", exc)
-                    result = self._store_isolating(conn, batch)
+                    result = store_isolating(conn, batch, partial(self._store, conn))
                 BATCH_SECONDS.observe(time.perf_counter() - started)
                 if time.monotonic() >= self._next_purge:
                     self._purge_quarantine(conn)
@@ -221,29 +224,6 @@ class IngestService:
                 max_future_skew=self._skew, now=datetime.now(UTC),
                 late_data_days=self._settings.ingest_late_data_days,
             )  # fmt: skip
-
-    def _store_isolating(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
-        """Store a batch the database refused, quarantining exactly the messages it refuses."""
-        try:
-            return self._store(conn, batch)
-        except NOT_TRANSIENT as exc:
-            if len(batch) == 1:
-                [raw] = batch
-                reason = (
-                    QuarantineReason.REJECTED_BY_DATABASE
-                    if isinstance(exc, psycopg.Error)
-                    else QuarantineReason.STORE_FAILED
-                )
-                with conn.transaction():
-                    where = parse_topic(raw.topic)
-                    why = Rejected(reason, str(exc)[:500], where.serial if where else None)
-                    quarantine_messages(conn, [(raw, why)])
-                result = BatchResult(messages=1)
-                result.quarantined[reason.value] += 1
-                return result
-            middle = len(batch) // 2
-            first = self._store_isolating(conn, batch[:middle])
-            return first.merge(self._store_isolating(conn, batch[middle:]))
 
     def _acknowledge(self, batch: list[RawMessage]) -> None:
         generation = self._generation

@@ -8,6 +8,7 @@ really inserted, in the same transaction. Rejected messages go to the quarantine
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from services.core.payloads import (
     decode,
     earliest_time,
 )
+from services.core.topics import parse_topic
 from services.ingest.directory import DeviceDirectory, DeviceRef
 
 
@@ -40,6 +42,7 @@ class RawMessage:
     qos: int = 0
     generation: int = 0  # which broker connection delivered it (acks are per connection)
     retained: bool = False  # replayed by the broker on subscribe, not sent just now
+    historical: bool = False  # bulk-imported history: device time, not receipt, is "last seen"
 
 
 @dataclass
@@ -154,8 +157,9 @@ def store_batch(
     *,
     max_future_skew: timedelta,
     now: datetime,
-    late_data_days: int,
+    late_data_days: int | None,
 ) -> BatchResult:
+    """late_data_days None accepts any age (history imports)."""
     """Write one batch in one transaction; the caller commits (by leaving `transaction()`)."""
     result = BatchResult(messages=len(batch))
     decoded = [
@@ -171,7 +175,7 @@ def store_batch(
         rejected = (
             outcome
             if isinstance(outcome, Rejected)
-            else _check_device(outcome, devices, now=now, default_late_days=late_data_days)
+            else _check_device(outcome, devices, now=now, late_data_days=late_data_days)
         )
         if rejected is None:
             assert isinstance(outcome, Accepted)  # noqa: S101
@@ -222,7 +226,7 @@ def store_batch(
 
 
 def _check_device(
-    accepted: Accepted, devices: dict[str, DeviceRef], *, now: datetime, default_late_days: int
+    accepted: Accepted, devices: dict[str, DeviceRef], *, now: datetime, late_data_days: int | None
 ) -> Rejected | None:
     """Why a well-formed message still cannot be stored, or None if it can."""
     serial = accepted.topic.serial
@@ -233,8 +237,10 @@ def _check_device(
         )
     if not device.active:
         return Rejected(QuarantineReason.REVOKED_DEVICE, "device was revoked", serial)
+    if late_data_days is None:
+        return None
     oldest = earliest_time(accepted.message)
-    window = timedelta(days=device.late_data_days or default_late_days)
+    window = timedelta(days=device.late_data_days or late_data_days)
     if oldest is not None and oldest < now - window:
         return Rejected(
             QuarantineReason.TOO_OLD,
@@ -259,7 +265,10 @@ class _Rows:
     ) -> None:
         message = accepted.message
         state = self.seen.setdefault(device.id, _DeviceSeen(last_seen=None))
-        if not raw.retained:
+        if raw.historical:
+            seen_at = getattr(message, "ts", None) or raw.received_at
+            state.last_seen = max(state.last_seen or seen_at, seen_at)
+        elif not raw.retained:
             # A retained status replayed on subscribe says nothing about when the device
             # was last heard from; only live messages refresh last_seen.
             state.last_seen = max(state.last_seen or raw.received_at, raw.received_at)
@@ -284,6 +293,41 @@ class _Rows:
             state.online_since = message.ts or raw.received_at
             state.firmware = message.firmware or state.firmware
             result.status_updates += 1
+
+
+# Errors that retrying the same batch cannot cure: a message the database refuses, or one
+# that trips a bug in our code. Connection and server errors are retried instead.
+NOT_TRANSIENT = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, UnicodeError)
+
+
+def store_isolating(
+    conn: psycopg.Connection,
+    batch: list[RawMessage],
+    store: Callable[[list[RawMessage]], BatchResult],
+) -> BatchResult:
+    """Store a batch, and if it cannot be stored, halve it until the messages that cannot are
+    isolated; those are quarantined and everything else is stored."""
+    try:
+        return store(batch)
+    except NOT_TRANSIENT as exc:
+        if len(batch) == 1:
+            [raw] = batch
+            reason = (
+                QuarantineReason.REJECTED_BY_DATABASE
+                if isinstance(exc, psycopg.Error)
+                else QuarantineReason.STORE_FAILED
+            )
+            where = parse_topic(raw.topic)
+            with conn.transaction():
+                quarantine_messages(
+                    conn, [(raw, Rejected(reason, str(exc)[:500], where.serial if where else None))]
+                )
+            result = BatchResult(messages=1)
+            result.quarantined[reason.value] += 1
+            return result
+        middle = len(batch) // 2
+        first = store_isolating(conn, batch[:middle], store)
+        return first.merge(store_isolating(conn, batch[middle:], store))
 
 
 def quarantine_messages(

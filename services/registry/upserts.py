@@ -119,12 +119,13 @@ def upsert_delivery(
 
 def provision_devices(
     conn: psycopg.Connection,
-    admin: BrokerAdmin,
+    admin: BrokerAdmin | None,
     project_id: int,
     devices: Sequence[tuple[str, str | None, str | None]],
 ) -> list[DeviceCredential]:
     """Provision (serial, model, firmware) devices; existing ones of this project get new
-    credentials. Returns each password once; only the broker keeps a (hashed) copy."""
+    credentials. Returns each password once; only the broker keeps a (hashed) copy.
+    Without a broker admin, only the registry rows are written (enough for history imports)."""
     serials = [serial for serial, _, _ in devices]
     with conn.transaction():
         existing: dict[str, int] = dict(conn.execute(EXISTING_DEVICES, (serials,)).fetchall())
@@ -144,7 +145,8 @@ def provision_devices(
             DeviceCredential(serial, secrets.token_urlsafe(DEVICE_PASSWORD_BYTES), project_id)
             for serial in serials
         ]
-        admin.create_devices([(c.serial, c.password) for c in credentials])
+        if admin is not None:
+            admin.create_devices([(c.serial, c.password) for c in credentials])
     return credentials
 
 

@@ -1,0 +1,305 @@
+"""`fieldtrack sim …`: seed a scenario, run its fleet (live, accelerated, load), backfill
+history, export history files. Every mode writes the ground truth of what it generated."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.core.errors import FieldtrackError
+from services.core.paths import PROJECT_ROOT, state_dir
+
+sim_app = typer.Typer(help="Simulated device fleets.", no_args_is_help=True)
+console = Console(stderr=True)
+SCENARIOS_DIR = PROJECT_ROOT / "device_sim" / "scenarios"
+
+ScenarioOpt = Annotated[
+    str,
+    typer.Option("--scenario", help="a shipped scenario (demo, portfolio, load) or a YAML path"),
+]
+CredentialsOpt = Annotated[
+    Path | None, typer.Option(help="CSV from `sim seed`; default .state/sim/<scenario>.devices.csv")
+]
+TruthOpt = Annotated[
+    Path | None, typer.Option(help="ground-truth JSON; default beside the scenario file")
+]
+
+
+def scenario_path(name: str) -> Path:
+    shipped = SCENARIOS_DIR / f"{name}.yaml"
+    return shipped if shipped.exists() else Path(name)
+
+
+def default_credentials(scenario_name: str) -> Path:
+    return state_dir() / "sim" / f"{scenario_name}.devices.csv"
+
+
+def truth_path(scenario_file: Path, given: Path | None) -> Path:
+    return given or scenario_file.with_suffix(".truth.json")
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    return typer.Exit(code=1)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9,.0f} msg/s"), TimeElapsedColumn(),
+        console=console, transient=False,
+    )  # fmt: skip
+
+
+def seed_scenario(
+    name: str, out: Path | None = None, *, with_broker: bool = True, end: datetime | None = None
+) -> tuple[Path, int]:
+    """Load a scenario into the registry (and broker); write credentials; return (csv, count)."""
+    import psycopg
+
+    from device_sim import scenario as scenario_mod
+    from device_sim.seed import seed, write_credentials
+    from services.core.broker_admin import BrokerAdmin
+    from services.core.migrate import migrate
+    from services.core.settings import get_settings
+
+    settings = get_settings()
+    loaded = scenario_mod.load(scenario_path(name))
+    out = out or default_credentials(loaded.name)
+    migrate(settings.database_url.get_secret_value())
+    day = (end or datetime.now(UTC)).date()
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        if with_broker:
+            with BrokerAdmin(
+                settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+                settings.mqtt_admin_password.get_secret_value(),
+            ) as admin:  # fmt: skip
+                credentials = seed(conn, admin, loaded, day)
+        else:
+            credentials = seed(conn, None, loaded, day)
+    if with_broker:  # without broker identities the passwords mean nothing
+        write_credentials(out, credentials)
+    return out, len(credentials)
+
+
+@sim_app.command("seed")
+def sim_seed(
+    scenario: ScenarioOpt = "demo",
+    out: Annotated[Path | None, typer.Option(help="credentials CSV (mode 0600)")] = None,
+    broker: Annotated[
+        bool, typer.Option(help="also create the devices' MQTT identities (not needed to backfill)")
+    ] = True,
+) -> None:
+    """Load a scenario into the registry and provision its devices."""
+    try:
+        path, count = seed_scenario(scenario, out, with_broker=broker)
+    except (FieldtrackError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(f"provisioned {count} devices; credentials in {path}")
+
+
+def _fleet_run(
+    scenario: str, credentials: Path | None, truth: Path | None, *, mode: str,
+    speed: float, catch_up_hours: float, duration_s: float | None, rate: float | None,
+    days: float | None,
+) -> None:  # fmt: skip
+    from device_sim import runner, scenario as scenario_mod
+    from device_sim.generator import Generator, firmware_of
+    from device_sim.seed import read_credentials
+    from device_sim.swarm import Swarm, SwarmError
+    from services.core.settings import get_settings
+
+    try:
+        settings = get_settings()
+        path = scenario_path(scenario)
+        loaded = scenario_mod.load(path)
+        creds = read_credentials(credentials or default_credentials(loaded.name))
+    except (FieldtrackError, OSError) as exc:
+        raise _fail(exc) from exc
+    now = datetime.now(UTC)
+    if mode == "load":
+        start, end = now - timedelta(days=days or loaded.days), now
+    else:
+        start = now - timedelta(hours=catch_up_hours)
+        end = now + timedelta(seconds=duration_s) if duration_s else now + timedelta(days=365)
+    serial_set = {c.serial for c in creds}
+    generator = Generator(loaded, start, end, only=serial_set)
+    firmware = {d.serial: firmware_of(loaded, d.project, d.serial) for d in generator.devices}
+    swarm = Swarm(settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in creds],
+                  firmware=firmware)  # fmt: skip
+    stop = _stop_on_signals()
+    if duration_s:
+        threading.Timer(duration_s, stop.set).start()
+    try:
+        connected = swarm.start()
+    except SwarmError as exc:
+        raise _fail(exc) from exc
+    console.print(f"{connected} of {len(creds)} devices connected")
+    if connected == 0:
+        swarm.stop()
+        raise _fail(FieldtrackError("no device could connect; re-run `fieldtrack sim seed`"))
+    with _progress() as bar:
+        task = bar.add_task(mode, total=None, rate=0.0)
+
+        def progress(sent: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 0.0
+            bar.update(task, completed=sent, rate=sent / elapsed if elapsed else 0.0)
+
+        if mode == "load":
+            counts = runner.run_load(generator, swarm, rate=rate, stop=stop, progress=progress)
+        else:
+            counts = runner.run_paced(generator, swarm, speed=speed, stop=stop, progress=progress)
+    swarm.wait_acked(60)
+    stats = swarm.stats
+    swarm.stop()
+    generator.write_truth(truth_path(path, truth))
+    console.print(
+        f"done in {counts.elapsed_s:.1f}s: sent {stats.sent}, acknowledged {stats.acked}, "
+        f"failed {stats.failed_total} {dict(stats.failed) or ''}, refused logins "
+        f"{sum(stats.refused.values())} {dict(stats.refused) or ''}, outstanding "
+        f"{stats.outstanding}; {counts.rate:,.0f} msg/s; truth in {truth_path(path, truth)}"
+    )
+
+
+@sim_app.command("run")
+def sim_run(
+    scenario: ScenarioOpt = "demo",
+    credentials: CredentialsOpt = None,
+    speed: Annotated[float, typer.Option(min=1, help="simulated seconds per real second")] = 1.0,
+    catch_up_hours: Annotated[
+        float, typer.Option(min=0, help="start this far in the past and catch up at --speed")
+    ] = 0.0,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="stop after this many seconds")
+    ] = None,
+    truth: TruthOpt = None,
+) -> None:
+    """Run the fleet live (or accelerated, catching up to now) until Ctrl-C or --duration."""
+    _fleet_run(scenario, credentials, truth, mode="paced", speed=speed,
+               catch_up_hours=catch_up_hours, duration_s=duration, rate=None, days=None)  # fmt: skip
+
+
+@sim_app.command("load")
+def sim_load(
+    scenario: ScenarioOpt = "load",
+    credentials: CredentialsOpt = None,
+    rate: Annotated[
+        float | None, typer.Option(min=1, help="target msgs/s; default: as fast as possible")
+    ] = None,
+    days: Annotated[
+        float | None, typer.Option(min=0.001, help="history to send; default the scenario's")
+    ] = None,
+    truth: TruthOpt = None,
+) -> None:
+    """Send the scenario's last --days as fast as the broker takes it (benchmarks)."""
+    _fleet_run(scenario, credentials, truth, mode="load", speed=1.0, catch_up_hours=0.0,
+               duration_s=None, rate=rate, days=days)  # fmt: skip
+
+
+@sim_app.command("backfill")
+def sim_backfill(
+    scenario: ScenarioOpt = "demo",
+    days: Annotated[
+        float | None, typer.Option(min=0.001, help="history length; default the scenario's")
+    ] = None,
+    gap_hours: Annotated[float, typer.Option(min=0, help="end this many hours before now")] = 0.0,
+    seed: Annotated[
+        bool, typer.Option(help="load the scenario's registry first (no broker identities)")
+    ] = True,
+    truth: TruthOpt = None,
+) -> None:
+    """Generate history and load it through the bulk history importer (no MQTT): fast."""
+    import psycopg
+
+    from device_sim import runner, scenario as scenario_mod
+    from device_sim.generator import Generator
+    from services.core.settings import get_settings
+
+    try:
+        settings = get_settings()
+        path = scenario_path(scenario)
+        loaded = scenario_mod.load(path)
+        now = datetime.now(UTC)
+        if seed:
+            seed_scenario(scenario, with_broker=False, end=now)
+    except (FieldtrackError, OSError, psycopg.Error) as exc:
+        raise _fail(exc) from exc
+    end = now - timedelta(hours=gap_hours)
+    generator = Generator(loaded, end - timedelta(days=days or loaded.days), end, inject_late=False)
+    with _progress() as bar, psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        task = bar.add_task("backfill", total=None, rate=0.0)
+
+        def progress(sent: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 0.0
+            bar.update(task, completed=sent, rate=sent / elapsed if elapsed else 0.0)
+
+        report = runner.backfill(generator, conn, progress)
+    generator.write_truth(truth_path(path, truth))
+    console.print(
+        f"backfilled {report.messages:,} messages: {report.usage_rows:,} usage rows, "
+        f"{report.metric_rows:,} metric rows, {report.duplicates:,} duplicates absorbed, "
+        f"quarantined {report.quarantined}; truth in {truth_path(path, truth)}"
+    )
+
+
+@sim_app.command("export")
+def sim_export(
+    out: Annotated[Path, typer.Option(help="NDJSON file for `fieldtrack import history`")],
+    scenario: ScenarioOpt = "demo",
+    days: Annotated[float | None, typer.Option(min=0.001, help="history length")] = None,
+    truth: TruthOpt = None,
+) -> None:
+    """Write generated history as NDJSON, the format `fieldtrack import history` loads."""
+    from device_sim import runner, scenario as scenario_mod
+    from device_sim.generator import Generator
+
+    try:
+        path = scenario_path(scenario)
+        loaded = scenario_mod.load(path)
+    except FieldtrackError as exc:
+        raise _fail(exc) from exc
+    now = datetime.now(UTC)
+    generator = Generator(loaded, now - timedelta(days=days or loaded.days), now, inject_late=False)
+    written = runner.export_ndjson(generator, out)
+    generator.write_truth(truth_path(path, truth))
+    console.print(f"wrote {written:,} messages to {out}")
+
+
+@sim_app.command("verify")
+def sim_verify(scenario: ScenarioOpt = "demo", truth: TruthOpt = None) -> None:
+    """Check that the database holds exactly what the last run of the scenario generated."""
+    import json
+
+    import psycopg
+
+    from device_sim.verify import mismatches
+    from services.core.settings import get_settings
+
+    path = truth_path(scenario_path(scenario), truth)
+    try:
+        expected = json.loads(path.read_text())
+        with psycopg.connect(get_settings().database_url.get_secret_value()) as conn:
+            problems = mismatches(expected, conn)
+    except (FieldtrackError, OSError, ValueError, psycopg.Error) as exc:
+        raise _fail(exc) from exc
+    if problems:
+        for problem in problems:
+            console.print(f"[red]✗[/] {escape(problem)}")
+        raise typer.Exit(code=1)
+    projects = expected["projects"]
+    console.print(f"[green]✓[/] {len(projects)} projects match the ground truth in {path}")

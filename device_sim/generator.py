@@ -1,0 +1,414 @@
+"""What a scenario's devices send, deterministically, and the ground truth of it.
+
+Every device has its own random stream, seeded from the scenario seed and its serial, and
+each day of its life is planned from a stream seeded by (seed, serial, day). The same
+scenario therefore produces the same messages whatever the mode (live, accelerated, load,
+backfill) and whatever the window size the caller walks time in.
+
+The ground truth counts what was *emitted*: a use planned while the device was offline was
+never sent and is not counted. Injected bad data is counted by the quarantine reason ingest
+is expected to give it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from device_sim.scenario import (
+    DIURNAL_PROFILES,
+    WEEKLY_PROFILES,
+    Customer,
+    Project,
+    Scenario,
+    Usage,
+    go_live,
+    serials,
+)
+from services.core.topics import MessageKind
+
+Expectation = Literal[
+    "stored", "duplicate", "not_json", "invalid_payload", "too_old", "future_timestamp"
+]
+Control = Literal["offline", "online"]
+
+DAY = timedelta(days=1)
+# Late copies are this much older than the late-data window, so ingest must refuse them.
+LATE_MARGIN = timedelta(days=1)
+FUTURE_OFFSET = timedelta(days=1)
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One thing a device does at simulated time `at`: a message, or going off/online."""
+
+    at: datetime
+    serial: str
+    kind: MessageKind | None
+    payload: bytes
+    expect: Expectation | None = None
+    control: Control | None = None
+
+
+@dataclass
+class FeatureTruth:
+    devices: set[str] = field(default_factory=set)
+    events: int = 0
+    messages: int = 0
+
+
+@dataclass
+class Truth:
+    """What the generator emitted, per project and feature, and what it injected."""
+
+    scenario: str
+    seed: int
+    start: datetime | None = None
+    end: datetime | None = None
+    features: dict[tuple[str, str], FeatureTruth] = field(
+        default_factory=lambda: defaultdict(FeatureTruth)
+    )
+    usage_messages: Counter[str] = field(default_factory=Counter)
+    telemetry_messages: Counter[str] = field(default_factory=Counter)
+    metric_readings: Counter[str] = field(default_factory=Counter)
+    devices_reporting: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    injected: Counter[str] = field(default_factory=Counter)
+    outages: int = 0
+    reboots: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        projects: dict[str, Any] = {}
+        for project in sorted(set(self.usage_messages) | set(self.telemetry_messages)):
+            projects[project] = {
+                "usage_messages": self.usage_messages[project],
+                "telemetry_messages": self.telemetry_messages[project],
+                "metric_readings": self.metric_readings[project],
+                "devices_reporting": len(self.devices_reporting[project]),
+                "features": {},
+            }
+        for (project, feature), truth in sorted(self.features.items()):
+            entry = projects.setdefault(project, {"features": {}})
+            entry["features"][feature] = {
+                "devices_using": len(truth.devices),
+                "events": truth.events,
+                "messages": truth.messages,
+            }
+        return {
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "start": self.start.isoformat() if self.start else None,
+            "end": self.end.isoformat() if self.end else None,
+            "projects": projects,
+            "injected": dict(sorted(self.injected.items())),
+            "outages": self.outages,
+            "reboots": self.reboots,
+        }
+
+
+def firmware_of(scenario: Scenario, project: Project, serial: str) -> str:
+    """The firmware a device runs: chosen once by share, the same for seeding and sending."""
+    rng = random.Random(_seed(scenario.seed, serial, "firmware"))
+    choices = project.fleet.firmware
+    return rng.choices([f.version for f in choices], weights=[f.share for f in choices])[0]
+
+
+@dataclass
+class _FeaturePlan:
+    key: str
+    usage: Usage
+    never: bool
+    adopt_at: float  # the device adopts once the project's adoption share exceeds this
+
+
+class DeviceModel:
+    """One device's behaviour over time; call `emit` with consecutive windows."""
+
+    def __init__(
+        self, scenario: Scenario, customer: Customer, project: Project, serial: str, *,
+        start: datetime, end: datetime,
+    ) -> None:  # fmt: skip
+        self.scenario, self.project, self.serial = scenario, project, serial
+        self.customer = customer
+        self.go_live = go_live(project, end.date())
+        rng = random.Random(_seed(scenario.seed, serial))
+        self.firmware = firmware_of(scenario, project, serial)
+        self.features = [
+            _FeaturePlan(d.feature, d.usage, rng.random() < d.usage.never_share, rng.random())
+            for d in project.deliveries
+            if d.status == "delivered"
+        ] + [
+            _FeaturePlan(u.feature, u.usage, rng.random() < u.usage.never_share, rng.random())
+            for u in project.undelivered_use
+        ]
+        fleet = project.fleet
+        self.clock_offset = timedelta(seconds=rng.uniform(-1, 1) * fleet.clock_drift_max_s)
+        self.telemetry_every = timedelta(minutes=fleet.telemetry_every_minutes)
+        self.telemetry_phase = timedelta(
+            seconds=rng.uniform(0, self.telemetry_every.total_seconds())
+        )
+        months = (end - start) / timedelta(days=30)
+        self.outages: list[tuple[datetime, datetime]] = []
+        if rng.random() < fleet.offline.share:
+            for _ in range(_poisson(rng, fleet.offline.per_device_month * months)):
+                begin = start + (end - start) * rng.random()
+                length = timedelta(hours=rng.expovariate(1 / fleet.offline.mean_hours))
+                self.outages.append((begin, min(begin + length, end)))
+            self.outages.sort()
+        self.reboots = sorted(
+            start + (end - start) * rng.random()
+            for _ in range(_poisson(rng, fleet.reboots_per_device_month * months))
+        )
+        self.seq = rng.randrange(1, 1000)
+        self.battery = rng.uniform(60, 100)
+        self._day: date | None = None
+        self._planned: list[tuple[datetime, str, int, int]] = []
+        self._noise: list[tuple[float, float, float]] = []
+        self._midnight = start
+        self._offline = False
+
+    def offline_at(self, moment: datetime) -> bool:
+        return any(begin <= moment < finish for begin, finish in self.outages)
+
+    def _plan_day(self, day: date) -> None:
+        """Draw the day's uses; every device-day has its own stream (window-size independent)."""
+        self._day = day
+        rng = random.Random(_seed(self.scenario.seed, self.serial, day.isoformat()))
+        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        days_live = (day - self.go_live).days
+        planned: list[tuple[datetime, str, int, int]] = []
+        for plan in self.features:
+            usage = plan.usage
+            if days_live < 0 or plan.never or plan.adopt_at >= usage.adoption.share(days_live):
+                rng.random()  # keep the stream aligned whatever the branch
+                continue
+            weekly = WEEKLY_PROFILES[usage.weekly]
+            chance = min(1.0, usage.per_device_day * weekly[day.weekday()] / (sum(weekly) / 7))
+            if rng.random() >= chance:
+                continue
+            hours = DIURNAL_PROFILES[usage.diurnal]
+            hour = rng.choices(range(24), weights=hours)[0]
+            at = midnight + timedelta(hours=hour, seconds=rng.uniform(0, 3599))
+            count = rng.randint(*usage.events_per_use)
+            planned.append((at, plan.key, count, rng.randint(200, 8000)))
+        self._planned = sorted(planned)
+        # The day's telemetry noise comes from the same day stream: window-size independent.
+        ticks = int(DAY / self.telemetry_every) + 2
+        self._noise = [
+            (rng.uniform(0.05, 0.25), rng.gauss(-72, 7), rng.gauss(0, 0.6)) for _ in range(ticks)
+        ]
+        self._midnight = midnight
+
+    def emit(self, t0: datetime, t1: datetime, truth: Truth) -> list[Outgoing]:
+        """Everything this device does in [t0, t1), in time order."""
+        out: list[Outgoing] = []
+        moments: list[tuple[datetime, str, Any]] = []
+        day = t0.date()
+        while datetime(day.year, day.month, day.day, tzinfo=UTC) < t1:
+            if self._day != day:
+                self._plan_day(day)
+            moments += [(at, "usage", p) for p in self._planned if t0 <= (at := p[0]) < t1]
+            day += DAY
+        first = (
+            t0
+            + (self.telemetry_phase - (t0 - _epoch()) % self.telemetry_every) % self.telemetry_every
+        )
+        tick = first
+        while tick < t1:
+            moments.append((tick, "telemetry", None))
+            tick += self.telemetry_every
+        moments += [(r, "reboot", None) for r in self.reboots if t0 <= r < t1]
+        for begin, finish in self.outages:
+            if t0 <= begin < t1:
+                moments.append((begin, "offline", None))
+            if t0 <= finish < t1:
+                moments.append((finish, "online", None))
+        for at, what, detail in sorted(moments, key=lambda m: (m[0], m[1])):
+            if what == "offline":
+                truth.outages += 1
+                out.append(Outgoing(at, self.serial, None, b"", control="offline"))
+            elif what == "online":
+                out.append(Outgoing(at, self.serial, None, b"", control="online"))
+            elif what == "reboot":
+                truth.reboots += 1
+                self.seq = 0  # a reboot restarts the sequence: ingest must cope
+            elif self.offline_at(at):
+                continue  # not sent, not counted
+            elif what == "usage":
+                out.append(self._usage(at, detail, truth))
+            else:
+                out.append(self._telemetry(at, truth))
+        return out
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _usage(
+        self, at: datetime, planned: tuple[datetime, str, int, int], truth: Truth
+    ) -> Outgoing:
+        _, feature, count, duration = planned
+        # Built from a template: keys and feature names are plain tokens, nothing to escape.
+        payload = (
+            f'{{"v":1,"seq":{self._next_seq()},"ts":"{_iso(at + self.clock_offset)}",'
+            f'"events":[{{"feature":"{feature}","count":{count},"duration_ms":{duration}}}]}}'
+        )
+        name = self.project.name
+        entry = truth.features[(name, feature)]
+        entry.devices.add(self.serial)
+        entry.events += count
+        entry.messages += 1
+        truth.usage_messages[name] += 1
+        truth.devices_reporting[name].add(self.serial)
+        return Outgoing(at, self.serial, MessageKind.USAGE, payload.encode(), "stored")
+
+    def _telemetry(self, at: datetime, truth: Truth) -> Outgoing:
+        if self._day != at.date():
+            self._plan_day(at.date())
+        drain, rssi, noise = self._noise[int((at - self._midnight) / self.telemetry_every)]
+        self.battery -= drain * (self.telemetry_every / timedelta(hours=1))
+        if self.battery < 8:
+            self.battery = 100.0  # someone swapped the battery
+        hour = at.hour + at.minute / 60
+        temperature = 21 + 3 * math.sin((hour - 9) / 24 * 2 * math.pi) + noise
+        payload = (
+            f'{{"v":1,"seq":{self._next_seq()},"ts":"{_iso(at + self.clock_offset)}","metrics":['
+            f'{{"name":"battery","value":{self.battery:.2f},"unit":"%"}},'
+            f'{{"name":"rssi","value":{rssi:.1f},"unit":"dBm"}},'
+            f'{{"name":"temperature","value":{temperature:.2f},"unit":"C"}}]}}'
+        )
+        name = self.project.name
+        truth.telemetry_messages[name] += 1
+        truth.metric_readings[name] += 3
+        truth.devices_reporting[name].add(self.serial)
+        return Outgoing(at, self.serial, MessageKind.TELEMETRY, payload.encode(), "stored")
+
+
+def _epoch() -> datetime:
+    return datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    # Knuth's method: fine for the small means used here.
+    if mean <= 0:
+        return 0
+    limit, k, p = math.exp(-min(mean, 500)), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+class Generator:
+    """Walks a scenario's fleet through time, window by window, with bad data mixed in."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        start: datetime,
+        end: datetime,
+        *,
+        inject: bool = True,
+        inject_late: bool = True,
+        late_data_days: int = 30,
+        now: datetime | None = None,
+        only: set[str] | None = None,
+    ) -> None:
+        self.scenario, self.start, self.end = scenario, start, end
+        self.truth = Truth(scenario.name, scenario.seed, start, end)
+        self.devices = [
+            DeviceModel(scenario, customer, project, serial, start=start, end=end)
+            for customer, project in scenario.projects()
+            for serial in serials(project)
+            if only is None or serial in only
+        ]
+        self._inject = inject
+        # A history import accepts old data by design, so "late" copies would be stored.
+        self._inject_late = inject_late
+        self._late = timedelta(days=late_data_days)
+        self._now = now
+        self._rng = random.Random(_seed(scenario.seed, "inject"))
+
+    def windows(self, step: timedelta) -> Iterator[list[Outgoing]]:
+        """Everything that happens, one window of simulated time after another, in time order."""
+        for _, _, batch in self.spans(step):
+            yield batch
+
+    def spans(self, step: timedelta) -> Iterator[tuple[datetime, datetime, list[Outgoing]]]:
+        """Like `windows`, with each window's bounds [t0, t1)."""
+        t0 = self.start
+        while t0 < self.end:
+            t1 = min(t0 + step, self.end)
+            batch: list[Outgoing] = []
+            for device in self.devices:
+                batch += device.emit(t0, t1, self.truth)
+            batch.sort(key=lambda o: o.at)
+            yield t0, t1, self._with_bad_data(batch) if self._inject else batch
+            t0 = t1
+
+    def _with_bad_data(self, batch: list[Outgoing]) -> list[Outgoing]:
+        share = self.scenario.inject
+        if not (share.malformed or share.duplicate or share.late or share.future):
+            return batch
+        out: list[Outgoing] = []
+        for item in batch:
+            out.append(item)
+            if item.kind is None:
+                continue
+            rng = self._rng
+            if rng.random() < share.duplicate:
+                out.append(Outgoing(item.at, item.serial, item.kind, item.payload, "duplicate"))
+                self.truth.injected["duplicate"] += 1
+            if rng.random() < share.malformed:
+                out.append(self._malformed(item))
+            if rng.random() < share.late and self._inject_late:
+                out.append(self._retimed(item, self._clock() - self._late - LATE_MARGIN, "too_old"))
+            if rng.random() < share.future:
+                out.append(self._retimed(item, self._clock() + FUTURE_OFFSET, "future_timestamp"))
+        return out
+
+    def _clock(self) -> datetime:
+        return self._now or datetime.now(UTC)
+
+    def _malformed(self, item: Outgoing) -> Outgoing:
+        expect: Expectation
+        if self._rng.random() < 0.5:
+            payload, expect = item.payload[: len(item.payload) // 2], "not_json"
+        else:
+            body = json.loads(item.payload)
+            body["seq"] = str(body["seq"])  # a number sent as text: strictly refused
+            payload, expect = _dumps(body), "invalid_payload"
+        self.truth.injected[expect] += 1
+        return Outgoing(item.at, item.serial, item.kind, payload, expect)
+
+    def _retimed(self, item: Outgoing, ts: datetime, expect: Expectation) -> Outgoing:
+        body = json.loads(item.payload)
+        body["ts"] = _iso(ts)
+        self.truth.injected[expect] += 1
+        return Outgoing(item.at, item.serial, item.kind, _dumps(body), expect)
+
+    def write_truth(self, path: Path) -> None:
+        target = path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(self.truth.to_json(), indent=2) + "\n")

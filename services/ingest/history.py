@@ -1,0 +1,208 @@
+"""Bulk import of historical device data (NDJSON or CSV), through the same checks as live.
+
+Each record becomes the message its device would have published and goes through the
+ingest store: the same validation, idempotency (re-importing a file adds nothing), hourly
+rollups and quarantine. Two things differ from live ingest: the late-data window does not
+apply (history is old by definition), and a device's "last seen" is its device time.
+
+NDJSON: one message per line, as a device would publish it plus `device` (serial) and
+`kind` (usage or telemetry):
+    {"device": "acme-lck-001", "kind": "usage", "seq": 7, "ts": "2026-08-01T09:30:00Z",
+     "events": [{"feature": "remote_unlock", "count": 1}]}
+CSV: one reading per row, columns device,kind,seq,ts,feature,count,duration_ms,metric,value,unit;
+consecutive rows with the same device, kind, seq and ts form one message.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel
+
+from services.core.payloads import QuarantineReason, Rejected
+from services.core.topics import MessageKind, device_topic
+from services.ingest.directory import DeviceDirectory
+from services.ingest.store import (
+    BatchResult,
+    RawMessage,
+    quarantine_messages,
+    store_batch,
+    store_isolating,
+)
+
+# Messages per transaction: large enough for COPY to pay off, small enough to bound memory.
+HISTORY_BATCH = 5_000
+CSV_COLUMNS = ("device", "kind", "seq", "ts", "feature", "count", "duration_ms", "metric",
+               "value", "unit")  # fmt: skip
+
+
+class HistoryReport(BaseModel):
+    messages: int
+    usage_rows: int
+    metric_rows: int
+    duplicates: int
+    quarantined: dict[str, int]
+
+
+@dataclass
+class HistoryImporter:
+    """Feed it (serial, kind, payload) items or raw lines; call `finish` for the report."""
+
+    conn: psycopg.Connection
+    max_future_skew: timedelta = timedelta(minutes=10)
+    directory: DeviceDirectory = field(default_factory=DeviceDirectory)
+    total: BatchResult = field(default_factory=BatchResult)
+    _batch: list[RawMessage] = field(default_factory=list)
+    _line: int = 0
+
+    def add(self, serial: str, kind: MessageKind, payload: bytes) -> None:
+        self._batch.append(
+            RawMessage(device_topic(serial, kind), payload, datetime.now(UTC), historical=True)
+        )
+        if len(self._batch) >= HISTORY_BATCH:
+            self.flush()
+
+    def add_ndjson(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self._line += 1
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                serial, kind = record.pop("device"), MessageKind(record.pop("kind"))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                serial, kind = None, MessageKind.STATUS
+            if not isinstance(serial, str) or kind is MessageKind.STATUS:
+                self._reject(
+                    line, "needs a JSON object with string `device` and `kind` usage|telemetry"
+                )
+                continue
+            record["device"] = serial  # kept: the payload model checks it against the topic
+            self.add(serial, kind, json.dumps(record, separators=(",", ":")).encode())
+
+    def add_csv(self, text: Iterable[str]) -> None:
+        reader = csv.DictReader(text)
+        missing = {"device", "kind", "seq", "ts"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(
+                f"CSV header lacks {', '.join(sorted(missing))}; columns: {', '.join(CSV_COLUMNS)}"
+            )
+        for key, rows in _grouped(reader):
+            serial, kind_text, seq, ts = key
+            try:
+                kind = MessageKind(kind_text)
+            except ValueError:
+                self._reject(
+                    json.dumps(rows).encode(), f"kind {kind_text!r} is not usage or telemetry"
+                )
+                continue
+            body: dict[str, Any] = {"v": 1, "device": serial, "seq": _number(seq, int), "ts": ts}
+            if kind is MessageKind.USAGE:
+                body["events"] = [
+                    _compact({"feature": r.get("feature"),
+                              "count": _number(r.get("count") or "1", int),
+                              "duration_ms": _number(r.get("duration_ms"), int)})
+                    for r in rows
+                ]  # fmt: skip
+            else:
+                body["metrics"] = [
+                    _compact({"name": r.get("metric"), "value": _number(r.get("value"), float),
+                              "unit": r.get("unit") or None})
+                    for r in rows
+                ]  # fmt: skip
+            self.add(serial, kind, json.dumps(body, separators=(",", ":")).encode())
+
+    def _reject(self, raw: bytes, why: str) -> None:
+        """A record that does not even name a device and kind: quarantined, never dropped."""
+        message = RawMessage(f"history/line-{self._line}", raw[:65536], datetime.now(UTC))
+        reason = QuarantineReason.INVALID_PAYLOAD
+        with self.conn.transaction():
+            quarantine_messages(
+                self.conn, [(message, Rejected(reason, f"line {self._line}: {why}", None))]
+            )
+        self.total.messages += 1
+        self.total.quarantined[reason.value] += 1
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self.total.merge(store_isolating(self.conn, batch, partial(self._store)))
+        self.total.device_times.clear()
+
+    def _store(self, batch: list[RawMessage]) -> BatchResult:
+        with self.conn.transaction():
+            return store_batch(
+                self.conn, batch, self.directory, max_future_skew=self.max_future_skew,
+                now=datetime.now(UTC), late_data_days=None,
+            )  # fmt: skip
+
+    def finish(self) -> HistoryReport:
+        self.flush()
+        t = self.total
+        return HistoryReport(
+            messages=t.messages, usage_rows=t.usage_rows, metric_rows=t.metric_rows,
+            duplicates=t.usage_duplicates + t.metric_duplicates, quarantined=dict(t.quarantined),
+        )  # fmt: skip
+
+
+def _grouped(
+    reader: csv.DictReader[str],
+) -> Iterator[tuple[tuple[str, str, str, str], list[dict[str, str]]]]:
+    key: tuple[str, str, str, str] | None = None
+    rows: list[dict[str, str]] = []
+    for row in reader:
+        this = (
+            row.get("device") or "",
+            row.get("kind") or "",
+            row.get("seq") or "",
+            row.get("ts") or "",
+        )
+        if key is not None and this != key:
+            yield key, rows
+            rows = []
+        key = this
+        rows.append(row)
+    if key is not None:
+        yield key, rows
+
+
+def _number(text: str | None, kind: type[int] | type[float]) -> object:
+    """The number a CSV cell holds, or the text itself so validation names what is wrong."""
+    if text is None or text == "":
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
+def _compact(values: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a byte stream into lines, whatever the chunk boundaries."""
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        *complete, rest = rest.split(b"\n")
+        yield from complete
+    if rest:
+        yield rest
+
+
+def csv_text(chunks: Iterable[bytes]) -> Iterator[str]:
+    for line in lines_of(chunks):
+        yield line.decode("utf-8", errors="replace").removeprefix("\ufeff") + "\n"
+
+
+__all__ = ["HistoryImporter", "HistoryReport", "csv_text", "io", "lines_of"]
