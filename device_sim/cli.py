@@ -241,14 +241,17 @@ def sim_backfill(
         raise _fail(exc) from exc
     end = now - timedelta(hours=gap_hours)
     generator = Generator(loaded, end - timedelta(days=days or loaded.days), end, inject_late=False)
-    with _progress() as bar, psycopg.connect(settings.database_url.get_secret_value()) as conn:
-        task = bar.add_task("backfill", total=None, rate=0.0)
+    try:
+        with _progress() as bar, psycopg.connect(settings.database_url.get_secret_value()) as conn:
+            task = bar.add_task("backfill", total=None, rate=0.0)
 
-        def progress(sent: int) -> None:
-            elapsed = bar.tasks[task].elapsed or 0.0
-            bar.update(task, completed=sent, rate=sent / elapsed if elapsed else 0.0)
+            def progress(sent: int) -> None:
+                elapsed = bar.tasks[task].elapsed or 0.0
+                bar.update(task, completed=sent, rate=sent / elapsed if elapsed else 0.0)
 
-        report = runner.backfill(generator, conn, progress)
+            report = runner.backfill(generator, conn, progress)
+    except psycopg.Error as exc:
+        raise _fail(exc) from exc
     generator.write_truth(truth_path(path, truth))
     console.print(
         f"backfilled {report.messages:,} messages: {report.usage_rows:,} usage rows, "

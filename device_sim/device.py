@@ -28,6 +28,7 @@ KEEPALIVE_S = 30
 MAX_OUTSTANDING = 1000
 BACKPRESSURE_WAIT_S = 0.01
 BACKPRESSURE_GIVE_UP_S = 60.0
+LAST_WILL_PAYLOAD = json.dumps({"v": 1, "state": "offline"})
 
 
 class PublishError(Exception):
@@ -48,12 +49,7 @@ class SimDevice:
         )
         self._client.username_pw_set(serial, password)
         self._client.max_queued_messages_set(MAX_OUTSTANDING)
-        self._client.will_set(
-            device_topic(serial, MessageKind.STATUS),
-            json.dumps({"v": 1, "state": "offline"}),
-            qos=QOS,
-            retain=True,
-        )
+        set_last_will(self._client, serial)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self.firmware: str | None = None
@@ -91,11 +87,11 @@ class SimDevice:
         return self._seq
 
     def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
-        body: dict[str, Any] = {"v": 1, "state": state, "ts": _now()}
-        if self.firmware:
-            body["firmware"] = self.firmware
         return self._client.publish(
-            device_topic(self.serial, MessageKind.STATUS), json.dumps(body), qos=QOS, retain=True
+            device_topic(self.serial, MessageKind.STATUS),
+            status_payload(state, self.firmware),
+            qos=QOS,
+            retain=True,
         )
 
     def publish(self, kind: MessageKind, body: dict[str, Any] | bytes) -> mqtt.MQTTMessageInfo:
@@ -138,3 +134,19 @@ class SimDevice:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def status_payload(state: str, firmware: str | None = None) -> str:
+    """The retained status a device publishes: birth ("online") or goodbye ("offline")."""
+    body: dict[str, Any] = {"v": 1, "state": state, "ts": _now()}
+    if firmware:
+        body["firmware"] = firmware
+    return json.dumps(body)
+
+
+def set_last_will(client: mqtt.Client, serial: str) -> None:
+    """The broker publishes this retained "offline" status if the device vanishes without
+    a DISCONNECT."""
+    client.will_set(
+        device_topic(serial, MessageKind.STATUS), LAST_WILL_PAYLOAD, qos=QOS, retain=True
+    )

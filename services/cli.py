@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from device_sim.cli import sim_app
 from services.client import commands as client_commands
 from services.core.errors import FieldtrackError
 from services.core.paths import state_dir
+
+if TYPE_CHECKING:
+    from services.core.settings import Settings
 
 app = typer.Typer(help="fieldtrack: IoT solution deliveries beside real device usage.",
                   no_args_is_help=True)  # fmt: skip
@@ -233,7 +236,9 @@ def demo(
     # History up to two hours ago; the live fleet replays those two hours at --speed and
     # then keeps real time, so the dashboards have both a past and a pulse.
     catch_up = 2.0
-    if history_days:
+    if history_days and _has_history(settings, "Smart Lockers EU"):
+        console.print("  • history already loaded (delete .state to start afresh)")
+    elif history_days:
         console.print(f"[bold]backfilling {history_days:g} days of history[/]")
         done = subprocess.run(
             [*exe, "sim", "backfill", "--scenario", "demo", "--days", str(history_days),
@@ -282,6 +287,19 @@ def demo(
     console.print("demo stopped")
     if failed:
         raise typer.Exit(code=1)
+
+
+def _has_history(settings: Settings, project: str) -> bool:
+    """Whether the demo's history was loaded by an earlier run (then a rerun starts at once)."""
+    import psycopg
+
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        row = conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM device_hourly h JOIN projects p ON p.id = h.project_id
+                              WHERE p.name = %s AND h.hour < now() - interval '1 day')""",
+            (project,),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def main() -> None:

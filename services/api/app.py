@@ -11,7 +11,9 @@ from fastapi_offline import FastAPIOffline
 
 from services.api import errors
 from services.api.routes import (
+    analytics,
     customers,
+    decisions,
     deliveries,
     devices,
     features,
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     for module in (
+        analytics,
+        decisions,
         customers,
         projects,
         features,

@@ -22,6 +22,10 @@ from services.core.errors import (
 from services.registry.imports import ImportRejected, RowError
 
 
+class UnsupportedMediaType(Exception):
+    """The request body is in a format the route does not take."""
+
+
 class ErrorBody(BaseModel):
     detail: str = Field(examples=["customer 42 not found"])
 
@@ -80,6 +84,12 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": str(exc), "errors": [e.model_dump() for e in exc.errors]},
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(UnsupportedMediaType)
+    def unsupported(request: Request, exc: UnsupportedMediaType) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
         )
 
     @app.exception_handler(BrokerAdminError)

@@ -7,7 +7,7 @@ running. Nothing here prints; the commands decide how to show it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -209,17 +209,26 @@ class FieldtrackClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         csv: str | None = None,
+        stream: Iterable[bytes] | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """Send one request; the parsed JSON, the text of any other body, or None."""
+        """Send one request; the parsed JSON, the text of any other body, or None.
+        A `stream` body is uploaded chunk by chunk (large files never sit in memory)."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        content = headers = None
+        content: bytes | Iterable[bytes] | None = None
+        headers = None
         if csv is not None:
             content = csv.encode("utf-8")
             headers = {"Content-Type": "text/csv; charset=utf-8", "Accept": "text/csv"}
+        elif stream is not None:
+            content = stream
+            headers = {"Content-Type": content_type or "application/octet-stream"}
         try:
             response = self._http.request(
-                method, path, params=query, json=json, content=content, headers=headers
-            )
+                method, path, params=query, json=json, content=content, headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )  # fmt: skip
         except httpx.ConnectError as exc:
             raise Unavailable(
                 None,
@@ -255,6 +264,9 @@ class FieldtrackClient:
 
     def post(self, path: str, json: Any = None, *, csv: str | None = None) -> Any:
         return self.request("POST", path, json=json, csv=csv)
+
+    def upload(self, path: str, chunks: Iterable[bytes], content_type: str, timeout: float) -> Any:
+        return self.request("POST", path, stream=chunks, content_type=content_type, timeout=timeout)
 
     def patch(self, path: str, json: Any) -> Any:
         return self.request("PATCH", path, json=json)

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.analytics.recommend import AnalyticsThresholds
 from services.core.errors import ConfigError
 from services.core.paths import local_env_file
 
@@ -23,6 +24,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FIELDTRACK_",
         env_file_encoding="utf-8",
+        env_nested_delimiter="__",
         extra="ignore",
     )
 
@@ -57,6 +59,11 @@ class Settings(BaseSettings):
     ingest_metrics_host: str = "127.0.0.1"
     ingest_metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Prometheus /metrics of ingest; 0 turns it off"
+    )
+
+    analytics: AnalyticsThresholds = Field(
+        default_factory=AnalyticsThresholds,
+        description="FIELDTRACK_ANALYTICS__<NAME>, e.g. FIELDTRACK_ANALYTICS__CUT_ADOPTION=0.03",
     )
 
     api_host: str = "127.0.0.1"

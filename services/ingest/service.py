@@ -68,6 +68,9 @@ COMMIT_LAG = Histogram(
     "device time of a stored message to its commit (includes device clock skew)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
+STATUS_CLEARED = Counter(
+    "fieldtrack_ingest_status_cleared_total", "empty retained status messages (cleared, not stored)"
+)
 PURGED = Counter("fieldtrack_ingest_quarantine_purged_total", "quarantine rows past retention")
 
 
@@ -242,6 +245,7 @@ class IngestService:
         for reason, count in result.quarantined.items():
             QUARANTINED.labels(reason).inc(count)
         BATCH_SIZE.observe(result.messages)
+        STATUS_CLEARED.inc(result.status_cleared)
         committed = datetime.now(UTC)
         for device_time in result.device_times:
             COMMIT_LAG.observe(max((committed - device_time).total_seconds(), 0.0))

@@ -27,7 +27,7 @@ from services.core.payloads import (
     decode,
     earliest_time,
 )
-from services.core.topics import parse_topic
+from services.core.topics import MessageKind, parse_topic
 from services.ingest.directory import DeviceDirectory, DeviceRef
 
 
@@ -53,6 +53,9 @@ class BatchResult:
     metric_rows: int = 0
     metric_duplicates: int = 0
     status_updates: int = 0
+    # empty retained messages on status topics: a broker-level "forget the retained status",
+    # not a device message; counted (metric) but neither stored nor quarantined
+    status_cleared: int = 0
     quarantined: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     device_times: list[datetime] = field(default_factory=list)  # of stored usage/telemetry
 
@@ -64,6 +67,7 @@ class BatchResult:
         self.metric_rows += other.metric_rows
         self.metric_duplicates += other.metric_duplicates
         self.status_updates += other.status_updates
+        self.status_cleared += other.status_cleared
         for reason, count in other.quarantined.items():
             self.quarantined[reason] += count
         self.device_times += other.device_times
@@ -82,6 +86,8 @@ class _DeviceSeen:
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS incoming_usage (LIKE usage_events) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS incoming_metrics (LIKE metric_samples) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS incoming_device_state (LIKE device_state) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS incoming_device_hourly (LIKE device_hourly) ON COMMIT DELETE ROWS;
 """
 COPY_USAGE = """
 COPY incoming_usage (device_id, project_id, feature_key, device_time, received_at, seq, item,
@@ -95,7 +101,7 @@ MOVE_USAGE = """
 WITH inserted AS (
     INSERT INTO usage_events SELECT * FROM incoming_usage
     ON CONFLICT DO NOTHING
-    RETURNING project_id, feature_key, device_id, device_time, seq, count, duration_ms
+    RETURNING project_id, feature_key, device_id, device_time, seq, item, count, duration_ms
 ), rolled AS (
     INSERT INTO usage_hourly AS h (project_id, feature_key, device_id, hour, events, readings,
                                    duration_ms)
@@ -109,26 +115,32 @@ WITH inserted AS (
         readings = h.readings + excluded.readings,
         duration_ms = h.duration_ms + excluded.duration_ms
 )
-SELECT device_id, project_id, seq, min(device_time), count(*) FROM inserted GROUP BY 1, 2, 3
+SELECT device_id, project_id, seq, device_time, item FROM inserted
 """
 MOVE_METRICS = """
 WITH inserted AS (
     INSERT INTO metric_samples SELECT * FROM incoming_metrics
     ON CONFLICT DO NOTHING
-    RETURNING device_id, project_id, seq, device_time
+    RETURNING device_id, project_id, seq, device_time, item
 )
-SELECT device_id, project_id, seq, min(device_time), count(*) FROM inserted GROUP BY 1, 2, 3
+SELECT device_id, project_id, seq, device_time, item FROM inserted
 """
 # One row per device and hour; only messages stored for the first time are counted.
 UPSERT_DEVICE_HOURLY = """
 INSERT INTO device_hourly AS h (device_id, project_id, hour, messages, seq_min, seq_max)
-SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[], %s::bigint[],
-                     %s::bigint[], %s::bigint[])
+SELECT device_id, project_id, hour, messages, seq_min, seq_max FROM incoming_device_hourly
 ORDER BY 1, 3
 ON CONFLICT (device_id, hour) DO UPDATE SET
     messages = h.messages + excluded.messages,
     seq_min = least(h.seq_min, excluded.seq_min),
     seq_max = greatest(h.seq_max, excluded.seq_max)
+"""
+COPY_DEVICE_HOURLY = """
+COPY incoming_device_hourly (device_id, project_id, hour, messages, seq_min, seq_max) FROM STDIN
+"""
+COPY_DEVICE_STATE = """
+COPY incoming_device_state (device_id, online, online_since, last_seen, last_seq, firmware)
+FROM STDIN
 """
 COPY_QUARANTINE = """
 COPY quarantine (received_at, topic, device_serial, reason, detail, payload, payload_size)
@@ -136,8 +148,7 @@ FROM STDIN
 """
 UPSERT_DEVICE_STATE = """
 INSERT INTO device_state AS s (device_id, online, online_since, last_seen, last_seq, firmware)
-SELECT * FROM unnest(%s::bigint[], %s::boolean[], %s::timestamptz[], %s::timestamptz[],
-                     %s::bigint[], %s::text[])
+SELECT device_id, online, online_since, last_seen, last_seq, firmware FROM incoming_device_state
 ORDER BY 1
 ON CONFLICT (device_id) DO UPDATE SET
     last_seen = greatest(s.last_seen, excluded.last_seen),
@@ -162,9 +173,12 @@ def store_batch(
     """late_data_days None accepts any age (history imports)."""
     """Write one batch in one transaction; the caller commits (by leaving `transaction()`)."""
     result = BatchResult(messages=len(batch))
+    cleared = [raw for raw in batch if not raw.payload and _is_status(raw.topic)]
+    result.status_cleared = len(cleared)
     decoded = [
         (raw, decode(raw.topic, raw.payload, now=now, max_future_skew=max_future_skew))
         for raw in batch
+        if raw.payload or not _is_status(raw.topic)
     ]
     serials = {d.topic.serial for _, d in decoded if isinstance(d, Accepted)}
     devices = directory.lookup(conn, serials)
@@ -186,9 +200,11 @@ def store_batch(
 
     usage, metrics, quarantine, seen = rows.usage, rows.metrics, rows.quarantine, rows.seen
     with conn.cursor() as cur:
-        if usage or metrics:
+        if usage or metrics or seen:
             cur.execute(STAGING_DDL)
-        stored: dict[tuple[int, int], tuple[int, datetime]] = {}  # (device, seq) → project, time
+        # One entry per newly stored message: (device, project, seq, device time of reading 0).
+        # Not keyed by seq: a rebooted device reuses sequence numbers.
+        stored: list[tuple[int, int, int, datetime]] = []
         if usage:
             with cur.copy(COPY_USAGE) as copy:
                 for row in usage:
@@ -204,25 +220,27 @@ def store_batch(
             result.metric_rows = inserted
             result.metric_duplicates = len(metrics) - inserted
         if stored:
-            cur.execute(UPSERT_DEVICE_HOURLY, _device_hours(stored))
+            with cur.copy(COPY_DEVICE_HOURLY) as copy:
+                for row in _device_hours(stored):
+                    copy.write_row(row)
+            cur.execute(UPSERT_DEVICE_HOURLY)
         if quarantine:
             with cur.copy(COPY_QUARANTINE) as copy:
                 for row in quarantine:
                     copy.write_row(row)
         if seen:
-            ids = sorted(seen)
-            cur.execute(
-                UPSERT_DEVICE_STATE,
-                (
-                    ids,
-                    [seen[i].online for i in ids],
-                    [seen[i].online_since for i in ids],
-                    [seen[i].last_seen for i in ids],
-                    [seen[i].last_seq for i in ids],
-                    [seen[i].firmware for i in ids],
-                ),
-            )
+            with cur.copy(COPY_DEVICE_STATE) as copy:
+                for i in sorted(seen):
+                    state = seen[i]
+                    copy.write_row((i, state.online, state.online_since, state.last_seen,
+                                    state.last_seq, state.firmware))  # fmt: skip
+            cur.execute(UPSERT_DEVICE_STATE)
     return result
+
+
+def _is_status(topic: str) -> bool:
+    where = parse_topic(topic)
+    return where is not None and where.kind is MessageKind.STATUS
 
 
 def _check_device(
@@ -352,34 +370,20 @@ def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
 
 
 def _stored_messages(
-    rows: list[tuple[Any, ...]], stored: dict[tuple[int, int], tuple[int, datetime]]
+    rows: list[tuple[Any, ...]], stored: list[tuple[int, int, int, datetime]]
 ) -> int:
-    """Note each newly stored message; return the readings inserted."""
-    readings = 0
-    for device_id, project_id, seq, first_time, count in rows:
-        key = (device_id, seq)
-        if key not in stored or first_time < stored[key][1]:
-            stored[key] = (project_id, first_time)
-        readings += count
-    return readings
+    """Note each newly stored message (its reading 0); return the readings inserted."""
+    stored += [(device, project, seq, at) for device, project, seq, at, item in rows if item == 0]
+    return len(rows)
 
 
-def _device_hours(
-    stored: dict[tuple[int, int], tuple[int, datetime]],
-) -> tuple[list[Any], ...]:
+def _device_hours(stored: list[tuple[int, int, int, datetime]]) -> list[tuple[Any, ...]]:
+    """Rows (device, project, hour, messages, seq_min, seq_max) in one lock order."""
     hours: dict[tuple[int, datetime], list[Any]] = {}
-    for (device_id, seq), (project_id, first_time) in stored.items():
-        hour = first_time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    for device_id, project_id, seq, at in stored:
+        hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         entry = hours.setdefault((device_id, hour), [project_id, 0, seq, seq])
         entry[1] += 1
         entry[2] = min(entry[2], seq)
         entry[3] = max(entry[3], seq)
-    keys = sorted(hours)
-    return (
-        [k[0] for k in keys],
-        [hours[k][0] for k in keys],
-        [k[1] for k in keys],
-        [hours[k][1] for k in keys],
-        [hours[k][2] for k in keys],
-        [hours[k][3] for k in keys],
-    )
+    return [(key[0], hours[key][0], key[1], *hours[key][1:]) for key in sorted(hours)]

@@ -30,6 +30,11 @@ REVOKE = """
 UPDATE devices SET status = 'revoked', revoked_at = now()
 WHERE id = %s AND status = 'active' RETURNING serial
 """
+# The broker kicks a disabled client without publishing its last will: say so ourselves.
+MARK_OFFLINE = """
+UPDATE device_state SET online = false, online_since = now()
+WHERE device_id = %s AND online IS DISTINCT FROM false
+"""
 HAS_DATA = """
 SELECT EXISTS (SELECT 1 FROM usage_events WHERE device_id = %(id)s)
     OR EXISTS (SELECT 1 FROM metric_samples WHERE device_id = %(id)s)
@@ -72,6 +77,7 @@ def revoke(conn: psycopg.Connection, admin: BrokerAdmin, device_id: int) -> mode
     with conn.transaction():
         device = get_item(conn, DEVICES, device_id)
         if conn.execute(REVOKE, (device_id,)).fetchone() is not None:
+            conn.execute(MARK_OFFLINE, (device_id,))
             admin.disable_device(device.serial)
     return get_item(conn, DEVICES, device_id)
 

@@ -1,16 +1,86 @@
 from __future__ import annotations
 
+import asyncio
+import queue
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, status
+from fastapi import APIRouter, Body, Request, status
+from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import ConnDep
-from services.api.errors import IMPORT_REJECTED
+from services.api.errors import IMPORT_REJECTED, ErrorBody, UnsupportedMediaType
+from services.core.errors import InvalidInputError
+from services.ingest.history import HistoryImporter, HistoryReport, csv_text, lines_of
 from services.registry import imports
 
 router = APIRouter(prefix="/imports", tags=["imports"])
 
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+# Chunks buffered between the request stream and the importing thread: backpressure.
+HISTORY_QUEUE = 64
+PUT_POLL_S = 0.5
+
 MAX_CSV_BYTES = 5 * 1024 * 1024
+
+
+@router.post(
+    "/history",
+    response_model=HistoryReport,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        415: {"model": ErrorBody, "description": "neither NDJSON nor CSV"},
+        422: {"description": "a CSV header the importer cannot use (detail names what is missing)"},
+    },
+    summary="Import historical device data (NDJSON or CSV), streamed; re-importing adds nothing",
+    description=(
+        "`Content-Type: application/x-ndjson`: one device message per line plus `device` and "
+        "`kind` (usage|telemetry). `Content-Type: text/csv`: one reading per row, columns "
+        "device,kind,seq,ts,feature,count,duration_ms,metric,value,unit. Every record goes "
+        "through the live ingest checks (except the late-data window); rejects are "
+        "quarantined with a reason, never dropped."
+    ),
+    openapi_extra={"requestBody": {"content": {NDJSON: {}, CSV: {}}, "required": True}},
+)
+async def import_history(request: Request) -> HistoryReport:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in (NDJSON, CSV):
+        raise UnsupportedMediaType(f"send {NDJSON} or {CSV}, not {kind or 'nothing'}")
+    pool = request.app.state.pool
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=HISTORY_QUEUE)
+
+    def work() -> HistoryReport:
+        with pool.connection() as conn:
+            importer = HistoryImporter(conn)
+            stream = iter(chunks.get, None)
+            if kind == CSV:
+                importer.add_csv(csv_text(stream))
+            else:
+                importer.add_ndjson(lines_of(stream))
+            for _ in stream:  # drain whatever the client still sends after an early stop
+                pass
+            return importer.finish()
+
+    worker = asyncio.ensure_future(run_in_threadpool(work))
+
+    def put(item: bytes | None) -> None:
+        while not worker.done():
+            try:
+                chunks.put(item, timeout=PUT_POLL_S)
+            except queue.Full:
+                continue
+            return
+
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                await run_in_threadpool(put, chunk)
+    finally:
+        await run_in_threadpool(put, None)
+    try:
+        return await worker
+    except ValueError as exc:  # a CSV header the importer cannot use
+        raise InvalidInputError(str(exc), field=None) from exc
 
 
 @router.post(
