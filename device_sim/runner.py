@@ -71,13 +71,15 @@ def run_paced(
     counts = RunCounts()
     started = time.monotonic()
     step = min(MAX_WINDOW, timedelta(seconds=max(1.0, speed)))
-    for t0, _t1, batch in generator.spans(step):
+    for _t0, t1, batch in generator.spans(step):
+        # A window goes out once the simulated clock has passed its end: nothing is ever
+        # sent before its time, so no device timestamp runs ahead of the real clock.
         while not stop.is_set():
             elapsed = time.monotonic() - started
             clock = min(datetime.now(UTC), generator.start + timedelta(seconds=elapsed * speed))
-            if clock >= t0:
+            if clock >= t1:
                 break
-            stop.wait(min(1.0, (t0 - clock).total_seconds() / max(speed, 1.0)))
+            stop.wait(min(1.0, (t1 - clock).total_seconds() / max(speed, 1.0)))
         if stop.is_set():
             break
         for item in batch:

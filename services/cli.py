@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from device_sim.cli import sim_app
-from services.client import commands as client_commands
+from services.client import commands as client_commands, report as client_report
 from services.core.errors import FieldtrackError
 from services.core.paths import state_dir
 
@@ -38,6 +38,7 @@ app.add_typer(client_commands.features_app, name="features")
 app.add_typer(client_commands.deliveries_app, name="deliveries")
 app.add_typer(client_commands.devices_app, name="devices")
 app.add_typer(client_commands.import_app, name="import")
+app.command("report")(client_report.report)
 
 console = Console()
 err_console = Console(stderr=True)

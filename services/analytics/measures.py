@@ -7,7 +7,8 @@ Definitions (also in docs/analytics.md, in a PM's words):
 - frequency: uses per using device per day of the window.
 - stickiness: device-days with use ÷ device-days reporting.
 - trend: adoption now minus adoption in the previous window of the same length.
-- completeness: messages received ÷ messages expected from the devices' sequence numbers.
+- completeness: messages received ÷ (received + missing), where missing counts the sequence
+  numbers devices skipped (ingest tracks them message by message, across reboots).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ FROM projects p JOIN customers c ON c.id = p.customer_id WHERE p.id = %(project)
 COVERAGE = """
 SELECT count(DISTINCT device_id)::int,
        count(DISTINCT (device_id, date_trunc('day', hour, 'UTC')))::int,
-       sum(messages)::bigint, sum(seq_max - seq_min + 1)::bigint
+       sum(messages)::bigint, (sum(messages) + greatest(sum(missing), 0))::bigint
 FROM device_hourly
 WHERE project_id = %(project)s AND hour >= %(since)s AND hour < %(until)s
 """

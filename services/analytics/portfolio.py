@@ -196,7 +196,8 @@ def _project(
         project=m.project, since=m.since, until=m.until, coverage=m.coverage,
         confidence=level[0], confidence_reason=level[1],
         features=[r for r in rows if r.delivery_status is not None],
-        undelivered_usage=[r for r in rows if r.delivery_status is None and r.events > 0],
+        # used here without a delivery in force (never delivered, only planned, or cut)
+        undelivered_usage=[r for r in rows if r.delivery_status != "delivered" and r.events > 0],
     )  # fmt: skip
 
 

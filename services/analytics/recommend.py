@@ -114,14 +114,18 @@ def assess(evidence: Sequence[FeatureEvidence], t: AnalyticsThresholds) -> list[
     if not evidence:
         return []
     users = [raw_user_value(e.adoption, e.stickiness, e.trend) for e in evidence]
-    max_user = max(users) or 1.0
+    # The scale is set by what can be trusted: a 5-device pilot must not define "the best".
+    trusted = [
+        u for u, e in zip(users, evidence, strict=True) if e.confidence is not Confidence.LOW
+    ]
+    max_user = max(trusted or users) or 1.0
     max_line = max((e.contract_line_value or 0.0) for e in evidence)
     max_customers = max(e.customers_bought for e in evidence)
     business = [raw_business_value(e, max_line, max_customers) for e in evidence]
     max_business = max(business) or 1.0
     out = []
     for e, user_raw, business_raw in zip(evidence, users, business, strict=True):
-        user, value = user_raw / max_user, business_raw / max_business
+        user, value = min(1.0, user_raw / max_user), business_raw / max_business
         numbers = (
             f"adoption {e.adoption:.0%} of {e.devices_reporting} reporting devices, "
             f"stickiness {e.stickiness:.0%}"

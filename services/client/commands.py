@@ -228,7 +228,7 @@ def customers_add(
     name: Annotated[str, typer.Option(help="unique customer name")],
     tier: Annotated[Tier, typer.Option(help="head (large), waist (mid) or tail (small)")],
     industry: Annotated[str, typer.Option(help="e.g. logistics")],
-    stage: Annotated[Stage | None, typer.Option(help="[default: onboarding]")] = None,
+    stage: Annotated[Stage | None, typer.Option(help="default: onboarding")] = None,
 ) -> None:
     """Create a customer."""
     body = _given(name=name, tier=tier, industry=industry, lifecycle_stage=stage)
@@ -292,7 +292,7 @@ PROJECT_COLUMNS = (
 )  # fmt: skip
 Money = Annotated[str | None, typer.Option(help="amount, e.g. 480000.00")]
 GoLive = Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="YYYY-MM-DD")]
-Currency = Annotated[str | None, typer.Option(help="ISO 4217 code [default: EUR]")]
+Currency = Annotated[str | None, typer.Option(help="ISO 4217 code (default: EUR)")]
 Retention = Annotated[
     int | None, typer.Option(min=1, max=36500, help="days raw device data is kept")
 ]
@@ -306,7 +306,7 @@ def projects_add(
     value: Money = None,
     currency: Currency = None,
     go_live: GoLive = None,
-    status: Annotated[ProjectStatus | None, typer.Option(help="[default: delivering]")] = None,
+    status: Annotated[ProjectStatus | None, typer.Option(help="default: delivering")] = None,
     retention_days: Retention = None,
 ) -> None:
     """Create a project for a customer."""
@@ -463,7 +463,7 @@ def deliveries_add(
     *,
     project: Annotated[int, typer.Option(min=1, help="project id")],
     feature: Annotated[int, typer.Option(min=1, help="feature id")],
-    status: Annotated[DeliveryStatus | None, typer.Option(help="[default: delivered]")] = None,
+    status: Annotated[DeliveryStatus | None, typer.Option(help="default: delivered")] = None,
     delivered_on: DeliveredOn = None,
     cost_days: CostDays = None,
     line_value: LineValue = None,

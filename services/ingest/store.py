@@ -77,7 +77,6 @@ class BatchResult:
 @dataclass
 class _DeviceSeen:
     last_seen: datetime | None
-    last_seq: int | None = None
     online: bool | None = None
     online_since: datetime | None = None
     firmware: str | None = None
@@ -127,19 +126,26 @@ SELECT device_id, project_id, seq, device_time, item FROM inserted
 """
 # One row per device and hour; only messages stored for the first time are counted.
 UPSERT_DEVICE_HOURLY = """
-INSERT INTO device_hourly AS h (device_id, project_id, hour, messages, seq_min, seq_max)
-SELECT device_id, project_id, hour, messages, seq_min, seq_max FROM incoming_device_hourly
+INSERT INTO device_hourly AS h (device_id, project_id, hour, messages, seq_min, seq_max, missing)
+SELECT device_id, project_id, hour, messages, seq_min, seq_max, missing
+FROM incoming_device_hourly
 ORDER BY 1, 3
 ON CONFLICT (device_id, hour) DO UPDATE SET
     messages = h.messages + excluded.messages,
+    missing = h.missing + excluded.missing,
     seq_min = least(h.seq_min, excluded.seq_min),
     seq_max = greatest(h.seq_max, excluded.seq_max)
 """
 COPY_DEVICE_HOURLY = """
-COPY incoming_device_hourly (device_id, project_id, hour, messages, seq_min, seq_max) FROM STDIN
+COPY incoming_device_hourly (device_id, project_id, hour, messages, seq_min, seq_max, missing)
+FROM STDIN
+"""
+LAST_SEQUENCE = """
+SELECT device_id, last_seq, last_seq_at FROM device_state WHERE device_id = ANY(%s)
 """
 COPY_DEVICE_STATE = """
-COPY incoming_device_state (device_id, online, online_since, last_seen, last_seq, firmware)
+COPY incoming_device_state (device_id, online, online_since, last_seen, last_seq, last_seq_at,
+                            firmware)
 FROM STDIN
 """
 COPY_QUARANTINE = """
@@ -147,12 +153,17 @@ COPY quarantine (received_at, topic, device_serial, reason, detail, payload, pay
 FROM STDIN
 """
 UPSERT_DEVICE_STATE = """
-INSERT INTO device_state AS s (device_id, online, online_since, last_seen, last_seq, firmware)
-SELECT device_id, online, online_since, last_seen, last_seq, firmware FROM incoming_device_state
+INSERT INTO device_state AS s (device_id, online, online_since, last_seen, last_seq, last_seq_at,
+                              firmware)
+SELECT device_id, online, online_since, last_seen, last_seq, last_seq_at, firmware
+FROM incoming_device_state
 ORDER BY 1
 ON CONFLICT (device_id) DO UPDATE SET
     last_seen = greatest(s.last_seen, excluded.last_seen),
-    last_seq = coalesce(excluded.last_seq, s.last_seq),
+    -- the sequence number of the latest message by device time (numbering restarts on reboot)
+    last_seq = CASE WHEN excluded.last_seq_at >= coalesce(s.last_seq_at, '-infinity')
+                    THEN excluded.last_seq ELSE s.last_seq END,
+    last_seq_at = greatest(s.last_seq_at, excluded.last_seq_at),
     online_since = CASE
         WHEN excluded.online IS NOT NULL AND excluded.online IS DISTINCT FROM s.online
         THEN excluded.online_since ELSE s.online_since END,
@@ -219,9 +230,18 @@ def store_batch(
             inserted = _stored_messages(cur.execute(MOVE_METRICS).fetchall(), stored)
             result.metric_rows = inserted
             result.metric_duplicates = len(metrics) - inserted
+        latest: dict[int, tuple[int, datetime]] = {}
         if stored:
+            previous = {
+                device: (seq, at)
+                for device, seq, at in cur.execute(
+                    LAST_SEQUENCE, ([device for device, *_ in stored],)
+                ).fetchall()
+                if seq is not None
+            }
+            missing, latest = _sequence_gaps(stored, previous)
             with cur.copy(COPY_DEVICE_HOURLY) as copy:
-                for row in _device_hours(stored):
+                for row in _device_hours(stored, missing):
                     copy.write_row(row)
             cur.execute(UPSERT_DEVICE_HOURLY)
         if quarantine:
@@ -232,8 +252,9 @@ def store_batch(
             with cur.copy(COPY_DEVICE_STATE) as copy:
                 for i in sorted(seen):
                     state = seen[i]
+                    last_seq, last_seq_at = latest.get(i, (None, None))
                     copy.write_row((i, state.online, state.online_since, state.last_seen,
-                                    state.last_seq, state.firmware))  # fmt: skip
+                                    last_seq, last_seq_at, state.firmware))  # fmt: skip
             cur.execute(UPSERT_DEVICE_STATE)
     return result
 
@@ -296,7 +317,6 @@ class _Rows:
                     device.id, device.project_id, event.feature, event.ts or message.ts,
                     raw.received_at, message.seq, item, event.count, event.duration_ms,
                 ))  # fmt: skip
-            state.last_seq = max(state.last_seq or 0, message.seq)
             result.device_times.append(message.ts)
         elif isinstance(message, TelemetryMessage):
             for item, metric in enumerate(message.metrics):
@@ -304,7 +324,6 @@ class _Rows:
                     device.id, device.project_id, metric.name, metric.value, metric.unit,
                     metric.ts or message.ts, raw.received_at, message.seq, item,
                 ))  # fmt: skip
-            state.last_seq = max(state.last_seq or 0, message.seq)
             result.device_times.append(message.ts)
         elif isinstance(message, StatusMessage):
             state.online = message.state is DeviceStatus.ONLINE
@@ -377,13 +396,48 @@ def _stored_messages(
     return len(rows)
 
 
-def _device_hours(stored: list[tuple[int, int, int, datetime]]) -> list[tuple[Any, ...]]:
-    """Rows (device, project, hour, messages, seq_min, seq_max) in one lock order."""
+def _sequence_gaps(
+    stored: list[tuple[int, int, int, datetime]],
+    previous: dict[int, tuple[int, datetime]],
+) -> tuple[dict[tuple[int, datetime], int], dict[int, tuple[int, datetime]]]:
+    """Missing messages per device and hour, from the sequence numbers of newly stored ones.
+
+    Walking each device's new messages in device-time order from its last known (seq, time):
+    a jump forward counts the numbers skipped; a lower number at a later time is a restart
+    (reboot), not a gap; a message older than the last known one arrived late and fills a
+    gap counted before (-1). Returns the counts and each device's latest (seq, time)."""
+    missing: dict[tuple[int, datetime], int] = {}
+    latest = dict(previous)
+    for device, _project, seq, at in sorted(stored, key=lambda m: (m[0], m[3], m[2])):
+        hour = _hour(at)
+        last = latest.get(device)
+        if last is not None:
+            last_seq, last_at = last
+            if at < last_at:
+                if seq < last_seq:
+                    missing[(device, hour)] = missing.get((device, hour), 0) - 1
+                continue
+            if seq > last_seq + 1:
+                missing[(device, hour)] = missing.get((device, hour), 0) + seq - last_seq - 1
+        latest[device] = (seq, at)
+    return missing, {d: v for d, v in latest.items() if previous.get(d) != v}
+
+
+def _hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _device_hours(
+    stored: list[tuple[int, int, int, datetime]], missing: dict[tuple[int, datetime], int]
+) -> list[tuple[Any, ...]]:
+    """Rows (device, project, hour, messages, seq_min, seq_max, missing) in one lock order."""
     hours: dict[tuple[int, datetime], list[Any]] = {}
     for device_id, project_id, seq, at in stored:
-        hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        entry = hours.setdefault((device_id, hour), [project_id, 0, seq, seq])
+        entry = hours.setdefault((device_id, _hour(at)), [project_id, 0, seq, seq])
         entry[1] += 1
         entry[2] = min(entry[2], seq)
         entry[3] = max(entry[3], seq)
-    return [(key[0], hours[key][0], key[1], *hours[key][1:]) for key in sorted(hours)]
+    return [
+        (key[0], hours[key][0], key[1], *hours[key][1:], missing.get(key, 0))
+        for key in sorted(hours)
+    ]

@@ -44,6 +44,7 @@ PROJECTS = Resource(
     dependents=(
         Dependent("devices", "project_id", "device(s)"),
         Dependent("deliveries", "project_id", "delivery(ies)"),
+        Dependent("decisions", "project_id", "decision(s)"),
     ),
 )
 
@@ -56,7 +57,10 @@ FEATURES = Resource(
     default_sort="key",
     filters={"product_line": Filter("product_line")},
     search_columns=("key", "name", "description"),
-    dependents=(Dependent("deliveries", "feature_id", "delivery(ies)"),),
+    dependents=(
+        Dependent("deliveries", "feature_id", "delivery(ies)"),
+        Dependent("decisions", "feature_id", "decision(s)"),
+    ),
     json_columns=frozenset({"usage_metrics"}),
 )
 

@@ -5,6 +5,9 @@ If they cannot start, every integration test errors with the reason: nothing is 
 
 from __future__ import annotations
 
+import shutil
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
@@ -33,6 +37,10 @@ from services.registry import upserts as registry
 @pytest.fixture(scope="session")
 def local_services() -> LocalServices:
     services = LocalServices.from_env()
+    # Each session starts with an empty broker store: the test broker holds only what tests
+    # made, and sessions or identities left by an earlier run would slow every later one.
+    services.mosquitto.stop()
+    shutil.rmtree(services.mosquitto.data, ignore_errors=True)
     services.up(lambda message: print(f"[infra] {message}"))
     return services
 
@@ -139,6 +147,29 @@ def discard_session(settings: Settings, client_id: str) -> None:
         time.sleep(0.3)
         client.disconnect()
         client.loop_stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(settings: Settings) -> Iterator[str]:
+    """The real API, served by uvicorn in a background thread on a free 127.0.0.1 port
+    (for clients that speak HTTP, like the CLI)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="test-api", daemon=True
+    )
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), timeout=30)
+    assert server.started, "the API server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,46 +12,21 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-import uvicorn
 from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner, Result
 
-from services.api.app import create_app
 from services.cli import app
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
-from tests.integration.conftest import Project, wait_for
+from tests.integration.conftest import Project
 
 PROVISION_BUDGET_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def api_url(settings: Settings) -> Iterator[str]:
-    """The real API, served by uvicorn in a background thread on a free 127.0.0.1 port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="test-api", daemon=True
-    )
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), timeout=30)
-    assert server.started, "the API server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @pytest.fixture

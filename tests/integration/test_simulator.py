@@ -220,3 +220,45 @@ def test_portfolio_backfill_of_90_days_finishes_in_under_ten_minutes(
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stderr[-3000:]
+
+
+def test_paced_run_replays_the_recent_past_and_lands_the_ground_truth(
+    sim_database: str, settings: Settings, broker_admin: BrokerAdmin
+) -> None:
+    """The accelerated live mode: ten simulated minutes at 600x, never ahead of real time."""
+    demo = _demo()
+    end = datetime.now(UTC).replace(microsecond=0)
+    ingest_settings = settings.model_copy(
+        update={
+            "database_url": type(settings.database_url)(sim_database),
+            "ingest_client_id": f"sim-paced-{os.getpid()}",
+            "ingest_share_group": f"sim-paced-{os.getpid()}",
+        }
+    )
+    with psycopg.connect(sim_database) as conn:
+        credentials = seed(conn, broker_admin, demo, end.date())
+    service = IngestService(ingest_settings)
+    service.start()
+    assert service.wait_connected(15)
+    generator = Generator(demo, end - timedelta(minutes=10), end, inject=False)
+    swarm = Swarm(settings.mqtt_host, settings.mqtt_port,
+                  [(c.serial, c.password) for c in credentials])  # fmt: skip
+    try:
+        assert swarm.start() == len(credentials)
+        started = time.monotonic()
+        counts = runner.run_paced(generator, swarm, speed=600, stop=threading.Event())
+        elapsed = time.monotonic() - started
+        assert swarm.wait_acked(30)
+        assert counts.published > 0
+        assert 0.5 < elapsed < 30  # paced: not instant, and far faster than real time
+        truth = generator.truth.to_json()
+        deadline = time.monotonic() + 30
+        with psycopg.connect(sim_database, autocommit=True) as conn:
+            while (problems := mismatches(truth, conn)) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        assert problems == []
+    finally:
+        swarm.stop()
+        service.stop()
+        discard_session(settings, ingest_settings.ingest_client_id)
+        broker_admin.delete_devices([c.serial for c in credentials])

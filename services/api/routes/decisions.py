@@ -1,0 +1,93 @@
+"""The decision log: keep / iterate / cut, with frozen evidence and what happened after."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import BaseModel
+
+from services.analytics.decisions import (
+    Decision,
+    DecisionCreate,
+    DecisionKind,
+    Scope,
+    get_decision,
+    list_decisions,
+    record_decision,
+)
+from services.analytics.recommend import AnalyticsThresholds
+from services.api.deps import ConnDep, ListDep
+from services.api.errors import NOT_FOUND, ErrorBody, Responses
+from services.api.routes.crud import ItemId, filter_values
+from services.registry.models import MAX_BIGINT, FeatureKey, Page
+
+router = APIRouter(prefix="/decisions", tags=["decisions"])
+
+
+class Problem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidBody(BaseModel):
+    detail: list[Problem]
+
+
+CREATE_RESPONSES: Responses = {
+    404: {"model": ErrorBody, "description": "no such project or feature"},
+    422: {
+        "model": InvalidBody,
+        "description": "invalid input, or a feature with nothing to decide on (not delivered "
+        "to the project and not used there)",
+    },
+}
+
+
+class DecisionFilters:
+    def __init__(
+        self,
+        project_id: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
+        feature_key: Annotated[FeatureKey | None, Query()] = None,
+        decision: Annotated[DecisionKind | None, Query()] = None,
+        scope: Annotated[Scope | None, Query(description="project or portfolio-wide")] = None,
+    ) -> None:
+        self.project_id, self.feature_key = project_id, feature_key
+        self.decision, self.scope = decision, scope
+
+
+@router.post(
+    "",
+    response_model=Decision,
+    status_code=status.HTTP_201_CREATED,
+    responses=CREATE_RESPONSES,
+    summary="Record a keep / iterate / cut decision with the evidence as it stands",
+)
+def create_decision(body: DecisionCreate, request: Request, conn: ConnDep) -> Decision:
+    thresholds: AnalyticsThresholds = request.app.state.settings.analytics
+    return record_decision(conn, body, thresholds)
+
+
+@router.get(
+    "",
+    response_model=Page[Decision],
+    summary="List decisions, newest first, each with what usage did after it",
+)
+def get_decisions(
+    conn: ConnDep, page: ListDep, where: Annotated[DecisionFilters, Depends()]
+) -> Page[Decision]:
+    return list_decisions(
+        conn, filters=filter_values(where), search=page.q, sort=page.sort, limit=page.limit,
+        offset=page.offset,
+    )  # fmt: skip
+
+
+@router.get(
+    "/{item_id}",
+    response_model=Decision,
+    responses=NOT_FOUND,
+    summary="One decision: its frozen evidence and what usage did after it",
+)
+def get_one_decision(item_id: ItemId, conn: ConnDep) -> Decision:
+    return get_decision(conn, item_id)
