@@ -237,7 +237,8 @@ def store_batch(
                 for device, seq, at in cur.execute(
                     LAST_SEQUENCE, ([device for device, *_ in stored],)
                 ).fetchall()
-                if seq is not None
+                # state written before sequence tracking has no time: start afresh from here
+                if seq is not None and at is not None
             }
             missing, latest = _sequence_gaps(stored, previous)
             with cur.copy(COPY_DEVICE_HOURLY) as copy:

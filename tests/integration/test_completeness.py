@@ -60,3 +60,30 @@ def test_lost_messages_lower_completeness_and_reboots_do_not(
     coverage = response.json()["coverage"]
     assert coverage["devices_reporting"] == 2
     assert abs(coverage["completeness"] - 180 / 200) < 1e-9
+
+
+def test_device_state_from_before_sequence_tracking_does_not_block_storing(
+    conn: psycopg.Connection, project: Project, unique: str
+) -> None:
+    """A device whose state predates sequence tracking (a sequence number but no time) must
+    be stored normally, not quarantined."""
+    serial = f"legacy-{unique}"
+    upserts.provision_devices(conn, None, project.id, [(serial, "m", "1")])
+    conn.execute(
+        """INSERT INTO device_state (device_id, last_seq, last_seen)
+           SELECT id, 500, now() FROM devices WHERE serial = %s""",
+        (serial,),
+    )
+    importer = HistoryImporter(conn)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    importer.add(serial, MessageKind.TELEMETRY, _telemetry(501, at))
+    importer.add(serial, MessageKind.TELEMETRY, _telemetry(503, at + timedelta(minutes=1)))
+    report = importer.finish()
+    assert report.quarantined == {}
+    assert report.metric_rows == 2
+    missing = conn.execute(
+        """SELECT sum(h.missing) FROM device_hourly h JOIN devices d ON d.id = h.device_id
+           WHERE d.serial = %s""",
+        (serial,),
+    ).fetchone()
+    assert missing == (1,)  # 502 never came; the walk started at 501
