@@ -45,6 +45,37 @@ def sim_database(local_services: LocalServices, settings: Settings) -> Iterator[
         yield url
 
 
+@pytest.fixture
+def sim_ingest(sim_database: str, settings: Settings) -> Iterator[IngestService]:
+    """A real ingest service writing into the simulator's database, with its own session."""
+    ingest_settings = settings.model_copy(
+        update={
+            "database_url": type(settings.database_url)(sim_database),
+            "ingest_client_id": f"sim-ingest-{os.getpid()}",
+            "ingest_share_group": f"sim-{os.getpid()}",
+        }
+    )
+    service = IngestService(ingest_settings)
+    service.start()
+    assert service.wait_connected(15)
+    yield service
+    service.stop()
+    discard_session(settings, ingest_settings.ingest_client_id)
+
+
+def _await_truth(
+    truth: dict[str, object], database: str, since: datetime | None = None
+) -> list[str]:
+    """What still differs from the truth once ingest has caught up (at most 60 s)."""
+    deadline = time.monotonic() + 60
+    with psycopg.connect(database, autocommit=True) as conn:
+        while (problems := mismatches(truth, conn, quarantined_since=since)) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+    return problems
+
+
 def _demo(**inject: float) -> scenario_mod.Scenario:
     loaded = scenario_mod.load(scenario_path("demo"))
     return loaded.model_copy(update={"inject": Inject(**inject)}) if inject else loaded
@@ -96,25 +127,15 @@ def test_backfill_twice_adds_nothing(sim_database: str) -> None:
 
 
 def test_live_fleet_over_mqtt_lands_the_ground_truth_and_injected_bad_data(
-    sim_database: str, settings: Settings, broker_admin: BrokerAdmin
+    sim_database: str, sim_ingest: IngestService, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:
     """Every demo device connects with its own credentials and publishes six simulated hours
     as fast as the broker takes them, with malformed, duplicated, late and future copies
     mixed in; the database must hold exactly the truth and the quarantine the injections."""
     demo = _demo(malformed=0.02, duplicate=0.02, late=0.01, future=0.01)
     end = datetime.now(UTC).replace(microsecond=0)
-    ingest_settings = settings.model_copy(
-        update={
-            "database_url": type(settings.database_url)(sim_database),
-            "ingest_client_id": f"sim-ingest-{os.getpid()}",
-            "ingest_share_group": f"sim-{os.getpid()}",
-        }
-    )
     with psycopg.connect(sim_database) as conn:
         credentials = seed(conn, broker_admin, demo, end.date())
-    service = IngestService(ingest_settings)
-    service.start()
-    assert service.wait_connected(15)
     started = datetime.now(UTC)
     generator = Generator(demo, end - timedelta(hours=6), end, now=datetime.now(UTC))
     firmware = {d.serial: firmware_of(demo, d.project, d.serial) for d in generator.devices}
@@ -129,20 +150,12 @@ def test_live_fleet_over_mqtt_lands_the_ground_truth_and_injected_bad_data(
         stats = swarm.stats
         assert stats.consistent and stats.failed_total == 0
         truth = generator.truth.to_json()
-        deadline = time.monotonic() + 60
-        with psycopg.connect(sim_database, autocommit=True) as conn:
-            while (problems := mismatches(truth, conn, quarantined_since=started)) and (
-                time.monotonic() < deadline
-            ):
-                time.sleep(0.5)
-        assert problems == []
+        assert _await_truth(truth, sim_database, since=started) == []
         print(f"\n[sim] {counts.published} messages in {counts.elapsed_s:.1f}s "
               f"({counts.rate:,.0f}/s); injected {truth['injected']}")  # fmt: skip
         assert all(truth["injected"].get(k, 0) > 0 for k in ("not_json", "duplicate"))
     finally:
         swarm.stop()
-        service.stop()
-        discard_session(settings, ingest_settings.ingest_client_id)
         broker_admin.delete_devices([c.serial for c in credentials])
 
 
@@ -223,23 +236,13 @@ def test_portfolio_backfill_of_90_days_finishes_in_under_ten_minutes(
 
 
 def test_paced_run_replays_the_recent_past_and_lands_the_ground_truth(
-    sim_database: str, settings: Settings, broker_admin: BrokerAdmin
+    sim_database: str, sim_ingest: IngestService, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:
     """The accelerated live mode: ten simulated minutes at 600x, never ahead of real time."""
     demo = _demo()
     end = datetime.now(UTC).replace(microsecond=0)
-    ingest_settings = settings.model_copy(
-        update={
-            "database_url": type(settings.database_url)(sim_database),
-            "ingest_client_id": f"sim-paced-{os.getpid()}",
-            "ingest_share_group": f"sim-paced-{os.getpid()}",
-        }
-    )
     with psycopg.connect(sim_database) as conn:
         credentials = seed(conn, broker_admin, demo, end.date())
-    service = IngestService(ingest_settings)
-    service.start()
-    assert service.wait_connected(15)
     generator = Generator(demo, end - timedelta(minutes=10), end, inject=False)
     swarm = Swarm(settings.mqtt_host, settings.mqtt_port,
                   [(c.serial, c.password) for c in credentials])  # fmt: skip
@@ -251,14 +254,7 @@ def test_paced_run_replays_the_recent_past_and_lands_the_ground_truth(
         assert swarm.wait_acked(30)
         assert counts.published > 0
         assert 0.5 < elapsed < 30  # paced: not instant, and far faster than real time
-        truth = generator.truth.to_json()
-        deadline = time.monotonic() + 30
-        with psycopg.connect(sim_database, autocommit=True) as conn:
-            while (problems := mismatches(truth, conn)) and time.monotonic() < deadline:
-                time.sleep(0.5)
-        assert problems == []
+        assert _await_truth(generator.truth.to_json(), sim_database) == []
     finally:
         swarm.stop()
-        service.stop()
-        discard_session(settings, ingest_settings.ingest_client_id)
         broker_admin.delete_devices([c.serial for c in credentials])
