@@ -16,7 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from device_sim.cli import sim_app
-from services.client import commands as client_commands, report as client_report
+from services.accounts.cli import tokens_app, users_app
+from services.client import (
+    commands as client_commands,
+    login as client_login,
+    report as client_report,
+)
 from services.core.errors import FieldtrackError
 from services.core.paths import state_dir
 
@@ -38,7 +43,11 @@ app.add_typer(client_commands.features_app, name="features")
 app.add_typer(client_commands.deliveries_app, name="deliveries")
 app.add_typer(client_commands.devices_app, name="devices")
 app.add_typer(client_commands.import_app, name="import")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
 app.command("report")(client_report.report)
+app.command("login")(client_login.login)
+app.command("logout")(client_login.logout)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -231,6 +240,7 @@ def demo(
     except FieldtrackError as exc:
         raise _fail(exc) from exc
     console.print(f"  • {count} devices provisioned, credentials in {creds}")
+    first_admin = _first_admin(settings)
     exe = [sys.executable, "-m", "services"]
     logs = state_dir() / "demo"
     logs.mkdir(parents=True, exist_ok=True)
@@ -267,6 +277,19 @@ def demo(
         f"  logs        {logs}/{{ingest,api,simulator}}.log\n"
         "Ctrl-C stops the demo (the local services keep running; `make down` stops them)."
     )
+    if first_admin:
+        console.print(
+            f"\n[bold]first admin created[/] — log in at {url}/login as "
+            f"[bold]{first_admin[0]}[/] with password [bold]{escape(first_admin[1])}[/]\n"
+            "  shown once: only a hash is stored (`fieldtrack users passwd admin` sets a new one)\n"
+            f"  CLI: `fieldtrack login --url {url}`; "
+            "more users: `fieldtrack users add NAME --role pm`"
+        )
+    else:
+        console.print(
+            "\nlog in with your account (`fieldtrack users add NAME --role admin` adds one; "
+            "`fieldtrack users passwd admin` resets the first admin's password)"
+        )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -288,6 +311,15 @@ def demo(
     console.print("demo stopped")
     if failed:
         raise typer.Exit(code=1)
+
+
+def _first_admin(settings: Settings) -> tuple[str, str] | None:
+    import psycopg
+
+    from services.accounts.cli import ensure_first_admin
+
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        return ensure_first_admin(conn)
 
 
 def _has_history(settings: Settings, project: str) -> bool:

@@ -15,6 +15,8 @@ os.environ["FIELDTRACK_STATE_DIR"] = os.environ.get(
 )
 os.environ.setdefault("FIELDTRACK_LOCAL_PG_PORT", "54339")
 os.environ.setdefault("FIELDTRACK_LOCAL_MQTT_PORT", "18840")
+# A developer's own `fieldtrack login` must never leak into the tests' CLI runs.
+os.environ["FIELDTRACK_CLI_CONFIG"] = str(Path(os.environ["FIELDTRACK_STATE_DIR"]) / "cli.env")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -82,7 +82,10 @@ class DecisionCreate(BaseModel):
         examples=["Nobody opens the energy report; cut it at renewal."],
         description="why (1–5000 characters)",
     )
-    decided_by: Name | None = Field(default=None, examples=["Dana (PM)"])
+    decided_by: Name | None = Field(
+        default=None, examples=["dana"],
+        description="ignored by the API, which records the logged-in user or token",
+    )  # fmt: skip
     window_days: int = Field(
         default=DEFAULT_WINDOW_DAYS, ge=1, le=MAX_WINDOW_DAYS,
         description="days of evidence before the decision (and of the comparison after it)",

@@ -9,9 +9,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from services.accounts.throttle import LoginThrottle
 from services.api import errors
 from services.api.routes import (
     analytics,
+    auth,
     customers,
     decisions,
     deliveries,
@@ -23,6 +25,8 @@ from services.api.routes import (
     projects,
     quarantine,
     schemas,
+    tokens,
+    users,
 )
 from services.core.db import open_pool
 from services.core.migrate import migrate
@@ -32,11 +36,13 @@ from services.core.settings import Settings, get_settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     config = settings or get_settings()
+    config.require_session_secret()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate(config.database_url.get_secret_value())
         app.state.settings = config
+        app.state.login_throttle = LoginThrottle()
         app.state.pool = open_pool(config)
         try:
             yield
@@ -53,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     for module in (
+        auth,
+        users,
+        tokens,
         analytics,
         decisions,
         customers,
@@ -66,5 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(module.router)
     app.include_router(pages.router)
+    # Static assets (CSS, scripts) are public: the login page needs them.
     app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
     return app

@@ -7,17 +7,22 @@ request failed its schema or a check against the data; other errors carry `detai
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from services.api.auth import LoginRequired
 from services.core.errors import (
+    AuthenticationError,
     BrokerAdminError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
 )
 from services.registry.imports import ImportRejected, RowError
 
@@ -52,6 +57,29 @@ IMPORT_REJECTED: Responses = {
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(AuthenticationError)
+    def unauthenticated(request: Request, exc: AuthenticationError) -> Response:
+        if isinstance(exc, LoginRequired):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(
+                f"/login?{urlencode({'next': target})}", status_code=status.HTTP_303_SEE_OTHER
+            )
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=status.HTTP_401_UNAUTHORIZED,
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+    @app.exception_handler(PermissionDeniedError)
+    def forbidden(request: Request, exc: PermissionDeniedError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_403_FORBIDDEN)
+
+    @app.exception_handler(RateLimitedError)
+    def too_many(request: Request, exc: RateLimitedError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )  # fmt: skip
+
     @app.exception_handler(RequestValidationError)
     def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default echoes each bad `input`, which cannot always be encoded (NaN,

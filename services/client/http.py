@@ -149,7 +149,9 @@ def error_from_response(response: httpx.Response) -> ApiError:
         return Conflict(status, message)
     if status in {401, 403}:
         return Unauthorized(
-            status, f"{message} (set FIELDTRACK_API_TOKEN to a token the API accepts)"
+            status,
+            f"{message} (run `fieldtrack login`, or set FIELDTRACK_API_TOKEN to a token "
+            "whose role may do this)",
         )
     if status == 503:
         return Unavailable(status, message)

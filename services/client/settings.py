@@ -1,11 +1,14 @@
 """Where the API is and how to reach it, for the command-line client.
 
 Deliberately apart from `services.core.settings`: the client needs no database or broker
-settings, so it runs on any machine that can reach the API.
+settings, so it runs on any machine that can reach the API. Values come from the
+environment and, below that, from the file `fieldtrack login` writes (`cli_config_file()`).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -48,10 +51,19 @@ class ClientSettings(BaseSettings):
         return value
 
 
+def cli_config_file() -> Path:
+    """Where `fieldtrack login` keeps the API URL and token (mode 0600)."""
+    if explicit := os.environ.get("FIELDTRACK_CLI_CONFIG"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "fieldtrack" / "cli.env"
+
+
 def load_client_settings() -> ClientSettings:
-    """Settings from the environment; raises ConfigError naming every bad variable."""
+    """Settings from the environment, then the login file; raises ConfigError naming every
+    bad variable."""
     try:
-        return ClientSettings()
+        return ClientSettings(_env_file=cli_config_file())
     except ValidationError as exc:
         problems = "; ".join(
             f"FIELDTRACK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

@@ -36,3 +36,19 @@ class InvalidInputError(FieldtrackError):
         super().__init__(message)
         self.field = field
         self.location = location
+
+
+class AuthenticationError(FieldtrackError):
+    """No credentials, or credentials that are wrong, expired or revoked."""
+
+
+class PermissionDeniedError(FieldtrackError):
+    """The caller is known but their role does not allow this."""
+
+
+class RateLimitedError(FieldtrackError):
+    """Too many attempts; the caller should wait `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

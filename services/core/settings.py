@@ -17,6 +17,7 @@ from services.analytics.recommend import AnalyticsThresholds
 from services.core.errors import ConfigError
 from services.core.paths import local_env_file
 
+MIN_SESSION_SECRET = 32
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
 
 
@@ -68,6 +69,14 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs dashboard cookies (at least 32 characters); required by the API",
+    )
+    session_cookie_secure: bool = Field(
+        default=True,
+        description="send cookies over HTTPS only; browsers also accept them on http://127.0.0.1",
+    )
 
     @field_validator("mqtt_admin_password", "mqtt_ingest_password")
     @classmethod
@@ -75,6 +84,24 @@ class Settings(BaseSettings):
         if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("is empty or a placeholder; set a real secret")
         return value
+
+    @field_validator("session_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        if text.lower() in PLACEHOLDER_SECRETS or len(text) < MIN_SESSION_SECRET:
+            raise ValueError(f"must be a random secret of at least {MIN_SESSION_SECRET} characters")
+        return value
+
+    def require_session_secret(self) -> None:
+        """The API cannot sign sessions without it: fail at start-up, not at first login."""
+        if self.session_secret is None:
+            raise ConfigError(
+                "FIELDTRACK_SESSION_SECRET is not set. Run `fieldtrack infra up` for local "
+                "services, or set it to a random value (e.g. `openssl rand -base64 33`)."
+            )
 
     @field_validator("database_url")
     @classmethod

@@ -20,7 +20,7 @@ DEFAULT_PG_PORT = 54329  # away from a system PostgreSQL on 5432
 DEFAULT_MQTT_PORT = 18830  # away from a system Mosquitto on 1883
 ADMIN_USER = "fieldtrack-admin"
 INGEST_USER = "fieldtrack-ingest"
-SECRET_KEYS = ("DB_PASSWORD", "MQTT_ADMIN_PASSWORD", "MQTT_INGEST_PASSWORD")
+SECRET_KEYS = ("DB_PASSWORD", "MQTT_ADMIN_PASSWORD", "MQTT_INGEST_PASSWORD", "SESSION_SECRET")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class LocalServices:
                     values[key] = value
         missing = [key for key in SECRET_KEYS if key not in values]
         if missing:
-            values.update({key: secrets.token_urlsafe(24) for key in missing})
+            values.update({key: secrets.token_urlsafe(32) for key in missing})
             self._write_private(
                 self.secrets_file, "".join(f"{k}={values[k]}\n" for k in SECRET_KEYS)
             )
@@ -89,6 +89,7 @@ class LocalServices:
             f"FIELDTRACK_MQTT_ADMIN_PASSWORD={values['MQTT_ADMIN_PASSWORD']}\n"
             f"FIELDTRACK_MQTT_INGEST_USERNAME={INGEST_USER}\n"
             f"FIELDTRACK_MQTT_INGEST_PASSWORD={values['MQTT_INGEST_PASSWORD']}\n"
+            f"FIELDTRACK_SESSION_SECRET={values['SESSION_SECRET']}\n"
             f"FIELDTRACK_LOCAL_PG_SUPERUSER={self.postgres.superuser_conninfo()}\n",
         )
         return path

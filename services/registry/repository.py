@@ -59,6 +59,8 @@ class Resource(Generic[OutT]):
     search_columns: tuple[str, ...] = ()
     dependents: tuple[Dependent, ...] = ()
     json_columns: frozenset[str] = frozenset()
+    # the column (of `view`) naming the customer an item belongs to; None for shared data
+    customer_column: str | None = None
 
 
 def _bindable(resource: Resource[Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -97,10 +99,15 @@ def list_items(
     sort: str | None,
     limit: int,
     offset: int,
+    customer_id: int | None = None,
 ) -> Page[OutT]:
+    """One page of items; with customer_id, only that customer's."""
     column, descending = parse_sort(resource, sort)
     clauses: list[sql.Composable] = []
     params: list[Any] = []
+    if customer_id is not None and resource.customer_column is not None:
+        clauses.append(_scope_clause(resource))
+        params.append(customer_id)
     for name, value in filters.items():
         if value is None:
             continue
@@ -146,12 +153,21 @@ def list_items(
     )
 
 
-def get_item(conn: psycopg.Connection, resource: Resource[OutT], item_id: int) -> OutT:
+def _scope_clause(resource: Resource[Any]) -> sql.Composable:
+    return sql.SQL("{} = %s").format(sql.Identifier(resource.customer_column or "id"))
+
+
+def get_item(
+    conn: psycopg.Connection, resource: Resource[OutT], item_id: int, customer_id: int | None = None
+) -> OutT:
+    """One item; with customer_id, another customer's item is "not found" (ids stay secret)."""
+    query = sql.SQL("SELECT * FROM {} WHERE id = %s").format(sql.Identifier(resource.view))
+    params: list[Any] = [item_id]
+    if customer_id is not None and resource.customer_column is not None:
+        query += sql.SQL(" AND ") + _scope_clause(resource)
+        params.append(customer_id)
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            sql.SQL("SELECT * FROM {} WHERE id = %s").format(sql.Identifier(resource.view)),
-            (item_id,),
-        ).fetchone()
+        row = cur.execute(query, params).fetchone()
     if row is None:
         raise NotFoundError(f"{resource.label} {item_id} not found")
     return resource.out.model_validate(row)
@@ -221,10 +237,10 @@ _KEY_DETAIL = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\)")
 
 @contextmanager
 def translate_errors(
-    resource: Resource[Any] | None = None, *, deleting: bool = False
+    resource: Resource[Any] | str | None = None, *, deleting: bool = False
 ) -> Iterator[None]:
     """Turn database refusals a client can cause into fieldtrack errors."""
-    label = resource.label if resource else "item"
+    label = resource if isinstance(resource, str) else resource.label if resource else "item"
     try:
         yield
     except pg_errors.UniqueViolation as exc:

@@ -9,6 +9,7 @@ CUSTOMERS = Resource(
     label="customer",
     table="customers",
     view="customers",
+    customer_column="id",
     out=models.Customer,
     sortable=frozenset({"id", "name", "tier", "industry", "lifecycle_stage", "created_at"}),
     default_sort="name",
@@ -25,6 +26,7 @@ PROJECTS = Resource(
     label="project",
     table="projects",
     view="project_details",
+    customer_column="customer_id",
     out=models.Project,
     sortable=frozenset(
         {
@@ -68,6 +70,7 @@ DELIVERIES = Resource(
     label="delivery",
     table="deliveries",
     view="delivery_details",
+    customer_column="customer_id",
     out=models.Delivery,
     sortable=frozenset(
         {
@@ -95,6 +98,7 @@ DEVICES = Resource(
     label="device",
     table="devices",
     view="device_details",
+    customer_column="customer_id",
     out=models.Device,
     sortable=frozenset(
         {"id", "serial", "model", "firmware", "site", "status", "last_seen", "created_at"}

@@ -25,6 +25,9 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from device_sim.device import SimDevice
+from services.accounts import store as accounts
+from services.accounts.roles import Role
+from services.accounts.store import TokenCreate
 from services.api.app import create_app
 from services.core.broker_admin import BrokerAdmin
 from services.core.migrate import migrate
@@ -172,9 +175,30 @@ def api_url(settings: Settings) -> Iterator[str]:
         sock.close()
 
 
+def mint_token(
+    database_url: str, role: Role = Role.ADMIN, customer_id: int | None = None, name: str = "test"
+) -> str:
+    """A fresh API token with a role, straight in the database (as `fieldtrack tokens create`)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        body = TokenCreate(name=name, role=role, customer_id=customer_id)
+        return accounts.create_token(conn, body).token
+
+
+def api_client(settings: Settings, token: str | None) -> TestClient:
+    """A client of the real app; https so the Secure session cookie is sent back."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return TestClient(create_app(settings), base_url="https://testserver", headers=headers)
+
+
 @pytest.fixture(scope="session")
-def api(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+def admin_token(settings: Settings) -> str:
+    return mint_token(settings.database_url.get_secret_value(), name="test-admin")
+
+
+@pytest.fixture(scope="session")
+def api(settings: Settings, admin_token: str) -> Iterator[TestClient]:
+    """The API as an admin (access rules have their own tests)."""
+    with api_client(settings, admin_token) as client:
         yield client
 
 

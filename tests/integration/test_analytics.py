@@ -29,11 +29,10 @@ from device_sim.generator import Generator, Truth, firmware_of
 from device_sim.scenario import Customer, Project, Scenario
 from device_sim.seed import seed
 from services.analytics.recommend import AnalyticsThresholds
-from services.api.app import create_app
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.infra.local import LocalServices
-from tests.integration.conftest import scratch_database
+from tests.integration.conftest import api_client, mint_token, scratch_database
 
 SCENARIO_FILE = Path(__file__).resolve().parents[1] / "scenarios" / "analytics.yaml"
 # "Heavily used", read from the truth: at least this share of the reporting fleet used it.
@@ -110,8 +109,8 @@ def loaded(local_services: LocalServices, settings: Settings) -> Iterator[Loaded
 
 
 def _client(settings: Settings, url: str, **update: Any) -> TestClient:
-    return TestClient(
-        create_app(settings.model_copy(update={"database_url": SecretStr(url), **update}))
+    return api_client(
+        settings.model_copy(update={"database_url": SecretStr(url), **update}), mint_token(url)
     )
 
 

@@ -30,13 +30,14 @@ PROVISION_BUDGET_S = 60.0
 
 
 @pytest.fixture
-def cli(api_url: str) -> Any:
+def cli(api_url: str, admin_token: str) -> Any:
     runner = CliRunner()
 
     def run(*args: str) -> Result:
         result = runner.invoke(
             app, list(args),
-            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": None, "COLUMNS": "200"},
+            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": admin_token,
+                 "COLUMNS": "200"},
         )  # fmt: skip
         # An API error is a message and exit 1, never a traceback.
         assert "Traceback" not in result.output, result.output

@@ -99,7 +99,7 @@ def test_evidence_is_frozen_and_after_shows_usage_since(
     assert created["customer_name"] == f"Customer {unique}"
     assert created["feature_key"] == key
     assert created["rationale"] == "half the fleet never touches it"
-    assert created["decided_by"] == "Dana (PM)"
+    assert created["decided_by"] == "test-admin"  # the caller, not what the body claims
     assert datetime.fromisoformat(created["decided_at"]) == decided_at
     evidence = created["evidence"]
     measures = evidence["measures"]

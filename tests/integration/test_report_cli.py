@@ -24,13 +24,14 @@ LABELS = ("iterate / invest", "keep prudently", "cut candidate", "insufficient d
 
 
 @pytest.fixture
-def cli(api_url: str) -> Any:
+def cli(api_url: str, admin_token: str) -> Any:
     runner = CliRunner()
 
     def run(*args: str) -> Result:
         result = runner.invoke(
             app, ["report", *args],
-            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": None, "COLUMNS": "200"},
+            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": admin_token,
+                 "COLUMNS": "200"},
         )  # fmt: skip
         assert "Traceback" not in result.output, result.output
         if result.exception is not None:

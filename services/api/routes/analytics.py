@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from services.accounts.roles import Permission, Principal
 from services.analytics.export import analytics_csv
 from services.analytics.measures import Window
 from services.analytics.portfolio import (
@@ -18,13 +19,14 @@ from services.analytics.portfolio import (
     project_analytics,
 )
 from services.analytics.recommend import AnalyticsThresholds
+from services.api.auth import require, visible_project
 from services.api.deps import ConnDep, WindowDep
 from services.api.errors import NOT_FOUND, Responses
 from services.api.routes.crud import ItemId
-from services.core.errors import NotFoundError
 from services.registry.models import FeatureKey
 
 router = APIRouter(tags=["analytics"])
+UsageReader = Annotated[Principal, Depends(require(Permission.READ_USAGE))]
 
 Format = Annotated[Literal["json", "csv"], Query(description="csv: one row per project × feature")]
 CSV_RESPONSE: Responses = {
@@ -50,9 +52,15 @@ def _csv(body: str, name: str) -> Response:
     responses={**NOT_FOUND, **CSV_RESPONSE},
     summary="Each delivered feature beside its measured use, with a recommendation",
 )
-def get_project_analytics(
-    item_id: ItemId, request: Request, conn: ConnDep, window: WindowDep, format: Format = "json"
+def get_project_analytics(  # noqa: PLR0917 - FastAPI reads each as a parameter
+    item_id: ItemId,
+    request: Request,
+    conn: ConnDep,
+    caller: UsageReader,
+    window: WindowDep,
+    format: Format = "json",
 ) -> ProjectAnalytics | Response:
+    visible_project(conn, caller, item_id)
     result = project_analytics(
         conn, item_id, Window(window.since, window.until), _thresholds(request)
     )
@@ -66,6 +74,7 @@ def get_project_analytics(
     response_model=Portfolio,
     responses=CSV_RESPONSE,
     summary="Every project and feature; cut and iterate candidates across the portfolio",
+    dependencies=[Depends(require(Permission.READ_PORTFOLIO))],
 )
 def get_portfolio(
     request: Request, conn: ConnDep, window: WindowDep, format: Format = "json"
@@ -83,8 +92,11 @@ def get_portfolio(
     summary="Adoption of one feature by firmware version (before / after a release)",
 )
 def get_firmware_breakdown(
-    item_id: ItemId, conn: ConnDep, window: WindowDep, feature: Annotated[FeatureKey, Query()]
+    item_id: ItemId,
+    conn: ConnDep,
+    caller: UsageReader,
+    window: WindowDep,
+    feature: Annotated[FeatureKey, Query()],
 ) -> list[FirmwareGroup]:
-    if conn.execute("SELECT 1 FROM projects WHERE id = %s", (item_id,)).fetchone() is None:
-        raise NotFoundError(f"project {item_id} not found")
+    visible_project(conn, caller, item_id)
     return firmware_breakdown(conn, item_id, feature, Window(window.since, window.until))

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel
 
+from services.accounts.roles import Permission, Principal
+from services.api.auth import require
 from services.api.deps import ConnDep, ListDep
 from services.api.errors import CONFLICT, NOT_FOUND
 from services.registry import repository
@@ -30,41 +32,51 @@ def crud_router(
     update: type[BaseModel],
     filters: type,
     plural: str,
+    read: Permission = Permission.READ_REGISTRY,
+    write: Permission = Permission.WRITE_REGISTRY,
 ) -> APIRouter:
-    """GET list / GET one / POST / PATCH / DELETE for one resource."""
+    """GET list / GET one / POST / PATCH / DELETE for one resource; reads are scoped to the
+    caller's customer, writes need `write`."""
     out = resource.out
     router = APIRouter(prefix=f"/{plural}", tags=[plural])
+    Reader = Annotated[Principal, Depends(require(read))]
+    writer = [Depends(require(write))]
 
     @router.get("", response_model=Page[out], summary=f"List {plural}")  # type: ignore[valid-type]
-    def list_items(conn: ConnDep, page: ListDep, where: Annotated[filters, Depends()]) -> Any:  # type: ignore[valid-type]
+    def list_items(
+        conn: ConnDep,
+        caller: Reader,
+        page: ListDep,
+        where: Annotated[filters, Depends()],  # type: ignore[valid-type]
+    ) -> Any:
         return repository.list_items(
             conn, resource, filters=filter_values(where), search=page.q, sort=page.sort,
-            limit=page.limit, offset=page.offset,
+            limit=page.limit, offset=page.offset, customer_id=caller.customer_scope,
         )  # fmt: skip
 
     @router.get(
         "/{item_id}", response_model=out, responses=NOT_FOUND, summary=f"One {resource.label}"
     )
-    def get_item(item_id: ItemId, conn: ConnDep) -> Any:
-        return repository.get_item(conn, resource, item_id)
+    def get_item(item_id: ItemId, conn: ConnDep, caller: Reader) -> Any:
+        return repository.get_item(conn, resource, item_id, caller.customer_scope)
 
     @router.post(
         "", response_model=out, status_code=status.HTTP_201_CREATED, responses=CONFLICT,
-        summary=f"Create a {resource.label}",
+        summary=f"Create a {resource.label}", dependencies=writer,
     )  # fmt: skip
     def create_item(body: create, conn: ConnDep) -> Any:  # type: ignore[valid-type]
         return repository.create_item(conn, resource, body)
 
     @router.patch(
         "/{item_id}", response_model=out, responses={**NOT_FOUND, **CONFLICT},
-        summary=f"Change some fields of a {resource.label}",
+        summary=f"Change some fields of a {resource.label}", dependencies=writer,
     )  # fmt: skip
     def update_item(item_id: ItemId, body: update, conn: ConnDep) -> Any:  # type: ignore[valid-type]
         return repository.update_item(conn, resource, item_id, body)
 
     @router.delete(
         "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT},
-        summary=f"Delete a {resource.label} that nothing depends on",
+        summary=f"Delete a {resource.label} that nothing depends on", dependencies=writer,
     )  # fmt: skip
     def delete_item(item_id: ItemId, conn: ConnDep) -> None:
         repository.delete_item(conn, resource, item_id)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel
 
+from services.accounts.roles import Permission, Principal
 from services.analytics.decisions import (
     Decision,
     DecisionCreate,
@@ -17,12 +18,14 @@ from services.analytics.decisions import (
     record_decision,
 )
 from services.analytics.recommend import AnalyticsThresholds
+from services.api.auth import require
 from services.api.deps import ConnDep, ListDep
 from services.api.errors import NOT_FOUND, ErrorBody, Responses
 from services.api.routes.crud import ItemId, filter_values
 from services.registry.models import MAX_BIGINT, FeatureKey, Page
 
 router = APIRouter(prefix="/decisions", tags=["decisions"])
+DecisionReader = [Depends(require(Permission.READ_DECISIONS))]
 
 
 class Problem(BaseModel):
@@ -64,8 +67,15 @@ class DecisionFilters:
     responses=CREATE_RESPONSES,
     summary="Record a keep / iterate / cut decision with the evidence as it stands",
 )
-def create_decision(body: DecisionCreate, request: Request, conn: ConnDep) -> Decision:
+def create_decision(
+    body: DecisionCreate,
+    request: Request,
+    conn: ConnDep,
+    caller: Annotated[Principal, Depends(require(Permission.WRITE_DECISIONS))],
+) -> Decision:
     thresholds: AnalyticsThresholds = request.app.state.settings.analytics
+    # Who decided is who is logged in, whatever the body says.
+    body = body.model_copy(update={"decided_by": caller.name})
     return record_decision(conn, body, thresholds)
 
 
@@ -73,6 +83,7 @@ def create_decision(body: DecisionCreate, request: Request, conn: ConnDep) -> De
     "",
     response_model=Page[Decision],
     summary="List decisions, newest first, each with what usage did after it",
+    dependencies=DecisionReader,
 )
 def get_decisions(
     conn: ConnDep, page: ListDep, where: Annotated[DecisionFilters, Depends()]
@@ -88,6 +99,7 @@ def get_decisions(
     response_model=Decision,
     responses=NOT_FOUND,
     summary="One decision: its frozen evidence and what usage did after it",
+    dependencies=DecisionReader,
 )
 def get_one_decision(item_id: ItemId, conn: ConnDep) -> Decision:
     return get_decision(conn, item_id)

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import Query
 
+from services.accounts.roles import Permission
 from services.api.routes.crud import crud_router
 from services.registry import models
 from services.registry.resources import DELIVERIES
@@ -23,5 +24,5 @@ class DeliveryFilters:
 
 router = crud_router(
     resource=DELIVERIES, create=models.DeliveryCreate, update=models.DeliveryUpdate,
-    filters=DeliveryFilters, plural="deliveries",
+    filters=DeliveryFilters, plural="deliveries", write=Permission.WRITE_DELIVERIES,
 )  # fmt: skip

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, status
 from fastapi.responses import Response
 
+from services.accounts.roles import Permission, Principal
+from services.api.auth import require
 from services.api.deps import BrokerDep, ConnDep, ListDep
 from services.api.errors import BROKER_DOWN, CONFLICT, IMPORT_REJECTED, NOT_FOUND
 from services.api.routes.crud import ItemId, filter_values
@@ -15,6 +17,9 @@ from services.registry import imports, models, provisioning, repository
 from services.registry.resources import DEVICES
 
 router = APIRouter(prefix="/devices", tags=["devices"])
+FleetReader = Annotated[Principal, Depends(require(Permission.READ_FLEET))]
+# Provisioning and revocation change who may talk to the broker: ops and admins only.
+MANAGE = [Depends(require(Permission.MANAGE_DEVICES))]
 
 MAX_BATCH = 1000
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -39,17 +44,17 @@ class DeviceFilters:
 
 @router.get("", response_model=models.Page[models.Device], summary="List devices")
 def list_devices(
-    conn: ConnDep, page: ListDep, where: Annotated[DeviceFilters, Depends()]
+    conn: ConnDep, caller: FleetReader, page: ListDep, where: Annotated[DeviceFilters, Depends()]
 ) -> models.Page[Any]:
     return repository.list_items(
         conn, DEVICES, filters=filter_values(where), search=page.q, sort=page.sort,
-        limit=page.limit, offset=page.offset,
+        limit=page.limit, offset=page.offset, customer_id=caller.customer_scope,
     )  # fmt: skip
 
 
 @router.get("/{item_id}", response_model=models.Device, responses=NOT_FOUND, summary="One device")
-def get_device(item_id: ItemId, conn: ConnDep) -> Any:
-    return repository.get_item(conn, DEVICES, item_id)
+def get_device(item_id: ItemId, conn: ConnDep, caller: FleetReader) -> Any:
+    return repository.get_item(conn, DEVICES, item_id, caller.customer_scope)
 
 
 @router.post(
@@ -58,6 +63,7 @@ def get_device(item_id: ItemId, conn: ConnDep) -> Any:
     status_code=status.HTTP_201_CREATED,
     responses={**CONFLICT, **BROKER_DOWN},
     summary="Provision a device: registry row plus MQTT identity; the password is shown once",
+    dependencies=MANAGE,
 )
 def provision_device(
     body: models.DeviceCreate, conn: ConnDep, admin: BrokerDep, response: Response
@@ -73,6 +79,7 @@ def provision_device(
     status_code=status.HTTP_201_CREATED,
     responses={**CONFLICT, **BROKER_DOWN},
     summary=f"Provision up to {MAX_BATCH} devices at once, all or none",
+    dependencies=MANAGE,
 )
 def provision_batch(
     body: Annotated[list[models.DeviceCreate], Body(min_length=1, max_length=MAX_BATCH)],
@@ -105,6 +112,7 @@ def provision_batch(
     },
     response_class=Response,
     summary="Provision devices from CSV (serial,project_id,model,firmware,site,tags); all or none",
+    dependencies=MANAGE,
 )
 def import_devices(
     body: Annotated[str, Body(media_type="text/csv", max_length=MAX_CSV_BYTES)],
@@ -122,7 +130,7 @@ def import_devices(
 
 @router.patch(
     "/{item_id}", response_model=models.Device, responses=NOT_FOUND,
-    summary="Change model, firmware, site or tags",
+    summary="Change model, firmware, site or tags", dependencies=MANAGE
 )  # fmt: skip
 def update_device(item_id: ItemId, body: models.DeviceUpdate, conn: ConnDep) -> Any:
     return repository.update_item(conn, DEVICES, item_id, body)
@@ -133,6 +141,7 @@ def update_device(item_id: ItemId, body: models.DeviceUpdate, conn: ConnDep) -> 
     response_model=models.Device,
     responses={**NOT_FOUND, **BROKER_DOWN},
     summary="Revoke: disabled in the broker (disconnected at once); history stays",
+    dependencies=MANAGE,
 )
 def revoke_device(item_id: ItemId, conn: ConnDep, admin: BrokerDep) -> models.Device:
     return provisioning.revoke(conn, admin, item_id)
@@ -143,6 +152,7 @@ def revoke_device(item_id: ItemId, conn: ConnDep, admin: BrokerDep) -> models.De
     response_model=models.ProvisionedDevice,
     responses={**NOT_FOUND, **CONFLICT, **BROKER_DOWN},
     summary="Rotate the device's password; the old one stops working at once",
+    dependencies=MANAGE,
 )
 def rotate_credentials(
     item_id: ItemId, conn: ConnDep, admin: BrokerDep
@@ -155,6 +165,7 @@ def rotate_credentials(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, **CONFLICT, **BROKER_DOWN},
     summary="Delete a device that never sent data (otherwise revoke it)",
+    dependencies=MANAGE,
 )
 def delete_device(item_id: ItemId, conn: ConnDep, admin: BrokerDep) -> None:
     provisioning.delete(conn, admin, item_id)

@@ -4,9 +4,11 @@ import asyncio
 import queue
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Request, status
+from fastapi import APIRouter, Body, Depends, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from services.accounts.roles import Permission
+from services.api.auth import require
 from services.api.deps import ConnDep
 from services.api.errors import IMPORT_REJECTED, ErrorBody, UnsupportedMediaType
 from services.core.errors import InvalidInputError
@@ -41,6 +43,7 @@ MAX_CSV_BYTES = 5 * 1024 * 1024
         "quarantined with a reason, never dropped."
     ),
     openapi_extra={"requestBody": {"content": {NDJSON: {}, CSV: {}}, "required": True}},
+    dependencies=[Depends(require(Permission.MANAGE_DEVICES))],
 )
 async def import_history(request: Request) -> HistoryReport:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -83,22 +86,39 @@ async def import_history(request: Request) -> HistoryReport:
         raise InvalidInputError(str(exc), field=None) from exc
 
 
+IMPORT_DESCRIPTION = (
+    "The header names the fields (as in the create request). Empty cells are not given; "
+    "lists are separated by `;`. Projects may give `customer` (name) instead of "
+    "`customer_id`, deliveries `feature_key` instead of `feature_id`. Devices are "
+    "imported with `POST /devices/import`, which returns their credentials."
+)
+CsvBody = Annotated[str, Body(media_type="text/csv", max_length=MAX_CSV_BYTES)]
+
+
+# Declared before /{kind}: deliveries are written by product managers, the rest by admins.
+@router.post(
+    "/deliveries",
+    response_model=imports.ImportReport,
+    status_code=status.HTTP_201_CREATED,
+    responses=IMPORT_REJECTED,
+    summary="Import deliveries from CSV; all rows or none",
+    description=IMPORT_DESCRIPTION,
+    dependencies=[Depends(require(Permission.WRITE_DELIVERIES))],
+)
+def import_deliveries(body: CsvBody, conn: ConnDep) -> imports.ImportReport:
+    return imports.import_csv(conn, "deliveries", body)
+
+
 @router.post(
     "/{kind}",
     response_model=imports.ImportReport,
     status_code=status.HTTP_201_CREATED,
     responses=IMPORT_REJECTED,
-    summary="Import customers, projects, features or deliveries from CSV; all rows or none",
-    description=(
-        "The header names the fields (as in the create request). Empty cells are not given; "
-        "lists are separated by `;`. Projects may give `customer` (name) instead of "
-        "`customer_id`, deliveries `feature_key` instead of `feature_id`. Devices are "
-        "imported with `POST /devices/import`, which returns their credentials."
-    ),
+    summary="Import customers, projects or features from CSV; all rows or none",
+    description=IMPORT_DESCRIPTION,
+    dependencies=[Depends(require(Permission.WRITE_REGISTRY))],
 )
 def import_csv(
-    kind: Literal["customers", "projects", "features", "deliveries"],
-    body: Annotated[str, Body(media_type="text/csv", max_length=MAX_CSV_BYTES)],
-    conn: ConnDep,
+    kind: Literal["customers", "projects", "features"], body: CsvBody, conn: ConnDep
 ) -> imports.ImportReport:
     return imports.import_csv(conn, kind, body)

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Depends, Query
 
+from services.accounts.roles import Permission, Principal
 from services.analytics.usage import ProjectUsage, project_usage
+from services.api.auth import require, visible_project
 from services.api.deps import ConnDep, WindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId, crud_router
@@ -33,5 +35,11 @@ router = crud_router(
     responses=NOT_FOUND,
     summary="Feature usage in a window beside what was delivered",
 )
-def get_project_usage(item_id: ItemId, conn: ConnDep, window: WindowDep) -> ProjectUsage:
+def get_project_usage(
+    item_id: ItemId,
+    conn: ConnDep,
+    caller: Annotated[Principal, Depends(require(Permission.READ_USAGE))],
+    window: WindowDep,
+) -> ProjectUsage:
+    visible_project(conn, caller, item_id)
     return project_usage(conn, item_id, window.since, window.until)

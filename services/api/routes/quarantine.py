@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from psycopg.rows import class_row
 from pydantic import BaseModel, Field, field_validator
 
+from services.accounts.roles import Permission
+from services.api.auth import require
 from services.api.deps import ConnDep, ListDep, WindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId
@@ -17,7 +19,11 @@ from services.core.errors import NotFoundError
 from services.core.payloads import QuarantineReason
 from services.registry.models import Page
 
-router = APIRouter(prefix="/quarantine", tags=["quarantine"])
+# Raw payloads may carry anything a device sent: ingest health is for ops and admins.
+router = APIRouter(
+    prefix="/quarantine", tags=["quarantine"],
+    dependencies=[Depends(require(Permission.READ_INGEST))],
+)  # fmt: skip
 
 PREVIEW_BYTES = 2048
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from services.api.auth import require
 from services.core.payloads import MESSAGE_MODELS
 from services.core.topics import TOPIC_ROOT, MessageKind
 
-router = APIRouter(prefix="/schemas", tags=["schemas"])
+router = APIRouter(prefix="/schemas", tags=["schemas"], dependencies=[Depends(require())])
 
 
 def payload_schemas() -> dict[str, Any]:
