@@ -139,7 +139,8 @@ UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s
 RETURNING {TOKEN_COLUMNS}
 """
 TOKEN_PRINCIPAL = """
-SELECT t.id, t.digest, t.name, t.role, t.customer_id, t.user_id FROM api_tokens t
+SELECT t.id, t.digest, coalesce(u.username, t.name), t.role, t.customer_id, t.user_id
+FROM api_tokens t
 LEFT JOIN users u ON u.id = t.user_id
 WHERE t.digest = %s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
   AND (t.user_id IS NULL OR u.disabled_at IS NULL)
@@ -238,7 +239,8 @@ def update_user(conn: psycopg.Connection, user_id: int, body: UserUpdate) -> Use
         )
     with conn.transaction():
         conn.execute(f"UPDATE users SET {', '.join(sets)} WHERE id = %(id)s", values)
-        _keep_an_admin(conn)
+        if current.role is Role.ADMIN and current.disabled_at is None:
+            _keep_an_admin(conn)
         if body.password is not None or body.disabled or body.role is not None:
             # A changed password, role or a disabled account ends every open session.
             conn.execute("DELETE FROM sessions WHERE user_id = %s", (user_id,))
@@ -247,10 +249,13 @@ def update_user(conn: psycopg.Connection, user_id: int, body: UserUpdate) -> Use
 
 def delete_user(conn: psycopg.Connection, user_id: int) -> None:
     with conn.transaction(), translate_errors("user"):
-        deleted = conn.execute("DELETE FROM users WHERE id = %s", (user_id,)).rowcount
-        if not deleted:
+        deleted = conn.execute(
+            "DELETE FROM users WHERE id = %s RETURNING role", (user_id,)
+        ).fetchone()
+        if deleted is None:
             raise NotFoundError(f"user {user_id} not found")
-        _keep_an_admin(conn)
+        if deleted[0] == Role.ADMIN.value:
+            _keep_an_admin(conn)
 
 
 def _keep_an_admin(conn: psycopg.Connection) -> None:

@@ -71,7 +71,8 @@ class LoginThrottle:
                 record.last_failure = now
                 over = record.failures - free
                 if over > 0:
-                    record.blocked_until = now + min(MAX_WAIT_S, 2 ** (over - 1))
+                    # the exponent is capped too: 2**60000 would cost real CPU per attempt
+                    record.blocked_until = now + min(MAX_WAIT_S, 2 ** min(over - 1, 30))
                 self._records[key] = record
                 self._records.move_to_end(key)
             while len(self._records) > MAX_TRACKED:

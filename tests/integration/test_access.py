@@ -1,0 +1,399 @@
+"""Every route × every role × own and foreign customer ids, generated from the app's routes.
+
+The expectations below are written here, apart from the code's permission table, so a change
+to either one shows up as a failure. A route missing from RULES fails the suite: a new route
+cannot ship without someone deciding who may call it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.routing import BaseRoute, Mount, Route
+
+from services.accounts import store as accounts
+from services.accounts.roles import Role
+from services.analytics.decisions import DecisionCreate, record_decision
+from services.analytics.recommend import AnalyticsThresholds
+from services.api.app import create_app
+from services.core.settings import Settings
+from services.registry import upserts as registry
+from tests.integration.conftest import api_client
+
+ADMIN, PM, OPS, VIEWER = "admin", "pm", "ops", "viewer"
+EVERYONE = frozenset({ADMIN, PM, OPS, VIEWER})
+PUBLIC = "public"
+
+
+@dataclass(frozen=True)
+class Rule:
+    allowed: frozenset[str] | str  # roles, or PUBLIC
+    scoped: bool = False  # a viewer gets 404 for another customer's id
+
+
+def roles(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+READ_ALL = Rule(EVERYONE, scoped=True)
+RULES: dict[tuple[str, str], Rule] = {
+    # public: health, login, API docs (static assets are mounts, checked apart)
+    ("GET", "/health"): Rule(PUBLIC),
+    ("GET", "/login"): Rule(PUBLIC),
+    ("POST", "/login"): Rule(PUBLIC),
+    ("POST", "/auth/token"): Rule(PUBLIC),
+    ("GET", "/docs"): Rule(PUBLIC),
+    ("GET", "/docs/oauth2-redirect"): Rule(PUBLIC),
+    ("GET", "/redoc"): Rule(PUBLIC),
+    # any logged-in caller
+    ("POST", "/logout"): Rule(EVERYONE),
+    ("GET", "/auth/me"): Rule(EVERYONE),
+    ("GET", "/auth/tokens"): Rule(EVERYONE),
+    ("POST", "/auth/tokens"): Rule(EVERYONE),
+    ("POST", "/auth/tokens/{item_id}/revoke"): Rule(EVERYONE),
+    ("GET", "/schemas/payloads"): Rule(EVERYONE),
+    ("GET", "/schemas/payloads/{kind}"): Rule(EVERYONE),
+    # registry: everyone reads (viewers their own customer); admins write
+    ("GET", "/customers"): READ_ALL,
+    ("GET", "/customers/{item_id}"): READ_ALL,
+    ("POST", "/customers"): Rule(roles(ADMIN)),
+    ("PATCH", "/customers/{item_id}"): Rule(roles(ADMIN)),
+    ("DELETE", "/customers/{item_id}"): Rule(roles(ADMIN)),
+    ("GET", "/projects"): READ_ALL,
+    ("GET", "/projects/{item_id}"): READ_ALL,
+    ("POST", "/projects"): Rule(roles(ADMIN)),
+    ("PATCH", "/projects/{item_id}"): Rule(roles(ADMIN)),
+    ("DELETE", "/projects/{item_id}"): Rule(roles(ADMIN)),
+    ("GET", "/features"): Rule(EVERYONE),
+    ("GET", "/features/{item_id}"): Rule(EVERYONE),
+    ("POST", "/features"): Rule(roles(ADMIN)),
+    ("PATCH", "/features/{item_id}"): Rule(roles(ADMIN)),
+    ("DELETE", "/features/{item_id}"): Rule(roles(ADMIN)),
+    ("GET", "/deliveries"): READ_ALL,
+    ("GET", "/deliveries/{item_id}"): READ_ALL,
+    ("POST", "/deliveries"): Rule(roles(ADMIN, PM)),
+    ("PATCH", "/deliveries/{item_id}"): Rule(roles(ADMIN, PM)),
+    ("DELETE", "/deliveries/{item_id}"): Rule(roles(ADMIN, PM)),
+    ("POST", "/imports/{kind}"): Rule(roles(ADMIN)),
+    ("POST", "/imports/deliveries"): Rule(roles(ADMIN, PM)),
+    # fleet: read by all (viewers their own); provisioning by ops and admins
+    ("GET", "/devices"): READ_ALL,
+    ("GET", "/devices/{item_id}"): READ_ALL,
+    ("POST", "/devices"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/devices/batch"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/devices/import"): Rule(roles(ADMIN, OPS)),
+    ("PATCH", "/devices/{item_id}"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/devices/{item_id}/revoke"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/devices/{item_id}/credentials"): Rule(roles(ADMIN, OPS)),
+    ("DELETE", "/devices/{item_id}"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/imports/history"): Rule(roles(ADMIN, OPS)),
+    # usage and analytics: PMs and the customer's own viewers; the portfolio is internal
+    ("GET", "/projects/{item_id}/usage"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+    ("GET", "/projects/{item_id}/analytics"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+    ("GET", "/projects/{item_id}/firmware"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+    ("GET", "/portfolio"): Rule(roles(ADMIN, PM)),
+    ("GET", "/decisions"): Rule(roles(ADMIN, PM)),
+    ("GET", "/decisions/{item_id}"): Rule(roles(ADMIN, PM)),
+    ("POST", "/decisions"): Rule(roles(ADMIN, PM)),
+    # ingest health
+    ("GET", "/quarantine"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/quarantine/summary"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/quarantine/{item_id}"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/quarantine/{item_id}/payload"): Rule(roles(ADMIN, OPS)),
+    # accounts
+    ("GET", "/users"): Rule(roles(ADMIN)),
+    ("POST", "/users"): Rule(roles(ADMIN)),
+    ("GET", "/users/{item_id}"): Rule(roles(ADMIN)),
+    ("PATCH", "/users/{item_id}"): Rule(roles(ADMIN)),
+    ("DELETE", "/users/{item_id}"): Rule(roles(ADMIN)),
+    ("GET", "/tokens"): Rule(roles(ADMIN)),
+    ("POST", "/tokens"): Rule(roles(ADMIN)),
+    ("POST", "/tokens/{item_id}/revoke"): Rule(roles(ADMIN)),
+    # dashboard pages
+    ("GET", "/"): Rule(EVERYONE, scoped=True),
+    ("GET", "/dashboards/projects/{project_id}"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+}
+PAGES = {"/", "/dashboards/projects/{project_id}", "/logout"}
+PUBLIC_MOUNTS = {"/static", "/static-offline-docs"}
+PUBLIC_ROUTES = {"/openapi.json"}
+MISSING = 999_999_999  # an id nothing has: writes by allowed roles change nothing
+
+
+def walk(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route of the app, inside included routers too."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from walk(inner.routes)
+        else:
+            yield route
+
+
+def api_routes() -> list[tuple[str, str]]:
+    app = create_app(_offline_settings())
+    found = []
+    for route in walk(app.router.routes):
+        if isinstance(route, APIRoute):
+            found += [(method, route.path) for method in sorted(route.methods)]
+    return found
+
+
+def _offline_settings() -> Settings:
+    from pydantic import SecretStr
+
+    return Settings(
+        database_url=SecretStr("postgresql://nobody@127.0.0.1:1/none"),
+        mqtt_admin_password=SecretStr("not-used-here-1"),
+        mqtt_ingest_password=SecretStr("not-used-here-2"),
+        session_secret=SecretStr("s" * 40),
+    )
+
+
+def test_every_route_has_a_rule_here() -> None:
+    """A new route fails this until it has an access rule in the code and an entry here."""
+    routes = api_routes()
+    missing = [f"{m} {p}" for m, p in routes if (m, p) not in RULES]
+    assert not missing, f"routes without an expected access rule: {missing}"
+    stale = [f"{m} {p}" for m, p in RULES if (m, p) not in routes]
+    assert not stale, f"rules for routes that no longer exist: {stale}"
+
+
+def test_only_allow_listed_mounts_and_plain_routes() -> None:
+    app = create_app(_offline_settings())
+    others = [r for r in walk(app.router.routes) if not isinstance(r, APIRoute)]
+    for route in others:
+        if isinstance(route, Mount):
+            assert route.path in PUBLIC_MOUNTS, route.path
+        else:
+            assert isinstance(route, Route) and route.path in PUBLIC_ROUTES, route
+
+
+# --- the world the matrix runs in ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    customer: int
+    project: int
+    delivery: int
+    device: int
+    feature: int
+    feature_key: str
+
+
+@dataclass(frozen=True)
+class World:
+    own: Side
+    foreign: Side
+    decision: int
+    quarantined: int
+    user: int
+    token: int
+    tokens: dict[str, str]  # role -> personal token of a user with that role
+
+
+def _side(conn: psycopg.Connection, tag: str) -> Side:
+    customer = registry.upsert_customer(conn, f"Access {tag}", "tail", "retail", "adoption")
+    project = registry.upsert_project(
+        conn, customer, f"Access {tag} project", contract_value=100, currency="EUR",
+        go_live_date=None, status="live",
+    )  # fmt: skip
+    key = f"access_{tag}"
+    feature = registry.upsert_feature(conn, key, f"Access {tag}", "test", None)
+    registry.upsert_delivery(
+        conn, project, feature, status="delivered", delivered_on=None, cost_person_days=1,
+        contract_line_value=10, business_score=3, strategic=False,
+    )  # fmt: skip
+    delivery = conn.execute(
+        "SELECT id FROM deliveries WHERE project_id = %s", (project,)
+    ).fetchone()
+    # A registry row is enough here: no route below reaches the broker for it.
+    device = conn.execute(
+        "INSERT INTO devices (serial, project_id) VALUES (%s, %s) RETURNING id",
+        (f"access-{tag}", project),
+    ).fetchone()
+    assert delivery and device
+    return Side(customer, project, delivery[0], device[0], feature, key)
+
+
+@pytest.fixture(scope="module")
+def world(settings: Settings, unique_module: str) -> World:
+    url = settings.database_url.get_secret_value()
+    with psycopg.connect(url, autocommit=True) as conn:
+        own, foreign = _side(conn, f"{unique_module}a"), _side(conn, f"{unique_module}b")
+        decision = record_decision(
+            conn,
+            DecisionCreate(
+                project_id=own.project, feature_key=own.feature_key, decision="keep",
+                rationale="access test",
+            ),
+            AnalyticsThresholds(),
+        ).id  # fmt: skip
+        quarantined = conn.execute(
+            """INSERT INTO quarantine (received_at, topic, reason, payload, payload_size)
+               VALUES (now(), 'x', 'not_json', '\\x00', 1) RETURNING id"""
+        ).fetchone()
+        tokens = {}
+        for role in Role:
+            user = accounts.create_user(
+                conn,
+                accounts.UserCreate(
+                    username=f"{role.value}-{unique_module}", password="a long password 1",
+                    role=role, customer_id=own.customer if role is Role.VIEWER else None,
+                ),
+            )  # fmt: skip
+            body = accounts.TokenCreate(name="matrix", role=role, customer_id=user.customer_id)
+            tokens[role.value] = accounts.create_token(conn, body, user_id=user.id).token
+        other_user = accounts.create_user(
+            conn,
+            accounts.UserCreate(
+                username=f"other-{unique_module}", password="a long password 2", role=Role.PM
+            ),
+        )
+        service = accounts.create_token(conn, accounts.TokenCreate(name="svc", role=Role.OPS))
+    assert quarantined
+    return World(
+        own, foreign, decision, quarantined[0], other_user.id, service.id, tokens
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def unique_module() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:6]
+
+
+@pytest.fixture(scope="module")
+def clients(settings: Settings, world: World) -> Iterator[dict[str, TestClient]]:
+    made = {role: api_client(settings, token) for role, token in world.tokens.items()}
+    made["anonymous"] = api_client(settings, None)
+    for client in made.values():
+        client.__enter__()
+        client.follow_redirects = False
+    yield made
+    for client in made.values():
+        client.__exit__(None, None, None)
+
+
+def fill(path: str, world: World, side: Side, existing: bool) -> str:
+    """The path with ids of `side` (or an id nothing has, for writes that must not land)."""
+    ids = {
+        "customers": side.customer, "projects": side.project, "deliveries": side.delivery,
+        "devices": side.device, "decisions": world.decision, "quarantine": world.quarantined,
+        "users": world.user, "tokens": world.token, "auth": MISSING, "dashboards": side.project,
+        "features": side.feature,
+    }  # fmt: skip
+    resource = path.strip("/").split("/")[0]
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == "kind":
+            return "usage" if resource == "schemas" else "customers"
+        return str(ids[resource] if existing else MISSING)
+
+    return re.sub(r"\{(\w+)\}", value, path)
+
+
+def query_for(path: str, side: Side) -> dict[str, str]:
+    return {"feature": side.feature_key} if path.endswith("/firmware") else {}
+
+
+def call(client: TestClient, method: str, path: str, params: dict[str, str]) -> int:
+    if method in {"GET", "DELETE"}:
+        return client.request(method, path, params=params).status_code
+    return client.request(method, path, params=params, json={}).status_code
+
+
+CASES = sorted(RULES)
+
+
+@pytest.mark.parametrize(("method", "path"), CASES, ids=[f"{m} {p}" for m, p in CASES])
+def test_route_for_every_role(
+    clients: dict[str, TestClient], world: World, method: str, path: str
+) -> None:
+    rule = RULES[(method, path)]
+    safe = method == "GET"
+    own_path = fill(path, world, world.own, existing=safe)
+    params = query_for(path, world.own)
+
+    anonymous = call(clients["anonymous"], method, own_path, params)
+    if rule.allowed == PUBLIC:
+        assert anonymous not in {401, 403}, f"public route refused anonymous: {anonymous}"
+        return
+    expected_anonymous = 303 if path in PAGES else 401
+    assert anonymous == expected_anonymous, f"anonymous got {anonymous}"
+
+    for role in (ADMIN, PM, OPS, VIEWER):
+        status = call(clients[role], method, own_path, params)
+        if role not in rule.allowed:
+            assert status == 403, f"{role} got {status}, expected 403"
+            continue
+        assert status not in {401, 403}, f"{role} was refused ({status})"
+        if safe:
+            assert status == 200, f"{role} reading its own data got {status}"
+        elif not safe:
+            # writes by allowed roles use ids nothing has or an empty body: refused as
+            # input, never as access, and nothing changes
+            assert status in {303, 404, 409, 415, 422}, f"{role} got {status}"
+
+    if rule.scoped and "{" in path:
+        foreign_path = fill(path, world, world.foreign, existing=True)
+        status = call(clients[VIEWER], method, foreign_path, query_for(path, world.foreign))
+        assert status == 404, f"viewer asking for another customer's id got {status}"
+        # the same id is fine for roles that see every customer
+        assert call(clients[PM], method, foreign_path, query_for(path, world.foreign)) == 200
+
+
+@pytest.mark.parametrize("plural", ["customers", "projects", "deliveries", "devices"])
+def test_viewer_lists_only_its_customer(
+    clients: dict[str, TestClient], world: World, plural: str
+) -> None:
+    items = clients[VIEWER].get(f"/{plural}", params={"limit": 500}).json()["items"]
+    key, own, foreign = {
+        "customers": ("id", world.own.customer, world.foreign.customer),
+        "projects": ("customer_id", world.own.customer, world.foreign.customer),
+    }.get(plural, ("project_id", world.own.project, world.foreign.project))
+    assert items and {item[key] for item in items} == {own}
+    # asking for the other customer by filter returns nothing, where a PM sees its rows
+    if plural != "customers":
+        scope = (
+            {"customer_id": world.foreign.customer} if plural == "projects"
+            else {"project_id": world.foreign.project}
+        )  # fmt: skip
+        hidden = clients[VIEWER].get(f"/{plural}", params=scope)
+        assert hidden.status_code == 200 and hidden.json()["items"] == []
+        shown = clients[PM].get(f"/{plural}", params=scope).json()["items"]
+        assert shown and {item[key] for item in shown} == {foreign}
+
+
+def test_viewer_home_page_lists_only_its_projects(
+    clients: dict[str, TestClient], world: World
+) -> None:
+    page = clients[VIEWER].get("/")
+    assert page.status_code == 200
+    assert f"/dashboards/projects/{world.own.project}" in page.text
+    assert f"/dashboards/projects/{world.foreign.project}" not in page.text
+
+
+def test_viewer_export_of_another_customer_is_not_found(
+    clients: dict[str, TestClient], world: World
+) -> None:
+    own = clients[VIEWER].get(f"/projects/{world.own.project}/analytics", params={"format": "csv"})
+    assert own.status_code == 200 and own.headers["content-type"].startswith("text/csv")
+    foreign = clients[VIEWER].get(
+        f"/projects/{world.foreign.project}/analytics", params={"format": "csv"}
+    )
+    assert foreign.status_code == 404
+    # a project that does not exist reads the same: ids are not confirmed
+    missing = clients[VIEWER].get(f"/projects/{MISSING}/analytics", params={"format": "csv"})
+    assert missing.status_code == 404 and missing.json() == {
+        "detail": f"project {MISSING} not found"
+    }
+    assert foreign.json() == {"detail": f"project {world.foreign.project} not found"}

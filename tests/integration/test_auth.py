@@ -1,0 +1,328 @@
+"""Logging in, sessions, CSRF, tokens, role escalation and the login throttle, against the
+real app and database."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from services.accounts import store as accounts
+from services.accounts.roles import Role
+from services.accounts.throttle import FREE_FAILURES_PER_ACCOUNT
+from services.api.auth import CSRF_HEADER, SESSION_COOKIE
+from services.cli import app as cli_app
+from services.core.settings import Settings, get_settings
+from tests.integration.conftest import api_client
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def user(conn: psycopg.Connection) -> Iterator[accounts.User]:
+    made = accounts.create_user(
+        conn,
+        accounts.UserCreate(username=f"pm-{uuid.uuid4().hex[:8]}", password=PASSWORD, role=Role.PM),
+    )
+    yield made
+
+
+@pytest.fixture
+def browser(settings: Settings) -> Iterator[TestClient]:
+    """A client without a token, keeping cookies like a browser."""
+    with api_client(settings, None) as client:
+        client.follow_redirects = False
+        yield client
+
+
+def login_form_token(client: TestClient) -> str:
+    page = client.get("/login")
+    assert page.status_code == 200
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert match, page.text
+    return match.group(1)
+
+
+def log_in(client: TestClient, username: str, password: str, next_path: str = "/") -> int:
+    token = login_form_token(client)
+    response = client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token, "next": next_path},
+    )
+    return response.status_code
+
+
+def page_csrf(client: TestClient) -> str:
+    match = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)
+    assert match
+    return match.group(1)
+
+
+def test_a_page_sends_the_browser_to_login_and_back(
+    browser: TestClient, user: accounts.User
+) -> None:
+    first = browser.get("/dashboards/projects/1?since=2026-01-01T00:00:00Z")
+    assert first.status_code == 303
+    assert first.headers["location"].startswith("/login?next=%2Fdashboards%2Fprojects%2F1")
+    token = login_form_token(browser)
+    done = browser.post(
+        "/login",
+        data={"username": user.username, "password": PASSWORD, "csrf_token": token,
+              "next": "/dashboards/projects/1"},
+    )  # fmt: skip
+    assert done.status_code == 303 and done.headers["location"] == "/dashboards/projects/1"
+    cookie = done.headers["set-cookie"]
+    assert SESSION_COOKIE in cookie
+    for attribute in ("HttpOnly", "SameSite=lax", "Secure", "Path=/"):
+        assert attribute.lower() in cookie.lower(), cookie
+    home = browser.get("/")
+    assert home.status_code == 200 and user.username in home.text
+
+
+def test_open_redirects_are_refused(browser: TestClient, user: accounts.User) -> None:
+    for target in ("https://evil.example", "//evil.example", "/\\evil.example"):
+        token = login_form_token(browser)
+        done = browser.post(
+            "/login",
+            data={"username": user.username, "password": PASSWORD, "csrf_token": token,
+                  "next": target},
+        )  # fmt: skip
+        assert done.headers["location"] == "/"
+
+
+def test_login_form_needs_its_csrf_token(browser: TestClient, user: accounts.User) -> None:
+    login_form_token(browser)
+    forged = browser.post(
+        "/login", data={"username": user.username, "password": PASSWORD, "csrf_token": "forged"}
+    )
+    assert forged.status_code == 403 and SESSION_COOKIE not in forged.headers.get("set-cookie", "")
+
+
+def test_wrong_password_and_unknown_user_read_the_same(
+    browser: TestClient, user: accounts.User
+) -> None:
+    wrong = log_in(browser, user.username, "not the password")
+    unknown = log_in(browser, f"nobody-{uuid.uuid4().hex[:6]}", "not the password")
+    assert wrong == unknown == 401
+
+
+def test_session_writes_need_the_csrf_header(
+    browser: TestClient, user: accounts.User, project: object
+) -> None:
+    assert log_in(browser, user.username, PASSWORD) == 303
+    body = {"name": "x"}
+    refused = browser.post("/auth/tokens", json=body)
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+    wrong = browser.post("/auth/tokens", json=body, headers={CSRF_HEADER: "nope"})
+    assert wrong.status_code == 403
+    made = browser.post("/auth/tokens", json=body, headers={CSRF_HEADER: page_csrf(browser)})
+    assert made.status_code == 201 and made.json()["role"] == "pm"
+
+
+def test_logout_ends_the_session_for_good(browser: TestClient, user: accounts.User) -> None:
+    assert log_in(browser, user.username, PASSWORD) == 303
+    stolen = browser.cookies.get(SESSION_COOKIE)
+    csrf = page_csrf(browser)
+    assert browser.post("/logout", data={"csrf_token": "wrong"}).status_code == 403
+    out = browser.post("/logout", data={"csrf_token": csrf})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    # replaying the old cookie does not bring the session back
+    browser.cookies.clear()
+    browser.cookies.set(SESSION_COOKIE, stolen or "")
+    assert browser.get("/").status_code == 303
+
+
+def test_a_tampered_cookie_is_no_session(browser: TestClient, user: accounts.User) -> None:
+    assert log_in(browser, user.username, PASSWORD) == 303
+    cookie = browser.cookies.get(SESSION_COOKIE) or ""
+    browser.cookies.clear()
+    browser.cookies.set(SESSION_COOKIE, cookie[:-4] + ("AAAA" if cookie[-4:] != "AAAA" else "BBBB"))
+    assert browser.get("/").status_code == 303
+
+
+def test_disabling_a_user_ends_sessions_and_personal_tokens(
+    api: TestClient, settings: Settings, browser: TestClient, user: accounts.User
+) -> None:
+    made = api.post(
+        "/auth/token", json={"username": user.username, "password": PASSWORD, "name": "cli"}
+    )
+    assert made.status_code == 201 and made.headers["cache-control"] == "no-store"
+    token = made.json()["token"]
+    assert log_in(browser, user.username, PASSWORD) == 303
+    with api_client(settings, token) as personal:
+        assert personal.get("/auth/me").json()["name"] == user.username
+        assert api.patch(f"/users/{user.id}", json={"disabled": True}).status_code == 200
+        assert personal.get("/auth/me").status_code == 401
+    assert browser.get("/").status_code == 303
+
+
+def test_tokens_stop_when_revoked_or_expired(
+    api: TestClient, settings: Settings, conn: psycopg.Connection
+) -> None:
+    made = api.post("/tokens", json={"name": "ci", "role": "ops", "expires_in_days": 1}).json()
+    with api_client(settings, made["token"]) as ci:
+        assert ci.get("/devices", params={"limit": 1}).status_code == 200
+        conn.execute(
+            "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = %s",
+            (made["id"],),
+        )
+        expired = ci.get("/devices", params={"limit": 1})
+        assert expired.status_code == 401 and expired.headers["www-authenticate"] == "Bearer"
+    again = api.post("/tokens", json={"name": "ci2", "role": "ops"}).json()
+    with api_client(settings, again["token"]) as ci:
+        assert ci.get("/auth/me").status_code == 200
+        assert api.post(f"/tokens/{again['id']}/revoke").status_code == 200
+        assert ci.get("/auth/me").status_code == 401
+    # garbage of every kind is a 401, never a 500
+    for junk in ("", "ft_", "x" * 5000, "ft_%00'; DROP TABLE users; --"):
+        with api_client(settings, None) as anonymous:
+            response = anonymous.get("/auth/me", headers={"Authorization": f"Bearer {junk}"})
+            assert response.status_code in {401, 403}, (junk[:10], response.status_code)
+
+
+def test_secrets_are_stored_only_as_hashes(
+    api: TestClient, conn: psycopg.Connection, user: accounts.User
+) -> None:
+    token = api.post("/tokens", json={"name": "hash-check", "role": "pm"}).json()["token"]
+    row = conn.execute("SELECT password_hash FROM users WHERE id = %s", (user.id,)).fetchone()
+    assert row and row[0].startswith("$argon2id$") and PASSWORD not in row[0]
+    dump = conn.execute(
+        "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM api_tokens) t"
+    ).fetchone()
+    assert dump and token not in dump[0] and token[3:20] not in dump[0]
+    listed = api.get("/tokens").json()
+    assert all("token" not in item for item in listed)
+
+
+def test_no_role_escalation(
+    api: TestClient, settings: Settings, conn: psycopg.Connection, project: object
+) -> None:
+    customer = conn.execute("SELECT id FROM customers LIMIT 1").fetchone()
+    assert customer
+    viewer = accounts.create_user(
+        conn,
+        accounts.UserCreate(
+            username=f"viewer-{uuid.uuid4().hex[:6]}", password=PASSWORD, role=Role.VIEWER,
+            customer_id=customer[0],
+        ),
+    )  # fmt: skip
+    token = accounts.create_token(
+        conn, accounts.TokenCreate(name="v", role=Role.VIEWER, customer_id=customer[0]),
+        user_id=viewer.id,
+    ).token  # fmt: skip
+    with api_client(settings, token) as client:
+        # a personal token takes the user's role; asking for another is refused
+        for extra in ({"role": "admin"}, {"customer_id": 1}):
+            asked = client.post("/auth/tokens", json={"name": "up", **extra})
+            assert asked.status_code == 422, asked.text
+        mine = client.post("/auth/tokens", json={"name": "same"}).json()
+        assert mine["role"] == "viewer" and mine["customer_id"] == customer[0]
+        assert client.patch(f"/users/{viewer.id}", json={"role": "admin"}).status_code == 403
+        assert client.post("/tokens", json={"name": "x", "role": "admin"}).status_code == 403
+    # credentials and ownership are not fields a client sets on a device
+    bad = api.patch("/devices/1", json={"password": "x"})
+    assert bad.status_code in {404, 422}
+    project_id = conn.execute("SELECT id FROM projects LIMIT 1").fetchone()
+    assert project_id
+    forged = api.post(
+        "/devices", json={"serial": f"esc-{uuid.uuid4().hex[:6]}", "project_id": project_id[0],
+                          "password": "chosen-by-me"},
+    )  # fmt: skip
+    assert forged.status_code == 422
+
+
+def test_the_last_admin_cannot_be_removed(api: TestClient, conn: psycopg.Connection) -> None:
+    admins = conn.execute(
+        "SELECT id FROM users WHERE role = 'admin' AND disabled_at IS NULL"
+    ).fetchall()
+    if not admins:
+        made = api.post(
+            "/users",
+            json={"username": f"root-{uuid.uuid4().hex[:6]}", "password": PASSWORD,
+                  "role": "admin"},
+        )  # fmt: skip
+        admins = [(made.json()["id"],)]
+    # demote every admin but the last, then the last one is refused
+    for (admin_id,) in admins[:-1]:
+        assert api.patch(f"/users/{admin_id}", json={"disabled": True}).status_code == 200
+    last = admins[-1][0]
+    refused = api.patch(f"/users/{last}", json={"role": "pm"})
+    assert refused.status_code == 409 and "no enabled admin" in refused.json()["detail"]
+    assert api.delete(f"/users/{last}").status_code == 409
+    assert api.get(f"/users/{last}").json()["role"] == "admin"
+    for (admin_id,) in admins[:-1]:
+        api.patch(f"/users/{admin_id}", json={"disabled": False})
+
+
+def test_brute_force_is_slowed_down(
+    api: TestClient, settings: Settings, user: accounts.User
+) -> None:
+    """An attacker hammering one account gets a handful of guesses, then waits that double."""
+    with api_client(settings, None) as attacker:
+        started = time.monotonic()
+        statuses = []
+        for _ in range(30):
+            response = attacker.post(
+                "/auth/token", json={"username": user.username, "password": "guess"}
+            )
+            statuses.append(response.status_code)
+        elapsed = time.monotonic() - started
+        guesses_checked = statuses.count(401)
+        assert guesses_checked == FREE_FAILURES_PER_ACCOUNT + 1, statuses
+        blocked = [s for s in statuses if s == 429]
+        assert len(blocked) == 30 - guesses_checked
+        limited = attacker.post("/auth/token", json={"username": user.username, "password": "x"})
+        assert int(limited.headers["retry-after"]) >= 1
+        # even the right password waits out the block (no oracle while blocked)
+        right = attacker.post("/auth/token", json={"username": user.username, "password": PASSWORD})
+        assert right.status_code == 429
+    print(
+        f"\nlogin throttle: {guesses_checked} of 30 guesses were checked in {elapsed:.2f}s; "
+        f"the rest got 429 (Retry-After {limited.headers['retry-after']} s)"
+    )
+
+
+def test_cli_users_add_and_login(
+    settings: Settings, api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDTRACK_DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("FIELDTRACK_CLI_CONFIG", str(tmp_path / "cli.env"))
+    monkeypatch.delenv("FIELDTRACK_API_TOKEN", raising=False)
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        name = f"ops-{uuid.uuid4().hex[:6]}"
+        added = runner.invoke(cli_app, ["users", "add", name, "--role", "ops"])
+        assert added.exit_code == 0, added.output
+        password = re.search(r"password \(shown once\): (\S+)", added.output)
+        assert password, added.output
+        refused = runner.invoke(cli_app, ["users", "add", "x-viewer", "--role", "viewer"])
+        assert refused.exit_code == 1 and "viewer needs customer_id" in refused.output, (
+            refused.output
+        )
+        login = runner.invoke(
+            cli_app,
+            ["login", "--url", api_url, "--username", name, "--password", password.group(1)],
+        )
+        assert login.exit_code == 0, login.output
+        saved = (tmp_path / "cli.env").read_text()
+        assert "FIELDTRACK_API_TOKEN=ft_" in saved
+        assert (tmp_path / "cli.env").stat().st_mode & 0o777 == 0o600
+        listed = runner.invoke(cli_app, ["devices", "list", "--limit", "1"], env={"COLUMNS": "200"})
+        assert listed.exit_code == 0, listed.output
+        # ops may not write customers: the CLI says so in words
+        denied = runner.invoke(
+            cli_app, ["customers", "add", "--name", "Nope Ltd", "--tier", "tail", "--industry", "x"]
+        )
+        assert denied.exit_code == 1 and "may not do this" in denied.output
+        out = runner.invoke(cli_app, ["logout"])
+        assert out.exit_code == 0 and not (tmp_path / "cli.env").exists()
+    finally:
+        get_settings.cache_clear()
