@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,7 +21,7 @@ import typer.main
 import yaml
 
 from services.cli import app
-from services.core.settings import Settings
+from services.core.settings import PLACEHOLDER_SECRETS, Settings
 from services.infra.mosquitto import (
     DOCKER_DATA_DIR,
     DOCKER_PLUGIN,
@@ -53,6 +54,8 @@ INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<modifier>[^
 URL_PASSWORD = re.compile(r"://[^:/@]+:(?P<password>.*)@")
 ALL_ADDRESSES = "0.0.0.0"  # inside a container: reachable through the published port
 MOSQUITTO_UID = "1883"  # the mosquitto user of the eclipse-mosquitto image
+GRAFANA_DIR = ROOT / "dashboards" / "grafana"
+GRAFANA_ENTRYPOINT = "/run.sh"  # of the grafana/grafana-oss image
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -330,7 +333,7 @@ def test_secrets_are_required_variables_not_values(services: dict[str, dict[str,
 
 def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
     published = {name: _ports(svc) for name, svc in services.items() if svc.get("ports")}
-    assert {"timescaledb", "mosquitto", "api"} <= set(published)
+    assert {"timescaledb", "mosquitto", "api", "grafana"} <= set(published)
     for name, ports in published.items():
         assert all(ip == "127.0.0.1" for ip, _, _ in ports), f"{name} is published beyond loopback"
 
@@ -402,6 +405,120 @@ def test_broker_data_volume_and_dynsec_store(
     assert init[2] == admin, f"the store's admin is {init[2]!r}, fieldtrack logs in as {admin!r}"
 
 
+# --- Grafana ------------------------------------------------------------------------
+
+
+def _env_var(value: Any) -> str:
+    """The variable a required `${VAR:?…}` value names."""
+    match = INTERPOLATION.fullmatch(str(value))
+    assert match and match["modifier"].startswith(":?"), f"{value!r} is not ${{VAR:?…}}"
+    return match["name"]
+
+
+def _mounts_from(svc: dict[str, Any]) -> dict[str, tuple[Path, str]]:
+    """Bind mounts of files in this repository: container path -> (local path, mode)."""
+    return {
+        target: ((COMPOSE_FILE.parent / source).resolve(), mode)
+        for source, target, mode in _volumes(svc)
+        if source.startswith("./")
+    }
+
+
+@pytest.fixture(scope="module")
+def grafana_datasource() -> dict[str, Any]:
+    loaded = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/fieldtrack.yaml").read_text())
+    [datasource] = loaded["datasources"]
+    return dict(datasource)
+
+
+def test_grafana_mounts_its_provisioning_and_dashboards(
+    services: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    grafana = services["grafana"]
+    assert str(grafana["image"]).startswith("grafana/grafana-oss:")
+    mounts = _mounts_from(grafana)
+    assert mounts["/etc/grafana/provisioning"] == ((GRAFANA_DIR / "provisioning").resolve(), "ro")
+    [provider] = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning/dashboards/fieldtrack.yaml").read_text()
+    )["providers"]
+    path = provider["options"]["path"]
+    assert mounts.get(path) == ((GRAFANA_DIR / "dashboards").resolve(), "ro"), (
+        f"the dashboard provider reads {path}, where the dashboards are not mounted"
+    )
+    assert list((GRAFANA_DIR / "dashboards").glob("*.json")), "no dashboards to provision"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert PurePosixPath(home).parent == PurePosixPath(path)
+    assert (GRAFANA_DIR / "dashboards" / PurePosixPath(home).name).is_file()
+    data = [s for s, t, _ in _volumes(grafana) if t == "/var/lib/grafana"]
+    assert data and data[0] in (compose.get("volumes") or {}), "Grafana's state needs a volume"
+    assert [container for _, _, container in _ports(grafana)] == [3000]
+
+
+def test_grafana_datasource_is_the_compose_database_as_the_reader_role(
+    services: dict[str, dict[str, Any]], grafana_datasource: dict[str, Any]
+) -> None:
+    host, port = grafana_datasource["url"].split(":")
+    db = services[host]
+    assert str(db["image"]).startswith("timescale/timescaledb")
+    assert int(port) == 5432
+    assert grafana_datasource["jsonData"]["database"] == db["environment"]["POSTGRES_DB"]
+    created = re.search(r"CREATE ROLE (\w+)", (GRAFANA_DIR / "reader.sql").read_text())
+    assert created and grafana_datasource["user"] == created[1], "Grafana logs in as another role"
+    assert grafana_datasource["user"] != db["environment"]["POSTGRES_USER"], "not as the owner"
+    # The password Grafana expands from its environment is the one the role gets.
+    secret = re.fullmatch(r"\$\{?(\w+)\}?", grafana_datasource["secureJsonData"]["password"])
+    assert secret, "the data source password must come from the environment"
+    grafana_var = _env_var(services["grafana"]["environment"][secret[1]])
+    setup = services["grafana-db-setup"]
+    assert _env_var(setup["environment"][secret[1]]) == grafana_var
+    assert f'reader_password="$${secret[1]}"' in _script(setup)
+
+
+def test_grafana_db_setup_runs_reader_sql_as_the_database_owner(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    setup, db = services["grafana-db-setup"], services["timescaledb"]
+    argv = shlex.split(_script(setup))
+    assert argv[0] == "psql"
+    options = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert options["-h"] == "timescaledb"
+    assert options["-U"] == db["environment"]["POSTGRES_USER"]
+    assert options["-d"] == db["environment"]["POSTGRES_DB"]
+    assert "ON_ERROR_STOP=1" in argv
+    script = _mounts_from(setup).get(argv[argv.index("-f") + 1])
+    assert script == ((GRAFANA_DIR / "reader.sql").resolve(), "ro")
+    assert _env_var(setup["environment"]["PGPASSWORD"]) == _env_var(
+        db["environment"]["POSTGRES_PASSWORD"]
+    )
+
+
+@pytest.mark.parametrize("password", sorted(PLACEHOLDER_SECRETS | {"ADMIN", "ChangeMe"}))
+def test_grafana_refuses_a_placeholder_admin_password(
+    services: dict[str, dict[str, Any]], password: str
+) -> None:
+    assert _grafana_start(services, password).returncode == 1
+
+
+def test_grafana_starts_with_a_real_admin_password(services: dict[str, dict[str, Any]]) -> None:
+    started = _grafana_start(services, "tr0ub4dor-and-3")
+    assert started.returncode == 0, started.stderr
+    env = services["grafana"]["environment"]
+    assert _env_var(env["GF_SECURITY_ADMIN_PASSWORD"]) == "FIELDTRACK_GRAFANA_ADMIN_PASSWORD"
+
+
+def _grafana_start(services: dict[str, dict[str, Any]], password: str) -> Any:
+    """Grafana's entrypoint script under sh, with Grafana itself replaced by `exit 0`."""
+    entrypoint = services["grafana"]["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"], "the password check runs before Grafana"
+    script = str(entrypoint[2]).replace("$$", "$")
+    assert f"exec {GRAFANA_ENTRYPOINT}" in script
+    script = script.replace(f"exec {GRAFANA_ENTRYPOINT}", "exit 0")
+    return subprocess.run(
+        ["sh", "-c", script], env={"PATH": "/usr/bin:/bin", "GF_SECURITY_ADMIN_PASSWORD": password},
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+
+
 # --- ordering ----------------------------------------------------------------------
 
 
@@ -412,6 +529,8 @@ def test_dependencies_can_be_satisfied(services: dict[str, dict[str, Any]]) -> N
         ("migrate", "timescaledb"): "service_healthy",
         ("ingest", "migrate"): "service_completed_successfully",
         ("ingest", "broker-setup"): "service_completed_successfully",
+        ("grafana-db-setup", "migrate"): "service_completed_successfully",
+        ("grafana", "grafana-db-setup"): "service_completed_successfully",
     }
     for (service, dependency), condition in expected.items():
         deps = services[service].get("depends_on") or {}
