@@ -15,12 +15,15 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from services.accounts import store as accounts
+from services.accounts.cli import ensure_first_admin
 from services.accounts.roles import Role
 from services.accounts.throttle import FREE_FAILURES_PER_ACCOUNT
 from services.api.auth import CSRF_HEADER, SESSION_COOKIE
 from services.cli import app as cli_app
+from services.core.migrate import migrate
 from services.core.settings import Settings, get_settings
-from tests.integration.conftest import api_client
+from services.infra.local import LocalServices
+from tests.integration.conftest import api_client, scratch_database
 
 PASSWORD = "correct horse battery"
 
@@ -326,3 +329,18 @@ def test_cli_users_add_and_login(
         assert out.exit_code == 0 and not (tmp_path / "cli.env").exists()
     finally:
         get_settings.cache_clear()
+
+
+def test_first_admin_is_made_once(local_services: LocalServices, settings: Settings) -> None:
+    """What `make demo` does on a fresh database: one admin, password shown once."""
+    url = settings.database_url.get_secret_value()
+    with scratch_database(local_services, url, "first_admin") as fresh:
+        migrate(fresh)
+        with psycopg.connect(fresh, autocommit=True) as conn:
+            made = ensure_first_admin(conn)
+            assert made is not None
+            name, password = made
+            assert len(password) >= 20
+            assert accounts.authenticate(conn, name, password) is not None
+            assert ensure_first_admin(conn) is None  # a second demo prints no password
+            assert [u.role for u in accounts.list_users(conn)] == [Role.ADMIN]
