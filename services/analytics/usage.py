@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import psycopg
 from psycopg.rows import class_row
@@ -96,3 +96,31 @@ def project_usage(
         features=features,
         **project.model_dump(),
     )
+
+
+class DailyUsage(BaseModel):
+    feature_key: str
+    day: date
+    events: int = Field(description="uses counted that UTC day")
+    devices_using: int = Field(description="distinct devices that used it that day")
+
+
+# Whole UTC days overlapping the window, for charts of use over time.
+DAILY = """
+SELECT feature_key, (time_bucket('1 day', hour))::date AS day, sum(events)::bigint AS events,
+       count(DISTINCT device_id)::int AS devices_using
+FROM usage_hourly
+WHERE project_id = %(project)s
+  AND hour >= time_bucket('1 day', %(since)s::timestamptz) AND hour < %(until)s
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
+def daily_usage(
+    conn: psycopg.Connection, project_id: int, since: datetime, until: datetime
+) -> list[DailyUsage]:
+    """Use per feature and UTC day; days without use are absent."""
+    with conn.cursor(row_factory=class_row(DailyUsage)) as cur:
+        return cur.execute(
+            DAILY, {"project": project_id, "since": since, "until": until}
+        ).fetchall()

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
@@ -30,7 +31,7 @@ from services.api.routes import (
 )
 from services.core.db import open_pool
 from services.core.migrate import migrate
-from services.core.paths import DASHBOARDS_DIR
+from services.core.paths import DASHBOARDS_DIR, chart_library_dir
 from services.core.settings import Settings, get_settings
 
 
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    # Pages pull a 4.8 MB chart library and JSON; compressed they load fast on a phone too.
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.include_router(health.router)
     for module in (
         auth,
@@ -77,4 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     # Static assets (CSS, scripts) are public: the login page needs them.
     app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
+    app.mount("/vendor/plotly", StaticFiles(directory=chart_library_dir()), name="plotly")
     return app

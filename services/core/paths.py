@@ -17,3 +17,13 @@ def state_dir() -> Path:
 def local_env_file() -> Path:
     """Connection settings written by `fieldtrack infra up` for the local services."""
     return state_dir() / "fieldtrack.env"
+
+
+def chart_library_dir() -> Path:
+    """Where the plotly package keeps plotly.min.js: the dashboards serve it themselves."""
+    from importlib.util import find_spec  # noqa: PLC0415
+
+    spec = find_spec("plotly")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("plotly is not installed: run `make install`")
+    return Path(spec.origin).parent / "package_data"

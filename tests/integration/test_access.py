@@ -95,6 +95,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/imports/history"): Rule(roles(ADMIN, OPS)),
     # usage and analytics: PMs and the customer's own viewers; the portfolio is internal
     ("GET", "/projects/{item_id}/usage"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+    ("GET", "/projects/{item_id}/usage/daily"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
     ("GET", "/projects/{item_id}/analytics"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
     ("GET", "/projects/{item_id}/firmware"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
     ("GET", "/portfolio"): Rule(roles(ADMIN, PM)),
@@ -116,11 +117,19 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/tokens"): Rule(roles(ADMIN)),
     ("POST", "/tokens/{item_id}/revoke"): Rule(roles(ADMIN)),
     # dashboard pages
-    ("GET", "/"): Rule(EVERYONE, scoped=True),
+    ("GET", "/"): Rule(EVERYONE),
+    ("GET", "/dashboards/customers"): Rule(EVERYONE),
+    ("GET", "/dashboards/customers/{customer_id}"): Rule(EVERYONE, scoped=True),
+    ("GET", "/dashboards/customers/{customer_id}/report"): Rule(
+        roles(ADMIN, PM, VIEWER), scoped=True
+    ),
     ("GET", "/dashboards/projects/{project_id}"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+    ("POST", "/dashboards/projects/{project_id}/decisions"): Rule(roles(ADMIN, PM)),
+    ("GET", "/dashboards/portfolio"): Rule(roles(ADMIN, PM)),
 }
-PAGES = {"/", "/dashboards/projects/{project_id}", "/logout"}
-PUBLIC_MOUNTS = {"/static", "/static-offline-docs"}
+PAGES = {path for _, path in RULES if path == "/" or path.startswith(("/dashboards", "/logout"))}
+REDIRECTS = {"/"}  # the home page sends each role to its own start page
+PUBLIC_MOUNTS = {"/static", "/static-offline-docs", "/vendor/plotly"}
 PUBLIC_ROUTES = {"/openapi.json"}
 MISSING = 999_999_999  # an id nothing has: writes by allowed roles change nothing
 
@@ -287,10 +296,11 @@ def fill(path: str, world: World, side: Side, existing: bool) -> str:
     ids = {
         "customers": side.customer, "projects": side.project, "deliveries": side.delivery,
         "devices": side.device, "decisions": world.decision, "quarantine": world.quarantined,
-        "users": world.user, "tokens": world.token, "auth": MISSING, "dashboards": side.project,
+        "users": world.user, "tokens": world.token, "auth": MISSING,
         "features": side.feature,
     }  # fmt: skip
-    resource = path.strip("/").split("/")[0]
+    parts = path.strip("/").split("/")
+    resource = parts[1] if parts[0] == "dashboards" and len(parts) > 1 else parts[0]
 
     def value(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -337,7 +347,8 @@ def test_route_for_every_role(
             continue
         assert status not in {401, 403}, f"{role} was refused ({status})"
         if safe:
-            assert status == 200, f"{role} reading its own data got {status}"
+            expected = 303 if path in REDIRECTS else 200
+            assert status == expected, f"{role} reading its own data got {status}"
         elif not safe:
             # writes by allowed roles use ids nothing has or an empty body: refused as
             # input, never as access, and nothing changes
@@ -376,7 +387,10 @@ def test_viewer_lists_only_its_customer(
 def test_viewer_home_page_lists_only_its_projects(
     clients: dict[str, TestClient], world: World
 ) -> None:
-    page = clients[VIEWER].get("/")
+    home = clients[VIEWER].get("/")
+    assert home.status_code == 303
+    assert home.headers["location"] == f"/dashboards/customers/{world.own.customer}"
+    page = clients[VIEWER].get(home.headers["location"])
     assert page.status_code == 200
     assert f"/dashboards/projects/{world.own.project}" in page.text
     assert f"/dashboards/projects/{world.foreign.project}" not in page.text

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Query
 
 from services.accounts.roles import Permission, Principal
-from services.analytics.usage import ProjectUsage, project_usage
+from services.analytics.usage import DailyUsage, ProjectUsage, daily_usage, project_usage
 from services.api.auth import require, visible_project
 from services.api.deps import ConnDep, WindowDep
 from services.api.errors import NOT_FOUND
@@ -43,3 +43,19 @@ def get_project_usage(
 ) -> ProjectUsage:
     visible_project(conn, caller, item_id)
     return project_usage(conn, item_id, window.since, window.until)
+
+
+@router.get(
+    "/{item_id}/usage/daily",
+    response_model=list[DailyUsage],
+    responses=NOT_FOUND,
+    summary="Use per feature and UTC day in a window (for charts)",
+)
+def get_daily_usage(
+    item_id: ItemId,
+    conn: ConnDep,
+    caller: Annotated[Principal, Depends(require(Permission.READ_USAGE))],
+    window: WindowDep,
+) -> list[DailyUsage]:
+    visible_project(conn, caller, item_id)
+    return daily_usage(conn, item_id, window.since, window.until)

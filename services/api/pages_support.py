@@ -1,0 +1,90 @@
+"""What every dashboard page shares: the caller's navigation, the time window, rendering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import Query, Request
+from fastapi.responses import HTMLResponse
+
+from services.accounts.roles import Permission, Principal
+from services.api.deps import Window
+from services.api.templates import templates
+
+WINDOW_DAYS = (7, 30, 90)
+DEFAULT_DAYS = 30
+MAX_DAYS = 400
+
+
+class PageWindow(Window):
+    """`?days=7|30|90` (default 30, ending now) or a custom `?since=…&until=…`."""
+
+    def __init__(
+        self,
+        days: Annotated[int | None, Query(ge=1, le=MAX_DAYS, description="window length")] = None,
+        since: Annotated[datetime | None, Query()] = None,
+        until: Annotated[datetime | None, Query()] = None,
+    ) -> None:
+        self.custom = since is not None or until is not None
+        if not self.custom:
+            until = datetime.now(UTC).replace(microsecond=0)
+            since = until - timedelta(days=days or DEFAULT_DAYS)
+        super().__init__(since, until)
+        self.days = days or (DEFAULT_DAYS if not self.custom else None)
+
+    @property
+    def query(self) -> str:
+        """The window as query parameters, for links and API calls from the page."""
+        if self.custom:
+            return urlencode({"since": self.since.isoformat(), "until": self.until.isoformat()})
+        return urlencode({"days": self.days})
+
+    @property
+    def api_query(self) -> str:
+        return urlencode({"since": self.since.isoformat(), "until": self.until.isoformat()})
+
+    @property
+    def label(self) -> str:
+        if not self.custom:
+            return f"last {self.days} days"
+        return f"{self.since:%Y-%m-%d %H:%M} – {self.until:%Y-%m-%d %H:%M} UTC"
+
+
+NAV: tuple[tuple[str, str, Permission], ...] = (
+    ("Customers", "/dashboards/customers", Permission.READ_REGISTRY),
+    ("Portfolio", "/dashboards/portfolio", Permission.READ_PORTFOLIO),
+    ("Fleet", "/dashboards/fleet", Permission.READ_FLEET),
+    ("Ingest", "/dashboards/ingest", Permission.READ_INGEST),
+)
+
+
+def navigation(caller: Principal) -> list[tuple[str, str]]:
+    return [(label, href) for label, href, needs in NAV if caller.can(needs)]
+
+
+def home_of(caller: Principal) -> str:
+    """Where a role starts: its customer for a viewer, the fleet for ops, customers else."""
+    if caller.customer_scope is not None:
+        return f"/dashboards/customers/{caller.customer_scope}"
+    if not caller.can(Permission.READ_USAGE) and caller.can(Permission.READ_INGEST):
+        return "/dashboards/fleet"
+    return "/dashboards/customers"
+
+
+def render(
+    request: Request,
+    template: str,
+    caller: Principal,
+    window: PageWindow | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "caller": caller, "nav": navigation(caller), "window": window,
+            "window_days": WINDOW_DAYS, "can": caller.can, "P": Permission, **context,
+        },
+    )  # fmt: skip
