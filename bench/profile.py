@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 TOP = 12
+# Frames every writer sample has: they say nothing about where its time goes.
+GENERIC = frozenset({
+    "Thread._bootstrap (threading.py)", "Thread._bootstrap_inner (threading.py)",
+    "Thread.run (threading.py)", "IngestService._write_loop (service.py)",
+})  # fmt: skip
 
 
 def py_spy() -> str | None:
@@ -41,11 +46,11 @@ def _frame_name(frame: str) -> str:
 
 
 # Buckets of the writer thread's time, by the first matching frame from the leaf upwards.
-DB_WAIT = ("wait_conn", "wait_c", "execute (psycopg", "commit (psycopg", "transaction.py")
+DB_WAIT = ("Connection.wait (", "wait_conn", "Transaction.__exit__", "Connection.commit")
 CATEGORIES = (
-    ("waiting for PostgreSQL (execute/COPY/commit round trips)", DB_WAIT),
-    ("parsing and validating payloads (pydantic)", ("decode (payloads.py", "model_validate")),
-    ("building rows and COPY data", ("write_row", "add (store.py", "copy.py")),
+    ("waiting for PostgreSQL (statements, COPY, commit)", DB_WAIT),
+    ("parsing and validating payloads (pydantic)", ("decode (payloads.py)", "model_validate")),
+    ("building rows and COPY data", ("write_row", "_Rows.add", "_copy")),
     ("sequence gaps and rollup bookkeeping", ("_sequence_gaps", "_device_hours", "_stored_")),
     ("waiting for messages (queue empty)", ("_take_batch",)),
     ("acknowledging to the broker", ("_acknowledge",)),
@@ -69,12 +74,15 @@ def summarise(path: Path) -> dict[str, Any]:
     total = threads[writer] if writer else 0
     categories: Counter[str] = Counter()
     functions: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
     for thread, frames, count in stacks:
         if thread != writer:
             continue
-        for name in {_frame_name(f) for f in frames}:
+        for name in {_frame_name(f) for f in frames} - GENERIC:
             functions[name] += count
-        joined = ";".join(frames)
+        if frames:
+            leaves[_frame_name(frames[-1])] += count
+        joined = ";".join(_frame_name(f) for f in frames)
         label = "other Python in the writer"
         for category, needles in CATEGORIES:
             if any(n in joined for n in needles):
@@ -87,10 +95,14 @@ def summarise(path: Path) -> dict[str, Any]:
     lines += [f"- {share:.0%} {label}" for label, share in shares.items()]
     lines += ["", "busiest functions (inclusive share of the writer thread):"]
     lines += [f"- {share:.0%} `{name}`" for name, share in top]
+    own = [(name, round(n / total, 3)) for name, n in leaves.most_common(TOP)] if total else []
+    lines += ["", "where the samples end (self time, waits included):"]
+    lines += [f"- {share:.0%} `{name}`" for name, share in own]
     return {
         "threads": dict(threads.most_common()),
         "writer_thread": writer,
         "writer_shares": shares,
         "writer_top_functions": top,
+        "writer_self_time": own,
         "summary": "\n".join(lines),
     }
