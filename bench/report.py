@@ -161,7 +161,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"# fieldtrack ingest benchmark — {report['meta']['date']}",
         "",
         f"{report['meta']['machine']}; mode: {report['meta']['mode']}; "
-        f"parts: {', '.join(report['meta']['parts'])}; took {report['meta']['seconds']:.0f} s",
+        f"parts: {', '.join(report['meta']['parts'])}; took {report['meta']['seconds']:.0f} s; "
+        f"1-min load average {report['meta'].get('load_average_at_start')} at the start, "
+        f"{report['meta'].get('load_average_at_end')} at the end (shared machine: compare "
+        "ratios, not absolute figures)",
         "",
         "| measure | result | reference (same run) | ratio |",
         "|---|---|---|---|",

@@ -77,6 +77,8 @@ def _meta(parts: list[str], quick: bool) -> dict[str, Any]:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores, {memory:.0f} GiB RAM, {platform.platform(terse=True)}",
         "python": platform.python_version(),
+        # the machine is shared: how busy it was says how far to trust absolute figures
+        "load_average_at_start": round(os.getloadavg()[0], 1),
         "mode": "quick" if quick else "full",
         "parts": parts,
     }
@@ -187,6 +189,7 @@ def run_bench(
         report["queries"] = _queries(out_dir, sizes)
     report["targets"] = report_mod.targets(report)
     report["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    report["meta"]["load_average_at_end"] = round(os.getloadavg()[0], 1)
     report_mod.write(report, out_dir)
     return report
 
