@@ -53,17 +53,19 @@
     const region = (x, y, text) => ({ x, y, xref: "x", yref: "y", text, showarrow: false, font: { color: "#8795a1", size: 13 } });
     return draw(el, traces, {
       title: { text: title },
-      xaxis: { title: { text: "user value (measured)" }, range: [-0.05, 1.05], zeroline: false },
-      yaxis: { title: { text: "business value (delivery)" }, range: [-0.05, 1.05], zeroline: false },
+      margin: { l: 50, r: 20, t: 60, b: 90 },
+      xaxis: { title: { text: "user value (measured)", standoff: 28 }, range: [-0.05, 1.08], zeroline: false },
+      yaxis: { title: { text: "business value (delivery)" }, range: [-0.2, 1.2], zeroline: false, tickvals: [0, 0.25, 0.5, 0.75, 1] },
       shapes: [
         { type: "line", x0: xLine, x1: xLine, y0: 0, y1: 1, line: { dash: "dot", color: "#aab4bf" } },
         { type: "line", x0: 0, x1: 1, y0: yLine, y1: yLine, line: { dash: "dot", color: "#aab4bf" } },
       ],
+      // region names sit just outside the plotted square, clear of the points
       annotations: [
-        region((1 + xLine) / 2, 1.0, "iterate / invest"),
-        region((1 + xLine) / 2, yLine / 2, "keep prudently"),
-        region(xLine / 2, 1.0, "cut candidate (business value only)"),
-        region(xLine / 2, yLine / 2, "cut candidate"),
+        region((1 + xLine) / 2, 1.1, "iterate / invest"),
+        region((1 + xLine) / 2, -0.13, "keep prudently"),
+        region(xLine / 2, 1.1, "cut candidate (business value only)"),
+        region(xLine / 2, -0.13, "cut candidate"),
       ],
     });
   }
