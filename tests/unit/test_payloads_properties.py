@@ -23,7 +23,7 @@ from services.core.topics import MessageKind
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=10)
 KINDS = [kind.value for kind in MessageKind]
-PROFILE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 serials = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z")
 topics = st.one_of(
