@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test test-fast lint typecheck infra down status clean-state bench
+.PHONY: install demo test test-fast lint typecheck infra down status clean-state bench chaos
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ down: install
 	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/test $(BIN)/fieldtrack infra down
 	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/bench FIELDTRACK_LOCAL_PG_PORT=54349 \
 		FIELDTRACK_LOCAL_MQTT_PORT=18850 $(BIN)/fieldtrack infra down
+	FIELDTRACK_STATE_DIR=$${FIELDTRACK_CHAOS_STATE_DIR:-$(CURDIR)/.state/chaos} \
+	  FIELDTRACK_LOCAL_PG_PORT=$${FIELDTRACK_LOCAL_PG_PORT:-54359} \
+	  FIELDTRACK_LOCAL_MQTT_PORT=$${FIELDTRACK_LOCAL_MQTT_PORT:-18860} $(BIN)/fieldtrack infra down
 
 lint: install
 	$(BIN)/ruff check services device_sim bench tests
@@ -50,3 +53,9 @@ test-fast: install
 # BENCH_ARGS="--quick" for a smoke run, "--only ingest" etc. for parts.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The fault suite, long version: its own TimescaleDB and Mosquitto (.state/chaos, ports 54359
+# and 18860 unless FIELDTRACK_LOCAL_PG_PORT / _MQTT_PORT say otherwise), every fault under
+# load, then a report in .state/chaos/report/. CHAOS_ARGS="--only burst-2x" runs a subset.
+chaos: install
+	$(BIN)/python -m tests.integration.chaos $(CHAOS_ARGS)

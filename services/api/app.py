@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(module.router)
     app.include_router(pages.router)
+    errors.document_access_errors(app)
     # Static assets (CSS, scripts) are public: the login page needs them.
     app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
     app.mount("/vendor/plotly", StaticFiles(directory=chart_library_dir()), name="plotly")

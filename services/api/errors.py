@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import psycopg
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -36,8 +37,10 @@ class ErrorBody(BaseModel):
 
 
 class ImportErrorBody(BaseModel):
-    detail: str = Field(examples=["2 row error(s); nothing was imported"])
-    errors: list[RowError]
+    # text for rejected rows; FastAPI's list of {loc, msg, type} when the request itself is
+    # malformed (no file, wrong field)
+    detail: str | list[dict[str, Any]] = Field(examples=["2 row error(s); nothing was imported"])
+    errors: list[RowError] = Field(default_factory=list)
 
 
 Responses = dict[int | str, dict[str, Any]]
@@ -51,12 +54,70 @@ BROKER_DOWN: Responses = {
         "description": "the MQTT broker refused or is unreachable; nothing changed",
     }
 }
+# Every route behind a token may answer these (the access rules are in services/api/auth.py).
+ACCESS: Responses = {
+    401: {"model": ErrorBody, "description": "no token, or an unknown, expired or revoked one"},
+    403: {"model": ErrorBody, "description": "the token's role may not do this"},
+}
 IMPORT_REJECTED: Responses = {
     422: {"model": ImportErrorBody, "description": "rows with errors; nothing was imported"}
 }
 
 
+def document_access_errors(app: FastAPI) -> None:
+    """State 401 and 403 in every operation of the OpenAPI schema: any route behind a token
+    may answer them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                for code, spec in ACCESS.items():
+                    operation.setdefault("responses", {}).setdefault(str(code), {
+                        "description": spec["description"],
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                    })  # fmt: skip
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _unstorable(msg: str, kind: str) -> JSONResponse:
+    # FastAPI's 422 shape, so clients parse one kind of validation error
+    return JSONResponse(
+        {"detail": [{"loc": ["request"], "msg": msg, "type": kind}]},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(psycopg.errors.UntranslatableCharacter)
+    @app.exception_handler(psycopg.errors.CharacterNotInRepertoire)
+    def unstorable_text(request: Request, exc: psycopg.Error) -> JSONResponse:
+        return _unstorable(
+            "a text value holds a character that cannot be stored (NUL, \\u0000, or an "
+            "invalid code point); remove it and retry",
+            "unstorable_text",
+        )
+
+    @app.exception_handler(psycopg.DataError)
+    def unstorable_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _unstorable(f"a value the database cannot store: {first}", "unstorable_value")
+
+    @app.exception_handler(OverflowError)
+    def out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
+        return _unstorable(
+            f"a date or number is out of range ({exc}); use dates between years 1 and 9999 in UTC",
+            "out_of_range",
+        )
+
     @app.exception_handler(AuthenticationError)
     def unauthenticated(request: Request, exc: AuthenticationError) -> Response:
         if isinstance(exc, LoginRequired):

@@ -32,7 +32,10 @@ def _clean_text(value: str) -> str:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("must carry a time zone (e.g. 2026-01-31T12:00:00Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 CleanText = Annotated[str, AfterValidator(_clean_text)]

@@ -49,9 +49,16 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
         description="stable per process: the broker keeps this client's session across restarts",
     )
-    ingest_share_group: str = Field(default="fieldtrack", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    ingest_share_group: str = Field(
+        default="fieldtrack",
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="shared-subscription group; empty: a plain subscription (one ingest process)",
+    )
     ingest_batch_max: Annotated[int, Field(ge=1, le=50_000)] = 2000
     ingest_batch_wait_ms: Annotated[int, Field(ge=1, le=10_000)] = 200
+    ingest_keepalive_s: int = Field(
+        default=30, ge=2, le=3600, description="MQTT keepalive of the ingest connection (seconds)"
+    )
     ingest_max_future_skew_s: Annotated[int, Field(ge=0, le=86_400)] = 600
     ingest_late_data_days: int = Field(
         default=30, ge=1, le=3650, description="default late-data window; a project may set its own"

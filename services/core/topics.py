@@ -42,8 +42,10 @@ def device_publish_filter(serial: str) -> str:
 
 
 def shared_subscription(group: str) -> str:
-    """Several ingest processes split the load through one shared subscription."""
-    return f"$share/{group}/{INGEST_TOPIC_FILTER}"
+    """Several ingest processes split the load through one shared subscription. No group: a
+    plain subscription, which Mosquitto 2.0 keeps across its restarts (shared ones it does
+    not restore from its persistence file)."""
+    return f"$share/{group}/{INGEST_TOPIC_FILTER}" if group else INGEST_TOPIC_FILTER
 
 
 def parse_topic(topic: str) -> DeviceTopic | None:

@@ -347,7 +347,10 @@ class _Rows:
 
 # Errors that retrying the same batch cannot cure: a message the database refuses, or one
 # that trips a bug in our code. Connection and server errors are retried instead.
-NOT_TRANSIENT = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, UnicodeError)
+NOT_TRANSIENT = (
+    psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, UnicodeError,
+    ArithmeticError,  # e.g. a date computation out of range
+)  # fmt: skip
 
 
 def store_isolating(

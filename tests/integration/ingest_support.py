@@ -36,6 +36,8 @@ from services.core.paths import PROJECT_ROOT
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
+from services.infra.postgres import PG_BIN
+from services.infra.system import run
 from services.registry import upserts as registry
 from services.registry.upserts import DeviceCredential
 from tests.integration.conftest import scratch_database
@@ -533,6 +535,20 @@ def fault_database(local_services: LocalServices, settings: Settings) -> Iterato
         with psycopg.connect(url, autocommit=True) as conn:
             project_id, feature_key = create_project(conn, token)
         yield FaultEnv(url, project_id, feature_key, token, log_dir)
+
+
+def stop_postgres_now(services: LocalServices) -> None:
+    """`pg_ctl -m immediate stop`: no checkpoint, clients cut off, crash recovery at start."""
+    pg = services.postgres
+    run([PG_BIN / "pg_ctl", "-D", pg.data, "-m", "immediate", "-w", "stop"],
+        what="PostgreSQL immediate stop", as_user="postgres")  # fmt: skip
+
+
+def ensure_postgres(services: LocalServices) -> None:
+    pg = services.postgres
+    if not pg.running():
+        pg.start(lambda message: print(f"[infra] {message}"))
+    pg.wait_ready()
 
 
 def wait_until_stored(

@@ -15,18 +15,18 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
-from services.infra.postgres import PG_BIN
-from services.infra.system import run
 from tests.integration.conftest import discard_session, wait_for
 from tests.integration.ingest_support import (
     Background,
     IngestProcess,
     Ledger,
     account,
+    ensure_postgres,
     fault_database,
     fleet,
     free_port,
     publish_streams,
+    stop_postgres_now,
     stored_count,
     try_metric_samples,
     usage_body,
@@ -97,19 +97,6 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
 # --- 8. PostgreSQL down under load ----------------------------------------------------------
 
 
-def _stop_postgres_now(services: LocalServices) -> None:
-    pg = services.postgres
-    run([PG_BIN / "pg_ctl", "-D", pg.data, "-m", "immediate", "-w", "stop"],
-        what="PostgreSQL immediate stop", as_user="postgres")  # fmt: skip
-
-
-def _ensure_postgres(services: LocalServices) -> None:
-    pg = services.postgres
-    if not pg.running():
-        pg.start(lambda message: print(f"[infra] {message}"))
-    pg.wait_ready()
-
-
 def test_postgres_down_for_twenty_seconds_ingest_resumes_by_itself(
     local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:
@@ -133,12 +120,12 @@ def test_postgres_down_for_twenty_seconds_ingest_resumes_by_itself(
                 )
                 wait_for(lambda: stored_count(env.url, serials) >= 200, timeout=30)
                 try:
-                    _stop_postgres_now(local_services)
+                    stop_postgres_now(local_services)
                     stopped_at = time.monotonic()
                     time.sleep(outage_s)
                     assert ingest.alive(), "ingest died while the database was down"
                 finally:
-                    _ensure_postgres(local_services)
+                    ensure_postgres(local_services)
                 restarted_at = time.monotonic()
                 ledger: Ledger = stream.join(120)
                 indeterminate = ledger.wait_acks(60)
@@ -147,7 +134,7 @@ def test_postgres_down_for_twenty_seconds_ingest_resumes_by_itself(
                 assert ingest.alive() and ingest.runs == 1, "ingest had to be restarted"
                 code, _, stopped = ingest.terminate(30)
             finally:
-                _ensure_postgres(local_services)
+                ensure_postgres(local_services)
                 _finish(ingest, settings)
         result = account(env.url, ledger, serials)
     retries = ingest.log().count("retrying in")
