@@ -63,7 +63,9 @@ def log_in(client: TestClient, username: str, password: str, next_path: str = "/
 
 
 def page_csrf(client: TestClient) -> str:
-    match = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)
+    match = re.search(
+        r'name="csrf-token" content="([^"]+)"', client.get("/dashboards/customers").text
+    )
     assert match
     return match.group(1)
 
@@ -86,7 +88,9 @@ def test_a_page_sends_the_browser_to_login_and_back(
     for attribute in ("HttpOnly", "SameSite=lax", "Secure", "Path=/"):
         assert attribute.lower() in cookie.lower(), cookie
     home = browser.get("/")
-    assert home.status_code == 200 and user.username in home.text
+    assert home.status_code == 303 and home.headers["location"] == "/dashboards/customers"
+    page = browser.get(home.headers["location"])
+    assert page.status_code == 200 and user.username in page.text
 
 
 def test_open_redirects_are_refused(browser: TestClient, user: accounts.User) -> None:
