@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg.rows import class_row
 from pydantic import BaseModel, Field
 
+from services.analytics.windows import Span, feature_events, using_devices
 from services.core.errors import NotFoundError
 
 
@@ -51,14 +52,19 @@ REPORTING = """
 SELECT count(*) FROM devices d JOIN device_state s ON s.device_id = d.id
 WHERE d.project_id = %(project)s AND s.last_seen >= %(since)s AND s.last_seen < %(until)s
 """
-FEATURES = """
-WITH used AS (
-    SELECT feature_key, sum(events)::bigint AS events,
-           count(DISTINCT device_id)::int AS devices_using, max(hour) AS last_used_hour
-    FROM usage_hourly
-    WHERE project_id = %(project)s AND hour >= time_bucket('1 hour', %(since)s::timestamptz)
-      AND hour < %(until)s
-    GROUP BY feature_key
+# The window starts at the start of the hour holding `since` (this page counts whole hours);
+# read from the day and month rollups (windows.py).
+FEATURES = f"""
+WITH per_device AS ({using_devices()}),
+events AS ({feature_events()}),
+used AS (
+    SELECT p.feature_key, coalesce(e.events, 0)::bigint AS events,
+           count(*)::int AS devices_using,
+           (SELECT max(hour) FROM usage_hourly h
+            WHERE h.project_id = %(project)s AND h.feature_key = p.feature_key
+              AND h.hour >= %(since)s AND h.hour < %(until)s) AS last_used_hour
+    FROM per_device p LEFT JOIN events e USING (project_id, feature_key)
+    GROUP BY p.feature_key, e.events
 ), delivered AS (
     SELECT f.key AS feature_key, f.name AS feature_name, dl.status
     FROM deliveries dl JOIN features f ON f.id = dl.feature_id
@@ -86,8 +92,10 @@ def project_usage(
     if project is None:
         raise NotFoundError(f"project {project_id} not found")
     reporting = conn.execute(REPORTING, params).fetchone()
+    start = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hours = {"projects": [project_id], **params, "since": start, **Span.of(start, until).params()}
     with conn.cursor(row_factory=class_row(FeatureUsage)) as cur:
-        features = cur.execute(FEATURES, params).fetchall()
+        features = cur.execute(FEATURES, hours).fetchall()
     return ProjectUsage(
         project_id=project_id,
         since=since,
