@@ -300,7 +300,7 @@ def _generate(url: str, target: int, report: Report, workers: int) -> None:
     report(f"  raw rows: {generate_s:.1f}s")
     began = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SET work_mem = '1GB'")
+        conn.execute("SET work_mem = '2GB'")  # the sequence walk sorts every message
         conn.execute("SET maintenance_work_mem = '1GB'")
         rebuild_rollups(conn)
         conn.execute("ANALYZE")
