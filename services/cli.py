@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -34,8 +35,10 @@ infra_app = typer.Typer(
     help="Local TimescaleDB and Mosquitto, without Docker.", no_args_is_help=True
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+rollups_app = typer.Typer(help="The rollups the analytics read.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
+app.add_typer(rollups_app, name="rollups")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
 app.add_typer(client_commands.customers_app, name="customers")
 app.add_typer(client_commands.projects_app, name="projects")
@@ -153,6 +156,30 @@ def db_migrate() -> None:
     except FieldtrackError as exc:
         raise _fail(exc) from exc
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@rollups_app.command("rebuild")
+def rollups_rebuild(
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="rebuild from the month holding this date on (default: everything)"),
+    ] = None,
+) -> None:
+    """Recompute every rollup from the raw rows (ingest waits while it runs)."""
+    import psycopg
+
+    from services.core.settings import get_settings
+    from services.ingest.rollups import rebuild_rollups
+
+    started = time.monotonic()
+    try:
+        url = get_settings().database_url.get_secret_value()
+        with psycopg.connect(url) as conn:
+            start = rebuild_rollups(conn, since.replace(tzinfo=UTC) if since else None)
+    except (FieldtrackError, psycopg.Error) as exc:
+        raise _fail(exc) from exc
+    where = f"from {start:%Y-%m-%d} on" if start else "all of them"
+    console.print(f"rollups rebuilt ({where}) in {time.monotonic() - started:.1f}s")
 
 
 # --- processes ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Delivered vs. used, per project and feature over a window — read from the rollups only.
+"""Delivered vs. used, per project and feature over a window — read from the rollups only
+(day and month grain with hour-exact edges, windows.py; every project in one pass).
 
 Definitions (also in docs/analytics.md, in a PM's words):
 - reporting devices: devices of the project that sent any message in the window. Silent
@@ -13,12 +14,22 @@ Definitions (also in docs/analytics.md, in a PM's words):
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 import psycopg
+from psycopg.rows import class_row
 from pydantic import BaseModel, Field
 
+from services.analytics.windows import (
+    Span,
+    feature_events,
+    project_messages,
+    reporting_devices,
+    using_devices,
+)
 from services.core.errors import NotFoundError
 
 
@@ -68,48 +79,61 @@ class ProjectMeasures(BaseModel):
     features: list[FeatureMeasures]
 
 
-CONTEXT = """
+CONTEXTS = """
 SELECT p.id AS project_id, p.name AS project_name, c.id AS customer_id, c.name AS customer_name,
        c.tier, c.industry, c.lifecycle_stage, p.go_live_date,
        (SELECT count(*) FROM devices d WHERE d.project_id = p.id AND d.status = 'active')::int
            AS devices_total
-FROM projects p JOIN customers c ON c.id = p.customer_id WHERE p.id = %(project)s
+FROM projects p JOIN customers c ON c.id = p.customer_id
+WHERE p.id = ANY(%(projects)s::bigint[]) ORDER BY p.id
 """
-COVERAGE = """
-SELECT count(DISTINCT device_id)::int,
-       count(DISTINCT (device_id, date_trunc('day', hour, 'UTC')))::int,
-       sum(messages)::bigint, (sum(messages) + greatest(sum(missing), 0))::bigint
-FROM device_hourly
-WHERE project_id = %(project)s AND hour >= %(since)s AND hour < %(until)s
+# Every query below covers all the projects asked for at once, from the day and month
+# rollups (windows.py): the same numbers as the hourly definitions in the docstring.
+COVERAGE = f"""
+WITH reporting AS ({reporting_devices()}),
+per_project AS (
+    SELECT project_id, count(*)::int AS devices, sum(days)::int AS device_days
+    FROM reporting GROUP BY 1
+), messages AS ({project_messages()})
+SELECT p.id, coalesce(r.devices, 0), coalesce(r.device_days, 0), m.messages,
+       m.messages + greatest(m.missing, 0)
+FROM unnest(%(projects)s::bigint[]) AS p(id)
+LEFT JOIN per_project r ON r.project_id = p.id LEFT JOIN messages m ON m.project_id = p.id
 """
-USAGE = """
-WITH per_device AS (
-    SELECT feature_key, device_id, sum(events) AS events,
-           count(DISTINCT date_trunc('day', hour, 'UTC')) AS use_days
-    FROM usage_hourly
-    WHERE project_id = %(project)s AND hour >= %(since)s AND hour < %(until)s
-    GROUP BY 1, 2
-)
-SELECT feature_key, count(*)::int, sum(events)::bigint, sum(use_days)::bigint
-FROM per_device GROUP BY 1
+USAGE = f"""
+WITH per_device AS ({using_devices()}),
+used AS (
+    SELECT project_id, feature_key, count(*)::int AS devices, sum(days)::bigint AS use_days
+    FROM per_device GROUP BY 1, 2
+), events AS ({feature_events()})
+SELECT u.project_id, u.feature_key, u.devices, coalesce(e.events, 0), u.use_days
+FROM used u LEFT JOIN events e USING (project_id, feature_key)
 """
-PREVIOUS = """
-SELECT feature_key, count(DISTINCT device_id)::int FROM usage_hourly
-WHERE project_id = %(project)s AND hour >= %(prev)s AND hour < %(since)s GROUP BY 1
+PREVIOUS = f"""
+WITH per_device AS ({using_devices("prev_")})
+SELECT project_id, feature_key, count(*)::int FROM per_device GROUP BY 1, 2
 """
-PREVIOUS_REPORTING = """
-SELECT count(DISTINCT device_id)::int FROM device_hourly
-WHERE project_id = %(project)s AND hour >= %(prev)s AND hour < %(since)s
+PREVIOUS_REPORTING = f"""
+WITH reporting AS ({reporting_devices("prev_")})
+SELECT project_id, count(*)::int FROM reporting GROUP BY 1
 """
+# First use ever and last use before the window's end, per project and feature: two index
+# probes each into usage_hourly (its key starts with project, feature, hour).
 FIRST_LAST = """
-SELECT feature_key, min(hour), max(hour) FILTER (WHERE hour < %(until)s)
-FROM usage_hourly WHERE project_id = %(project)s GROUP BY 1
+SELECT k.project_id, k.feature_key,
+       (SELECT min(hour) FROM usage_hourly u
+        WHERE u.project_id = k.project_id AND u.feature_key = k.feature_key),
+       (SELECT max(hour) FROM usage_hourly u
+        WHERE u.project_id = k.project_id AND u.feature_key = k.feature_key
+          AND u.hour < %(until)s)
+FROM unnest(%(pids)s::bigint[], %(keys)s::text[]) AS k(project_id, feature_key)
 """
-CATALOG = """
-SELECT f.key, f.name, dl.status
-FROM features f LEFT JOIN deliveries dl ON dl.feature_id = f.id AND dl.project_id = %(project)s
-WHERE dl.project_id IS NOT NULL OR f.key = ANY(%(used)s)
+DELIVERED = """
+SELECT dl.project_id, f.key, f.name, dl.status
+FROM deliveries dl JOIN features f ON f.id = dl.feature_id
+WHERE dl.project_id = ANY(%(projects)s::bigint[])
 """
+FEATURE_NAMES = "SELECT key, name FROM features WHERE key = ANY(%(keys)s)"
 
 
 @dataclass(frozen=True)
@@ -138,17 +162,68 @@ def _ratio(part: float, whole: float) -> float:
 
 
 def project_measures(conn: psycopg.Connection, project_id: int, window: Window) -> ProjectMeasures:
-    params = {"project": project_id, "since": window.since, "until": window.until,
-              "prev": window.previous}  # fmt: skip
-    with conn.cursor() as cur:
-        cur.row_factory = psycopg.rows.dict_row  # type: ignore[assignment]
-        row = cur.execute(CONTEXT, params).fetchone()
-    if row is None:
+    measured = measure_projects(conn, [project_id], window)
+    if project_id not in measured:
         raise NotFoundError(f"project {project_id} not found")
-    context = ProjectContext.model_validate(row)
-    reporting, device_days, received, expected = conn.execute(COVERAGE, params).fetchone() or (
-        0, 0, None, None,
-    )  # fmt: skip
+    return measured[project_id]
+
+
+def measure_projects(
+    conn: psycopg.Connection, project_ids: Sequence[int], window: Window
+) -> dict[int, ProjectMeasures]:
+    """The measures of every project asked for (unknown ids are left out), in a few
+    set-based queries over the rollups."""
+    params = {
+        "projects": list(project_ids), "until": window.until,
+        **Span.of(window.since, window.until).params(),
+        **Span.of(window.previous, window.since).params("prev_"),
+    }  # fmt: skip
+    with conn.cursor(row_factory=class_row(ProjectContext)) as cur:
+        contexts = {c.project_id: c for c in cur.execute(CONTEXTS, params)}
+    coverage = {
+        pid: (reporting, device_days, received, expected)
+        for pid, reporting, device_days, received, expected in conn.execute(COVERAGE, params)
+    }
+    usage: dict[int, dict[str, tuple[int, int, int]]] = defaultdict(dict)
+    for pid, key, n, events, days in conn.execute(USAGE, params):
+        usage[pid][key] = (n, events, days)
+    previous: dict[int, dict[str, int]] = defaultdict(dict)
+    for pid, key, n in conn.execute(PREVIOUS, params):
+        previous[pid][key] = n
+    prev_reporting: dict[int, int] = dict(conn.execute(PREVIOUS_REPORTING, params).fetchall())
+    catalog: dict[int, dict[str, tuple[str | None, str | None]]] = defaultdict(dict)
+    for pid, key, name, status in conn.execute(DELIVERED, params):
+        catalog[pid][key] = (name, status)
+    used_keys = sorted({key for features in usage.values() for key in features})
+    names: dict[str, str] = dict(conn.execute(FEATURE_NAMES, {"keys": used_keys}).fetchall())
+    for pid, features in usage.items():
+        for key in features:
+            catalog[pid].setdefault(key, (names.get(key), None))
+    pairs = [(pid, key) for pid in contexts for key in sorted(catalog[pid])]
+    first_last = {
+        (pid, key): (first, last)
+        for pid, key, first, last in conn.execute(
+            FIRST_LAST, {"pids": [p for p, _ in pairs], "keys": [k for _, k in pairs],
+                         "until": window.until},
+        )
+    }  # fmt: skip
+    return {
+        pid: _measures(
+            context, window, covered=coverage.get(pid, (0, 0, None, None)), usage=usage[pid],
+            previous=previous[pid], prev_reporting=prev_reporting.get(pid, 0),
+            catalog=catalog[pid], first_last=first_last,
+        )
+        for pid, context in contexts.items()
+    }  # fmt: skip
+
+
+def _measures(
+    context: ProjectContext, window: Window, *, covered: tuple[int, int, int | None, int | None],
+    usage: dict[str, tuple[int, int, int]], previous: dict[str, int], prev_reporting: int,
+    catalog: dict[str, tuple[str | None, str | None]],
+    first_last: dict[tuple[int, str], tuple[datetime | None, datetime | None]],
+) -> ProjectMeasures:  # fmt: skip
+    reporting, device_days, received, expected = covered
     coverage = Coverage(
         devices_reporting=reporting,
         devices_silent=max(0, context.devices_total - reporting),
@@ -156,20 +231,12 @@ def project_measures(conn: psycopg.Connection, project_id: int, window: Window) 
         device_days_reporting=device_days,
         completeness=min(1.0, received / expected) if received and expected else None,
     )
-    usage = {key: (n, events, days) for key, n, events, days in conn.execute(USAGE, params)}
-    previous: dict[str, int] = dict(conn.execute(PREVIOUS, params).fetchall())
-    prev_row = conn.execute(PREVIOUS_REPORTING, params).fetchone()
-    prev_reporting = prev_row[0] if prev_row else 0
-    first_last = {key: (first, last) for key, first, last in conn.execute(FIRST_LAST, params)}
-    catalog = conn.execute(CATALOG, {**params, "used": list(usage)}).fetchall()
-    known = {key for key, _, _ in catalog}
-    catalog += [(key, None, None) for key in usage if key not in known]
     features = []
-    for key, name, status in catalog:
+    for key, (name, status) in catalog.items():
         devices_using, events, use_days = usage.get(key, (0, 0, 0))
         adoption = _ratio(devices_using, reporting)
         adoption_previous = _ratio(previous.get(key, 0), prev_reporting) if prev_reporting else None
-        first, last = first_last.get(key, (None, None))
+        first, last = first_last.get((context.project_id, key), (None, None))
         features.append(
             FeatureMeasures(
                 feature_key=key, feature_name=name, delivery_status=status,

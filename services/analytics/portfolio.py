@@ -18,7 +18,7 @@ from services.analytics.measures import (
     ProjectContext,
     ProjectMeasures,
     Window,
-    project_measures,
+    measure_projects,
 )
 from services.analytics.recommend import (
     AnalyticsThresholds,
@@ -29,6 +29,7 @@ from services.analytics.recommend import (
     assess,
     confidence,
 )
+from services.analytics.windows import Span, reporting_devices, using_devices
 from services.core.errors import NotFoundError
 
 DELIVERIES = """
@@ -40,15 +41,9 @@ FROM deliveries dl JOIN features f ON f.id = dl.feature_id
 WHERE dl.status = 'delivered'
 """
 PROJECT_IDS = "SELECT id FROM projects ORDER BY id"
-FIRMWARE = """
-WITH reporting AS (
-    SELECT DISTINCT h.device_id FROM device_hourly h
-    WHERE h.project_id = %(project)s AND h.hour >= %(since)s AND h.hour < %(until)s
-), using_ AS (
-    SELECT DISTINCT u.device_id FROM usage_hourly u
-    WHERE u.project_id = %(project)s AND u.feature_key = %(feature)s
-      AND u.hour >= %(since)s AND u.hour < %(until)s
-)
+FIRMWARE = f"""
+WITH reporting AS ({reporting_devices()}),
+using_ AS ({using_devices(where="AND feature_key = %(feature)s")})
 SELECT coalesce(d.firmware, 'unknown'), count(*)::int,
        count(*) FILTER (WHERE d.id IN (SELECT device_id FROM using_))::int
 FROM reporting r JOIN devices d ON d.id = r.device_id
@@ -118,7 +113,7 @@ def portfolio(
     conn: psycopg.Connection, window: Window, thresholds: AnalyticsThresholds
 ) -> Portfolio:
     ids = [row[0] for row in conn.execute(PROJECT_IDS)]
-    measured = {pid: project_measures(conn, pid, window) for pid in ids}
+    measured = measure_projects(conn, ids, window)
     business = {(p, k): rest for p, k, *rest in conn.execute(DELIVERIES)}
     evidence: list[FeatureEvidence] = []
     levels: dict[int, tuple[Confidence, str]] = {}
@@ -167,8 +162,8 @@ def project_analytics(
 def firmware_breakdown(
     conn: psycopg.Connection, project_id: int, feature_key: str, window: Window
 ) -> list[FirmwareGroup]:
-    params = {"project": project_id, "feature": feature_key, "since": window.since,
-              "until": window.until}  # fmt: skip
+    params = {"projects": [project_id], "feature": feature_key,
+              **Span.of(window.since, window.until).params()}  # fmt: skip
     return [
         FirmwareGroup(
             firmware=fw, devices_reporting=n, devices_using=u, adoption=u / n if n else 0.0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import psycopg
 from psycopg.rows import class_row
 from pydantic import BaseModel, Field
 
+from services.analytics.windows import Span, feature_events, using_devices
 from services.core.errors import NotFoundError
 
 
@@ -51,14 +52,19 @@ REPORTING = """
 SELECT count(*) FROM devices d JOIN device_state s ON s.device_id = d.id
 WHERE d.project_id = %(project)s AND s.last_seen >= %(since)s AND s.last_seen < %(until)s
 """
-FEATURES = """
-WITH used AS (
-    SELECT feature_key, sum(events)::bigint AS events,
-           count(DISTINCT device_id)::int AS devices_using, max(hour) AS last_used_hour
-    FROM usage_hourly
-    WHERE project_id = %(project)s AND hour >= time_bucket('1 hour', %(since)s::timestamptz)
-      AND hour < %(until)s
-    GROUP BY feature_key
+# The window starts at the start of the hour holding `since` (this page counts whole hours);
+# read from the day and month rollups (windows.py).
+FEATURES = f"""
+WITH per_device AS ({using_devices()}),
+events AS ({feature_events()}),
+used AS (
+    SELECT p.feature_key, coalesce(e.events, 0)::bigint AS events,
+           count(*)::int AS devices_using,
+           (SELECT max(hour) FROM usage_hourly h
+            WHERE h.project_id = %(project)s AND h.feature_key = p.feature_key
+              AND h.hour >= %(since)s AND h.hour < %(until)s) AS last_used_hour
+    FROM per_device p LEFT JOIN events e USING (project_id, feature_key)
+    GROUP BY p.feature_key, e.events
 ), delivered AS (
     SELECT f.key AS feature_key, f.name AS feature_name, dl.status
     FROM deliveries dl JOIN features f ON f.id = dl.feature_id
@@ -86,8 +92,10 @@ def project_usage(
     if project is None:
         raise NotFoundError(f"project {project_id} not found")
     reporting = conn.execute(REPORTING, params).fetchone()
+    start = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hours = {"projects": [project_id], **params, "since": start, **Span.of(start, until).params()}
     with conn.cursor(row_factory=class_row(FeatureUsage)) as cur:
-        features = cur.execute(FEATURES, params).fetchall()
+        features = cur.execute(FEATURES, hours).fetchall()
     return ProjectUsage(
         project_id=project_id,
         since=since,
@@ -105,14 +113,24 @@ class DailyUsage(BaseModel):
     devices_using: int = Field(description="distinct devices that used it that day")
 
 
-# Whole UTC days overlapping the window, for charts of use over time.
+# Whole UTC days overlapping the window, for charts of use over time: events from the
+# per-project day totals, distinct devices from the per-device day rows (migration 0007).
 DAILY = """
-SELECT feature_key, (time_bucket('1 day', hour))::date AS day, sum(events)::bigint AS events,
-       count(DISTINCT device_id)::int AS devices_using
-FROM usage_hourly
-WHERE project_id = %(project)s
-  AND hour >= time_bucket('1 day', %(since)s::timestamptz) AND hour < %(until)s
-GROUP BY 1, 2 ORDER BY 1, 2
+WITH days AS (
+    SELECT (%(since)s::timestamptz AT TIME ZONE 'UTC')::date AS first,
+           %(until)s::timestamptz AT TIME ZONE 'UTC' AS until
+), devices AS (
+    SELECT u.day, u.feature_key, count(*)::int AS devices_using
+    FROM usage_daily u, days
+    WHERE u.project_id = %(project)s AND u.day >= days.first AND u.day::timestamp < days.until
+    GROUP BY 1, 2
+)
+SELECT f.feature_key, f.day, f.events::bigint AS events, coalesce(d.devices_using, 0) AS devices_using
+FROM feature_daily f CROSS JOIN days
+LEFT JOIN devices d ON d.day = f.day AND d.feature_key = f.feature_key
+WHERE f.project_id = %(project)s AND f.day >= days.first AND f.day::timestamp < days.until
+  AND f.events > 0
+ORDER BY 1, 2
 """
 
 

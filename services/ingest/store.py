@@ -1,8 +1,9 @@
 """Classifying a batch of raw messages and writing it in one transaction.
 
 Valid readings are COPYed into a staging table and moved with ``ON CONFLICT DO NOTHING``,
-so a redelivered message adds nothing; the hourly rollup is fed from the rows that were
-really inserted, in the same transaction. Rejected messages go to the quarantine.
+so a redelivered message adds nothing; the rollups (hourly, daily, monthly; migrations 0002,
+0004, 0007) are fed from the rows that were really inserted, in the same transaction.
+Rejected messages go to the quarantine.
 """
 
 from __future__ import annotations
@@ -122,6 +123,33 @@ WITH inserted AS (
     SET events = h.events + excluded.events,
         readings = h.readings + excluded.readings,
         duration_ms = h.duration_ms + excluded.duration_ms
+), utc AS (
+    SELECT project_id, feature_key, device_id, count,
+           time_bucket('1 hour', device_time) AS hour,
+           (device_time AT TIME ZONE 'UTC')::date AS day
+    FROM inserted
+), daily AS (
+    INSERT INTO usage_daily AS t (project_id, day, feature_key, device_id, hours)
+    SELECT project_id, day, feature_key, device_id,
+           bit_or(1 << extract(hour FROM hour AT TIME ZONE 'UTC')::integer)
+    FROM utc GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (project_id, day, feature_key, device_id) DO UPDATE
+    SET hours = t.hours | excluded.hours WHERE t.hours | excluded.hours <> t.hours
+), monthly AS (
+    INSERT INTO usage_monthly AS t (project_id, month, feature_key, device_id, days)
+    SELECT project_id, date_trunc('month', day)::date, feature_key, device_id,
+           bit_or(1 << (extract(day FROM day)::integer - 1))
+    FROM utc GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (project_id, month, feature_key, device_id) DO UPDATE
+    SET days = t.days | excluded.days WHERE t.days | excluded.days <> t.days
+), feature_hours AS (
+    INSERT INTO feature_hourly AS t (project_id, hour, feature_key, events)
+    SELECT project_id, hour, feature_key, sum(count) FROM utc GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (project_id, hour, feature_key) DO UPDATE SET events = t.events + excluded.events
+), feature_days AS (
+    INSERT INTO feature_daily AS t (project_id, day, feature_key, events)
+    SELECT project_id, day, feature_key, sum(count) FROM utc GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (project_id, day, feature_key) DO UPDATE SET events = t.events + excluded.events
 )
 """
     + STORED_MESSAGES
@@ -136,17 +164,47 @@ WITH inserted AS (
 """
     + STORED_MESSAGES
 )
-# One row per device and hour; only messages stored for the first time are counted.
+# One row per device and hour; only messages stored for the first time are counted. The day,
+# month and project rollups follow from the same rows (bitmasks: see migration 0007).
 UPSERT_DEVICE_HOURLY = """
-INSERT INTO device_hourly AS h (device_id, project_id, hour, messages, seq_min, seq_max, missing)
-SELECT device_id, project_id, hour, messages, seq_min, seq_max, missing
-FROM incoming_device_hourly
-ORDER BY 1, 3
-ON CONFLICT (device_id, hour) DO UPDATE SET
-    messages = h.messages + excluded.messages,
-    missing = h.missing + excluded.missing,
-    seq_min = least(h.seq_min, excluded.seq_min),
-    seq_max = greatest(h.seq_max, excluded.seq_max)
+WITH hourly AS (
+    INSERT INTO device_hourly AS h (device_id, project_id, hour, messages, seq_min, seq_max,
+                                    missing)
+    SELECT device_id, project_id, hour, messages, seq_min, seq_max, missing
+    FROM incoming_device_hourly
+    ORDER BY 1, 3
+    ON CONFLICT (device_id, hour) DO UPDATE SET
+        messages = h.messages + excluded.messages,
+        missing = h.missing + excluded.missing,
+        seq_min = least(h.seq_min, excluded.seq_min),
+        seq_max = greatest(h.seq_max, excluded.seq_max)
+), utc AS (
+    SELECT project_id, device_id, hour, messages, missing,
+           (hour AT TIME ZONE 'UTC')::date AS day FROM incoming_device_hourly
+), daily AS (
+    INSERT INTO device_daily AS t (project_id, day, device_id, hours)
+    SELECT project_id, day, device_id,
+           bit_or(1 << extract(hour FROM hour AT TIME ZONE 'UTC')::integer)
+    FROM utc GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (project_id, day, device_id) DO UPDATE
+    SET hours = t.hours | excluded.hours WHERE t.hours | excluded.hours <> t.hours
+), monthly AS (
+    INSERT INTO device_monthly AS t (project_id, month, device_id, days)
+    SELECT project_id, date_trunc('month', day)::date, device_id,
+           bit_or(1 << (extract(day FROM day)::integer - 1))
+    FROM utc GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (project_id, month, device_id) DO UPDATE
+    SET days = t.days | excluded.days WHERE t.days | excluded.days <> t.days
+), project_hours AS (
+    INSERT INTO project_hourly AS t (project_id, hour, messages, missing)
+    SELECT project_id, hour, sum(messages), sum(missing) FROM utc GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (project_id, hour) DO UPDATE
+    SET messages = t.messages + excluded.messages, missing = t.missing + excluded.missing
+)
+INSERT INTO project_daily AS t (project_id, day, messages, missing)
+SELECT project_id, day, sum(messages), sum(missing) FROM utc GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (project_id, day) DO UPDATE
+SET messages = t.messages + excluded.messages, missing = t.missing + excluded.missing
 """
 COPY_DEVICE_HOURLY = """
 COPY incoming_device_hourly (device_id, project_id, hour, messages, seq_min, seq_max, missing)

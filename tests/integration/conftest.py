@@ -6,7 +6,6 @@ If they cannot start, every integration test errors with the reason: nothing is 
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -18,7 +17,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
@@ -28,6 +26,7 @@ from services.accounts import store as accounts
 from services.accounts.roles import Role
 from services.accounts.store import TokenCreate
 from services.api.app import create_app
+from services.api.background import serve_in_thread
 from services.core.broker_admin import BrokerAdmin
 from services.core.migrate import migrate
 from services.core.settings import Settings, get_settings
@@ -128,23 +127,8 @@ def ingest(settings: Settings) -> Iterator[IngestService]:
 def api_url(settings: Settings) -> Iterator[str]:
     """The real API, served by uvicorn in a background thread on a free 127.0.0.1 port
     (for clients that speak HTTP, like the CLI)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="test-api", daemon=True
-    )
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), timeout=30)
-    assert server.started, "the API server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_in_thread(settings) as url:
+        yield url
 
 
 def mint_token(
@@ -243,7 +227,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 
 @pytest.fixture
 def mqtt_login(settings: Settings) -> Callable[[str, str], bool]:
     """Whether the broker accepts a device login (username = client id = serial)."""
-    import threading
 
     def login(serial: str, password: str) -> bool:
         answered = threading.Event()

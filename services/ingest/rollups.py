@@ -1,0 +1,135 @@
+"""Rebuilding every rollup from the raw rows, set-based, in one transaction.
+
+Ingest keeps the rollups up to date message by message (services/ingest/store.py); this is
+for operators (after a repair of raw rows, or to check them) and for loading generated data
+in bulk (bench/dataset.py). It recomputes, from the month that holds *since* on:
+
+- ``usage_hourly`` from ``usage_events``;
+- ``device_hourly`` from the messages (reading 0 of each stored usage or telemetry message):
+  messages, sequence range and the sequence numbers skipped, walking each device's messages
+  in device-time order exactly as ingest does when messages arrive in order (a late message
+  that ingest counted as filling an earlier gap is simply in its place here);
+- the day, month and project rollups from those two (``rollups_from_hourly``, migration 0007).
+
+The rollup tables are locked against writes while it runs: ingest waits (the broker keeps
+its messages) and readers keep reading the old rows until the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROLLUP_TABLES = (
+    "usage_hourly", "device_hourly", "usage_daily", "usage_monthly", "device_daily",
+    "device_monthly", "feature_hourly", "feature_daily", "project_hourly", "project_daily",
+)  # fmt: skip
+
+LOCK = f"LOCK TABLE {', '.join(ROLLUP_TABLES)} IN EXCLUSIVE MODE"
+INDEXES = """
+SELECT c.relname, i.relname, con.conname, pg_get_constraintdef(con.oid), pg_get_indexdef(i.oid)
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid
+LEFT JOIN pg_constraint con ON con.conindid = i.oid AND con.conrelid = c.oid
+WHERE c.relname = ANY(%s) AND c.relnamespace = 'public'::regnamespace
+"""
+USAGE_HOURLY = """
+INSERT INTO usage_hourly (project_id, feature_key, device_id, hour, events, readings, duration_ms)
+SELECT project_id, feature_key, device_id, time_bucket('1 hour', device_time),
+       sum(count), count(*), coalesce(sum(duration_ms), 0)
+FROM usage_events WHERE device_time >= %(from)s::timestamptz
+GROUP BY 1, 2, 3, 4
+"""
+# The walk of store._sequence_gaps, as a window: a jump forward counts the numbers skipped,
+# a lower number is a restart (reboot). The first message after `from` continues from the
+# device's last message before it.
+DEVICE_HOURLY = """
+WITH messages AS (
+    SELECT device_id, project_id, seq, device_time FROM usage_events
+    WHERE item = 0 AND device_time >= %(from)s::timestamptz
+    UNION ALL
+    SELECT device_id, project_id, seq, device_time FROM metric_samples
+    WHERE item = 0 AND device_time >= %(from)s::timestamptz
+), walked AS (
+    SELECT device_id, project_id, seq, device_time,
+           lag(seq) OVER (PARTITION BY device_id ORDER BY device_time, seq) AS previous
+    FROM messages
+), gaps AS (
+    SELECT device_id, project_id, seq, time_bucket('1 hour', device_time) AS hour,
+           coalesce(previous, CASE WHEN %(from)s::timestamptz > '-infinity'::timestamptz THEN (
+               SELECT p.seq FROM (
+                   (SELECT seq, device_time FROM usage_events e
+                    WHERE e.device_id = walked.device_id AND e.item = 0
+                      AND e.device_time < %(from)s::timestamptz
+                    ORDER BY device_time DESC, seq DESC LIMIT 1)
+                   UNION ALL
+                   (SELECT seq, device_time FROM metric_samples m
+                    WHERE m.device_id = walked.device_id AND m.item = 0
+                      AND m.device_time < %(from)s::timestamptz
+                    ORDER BY device_time DESC, seq DESC LIMIT 1)
+               ) p ORDER BY p.device_time DESC, p.seq DESC LIMIT 1) END) AS previous
+    FROM walked
+)
+INSERT INTO device_hourly (device_id, project_id, hour, messages, seq_min, seq_max, missing)
+SELECT device_id, min(project_id), hour, count(*), min(seq), max(seq),
+       coalesce(sum(seq - previous - 1) FILTER (WHERE seq > previous + 1), 0)
+FROM gaps GROUP BY device_id, hour
+"""
+
+
+def month_start(moment: datetime) -> datetime:
+    utc = moment.astimezone(UTC)
+    return utc.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+@contextmanager
+def without_indexes(cur: psycopg.Cursor[tuple[Any, ...]], tables: Sequence[str]) -> Iterator[None]:
+    """Drop the indexes (and keys) of *tables* and create them again on exit: a bulk load
+    into emptied tables then sorts each index once instead of inserting row by row."""
+    found = cur.execute(INDEXES, (list(tables),)).fetchall()
+    for table, index, constraint, _, _ in found:
+        if constraint:
+            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(table), sql.Identifier(constraint)))  # fmt: skip
+        else:
+            cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+    yield
+    for table, _, constraint, constraint_def, index_def in found:
+        if constraint:
+            add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}")
+            names = sql.Identifier(table), sql.Identifier(constraint)
+            cur.execute(add.format(*names, sql.SQL(constraint_def)))
+        else:
+            cur.execute(sql.SQL(index_def))
+
+
+def rebuild_rollups(conn: psycopg.Connection, since: datetime | None = None) -> datetime | None:
+    """Recompute every rollup from the raw rows from the month of *since* on (None: all).
+
+    Returns the start of what was rebuilt (a UTC month start; None for everything). Rebuilding
+    everything empties the tables and recreates their indexes after the load (readers wait);
+    a partial rebuild only locks them against writes."""
+    start = None if since is None else month_start(since)
+    params = {"from": "-infinity" if start is None else start}
+    with conn.transaction(), conn.cursor() as cur:
+        if start is None:
+            cur.execute(sql.SQL("TRUNCATE {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, ROLLUP_TABLES))))  # fmt: skip
+            with without_indexes(cur, ROLLUP_TABLES):
+                _rebuild(cur, params)
+        else:
+            cur.execute(LOCK)
+            cur.execute("DELETE FROM usage_hourly WHERE hour >= %(from)s::timestamptz", params)
+            cur.execute("DELETE FROM device_hourly WHERE hour >= %(from)s::timestamptz", params)
+            _rebuild(cur, params)
+    return start
+
+
+def _rebuild(cur: psycopg.Cursor[tuple[Any, ...]], params: Mapping[str, object]) -> None:
+    cur.execute(USAGE_HOURLY, params)
+    cur.execute(DEVICE_HOURLY, params)
+    cur.execute("SELECT rollups_from_hourly(%(from)s::timestamptz)", params)
