@@ -125,7 +125,8 @@ WITH days AS (
     WHERE u.project_id = %(project)s AND u.day >= days.first AND u.day::timestamp < days.until
     GROUP BY 1, 2
 )
-SELECT f.feature_key, f.day, f.events::bigint AS events, coalesce(d.devices_using, 0) AS devices_using
+SELECT f.feature_key, f.day, f.events::bigint AS events,
+       coalesce(d.devices_using, 0) AS devices_using
 FROM feature_daily f CROSS JOIN days
 LEFT JOIN devices d ON d.day = f.day AND d.feature_key = f.feature_key
 WHERE f.project_id = %(project)s AND f.day >= days.first AND f.day::timestamp < days.until
