@@ -20,6 +20,8 @@ from services.api.routes import (
     deliveries,
     devices,
     features,
+    fleet,
+    fleet_pages,
     health,
     imports,
     pages,
@@ -72,12 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         features,
         deliveries,
         devices,
+        fleet,
         imports,
         quarantine,
         schemas,
     ):
         app.include_router(module.router)
     app.include_router(pages.router)
+    app.include_router(fleet_pages.router)
     # Static assets (CSS, scripts) are public: the login page needs them.
     app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
     app.mount("/vendor/plotly", StaticFiles(directory=chart_library_dir()), name="plotly")

@@ -21,6 +21,8 @@ MAX_DAYS = 400
 class PageWindow(Window):
     """`?days=7|30|90` (default 30, ending now) or a custom `?since=…&until=…`."""
 
+    default_days = DEFAULT_DAYS
+
     def __init__(
         self,
         days: Annotated[int | None, Query(ge=1, le=MAX_DAYS, description="window length")] = None,
@@ -30,9 +32,9 @@ class PageWindow(Window):
         self.custom = since is not None or until is not None
         if not self.custom:
             until = datetime.now(UTC).replace(microsecond=0)
-            since = until - timedelta(days=days or DEFAULT_DAYS)
+            since = until - timedelta(days=days or self.default_days)
         super().__init__(since, until)
-        self.days = days or (DEFAULT_DAYS if not self.custom else None)
+        self.days = days or (self.default_days if not self.custom else None)
 
     @property
     def query(self) -> str:
