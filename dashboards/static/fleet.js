@@ -14,9 +14,10 @@
       { name: "offline", x: names, y: fleet.projects.map((p) => p.offline) },
       { name: "never seen", x: names, y: fleet.projects.map((p) => p.never_seen) },
     ], { stacked: true }));
-    ftOps.chartOr("firmware-chart", fleet.firmware.length > 0, (el) => ftCharts.bars(el, "Devices per firmware", [
-      { name: "devices", x: fleet.firmware.map((f) => f.firmware), y: fleet.firmware.map((f) => f.devices) },
-    ]));
+    // versions like "2.0" are names, not numbers: a category axis keeps "1.5.0" beside "2.0"
+    ftOps.chartOr("firmware-chart", fleet.firmware.length > 0, (el) => ftCharts.draw(el, [
+      { type: "bar", name: "devices", x: fleet.firmware.map((f) => f.firmware), y: fleet.firmware.map((f) => f.devices) },
+    ], { title: { text: "Devices per firmware" }, xaxis: { type: "category" }, yaxis: { title: { text: "devices" } } }));
     const unit = (d) => (d.unit ? ` (${d.unit})` : "");
     ftOps.chartOr("battery-chart", fleet.battery.values.length > 0, (el) =>
       ftCharts.histogram(el, "Latest battery level per device", fleet.battery.values, `battery${unit(fleet.battery)}`));

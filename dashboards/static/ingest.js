@@ -27,7 +27,7 @@
   function update(h) {
     const m = h.ingest_metrics;
     ftOps.fill(document, h, {
-      "recent.per_second": two, "recent.lag_p50_seconds": two, "recent.lag_p95_seconds": two,
+      "recent.per_second": ftOps.rate, "recent.lag_p50_seconds": two, "recent.lag_p95_seconds": two,
       "recent.lag_max_seconds": two, "ingest_metrics.messages": whole,
       "ingest_metrics.duplicates.usage": (v) => whole(v || 0), "ingest_metrics.duplicates.metric": (v) => whole(v || 0),
       "ingest_metrics.db_failures": whole, "ingest_metrics.queue_depth": whole,

@@ -29,6 +29,12 @@
     return value === null || value === undefined ? "—" : Number(value).toFixed(digits);
   }
 
+  // A rate with the decimals its size needs, as the `rate` template filter writes it.
+  function rate(value) {
+    if (value === null || value === undefined) return "—";
+    return Number(value).toFixed(value >= 10 ? 1 : value >= 1 ? 2 : 4);
+  }
+
   function pct(value) {
     return value === null || value === undefined ? "—" : `${Math.round(100 * value)}%`;
   }
@@ -108,5 +114,5 @@
     select.addEventListener("change", () => select.form.submit());
   });
 
-  window.ftOps = { utc, duration, fixed, pct, fill, chartOr, rows, poll };
+  window.ftOps = { utc, duration, fixed, rate, pct, fill, chartOr, rows, poll };
 })();

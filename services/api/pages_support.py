@@ -30,6 +30,10 @@ class PageWindow(Window):
         until: Annotated[datetime | None, Query()] = None,
     ) -> None:
         self.custom = since is not None or until is not None
+        # the picker's date inputs send plain dates (no zone): the pages speak UTC
+        since, until = (
+            v.replace(tzinfo=UTC) if v and v.tzinfo is None else v for v in (since, until)
+        )
         if not self.custom:
             until = datetime.now(UTC).replace(microsecond=0)
             since = until - timedelta(days=days or self.default_days)
@@ -50,7 +54,7 @@ class PageWindow(Window):
     @property
     def label(self) -> str:
         if not self.custom:
-            return f"last {self.days} days"
+            return f"last {self.days} day{'' if self.days == 1 else 's'}"
         return f"{self.since:%Y-%m-%d %H:%M} – {self.until:%Y-%m-%d %H:%M} UTC"
 
 

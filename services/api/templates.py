@@ -31,5 +31,13 @@ def duration(seconds: float | None) -> str:
     return " ".join(parts[:2])
 
 
+def rate(value: float | None) -> str:
+    """A rate with the decimals its size needs (as ops.js)."""
+    if value is None:
+        return "—"
+    return f"{value:.{1 if value >= 10 else 2 if value >= 1 else 4}f}"
+
+
 templates.env.filters["utc"] = utc
+templates.env.filters["rate"] = rate
 templates.env.filters["duration"] = duration

@@ -367,7 +367,7 @@ def test_ingest_page_shows_the_api_numbers(ops: TestClient, seeded: Seeded) -> N
     assert page.status_code == 200
     html = page.text
     assert field(html, "recent.messages") == "3"
-    assert field(html, "recent.per_second") == f"{3 / 900:.2f}"
+    assert field(html, "recent.per_second") == f"{3 / 900:.4f}"
     assert field(html, "recent.lag_p50_seconds") == "4.00"
     assert field(html, "recent.lag_p95_seconds") == "9.40"
     assert field(html, "quarantine.total") == "3"
