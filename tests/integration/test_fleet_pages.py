@@ -322,6 +322,13 @@ def test_device_page(ops: TestClient, seeded: Seeded) -> None:
     # the window picker: 7 days
     week = ops.get(f"/dashboards/devices/{seeded.devices['a2-1']}", params={"days": 7}).text
     assert 'id="messages-total">3<' in week
+    # a custom window from the picker's date inputs (plain dates, read as UTC)
+    day = seeded.now.date()
+    custom = ops.get(
+        f"/dashboards/devices/{seeded.devices['a-1']}",
+        params={"since": str(day - timedelta(days=1)), "until": str(day + timedelta(days=1))},
+    )
+    assert custom.status_code == 200 and 'id="messages-total">2<' in custom.text
 
 
 # --- ingest -------------------------------------------------------------------------------
