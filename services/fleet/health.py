@@ -165,8 +165,7 @@ def fleet_summary(
     projects only when customer_id is set, one project when project_id is."""
     now = now or datetime.now(UTC)
     scope = {"customer": customer_id, "project": project_id}
-    with conn.cursor(row_factory=class_row(ProjectFleet)) as cur:
-        projects = cur.execute(PROJECTS, scope).fetchall()
+    projects = project_fleet(conn, customer_id=customer_id, project_id=project_id)
     with conn.cursor(row_factory=class_row(_Stale)) as cur:
         stale_rows = cur.execute(
             STALE, {**scope, "cutoff": now - stale_after, "limit": STALE_LIST_LIMIT}
@@ -199,6 +198,14 @@ def fleet_summary(
         battery=latest_readings(conn, project_ids, BATTERY, now - LATEST_WITHIN),
         signal=latest_readings(conn, project_ids, SIGNAL, now - LATEST_WITHIN),
     )
+
+
+def project_fleet(
+    conn: psycopg.Connection, *, customer_id: int | None, project_id: int | None = None
+) -> list[ProjectFleet]:
+    """Device status counts per project (every project of the scope, even without devices)."""
+    with conn.cursor(row_factory=class_row(ProjectFleet)) as cur:
+        return cur.execute(PROJECTS, {"customer": customer_id, "project": project_id}).fetchall()
 
 
 def latest_readings(

@@ -56,9 +56,13 @@ def fleet_page(
 ) -> HTMLResponse:
     summary = fleet_for(conn, caller, project, stale_minutes)
     # the filter lists every project the caller may see, not only the one shown
-    everything = summary if project is None else fleet_for(conn, caller, None, stale_minutes)
+    projects = (
+        summary.projects
+        if project is None
+        else health.project_fleet(conn, customer_id=caller.customer_scope)
+    )
     return render(
-        request, "fleet.html", caller, fleet=summary, all_projects=everything.projects,
+        request, "fleet.html", caller, fleet=summary, all_projects=projects,
         stale_choices=STALE_CHOICES, fleet_json=summary.model_dump(mode="json"),
     )  # fmt: skip
 
