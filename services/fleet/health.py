@@ -133,12 +133,21 @@ WHERE d.status = 'active' AND {SCOPE}
 GROUP BY 1
 ORDER BY 2 DESC, 1
 """
+# One index probe per device (newest first on the device's identity index), not a sort of
+# every reading of the day: 3,000 devices × 2 days of 5-minute telemetry took 3.5 s per metric
+# with DISTINCT ON, and takes a fraction of that this way.
 LATEST_READINGS = """
-SELECT DISTINCT ON (m.device_id) m.value, m.unit
-FROM metric_samples m
-JOIN devices d ON d.id = m.device_id AND d.status = 'active'
-WHERE m.project_id = ANY(%(projects)s) AND m.name = %(metric)s AND m.device_time >= %(since)s
-ORDER BY m.device_id, m.device_time DESC
+SELECT r.value, r.unit
+FROM devices d
+CROSS JOIN LATERAL (
+    SELECT m.value, m.unit FROM metric_samples m
+    WHERE m.device_id = d.id AND m.project_id = d.project_id AND m.name = %(metric)s
+      AND m.device_time >= %(since)s
+    ORDER BY m.device_time DESC
+    LIMIT 1
+) r
+WHERE d.status = 'active' AND d.project_id = ANY(%(projects)s)
+ORDER BY d.id
 """
 
 
