@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test test-fast lint typecheck infra down status clean-state
+.PHONY: install demo test test-fast lint typecheck infra down status clean-state bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,12 @@ status: install
 down: install
 	$(BIN)/fieldtrack infra down
 	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/test $(BIN)/fieldtrack infra down
+	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/bench FIELDTRACK_LOCAL_PG_PORT=54349 \
+		FIELDTRACK_LOCAL_MQTT_PORT=18850 $(BIN)/fieldtrack infra down
 
 lint: install
-	$(BIN)/ruff check services device_sim tests
-	$(BIN)/ruff format --check services device_sim tests
+	$(BIN)/ruff check services device_sim bench tests
+	$(BIN)/ruff format --check services device_sim bench tests
 
 typecheck: install
 	$(BIN)/mypy
@@ -42,3 +44,9 @@ test: lint typecheck
 
 test-fast: install
 	scripts/run-pytest -m "not integration" $(PYTEST_ARGS)
+
+# Ingest measured against the broker's and PostgreSQL's own ceilings and a naive consumer, on
+# the bench's own services (.state/bench, ports 54349/18850); report in .state/bench/report.
+# BENCH_ARGS="--quick" for a smoke run, "--only ingest" etc. for parts.
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +38,13 @@ class Publisher(Protocol):
     def publish(self, serial: str, kind: MessageKind, payload: bytes) -> object: ...
     def drop(self, serial: str) -> object: ...
     def reconnect(self, serial: str) -> object: ...
+
+
+class Windowed(Protocol):
+    """What the load mode walks: the Generator, or any other source of device messages in
+    windows (the benchmark builds its messages as they are sent, stamped with the real time)."""
+
+    def windows(self, step: timedelta) -> Iterable[Iterable[Outgoing]]: ...
 
 
 @dataclass
@@ -91,7 +98,7 @@ def run_paced(
 
 
 def run_load(
-    generator: Generator, fleet: Publisher, *, rate: float | None, stop: threading.Event,
+    generator: Windowed, fleet: Publisher, *, rate: float | None, stop: threading.Event,
     progress: Progress | None = None,
 ) -> RunCounts:  # fmt: skip
     """Send everything as fast as the broker takes it, or at `rate` messages per second."""

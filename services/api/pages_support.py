@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -12,32 +12,47 @@ from fastapi.responses import HTMLResponse
 from services.accounts.roles import Permission, Principal
 from services.api.deps import Window
 from services.api.templates import templates
+from services.core.errors import InvalidInputError
 
 WINDOW_DAYS = (7, 30, 90)
 DEFAULT_DAYS = 30
 MAX_DAYS = 400
 
 
+def _moment(text: str | None, field: str, *, end: bool) -> datetime | None:
+    """A date from the picker (whole UTC days; an end date is included) or an ISO time."""
+    if not text:
+        return None
+    try:
+        if len(text) == len("2026-01-31"):
+            day = datetime.combine(date.fromisoformat(text), time(), tzinfo=UTC)
+            return day + timedelta(days=1) if end else day
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInputError(
+            "must be a date (2026-01-31) or an ISO time", field=field, location="query"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class PageWindow(Window):
-    """`?days=7|30|90` (default 30, ending now) or a custom `?since=…&until=…`."""
+    """`?days=7|30|90` (default 30, ending now) or a custom `?since=…&until=…` (dates from
+    the picker, or ISO times)."""
 
     default_days = DEFAULT_DAYS
 
     def __init__(
         self,
         days: Annotated[int | None, Query(ge=1, le=MAX_DAYS, description="window length")] = None,
-        since: Annotated[datetime | None, Query()] = None,
-        until: Annotated[datetime | None, Query()] = None,
+        since: Annotated[str | None, Query(max_length=40)] = None,
+        until: Annotated[str | None, Query(max_length=40)] = None,
     ) -> None:
-        self.custom = since is not None or until is not None
-        # the picker's date inputs send plain dates (no zone): the pages speak UTC
-        since, until = (
-            v.replace(tzinfo=UTC) if v and v.tzinfo is None else v for v in (since, until)
-        )
+        start, end = _moment(since, "since", end=False), _moment(until, "until", end=True)
+        self.custom = start is not None or end is not None
         if not self.custom:
-            until = datetime.now(UTC).replace(microsecond=0)
-            since = until - timedelta(days=days or self.default_days)
-        super().__init__(since, until)
+            end = datetime.now(UTC).replace(microsecond=0)
+            start = end - timedelta(days=days or self.default_days)
+        super().__init__(start, end)
         self.days = days or (self.default_days if not self.custom else None)
 
     @property
@@ -50,6 +65,11 @@ class PageWindow(Window):
     @property
     def api_query(self) -> str:
         return urlencode({"since": self.since.isoformat(), "until": self.until.isoformat()})
+
+    @property
+    def last_day(self) -> date:
+        """The last day the window touches (its end is exclusive), for the date picker."""
+        return (self.until - timedelta(microseconds=1)).date()
 
     @property
     def label(self) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +172,25 @@ class LocalPostgres:
         # The extension needs a superuser; migrations then find it in place.
         with psycopg.connect(self.superuser_conninfo(dbname), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+
+    @contextmanager
+    def scratch_database(self, app_url: str, prefix: str) -> Iterator[str]:
+        """A new database owned by the app role, with TimescaleDB; yields its URL (the app
+        URL with the database name replaced) and drops it on exit."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.superuser_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(APP_ROLE)
+                )
+            )
+        with psycopg.connect(self.superuser_conninfo(name), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION timescaledb")
+        try:
+            yield app_url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            with psycopg.connect(self.superuser_conninfo(), autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def timescaledb_version(self) -> str | None:
         try:

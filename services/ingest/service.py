@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -316,3 +317,22 @@ class IngestService:
         self._listener.join(LISTEN_POLL_S + 1)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def discard_session(settings: Settings, client_id: str) -> None:
+    """Remove the persistent broker session (and its queue) of an ingest client id that will
+    not come back (a retired process, a test or benchmark run), so the broker stops queueing
+    messages for it."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+        protocol=mqtt.MQTTv311,
+    )  # fmt: skip
+    client.username_pw_set(
+        settings.mqtt_ingest_username, settings.mqtt_ingest_password.get_secret_value()
+    )
+    with suppress(OSError):
+        client.connect(settings.mqtt_host, settings.mqtt_port, 10)
+        client.loop_start()
+        time.sleep(0.3)
+        client.disconnect()
+        client.loop_stop()

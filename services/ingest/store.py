@@ -96,7 +96,16 @@ COPY_METRICS = """
 COPY incoming_metrics (device_id, project_id, name, value, unit, device_time, received_at, seq,
                        item) FROM STDIN
 """
-MOVE_USAGE = """
+# What the move statements send back: reading 0 of each newly stored message (which marks the
+# message as stored), then one row with device_id NULL counting every reading inserted. Not
+# every reading: a message of 1,000 readings would send 1,000 rows back for one message.
+STORED_MESSAGES = """
+SELECT device_id, project_id, seq, device_time FROM inserted WHERE item = 0
+UNION ALL
+SELECT NULL, NULL, count(*), NULL FROM inserted
+"""
+MOVE_USAGE = (
+    """
 WITH inserted AS (
     INSERT INTO usage_events SELECT * FROM incoming_usage
     ON CONFLICT DO NOTHING
@@ -114,16 +123,19 @@ WITH inserted AS (
         readings = h.readings + excluded.readings,
         duration_ms = h.duration_ms + excluded.duration_ms
 )
-SELECT device_id, project_id, seq, device_time, item FROM inserted
 """
-MOVE_METRICS = """
+    + STORED_MESSAGES
+)
+MOVE_METRICS = (
+    """
 WITH inserted AS (
     INSERT INTO metric_samples SELECT * FROM incoming_metrics
     ON CONFLICT DO NOTHING
     RETURNING device_id, project_id, seq, device_time, item
 )
-SELECT device_id, project_id, seq, device_time, item FROM inserted
 """
+    + STORED_MESSAGES
+)
 # One row per device and hour; only messages stored for the first time are counted.
 UPSERT_DEVICE_HOURLY = """
 INSERT INTO device_hourly AS h (device_id, project_id, hour, messages, seq_min, seq_max, missing)
@@ -392,9 +404,15 @@ def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
 def _stored_messages(
     rows: list[tuple[Any, ...]], stored: list[tuple[int, int, int, datetime]]
 ) -> int:
-    """Note each newly stored message (its reading 0); return the readings inserted."""
-    stored += [(device, project, seq, at) for device, project, seq, at, item in rows if item == 0]
-    return len(rows)
+    """Note each newly stored message (its reading 0); return the readings inserted (the
+    count row of STORED_MESSAGES)."""
+    inserted = 0
+    for device, project, seq, at in rows:
+        if device is None:
+            inserted = int(seq)
+        else:
+            stored.append((device, project, seq, at))
+    return inserted
 
 
 def _sequence_gaps(

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,6 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
-from psycopg import sql
 from pydantic import SecretStr
 
 from device_sim.device import SimDevice
@@ -33,7 +32,7 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.migrate import migrate
 from services.core.settings import Settings, get_settings
 from services.infra.local import LocalServices
-from services.ingest.service import IngestService
+from services.ingest.service import IngestService, discard_session
 from services.registry import upserts as registry
 
 
@@ -57,17 +56,8 @@ def base_settings(local_services: LocalServices) -> Settings:
 @contextmanager
 def scratch_database(services: LocalServices, app_url: str, prefix: str) -> Iterator[str]:
     """A new database owned by the app role, with TimescaleDB; dropped on exit."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    pg = services.postgres
-    with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER fieldtrack").format(sql.Identifier(name)))
-    with psycopg.connect(pg.superuser_conninfo(name), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION timescaledb")
-    try:
-        yield app_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with services.postgres.scratch_database(app_url, prefix) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -132,24 +122,6 @@ def ingest(settings: Settings) -> Iterator[IngestService]:
     service.stop()
     # The session was persistent; drop it so the broker stops queueing for this client id.
     discard_session(settings, settings.ingest_client_id)
-
-
-def discard_session(settings: Settings, client_id: str) -> None:
-    """Remove a persistent broker session (and its queue) left by an ingest client id, so
-    later runs do not keep queueing messages for a consumer that will never return."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-        protocol=mqtt.MQTTv311,
-    )  # fmt: skip
-    client.username_pw_set(
-        settings.mqtt_ingest_username, settings.mqtt_ingest_password.get_secret_value()
-    )
-    with suppress(OSError):
-        client.connect(settings.mqtt_host, settings.mqtt_port, 10)
-        client.loop_start()
-        time.sleep(0.3)
-        client.disconnect()
-        client.loop_stop()
 
 
 @pytest.fixture(scope="session")
@@ -272,9 +244,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 
 def mqtt_login(settings: Settings) -> Callable[[str, str], bool]:
     """Whether the broker accepts a device login (username = client id = serial)."""
     import threading
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
     def login(serial: str, password: str) -> bool:
         answered = threading.Event()

@@ -45,6 +45,7 @@ READ_ALL = Rule(EVERYONE, scoped=True)
 RULES: dict[tuple[str, str], Rule] = {
     # public: health, login, API docs (static assets are mounts, checked apart)
     ("GET", "/health"): Rule(PUBLIC),
+    ("GET", "/favicon.ico"): Rule(PUBLIC),
     ("GET", "/login"): Rule(PUBLIC),
     ("POST", "/login"): Rule(PUBLIC),
     ("POST", "/auth/token"): Rule(PUBLIC),

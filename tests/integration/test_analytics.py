@@ -15,24 +15,21 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from device_sim import runner, scenario as scenario_mod
-from device_sim.generator import Generator, Truth, firmware_of
-from device_sim.scenario import Customer, Project, Scenario
-from device_sim.seed import seed
+from device_sim.generator import firmware_of
+from device_sim.scenario import Customer, Project
 from services.analytics.recommend import AnalyticsThresholds
-from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.infra.local import LocalServices
-from tests.integration.conftest import api_client, mint_token, scratch_database
+from tests.integration.conftest import api_client, mint_token
+from tests.integration.scenario_support import Loaded, load_scenario
 
 SCENARIO_FILE = Path(__file__).resolve().parents[1] / "scenarios" / "analytics.yaml"
 # "Heavily used", read from the truth: at least this share of the reporting fleet used it.
@@ -44,68 +41,10 @@ MAX_WINDOW_DAYS = 400  # the API's documented limit (docs/analytics.md)
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """The scratch database and what was generated into it."""
-
-    url: str
-    scenario: Scenario
-    truth: Json  # Generator.truth.to_json()
-    raw_truth: Truth  # the same truth, with device sets (for the firmware check)
-    since: datetime
-    until: datetime
-    project_ids: dict[str, int]
-    backfill_s: float
-
-    @property
-    def window(self) -> dict[str, str]:
-        return {"since": self.since.isoformat(), "until": self.until.isoformat()}
-
-    @property
-    def days(self) -> float:
-        return (self.until - self.since) / timedelta(days=1)
-
-    def projects(self) -> list[tuple[Customer, Project]]:
-        return self.scenario.projects()
-
-    def truth_of(self, project: str) -> Json:
-        return dict(self.truth["projects"][project])
-
-    def feature_truth(self, project: str, feature: str) -> Json:
-        """The truth for one feature; a feature nobody used has no entry: zeros."""
-        found = self.truth_of(project)["features"].get(feature)
-        return dict(found) if found else {"devices_using": 0, "events": 0, "messages": 0}
-
-    def truth_adoption(self, project: str, feature: str) -> float:
-        reporting = int(self.truth_of(project)["devices_reporting"])
-        return int(self.feature_truth(project, feature)["devices_using"]) / reporting
-
-
 @pytest.fixture(scope="module")
 def loaded(local_services: LocalServices, settings: Settings) -> Iterator[Loaded]:
-    scenario = scenario_mod.load(SCENARIO_FILE)
-    assert not any(scenario.inject.model_dump().values()), "no injected bad data here"
-    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = end - timedelta(days=scenario.days)
-    app_url = settings.database_url.get_secret_value()
-    with scratch_database(local_services, app_url, "fieldtrack_analytics") as url:
-        migrate(url)
-        generator = Generator(scenario, start, end, inject=False)
-        with psycopg.connect(url) as conn:
-            seed(conn, None, scenario, end.date())
-            started = time.monotonic()
-            report = runner.backfill(generator, conn)
-            backfill_s = time.monotonic() - started
-            rows = conn.execute("SELECT name, id FROM projects").fetchall()
-            project_ids: dict[str, int] = dict(rows)
-        truth = generator.truth.to_json()
-        assert report.quarantined == {} and report.duplicates == 0, report
-        assert report.messages == sum(
-            p["usage_messages"] + p["telemetry_messages"] for p in truth["projects"].values()
-        )
-        yield Loaded(
-            url, scenario, truth, generator.truth, start, end, project_ids, backfill_s
-        )  # fmt: skip
+    with load_scenario(local_services, settings, SCENARIO_FILE, "fieldtrack_analytics") as found:
+        yield found
 
 
 def _client(settings: Settings, url: str, **update: Any) -> TestClient:

@@ -1,0 +1,1 @@
+"""`make bench`: fieldtrack measured against the ceilings of the machine it runs on."""

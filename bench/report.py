@@ -1,0 +1,208 @@
+"""Targets, the figures table (Markdown and terminal), report.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# Issue #10's targets.
+BATCHED_SHARE_OF_COPY = 0.60
+SINGLE_MSGS_PER_S = 10_000
+TIMES_NAIVE = 10.0
+P99_LIMIT_S = 1.0
+
+Row = tuple[str, str, str, str]  # measure, result, reference, ratio
+
+
+def _phase(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = report.get("phases", {}).get(name)
+    return found
+
+
+def _best(report: dict[str, Any], names: Sequence[str], key: str) -> dict[str, Any] | None:
+    phases = [p for n in names if (p := _phase(report, n))]
+    return max(phases, key=lambda p: p[key]) if phases else None
+
+
+def _n(value: float | None, unit: str = "") -> str:
+    return "—" if value is None else f"{value:,.0f}{unit}"
+
+
+def _ratio(a: float | None, b: float | None, fmt: str = "{:.2f}") -> str:
+    return fmt.format(a / b) if a is not None and b else "—"
+
+
+def best_single(report: dict[str, Any]) -> dict[str, Any] | None:
+    return _best(report, ["single_live_1", "single_live_2"], "msgs_per_s")
+
+
+def best_batched(report: dict[str, Any]) -> dict[str, Any] | None:
+    return _best(report, ["batched_live_1", "batched_live_2"], "rows_per_s")
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its figure, its threshold and pass / fail (None: not measured)."""
+    ceilings = report.get("ceilings", {})
+    copy = ceilings.get("postgres_copy", {}).get("rows_per_s")
+    batched, single = best_batched(report), best_single(report)
+    naive = _phase(report, "naive")
+    latency = _phase(report, "latency")
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, limit: float | None, ok: bool | None) -> None:
+        out.append({"target": name, "value": value, "threshold": limit, "pass": ok})
+
+    share = batched["rows_per_s"] / copy if batched and copy else None
+    add("batched ingest rows/s ≥ 60 % of raw COPY", share, BATCHED_SHARE_OF_COPY,
+        None if share is None else share >= BATCHED_SHARE_OF_COPY)  # fmt: skip
+    rate = single["msgs_per_s"] if single else None
+    add("single-reading QoS 1 ≥ 10,000 msgs/s end to end", rate, SINGLE_MSGS_PER_S,
+        None if rate is None else rate >= SINGLE_MSGS_PER_S)  # fmt: skip
+    times = rate / naive["msgs_per_s"] if rate and naive and naive["msgs_per_s"] else None
+    add("single-reading ≥ 10× the naive reference", times, TIMES_NAIVE,
+        None if times is None else times >= TIMES_NAIVE)  # fmt: skip
+    p99 = latency["extra"]["p99_publish_to_commit_s"] if latency else None
+    add("p99 publish-to-commit < 1 s at 50 % of max rate", p99, P99_LIMIT_S,
+        None if p99 is None else p99 < P99_LIMIT_S)  # fmt: skip
+    return out
+
+
+def rows(report: dict[str, Any]) -> list[Row]:
+    """The figures table: every result beside the reference it is judged against."""
+    ceilings = report.get("ceilings", {})
+    qos1 = ceilings.get("broker_qos1", {}).get("msgs_per_s")
+    qos0 = ceilings.get("broker_qos0", {}).get("msgs_per_s")
+    publisher = ceilings.get("publisher", {}).get("msgs_per_s")
+    copy = ceilings.get("postgres_copy", {}).get("rows_per_s")
+    naive = _phase(report, "naive")
+    naive_rate = naive["msgs_per_s"] if naive else None
+    out: list[Row] = []
+    if qos1 or qos0:
+        out.append(("Broker, C clients (mosquitto_pub → mosquitto_sub), QoS 1",
+                    _n(qos1, " msg/s"), "", ""))  # fmt: skip
+        out.append(("Broker, C clients, QoS 0", _n(qos0, " msg/s"), "", ""))
+    if publisher:
+        out.append(("Simulator publisher (Python swarm) → broker → mosquitto_sub, QoS 1",
+                    _n(publisher, " msg/s"), "broker QoS 1", _ratio(publisher, qos1)))  # fmt: skip
+    if copy:
+        out.append(("PostgreSQL COPY (psql) into usage_events", _n(copy, " rows/s"), "", ""))
+    labels = {
+        "single_live": "fieldtrack, 1 reading/msg, live",
+        "single_backlog": "fieldtrack, 1 reading/msg, draining a backlog",
+        "batched_live": "fieldtrack, {r} readings/msg, live",
+    }
+    for key, label in labels.items():
+        for procs in (1, 2):
+            phase = _phase(report, f"{key}_{procs}")
+            if not phase:
+                continue
+            text = f"{label.format(r=phase['readings'])}, {procs} ingest"
+            if key == "batched_live":
+                out.append((text, f"{_n(phase['rows_per_s'])} rows/s "
+                            f"({_n(phase['msgs_per_s'])} msg/s)",
+                            "PostgreSQL COPY", _ratio(phase["rows_per_s"], copy)))  # fmt: skip
+            else:
+                live = key == "single_live"
+                reference = "simulator publisher" if live else "broker QoS 1"
+                ref = publisher if live else qos1
+                out.append((text, _n(phase["msgs_per_s"], " msg/s"), reference,
+                            _ratio(phase["msgs_per_s"], ref)))  # fmt: skip
+    if naive:
+        out.append(("Naive reference (INSERT + commit per message), live",
+                    _n(naive_rate, " msg/s"), "", ""))  # fmt: skip
+    single = best_single(report)
+    if single and naive_rate:
+        out.append(("fieldtrack ÷ naive (best single-reading live)",
+                    f"{single['msgs_per_s'] / naive_rate:.1f}×", "naive", ""))  # fmt: skip
+    latency = _phase(report, "latency")
+    if latency:
+        extra = latency["extra"]
+        out.append((f"Publish → commit at {extra['target_rate']:,} msg/s (50 % of max), p50 / p99",
+                    f"{extra['p50_publish_to_commit_s'] * 1000:.0f} / "
+                    f"{extra['p99_publish_to_commit_s'] * 1000:.0f} ms", "1 s (p99)",
+                    f"{extra['within_1s']:.2%} ≤ 1 s"))  # fmt: skip
+        out.append(("Publish → ingest receive (stored rows), p50 / p99",
+                    f"{extra['p50_publish_to_receive_s'] * 1000:.0f} / "
+                    f"{extra['p99_publish_to_receive_s'] * 1000:.0f} ms", "", ""))  # fmt: skip
+        out.append(("Ingest CPU / RSS at 50 % of max",
+                    f"{latency['cpu_percent']:.0f} % / {latency['rss_mib']:.0f} MiB",
+                    "", ""))  # fmt: skip
+    peak = _phase(report, "single_live_1")
+    if peak:
+        usage = f"{peak['cpu_percent']:.0f} % / {peak['rss_mib']:.0f} MiB"
+        out.append(("Ingest CPU / RSS at max rate (1 reading/msg, 1 ingest)", usage, "", ""))
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "not measured"}[ok]
+
+
+def _value(target: dict[str, Any]) -> str:
+    value = target["value"]
+    if value is None:
+        return "—"
+    if "60 %" in target["target"]:
+        return f"{value:.0%}"
+    if "10×" in target["target"]:
+        return f"{value:.1f}×"
+    if "p99" in target["target"]:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:,.0f} msg/s"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# fieldtrack ingest benchmark — {report['meta']['date']}",
+        "",
+        f"{report['meta']['machine']}; mode: {report['meta']['mode']}; "
+        f"parts: {', '.join(report['meta']['parts'])}; took {report['meta']['seconds']:.0f} s; "
+        f"1-min load average {report['meta'].get('load_average_at_start')} at the start, "
+        f"{report['meta'].get('load_average_at_end')} at the end (shared machine: compare "
+        "ratios, not absolute figures)",
+        "",
+        "| measure | result | reference (same run) | ratio |",
+        "|---|---|---|---|",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(report)),
+        "",
+        "| target | measured | result |",
+        "|---|---|---|",
+        *(f"| {t['target']} | {_value(t)} | {_verdict(t['pass'])} |" for t in report["targets"]),
+    ]
+    checks = report.get("checks", [])
+    if checks:
+        lines += ["", "Stored = published: " + "; ".join(checks)]
+    profile = report.get("profile")
+    if profile:
+        lines += ["", "## Where ingest spends its time (py-spy)", "", profile["summary"]]
+    queries = report.get("queries", {})
+    lines += ["", f"Queries: {queries.get('status', 'see queries')}"]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+def print_table(report: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"fieldtrack ingest benchmark ({report['meta']['mode']})")
+    for column in ("measure", "result", "reference (same run)", "ratio"):
+        table.add_column(column)
+    for row in rows(report):
+        table.add_row(*row)
+    console.print(table)
+    verdicts = Table(title="targets")
+    for column in ("target", "measured", "result"):
+        verdicts.add_column(column)
+    for target in report["targets"]:
+        verdicts.add_row(target["target"], _value(target), _verdict(target["pass"]))
+    console.print(verdicts)
