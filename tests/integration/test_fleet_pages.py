@@ -9,7 +9,6 @@ and a customer viewer sees only its customer's devices.
 from __future__ import annotations
 
 import http.server
-import json
 import re
 import threading
 from collections.abc import Iterator
@@ -26,55 +25,12 @@ from pydantic import SecretStr
 from services.accounts.roles import Role
 from services.core.migrate import migrate
 from services.core.settings import Settings
-from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
 from services.ingest.directory import DeviceDirectory
 from services.ingest.store import RawMessage, store_batch
 from services.registry import upserts as registry
 from tests.integration.conftest import api_client, mint_token, scratch_database
-
-
-def ago(now: datetime, **delta: float) -> datetime:
-    return now - timedelta(**delta)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def message(serial: str, kind: MessageKind, body: dict[str, Any], received: datetime) -> RawMessage:
-    return RawMessage(device_topic(serial, kind), json.dumps(body).encode(), received)
-
-
-def telemetry(
-    serial: str, seq: int, received: datetime, lag_s: float = 0, **metrics: float
-) -> RawMessage:
-    body = {
-        "v": 1, "seq": seq, "ts": _iso(received - timedelta(seconds=lag_s)),
-        "metrics": [{"name": k, "value": v, "unit": "%" if k == "battery" else None}
-                    for k, v in metrics.items()],
-    }  # fmt: skip
-    body["metrics"] = [{k: v for k, v in m.items() if v is not None} for m in body["metrics"]]
-    return message(serial, MessageKind.TELEMETRY, body, received)
-
-
-def usage(serial: str, seq: int, received: datetime, lag_s: float = 0) -> RawMessage:
-    body = {
-        "v": 1, "seq": seq, "ts": _iso(received - timedelta(seconds=lag_s)),
-        "events": [{"feature": "remote_unlock", "count": 1}],
-    }  # fmt: skip
-    return message(serial, MessageKind.USAGE, body, received)
-
-
-def status(serial: str, state: str, received: datetime, firmware: str | None = None) -> RawMessage:
-    body: dict[str, Any] = {"v": 1, "state": state, "ts": _iso(received)}
-    if firmware:
-        body["firmware"] = firmware
-    return message(serial, MessageKind.STATUS, body, received)
-
-
-def raw(serial: str, payload: bytes, received: datetime) -> RawMessage:
-    return RawMessage(device_topic(serial, MessageKind.USAGE), payload, received)
+from tests.integration.live_messages import ago, iso, raw, status, telemetry, usage
 
 
 def seed_messages(now: datetime) -> list[RawMessage]:
@@ -290,8 +246,8 @@ def test_device_telemetry_and_reporting_history(ops: TestClient, seeded: Seeded)
     got = ops.get(
         f"/devices/{device}/telemetry",
         params={
-            "since": _iso(ago(seeded.now, hours=1)),
-            "until": _iso(seeded.now + timedelta(minutes=1)),
+            "since": iso(ago(seeded.now, hours=1)),
+            "until": iso(seeded.now + timedelta(minutes=1)),
         },
     ).json()
     assert got["device"]["serial"] == "a-1" and got["device"]["online"] is True
