@@ -21,6 +21,8 @@ from services.api.routes import (
     deliveries,
     devices,
     features,
+    fleet,
+    fleet_pages,
     health,
     imports,
     pages,
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         features,
         deliveries,
         devices,
+        fleet,
         imports,
         quarantine,
         schemas,
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(pages.router)
     errors.document_access_errors(app)
+    app.include_router(fleet_pages.router)
     # Static assets (CSS, scripts) are public: the login page needs them.
     app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
     app.mount("/vendor/plotly", StaticFiles(directory=chart_library_dir()), name="plotly")

@@ -26,7 +26,12 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-ConnDep = Annotated[psycopg.Connection, Depends(get_conn)]
+# scope="function": the transaction commits (and the connection goes back to the pool) when
+# the route returns, before the response is sent. With the default ("request") it committed
+# after, so a browser following a redirect at once (login → home page, decision form → the
+# project page) could arrive before the session or the decision was visible, and be sent
+# back to the login form — a race the real-browser tests hit about one login in ten.
+ConnDep = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
 
 
 def get_broker_admin(request: Request) -> Iterator[BrokerAdmin]:

@@ -39,6 +39,8 @@ class PageWindow(Window):
     """`?days=7|30|90` (default 30, ending now) or a custom `?since=…&until=…` (dates from
     the picker, or ISO times)."""
 
+    default_days = DEFAULT_DAYS
+
     def __init__(
         self,
         days: Annotated[int | None, Query(ge=1, le=MAX_DAYS, description="window length")] = None,
@@ -49,9 +51,9 @@ class PageWindow(Window):
         self.custom = start is not None or end is not None
         if not self.custom:
             end = datetime.now(UTC).replace(microsecond=0)
-            start = end - timedelta(days=days or DEFAULT_DAYS)
+            start = end - timedelta(days=days or self.default_days)
         super().__init__(start, end)
-        self.days = days or (DEFAULT_DAYS if not self.custom else None)
+        self.days = days or (self.default_days if not self.custom else None)
 
     @property
     def query(self) -> str:
@@ -72,7 +74,7 @@ class PageWindow(Window):
     @property
     def label(self) -> str:
         if not self.custom:
-            return f"last {self.days} days"
+            return f"last {self.days} day{'' if self.days == 1 else 's'}"
         return f"{self.since:%Y-%m-%d %H:%M} – {self.until:%Y-%m-%d %H:%M} UTC"
 
 

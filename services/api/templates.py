@@ -2,8 +2,42 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi.templating import Jinja2Templates
 
 from services.core.paths import DASHBOARDS_DIR
 
 templates = Jinja2Templates(directory=DASHBOARDS_DIR / "templates")
+
+
+def utc(moment: datetime | None) -> str:
+    """A timestamp as the pages show it (dashboards/static/ops.js writes the same)."""
+    if moment is None:
+        return "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(seconds: float | None) -> str:
+    """A length of time in its two largest units: "3 d 4 h", "12 min 5 s" (as ops.js)."""
+    if seconds is None:
+        return "—"
+    left = max(int(seconds), 0)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size} {unit}")
+            left %= size
+    return " ".join(parts[:2])
+
+
+def rate(value: float | None) -> str:
+    """A rate with the decimals its size needs (as ops.js)."""
+    if value is None:
+        return "—"
+    return f"{value:.{1 if value >= 10 else 2 if value >= 1 else 4}f}"
+
+
+templates.env.filters["utc"] = utc
+templates.env.filters["rate"] = rate
+templates.env.filters["duration"] = duration

@@ -94,6 +94,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/devices/{item_id}/credentials"): Rule(roles(ADMIN, OPS)),
     ("DELETE", "/devices/{item_id}"): Rule(roles(ADMIN, OPS)),
     ("POST", "/imports/history"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/fleet"): Rule(EVERYONE),
+    ("GET", "/devices/{item_id}/telemetry"): READ_ALL,
     # usage and analytics: PMs and the customer's own viewers; the portfolio is internal
     ("GET", "/projects/{item_id}/usage"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
     ("GET", "/projects/{item_id}/usage/daily"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
@@ -108,6 +110,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/quarantine/summary"): Rule(roles(ADMIN, OPS)),
     ("GET", "/quarantine/{item_id}"): Rule(roles(ADMIN, OPS)),
     ("GET", "/quarantine/{item_id}/payload"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/ingest/health"): Rule(roles(ADMIN, OPS)),
     # accounts
     ("GET", "/users"): Rule(roles(ADMIN)),
     ("POST", "/users"): Rule(roles(ADMIN)),
@@ -127,6 +130,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/dashboards/projects/{project_id}"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
     ("POST", "/dashboards/projects/{project_id}/decisions"): Rule(roles(ADMIN, PM)),
     ("GET", "/dashboards/portfolio"): Rule(roles(ADMIN, PM)),
+    ("GET", "/dashboards/fleet"): Rule(EVERYONE),
+    ("GET", "/dashboards/devices/{device_id}"): Rule(EVERYONE, scoped=True),
+    ("GET", "/dashboards/ingest"): Rule(roles(ADMIN, OPS)),
 }
 PAGES = {path for _, path in RULES if path == "/" or path.startswith(("/dashboards", "/logout"))}
 REDIRECTS = {"/"}  # the home page sends each role to its own start page

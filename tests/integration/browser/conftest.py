@@ -146,6 +146,11 @@ class Watch:
         self.problems.append(f"page error: {error}")
 
     def failed(self, request: Request) -> None:
+        # ERR_ABORTED is the browser cancelling a request because the page moved on (a form
+        # submitted while the favicon loads, a poll in flight when the test navigates): not
+        # something the site did. Refused connections, empty replies … still count.
+        if request.failure and "ERR_ABORTED" in request.failure:
+            return
         self.problems.append(f"request failed: {request.method} {request.url} ({request.failure})")
 
     def response(self, response: Any) -> None:
@@ -178,7 +183,10 @@ def log_in(page: Page, site: Site, role: str) -> None:
     assert "/login" in page.url
     page.fill("input[name=username]", site.users[role])
     page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    # wait for the navigation the form starts: "networkidle" alone can be reached before it
+    # begins, leaving the test on the login page
+    with page.expect_navigation():
+        page.click("button[type=submit]")
     page.wait_for_load_state("networkidle")
     assert "/login" not in page.url, page.content()[:500]
 

@@ -1,0 +1,134 @@
+"""Fleet and ingest health as JSON: what the ops pages show, and poll for live refresh."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from services.accounts.roles import Permission, Principal
+from services.api.auth import require, visible_project
+from services.api.deps import ConnDep, Window, WindowDep
+from services.api.errors import NOT_FOUND
+from services.api.routes.crud import ItemId
+from services.api.routes.quarantine import ReasonSummary, quarantine_summary
+from services.fleet import health
+from services.fleet.ingest_metrics import IngestMetrics, scrape
+from services.registry.models import MAX_BIGINT
+
+router = APIRouter()
+FleetReader = Annotated[Principal, Depends(require(Permission.READ_FLEET))]
+
+DEFAULT_STALE_MINUTES = 60
+DEFAULT_RECENT_MINUTES = 15
+DEFAULT_INGEST_HOURS = 24
+StaleMinutes = Annotated[
+    int,
+    Query(ge=1, le=60 * 24 * 90, description="devices silent for longer than this are listed"),
+]
+ProjectFilter = Annotated[
+    int | None, Query(ge=1, le=MAX_BIGINT, description="only this project's devices")
+]
+RecentMinutes = Annotated[
+    int, Query(ge=1, le=180, description="message rate and lag over the last minutes")
+]
+IngestHours = Annotated[
+    int, Query(ge=1, le=24 * 90, description="quarantine and completeness over the last hours")
+]
+
+
+def fleet_for(
+    conn: ConnDep, caller: Principal, project: int | None, stale_minutes: int
+) -> health.FleetSummary:
+    if project is not None:
+        visible_project(conn, caller, project)
+    return health.fleet_summary(
+        conn, customer_id=caller.customer_scope, project_id=project,
+        stale_after=timedelta(minutes=stale_minutes),
+    )  # fmt: skip
+
+
+@router.get(
+    "/fleet",
+    response_model=health.FleetSummary,
+    responses=NOT_FOUND,
+    tags=["fleet"],
+    summary="Fleet health: devices online / offline / never seen per project, stale devices, "
+    "firmware, battery and signal",
+)
+def get_fleet(
+    conn: ConnDep,
+    caller: FleetReader,
+    project: ProjectFilter = None,
+    stale_minutes: StaleMinutes = DEFAULT_STALE_MINUTES,
+) -> health.FleetSummary:
+    return fleet_for(conn, caller, project, stale_minutes)
+
+
+@router.get(
+    "/devices/{item_id}/telemetry",
+    response_model=health.DeviceTelemetry,
+    responses=NOT_FOUND,
+    tags=["fleet"],
+    summary="One device's state, its metrics over the window (bucketed) and reporting history",
+)
+def get_device_telemetry(
+    item_id: ItemId, conn: ConnDep, caller: FleetReader, window: WindowDep
+) -> health.DeviceTelemetry:
+    device = health.device_detail(conn, item_id, caller.customer_scope)
+    return health.device_telemetry(conn, device, window.since, window.until)
+
+
+class Quarantine(BaseModel):
+    since: datetime
+    until: datetime
+    total: int
+    reasons: list[ReasonSummary] = Field(description="by count; each with its latest message")
+
+
+class IngestHealth(BaseModel):
+    generated_at: datetime
+    recent: health.RecentIngest
+    quarantine: Quarantine
+    completeness: list[health.ProjectCompleteness]
+    completeness_since: datetime
+    ingest_metrics: IngestMetrics = Field(
+        description="the ingest process's own counters (duplicates absorbed, …), if reachable"
+    )
+
+
+def ingest_health_for(
+    request: Request, conn: ConnDep, minutes: int, hours: int, now: datetime | None = None
+) -> IngestHealth:
+    now = now or datetime.now(UTC)
+    since = now - timedelta(hours=hours)
+    reasons = quarantine_summary(conn, Window(since, now))
+    return IngestHealth(
+        generated_at=now,
+        recent=health.recent_ingest(conn, now - timedelta(minutes=minutes), now),
+        quarantine=Quarantine(
+            since=since, until=now, total=sum(r.count for r in reasons), reasons=reasons
+        ),
+        completeness=health.completeness(conn, since, now),
+        completeness_since=since,
+        ingest_metrics=scrape(request.app.state.settings),
+    )
+
+
+@router.get(
+    "/ingest/health",
+    response_model=IngestHealth,
+    tags=["ingest"],
+    summary="Ingest health: message rate, receive lag, quarantine by reason, completeness per "
+    "project, and ingest's own counters",
+    dependencies=[Depends(require(Permission.READ_INGEST))],
+)
+def get_ingest_health(
+    request: Request,
+    conn: ConnDep,
+    minutes: RecentMinutes = DEFAULT_RECENT_MINUTES,
+    hours: IngestHours = DEFAULT_INGEST_HOURS,
+) -> IngestHealth:
+    return ingest_health_for(request, conn, minutes, hours)

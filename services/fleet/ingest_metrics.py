@@ -1,0 +1,114 @@
+"""What the ingest process says about itself: its Prometheus /metrics, scraped on demand.
+
+Counters are the scraped process's own, since it started. The page never fails because of
+this: an ingest that is down, turned off or answering garbage gives `reachable: false` and why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field
+
+from services.core.settings import Settings
+
+PREFIX = "fieldtrack_ingest_"
+SCRAPE_TIMEOUT_S = 0.5
+
+
+class IngestMetrics(BaseModel):
+    url: str | None = Field(description="where they were scraped; null when turned off")
+    reachable: bool
+    error: str | None = Field(description="why they could not be read")
+    messages: float | None = Field(default=None, description="MQTT messages taken by the writer")
+    duplicates: dict[str, float] = Field(
+        default_factory=dict, description="readings already stored (redeliveries), by kind"
+    )
+    rows: dict[str, float] = Field(default_factory=dict, description="readings stored, by kind")
+    quarantined: dict[str, float] = Field(default_factory=dict, description="by reason")
+    db_failures: float | None = None
+    queue_depth: float | None = None
+    status_cleared: float | None = None
+    commit_lag_count: float | None = None
+    commit_lag_p50_seconds: float | None = Field(
+        default=None, description="device time → commit, estimated from the histogram buckets"
+    )
+    commit_lag_p95_seconds: float | None = None
+
+
+def metrics_url(settings: Settings) -> str | None:
+    if not settings.ingest_metrics_port:
+        return None
+    host = settings.ingest_metrics_host
+    host = "127.0.0.1" if host in {"", "0.0.0.0"} else host  # noqa: S104 - listening on all
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.ingest_metrics_port}/metrics"
+
+
+def scrape(settings: Settings, timeout: float = SCRAPE_TIMEOUT_S) -> IngestMetrics:
+    url = metrics_url(settings)
+    if url is None:
+        return IngestMetrics(
+            url=None, reachable=False,
+            error="turned off (FIELDTRACK_INGEST_METRICS_PORT=0)",
+        )  # fmt: skip
+    try:
+        response = httpx.get(url, timeout=timeout)
+        response.raise_for_status()
+        return parse(response.text, url)
+    except (httpx.HTTPError, ValueError) as exc:
+        return IngestMetrics(url=url, reachable=False, error=str(exc) or type(exc).__name__)
+
+
+def parse(text: str, url: str | None = None) -> IngestMetrics:
+    """The ingest metrics in a Prometheus text exposition (ValueError if it is not one)."""
+    found = IngestMetrics(url=url, reachable=True, error=None)
+    buckets: list[tuple[float, float]] = []
+    plain: dict[str, float] = {}
+    by_label: dict[str, dict[str, float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(PREFIX):
+                continue
+            name = sample.name.removeprefix(PREFIX)
+            if name == "publish_to_commit_seconds_bucket":
+                buckets.append((float(sample.labels["le"]), sample.value))
+            elif sample.labels.get("kind") or sample.labels.get("reason"):
+                label = sample.labels.get("kind") or sample.labels["reason"]
+                by_label[name][label] = sample.value
+            else:
+                plain[name] = sample.value
+    found.messages = plain.get("messages_total")
+    found.db_failures = plain.get("db_failures_total")
+    found.queue_depth = plain.get("queue_depth")
+    found.status_cleared = plain.get("status_cleared_total")
+    found.duplicates = by_label.get("duplicates_total", {})
+    found.rows = by_label.get("rows_total", {})
+    found.quarantined = {k: v for k, v in by_label.get("quarantined_total", {}).items() if v}
+    found.commit_lag_count = plain.get("publish_to_commit_seconds_count")
+    found.commit_lag_p50_seconds = histogram_quantile(0.5, buckets)
+    found.commit_lag_p95_seconds = histogram_quantile(0.95, buckets)
+    return found
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus' estimate from cumulative buckets (upper bound, count): linear within the
+    bucket the rank falls in; the largest finite bound if it falls in +Inf; None if empty."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
