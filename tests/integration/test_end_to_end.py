@@ -53,7 +53,7 @@ def test_usage_event_flows_from_device_to_api_and_dashboard(
     page = api.get(f"/dashboards/projects/{project.id}")
     assert page.status_code == 200
     assert f'data-feature="{project.feature_key}"' in page.text
-    assert '<td class="num events">3</td>' in page.text
+    assert '<td class="num events" data-value="3">3</td>' in page.text
 
 
 def test_redelivered_message_is_stored_once(
