@@ -33,7 +33,8 @@ from services.infra.local import LocalServices
 from services.ingest.service import IngestService
 from tests.integration.conftest import discard_session, scratch_database
 
-PORTFOLIO_BACKFILL_LIMIT_S = 600
+PORTFOLIO_BACKFILL_LIMIT_S = 600  # a hang guard, not a speed target
+PORTFOLIO_TEST_DAYS = 14
 
 
 @pytest.fixture
@@ -211,22 +212,24 @@ def test_history_import_csv_and_wrong_type(api: TestClient, conn: psycopg.Connec
     assert refused.status_code == 415
 
 
-def test_portfolio_backfill_of_90_days_finishes_in_under_ten_minutes(
-    sim_database: str, tmp_path: Path
-) -> None:
+def test_portfolio_backfill_lands_the_ground_truth(sim_database: str, tmp_path: Path) -> None:
+    """The 3,000-device portfolio through the CLI, over PORTFOLIO_TEST_DAYS of its 90 days: the
+    whole 90 days take about 6 minutes here, too long for every CI run (its speed is a
+    benchmark figure, not a test)."""
     env = {**os.environ, "FIELDTRACK_DATABASE_URL": sim_database}
     truth = tmp_path / "portfolio.truth.json"
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "services", "sim", "backfill", "--scenario", "portfolio",
-         "--truth", str(truth)],
-        env=env, capture_output=True, text=True, timeout=PORTFOLIO_BACKFILL_LIMIT_S + 120,
+         "--days", str(PORTFOLIO_TEST_DAYS), "--truth", str(truth)],
+        env=env, capture_output=True, text=True, timeout=PORTFOLIO_BACKFILL_LIMIT_S,
         check=False,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
-    print(f"\n[sim] portfolio 90-day backfill: {elapsed:.0f}s\n{done.stderr[-400:]}")
-    assert elapsed < PORTFOLIO_BACKFILL_LIMIT_S
+    print(
+        f"\n[sim] portfolio {PORTFOLIO_TEST_DAYS}-day backfill: {elapsed:.0f}s\n{done.stderr[-400:]}"
+    )
     verified = subprocess.run(
         [sys.executable, "-m", "services", "sim", "verify", "--scenario", "portfolio",
          "--truth", str(truth)],
