@@ -11,7 +11,15 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from services.core.topics import DeviceTopic, MessageKind, parse_topic
 
@@ -21,6 +29,17 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 QUARANTINE_KEEP_BYTES = 64 * 1024
 MAX_READINGS = 1000
 MAX_SEQ = 2**63 - 1
+
+# The models ingest accepts with are checked by pydantic-core alone (no Python call per
+# field): timestamps must carry a zone (AwareDatetime), text must hold no NUL (a pattern).
+# A message they refuse is validated again by the "checked" subclasses below, whose Python
+# validators word the errors quarantined (and convert timestamps to UTC, which can overflow
+# at the edges of the calendar): so what is quarantined, and why, is decided by those.
+NO_NUL = r"^[^\x00]*$"
+FeatureKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+Unit = Annotated[str, StringConstraints(max_length=16, pattern=NO_NUL)]
+Firmware = Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)]
 
 
 def _clean_text(value: str) -> str:
@@ -38,10 +57,11 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("is out of range once converted to UTC") from None
 
 
+CheckedTimestamp = Annotated[datetime, AfterValidator(_utc)]
 CleanText = Annotated[str, AfterValidator(_clean_text)]
-FeatureKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
-MetricName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
-Timestamp = Annotated[datetime, AfterValidator(_utc)]
+# the length is checked after the NUL check, as a constraint on the validated value
+CheckedUnit = Annotated[CleanText, Field(max_length=16)]
+CheckedFirmware = Annotated[CleanText, Field(max_length=64)]
 
 
 class _Strict(BaseModel):
@@ -52,14 +72,16 @@ class UsageReading(_Strict):
     feature: FeatureKey = Field(description="feature key from the catalog, e.g. remote_unlock")
     count: int = Field(default=1, ge=0, le=1_000_000, description="uses in this reading")
     duration_ms: int | None = Field(default=None, ge=0, le=86_400_000)
-    ts: Timestamp | None = Field(default=None, description="when used; defaults to the message ts")
+    ts: AwareDatetime | None = Field(
+        default=None, description="when used; defaults to the message ts"
+    )
 
 
 class MetricReading(_Strict):
     name: MetricName = Field(description="metric name, e.g. battery, rssi, temperature")
     value: float = Field(description="finite number")
-    unit: Annotated[CleanText, Field(max_length=16)] | None = None
-    ts: Timestamp | None = None
+    unit: Unit | None = None
+    ts: AwareDatetime | None = None
 
 
 class _Message(_Strict):
@@ -68,7 +90,7 @@ class _Message(_Strict):
         default=None, description="optional; if given it must equal the topic's device"
     )
     seq: int = Field(ge=0, le=MAX_SEQ, description="per-device sequence number")
-    ts: Timestamp = Field(description="device time of the message, ISO 8601 with zone")
+    ts: AwareDatetime = Field(description="device time of the message, ISO 8601 with zone")
 
 
 class UsageMessage(_Message):
@@ -94,14 +116,50 @@ class StatusMessage(_Strict):
     v: Literal[1] = 1
     device: Annotated[str, Field(max_length=64)] | None = None
     state: DeviceStatus
-    ts: Timestamp | None = None
-    firmware: Annotated[CleanText, Field(max_length=64)] | None = None
+    ts: AwareDatetime | None = None
+    firmware: Firmware | None = None
+
+
+# The same models with the Python validators (fields keep their place, so errors come in the
+# same order). Used only for messages the models above refuse, and for timestamps that cannot
+# be converted to UTC.
+class _CheckedUsageReading(UsageReading):
+    ts: CheckedTimestamp | None = None
+
+
+class _CheckedMetricReading(MetricReading):
+    unit: CheckedUnit | None = None
+    ts: CheckedTimestamp | None = None
+
+
+class _CheckedUsageMessage(UsageMessage):
+    ts: CheckedTimestamp
+    events: list[_CheckedUsageReading] = Field(  # type: ignore[assignment]  # subclass items
+        min_length=1, max_length=MAX_READINGS
+    )
+
+
+class _CheckedTelemetryMessage(TelemetryMessage):
+    ts: CheckedTimestamp
+    metrics: list[_CheckedMetricReading] = Field(  # type: ignore[assignment]  # subclass items
+        min_length=1, max_length=MAX_READINGS
+    )
+
+
+class _CheckedStatusMessage(StatusMessage):
+    ts: CheckedTimestamp | None = None
+    firmware: CheckedFirmware | None = None
 
 
 MESSAGE_MODELS: dict[MessageKind, type[BaseModel]] = {
     MessageKind.USAGE: UsageMessage,
     MessageKind.TELEMETRY: TelemetryMessage,
     MessageKind.STATUS: StatusMessage,
+}
+_CHECKED_MODELS: dict[MessageKind, type[BaseModel]] = {
+    MessageKind.USAGE: _CheckedUsageMessage,
+    MessageKind.TELEMETRY: _CheckedTelemetryMessage,
+    MessageKind.STATUS: _CheckedStatusMessage,
 }
 
 
@@ -126,10 +184,14 @@ class Rejected:
     serial: str | None
 
 
+Message = UsageMessage | TelemetryMessage | StatusMessage
+
+
 @dataclass(frozen=True)
 class Accepted:
     topic: DeviceTopic
-    message: UsageMessage | TelemetryMessage | StatusMessage
+    message: Message
+    oldest: datetime | None = None  # earliest device time in the message (late-data window)
 
 
 def decode(
@@ -149,14 +211,13 @@ def decode(
         )
     try:
         # Pydantic's own JSON parser, strict: no NaN/Infinity, no "5" for 5, no floats for ints.
-        message = MESSAGE_MODELS[where.kind].model_validate_json(payload, strict=True)
+        message, oldest, latest = _validate(where.kind, payload)
     except ValidationError as exc:
-        if any(err["type"] == "json_invalid" for err in exc.errors()):
+        if _is_json_error(exc):
             return Rejected(QuarantineReason.NOT_JSON, _summarise(exc), where.serial)
         return Rejected(QuarantineReason.INVALID_PAYLOAD, _summarise(exc), where.serial)
     except (RecursionError, ValueError, TypeError) as exc:
         return Rejected(QuarantineReason.INVALID_PAYLOAD, str(exc)[:500], where.serial)
-    assert isinstance(message, UsageMessage | TelemetryMessage | StatusMessage)  # noqa: S101
     if message.device is not None and message.device != where.serial:
         # Identity comes from credentials and topic; a payload claiming otherwise is suspect.
         return Rejected(
@@ -164,28 +225,69 @@ def decode(
             f"payload names device {message.device[:64]!r}, topic names {where.serial!r}",
             where.serial,
         )
-    latest = _latest_time(message)
     if latest is not None and latest > now + max_future_skew:
         return Rejected(
             QuarantineReason.FUTURE_TIMESTAMP,
-            f"device time {latest.isoformat()} is ahead of receive time {now.isoformat()}",
+            f"device time {utc_iso(latest)} is ahead of receive time {now.isoformat()}",
             where.serial,
         )
-    return Accepted(where, message)
+    return Accepted(where, message, oldest)
 
 
-def earliest_time(message: UsageMessage | TelemetryMessage | StatusMessage) -> datetime | None:
+def _validate(
+    kind: MessageKind, payload: bytes
+) -> tuple[Message, datetime | None, datetime | None]:
+    """The message and its earliest and latest device times; raises ValidationError worded by
+    the checked models."""
+    try:
+        message = MESSAGE_MODELS[kind].model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        if _is_json_error(exc):
+            raise  # not JSON at all: no validator is reached, the error is the same
+    else:
+        assert isinstance(message, UsageMessage | TelemetryMessage | StatusMessage)  # noqa: S101
+        times = _times(message)
+        if not times:
+            return message, None, None
+        # a time UTC cannot hold lies beyond every other one: only the extremes can overflow
+        oldest, latest = min(times), max(times)
+        if _utc_safe(oldest) and _utc_safe(latest):
+            return message, oldest, latest
+    # Refused, or a time that UTC cannot hold: the checked models find and word the errors.
+    message = _CHECKED_MODELS[kind].model_validate_json(payload, strict=True)
+    assert isinstance(message, UsageMessage | TelemetryMessage | StatusMessage)  # noqa: S101
+    times = _times(message)
+    return message, min(times, default=None), max(times, default=None)
+
+
+def _is_json_error(exc: ValidationError) -> bool:
+    return any(err["type"] == "json_invalid" for err in exc.errors())
+
+
+def _utc_safe(moment: datetime) -> bool:
+    """Whether *moment* (aware) converts to UTC; only the first and last day of the calendar
+    can overflow."""
+    if moment.year not in (1, 9999):
+        return True
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
+def utc_iso(moment: datetime) -> str:
+    """A device time as quarantine details print it: in UTC."""
+    return moment.astimezone(UTC).isoformat()
+
+
+def earliest_time(message: Message) -> datetime | None:
     """The oldest device time in a message (for the late-data window)."""
     times = _times(message)
     return min(times) if times else None
 
 
-def _latest_time(message: UsageMessage | TelemetryMessage | StatusMessage) -> datetime | None:
-    times = _times(message)
-    return max(times) if times else None
-
-
-def _times(message: UsageMessage | TelemetryMessage | StatusMessage) -> list[datetime]:
+def _times(message: Message) -> list[datetime]:
     times = [message.ts] if message.ts else []
     if isinstance(message, UsageMessage):
         times += [e.ts for e in message.events if e.ts]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 TOPIC_ROOT = "fieldtrack/v1"
 # A device serial doubles as MQTT username, client id and topic level, so it must be a
@@ -50,6 +51,15 @@ def shared_subscription(group: str) -> str:
 
 def parse_topic(topic: str) -> DeviceTopic | None:
     """The device and message kind a topic names, or None if it is not a v1 device topic."""
+    # Ingest parses the same few topics over and over (three per device): remembered, in a
+    # bounded cache that only holds topics short enough to be device topics.
+    return _parse_cached(topic) if len(topic) <= MAX_TOPIC_CACHED else _parse_topic(topic)
+
+
+MAX_TOPIC_CACHED = len(TOPIC_ROOT) + 1 + 64 + 1 + max(len(kind.value) for kind in MessageKind)
+
+
+def _parse_topic(topic: str) -> DeviceTopic | None:
     parts = topic.split("/")
     if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
         return None
@@ -60,3 +70,6 @@ def parse_topic(topic: str) -> DeviceTopic | None:
         return DeviceTopic(serial, MessageKind(kind))
     except ValueError:
         return None
+
+
+_parse_cached = lru_cache(maxsize=16_384)(_parse_topic)

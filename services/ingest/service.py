@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import struct
 import threading
 import time
 from contextlib import suppress
@@ -75,10 +76,29 @@ STATUS_CLEARED = Counter(
 PURGED = Counter("fieldtrack_ingest_quarantine_purged_total", "quarantine rows past retention")
 
 
+def _paho_queue_pubacks() -> Any:
+    """A function sending many PUBACKs (MQTT 3.1.1: 0x40, 2, mid) as one queued write, through
+    the paho client's own packet queue; None if this paho version lacks it (then each
+    message is acknowledged through the public `ack`)."""
+    queue_packet = getattr(mqtt.Client, "_packet_queue", None)
+    if queue_packet is None or not hasattr(mqtt, "PUBACK"):
+        return None
+
+    def queue_pubacks(client: mqtt.Client, mids: list[int]) -> None:
+        packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+        queue_packet(client, mqtt.PUBACK, packet, mids[0], 1)
+
+    return queue_pubacks
+
+
+_PUBACK = struct.Struct("!BBH")
+_queue_pubacks = _paho_queue_pubacks()
+
+
 class IngestService:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._queue: queue.Queue[RawMessage] = queue.Queue()
+        self._queue: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._generation = 0  # bumped on every (re)connect; acks never cross connections
@@ -159,6 +179,11 @@ class IngestService:
             return batch
         deadline = time.monotonic() + self._settings.ingest_batch_wait_ms / 1000
         while len(batch) < self._settings.ingest_batch_max:
+            try:  # what is already queued is taken without waiting (or reading the clock)
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -234,11 +259,18 @@ class IngestService:
 
     def _acknowledge(self, batch: list[RawMessage]) -> None:
         generation = self._generation
-        for raw in batch:
-            # A message from an earlier connection is redelivered by the broker on this one;
-            # acking its old mid here would acknowledge some other message.
-            if raw.qos > 0 and raw.generation == generation:
-                self._client.ack(raw.mid, raw.qos)
+        # A message from an earlier connection is redelivered by the broker on this one;
+        # acking its old mid here would acknowledge some other message.
+        current = [raw for raw in batch if raw.qos > 0 and raw.generation == generation]
+        if _queue_pubacks is not None:
+            # All the batch's PUBACKs as one write (one wake-up of the network thread, one
+            # send) instead of a queued packet, a wake-up and a send each.
+            pubacks = [raw.mid for raw in current if raw.qos == 1]
+            if pubacks:
+                _queue_pubacks(self._client, pubacks)
+            current = [raw for raw in current if raw.qos != 1]
+        for raw in current:
+            self._client.ack(raw.mid, raw.qos)
 
     def _record(self, result: BatchResult) -> None:
         MESSAGES.inc(result.messages)

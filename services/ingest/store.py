@@ -26,7 +26,7 @@ from services.core.payloads import (
     TelemetryMessage,
     UsageMessage,
     decode,
-    earliest_time,
+    utc_iso,
 )
 from services.core.topics import MessageKind, parse_topic
 from services.ingest.directory import DeviceDirectory, DeviceRef
@@ -349,12 +349,12 @@ def _check_device(
         return Rejected(QuarantineReason.REVOKED_DEVICE, "device was revoked", serial)
     if late_data_days is None:
         return None
-    oldest = earliest_time(accepted.message)
+    oldest = accepted.oldest
     window = timedelta(days=device.late_data_days or late_data_days)
     if oldest is not None and oldest < now - window:
         return Rejected(
             QuarantineReason.TOO_OLD,
-            f"device time {oldest.isoformat()} is older than the project's late-data window "
+            f"device time {utc_iso(oldest)} is older than the project's late-data window "
             f"of {window.days} days",
             serial,
         )
