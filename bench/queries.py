@@ -31,6 +31,8 @@ import psycopg
 from pydantic import SecretStr
 
 from bench.dataset import Dataset, ensure_dataset
+from services.accounts.roles import Role
+from services.accounts.store import TokenCreate, create_token
 from services.api.background import serve_in_thread
 from services.core.paths import PROJECT_ROOT
 from services.core.settings import Settings, get_settings
@@ -73,6 +75,12 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
         "p50": round(statistics.median(ordered), 1), "p95": round(p95, 1),
         "min": round(ordered[0], 1), "max": round(ordered[-1], 1),
     }  # fmt: skip
+
+
+def _token(settings: Settings) -> str:
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        body = TokenCreate(name="bench", role=Role.PM, expires_in_days=1)
+        return create_token(conn, body).token
 
 
 def _timed(client: httpx.Client, path: str, params: dict[str, str]) -> tuple[float, float]:
@@ -124,6 +132,8 @@ def _bench_size(dataset: Dataset, settings: Settings, report: Report) -> dict[st
         "reference": {"health": {}, "hourly_usage_sql_ms": {}},
     }  # fmt: skip
     with serve_in_thread(settings) as base, httpx.Client(base_url=base, timeout=120) as client:
+        # The API migrated the dataset's database on start; a PM's token reads every endpoint.
+        client.headers["Authorization"] = f"Bearer {_token(settings)}"
         result["reference"]["health"] = _measure(client, "/health", {})
         for days in WINDOWS:
             window = {"since": (until - timedelta(days=days)).isoformat(),

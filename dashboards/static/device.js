@@ -1,4 +1,4 @@
-// A device's page: one line chart per metric and its reporting history, refreshed from
+// A device's page: one line chart per metric, its status and reporting history, refreshed from
 // GET /devices/{id}/telemetry every 30 s while the window ends now.
 (function () {
   const initial = ftCharts.data("telemetry-data");
@@ -41,6 +41,18 @@
     document.getElementById("messages-total").textContent = String(messages);
     document.getElementById("missing-total").textContent = String(Math.max(missing, 0));
     document.getElementById("bucket").textContent = ftOps.duration(t.bucket_seconds);
+    const table = document.getElementById("status-history");
+    table.tBodies[0].replaceChildren(...t.status_history.map((s) => {
+      const tr = document.createElement("tr");
+      [ftOps.utc(s.at), s.online ? "online" : "offline", s.firmware || "—", ftOps.utc(s.received_at)].forEach((text) => {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      });
+      return tr;
+    }));
+    table.hidden = t.status_history.length === 0;
+    document.getElementById("status-empty").hidden = t.status_history.length > 0;
     draw(t);
   }
 

@@ -293,6 +293,10 @@ def device_detail(
     return found
 
 
+# A flapping device can report thousands of statuses; the page shows the latest ones.
+STATUS_LIMIT = 200
+
+
 class MetricPoint(BaseModel):
     t: datetime = Field(description="start of the bucket (device time)")
     avg: float
@@ -313,6 +317,13 @@ class ReportingHour(BaseModel):
     missing: int = Field(description="sequence numbers skipped (negative: a gap filled late)")
 
 
+class StatusChange(BaseModel):
+    at: datetime = Field(description="the device's time of the status (or its arrival)")
+    online: bool
+    firmware: str | None
+    received_at: datetime
+
+
 class DeviceTelemetry(BaseModel):
     device: DeviceDetail
     since: datetime
@@ -320,8 +331,11 @@ class DeviceTelemetry(BaseModel):
     bucket_seconds: int = Field(description="readings are averaged over buckets this long")
     metrics: list[MetricSeries]
     reporting: list[ReportingHour] = Field(
-        description="messages and sequence gaps per hour: the device's reporting history "
-        "(online/offline changes are not stored, only the current status)"
+        description="messages and sequence gaps per hour: the device's reporting history"
+    )
+    status_history: list[StatusChange] = Field(
+        description=f"online / offline statuses in the window, newest first (at most "
+        f"{STATUS_LIMIT})"
     )
 
 
@@ -333,6 +347,11 @@ WHERE project_id = %(project)s AND device_id = %(device)s
   AND device_time >= %(since)s AND device_time < %(until)s
 GROUP BY name, t
 ORDER BY name, t
+"""
+STATUS_HISTORY = """
+SELECT at, online, firmware, received_at FROM device_status_history
+WHERE device_id = %(device)s AND at >= %(since)s AND at < %(until)s
+ORDER BY at DESC LIMIT %(limit)s
 """
 REPORTING = """
 SELECT hour, messages, missing
@@ -374,9 +393,11 @@ def device_telemetry(
             entry.points.append(MetricPoint(**row.model_dump(exclude={"name", "unit"})))
     with conn.cursor(row_factory=class_row(ReportingHour)) as cur:
         reporting = cur.execute(REPORTING, params).fetchall()
+    with conn.cursor(row_factory=class_row(StatusChange)) as cur:
+        statuses = cur.execute(STATUS_HISTORY, {**params, "limit": STATUS_LIMIT}).fetchall()
     return DeviceTelemetry(
         device=device, since=since, until=until, bucket_seconds=int(bucket.total_seconds()),
-        metrics=list(series.values()), reporting=reporting,
+        metrics=list(series.values()), reporting=reporting, status_history=statuses,
     )  # fmt: skip
 
 

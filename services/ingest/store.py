@@ -218,6 +218,10 @@ COPY incoming_device_state (device_id, online, online_since, last_seen, last_seq
                             firmware)
 FROM STDIN
 """
+INSERT_STATUS_HISTORY = """
+INSERT INTO device_status_history (device_id, project_id, at, received_at, online, firmware)
+VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+"""
 COPY_QUARANTINE = """
 COPY quarantine (received_at, topic, device_serial, reason, detail, payload, payload_size)
 FROM STDIN
@@ -320,14 +324,25 @@ def store_batch(
                 for row in quarantine:
                     copy.write_row(row)
         if seen:
-            with cur.copy(COPY_DEVICE_STATE) as copy:
-                for i in sorted(seen):
-                    state = seen[i]
-                    last_seq, last_seq_at = latest.get(i, (None, None))
-                    copy.write_row((i, state.online, state.online_since, state.last_seen,
-                                    last_seq, last_seq_at, state.firmware))  # fmt: skip
-            cur.execute(UPSERT_DEVICE_STATE)
+            _write_device_state(cur, seen, latest, rows.statuses)
     return result
+
+
+def _write_device_state(
+    cur: psycopg.Cursor[Any],
+    seen: dict[int, _DeviceSeen],
+    latest: dict[int, tuple[int, datetime]],
+    statuses: list[tuple[object, ...]],
+) -> None:
+    with cur.copy(COPY_DEVICE_STATE) as copy:
+        for i in sorted(seen):
+            state = seen[i]
+            last_seq, last_seq_at = latest.get(i, (None, None))
+            copy.write_row((i, state.online, state.online_since, state.last_seen,
+                            last_seq, last_seq_at, state.firmware))  # fmt: skip
+    cur.execute(UPSERT_DEVICE_STATE)
+    if statuses:  # a few per device and day: no staging table needed
+        cur.executemany(INSERT_STATUS_HISTORY, statuses)
 
 
 def _is_status(topic: str) -> bool:
@@ -369,6 +384,7 @@ class _Rows:
     metrics: list[tuple[object, ...]] = field(default_factory=list)
     quarantine: list[tuple[object, ...]] = field(default_factory=list)
     seen: dict[int, _DeviceSeen] = field(default_factory=dict)
+    statuses: list[tuple[object, ...]] = field(default_factory=list)
 
     def add(
         self, raw: RawMessage, accepted: Accepted, device: DeviceRef, result: BatchResult
@@ -401,6 +417,11 @@ class _Rows:
             state.online_since = message.ts or raw.received_at
             state.firmware = message.firmware or state.firmware
             result.status_updates += 1
+            if not raw.retained:  # a replay on subscribe is not a new status
+                self.statuses.append((
+                    device.id, device.project_id, state.online_since, raw.received_at,
+                    state.online, message.firmware,
+                ))  # fmt: skip
 
 
 # Errors that retrying the same batch cannot cure: a message the database refuses, or one

@@ -83,6 +83,7 @@ def test_redelivered_message_is_stored_once(
 def test_status_birth_and_will_drive_device_state(
     ingest: IngestService,
     conn: psycopg.Connection,
+    api: TestClient,
     project: Project,
     provision: Callable[[int, str], SimDevice],
     unique: str,
@@ -99,6 +100,21 @@ def test_status_birth_and_will_drive_device_state(
     assert wait_for(lambda: (row := state()) and row[0] is True)
     device.stop()
     assert wait_for(lambda: (row := state()) and row[0] is False)
+
+    # both statuses are kept as history, newest first, and the device page shows them
+    device_id = conn.execute(
+        "SELECT id FROM devices WHERE serial = %s", (device.serial,)
+    ).fetchone()
+    assert device_id
+    telemetry = api.get(f"/devices/{device_id[0]}/telemetry").json()
+    assert [s["online"] for s in telemetry["status_history"]] == [False, True]
+    page = api.get(f"/dashboards/devices/{device_id[0]}")
+    assert page.status_code == 200 and page.text.count("<td>offline</td>") == 1
+    # a status the broker replays (retained) on a new subscription is not a new status
+    stored = conn.execute(
+        "SELECT count(*) FROM device_status_history WHERE device_id = %s", (device_id[0],)
+    ).fetchone()
+    assert stored == (2,)
 
 
 def test_unknown_project_usage_is_404_with_a_message(api: TestClient) -> None:
