@@ -50,7 +50,7 @@ class PageWindow(Window):
         start, end = _moment(since, "since", end=False), _moment(until, "until", end=True)
         self.custom = start is not None or end is not None
         if not self.custom:
-            end = datetime.now(UTC).replace(microsecond=0)
+            end = datetime.now(UTC)  # to the microsecond: a status from this second counts
             start = end - timedelta(days=days or self.default_days)
         super().__init__(start, end)
         self.days = days or (self.default_days if not self.custom else None)
