@@ -147,7 +147,10 @@ def test_ops_device_page_shows_its_telemetry(page: Page, site: Site, live: Live)
         assert chart.get_attribute("data-metric") == metric["name"]
         assert chart_points(page, chart.get_attribute("id") or "") == len(metric["points"]) > 0
     assert chart_points(page, "reporting-chart") == 2 * len(got["reporting"])
-    expect(page.locator("main")).to_contain_text("not the history of its status changes")
+    history = page.locator("#status-history tbody tr")
+    expect(history).to_have_count(len(got["status_history"]))
+    for row, reported in zip(history.all(), got["status_history"], strict=True):
+        expect(row).to_contain_text("online" if reported["online"] else "offline")
     screenshot(page, "ops-device")
     page.click("form.window a[data-days='7']")
     page.wait_for_load_state("networkidle")
