@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
+import psycopg
 from fastapi import APIRouter, Depends, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
@@ -24,7 +26,7 @@ from services.api.deps import ConnDep
 from services.api.pages_support import PageWindow, home_of, render
 from services.api.routes.crud import ItemId
 from services.client.report import CustomerReport, render_html
-from services.core.errors import FieldtrackError, NotFoundError
+from services.core.errors import FieldtrackError
 from services.registry import repository
 from services.registry.resources import CUSTOMERS, PROJECTS
 
@@ -56,6 +58,18 @@ def _analytics(
             p.project.project_id: p for p in whole.projects if p.project.project_id in project_ids
         }
     return {pid: project_analytics(conn, pid, span, _thresholds(request)) for pid in project_ids}
+
+
+def _customer_projects(
+    conn: psycopg.Connection, caller: Principal, customer_id: int
+) -> tuple[Any, list[Any]]:
+    """A customer the caller may see (else 404) and its projects."""
+    customer = repository.get_item(conn, CUSTOMERS, customer_id, caller.customer_scope)
+    projects = repository.list_items(
+        conn, PROJECTS, filters={"customer_id": customer_id}, search=None, sort="name",
+        limit=PAGE_LIMIT, offset=0, customer_id=caller.customer_scope,
+    ).items  # fmt: skip
+    return customer, projects
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -94,11 +108,7 @@ def customer_page(
     caller: Reader,
     window: Annotated[PageWindow, Depends()],
 ) -> HTMLResponse:
-    customer = repository.get_item(conn, CUSTOMERS, customer_id, caller.customer_scope)
-    projects = repository.list_items(
-        conn, PROJECTS, filters={"customer_id": customer_id}, search=None, sort="name",
-        limit=PAGE_LIMIT, offset=0, customer_id=caller.customer_scope,
-    ).items  # fmt: skip
+    customer, projects = _customer_projects(conn, caller, customer_id)
     analytics = _analytics(request, conn, caller, window, [p.id for p in projects])
     return render(
         request, "customer.html", caller, window, customer=customer, projects=projects,
@@ -115,11 +125,7 @@ def customer_report(
     window: Annotated[PageWindow, Depends()],
 ) -> HTMLResponse:
     """The printable report `fieldtrack report --format html` writes, for the same window."""
-    customer = repository.get_item(conn, CUSTOMERS, customer_id, caller.customer_scope)
-    projects = repository.list_items(
-        conn, PROJECTS, filters={"customer_id": customer_id}, search=None, sort="name",
-        limit=PAGE_LIMIT, offset=0,
-    ).items  # fmt: skip
+    customer, projects = _customer_projects(conn, caller, customer_id)
     span = AnalyticsWindow(window.since, window.until)
     report = CustomerReport(
         customer=customer.model_dump(mode="json"), since=window.since, until=window.until,
@@ -144,9 +150,7 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
 ) -> HTMLResponse:
     visible_project(conn, caller, project_id)
     span = AnalyticsWindow(window.since, window.until)
-    analytics = _analytics(request, conn, caller, window, [project_id]).get(project_id)
-    if analytics is None:  # cannot happen for a visible project; keeps the types honest
-        raise NotFoundError(f"project {project_id} not found")
+    analytics = project_analytics(conn, project_id, span, _thresholds(request))
     decisions = (
         list_decisions(
             conn, filters={"project_id": project_id}, search=None, sort=None, limit=50, offset=0
@@ -189,16 +193,9 @@ def decide(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
             if isinstance(exc, ValidationError)
             else str(exc)
         )
-        return RedirectResponse(
-            f"{back}?{_query(error=problem)}#decisions", status_code=status.HTTP_303_SEE_OTHER
-        )
+        target = f"{back}?{urlencode({'error': problem})}#decisions"
+        return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
     return RedirectResponse(f"{back}#decisions", status_code=status.HTTP_303_SEE_OTHER)
-
-
-def _query(**values: str) -> str:
-    from urllib.parse import urlencode  # noqa: PLC0415
-
-    return urlencode(values)
 
 
 @router.get("/dashboards/portfolio", response_class=HTMLResponse)
