@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from psycopg import sql
 
+from services.core.mqtt_client import BufferedClient
 from services.core.settings import Settings
 from services.core.topics import shared_subscription
 from services.ingest.directory import DeviceDirectory
@@ -105,7 +106,7 @@ class IngestService:
         self._directory = DeviceDirectory()
         self._skew = timedelta(seconds=settings.ingest_max_future_skew_s)
         self.totals = BatchResult()
-        self._client = mqtt.Client(
+        self._client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.ingest_client_id,
             clean_session=False,  # the broker keeps our subscription and queue across restarts
@@ -122,6 +123,7 @@ class IngestService:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_publish_raw = self._on_publish
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._listener = threading.Thread(
             target=self._listen_loop, name="ingest-registry-listener", daemon=True
@@ -151,23 +153,19 @@ class IngestService:
         if not self._stop.is_set():
             log.warning("disconnected from broker (%s); reconnecting", reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int, retain: bool) -> None:
         if self._stop.is_set():
             return  # shutting down: left unacknowledged, the broker redelivers it later
         try:
             self._queue.put_nowait(
-                RawMessage(
-                    topic=msg.topic,
-                    payload=bytes(msg.payload),
-                    received_at=datetime.now(UTC),
-                    mid=msg.mid,
-                    qos=msg.qos,
-                    generation=self._generation,
-                    retained=bool(msg.retain),
-                )
+                RawMessage(topic, payload, datetime.now(UTC), mid, qos, self._generation, retain)
             )
         except Exception:  # a callback that raises would kill paho's network loop
-            log.exception("could not enqueue a message from %.200s", msg.topic)
+            log.exception("could not enqueue a message from %.200s", topic)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's route, for what the fast reader leaves to paho (QoS 2, never subscribed)."""
+        self._on_publish(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
 
     # --- writer thread ------------------------------------------------------
 
