@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -32,9 +32,9 @@ from services.core.topics import MessageKind, parse_topic
 from services.ingest.directory import DeviceDirectory, DeviceRef
 
 
-@dataclass(frozen=True)
-class RawMessage:
-    """One message as the MQTT thread saw it, before any parsing."""
+class RawMessage(NamedTuple):
+    """One message as the MQTT thread saw it, before any parsing (a tuple: built for every
+    message on the network thread, where a frozen dataclass costs several times more)."""
 
     topic: str
     payload: bytes
@@ -154,6 +154,52 @@ WITH inserted AS (
 """
     + STORED_MESSAGES
 )
+# The fast path: the batch's readings COPYed straight into the hypertable (inside a savepoint:
+# a reading already stored raises a unique violation, and the batch then takes the staging
+# path above, which skips it), and the rollups upserted from sums made in memory.
+COPY_USAGE_DIRECT = """
+COPY usage_events (device_id, project_id, feature_key, device_time, received_at, seq, item,
+                   count, duration_ms) FROM STDIN
+"""
+UPSERT_USAGE_ROLLUPS = """
+WITH hourly AS (
+    INSERT INTO usage_hourly AS h (project_id, feature_key, device_id, hour, events, readings,
+                                   duration_ms)
+    SELECT * FROM unnest(%(h_project)s::bigint[], %(h_feature)s::text[], %(h_device)s::bigint[],
+                         %(h_hour)s::timestamptz[], %(h_events)s::bigint[],
+                         %(h_readings)s::bigint[], %(h_duration)s::bigint[])
+    ORDER BY 1, 2, 4, 3
+    ON CONFLICT (project_id, feature_key, hour, device_id) DO UPDATE
+    SET events = h.events + excluded.events,
+        readings = h.readings + excluded.readings,
+        duration_ms = h.duration_ms + excluded.duration_ms
+), daily AS (
+    INSERT INTO usage_daily AS t (project_id, day, feature_key, device_id, hours)
+    SELECT * FROM unnest(%(d_project)s::bigint[], %(d_day)s::date[], %(d_feature)s::text[],
+                         %(d_device)s::bigint[], %(d_hours)s::integer[])
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (project_id, day, feature_key, device_id) DO UPDATE
+    SET hours = t.hours | excluded.hours WHERE t.hours | excluded.hours <> t.hours
+), monthly AS (
+    INSERT INTO usage_monthly AS t (project_id, month, feature_key, device_id, days)
+    SELECT * FROM unnest(%(m_project)s::bigint[], %(m_month)s::date[], %(m_feature)s::text[],
+                         %(m_device)s::bigint[], %(m_days)s::integer[])
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (project_id, month, feature_key, device_id) DO UPDATE
+    SET days = t.days | excluded.days WHERE t.days | excluded.days <> t.days
+), feature_hours AS (
+    INSERT INTO feature_hourly AS t (project_id, hour, feature_key, events)
+    SELECT * FROM unnest(%(fh_project)s::bigint[], %(fh_hour)s::timestamptz[],
+                         %(fh_feature)s::text[], %(fh_events)s::bigint[])
+    ORDER BY 1, 2, 3
+    ON CONFLICT (project_id, hour, feature_key) DO UPDATE SET events = t.events + excluded.events
+)
+INSERT INTO feature_daily AS t (project_id, day, feature_key, events)
+SELECT * FROM unnest(%(fd_project)s::bigint[], %(fd_day)s::date[], %(fd_feature)s::text[],
+                     %(fd_events)s::bigint[])
+ORDER BY 1, 2, 3
+ON CONFLICT (project_id, day, feature_key) DO UPDATE SET events = t.events + excluded.events
+"""
 MOVE_METRICS = (
     """
 WITH inserted AS (
@@ -222,10 +268,13 @@ INSERT_STATUS_HISTORY = """
 INSERT INTO device_status_history (device_id, project_id, at, received_at, online, firmware)
 VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 """
+# Binary: a payload goes over as it is, not as hex text that PostgreSQL decodes again (the
+# quarantine takes the garbage, and garbage should be cheap to turn away).
 COPY_QUARANTINE = """
 COPY quarantine (received_at, topic, device_serial, reason, detail, payload, payload_size)
-FROM STDIN
+FROM STDIN (FORMAT BINARY)
 """
+QUARANTINE_TYPES = ("timestamptz", "text", "text", "text", "text", "bytea", "int4")
 UPSERT_DEVICE_STATE = """
 INSERT INTO device_state AS s (device_id, online, online_since, last_seen, last_seq, last_seq_at,
                               firmware)
@@ -291,10 +340,7 @@ def store_batch(
         # Not keyed by seq: a rebooted device reuses sequence numbers.
         stored: list[tuple[int, int, int, datetime]] = []
         if usage:
-            with cur.copy(COPY_USAGE) as copy:
-                for row in usage:
-                    copy.write_row(row)
-            inserted = _stored_messages(cur.execute(MOVE_USAGE).fetchall(), stored)
+            inserted = _insert_usage(cur, usage, stored)
             result.usage_rows = inserted
             result.usage_duplicates = len(usage) - inserted
         if metrics:
@@ -309,7 +355,7 @@ def store_batch(
             previous = {
                 device: (seq, at)
                 for device, seq, at in cur.execute(
-                    LAST_SEQUENCE, ([device for device, *_ in stored],)
+                    LAST_SEQUENCE, (sorted({device for device, *_ in stored}),)
                 ).fetchall()
                 # state written before sequence tracking has no time: start afresh from here
                 if seq is not None and at is not None
@@ -320,12 +366,97 @@ def store_batch(
                     copy.write_row(row)
             cur.execute(UPSERT_DEVICE_HOURLY)
         if quarantine:
-            with cur.copy(COPY_QUARANTINE) as copy:
-                for row in quarantine:
-                    copy.write_row(row)
+            _copy_quarantine(cur, quarantine)
         if seen:
             _write_device_state(cur, seen, latest, rows.statuses)
     return result
+
+
+def _insert_usage(
+    cur: psycopg.Cursor[Any],
+    usage: list[tuple[Any, ...]],
+    stored: list[tuple[int, int, int, datetime]],
+) -> int:
+    """Store usage readings and their rollups; note each newly stored message in *stored*;
+    return the readings inserted. Straight into the hypertable when none is stored yet (the
+    usual case); through the staging table, skipping what is, after a redelivery."""
+    try:
+        with cur.connection.transaction():  # a savepoint: a unique violation undoes only this
+            with cur.copy(COPY_USAGE_DIRECT) as copy:
+                for row in usage:
+                    copy.write_row(row)
+            cur.execute(UPSERT_USAGE_ROLLUPS, usage_rollups(usage))
+    except psycopg.errors.UniqueViolation:
+        with cur.copy(COPY_USAGE) as copy:
+            for row in usage:
+                copy.write_row(row)
+        return _stored_messages(cur.execute(MOVE_USAGE).fetchall(), stored)
+    # reading 0 of each message marks the message (as STORED_MESSAGES does)
+    stored.extend((row[0], row[1], row[5], row[3]) for row in usage if row[6] == 0)
+    return len(usage)
+
+
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
+    """The rollup rows of usage readings that are all newly stored, summed in memory exactly
+    as MOVE_USAGE sums them in SQL (UTC hours and days; bitmasks of migration 0007), as the
+    column arrays UPSERT_USAGE_ROLLUPS takes."""
+    hourly: dict[tuple[int, str, int, int], list[int]] = {}
+    daily: dict[tuple[int, int, str, int], int] = {}
+    feature_hours: dict[tuple[int, int, str], int] = {}
+    for device, project, feature, at, _received, _seq, _item, count, duration in usage:
+        hour = int(at.timestamp() // 3600)
+        sums = hourly.get((project, feature, device, hour))
+        if sums is None:
+            hourly[(project, feature, device, hour)] = [count, 1, duration or 0]
+        else:
+            sums[0] += count
+            sums[1] += 1
+            sums[2] += duration or 0
+        key = (project, hour // 24, feature, device)
+        daily[key] = daily.get(key, 0) | 1 << hour % 24
+        fkey = (project, hour, feature)
+        feature_hours[fkey] = feature_hours.get(fkey, 0) + count
+    days: dict[int, date] = {}
+    monthly: dict[tuple[int, date, str, int], int] = {}
+    feature_days: dict[tuple[int, int, str], int] = {}
+    for project, day, feature, device in daily:
+        when = days.get(day) or days.setdefault(day, date.fromordinal(_EPOCH_DAY + day))
+        mkey = (project, when.replace(day=1), feature, device)
+        monthly[mkey] = monthly.get(mkey, 0) | 1 << (when.day - 1)
+    for (project, hour, feature), events in feature_hours.items():
+        dkey = (project, hour // 24, feature)
+        feature_days[dkey] = feature_days.get(dkey, 0) + events
+
+    def hour_at(hour: int) -> datetime:
+        return datetime.fromtimestamp(hour * 3600, UTC)
+
+    def day_at(day: int) -> date:
+        return days.get(day) or days.setdefault(day, date.fromordinal(_EPOCH_DAY + day))
+
+    h = sorted(hourly.items())
+    d = sorted(daily.items())
+    m = sorted(monthly.items())
+    fh = sorted(feature_hours.items())
+    fd = sorted(feature_days.items())
+    return {
+        "h_project": [k[0] for k, _ in h], "h_feature": [k[1] for k, _ in h],
+        "h_device": [k[2] for k, _ in h], "h_hour": [hour_at(k[3]) for k, _ in h],
+        "h_events": [v[0] for _, v in h], "h_readings": [v[1] for _, v in h],
+        "h_duration": [v[2] for _, v in h],
+        "d_project": [k[0] for k, _ in d], "d_day": [day_at(k[1]) for k, _ in d],
+        "d_feature": [k[2] for k, _ in d], "d_device": [k[3] for k, _ in d],
+        "d_hours": [v for _, v in d],
+        "m_project": [k[0] for k, _ in m], "m_month": [k[1] for k, _ in m],
+        "m_feature": [k[2] for k, _ in m], "m_device": [k[3] for k, _ in m],
+        "m_days": [v for _, v in m],
+        "fh_project": [k[0] for k, _ in fh], "fh_hour": [hour_at(k[1]) for k, _ in fh],
+        "fh_feature": [k[2] for k, _ in fh], "fh_events": [v for _, v in fh],
+        "fd_project": [k[0] for k, _ in fd], "fd_day": [day_at(k[1]) for k, _ in fd],
+        "fd_feature": [k[2] for k, _ in fd], "fd_events": [v for _, v in fd],
+    }  # fmt: skip
 
 
 def _write_device_state(
@@ -466,9 +597,15 @@ def quarantine_messages(
     conn: psycopg.Connection, rejected: list[tuple[RawMessage, Rejected]]
 ) -> None:
     """Write messages straight to the quarantine (used when the database refuses a message)."""
-    with conn.cursor() as cur, cur.copy(COPY_QUARANTINE) as copy:
-        for raw, why in rejected:
-            copy.write_row(_quarantine_row(raw, why))
+    with conn.cursor() as cur:
+        _copy_quarantine(cur, [_quarantine_row(raw, why) for raw, why in rejected])
+
+
+def _copy_quarantine(cur: psycopg.Cursor[Any], rows: list[tuple[object, ...]]) -> None:
+    with cur.copy(COPY_QUARANTINE) as copy:
+        copy.set_types(QUARANTINE_TYPES)
+        for row in rows:
+            copy.write_row(row)
 
 
 def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
@@ -500,17 +637,17 @@ def _stored_messages(
 def _sequence_gaps(
     stored: list[tuple[int, int, int, datetime]],
     previous: dict[int, tuple[int, datetime]],
-) -> tuple[dict[tuple[int, datetime], int], dict[int, tuple[int, datetime]]]:
+) -> tuple[dict[tuple[int, int], int], dict[int, tuple[int, datetime]]]:
     """Missing messages per device and hour, from the sequence numbers of newly stored ones.
 
     Walking each device's new messages in device-time order from its last known (seq, time):
     a jump forward counts the numbers skipped; a lower number at a later time is a restart
     (reboot), not a gap; a message older than the last known one arrived late and fills a
     gap counted before (-1). Returns the counts and each device's latest (seq, time)."""
-    missing: dict[tuple[int, datetime], int] = {}
+    missing: dict[tuple[int, int], int] = {}
     latest = dict(previous)
     for device, _project, seq, at in sorted(stored, key=lambda m: (m[0], m[3], m[2])):
-        hour = _hour(at)
+        hour = _hour_key(at)
         last = latest.get(device)
         if last is not None:
             last_seq, last_at = last
@@ -524,21 +661,26 @@ def _sequence_gaps(
     return missing, {d: v for d, v in latest.items() if previous.get(d) != v}
 
 
-def _hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+def _hour_key(at: datetime) -> int:
+    """Whole hours since the epoch: a cheap key for the UTC hour of *at* (per message)."""
+    return int(at.timestamp() // 3600)
 
 
 def _device_hours(
-    stored: list[tuple[int, int, int, datetime]], missing: dict[tuple[int, datetime], int]
+    stored: list[tuple[int, int, int, datetime]], missing: dict[tuple[int, int], int]
 ) -> list[tuple[Any, ...]]:
     """Rows (device, project, hour, messages, seq_min, seq_max, missing) in one lock order."""
-    hours: dict[tuple[int, datetime], list[Any]] = {}
+    hours: dict[tuple[int, int], list[Any]] = {}
     for device_id, project_id, seq, at in stored:
-        entry = hours.setdefault((device_id, _hour(at)), [project_id, 0, seq, seq])
+        entry = hours.setdefault((device_id, _hour_key(at)), [project_id, 0, seq, seq])
         entry[1] += 1
-        entry[2] = min(entry[2], seq)
-        entry[3] = max(entry[3], seq)
+        if seq < entry[2]:
+            entry[2] = seq
+        elif seq > entry[3]:
+            entry[3] = seq
     return [
-        (key[0], hours[key][0], key[1], *hours[key][1:], missing.get(key, 0))
+        (device, hours[key][0], datetime.fromtimestamp(hour * 3600, UTC), *hours[key][1:],
+         missing.get(key, 0))
         for key in sorted(hours)
-    ]
+        for device, hour in (key,)
+    ]  # fmt: skip

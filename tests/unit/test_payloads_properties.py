@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings, strategies as st
+from pydantic import ValidationError
 
+from services.core import payloads as payloads_module
 from services.core.payloads import (
     MAX_PAYLOAD_BYTES,
     Accepted,
@@ -151,3 +153,40 @@ def test_oversized_payloads_are_rejected_by_size_before_parsing(extra: int) -> N
     outcome = decode("fieldtrack/v1/dev-1/usage", payload, now=NOW, max_future_skew=SKEW)
     assert isinstance(outcome, Rejected)
     assert outcome.reason is QuarantineReason.PAYLOAD_TOO_LARGE
+
+
+def _checked_only(kind: str, payload: bytes) -> str | None:
+    """What the checked models alone (Python validators, the reference wording) say of a
+    payload: the quarantine detail, or None if they accept it."""
+    model = payloads_module._CHECKED_MODELS[MessageKind(kind)]
+    try:
+        model.model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        return payloads_module._summarise(exc, payloads_module._errors(exc))
+    return None
+
+
+@PROFILE
+@given(message=messages, kind=st.sampled_from(KINDS))
+@example(message={"v": 1, "seq": 1, "ts": "2026-11-22T11:59:00", "events": []}, kind="usage")
+@example(
+    message={"seq": "7", "ts": "2026-11-22T11:00:00Z", "metrics": [{"name": "a", "value": 1,
+             "unit": "m\x00" * 10}]},
+    kind="telemetry",
+)  # fmt: skip
+def test_a_refusal_is_worded_as_the_checked_models_word_it(
+    message: dict[str, Any], kind: str
+) -> None:
+    """decode skips the second (checked) validation where both models word errors alike;
+    that shortcut must never change what is quarantined, or why."""
+    payload = _dump(message)
+    outcome = decode(f"fieldtrack/v1/dev-1/{kind}", payload, now=NOW, max_future_skew=SKEW)
+    reference = _checked_only(kind, payload)
+    if reference is None:  # the payload is valid: later checks (skew, device) may refuse it
+        assert not (
+            isinstance(outcome, Rejected)
+            and outcome.reason in (QuarantineReason.INVALID_PAYLOAD, QuarantineReason.NOT_JSON)
+        ), outcome
+    else:
+        assert isinstance(outcome, Rejected), outcome
+        assert outcome.detail == reference
