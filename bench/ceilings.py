@@ -18,7 +18,7 @@ from typing import IO, Any
 import psycopg
 
 from bench.env import FEATURE, BenchData
-from bench.load import Load, usage_payload
+from bench.load import Load, LoadPlan, Sent, usage_payload
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
@@ -104,6 +104,75 @@ def _pub_argv(settings: Settings, cred: DeviceCredential, qos: int) -> list[str]
         "-u", cred.serial, "-P", cred.password, "-i", cred.serial, "-q", str(qos),
         "-t", device_topic(cred.serial, MessageKind.USAGE),
     ]  # fmt: skip
+
+
+def publish_with_c_clients(
+    settings: Settings, creds: Sequence[DeviceCredential], plan: LoadPlan, work: Path
+) -> Sent:
+    """The plan's messages through one mosquitto_pub per device (QoS 1, payload lines written
+    beforehand, each `ts` the time they were written); returns once every publisher has had
+    its last PUBACK and exited."""
+    by_serial = {c.serial: c for c in creds}
+    files: list[tuple[DeviceCredential, Path]] = []
+    now = datetime.now(UTC)
+    for serial in plan.serials:
+        path = work / f"load-{serial}-{plan.first_seq}.lines"
+        with path.open("wb") as out:
+            for seq in range(plan.first_seq, plan.seq_end):
+                out.write(usage_payload(seq, now, plan.readings) + b"\n")
+        files.append((by_serial[serial], path))
+    started = time.monotonic()
+    pubs = []
+    for cred, path in files:
+        with path.open("rb") as lines:
+            argv = [*_pub_argv(settings, cred, 1), "-l", "-M", PUB_INFLIGHT]
+            pubs.append(subprocess.Popen(argv, stdin=lines))
+    codes = [pub.wait(WAIT_S) for pub in pubs]
+    seconds = time.monotonic() - started
+    for _, path in files:
+        path.unlink()
+    if any(codes):
+        raise RuntimeError(f"mosquitto_pub exited {codes}: not every message was acknowledged")
+    return Sent(messages=plan.messages, failed=0, seconds=seconds)
+
+
+# How often the paced feeder tops the publishers up: short against the 1 s latency target.
+PACE_TICK_S = 0.002
+
+
+def publish_paced_with_c_clients(
+    settings: Settings, creds: Sequence[DeviceCredential], plan: LoadPlan, rate: float
+) -> Sent:
+    """The plan's messages at *rate* msgs/s in all, fed line by line to one mosquitto_pub
+    per device through a pipe, each `ts` stamped as its line is written; returns once every
+    publisher has had its last PUBACK and exited."""
+    by_serial = {c.serial: c for c in creds}
+    pubs = [
+        subprocess.Popen([*_pub_argv(settings, by_serial[serial], 1), "-l", "-M", PUB_INFLIGHT],
+                         stdin=subprocess.PIPE)
+        for serial in plan.serials
+    ]  # fmt: skip
+    pipes = [pub.stdin for pub in pubs if pub.stdin is not None]
+    order = [(i, seq) for seq in range(plan.first_seq, plan.seq_end) for i in range(len(pubs))]
+    started, done = time.monotonic(), 0
+    while done < len(order):
+        due = min(len(order), int((time.monotonic() - started) * rate) + 1)
+        now = datetime.now(UTC)
+        lines: list[list[bytes]] = [[] for _ in pipes]
+        for i, seq in order[done:due]:
+            lines[i].append(usage_payload(seq, now, plan.readings) + b"\n")
+        for pipe, chunk in zip(pipes, lines, strict=True):
+            if chunk:
+                pipe.write(b"".join(chunk))
+                pipe.flush()
+        done = due
+        time.sleep(PACE_TICK_S)
+    for pipe in pipes:
+        pipe.close()
+    codes = [pub.wait(WAIT_S) for pub in pubs]
+    if any(codes):
+        raise RuntimeError(f"mosquitto_pub exited {codes}: not every message was acknowledged")
+    return Sent(messages=plan.messages, failed=0, seconds=time.monotonic() - started)
 
 
 def broker_ceiling(data: BenchData, messages: int, qos: int, work: Path) -> dict[str, Any]:

@@ -86,6 +86,9 @@ class BenchData:
     devices: list[DeviceCredential]
     probe: DeviceCredential
     ceiling: list[DeviceCredential]  # for mosquitto_pub (a client id the swarm does not use)
+    # load devices driven by mosquitto_pub instead of the swarm: a load generator that costs
+    # the machine a fraction of the Python publisher's CPU
+    c_publishers: list[DeviceCredential]
 
 
 def _project(conn: psycopg.Connection, name: str) -> int:
@@ -115,6 +118,7 @@ def bench_data(
         serials = [f"bench-{token}-{i:04d}" for i in range(devices)]
         probe_serial = f"bench-{token}-probe"
         ceiling_serials = [f"bench-{token}-c{i}" for i in range(CEILING_PUBLISHERS)]
+        c_serials = [f"bench-{token}-p{i}" for i in range(CEILING_PUBLISHERS)]
         admin = BrokerAdmin(
             settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
             settings.mqtt_admin_password.get_secret_value(),
@@ -122,9 +126,10 @@ def bench_data(
         with admin, psycopg.connect(url, autocommit=True) as conn:
             project_id = _project(conn, "load")
             probe_project = _project(conn, "probe")
-            creds = registry.provision_devices(
-                conn, admin, project_id, [(s, "BENCH", "1.0") for s in serials]
+            provisioned = registry.provision_devices(
+                conn, admin, project_id, [(s, "BENCH", "1.0") for s in [*serials, *c_serials]]
             )
+            creds, c_publishers = provisioned[:devices], provisioned[devices:]
             [probe, *ceiling] = registry.provision_devices(
                 conn, admin, probe_project,
                 [(s, "BENCH", "1.0") for s in [probe_serial, *ceiling_serials]],
@@ -140,7 +145,8 @@ def bench_data(
                     devices=creds,
                     probe=probe,
                     ceiling=ceiling,
+                    c_publishers=c_publishers,
                 )
             finally:
                 with suppress(Exception):
-                    admin.delete_devices([*serials, probe_serial, *ceiling_serials])
+                    admin.delete_devices([*serials, probe_serial, *ceiling_serials, *c_serials])

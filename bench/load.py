@@ -118,10 +118,12 @@ class Load:
         self._probe.stop()
         self._swarm.stop(clear_status=True)
 
-    def plan(self, messages: int, readings: int) -> LoadPlan:
-        """The next *messages* (rounded up to whole rounds over the devices)."""
-        per_device = max(1, -(-messages // len(self.serials)))
-        plan = LoadPlan(self.serials, per_device, readings, self._next_seq)
+    def plan(self, messages: int, readings: int, serials: list[str] | None = None) -> LoadPlan:
+        """The next *messages* (rounded up to whole rounds over the devices: the swarm's, or
+        *serials*)."""
+        serials = serials or self.serials
+        per_device = max(1, -(-messages // len(serials)))
+        plan = LoadPlan(serials, per_device, readings, self._next_seq)
         self._next_seq = plan.seq_end
         return plan
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from bench.ceilings import publish_paced_with_c_clients, publish_with_c_clients
 from bench.env import BenchData
 from bench.load import Load, LoadPlan, Sent
 from bench.procs import IngestProc, Proc, Sampler, Usage, connection_env
@@ -102,6 +103,15 @@ def lag_buckets(metrics: dict[str, float]) -> list[tuple[float, float]]:
         for key, value in metrics.items()
         if key.startswith(prefix)
     )
+
+
+def sum_buckets(per_process: Sequence[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """Several processes' cumulative histograms as one (same bucket bounds)."""
+    total: dict[float, float] = {}
+    for buckets in per_process:
+        for bound, count in buckets:
+            total[bound] = total.get(bound, 0.0) + count
+    return sorted(total.items())
 
 
 class IngestBench:
@@ -182,9 +192,11 @@ class IngestBench:
         on_drain: Callable[[int], None] | None = None,
     ) -> Phase:  # fmt: skip
         """*messages* of *readings* readings through *processes* ingest processes, `live`
-        or `backlog`; *on_drain* is called (in a thread) with the first process's pid as a
-        backlog starts draining (to profile it)."""
-        plan = self.load.plan(messages, readings)
+        (the swarm publishing), `live_c` (mosquitto_pub publishing) or `backlog`; *on_drain*
+        is called (in a thread) with the first process's pid as a backlog starts draining
+        (to profile it)."""
+        c_load = mode == "live_c"
+        plan = self._plan(messages, readings, c_load)
         phase = Phase(name, mode, processes, readings, plan.messages)
         procs = self._procs(name, processes)
         self._launch(procs)
@@ -210,7 +222,7 @@ class IngestBench:
                 sampler = Sampler([p.pid for p in procs]).start()
                 started = time.monotonic()
                 result: list[Sent] = []
-                sender = threading.Thread(target=lambda: result.append(self.load.send(plan)))
+                sender = threading.Thread(target=lambda: result.append(self._send(plan, c_load)))
                 sender.start()
                 samples = self._wait_rows(procs, plan.rows, baseline)
                 sender.join(WAIT_S)
@@ -225,28 +237,48 @@ class IngestBench:
         self._account(phase, plan, sent)
         return phase
 
+    def _plan(self, messages: int, readings: int, c_load: bool) -> LoadPlan:
+        serials = [c.serial for c in self.data.c_publishers] if c_load else None
+        return self.load.plan(messages, readings, serials)
+
+    def _send(self, plan: LoadPlan, c_load: bool) -> Sent:
+        if c_load:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            return publish_with_c_clients(
+                self.data.settings, self.data.c_publishers, plan, self.log_dir
+            )
+        return self.load.send(plan)
+
     def _retire_keeping_sessions(self, procs: Sequence[IngestProc]) -> None:
         for proc in procs:
             proc.stop()
 
-    def latency(self, rate: float, seconds: float) -> Phase:
-        """Single-reading messages paced at *rate* msgs/s through one ingest process:
-        publish (the payload's ts, stamped as it is sent) to commit, from ingest's own
-        histogram; publish to receive from the stored rows."""
-        plan = self.load.plan(max(1, int(rate * seconds)), 1)
-        phase = Phase("latency", "paced", 1, 1, plan.messages)
-        procs = self._procs("latency", 1)
+    def latency(
+        self, rate: float, seconds: float, *, processes: int = 1, c_load: bool = False
+    ) -> Phase:
+        """Single-reading messages paced at *rate* msgs/s (by the swarm, or fed line by line
+        to mosquitto_pub with *c_load*) through *processes* ingest processes: publish (the
+        payload's ts, stamped as it is sent) to commit, from ingest's own histograms; publish
+        to receive from the stored rows."""
+        plan = self._plan(max(1, int(rate * seconds)), 1, c_load)
+        phase = Phase("latency", "paced_c" if c_load else "paced", processes, 1, plan.messages)
+        procs = self._procs("latency", processes)
         self._launch(procs)
         try:
             self._subscribed(procs)
-            before = lag_buckets(procs[0].metrics())
-            baseline = procs[0].committed()
-            sampler = Sampler([procs[0].pid]).start()
+            before = sum_buckets([lag_buckets(p.metrics()) for p in procs])
+            baseline = sum(p.committed() for p in procs)
+            sampler = Sampler([p.pid for p in procs]).start()
             started = time.monotonic()
-            sent = self.load.send(plan, rate=rate)
+            if c_load:
+                sent = publish_paced_with_c_clients(
+                    self.data.settings, self.data.c_publishers, plan, rate
+                )
+            else:
+                sent = self.load.send(plan, rate=rate)
             samples = self._wait_rows(procs, plan.rows, baseline)
             self._usage(phase, sampler.stop())
-            after = lag_buckets(procs[0].metrics())
+            after = sum_buckets([lag_buckets(p.metrics()) for p in procs])
         finally:
             self._retire(procs)
         buckets = [(b, n - dict(before).get(b, 0.0)) for b, n in after]
@@ -268,10 +300,12 @@ class IngestBench:
         }
         return phase
 
-    def naive(self, messages: int, window: float) -> Phase:
-        """The naive consumer under the same live load: rows it committed in *window* s."""
-        plan = self.load.plan(messages, 1)
-        phase = Phase("naive", "live", 1, 1, plan.messages)
+    def naive(self, messages: int, window: float, *, c_load: bool = False) -> Phase:
+        """The naive consumer under the same live load (the swarm's, or mosquitto_pub's with
+        *c_load*): rows it committed in *window* s."""
+        plan = self._plan(messages, 1, c_load)
+        phase = Phase("naive_c" if c_load else "naive", "live_c" if c_load else "live", 1, 1,
+                      plan.messages)  # fmt: skip
         client_id = f"bench-{self.data.token}-naive-{uuid.uuid4().hex[:4]}"
         proc = Proc(
             client_id, [sys.executable, "-m", "bench.naive"],
@@ -284,7 +318,7 @@ class IngestBench:
             sampler = Sampler([proc.pid]).start()
             started = time.monotonic()
             result: list[Sent] = []
-            sender = threading.Thread(target=lambda: result.append(self.load.send(plan)))
+            sender = threading.Thread(target=lambda: result.append(self._send(plan, c_load)))
             sender.start()
             time.sleep(window)
             rows, _ = self._stored(plan)

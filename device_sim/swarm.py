@@ -61,6 +61,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sim.device import QOS, set_last_will, status_payload
+from services.core.mqtt_client import BufferedClient
 from services.core.topics import MessageKind, device_topic
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ class Swarm:
         self._stopped = False
 
     def _make_client(self, serial: str, password: str) -> mqtt.Client:
-        client = mqtt.Client(
+        client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=serial,
             clean_session=True,
