@@ -9,7 +9,7 @@ Rejected messages go to the quarantine.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -91,7 +91,7 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_device_hourly (LIKE device_hourly) ON C
 """
 COPY_USAGE = """
 COPY incoming_usage (device_id, project_id, feature_key, device_time, received_at, seq, item,
-                     count, duration_ms) FROM STDIN
+                     count, duration_ms) FROM STDIN (FORMAT BINARY)
 """
 COPY_METRICS = """
 COPY incoming_metrics (device_id, project_id, name, value, unit, device_time, received_at, seq,
@@ -159,8 +159,11 @@ WITH inserted AS (
 # path above, which skips it), and the rollups upserted from sums made in memory.
 COPY_USAGE_DIRECT = """
 COPY usage_events (device_id, project_id, feature_key, device_time, received_at, seq, item,
-                   count, duration_ms) FROM STDIN
+                   count, duration_ms) FROM STDIN (FORMAT BINARY)
 """
+# Binary COPY: two timestamps a row are the costliest part of text COPY's formatting.
+USAGE_TYPES = ("int8", "int8", "text", "timestamptz", "timestamptz", "int8", "int2", "int4",
+               "int8")  # fmt: skip
 UPSERT_USAGE_ROLLUPS = """
 WITH hourly AS (
     INSERT INTO usage_hourly AS h (project_id, feature_key, device_id, hour, events, readings,
@@ -382,14 +385,10 @@ def _insert_usage(
     usual case); through the staging table, skipping what is, after a redelivery."""
     try:
         with cur.connection.transaction():  # a savepoint: a unique violation undoes only this
-            with cur.copy(COPY_USAGE_DIRECT) as copy:
-                for row in usage:
-                    copy.write_row(row)
+            _copy_rows(cur, COPY_USAGE_DIRECT, USAGE_TYPES, usage)
             cur.execute(UPSERT_USAGE_ROLLUPS, usage_rollups(usage))
     except psycopg.errors.UniqueViolation:
-        with cur.copy(COPY_USAGE) as copy:
-            for row in usage:
-                copy.write_row(row)
+        _copy_rows(cur, COPY_USAGE, USAGE_TYPES, usage)
         return _stored_messages(cur.execute(MOVE_USAGE).fetchall(), stored)
     # reading 0 of each message marks the message (as STORED_MESSAGES does)
     stored.extend((row[0], row[1], row[5], row[3]) for row in usage if row[6] == 0)
@@ -404,21 +403,23 @@ def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
     as MOVE_USAGE sums them in SQL (UTC hours and days; bitmasks of migration 0007), as the
     column arrays UPSERT_USAGE_ROLLUPS takes."""
     hourly: dict[tuple[int, str, int, int], list[int]] = {}
-    daily: dict[tuple[int, int, str, int], int] = {}
-    feature_hours: dict[tuple[int, int, str], int] = {}
     for device, project, feature, at, _received, _seq, _item, count, duration in usage:
-        hour = int(at.timestamp() // 3600)
-        sums = hourly.get((project, feature, device, hour))
+        key = (project, feature, device, int(at.timestamp() // 3600))
+        sums = hourly.get(key)
         if sums is None:
-            hourly[(project, feature, device, hour)] = [count, 1, duration or 0]
+            hourly[key] = [count, 1, duration or 0]
         else:
             sums[0] += count
             sums[1] += 1
             sums[2] += duration or 0
-        key = (project, hour // 24, feature, device)
-        daily[key] = daily.get(key, 0) | 1 << hour % 24
+    # everything else follows from the (far fewer) hourly sums
+    daily: dict[tuple[int, int, str, int], int] = {}
+    feature_hours: dict[tuple[int, int, str], int] = {}
+    for (project, feature, device, hour), (events, _, _) in hourly.items():
+        dkey = (project, hour // 24, feature, device)
+        daily[dkey] = daily.get(dkey, 0) | 1 << hour % 24
         fkey = (project, hour, feature)
-        feature_hours[fkey] = feature_hours.get(fkey, 0) + count
+        feature_hours[fkey] = feature_hours.get(fkey, 0) + events
     days: dict[int, date] = {}
     monthly: dict[tuple[int, date, str, int], int] = {}
     feature_days: dict[tuple[int, int, str], int] = {}
@@ -427,8 +428,8 @@ def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
         mkey = (project, when.replace(day=1), feature, device)
         monthly[mkey] = monthly.get(mkey, 0) | 1 << (when.day - 1)
     for (project, hour, feature), events in feature_hours.items():
-        dkey = (project, hour // 24, feature)
-        feature_days[dkey] = feature_days.get(dkey, 0) + events
+        fdkey = (project, hour // 24, feature)
+        feature_days[fdkey] = feature_days.get(fdkey, 0) + events
 
     def hour_at(hour: int) -> datetime:
         return datetime.fromtimestamp(hour * 3600, UTC)
@@ -602,8 +603,15 @@ def quarantine_messages(
 
 
 def _copy_quarantine(cur: psycopg.Cursor[Any], rows: list[tuple[object, ...]]) -> None:
-    with cur.copy(COPY_QUARANTINE) as copy:
-        copy.set_types(QUARANTINE_TYPES)
+    _copy_rows(cur, COPY_QUARANTINE, QUARANTINE_TYPES, rows)
+
+
+def _copy_rows(
+    cur: psycopg.Cursor[Any], statement: str, types: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """A binary COPY of *rows* (columns of *types*)."""
+    with cur.copy(statement) as copy:
+        copy.set_types(types)
         for row in rows:
             copy.write_row(row)
 
