@@ -208,7 +208,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Stored = published: " + "; ".join(checks)]
     profile = report.get("profile")
     if profile:
-        lines += ["", "## Where ingest spends its time (py-spy)", "", profile["summary"]]
+        lines += ["", f"## Where ingest spends its time (py-spy: {profile.get('load', '')})", "",
+                  profile["summary"]]  # fmt: skip
     queries = report.get("queries", {})
     lines += ["", f"Queries: {queries.get('status', 'see queries')}"]
     return "\n".join(lines) + "\n"
