@@ -106,7 +106,23 @@ def read_rows(
 ) -> list[dict[str, Any]]:
     """Rows as dicts, header checked against the model's fields."""
     # Spreadsheets often save UTF-8 with a byte-order mark; it is not part of the header.
-    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff")))
+    # newline="": the csv module reads line endings itself (a lone CR included).
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    try:
+        return _read_records(reader, model, extra)
+    except csv.Error as exc:  # a file the csv module cannot read at all (e.g. a huge cell)
+        raise ImportRejected(
+            [
+                RowError(
+                    row=max(reader.line_num, 1), field=None, message=f"not readable as CSV: {exc}"
+                )
+            ]
+        ) from exc
+
+
+def _read_records(
+    reader: csv.DictReader[str], model: type[BaseModel], extra: frozenset[str]
+) -> list[dict[str, Any]]:
     header = reader.fieldnames or []
     allowed = set(model.model_fields) | extra
     unknown = [h for h in header if h not in allowed]

@@ -148,12 +148,24 @@ def test_customers_import_clashing_with_an_existing_customer_imports_nothing(
         "name,tier,industry,colour\nx,head,retail,red\n",  # unknown column
         "name,tier,industy\nx,head,retail\n",  # a typo is an unknown column too
         "id,name,tier,industry\n1,x,head,retail\n",  # ids are not imported
+        "\r0",  # a lone CR: once a 500 (csv.Error), found by schemathesis
     ],
-    ids=["blank-line", "header-only", "unknown-column", "typo", "id-column"],
+    ids=["blank-line", "header-only", "unknown-column", "typo", "id-column", "lone-cr"],
 )
 def test_unusable_files_are_422_at_line_1(api: TestClient, text: str) -> None:
     errors = rejected(post_csv(api, "/imports/customers", text))
     assert errors[0][0] == 1
+
+
+def test_a_file_the_csv_module_cannot_read_is_422(api: TestClient) -> None:
+    text = "name,tier,industry\n" + "x" * 200_000 + ",head,retail\n"  # a cell over csv's limit
+    body = expect(post_csv(api, "/imports/customers", text), 422)
+    assert "not readable as CSV" in body["errors"][0]["message"], body
+
+
+def test_old_mac_line_endings_import(api: TestClient, unique: str) -> None:
+    text = f"name,tier,industry\rcr {unique},head,retail\r"
+    assert expect(post_csv(api, "/imports/customers", text), 201)["created"] == 1
 
 
 @pytest.mark.parametrize("url", ["/imports/customers", "/imports/projects", "/devices/import"])
