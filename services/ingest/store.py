@@ -421,21 +421,22 @@ def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
         fkey = (project, hour, feature)
         feature_hours[fkey] = feature_hours.get(fkey, 0) + events
     days: dict[int, date] = {}
+
+    def day_at(day: int) -> date:
+        return days.get(day) or days.setdefault(day, date.fromordinal(_EPOCH_DAY + day))
+
+    def hour_at(hour: int) -> datetime:
+        return datetime.fromtimestamp(hour * 3600, UTC)
+
     monthly: dict[tuple[int, date, str, int], int] = {}
     feature_days: dict[tuple[int, int, str], int] = {}
     for project, day, feature, device in daily:
-        when = days.get(day) or days.setdefault(day, date.fromordinal(_EPOCH_DAY + day))
+        when = day_at(day)
         mkey = (project, when.replace(day=1), feature, device)
         monthly[mkey] = monthly.get(mkey, 0) | 1 << (when.day - 1)
     for (project, hour, feature), events in feature_hours.items():
         fdkey = (project, hour // 24, feature)
         feature_days[fdkey] = feature_days.get(fdkey, 0) + events
-
-    def hour_at(hour: int) -> datetime:
-        return datetime.fromtimestamp(hour * 3600, UTC)
-
-    def day_at(day: int) -> date:
-        return days.get(day) or days.setdefault(day, date.fromordinal(_EPOCH_DAY + day))
 
     h = sorted(hourly.items())
     d = sorted(daily.items())
