@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -108,10 +108,11 @@ def _pub_argv(settings: Settings, cred: DeviceCredential, qos: int) -> list[str]
 
 def publish_with_c_clients(
     settings: Settings, creds: Sequence[DeviceCredential], plan: LoadPlan, work: Path
-) -> Sent:
-    """The plan's messages through one mosquitto_pub per device (QoS 1, payload lines written
-    beforehand, each `ts` the time they were written); returns once every publisher has had
-    its last PUBACK and exited."""
+) -> Callable[[], Sent]:
+    """Write the plan's payload lines now (each `ts` the time they are written: building
+    them costs Python time that must not count against the phase), and return the sending:
+    one mosquitto_pub per device, QoS 1, returning once every publisher has had its last
+    PUBACK and exited."""
     by_serial = {c.serial: c for c in creds}
     files: list[tuple[DeviceCredential, Path]] = []
     now = datetime.now(UTC)
@@ -121,19 +122,23 @@ def publish_with_c_clients(
             for seq in range(plan.first_seq, plan.seq_end):
                 out.write(usage_payload(seq, now, plan.readings) + b"\n")
         files.append((by_serial[serial], path))
-    started = time.monotonic()
-    pubs = []
-    for cred, path in files:
-        with path.open("rb") as lines:
-            argv = [*_pub_argv(settings, cred, 1), "-l", "-M", PUB_INFLIGHT]
-            pubs.append(subprocess.Popen(argv, stdin=lines))
-    codes = [pub.wait(WAIT_S) for pub in pubs]
-    seconds = time.monotonic() - started
-    for _, path in files:
-        path.unlink()
-    if any(codes):
-        raise RuntimeError(f"mosquitto_pub exited {codes}: not every message was acknowledged")
-    return Sent(messages=plan.messages, failed=0, seconds=seconds)
+
+    def send() -> Sent:
+        started = time.monotonic()
+        pubs = []
+        for cred, path in files:
+            with path.open("rb") as lines:
+                argv = [*_pub_argv(settings, cred, 1), "-l", "-M", PUB_INFLIGHT]
+                pubs.append(subprocess.Popen(argv, stdin=lines))
+        codes = [pub.wait(WAIT_S) for pub in pubs]
+        seconds = time.monotonic() - started
+        for _, path in files:
+            path.unlink()
+        if any(codes):
+            raise RuntimeError(f"mosquitto_pub exited {codes}: not every message was acknowledged")
+        return Sent(messages=plan.messages, failed=0, seconds=seconds)
+
+    return send
 
 
 # How often the paced feeder tops the publishers up: short against the 1 s latency target.

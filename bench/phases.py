@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +219,12 @@ class IngestBench:
                 if watcher:
                     watcher.join(WAIT_S)
             else:
+                send = self._sender(plan, c_load)
                 baseline = sum(proc.committed() for proc in procs)
                 sampler = Sampler([p.pid for p in procs]).start()
                 started = time.monotonic()
                 result: list[Sent] = []
-                sender = threading.Thread(target=lambda: result.append(self._send(plan, c_load)))
+                sender = threading.Thread(target=lambda: result.append(send()))
                 sender.start()
                 samples = self._wait_rows(procs, plan.rows, baseline)
                 sender.join(WAIT_S)
@@ -241,13 +243,14 @@ class IngestBench:
         serials = [c.serial for c in self.data.c_publishers] if c_load else None
         return self.load.plan(messages, readings, serials)
 
-    def _send(self, plan: LoadPlan, c_load: bool) -> Sent:
+    def _sender(self, plan: LoadPlan, c_load: bool) -> Callable[[], Sent]:
+        """What sends the plan's load, made ready (mosquitto_pub's payload files written)."""
         if c_load:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             return publish_with_c_clients(
                 self.data.settings, self.data.c_publishers, plan, self.log_dir
             )
-        return self.load.send(plan)
+        return partial(self.load.send, plan)
 
     def _retire_keeping_sessions(self, procs: Sequence[IngestProc]) -> None:
         for proc in procs:
@@ -315,10 +318,11 @@ class IngestBench:
         proc.launch()
         try:
             proc.wait_ready()
+            send = self._sender(plan, c_load)
             sampler = Sampler([proc.pid]).start()
             started = time.monotonic()
             result: list[Sent] = []
-            sender = threading.Thread(target=lambda: result.append(self._send(plan, c_load)))
+            sender = threading.Thread(target=lambda: result.append(send()))
             sender.start()
             time.sleep(window)
             rows, _ = self._stored(plan)

@@ -64,7 +64,9 @@ def cpu_us_per_message(phase: dict[str, Any]) -> float | None:
 
 
 def best_batched(report: dict[str, Any]) -> dict[str, Any] | None:
-    return _best(report, ["batched_live_1", "batched_live_2"], "rows_per_s")
+    """The best batched phase, with either load generator."""
+    return _best(report, [f"batched_{m}_{n}" for m in ("live", "live_c") for n in (1, 2)],
+                 "rows_per_s")  # fmt: skip
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,7 +118,8 @@ def rows(report: dict[str, Any]) -> list[Row]:
         "single_live": "fieldtrack, 1 reading/msg, live (simulator swarm)",
         "single_live_c": "fieldtrack, 1 reading/msg, live (2 × mosquitto_pub)",
         "single_backlog": "fieldtrack, 1 reading/msg, draining a backlog",
-        "batched_live": "fieldtrack, {r} readings/msg, live",
+        "batched_live": "fieldtrack, {r} readings/msg, live (simulator swarm)",
+        "batched_live_c": "fieldtrack, {r} readings/msg, live (2 × mosquitto_pub)",
     }
     for key, label in labels.items():
         for procs in (1, 2):
@@ -124,7 +127,7 @@ def rows(report: dict[str, Any]) -> list[Row]:
             if not phase:
                 continue
             text = f"{label.format(r=phase['readings'])}, {procs} ingest"
-            if key == "batched_live":
+            if key.startswith("batched"):
                 out.append((text, f"{_n(phase['rows_per_s'])} rows/s "
                             f"({_n(phase['msgs_per_s'])} msg/s)",
                             "PostgreSQL COPY", _ratio(phase["rows_per_s"], copy)))  # fmt: skip

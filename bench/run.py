@@ -104,12 +104,13 @@ def _ingest(bench: IngestBench, sizes: Sizes) -> dict[str, Phase]:
             _say(f"fieldtrack: {name}")
             phases[name] = bench.throughput(name, sizes.single_messages, 1, procs, mode=mode)
             _say(f"  {phases[name].msgs_per_s:,} msg/s, lost {phases[name].lost}")
-        name = f"batched_live_{procs}"
-        _say(f"fieldtrack: {name}")
-        phases[name] = bench.throughput(
-            name, sizes.batched_messages, sizes.readings, procs, mode="live"
-        )
-        _say(f"  {phases[name].rows_per_s:,} rows/s, lost {phases[name].lost}")
+        for mode in ("live", "live_c"):
+            name = f"batched_{mode}_{procs}"
+            _say(f"fieldtrack: {name}")
+            phases[name] = bench.throughput(
+                name, sizes.batched_messages, sizes.readings, procs, mode=mode
+            )
+            _say(f"  {phases[name].rows_per_s:,} rows/s, lost {phases[name].lost}")
     # at half the best end-to-end rate, with the load generator and processes that reached it
     best = max((p for n, p in phases.items() if n.startswith("single_live")),
                key=lambda p: p.msgs_per_s)  # fmt: skip

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, overload
 
 import psycopg
 
@@ -44,6 +44,7 @@ class RawMessage(NamedTuple):
     generation: int = 0  # which broker connection delivered it (acks are per connection)
     retained: bool = False  # replayed by the broker on subscribe, not sent just now
     historical: bool = False  # bulk-imported history: device time, not receipt, is "last seen"
+    decoded: Accepted | Rejected | None = None  # decoded on receipt (None: the writer decodes)
 
 
 @dataclass
@@ -313,7 +314,12 @@ def store_batch(
     cleared = [raw for raw in batch if not raw.payload and _is_status(raw.topic)]
     result.status_cleared = len(cleared)
     decoded = [
-        (raw, decode(raw.topic, raw.payload, now=now, max_future_skew=max_future_skew))
+        (
+            raw,
+            raw.decoded
+            if raw.decoded is not None
+            else decode(raw.topic, raw.payload, now=now, max_future_skew=max_future_skew),
+        )
         for raw in batch
         if raw.payload or not _is_status(raw.topic)
     ]
@@ -385,8 +391,8 @@ def _insert_usage(
     usual case); through the staging table, skipping what is, after a redelivery."""
     try:
         with cur.connection.transaction():  # a savepoint: a unique violation undoes only this
-            _copy_rows(cur, COPY_USAGE_DIRECT, USAGE_TYPES, usage)
-            cur.execute(UPSERT_USAGE_ROLLUPS, usage_rollups(usage))
+            rollups = _copy_rows(cur, COPY_USAGE_DIRECT, USAGE_TYPES, usage, usage_rollups)
+            cur.execute(UPSERT_USAGE_ROLLUPS, rollups)
     except psycopg.errors.UniqueViolation:
         _copy_rows(cur, COPY_USAGE, USAGE_TYPES, usage)
         return _stored_messages(cur.execute(MOVE_USAGE).fetchall(), stored)
@@ -531,10 +537,11 @@ class _Rows:
             # A retained status replayed on subscribe says nothing about when the device
             # was last heard from; only live messages refresh last_seen.
             state.last_seen = max(state.last_seen or raw.received_at, raw.received_at)
+        times = accepted.reading_times
         if isinstance(message, UsageMessage):
             for item, event in enumerate(message.events):
                 self.usage.append((
-                    device.id, device.project_id, event.feature, event.ts or message.ts,
+                    device.id, device.project_id, event.feature, times[item],
                     raw.received_at, message.seq, item, event.count, event.duration_ms,
                 ))  # fmt: skip
             result.device_times.append(message.ts)
@@ -542,7 +549,7 @@ class _Rows:
             for item, metric in enumerate(message.metrics):
                 self.metrics.append((
                     device.id, device.project_id, metric.name, metric.value, metric.unit,
-                    metric.ts or message.ts, raw.received_at, message.seq, item,
+                    times[item], raw.received_at, message.seq, item,
                 ))  # fmt: skip
             result.device_times.append(message.ts)
         elif isinstance(message, StatusMessage):
@@ -607,14 +614,35 @@ def _copy_quarantine(cur: psycopg.Cursor[Any], rows: list[tuple[object, ...]]) -
     _copy_rows(cur, COPY_QUARANTINE, QUARANTINE_TYPES, rows)
 
 
+_Meanwhile = TypeVar("_Meanwhile")
+
+
+@overload
 def _copy_rows(
     cur: psycopg.Cursor[Any], statement: str, types: Sequence[str], rows: list[tuple[Any, ...]]
-) -> None:
-    """A binary COPY of *rows* (columns of *types*)."""
+) -> None: ...
+@overload
+def _copy_rows(
+    cur: psycopg.Cursor[Any],
+    statement: str,
+    types: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    meanwhile: Callable[[list[tuple[Any, ...]]], _Meanwhile],
+) -> _Meanwhile: ...
+def _copy_rows(
+    cur: psycopg.Cursor[Any],
+    statement: str,
+    types: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    meanwhile: Callable[[list[tuple[Any, ...]]], _Meanwhile] | None = None,
+) -> _Meanwhile | None:
+    """A binary COPY of *rows* (columns of *types*); returns *meanwhile(rows)*, computed once
+    the rows are sent, while PostgreSQL is still taking them in (it lags behind Python)."""
     with cur.copy(statement) as copy:
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+        return None if meanwhile is None else meanwhile(rows)
 
 
 def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -21,7 +21,7 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
-from services.ingest.service import IngestService
+from services.ingest.service import EARLY_DECODE_BYTES, IngestService
 from tests.integration.conftest import Project, discard_session, wait_for
 from tests.integration.ingest_support import (
     Ledger,
@@ -171,6 +171,9 @@ def test_bad_input_is_quarantined_with_the_right_reason_while_good_flows(
     def raw(value: dict[str, object]) -> bytes:
         return json.dumps(value).encode()
 
+    # readings with their own time, an hour ago, in a zone two hours ahead of UTC
+    local = (now - timedelta(hours=1)).astimezone(timezone(timedelta(hours=2)))
+    many = [{"feature": feature, "ts": local.isoformat()} for _ in range(40)]
     truncated = raw(body())
     truncated = truncated[: len(truncated) // 2]
     old_ts = iso(now - timedelta(days=40))
@@ -202,12 +205,22 @@ def test_bad_input_is_quarantined_with_the_right_reason_while_good_flows(
         ("40 days old", MessageKind.USAGE, raw(body(ts=old_ts)), {"too_old"}),
         ("payload names another device", MessageKind.USAGE,
          raw(body(device=f"someone-else-{unique}")), {"device_mismatch"}),
+        # payloads over EARLY_DECODE_BYTES are decoded on the network thread
+        ("40 readings, the last 11 minutes ahead", MessageKind.USAGE,
+         raw(body(events=[*many[:-1], {"feature": feature,
+                                       "ts": iso(now + timedelta(minutes=11))}])),
+         {"future_timestamp"}),
+        ("40 readings, one count a string", MessageKind.USAGE,
+         raw(body(events=[*many[:-1], {"feature": feature, "count": "2"}])),
+         {"invalid_payload"}),
     ]  # fmt: skip
     ahead_5_min = next(seq)
     unknown_feature = f"never_delivered_{unique}"
     unknown_seq = next(seq)
+    many_seq = next(seq)
     stored_cases = [
         (ahead_5_min, raw(body(seq=ahead_5_min, ts=iso(now + timedelta(minutes=5)))), feature),
+        (many_seq, raw(body(seq=many_seq, events=many)), feature),
         (unknown_seq, raw(body(seq=unknown_seq, events=[{"feature": unknown_feature,
                                                           "count": 4}])), unknown_feature),
     ]  # fmt: skip
@@ -249,6 +262,13 @@ def test_bad_input_is_quarantined_with_the_right_reason_while_good_flows(
     assert all(seq_ in stored for seq_ in good), "a good message next to a bad one was lost"
     assert stored[ahead_5_min] == feature  # 5 minutes ahead is within the 10-minute tolerance
     assert stored[unknown_seq] == unknown_feature  # kept as undelivered usage
+    assert all(len(p) > EARLY_DECODE_BYTES for _, p, _ in stored_cases[1:2])
+    times = conn.execute(
+        """SELECT count(*), min(device_time), max(device_time) FROM usage_events u
+           JOIN devices d ON d.id = u.device_id WHERE d.serial = %s AND u.seq = %s""",
+        (device.serial, many_seq),
+    ).fetchone()
+    assert times == (40, local, local)  # each reading at its own time, whatever its zone
     assert len(stored) == len(good) + len(stored_cases)
 
     usage = api.get(f"/projects/{project.id}/usage").json()

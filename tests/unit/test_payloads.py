@@ -39,6 +39,19 @@ def test_valid_usage_message_is_accepted_with_utc_times() -> None:
     assert isinstance(outcome.message, UsageMessage)
     assert outcome.message.ts == datetime(2026, 11, 22, 11, 59, tzinfo=UTC)
     assert outcome.message.events[0].count == 2
+    # a reading without its own time takes the message's, as the store writes it: in UTC
+    assert outcome.reading_times == (datetime(2026, 11, 22, 11, 59, tzinfo=UTC),)
+    assert outcome.reading_times[0].tzinfo is UTC
+
+
+def test_each_reading_keeps_its_own_time_in_utc() -> None:
+    events = [{"feature": "a", "ts": "2026-11-22T09:00:00-03:00"}, {"feature": "b"}]
+    outcome = _decode(_usage(ts="2026-11-22T13:59:00+02:00", events=events))
+    assert isinstance(outcome, Accepted)
+    assert outcome.reading_times == (
+        datetime(2026, 11, 22, 12, 0, tzinfo=UTC), datetime(2026, 11, 22, 11, 59, tzinfo=UTC),
+    )  # fmt: skip
+    assert outcome.oldest == datetime(2026, 11, 22, 11, 59, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ from services.core.payloads import (
     QuarantineReason,
     Rejected,
     decode,
-    earliest_time,
 )
 from services.core.topics import MessageKind
 
@@ -112,8 +111,15 @@ def _assert_classified(outcome: object, topic: str) -> None:
         assert outcome.detail, "a rejection must say why"
     else:
         assert outcome.topic.serial == topic.split("/")[2]
-        # what the store later needs from an accepted message must work too
-        earliest_time(outcome.message)
+        # what the store takes from an accepted message: each reading's time, in UTC
+        message = outcome.message
+        items = getattr(message, "events", None) or getattr(message, "metrics", None) or []
+        assert len(outcome.reading_times) == len(items)
+        for item, at in zip(items, outcome.reading_times, strict=True):
+            assert at.tzinfo is UTC
+            assert at == (item.ts or message.ts)
+        if outcome.reading_times:
+            assert outcome.oldest == min(message.ts, *outcome.reading_times)
 
 
 @PROFILE
