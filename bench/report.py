@@ -153,6 +153,8 @@ def rows(report: dict[str, Any]) -> list[Row]:
     if latency:
         extra = latency["extra"]
         of = extra.get("of_phase", "max")
+        if "max_rate_just_before" in extra:
+            of = f"{extra['max_rate_just_before']:,} msg/s, {of} measured again just before"
         out.append((f"Publish → commit at {extra['target_rate']:,} msg/s (50 % of {of}), "
                     f"{latency['processes']} ingest, p50 / p99",
                     f"{extra['p50_publish_to_commit_s'] * 1000:.0f} / "

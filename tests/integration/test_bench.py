@@ -35,8 +35,8 @@ def test_quick_bench_measures_every_part_and_loses_nothing(
     phases = report["phases"]
     expected = {
         *(f"{kind}_{n}" for kind in ("single_live", "single_live_c", "single_backlog",
-                                     "batched_live") for n in (1, 2)),
-        "latency", "naive", "naive_c",
+                                     "batched_live", "batched_live_c") for n in (1, 2)),
+        "latency_max", "latency", "naive", "naive_c",
     }  # fmt: skip
     assert expected <= set(phases)
     for name, phase in phases.items():
@@ -50,6 +50,8 @@ def test_quick_bench_measures_every_part_and_loses_nothing(
         assert phase["msgs_per_s"] > 0 and phase["cpu_percent"] > 0, (name, phase)
     latency = phases["latency"]["extra"]
     assert 0 < latency["p50_publish_to_commit_s"] <= latency["p99_publish_to_commit_s"]
+    # paced at half the maximum rate measured just before it
+    assert latency["target_rate"] == round(phases["latency_max"]["msgs_per_s"] / 2)
 
     assert [t["pass"] is not None for t in report["targets"]] == [True] * 4
     if any(t["pass"] is False for t in report["targets"]):
