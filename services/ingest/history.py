@@ -89,13 +89,25 @@ class HistoryImporter:
             self.add(serial, kind, json.dumps(record, separators=(",", ":")).encode())
 
     def add_csv(self, text: Iterable[str]) -> None:
-        reader = csv.DictReader(text)
-        missing = {"device", "kind", "seq", "ts"} - set(reader.fieldnames or ())
+        consumed: list[str] = []  # the raw lines of the record being read
+
+        def lines() -> Iterator[str]:
+            for line in text:
+                consumed.append(line)
+                yield line
+
+        reader = csv.DictReader(lines())
+        try:
+            header = reader.fieldnames or ()
+        except csv.Error as exc:  # e.g. a stray carriage return in the header
+            raise ValueError(f"the CSV header cannot be read: {exc}") from exc
+        missing = {"device", "kind", "seq", "ts"} - set(header)
         if missing:
             raise ValueError(
                 f"CSV header lacks {', '.join(sorted(missing))}; columns: {', '.join(CSV_COLUMNS)}"
             )
-        for key, rows in _grouped(reader):
+        consumed.clear()
+        for key, rows in _grouped(self._readable(reader, consumed)):
             serial, kind_text, seq, ts = key
             try:
                 kind = MessageKind(kind_text)
@@ -120,9 +132,28 @@ class HistoryImporter:
                 ]  # fmt: skip
             self.add(serial, kind, json.dumps(body, separators=(",", ":")).encode())
 
+    def _readable(
+        self, reader: csv.DictReader[str], consumed: list[str]
+    ) -> Iterator[dict[str, str]]:
+        """The rows the csv module can read. A record it cannot (a stray carriage return, a
+        cell over its size limit) is quarantined with its raw lines, and reading goes on."""
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                self._line = reader.line_num
+                self._reject("".join(consumed).encode(), f"unreadable CSV: {exc}")
+                consumed.clear()
+                continue
+            consumed.clear()
+            yield row
+
     def _reject(self, raw: bytes, why: str) -> None:
         """A record that does not even name a device and kind: quarantined, never dropped."""
-        message = RawMessage(f"history/line-{self._line}", raw[:65536], datetime.now(UTC))
+        # the quarantine keeps the first 64 KiB and the whole size
+        message = RawMessage(f"history/line-{self._line}", raw, datetime.now(UTC))
         reason = QuarantineReason.INVALID_PAYLOAD
         with self.conn.transaction():
             quarantine_messages(
@@ -155,7 +186,7 @@ class HistoryImporter:
 
 
 def _grouped(
-    reader: csv.DictReader[str],
+    reader: Iterable[dict[str, str]],
 ) -> Iterator[tuple[tuple[str, str, str, str], list[dict[str, str]]]]:
     key: tuple[str, str, str, str] | None = None
     rows: list[dict[str, str]] = []

@@ -212,6 +212,43 @@ def test_history_import_csv_and_wrong_type(api: TestClient, conn: psycopg.Connec
     assert refused.status_code == 415
 
 
+def test_history_csv_lines_the_csv_module_cannot_read_are_quarantined(
+    api: TestClient, conn: psycopg.Connection
+) -> None:
+    """A stray carriage return or a cell over the csv module's 128 KiB limit once escaped as
+    a 500; now each such record is quarantined and the rows around it are stored."""
+    demo = _demo()
+    seed(conn, None, demo, datetime.now(UTC).date())
+    ts = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    huge = "x" * (200 * 1024)
+    body = (
+        "device,kind,seq,ts,feature,count,duration_ms,metric,value,unit\n"
+        f"nlh-room-001,usage,910001,{ts},remote_unlock,1,,,,\n"
+        f"nlh-room-001,usage,910002,{ts},remote\runlock,1,,,,\n"
+        f'nlh-room-001,usage,910003,{ts},"{huge}",1,,,,\n'
+        f"nlh-room-001,usage,910004,{ts},remote_unlock,1,,,,\n"
+    )
+    before = conn.execute("SELECT coalesce(max(id), 0) FROM quarantine").fetchone()
+    response = api.post("/imports/history", content=body, headers={"content-type": "text/csv"})
+    assert response.status_code == 201, response.text
+    report = response.json()
+    assert (report["messages"], report["usage_rows"]) == (4, 2)
+    assert report["quarantined"] == {"invalid_payload": 2}
+    rows = conn.execute(
+        "SELECT detail, payload_size FROM quarantine WHERE id > %s ORDER BY id", before
+    ).fetchall()
+    assert [detail.split(": unreadable CSV: ")[1][:20] for detail, _ in rows] == [
+        "new-line character s", "field larger than fi",
+    ]  # fmt: skip
+    assert rows[1][1] > len(huge)  # the whole raw record is measured, 64 KiB of it kept
+
+    header = api.post(
+        "/imports/history", content=b"device,ki\rnd,seq,ts\n", headers={"content-type": "text/csv"}
+    )
+    assert header.status_code == 422, header.text
+    assert "header" in header.text
+
+
 def test_portfolio_backfill_lands_the_ground_truth(sim_database: str, tmp_path: Path) -> None:
     """The 3,000-device portfolio through the CLI, over PORTFOLIO_TEST_DAYS of its 90 days: the
     whole 90 days take about 6 minutes here, too long for every CI run (its speed is a
