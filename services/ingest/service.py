@@ -172,7 +172,7 @@ class IngestService:
         try:
             self._queue.put_nowait(
                 RawMessage(
-                    topic, payload, received, mid, qos, self._generation, retain, False, decoded
+                    topic, payload, received, mid, qos, self._generation, retain, decoded=decoded
                 )
             )
         except Exception:  # a callback that raises would kill paho's network loop

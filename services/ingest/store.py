@@ -9,10 +9,11 @@ Rejected messages go to the quarantine.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -391,7 +392,8 @@ def _insert_usage(
     usual case); through the staging table, skipping what is, after a redelivery."""
     try:
         with cur.connection.transaction():  # a savepoint: a unique violation undoes only this
-            rollups = _copy_rows(cur, COPY_USAGE_DIRECT, USAGE_TYPES, usage, usage_rollups)
+            with _copying(cur, COPY_USAGE_DIRECT, USAGE_TYPES, usage):
+                rollups = usage_rollups(usage)
             cur.execute(UPSERT_USAGE_ROLLUPS, rollups)
     except psycopg.errors.UniqueViolation:
         _copy_rows(cur, COPY_USAGE, USAGE_TYPES, usage)
@@ -614,35 +616,24 @@ def _copy_quarantine(cur: psycopg.Cursor[Any], rows: list[tuple[object, ...]]) -
     _copy_rows(cur, COPY_QUARANTINE, QUARANTINE_TYPES, rows)
 
 
-_Meanwhile = TypeVar("_Meanwhile")
-
-
-@overload
-def _copy_rows(
+@contextmanager
+def _copying(
     cur: psycopg.Cursor[Any], statement: str, types: Sequence[str], rows: list[tuple[Any, ...]]
-) -> None: ...
-@overload
-def _copy_rows(
-    cur: psycopg.Cursor[Any],
-    statement: str,
-    types: Sequence[str],
-    rows: list[tuple[Any, ...]],
-    meanwhile: Callable[[list[tuple[Any, ...]]], _Meanwhile],
-) -> _Meanwhile: ...
-def _copy_rows(
-    cur: psycopg.Cursor[Any],
-    statement: str,
-    types: Sequence[str],
-    rows: list[tuple[Any, ...]],
-    meanwhile: Callable[[list[tuple[Any, ...]]], _Meanwhile] | None = None,
-) -> _Meanwhile | None:
-    """A binary COPY of *rows* (columns of *types*); returns *meanwhile(rows)*, computed once
-    the rows are sent, while PostgreSQL is still taking them in (it lags behind Python)."""
+) -> Iterator[None]:
+    """A binary COPY of *rows* (columns of *types*). The body of the `with` runs once the rows
+    are sent, while PostgreSQL is still taking them in (it lags behind Python)."""
     with cur.copy(statement) as copy:
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
-        return None if meanwhile is None else meanwhile(rows)
+        yield
+
+
+def _copy_rows(
+    cur: psycopg.Cursor[Any], statement: str, types: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    with _copying(cur, statement, types, rows):
+        pass
 
 
 def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
