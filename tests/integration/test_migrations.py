@@ -59,3 +59,15 @@ def test_an_edited_applied_migration_is_refused(empty_database: str) -> None:
         )
     with pytest.raises(Exception, match="changed after it was applied"):
         migrate(empty_database)
+
+
+def test_quarantined_payloads_are_compressed_with_lz4(empty_database: str) -> None:
+    """Garbage should be cheap to turn away: pglz made a 5 KB payload cost the database
+    about 65 µs, lz4 about 27 (migration 0010). Debian's PostgreSQL 15 has lz4."""
+    migrate(empty_database)
+    with psycopg.connect(empty_database) as conn:
+        row = conn.execute(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = 'quarantine'::regclass AND attname = 'payload'"
+        ).fetchone()
+    assert row == ("l",)
