@@ -4,8 +4,9 @@ devices) and test_provisioning.py (a revoked device is disconnected within 5 s):
 
 - wildcards in client ids and usernames;
 - a device trying to read other devices' traffic, ingest's shared stream or the control API;
-- garbage mixed into valid traffic: every bad message is quarantined, ingest keeps going, and
-  10 % of garbage slows the valid messages by at most 10 %.
+- garbage mixed into valid traffic: every bad message is quarantined and ingest keeps going;
+  the short version of the garbage-share measurement whose long version (`make chaos`) judges
+  the issue's "10 % garbage slows valid ingest by at most 10 %".
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_device_cannot_subscribe_to_other_traffic_or_the_control_api(
 # --- garbage mixed into valid traffic ---------------------------------------------------------
 
 
-def test_ten_percent_garbage_slows_valid_ingest_by_at_most_ten_percent(
+def test_ten_percent_garbage_is_all_quarantined_and_valid_ingest_keeps_pace(
     local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:
     """The short version of `make chaos`'s garbage-share measurement: 4 clean and 4 mixed
@@ -76,5 +77,6 @@ def test_ten_percent_garbage_slows_valid_ingest_by_at_most_ten_percent(
     assert result.complete, "some garbage was neither stored nor quarantined"
     # Issue #9's >= 0.9 is judged by `make chaos` (12 drains of 20,000 valid messages): speed
     # is measured there, not asserted tightly in a timed test on a shared machine. Short runs
-    # have measured 0.76-0.93; 0.7 fails if garbage comes to cost twice what it does now.
+    # have measured 0.76-0.93; at 0.9, garbage costs about 0.9x a valid message, and 0.7 fails
+    # once it costs about 4x (ratio = 1 / (1 + garbage share x relative cost)).
     assert result.ratio >= 0.7, f"garbage slowed valid ingest by {1 - result.ratio:.0%}"
