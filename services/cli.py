@@ -195,7 +195,7 @@ def ingest(
     """Run the ingest service until SIGTERM or Ctrl-C (flushes and acknowledges first)."""
     from services.core.migrate import migrate
     from services.core.settings import get_settings
-    from services.ingest.service import IngestService
+    from services.ingest.service import IngestService, tune_collector
 
     _setup_logging(verbose)
     try:
@@ -206,6 +206,7 @@ def ingest(
     except FieldtrackError as exc:
         raise _fail(exc) from exc
     service = IngestService(settings)
+    tune_collector()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

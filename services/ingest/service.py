@@ -9,6 +9,7 @@ backoff; the broker keeps everything else queued in the persistent session.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import struct
@@ -58,6 +59,12 @@ PURGE_CHUNK = 10_000
 # Smaller ones are left to the writer: their decode is too short to repay the GIL handoffs.
 EARLY_DECODE_BYTES = 1024
 DEVICE_CHANNEL = "fieldtrack_devices"
+# The writer keeps a whole batch alive until it commits (decoding alone allocates 10 tracked
+# objects a message). With CPython's default thresholds (700, 10, 10) the cyclic collector
+# runs every 70 messages and walks older generations every few thousand: a message decoded
+# into a batch of 2,000 cost 18-23 µs against 9, and a live drain of single-reading
+# messages took 57 µs a message (ingest and its PostgreSQL session) against 44 with these.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 MESSAGES = Counter("fieldtrack_ingest_messages_total", "MQTT messages taken by the writer")
 ROWS = Counter("fieldtrack_ingest_rows_total", "readings stored", ["kind"])
@@ -371,6 +378,14 @@ class IngestService:
         self._listener.join(LISTEN_POLL_S + 1)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def tune_collector() -> None:
+    """For a process that runs ingest: what start-up loaded (modules, schemas, settings) is
+    never collected, and the collector runs on batches, not on every few messages."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def discard_session(settings: Settings, client_id: str) -> None:
