@@ -29,6 +29,10 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 QUARANTINE_KEEP_BYTES = 64 * 1024
 MAX_READINGS = 1000
 MAX_SEQ = 2**63 - 1
+# The bytes a JSON text can begin with (RFC 8259: whitespace or a value). A payload that
+# begins otherwise (binary such as protobuf or CBOR, another encoding, nothing at all) is
+# refused without a parse: garbage must stay cheap to turn away.
+_JSON_FIRST_BYTES = frozenset(b' \t\r\n{["-0123456789tfn')
 
 # The models ingest accepts with are checked by pydantic-core alone (no Python call per
 # field): timestamps must carry a zone (AwareDatetime), text must hold no NUL (a pattern).
@@ -215,6 +219,8 @@ def decode(
             f"{len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}",
             where.serial,
         )
+    if not payload or payload[0] not in _JSON_FIRST_BYTES:
+        return Rejected(QuarantineReason.NOT_JSON, _not_json(payload), where.serial)
     try:
         # Pydantic's own JSON parser, strict: no NaN/Infinity, no "5" for 5, no floats for ints.
         validated = _validate(where.kind, payload, where.serial)
@@ -276,6 +282,12 @@ def _refusal(exc: ValidationError, errors: list[ErrorDetails], serial: str) -> R
         QuarantineReason.NOT_JSON if _is_json_error(errors) else QuarantineReason.INVALID_PAYLOAD
     )
     return Rejected(reason, _summarise(exc, errors), serial)
+
+
+def _not_json(payload: bytes) -> str:
+    if not payload:
+        return "payload: Invalid JSON: the payload is empty"
+    return f"payload: Invalid JSON: no JSON text starts as this does: {payload[:16]!r}"
 
 
 def _in_utc(message: Message) -> _Validated:

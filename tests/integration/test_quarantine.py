@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from fastapi.testclient import TestClient
 
 from device_sim.device import SimDevice
 from services.core.broker_admin import BrokerAdmin
@@ -115,3 +116,45 @@ def test_quarantine_older_than_retention_is_purged(
         "SELECT received_at FROM quarantine WHERE device_serial = %s", (serial,)
     ).fetchall()
     assert [row[0] for row in kept] == [recent]
+
+
+def test_the_list_pages_through_a_time_window_latest_first(
+    api: TestClient, conn: psycopg.Connection, unique: str
+) -> None:
+    """The list walks ids (migration 0011 keeps only a BRIN index on the time): every row of
+    the window and filters on exactly one page, latest quarantined first, and rows outside
+    the window skipped even where their ids lie between the window's."""
+    serial = f"pages-{unique}"
+    start = datetime.now(UTC) - timedelta(hours=3)
+    inside: list[int] = []
+    for i in range(23):
+        for received, reason in (
+            (start + timedelta(minutes=i), "not_json"),
+            (start - timedelta(days=2), "not_json"),  # before the window, id in between
+            (start + timedelta(minutes=i, seconds=30), "invalid_payload"),
+        ):
+            (row_id,) = conn.execute(
+                """INSERT INTO quarantine (received_at, topic, device_serial, reason, detail,
+                                           payload, payload_size)
+                   VALUES (%s, 't', %s, %s, 'test', 'x', 1) RETURNING id""",
+                (received, serial, reason),
+            ).fetchone() or (0,)
+            if received >= start and reason == "not_json":
+                inside.append(row_id)
+    window = {"since": start.isoformat(), "until": datetime.now(UTC).isoformat()}
+    seen: list[int] = []
+    for offset in range(0, 30, 7):
+        page = api.get(
+            "/quarantine",
+            params={**window, "device": serial, "reason": "not_json", "limit": 7,
+                    "offset": offset},
+        )  # fmt: skip
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert body["total"] == len(inside)
+        seen += [item["id"] for item in body["items"]]
+    assert seen == sorted(inside, reverse=True)
+    # no rows at all in the window: an empty page, not an error
+    empty = api.get("/quarantine", params={"device": f"{serial}-none"})
+    assert empty.status_code == 200
+    assert empty.json()["items"] == [] and empty.json()["total"] == 0

@@ -58,6 +58,7 @@ def test_each_reading_keeps_its_own_time_in_utc() -> None:
     ("payload", "reason", "mentions"),
     [
         (b"\xff\xfe", QuarantineReason.NOT_JSON, "Invalid JSON"),
+        (b"\x08\x96\x01", QuarantineReason.NOT_JSON, "starts as this does: b'\\x08\\x96\\x01'"),
         (b"[" * 10_000, QuarantineReason.NOT_JSON, "Invalid JSON"),
         (_usage(seq="5"), QuarantineReason.INVALID_PAYLOAD, "seq"),
         (_usage(seq=-1), QuarantineReason.INVALID_PAYLOAD, "seq"),
@@ -68,7 +69,7 @@ def test_each_reading_keeps_its_own_time_in_utc() -> None:
         (_usage(events=[{"feature": "a\u0000"}]), QuarantineReason.INVALID_PAYLOAD, "feature"),
         (_usage(device="dev-2"), QuarantineReason.DEVICE_MISMATCH, "dev-2"),
         (_usage(colour="red"), QuarantineReason.INVALID_PAYLOAD, "colour"),
-        (b"", QuarantineReason.NOT_JSON, "Invalid JSON"),
+        (b"", QuarantineReason.NOT_JSON, "the payload is empty"),
         (
             b'{"v": 1, "seq": 5, "ts": "2026-11-22T11:59:00Z", "events": [{"feat',
             QuarantineReason.NOT_JSON,

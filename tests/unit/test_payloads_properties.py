@@ -196,3 +196,25 @@ def test_a_refusal_is_worded_as_the_checked_models_word_it(
     else:
         assert isinstance(outcome, Rejected), outcome
         assert outcome.detail == reference
+
+
+@PROFILE
+@given(payload=st.binary(max_size=64), kind=st.sampled_from(KINDS))
+@example(payload=b"", kind="usage")
+@example(payload=b"\xef\xbb\xbf{}", kind="usage")  # a UTF-8 byte order mark
+@example(payload=b"\x0b{}", kind="status")  # vertical tab: whitespace to Python, not to JSON
+def test_refusing_by_the_first_byte_never_changes_the_reason(payload: bytes, kind: str) -> None:
+    """decode refuses payloads whose first byte no JSON text starts with before parsing; the
+    parser must agree that each such payload is not JSON at all."""
+    outcome = decode(f"fieldtrack/v1/dev-1/{kind}", payload, now=NOW, max_future_skew=SKEW)
+    try:
+        payloads_module.MESSAGE_MODELS[MessageKind(kind)].model_validate_json(payload)
+    except ValidationError as exc:
+        parsed_as_json = exc.errors()[0]["type"] != "json_invalid"
+    else:
+        parsed_as_json = True
+    if not parsed_as_json:
+        assert isinstance(outcome, Rejected)
+        assert outcome.reason is QuarantineReason.NOT_JSON
+    if not payload or payload[0] not in payloads_module._JSON_FIRST_BYTES:
+        assert not parsed_as_json, f"{payload!r} parses as JSON: the first-byte check is wrong"
