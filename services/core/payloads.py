@@ -261,7 +261,7 @@ def _validate(kind: MessageKind, payload: bytes, serial: str) -> _Validated | Re
         ):
             # Not JSON, or refused on fields both models word alike: the checked models would
             # repeat the same errors at twice the cost.
-            return _refusal(exc, errors, serial)
+            return _refusal(errors, serial)
     else:
         assert isinstance(message, UsageMessage | TelemetryMessage | StatusMessage)  # noqa: S101
         try:
@@ -272,16 +272,16 @@ def _validate(kind: MessageKind, payload: bytes, serial: str) -> _Validated | Re
     try:
         message = _CHECKED_MODELS[kind].model_validate_json(payload, strict=True)
     except ValidationError as exc:
-        return _refusal(exc, _errors(exc), serial)
+        return _refusal(_errors(exc), serial)
     assert isinstance(message, UsageMessage | TelemetryMessage | StatusMessage)  # noqa: S101
     return _in_utc(message)
 
 
-def _refusal(exc: ValidationError, errors: list[ErrorDetails], serial: str) -> Rejected:
+def _refusal(errors: list[ErrorDetails], serial: str) -> Rejected:
     reason = (
         QuarantineReason.NOT_JSON if _is_json_error(errors) else QuarantineReason.INVALID_PAYLOAD
     )
-    return Rejected(reason, _summarise(exc, errors), serial)
+    return Rejected(reason, _summarise(errors), serial)
 
 
 def _not_json(payload: bytes) -> str:
@@ -329,10 +329,7 @@ def utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def _summarise(exc: ValidationError, errors: list[ErrorDetails]) -> str:
-    parts = []
-    for err in errors[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg']}")
-    more = exc.error_count() - len(parts)
+def _summarise(errors: list[ErrorDetails]) -> str:
+    parts = [f"{'.'.join(map(str, err['loc'])) or 'payload'}: {err['msg']}" for err in errors[:5]]
+    more = len(errors) - len(parts)
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

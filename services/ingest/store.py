@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.types.string import BytesBinaryDumper
 
 from services.core.payloads import (
     QUARANTINE_KEEP_BYTES,
@@ -340,7 +341,7 @@ def store_batch(
             rows.add(raw, outcome, devices[outcome.topic.serial], result)
             continue
         rows.quarantine.append(_quarantine_row(raw, rejected))
-        result.quarantined[rejected.reason.value] += 1
+        result.quarantined[str(rejected.reason)] += 1
 
     usage, metrics, quarantine, seen = rows.usage, rows.metrics, rows.quarantine, rows.seen
     with conn.cursor() as cur:
@@ -622,6 +623,10 @@ def _copying(
 ) -> Iterator[None]:
     """A binary COPY of *rows* (columns of *types*). The body of the `with` runs once the rows
     are sent, while PostgreSQL is still taking them in (it lags behind Python)."""
+    if "bytea" in types:
+        # By oid, psycopg finds dbapi20's bytea dumper (it unwraps Binary objects, in Python);
+        # bytes need only the C one: about 1 µs less a quarantined payload.
+        cur.adapters.register_dumper(bytes, BytesBinaryDumper)
     with cur.copy(statement) as copy:
         copy.set_types(types)
         for row in rows:
@@ -641,7 +646,7 @@ def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
         raw.received_at,
         raw.topic.replace("\x00", "\\0")[:1024],
         rejected.serial,
-        rejected.reason.value,
+        str(rejected.reason),  # a StrEnum's value, without enum's Python-level `.value`
         rejected.detail.replace("\x00", "\\0")[:2000],
         raw.payload[:QUARANTINE_KEEP_BYTES],
         len(raw.payload),

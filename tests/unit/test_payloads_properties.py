@@ -168,7 +168,7 @@ def _checked_only(kind: str, payload: bytes) -> str | None:
     try:
         model.model_validate_json(payload, strict=True)
     except ValidationError as exc:
-        return payloads_module._summarise(exc, payloads_module._errors(exc))
+        return payloads_module._summarise(payloads_module._errors(exc))
     return None
 
 
