@@ -22,12 +22,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from pydantic import BaseModel
 
-from services.core.payloads import QuarantineReason, Rejected
+from services.core.payloads import MAX_PAYLOAD_BYTES, QuarantineReason, Rejected
 from services.core.topics import MessageKind, device_topic
 from services.ingest.directory import DeviceDirectory
 from services.ingest.store import (
@@ -40,6 +40,9 @@ from services.ingest.store import (
 
 # Messages per transaction: large enough for COPY to pay off, small enough to bound memory.
 HISTORY_BATCH = 5_000
+# A longer line cannot hold a message that could be stored (a payload is at most
+# MAX_PAYLOAD_BYTES, plus `device` and `kind`): only its start is kept, and its size.
+MAX_LINE_BYTES = 2 * MAX_PAYLOAD_BYTES
 CSV_COLUMNS = ("device", "kind", "seq", "ts", "feature", "count", "duration_ms", "metric",
                "value", "unit")  # fmt: skip
 
@@ -70,9 +73,15 @@ class HistoryImporter:
         if len(self._batch) >= HISTORY_BATCH:
             self.flush()
 
-    def add_ndjson(self, lines: Iterable[bytes]) -> None:
+    def add_ndjson(self, lines: Iterable[bytes | LongLine]) -> None:
         for line in lines:
             self._line += 1
+            if isinstance(line, LongLine):
+                self._reject(
+                    line.head, f"{line.size} bytes, over the {MAX_LINE_BYTES}-byte limit of a line",
+                    QuarantineReason.PAYLOAD_TOO_LARGE, line.size,
+                )  # fmt: skip
+                continue
             if not line.strip():
                 continue
             try:
@@ -150,15 +159,19 @@ class HistoryImporter:
             consumed.clear()
             yield row
 
-    def _reject(self, raw: bytes, why: str) -> None:
-        """A record that does not even name a device and kind: quarantined, never dropped."""
+    def _reject(
+        self, raw: bytes, why: str,
+        reason: QuarantineReason = QuarantineReason.INVALID_PAYLOAD, size: int | None = None,
+    ) -> None:  # fmt: skip
+        """A record that does not even name a device and kind: quarantined, never dropped.
+        *size*: the bytes received, when *raw* is only their start."""
         # the quarantine keeps the first 64 KiB and the whole size
         message = RawMessage(f"history/line-{self._line}", raw, datetime.now(UTC))
-        reason = QuarantineReason.INVALID_PAYLOAD
         with self.conn.transaction():
             quarantine_messages(
-                self.conn, [(message, Rejected(reason, f"line {self._line}: {why}", None))]
-            )
+                self.conn, [(message, Rejected(reason, f"line {self._line}: {why}", None))],
+                received_bytes=size,
+            )  # fmt: skip
         self.total.messages += 1
         self.total.quarantined[reason.value] += 1
 
@@ -220,20 +233,43 @@ def _compact(values: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream into lines, whatever the chunk boundaries."""
-    rest = b""
+class LongLine(NamedTuple):
+    """A line longer than the limit: its first bytes, and how many it had."""
+
+    head: bytes
+    size: int
+
+
+def lines_of(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes | LongLine]:
+    """Split a byte stream into lines, whatever the chunk boundaries. A line over *max_line*
+    bytes comes as a LongLine: a body without newlines must not fill memory (nor, joined
+    chunk by chunk, take time quadratic in its length)."""
+    pending = bytearray()  # the current line's first max_line bytes
+    size = 0  # the current line's length so far
     for chunk in chunks:
-        rest += chunk
-        *complete, rest = rest.split(b"\n")
-        yield from complete
-    if rest:
-        yield rest
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if not size and end - start <= max_line:
+                yield chunk[start:end]  # the usual case: a whole line within the chunk
+            else:
+                size += end - start
+                pending += chunk[start : min(end, start + max_line - len(pending))]
+                yield bytes(pending) if size <= max_line else LongLine(bytes(pending), size)
+                pending.clear()
+                size = 0
+            start = end + 1
+        size += len(chunk) - start
+        pending += chunk[start : start + max_line - len(pending)]
+    if size:
+        yield bytes(pending) if size <= max_line else LongLine(bytes(pending), size)
 
 
 def csv_text(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines as text; a line over MAX_LINE_BYTES is cut to its start (the csv module then
+    refuses it, and its record is quarantined)."""
     for line in lines_of(chunks):
-        yield line.decode("utf-8", errors="replace").removeprefix("\ufeff") + "\n"
+        raw = line.head if isinstance(line, LongLine) else line
+        yield raw.decode("utf-8", errors="replace").removeprefix("\ufeff") + "\n"
 
 
-__all__ = ["HistoryImporter", "HistoryReport", "csv_text", "io", "lines_of"]
+__all__ = ["HistoryImporter", "HistoryReport", "LongLine", "csv_text", "io", "lines_of"]

@@ -606,11 +606,18 @@ def store_isolating(
 
 
 def quarantine_messages(
-    conn: psycopg.Connection, rejected: list[tuple[RawMessage, Rejected]]
+    conn: psycopg.Connection,
+    rejected: list[tuple[RawMessage, Rejected]],
+    *,
+    received_bytes: int | None = None,
 ) -> None:
-    """Write messages straight to the quarantine (used when the database refuses a message)."""
+    """Write messages straight to the quarantine (used when the database refuses a message,
+    and by imports). *received_bytes*: the size received, where each payload is only its start."""
+    rows = [_quarantine_row(raw, why) for raw, why in rejected]
+    if received_bytes is not None:
+        rows = [(*row[:-1], received_bytes) for row in rows]
     with conn.cursor() as cur:
-        _copy_quarantine(cur, [_quarantine_row(raw, why) for raw, why in rejected])
+        _copy_quarantine(cur, rows)
 
 
 def _copy_quarantine(cur: psycopg.Cursor[Any], rows: list[tuple[object, ...]]) -> None:

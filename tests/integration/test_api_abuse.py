@@ -142,6 +142,39 @@ def test_oversized_bodies_are_refused(admin: TestClient) -> None:
                            headers={"Content-Type": "text/csv"}), 413, 422)  # fmt: skip
 
 
+def test_a_history_line_without_end_keeps_only_its_start(
+    admin: TestClient, scratch: Scratch
+) -> None:
+    """A history import is streamed without a size limit; a line that never ends was once
+    joined chunk by chunk (quadratic: 32 MiB took 14 s) and kept whole in memory. Now its
+    start is quarantined with its whole size, and the lines around it are read as usual."""
+    long_line = b"{" * (8 * 1024 * 1024)
+
+    def body() -> Iterator[bytes]:
+        yield b"not json\n"
+        for at in range(0, len(long_line), 65536):
+            yield long_line[at : at + 65536]
+        yield b"\n{}\n"
+
+    with psycopg.connect(scratch.url, autocommit=True) as conn:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM quarantine").fetchone()
+        response = admin.post(
+            "/imports/history", content=body(),
+            headers={"Content-Type": "application/x-ndjson"},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        assert response.json()["quarantined"] == {"invalid_payload": 2, "payload_too_large": 1}
+        rows = conn.execute(
+            "SELECT reason, payload_size, length(payload), detail FROM quarantine "
+            "WHERE id > %s ORDER BY id", before,
+        ).fetchall()  # fmt: skip
+    assert [(reason, size) for reason, size, _, _ in rows] == [
+        ("invalid_payload", 8), ("payload_too_large", len(long_line)), ("invalid_payload", 2),
+    ]  # fmt: skip
+    assert rows[1][2] == 64 * 1024  # the quarantine keeps the first 64 KiB
+    assert rows[1][3].startswith(f"line 2: {len(long_line)} bytes, over the")
+
+
 def test_deeply_nested_json_is_refused(admin: TestClient) -> None:
     for depth in (1000, 10_000):
         deep = "[" * depth + "]" * depth
