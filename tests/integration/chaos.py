@@ -91,7 +91,9 @@ class Profile:
     broker_sigkills: int
     backlog_s: float  # ingest away this long before the broker is SIGKILLed (loss bound)
     garbage_round: int  # valid messages per drain of the garbage-share measurement
-    garbage_pairs: int  # clean / mixed drain pairs
+    # clean / mixed drain pairs: single drains vary by ±30 % on this machine, so the long run
+    # takes 10 to bring the median's noise well under the 10 % it judges
+    garbage_pairs: int
 
     @property
     def stall_s(self) -> float:
@@ -108,7 +110,7 @@ LONG = Profile(
     name="long", devices=40, rate=600, lead_s=5, tail_s=5, kills=10, kill_every_s=4,
     pg_outage_s=30, keepalive_s=30, broker_restarts=2, broker_down_s=5, share_kills=3,
     share_down_s=5, burst_s=60, broker_sigkills=3, backlog_s=10, garbage_round=20_000,
-    garbage_pairs=6,
+    garbage_pairs=10,
 )  # fmt: skip
 
 
