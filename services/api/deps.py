@@ -47,15 +47,24 @@ def get_broker_admin(request: Request) -> Iterator[BrokerAdmin]:
 BrokerDep = Annotated[BrokerAdmin, Depends(get_broker_admin)]
 
 
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")]
+Skip = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
+
+
+class PageParams:
+    """Paging alone, for a list whose orders are its own (no free-text search)."""
+
+    def __init__(self, limit: PageSize = DEFAULT_PAGE_SIZE, offset: Skip = 0) -> None:
+        self.limit, self.offset = limit, offset
+
+
 class ListParams:
-    """Paging, sorting and free-text search shared by every list route."""
+    """Paging, sorting and free-text search shared by every registry list route."""
 
     def __init__(
         self,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")] = (
-            DEFAULT_PAGE_SIZE
-        ),
-        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")] = 0,
+        limit: PageSize = DEFAULT_PAGE_SIZE,
+        offset: Skip = 0,
         sort: Annotated[
             str | None,
             Query(max_length=64, description="field to sort by; prefix - for descending"),
@@ -69,6 +78,7 @@ class ListParams:
         self.limit, self.offset, self.sort, self.q = limit, offset, sort, q
 
 
+PageDep = Annotated[PageParams, Depends()]
 ListDep = Annotated[ListParams, Depends()]
 
 

@@ -154,6 +154,13 @@ def test_the_list_pages_through_a_time_window_latest_first(
         assert body["total"] == len(inside)
         seen += [item["id"] for item in body["items"]]
     assert seen == sorted(inside, reverse=True)
+    oldest = api.get(
+        "/quarantine",
+        params={**window, "device": serial, "reason": "not_json", "sort": "id", "limit": 5},
+    )  # fmt: skip
+    assert [item["id"] for item in oldest.json()["items"]] == sorted(inside)[:5]
+    bad_sort = api.get("/quarantine", params={"sort": "received_at"})
+    assert bad_sort.status_code == 422 and "-id" in bad_sort.text, bad_sort.text
     # no rows at all in the window: an empty page, not an error
     empty = api.get("/quarantine", params={"device": f"{serial}-none"})
     assert empty.status_code == 200

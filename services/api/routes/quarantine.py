@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
+from psycopg import sql
 from psycopg.rows import class_row
 from pydantic import BaseModel, Field, field_validator
 
 from services.accounts.roles import Permission
 from services.api.auth import require
-from services.api.deps import ConnDep, ListDep, WindowDep
+from services.api.deps import ConnDep, PageDep, WindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId
 from services.core.errors import NotFoundError
@@ -59,7 +60,8 @@ PREVIEW_COLUMNS = f"""
 id, received_at, topic, device_serial, reason, detail, payload_size,
 substring(payload FROM 1 FOR {PREVIEW_BYTES}) AS payload_preview
 """
-# Latest quarantined first: by id, which the primary key serves. The time window is a BRIN
+# In the order messages were quarantined (latest first by default): by id, which the primary
+# key serves. The time window is a BRIN
 # filter (migration 0011) that cannot give an order, so COUNT, which reads the window anyway
 # for the page's total, also finds its id range, and the list walks only that range.
 LIST = f"""
@@ -68,7 +70,7 @@ WHERE id BETWEEN %(first)s AND %(last)s
   AND received_at >= %(since)s AND received_at < %(until)s
   AND (%(reason)s::text IS NULL OR reason = %(reason)s)
   AND (%(device)s::text IS NULL OR device_serial = %(device)s)
-ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s
+ORDER BY id {{direction}} LIMIT %(limit)s OFFSET %(offset)s
 """
 COUNT = """
 SELECT count(*), min(id), max(id) FROM quarantine
@@ -101,12 +103,19 @@ def _one(conn: ConnDep, item_id: int) -> QuarantinedMessage:
 
 
 @router.get(
-    "", response_model=Page[QuarantinedMessage], summary="Quarantined messages, latest first"
+    "",
+    response_model=Page[QuarantinedMessage],
+    summary="Quarantined messages in the order they were quarantined, latest first by default",
 )
 def list_quarantine(
     conn: ConnDep,
     window: WindowDep,
-    page: ListDep,
+    page: PageDep,
+    *,
+    sort: Annotated[
+        Literal["-id", "id"],
+        Query(description="-id: latest quarantined first; id: oldest first"),
+    ] = "-id",
     reason: Annotated[QuarantineReason | None, Query()] = None,
     device: Annotated[str | None, Query(max_length=64, description="device serial")] = None,
 ) -> Page[QuarantinedMessage]:
@@ -119,7 +128,8 @@ def list_quarantine(
     items: list[QuarantinedMessage] = []
     if total:
         with conn.cursor(row_factory=class_row(QuarantinedMessage)) as cur:
-            items = cur.execute(LIST, {**params, "first": first, "last": last}).fetchall()
+            listed = sql.SQL(LIST).format(direction=sql.SQL("DESC" if sort == "-id" else "ASC"))
+            items = cur.execute(listed, {**params, "first": first, "last": last}).fetchall()
     return Page[QuarantinedMessage](
         items=items, total=int(total), limit=page.limit, offset=page.offset
     )
