@@ -29,10 +29,11 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 QUARANTINE_KEEP_BYTES = 64 * 1024
 MAX_READINGS = 1000
 MAX_SEQ = 2**63 - 1
-# The bytes a JSON text can begin with (RFC 8259: whitespace or a value). A payload that
-# begins otherwise (binary such as protobuf or CBOR, another encoding, nothing at all) is
-# refused without a parse: garbage must stay cheap to turn away.
-_JSON_FIRST_BYTES = frozenset(b' \t\r\n{["-0123456789tfn')
+# The bytes a JSON text can begin with (RFC 8259: whitespace or a value, and the NaN and
+# Infinity pydantic's parser also reads). A payload that begins otherwise (binary such as
+# protobuf or CBOR, another encoding, nothing at all) is refused without a parse: garbage
+# must stay cheap to turn away.
+_JSON_FIRST_BYTES = frozenset(b' \t\r\n{["-0123456789tfnNI')
 
 # The models ingest accepts with are checked by pydantic-core alone (no Python call per
 # field): timestamps must carry a zone (AwareDatetime), text must hold no NUL (a pattern).

@@ -40,8 +40,9 @@ from services.ingest.store import (
 
 # Messages per transaction: large enough for COPY to pay off, small enough to bound memory.
 HISTORY_BATCH = 5_000
-# A longer line cannot hold a message that could be stored (a payload is at most
-# MAX_PAYLOAD_BYTES, plus `device` and `kind`): only its start is kept, and its size.
+# A longer line is not read, only its start kept and its size counted: a payload is at most
+# MAX_PAYLOAD_BYTES, so a line of twice that is a broken or hostile file (or one padded with
+# that much whitespace, which is refused too).
 MAX_LINE_BYTES = 2 * MAX_PAYLOAD_BYTES
 CSV_COLUMNS = ("device", "kind", "seq", "ts", "feature", "count", "duration_ms", "metric",
                "value", "unit")  # fmt: skip
@@ -77,10 +78,7 @@ class HistoryImporter:
         for line in lines:
             self._line += 1
             if isinstance(line, LongLine):
-                self._reject(
-                    line.head, f"{line.size} bytes, over the {MAX_LINE_BYTES}-byte limit of a line",
-                    QuarantineReason.PAYLOAD_TOO_LARGE, line.size,
-                )  # fmt: skip
+                self._reject_long(line)
                 continue
             if not line.strip():
                 continue
@@ -97,11 +95,20 @@ class HistoryImporter:
             record["device"] = serial  # kept: the payload model checks it against the topic
             self.add(serial, kind, json.dumps(record, separators=(",", ":")).encode())
 
-    def add_csv(self, text: Iterable[str]) -> None:
+    def add_csv(self, text: Iterable[str | LongLine]) -> None:
         consumed: list[str] = []  # the raw lines of the record being read
+        physical = 0
 
         def lines() -> Iterator[str]:
+            nonlocal physical
             for line in text:
+                physical += 1
+                if isinstance(line, LongLine):
+                    # Refused whole, never handed to the csv module: cut, it could open a
+                    # quoted cell that would swallow the lines after it.
+                    self._line = physical
+                    self._reject_long(line)
+                    continue
                 consumed.append(line)
                 yield line
 
@@ -174,6 +181,12 @@ class HistoryImporter:
             )  # fmt: skip
         self.total.messages += 1
         self.total.quarantined[reason.value] += 1
+
+    def _reject_long(self, line: LongLine) -> None:
+        self._reject(
+            line.head, f"{line.size} bytes, over the {MAX_LINE_BYTES}-byte limit of a line",
+            QuarantineReason.PAYLOAD_TOO_LARGE, line.size,
+        )  # fmt: skip
 
     def flush(self) -> None:
         if not self._batch:
@@ -264,12 +277,13 @@ def lines_of(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterato
         yield bytes(pending) if size <= max_line else LongLine(bytes(pending), size)
 
 
-def csv_text(chunks: Iterable[bytes]) -> Iterator[str]:
-    """The lines as text; a line over MAX_LINE_BYTES is cut to its start (the csv module then
-    refuses it, and its record is quarantined)."""
+def csv_text(chunks: Iterable[bytes]) -> Iterator[str | LongLine]:
+    """The lines as text; a line over MAX_LINE_BYTES stays a LongLine (add_csv refuses it)."""
     for line in lines_of(chunks):
-        raw = line.head if isinstance(line, LongLine) else line
-        yield raw.decode("utf-8", errors="replace").removeprefix("\ufeff") + "\n"
+        if isinstance(line, LongLine):
+            yield line
+        else:
+            yield line.decode("utf-8", errors="replace").removeprefix("\ufeff") + "\n"
 
 
 __all__ = ["HistoryImporter", "HistoryReport", "LongLine", "csv_text", "io", "lines_of"]

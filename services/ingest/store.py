@@ -281,6 +281,7 @@ COPY quarantine (received_at, topic, device_serial, reason, detail, payload, pay
 FROM STDIN (FORMAT BINARY)
 """
 QUARANTINE_TYPES = ("timestamptz", "text", "text", "text", "text", "bytea", "int4")
+INT4_MAX = 2**31 - 1
 UPSERT_DEVICE_STATE = """
 INSERT INTO device_state AS s (device_id, online, online_since, last_seen, last_seq, last_seq_at,
                               firmware)
@@ -615,7 +616,8 @@ def quarantine_messages(
     and by imports). *received_bytes*: the size received, where each payload is only its start."""
     rows = [_quarantine_row(raw, why) for raw, why in rejected]
     if received_bytes is not None:
-        rows = [(*row[:-1], received_bytes) for row in rows]
+        # payload_size is an int4: a streamed line of 2 GiB or more says "at least that"
+        rows = [(*row[:-1], min(received_bytes, INT4_MAX)) for row in rows]
     with conn.cursor() as cur:
         _copy_quarantine(cur, rows)
 

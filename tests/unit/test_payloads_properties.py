@@ -203,6 +203,8 @@ def test_a_refusal_is_worded_as_the_checked_models_word_it(
 @example(payload=b"", kind="usage")
 @example(payload=b"\xef\xbb\xbf{}", kind="usage")  # a UTF-8 byte order mark
 @example(payload=b"\x0b{}", kind="status")  # vertical tab: whitespace to Python, not to JSON
+@example(payload=b"NaN", kind="usage")  # pydantic's parser reads NaN and Infinity as values
+@example(payload=b"Infinity", kind="telemetry")
 def test_refusing_by_the_first_byte_never_changes_the_reason(payload: bytes, kind: str) -> None:
     """decode refuses payloads whose first byte no JSON text starts with before parsing; the
     parser must agree that each such payload is not JSON at all."""
