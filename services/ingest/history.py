@@ -170,8 +170,9 @@ class HistoryImporter:
         self, raw: bytes, why: str,
         reason: QuarantineReason = QuarantineReason.INVALID_PAYLOAD, size: int | None = None,
     ) -> None:  # fmt: skip
-        """A record that does not even name a device and kind: quarantined, never dropped.
-        *size*: the bytes received, when *raw* is only their start."""
+        """A record that cannot become a device message (it names no device and kind, or
+        its line is too long): quarantined, never dropped. *size*: the bytes received, when
+        *raw* is only their start."""
         # the quarantine keeps the first 64 KiB and the whole size
         message = RawMessage(f"history/line-{self._line}", raw, datetime.now(UTC))
         with self.conn.transaction():

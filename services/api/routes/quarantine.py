@@ -61,9 +61,9 @@ id, received_at, topic, device_serial, reason, detail, payload_size,
 substring(payload FROM 1 FOR {PREVIEW_BYTES}) AS payload_preview
 """
 # In the order messages were quarantined (latest first by default): by id, which the primary
-# key serves. The time window is a BRIN
-# filter (migration 0011) that cannot give an order, so COUNT, which reads the window anyway
-# for the page's total, also finds its id range, and the list walks only that range.
+# key serves. The time window is a BRIN filter (migration 0011) that cannot give an order, so
+# COUNT, which reads the window anyway for the page's total, also finds its id range, and the
+# list walks only that range.
 LIST = f"""
 SELECT {PREVIEW_COLUMNS} FROM quarantine
 WHERE id BETWEEN %(first)s AND %(last)s
