@@ -3,8 +3,9 @@ devices) with 90 days of raw usage events and telemetry generated inside Postgre
 
 Python through the store manages a few thousand messages a second; 50 million events need
 set-based SQL. The raw rows are produced per day by ``INSERT … SELECT generate_series`` (two
-connections, one day — one chunk — each at a time), then every rollup is built by the same
-rebuild operators use (services/ingest/rollups.py). Each size lives in its own database
+connections, one day — one chunk — each at a time), then the rollups are built from them by
+the statements of the rebuild operators use (services/ingest/rollups.py), the hourly ones a
+day at a time on both connections. Each size lives in its own database
 (``fieldtrack_bench_10m``, ``…_50m``) and is reused while its spec and size match.
 
 What the data look like, per project and feature from the scenario's deliveries (and its
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from queue import Empty, Queue
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -33,7 +36,12 @@ from device_sim.scenario import Scenario, go_live, load
 from device_sim.seed import seed
 from services.core.migrate import migrate
 from services.infra.local import LocalServices
-from services.ingest.rollups import rebuild_rollups, without_indexes
+from services.ingest.rollups import (
+    ROLLUP_TABLES,
+    drop_indexes,
+    hourly_rollups,
+    rollups_from_hourly,
+)
 
 SPEC = "portfolio-v2"  # change when the generator changes: cached datasets are then rebuilt
 DAYS = 90
@@ -41,7 +49,11 @@ LOST_SHARE = 0.003
 DEAD_SHARE = 0.02
 TELEMETRY_PER_DAY = 4
 
+RAW_TABLES = ("usage_events", "metric_samples")
+
 Report = Callable[[str], None]
+Cursor = psycopg.Cursor[tuple[Any, ...]]
+T = TypeVar("T")
 
 SETUP = """
 CREATE OR REPLACE FUNCTION bench_u(x bigint, salt integer) RETURNS float8
@@ -166,11 +178,32 @@ FROM devices d JOIN LATERAL (
     ORDER BY day DESC LIMIT 1) AS last ON true
 ON CONFLICT (device_id) DO NOTHING
 """
+# A chunk is created under a lock on its hypertable held to the end of the transaction: made
+# all at once first, so the day loaders (one chunk each) do not wait for one another.
+CREATE_CHUNKS = (
+    """INSERT INTO usage_events (device_id, project_id, feature_key, device_time, received_at,
+                              seq, count)
+       SELECT 0, 0, '', %(start)s::timestamptz + day * interval '1 day',
+              %(start)s::timestamptz, 0, 0
+       FROM generate_series(0, %(days)s - 1) AS day""",
+    """INSERT INTO metric_samples (device_id, project_id, name, value, device_time, received_at,
+                                seq)
+       SELECT 0, 0, '', 0, %(start)s::timestamptz + day * interval '1 day',
+              %(start)s::timestamptz, 0
+       FROM generate_series(0, %(days)s - 1) AS day""",
+    "DELETE FROM usage_events WHERE device_id = 0",
+    "DELETE FROM metric_samples WHERE device_id = 0",
+)
+# Largest first, so the two connections analysing them finish together.
+TABLES = """
+SELECT c.relname FROM pg_class c
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+ORDER BY c.relname NOT IN ('usage_events', 'metric_samples'), pg_total_relation_size(c.oid) DESC
+"""
 RECORD = """
 INSERT INTO bench_dataset (target, spec, start_day, days, usage_rows, metric_rows, generate_s,
                            rebuild_s)
-VALUES (%(target)s, %(spec)s, %(start_day)s, %(days)s,
-        (SELECT count(*) FROM usage_events), (SELECT count(*) FROM metric_samples),
+VALUES (%(target)s, %(spec)s, %(start_day)s, %(days)s, %(usage_rows)s, %(metric_rows)s,
         %(generate_s)s, %(rebuild_s)s)
 """
 
@@ -292,65 +325,116 @@ def _generate(url: str, target: int, report: Report, workers: int) -> None:
         conn.execute(DEVICE_DAYS, {"dead": DEAD_SHARE, "days": DAYS})
         conn.execute(SIZE_DEVICE_DAYS, {"target": target, "telemetry": TELEMETRY_PER_DAY})
         conn.execute(NUMBER_DEVICE_DAYS)
+        with conn.transaction():
+            for statement in CREATE_CHUNKS:
+                conn.execute(statement, {"start": start_ts, "days": DAYS})
     report(f"  registry and plan: {time.monotonic() - began:.1f}s")
-    _load_raw(url, start_ts, report, workers, began)
+    params = {"start": start_ts, "telemetry": TELEMETRY_PER_DAY, "lost": LOST_SHARE}
+    loaded = {"usage_rows": 0, "metric_rows": 0}
+    lock = threading.Lock()
+
+    def load_day(cur: Cursor, day: int) -> None:
+        usage = cur.execute(USAGE, {**params, "day": day}).rowcount
+        metric = cur.execute(TELEMETRY, {**params, "day": day}).rowcount
+        with lock:
+            loaded["usage_rows"] += usage
+            loaded["metric_rows"] += metric
+
+    # the raw tables are empty: load them without indexes, then build each index once
+    with _bulk_load(url, RAW_TABLES, workers):
+        _each_day(url, load_day, workers, report, began)
+        report(f"  raw rows loaded: {time.monotonic() - began:.0f}s; indexing")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(DEVICE_STATE, {"start": start_ts})
     generate_s = time.monotonic() - began
     report(f"  raw rows: {generate_s:.1f}s")
     began = time.monotonic()
+
+    def roll_day(cur: Cursor, day: int) -> None:
+        since = start_ts + timedelta(days=day)
+        hourly_rollups(cur, since, since + timedelta(days=1))
+
+    # what rebuild_rollups does in one walk, a day at a time on every worker
+    with _bulk_load(url, ROLLUP_TABLES, workers) as cur:
+        _each_day(url, roll_day, workers, report, began)
+        report(f"  hourly rollups: {time.monotonic() - began:.0f}s")
+        rollups_from_hourly(cur, None)
+        report(f"  day and month rollups: {time.monotonic() - began:.0f}s; indexing")
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SET work_mem = '2GB'")  # the sequence walk sorts every message
-        conn.execute("SET maintenance_work_mem = '1GB'")
-        rebuild_rollups(conn)
-        conn.execute("ANALYZE")
-        rebuild_s = time.monotonic() - began
-        report(f"  rollups rebuilt: {rebuild_s:.1f}s")
+        tables = [name for (name,) in conn.execute(TABLES)]
+    _in_parallel(url, tables, _analyze, workers)
+    rebuild_s = time.monotonic() - began
+    report(f"  rollups built and tables analysed: {rebuild_s:.1f}s")
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             RECORD,
-            {"target": target, "spec": SPEC, "start_day": start, "days": DAYS,
+            {"target": target, "spec": SPEC, "start_day": start, "days": DAYS, **loaded,
              "generate_s": generate_s, "rebuild_s": rebuild_s},
         )  # fmt: skip
 
 
-def _load_raw(url: str, start: datetime, report: Report, workers: int, began: float) -> None:
-    """The raw rows, one day (one chunk) per statement, on *workers* connections."""
-    days: Queue[int] = Queue()
-    for day in range(DAYS):
-        days.put(day)
-    errors: list[BaseException] = []
+def _analyze(cur: Cursor, table: str) -> None:
+    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))  # a hypertable's chunks too
+
+
+@contextmanager
+def _bulk_load(url: str, tables: Sequence[str], workers: int) -> Iterator[Cursor]:
+    """Drop the indexes of the (empty) *tables* for the body, then build them again, one
+    index per connection on *workers* connections: each build uses a single core."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SET work_mem = '1GB'")  # the day and month rollups group whole tables
+        found = drop_indexes(cur, tables)
+        yield cur
+    _in_parallel(url, found, lambda cur, index: index.create(cur), workers)
+
+
+def _each_day(url: str, task: Callable[[Cursor, int], None], workers: int, report: Report,
+              began: float) -> None:  # fmt: skip
+    """Run *task* for every day of the dataset, a day (one chunk) at a time on *workers*
+    connections, reporting every ten days."""
     done = [0]
     lock = threading.Lock()
 
+    def day_task(cur: Cursor, day: int) -> None:
+        task(cur, day)
+        with lock:
+            done[0] += 1
+            if done[0] % 10 == 0:
+                report(f"  {done[0]}/{DAYS} days, {time.monotonic() - began:.0f}s")
+
+    _in_parallel(url, range(DAYS), day_task, workers)
+
+
+def _in_parallel(url: str, items: Iterable[T], task: Callable[[Cursor, T], None],
+                 workers: int) -> None:  # fmt: skip
+    """Run *task* for every item, in order, on *workers* connections of their own."""
+    queue: Queue[T] = Queue()
+    for item in items:
+        queue.put(item)
+    errors: list[BaseException] = []
+
     def work() -> None:
         try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("SET synchronous_commit = off")
-                while True:
+            with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute("SET synchronous_commit = off")
+                cur.execute("SET work_mem = '256MB'")  # a day's sorts stay in memory
+                cur.execute("SET maintenance_work_mem = '1GB'")
+                # a statement over a hypertable of 90 chunks would spend seconds compiling
+                # code for every chunk's plan; these are many and each is short
+                cur.execute("SET jit = off")
+                while not errors:
                     try:
-                        day = days.get_nowait()
+                        item = queue.get_nowait()
                     except Empty:
                         return
-                    params = {"day": day, "start": start, "telemetry": TELEMETRY_PER_DAY,
-                              "lost": LOST_SHARE}  # fmt: skip
-                    conn.execute(USAGE, params)
-                    conn.execute(TELEMETRY, params)
-                    with lock:
-                        done[0] += 1
-                        if done[0] % 10 == 0:
-                            report(f"  {done[0]}/{DAYS} days, {time.monotonic() - began:.0f}s")
+                    task(cur, item)
         except BaseException as exc:  # reported by the caller
             errors.append(exc)
 
     threads = [threading.Thread(target=work, name=f"bench-gen-{n}") for n in range(workers)]
-    # the raw tables are empty: load them without indexes, then build each index once
-    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("SET maintenance_work_mem = '1GB'")
-        with without_indexes(cur, ["usage_events", "metric_samples"]):
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            report(f"  raw rows loaded: {time.monotonic() - began:.0f}s; indexing")
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     if errors:
         raise errors[0]

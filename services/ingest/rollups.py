@@ -17,8 +17,9 @@ its messages) and readers keep reading the old rows until the commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,19 +42,22 @@ USAGE_HOURLY = """
 INSERT INTO usage_hourly (project_id, feature_key, device_id, hour, events, readings, duration_ms)
 SELECT project_id, feature_key, device_id, time_bucket('1 hour', device_time),
        sum(count), count(*), coalesce(sum(duration_ms), 0)
-FROM usage_events WHERE device_time >= %(from)s::timestamptz
+FROM usage_events
+WHERE device_time >= %(from)s::timestamptz AND device_time < %(until)s::timestamptz
 GROUP BY 1, 2, 3, 4
 """
 # The walk of store._sequence_gaps, as a window: a jump forward counts the numbers skipped,
 # a lower number is a restart (reboot). The first message after `from` continues from the
-# device's last message before it.
+# device's last message before it, so walking [from, until) in pieces gives what one walk does.
 DEVICE_HOURLY = """
 WITH messages AS (
     SELECT device_id, project_id, seq, device_time FROM usage_events
     WHERE item = 0 AND device_time >= %(from)s::timestamptz
+      AND device_time < %(until)s::timestamptz
     UNION ALL
     SELECT device_id, project_id, seq, device_time FROM metric_samples
     WHERE item = 0 AND device_time >= %(from)s::timestamptz
+      AND device_time < %(until)s::timestamptz
 ), walked AS (
     SELECT device_id, project_id, seq, device_time,
            lag(seq) OVER (PARTITION BY device_id ORDER BY device_time, seq) AS previous
@@ -86,25 +90,48 @@ def month_start(moment: datetime) -> datetime:
     return utc.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+@dataclass(frozen=True)
+class Index:
+    """An index, or the key or unique constraint it backs, as it was defined."""
+
+    table: str
+    name: str
+    constraint: str | None
+    constraint_def: str | None
+    index_def: str
+
+    def drop(self, cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        if self.constraint:
+            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(self.table), sql.Identifier(self.constraint)))  # fmt: skip
+        else:
+            cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(self.name)))
+
+    def create(self, cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        if self.constraint:
+            add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}")
+            names = sql.Identifier(self.table), sql.Identifier(self.constraint)
+            cur.execute(add.format(*names, sql.SQL(self.constraint_def or "")))
+        else:
+            cur.execute(sql.SQL(self.index_def))
+
+
+def drop_indexes(cur: psycopg.Cursor[tuple[Any, ...]], tables: Sequence[str]) -> list[Index]:
+    """Drop the indexes (and keys) of *tables*; return them to be created again."""
+    found = [Index(*row) for row in cur.execute(INDEXES, (list(tables),)).fetchall()]
+    for index in found:
+        index.drop(cur)
+    return found
+
+
 @contextmanager
 def without_indexes(cur: psycopg.Cursor[tuple[Any, ...]], tables: Sequence[str]) -> Iterator[None]:
     """Drop the indexes (and keys) of *tables* and create them again on exit: a bulk load
     into emptied tables then sorts each index once instead of inserting row by row."""
-    found = cur.execute(INDEXES, (list(tables),)).fetchall()
-    for table, index, constraint, _, _ in found:
-        if constraint:
-            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                sql.Identifier(table), sql.Identifier(constraint)))  # fmt: skip
-        else:
-            cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+    found = drop_indexes(cur, tables)
     yield
-    for table, _, constraint, constraint_def, index_def in found:
-        if constraint:
-            add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}")
-            names = sql.Identifier(table), sql.Identifier(constraint)
-            cur.execute(add.format(*names, sql.SQL(constraint_def)))
-        else:
-            cur.execute(sql.SQL(index_def))
+    for index in found:
+        index.create(cur)
 
 
 def rebuild_rollups(conn: psycopg.Connection, since: datetime | None = None) -> datetime | None:
@@ -120,16 +147,30 @@ def rebuild_rollups(conn: psycopg.Connection, since: datetime | None = None) -> 
             cur.execute(sql.SQL("TRUNCATE {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, ROLLUP_TABLES))))  # fmt: skip
             with without_indexes(cur, ROLLUP_TABLES):
-                _rebuild(cur, params)
+                _rebuild(cur, start)
         else:
             cur.execute(LOCK)
             cur.execute("DELETE FROM usage_hourly WHERE hour >= %(from)s::timestamptz", params)
             cur.execute("DELETE FROM device_hourly WHERE hour >= %(from)s::timestamptz", params)
-            _rebuild(cur, params)
+            _rebuild(cur, start)
     return start
 
 
-def _rebuild(cur: psycopg.Cursor[tuple[Any, ...]], params: Mapping[str, object]) -> None:
+def hourly_rollups(
+    cur: psycopg.Cursor[tuple[Any, ...]], since: datetime | None, until: datetime | None = None
+) -> None:
+    """Add ``usage_hourly`` and ``device_hourly`` for the raw rows in [since, until) (None:
+    unbounded). With bounds on hour boundaries, pieces add up to what one pass over all gives."""
+    params = {"from": since or "-infinity", "until": until or "infinity"}
     cur.execute(USAGE_HOURLY, params)
     cur.execute(DEVICE_HOURLY, params)
-    cur.execute("SELECT rollups_from_hourly(%(from)s::timestamptz)", params)
+
+
+def rollups_from_hourly(cur: psycopg.Cursor[tuple[Any, ...]], since: datetime | None) -> None:
+    """Recompute the day, month and project rollups from the hourly ones (migration 0007)."""
+    cur.execute("SELECT rollups_from_hourly(%s::timestamptz)", (since,))
+
+
+def _rebuild(cur: psycopg.Cursor[tuple[Any, ...]], start: datetime | None) -> None:
+    hourly_rollups(cur, start)
+    rollups_from_hourly(cur, start)

@@ -8,7 +8,6 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 import pytest
@@ -22,9 +21,10 @@ from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
 from services.ingest.history import HistoryImporter
-from services.ingest.rollups import ROLLUP_TABLES, rebuild_rollups
+from services.ingest.rollups import hourly_rollups, rebuild_rollups, rollups_from_hourly
 from services.registry import upserts
 from tests.integration.conftest import scratch_database
+from tests.integration.ingest_support import rollup_rows
 
 START = datetime(2025, 1, 27, 5, 17, tzinfo=UTC)  # the history crosses a month boundary
 DAYS = 10
@@ -108,13 +108,6 @@ def history(local_services: LocalServices, settings: Settings) -> Iterator[Histo
             messages = _messages(serials, rng)
             assert _import(conn, messages) == 0
         yield History(url, project_ids, messages)
-
-
-def _rollups(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    return {
-        table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
-        for table in ROLLUP_TABLES
-    }
 
 
 # The hourly definitions the rollups must reproduce (the queries they replaced).
@@ -249,12 +242,30 @@ def test_span_edges_cover_exactly_the_window_hours() -> None:
 
 def test_redelivery_adds_nothing_and_rebuild_equals_ingest(history: History) -> None:
     with psycopg.connect(history.url, autocommit=True) as conn:
-        kept = _rollups(conn)
+        kept = rollup_rows(conn)
         assert all(kept.values()), "every rollup has rows"
         duplicates = _import(conn, history.messages[::7])  # redelivered: nothing new
         assert duplicates > 0
-        assert _rollups(conn) == kept
+        assert rollup_rows(conn) == kept
         assert rebuild_rollups(conn) is None
-        assert _rollups(conn) == kept
+        assert rollup_rows(conn) == kept
         assert rebuild_rollups(conn, START + timedelta(days=6)) == datetime(2025, 2, 1, tzinfo=UTC)
-        assert _rollups(conn) == kept
+        assert rollup_rows(conn) == kept
+
+
+def test_hourly_rollups_walked_in_pieces_equal_one_walk(history: History) -> None:
+    """The bench builds its datasets' hourly rollups a day at a time on two connections: any
+    cut on hour boundaries must give what one walk gives, across gaps, reboots, silent spells
+    longer than a piece and a month boundary."""
+    rng = random.Random(11)
+    with psycopg.connect(history.url, autocommit=True) as conn:
+        kept = rollup_rows(conn)
+        cuts = [START.replace(minute=0) + timedelta(hours=3)]
+        while cuts[-1] < START + timedelta(days=DAYS):
+            cuts.append(cuts[-1] + timedelta(hours=rng.choice([1, 5, 24, 31])))
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("TRUNCATE usage_hourly, device_hourly")
+            for since, until in zip([None, *cuts], [*cuts, None], strict=True):
+                hourly_rollups(cur, since, until)
+            rollups_from_hourly(cur, None)
+        assert rollup_rows(conn) == kept
