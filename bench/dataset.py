@@ -385,7 +385,13 @@ def _bulk_load(url: str, tables: Sequence[str], workers: int) -> Iterator[Cursor
         cur.execute("SET work_mem = '1GB'")  # the day and month rollups group whole tables
         found = drop_indexes(cur, tables)
         yield cur
-    _in_parallel(url, found, lambda cur, index: index.create(cur), workers)
+    # a table's key first (adding it locks the table), then one index of each table in
+    # turn, largest table first (*tables*' order): the connections seldom wait on each other
+    keys_first = sorted(found, key=lambda index: index.constraint is None)
+    rank = {index: sum(other.table == index.table for other in keys_first[:n])
+            for n, index in enumerate(keys_first)}  # fmt: skip
+    in_turn = sorted(keys_first, key=lambda index: (rank[index], tables.index(index.table)))
+    _in_parallel(url, in_turn, lambda cur, index: index.create(cur), workers)
 
 
 def _each_day(url: str, task: Callable[[Cursor, int], None], workers: int, report: Report,
