@@ -194,7 +194,8 @@ CREATE_CHUNKS = (
     "DELETE FROM usage_events WHERE device_id = 0",
     "DELETE FROM metric_samples WHERE device_id = 0",
 )
-# Largest first, so the two connections analysing them finish together.
+# The raw hypertables first (their root's own size is 0: the rows are in the chunks), then
+# largest first, so the two connections analysing them finish together.
 TABLES = """
 SELECT c.relname FROM pg_class c
 WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
@@ -380,7 +381,8 @@ def _analyze(cur: Cursor, table: str) -> None:
 @contextmanager
 def _bulk_load(url: str, tables: Sequence[str], workers: int) -> Iterator[Cursor]:
     """Drop the indexes of the (empty) *tables* for the body, then build them again, one
-    index per connection on *workers* connections: each build uses a single core."""
+    index per connection on *workers* connections (a hypertable's index is built chunk by
+    chunk, on one core)."""
     with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SET work_mem = '1GB'")  # the day and month rollups group whole tables
         found = drop_indexes(cur, tables)
@@ -437,10 +439,16 @@ def _in_parallel(url: str, items: Iterable[T], task: Callable[[Cursor, T], None]
         except BaseException as exc:  # reported by the caller
             errors.append(exc)
 
+    if workers < 1:
+        raise ValueError(f"workers must be 1 or more, not {workers}")
     threads = [threading.Thread(target=work, name=f"bench-gen-{n}") for n in range(workers)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException as exc:  # Ctrl-C: the workers stop after the statement they run
+        errors.append(exc)
+        raise
     if errors:
         raise errors[0]

@@ -161,6 +161,11 @@ def hourly_rollups(
 ) -> None:
     """Add ``usage_hourly`` and ``device_hourly`` for the raw rows in [since, until) (None:
     unbounded). With bounds on hour boundaries, pieces add up to what one pass over all gives."""
+    for bound in (since, until):
+        if bound is not None and bound != bound.astimezone(UTC).replace(
+            minute=0, second=0, microsecond=0
+        ):
+            raise ValueError(f"rollup pieces start and end on whole UTC hours, not {bound}")
     params = {"from": since or "-infinity", "until": until or "infinity"}
     cur.execute(USAGE_HOURLY, params)
     cur.execute(DEVICE_HOURLY, params)

@@ -6,15 +6,30 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from bench.dataset import DAYS, _drop_database, database_name, ensure_dataset
+from bench.dataset import DAYS, RAW_TABLES, _drop_database, database_name, ensure_dataset
 from services.infra.local import LocalServices
 from services.ingest.rollups import ROLLUP_TABLES, rebuild_rollups
 
 TARGET = 500_000
 
 
+# every index, key and check the migrations define on the tables the build loads
+SCHEMA = """
+SELECT c.relname, i.relname, pg_get_indexdef(i.oid), con.conname, pg_get_constraintdef(con.oid)
+FROM pg_class c
+LEFT JOIN pg_index x ON x.indrelid = c.oid LEFT JOIN pg_class i ON i.oid = x.indexrelid
+LEFT JOIN pg_constraint con ON con.conrelid = c.oid AND con.conindid = i.oid
+WHERE c.relname = ANY(%(tables)s) AND c.relnamespace = 'public'::regnamespace
+UNION
+SELECT c.relname, NULL, NULL, con.conname, pg_get_constraintdef(con.oid)
+FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+WHERE c.relname = ANY(%(tables)s) AND c.relnamespace = 'public'::regnamespace
+ORDER BY 1, 2, 4
+"""
+
+
 def test_a_dataset_built_by_days_equals_one_rebuild_and_is_reused(
-    local_services: LocalServices,
+    local_services: LocalServices, database: str
 ) -> None:
     _drop_database(local_services, database_name(TARGET))
     try:
@@ -39,6 +54,12 @@ def test_a_dataset_built_by_days_equals_one_rebuild_and_is_reused(
             ).fetchone()
             assert walked is not None and walked[1] > 0
             assert walked[0] == dataset.metric_rows // 2 + dataset.usage_rows
+            # the indexes dropped for the load are all back, as the migrations made them
+            tables = {"tables": [*RAW_TABLES, *ROLLUP_TABLES]}
+            with psycopg.connect(database) as fresh:
+                migrated = fresh.execute(SCHEMA, tables).fetchall()
+            assert conn.execute(SCHEMA, tables).fetchall() == migrated
+            assert len([row for row in migrated if row[1]]) > len(ROLLUP_TABLES)
             # compared in the database: millions of rows are slow to fetch twice
             for table in ROLLUP_TABLES:
                 conn.execute(sql.SQL("CREATE TEMP TABLE {} AS TABLE {}").format(
