@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from services.core.migrate import migrate
 from services.infra.local import LocalServices
 from services.ingest.rollups import (
     ROLLUP_TABLES,
+    Index,
     drop_indexes,
     hourly_rollups,
     rollups_from_hourly,
@@ -389,10 +391,12 @@ def _bulk_load(url: str, tables: Sequence[str], workers: int) -> Iterator[Cursor
         yield cur
     # a table's key first (adding it locks the table), then one index of each table in
     # turn, largest table first (*tables*' order): the connections seldom wait on each other
-    keys_first = sorted(found, key=lambda index: index.constraint is None)
-    rank = {index: sum(other.table == index.table for other in keys_first[:n])
-            for n, index in enumerate(keys_first)}  # fmt: skip
-    in_turn = sorted(keys_first, key=lambda index: (rank[index], tables.index(index.table)))
+    turn: dict[Index, int] = {}
+    per_table: Counter[str] = Counter()
+    for index in sorted(found, key=lambda index: index.constraint is None):
+        turn[index] = per_table[index.table]
+        per_table[index.table] += 1
+    in_turn = sorted(found, key=lambda index: (turn[index], tables.index(index.table)))
     _in_parallel(url, in_turn, lambda cur, index: index.create(cur), workers)
 
 

@@ -10,8 +10,8 @@ time (`Server-Timing` header) and the client wall time of ~30 requests after a w
 
 References measured in the same run, to read the figures as ratios: `GET /health` (HTTP and
 framework overhead) and, for each window at the largest size, the portfolio's usage query
-over the hourly rollup the analytics read before migration 0007, run directly in PostgreSQL. Writes
-`OUT_DIR/queries.json` and returns the same dict.
+over the hourly rollup the analytics read before migration 0007, run directly in PostgreSQL.
+Writes `OUT_DIR/queries.json` and returns the same dict.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
 from services.infra.postgres import PG_BIN
 from services.infra.system import run
-from services.ingest.rollups import ROLLUP_TABLES
 from services.registry import upserts as registry
 from services.registry.upserts import DeviceCredential
 from tests.integration.conftest import scratch_database
@@ -592,11 +591,3 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def rollup_rows(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every rollup table's rows, in a fixed order, to compare two ways of building them."""
-    return {
-        table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
-        for table in ROLLUP_TABLES
-    }

@@ -8,6 +8,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,10 +22,14 @@ from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
 from services.ingest.history import HistoryImporter
-from services.ingest.rollups import hourly_rollups, rebuild_rollups, rollups_from_hourly
+from services.ingest.rollups import (
+    ROLLUP_TABLES,
+    hourly_rollups,
+    rebuild_rollups,
+    rollups_from_hourly,
+)
 from services.registry import upserts
 from tests.integration.conftest import scratch_database
-from tests.integration.ingest_support import rollup_rows
 
 START = datetime(2025, 1, 27, 5, 17, tzinfo=UTC)  # the history crosses a month boundary
 DAYS = 10
@@ -108,6 +113,13 @@ def history(local_services: LocalServices, settings: Settings) -> Iterator[Histo
             messages = _messages(serials, rng)
             assert _import(conn, messages) == 0
         yield History(url, project_ids, messages)
+
+
+def rollup_rows(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
+        for table in ROLLUP_TABLES
+    }
 
 
 # The hourly definitions the rollups must reproduce (the queries they replaced).
