@@ -180,6 +180,10 @@ def _checked_only(kind: str, payload: bytes) -> str | None:
              "unit": "m\x00" * 10}]},
     kind="telemetry",
 )  # fmt: skip
+@example(  # year 1 in UTC refused beside a field both models refuse alike
+    message={"seq": -1, "ts": "0001-01-01T00:00:00+01:00", "events": [{"feature": "a"}]},
+    kind="usage",
+)
 def test_a_refusal_is_worded_as_the_checked_models_word_it(
     message: dict[str, Any], kind: str
 ) -> None:
@@ -195,6 +199,7 @@ def test_a_refusal_is_worded_as_the_checked_models_word_it(
         ), outcome
     else:
         assert isinstance(outcome, Rejected), outcome
+        assert outcome.reason is QuarantineReason.INVALID_PAYLOAD  # the payload is JSON
         assert outcome.detail == reference
 
 
