@@ -56,6 +56,7 @@ bench: install
 
 # The fault suite, long version: its own TimescaleDB and Mosquitto (.state/chaos, ports 54359
 # and 18860 unless FIELDTRACK_LOCAL_PG_PORT / _MQTT_PORT say otherwise), every fault under
-# load, then a report in .state/chaos/report/. CHAOS_ARGS="--only burst-2x" runs a subset.
+# load, then a report in .state/chaos/report/. CHAOS_ARGS="--only burst-2x" runs a subset
+# (its report in .state/chaos/report-partial/).
 chaos: install
 	$(BIN)/python -m tests.integration.chaos $(CHAOS_ARGS)

@@ -752,6 +752,12 @@ CHAOS_PG_PORT = "54359"
 CHAOS_MQTT_PORT = "18860"
 
 
+def report_dir(state: Path, only: list[str] | None) -> Path:
+    """Where a run's report goes: a run of chosen scenarios (`--only`) must not overwrite the
+    last full run's report."""
+    return state / ("report" if only is None else "report-partial")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="fieldtrack's fault suite, long version")
     parser.add_argument("--profile", choices=("long", "short"), default="long")
@@ -790,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
     finally:
         if results or garbage:
-            json_path, md_path = write_report(results, profile, state / "report", garbage)
+            out = report_dir(state, args.only)
+            json_path, md_path = write_report(results, profile, out, garbage)
             print(f"report: {md_path} and {json_path}")
         if not args.keep_services:
             services.down(_report)

@@ -8,12 +8,21 @@ services; everything in the session reconnects by itself, as in production.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.infra.local import LocalServices
-from tests.integration.chaos import SCENARIOS, SHORT, FaultResult, run_scenario
+from tests.integration.chaos import (
+    SCENARIOS,
+    SHORT,
+    FaultResult,
+    report_dir,
+    run_scenario,
+    write_report,
+)
 
 
 def _run(name: str, services: LocalServices, settings: Settings, admin: BrokerAdmin) -> FaultResult:
@@ -83,3 +92,12 @@ def test_mosquitto_sigkill_loses_at_most_what_it_held_unsaved(run) -> None:  # t
     held = sum(result.notes["held_by_broker_at_kill"])
     # a second of traffic acknowledged between the measurement and the kill
     assert result.lost <= held + SHORT.rate, result.line()
+
+
+def test_a_run_of_chosen_scenarios_keeps_the_last_full_report(tmp_path: Path) -> None:
+    """`make chaos CHAOS_ARGS="--only ..."` writes beside the full run's report, not over it."""
+    full, _ = write_report([], SHORT, report_dir(tmp_path, None))
+    before = full.read_text()
+    partial, _ = write_report([], SHORT, report_dir(tmp_path, ["garbage-share"]))
+    assert partial != full
+    assert full.read_text() == before
