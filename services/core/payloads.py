@@ -260,7 +260,7 @@ def _validate(kind: MessageKind, payload: bytes, serial: str) -> _Validated | Re
     times; or why it is refused, worded by the checked models. A refusal is worked out once
     and returned, not raised: garbage must stay cheap to turn away."""
     try:
-        message = _VALIDATORS[kind].validate_json(payload, strict=True)
+        message: Message = _VALIDATORS[kind].validate_json(payload, strict=True)
     except ValidationError as exc:
         errors = _errors(exc)
         # bytes that are not JSON give exactly one error (JSON is parsed before any field)
@@ -281,8 +281,7 @@ def _validate(kind: MessageKind, payload: bytes, serial: str) -> _Validated | Re
     try:
         message = _CHECKED_VALIDATORS[kind].validate_json(payload, strict=True)
     except ValidationError as exc:
-        errors = _errors(exc)
-        return Rejected(QuarantineReason.INVALID_PAYLOAD, _summarise(errors), serial)
+        return Rejected(QuarantineReason.INVALID_PAYLOAD, _summarise(_errors(exc)), serial)
     return _in_utc(message)
 
 
