@@ -36,6 +36,7 @@ from device_sim.cli import SCENARIOS_DIR
 from device_sim.scenario import Scenario, go_live, load
 from device_sim.seed import seed
 from services.core.migrate import migrate
+from services.core.payloads import ENABLED_REPORTED
 from services.infra.local import LocalServices
 from services.ingest.rollups import (
     ROLLUP_TABLES,
@@ -45,7 +46,7 @@ from services.ingest.rollups import (
     rollups_from_hourly,
 )
 
-SPEC = "portfolio-v2"  # change when the generator changes: cached datasets are then rebuilt
+SPEC = "portfolio-v3"  # change when the generator changes: cached datasets are then rebuilt
 DAYS = 90
 LOST_SHARE = 0.003
 DEAD_SHARE = 0.02
@@ -61,7 +62,9 @@ SETUP = """
 CREATE OR REPLACE FUNCTION bench_u(x bigint, salt integer) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN (hashint8extended(x, salt) & 2147483647)::float8 / 2147483648.0;
-DROP TABLE IF EXISTS bench_params, bench_projects, bench_device_days;
+DROP TABLE IF EXISTS bench_params, bench_projects, bench_device_days, bench_enabled;
+CREATE TABLE bench_enabled (project_id bigint NOT NULL, feature_key text NOT NULL,
+                            share float8 NOT NULL);
 CREATE TABLE bench_projects (project_id bigint PRIMARY KEY, go_live_day integer NOT NULL,
                              offline_share float8 NOT NULL);
 CREATE TABLE bench_params (project_id bigint NOT NULL, fidx integer NOT NULL,
@@ -166,6 +169,16 @@ CROSS JOIN LATERAL (VALUES
 WHERE dd.day = %(day)s
   AND bench_u(dd.device_id * 1000000000 + dd.base + pos.j, 8) >= %(lost)s
 ORDER BY dd.device_id, pos.j, metric.item
+"""
+# What fleets that report their settings say is switched on (the scenario's enabled_share,
+# and '*' for "reported its list"), on every day a device reports, in the hours of its four
+# telemetry messages.
+ENABLED = """
+INSERT INTO enabled_daily (project_id, day, feature_key, device_id, hours)
+SELECT dd.project_id, %(start_day)s::date + dd.day, e.feature_key, dd.device_id,
+       (1 << 0) | (1 << 6) | (1 << 12) | (1 << 18)
+FROM bench_device_days dd JOIN bench_enabled e ON e.project_id = dd.project_id
+WHERE bench_u(dd.device_id * 1000 + hashtext(e.feature_key) %% 1000, 11) < e.share
 """
 DEVICE_STATE = """
 INSERT INTO device_state (device_id, online, online_since, last_seen, last_seq, last_seq_at,
@@ -296,7 +309,7 @@ def _drop_database(services: LocalServices, name: str) -> None:
 
 def _scenario_params(conn: psycopg.Connection, scenario: Scenario, end: date, start: date) -> None:
     ids: dict[str, int] = dict(conn.execute("SELECT name, id FROM projects").fetchall())
-    projects, params = [], []
+    projects, params, enabled = [], [], []
     for _, project in scenario.projects():
         pid = ids[project.name]
         live = (go_live(project, end) - start).days
@@ -308,11 +321,19 @@ def _scenario_params(conn: psycopg.Connection, scenario: Scenario, end: date, st
             a = usage.adoption
             params.append((pid, fidx, key, usage.per_device_day, usage.never_share, a.start,
                            a.end, a.ramp_days, (low + high) / 2))  # fmt: skip
+        if project.fleet.reports_enabled:
+            enabled.append((pid, ENABLED_REPORTED, 1.0))
+            enabled += [
+                (pid, d.feature, d.enabled_share)
+                for d in project.deliveries
+                if d.status == "delivered"
+            ]
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO bench_projects VALUES (%s, %s, %s)", projects)
         cur.executemany(
             "INSERT INTO bench_params VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", params
         )
+        cur.executemany("INSERT INTO bench_enabled VALUES (%s, %s, %s)", enabled)
 
 
 def _generate(url: str, target: int, report: Report, workers: int) -> None:
@@ -349,6 +370,7 @@ def _generate(url: str, target: int, report: Report, workers: int) -> None:
         report(f"  raw rows loaded: {time.monotonic() - began:.0f}s; indexing")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(DEVICE_STATE, {"start": start_ts})
+        conn.execute(ENABLED, {"start_day": start})
     generate_s = time.monotonic() - began
     report(f"  raw rows: {generate_s:.1f}s")
     began = time.monotonic()

@@ -28,6 +28,11 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 # Quarantine keeps this much of an oversized payload: enough to see what it was.
 QUARANTINE_KEEP_BYTES = 64 * 1024
 MAX_READINGS = 1000
+# More features than any device carries; a longer list is a fault, not a configuration.
+MAX_ENABLED_FEATURES = 200
+# Stored beside the enabled features of a device-hour: the device reported its list at all
+# (an empty list too). No feature key can take this value (FeatureKey's pattern).
+ENABLED_REPORTED = "*"
 MAX_SEQ = 2**63 - 1
 # The bytes a JSON text can begin with (RFC 8259: whitespace or a value, and the NaN and
 # Infinity pydantic's parser also reads). A payload that begins otherwise (binary such as
@@ -108,6 +113,12 @@ class TelemetryMessage(_Message):
     """Published to fieldtrack/v1/{device}/telemetry."""
 
     metrics: list[MetricReading] = Field(min_length=1, max_length=MAX_READINGS)
+    enabled_features: list[FeatureKey] | None = Field(
+        default=None, max_length=MAX_ENABLED_FEATURES,
+        description="optional: the catalog keys of the features switched on on the device at "
+        "`ts` ([] for none). Standing features (alarms, safeguards, schedules) are judged by "
+        "this, not by how often they fire; devices that never send it are not counted.",
+    )  # fmt: skip
 
 
 class DeviceStatus(StrEnum):

@@ -9,7 +9,8 @@ in bulk (bench/dataset.py). It recomputes, from the month that holds *since* on:
   messages, sequence range and the sequence numbers skipped, walking each device's messages
   in device-time order exactly as ingest does when messages arrive in order (a late message
   that ingest counted as filling an earlier gap is simply in its place here);
-- the day, month and project rollups from those two (``rollups_from_hourly``, migration 0007).
+- the day, month and project rollups from those two (``rollups_from_hourly``, migration 0007);
+- the month rows of what devices reported as enabled, from its day rows (migration 0012).
 
 The rollup tables are locked against writes while it runs: ingest waits (the broker keeps
 its messages) and readers keep reading the old rows until the commit.
@@ -31,7 +32,10 @@ ROLLUP_TABLES = (
     "device_monthly", "feature_hourly", "feature_daily", "project_hourly", "project_daily",
 )  # fmt: skip
 
-LOCK = f"LOCK TABLE {', '.join(ROLLUP_TABLES)} IN EXCLUSIVE MODE"
+# What devices reported as enabled: the day rows are the record (ingest writes no raw rows for
+# it), so a rebuild keeps them and recomputes only the month rows (migration 0012).
+ENABLED_TABLES = ("enabled_daily", "enabled_monthly")
+LOCK = f"LOCK TABLE {', '.join(ROLLUP_TABLES + ENABLED_TABLES)} IN EXCLUSIVE MODE"
 INDEXES = """
 SELECT c.relname, i.relname, con.conname, pg_get_constraintdef(con.oid), pg_get_indexdef(i.oid)
 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid
@@ -144,6 +148,7 @@ def rebuild_rollups(conn: psycopg.Connection, since: datetime | None = None) -> 
     params = {"from": "-infinity" if start is None else start}
     with conn.transaction(), conn.cursor() as cur:
         if start is None:
+            cur.execute(LOCK)
             cur.execute(sql.SQL("TRUNCATE {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, ROLLUP_TABLES))))  # fmt: skip
             with without_indexes(cur, ROLLUP_TABLES):
@@ -172,8 +177,10 @@ def hourly_rollups(
 
 
 def rollups_from_hourly(cur: psycopg.Cursor[tuple[Any, ...]], since: datetime | None) -> None:
-    """Recompute the day, month and project rollups from the hourly ones (migration 0007)."""
+    """Recompute the day, month and project rollups from the hourly ones (migration 0007), and
+    the month rows of what was enabled from their day rows (migration 0012)."""
     cur.execute("SELECT rollups_from_hourly(%s::timestamptz)", (since,))
+    cur.execute("SELECT enabled_from_daily(%s::timestamptz)", (since,))
 
 
 def _rebuild(cur: psycopg.Cursor[tuple[Any, ...]], start: datetime | None) -> None:

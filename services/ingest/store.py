@@ -9,16 +9,18 @@ Rejected messages go to the quarantine.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.types.string import BytesBinaryDumper
 
 from services.core.payloads import (
+    ENABLED_REPORTED,
     QUARANTINE_KEEP_BYTES,
     Accepted,
     DeviceStatus,
@@ -167,7 +169,31 @@ COPY usage_events (device_id, project_id, feature_key, device_time, received_at,
 # Binary COPY: two timestamps a row are the costliest part of text COPY's formatting.
 USAGE_TYPES = ("int8", "int8", "text", "timestamptz", "timestamptz", "int8", "int2", "int4",
                "int8")  # fmt: skip
-UPSERT_USAGE_ROLLUPS = """
+
+
+def _mask_upserts(daily: str, monthly: str) -> tuple[str, str]:
+    """Statements that OR day rows (hours bitmask) and month rows (days bitmask) into a pair
+    of bitmask rollup tables (migrations 0007, 0012) from the column arrays of
+    `masks_of_hours`: a redelivered message ORs the same bits and changes nothing."""
+    day_rows = f"""
+    INSERT INTO {daily} AS t (project_id, day, feature_key, device_id, hours)
+    SELECT * FROM unnest(%(d_project)s::bigint[], %(d_day)s::date[], %(d_feature)s::text[],
+                         %(d_device)s::bigint[], %(d_hours)s::integer[])
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (project_id, day, feature_key, device_id) DO UPDATE
+    SET hours = t.hours | excluded.hours WHERE t.hours | excluded.hours <> t.hours"""
+    month_rows = f"""
+    INSERT INTO {monthly} AS t (project_id, month, feature_key, device_id, days)
+    SELECT * FROM unnest(%(m_project)s::bigint[], %(m_month)s::date[], %(m_feature)s::text[],
+                         %(m_device)s::bigint[], %(m_days)s::integer[])
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (project_id, month, feature_key, device_id) DO UPDATE
+    SET days = t.days | excluded.days WHERE t.days | excluded.days <> t.days"""
+    return day_rows, month_rows
+
+
+_USAGE_DAYS, _USAGE_MONTHS = _mask_upserts("usage_daily", "usage_monthly")
+UPSERT_USAGE_ROLLUPS = f"""
 WITH hourly AS (
     INSERT INTO usage_hourly AS h (project_id, feature_key, device_id, hour, events, readings,
                                    duration_ms)
@@ -179,20 +205,8 @@ WITH hourly AS (
     SET events = h.events + excluded.events,
         readings = h.readings + excluded.readings,
         duration_ms = h.duration_ms + excluded.duration_ms
-), daily AS (
-    INSERT INTO usage_daily AS t (project_id, day, feature_key, device_id, hours)
-    SELECT * FROM unnest(%(d_project)s::bigint[], %(d_day)s::date[], %(d_feature)s::text[],
-                         %(d_device)s::bigint[], %(d_hours)s::integer[])
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (project_id, day, feature_key, device_id) DO UPDATE
-    SET hours = t.hours | excluded.hours WHERE t.hours | excluded.hours <> t.hours
-), monthly AS (
-    INSERT INTO usage_monthly AS t (project_id, month, feature_key, device_id, days)
-    SELECT * FROM unnest(%(m_project)s::bigint[], %(m_month)s::date[], %(m_feature)s::text[],
-                         %(m_device)s::bigint[], %(m_days)s::integer[])
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (project_id, month, feature_key, device_id) DO UPDATE
-    SET days = t.days | excluded.days WHERE t.days | excluded.days <> t.days
+), daily AS ({_USAGE_DAYS}
+), monthly AS ({_USAGE_MONTHS}
 ), feature_hours AS (
     INSERT INTO feature_hourly AS t (project_id, hour, feature_key, events)
     SELECT * FROM unnest(%(fh_project)s::bigint[], %(fh_hour)s::timestamptz[],
@@ -206,6 +220,10 @@ SELECT * FROM unnest(%(fd_project)s::bigint[], %(fd_day)s::date[], %(fd_feature)
 ORDER BY 1, 2, 3
 ON CONFLICT (project_id, day, feature_key) DO UPDATE SET events = t.events + excluded.events
 """
+_ENABLED_DAYS, _ENABLED_MONTHS = _mask_upserts("enabled_daily", "enabled_monthly")
+# What devices reported as enabled (telemetry's `enabled_features`), by device-hour.
+UPSERT_ENABLED = f"WITH daily AS ({_ENABLED_DAYS}\n){_ENABLED_MONTHS}"
+
 MOVE_METRICS = (
     """
 WITH inserted AS (
@@ -377,6 +395,8 @@ def store_batch(
                 for row in _device_hours(stored, missing):
                     copy.write_row(row)
             cur.execute(UPSERT_DEVICE_HOURLY)
+        if rows.enabled:
+            cur.execute(UPSERT_ENABLED, enabled_rollups(rows.enabled))
         if quarantine:
             _copy_quarantine(cur, quarantine)
         if seen:
@@ -430,27 +450,16 @@ def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
         daily[dkey] = daily.get(dkey, 0) | 1 << hour % 24
         fkey = (project, hour, feature)
         feature_hours[fkey] = feature_hours.get(fkey, 0) + events
-    days: dict[int, date] = {}
-
-    def day_at(day: int) -> date:
-        return days.get(day) or days.setdefault(day, date.fromordinal(_EPOCH_DAY + day))
 
     def hour_at(hour: int) -> datetime:
         return datetime.fromtimestamp(hour * 3600, UTC)
 
-    monthly: dict[tuple[int, date, str, int], int] = {}
     feature_days: dict[tuple[int, int, str], int] = {}
-    for project, day, feature, device in daily:
-        when = day_at(day)
-        mkey = (project, when.replace(day=1), feature, device)
-        monthly[mkey] = monthly.get(mkey, 0) | 1 << (when.day - 1)
     for (project, hour, feature), events in feature_hours.items():
         fdkey = (project, hour // 24, feature)
         feature_days[fdkey] = feature_days.get(fdkey, 0) + events
 
     h = sorted(hourly.items())
-    d = sorted(daily.items())
-    m = sorted(monthly.items())
     fh = sorted(feature_hours.items())
     fd = sorted(feature_days.items())
     return {
@@ -458,16 +467,47 @@ def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
         "h_device": [k[2] for k, _ in h], "h_hour": [hour_at(k[3]) for k, _ in h],
         "h_events": [v[0] for _, v in h], "h_readings": [v[1] for _, v in h],
         "h_duration": [v[2] for _, v in h],
-        "d_project": [k[0] for k, _ in d], "d_day": [day_at(k[1]) for k, _ in d],
+        **_mask_columns(daily),
+        "fh_project": [k[0] for k, _ in fh], "fh_hour": [hour_at(k[1]) for k, _ in fh],
+        "fh_feature": [k[2] for k, _ in fh], "fh_events": [v for _, v in fh],
+        "fd_project": [k[0] for k, _ in fd], "fd_day": [_date_of(k[1]) for k, _ in fd],
+        "fd_feature": [k[2] for k, _ in fd], "fd_events": [v for _, v in fd],
+    }  # fmt: skip
+
+
+def enabled_rollups(enabled: Iterable[tuple[int, int, str, int]]) -> dict[str, list[Any]]:
+    """The rows of UPSERT_ENABLED from (device, project, feature key or ENABLED_REPORTED,
+    hour since the epoch) of what devices reported as enabled."""
+    daily: dict[tuple[int, int, str, int], int] = {}
+    for device, project, feature, hour in enabled:
+        key = (project, hour // 24, feature, device)
+        daily[key] = daily.get(key, 0) | 1 << hour % 24
+    return _mask_columns(daily)
+
+
+@lru_cache(maxsize=4096)
+def _date_of(day: int) -> date:
+    """The UTC date of *day* days since the epoch (a batch touches a handful)."""
+    return date.fromordinal(_EPOCH_DAY + day)
+
+
+def _mask_columns(daily: dict[tuple[int, int, str, int], int]) -> dict[str, list[Any]]:
+    """Day rows (project, day since the epoch, feature, device) → hours bitmask, and the month
+    rows they give, as the column arrays of `_mask_upserts`."""
+    monthly: dict[tuple[int, date, str, int], int] = {}
+    for project, day, feature, device in daily:
+        when = _date_of(day)
+        mkey = (project, when.replace(day=1), feature, device)
+        monthly[mkey] = monthly.get(mkey, 0) | 1 << (when.day - 1)
+    d = sorted(daily.items())
+    m = sorted(monthly.items())
+    return {
+        "d_project": [k[0] for k, _ in d], "d_day": [_date_of(k[1]) for k, _ in d],
         "d_feature": [k[2] for k, _ in d], "d_device": [k[3] for k, _ in d],
         "d_hours": [v for _, v in d],
         "m_project": [k[0] for k, _ in m], "m_month": [k[1] for k, _ in m],
         "m_feature": [k[2] for k, _ in m], "m_device": [k[3] for k, _ in m],
         "m_days": [v for _, v in m],
-        "fh_project": [k[0] for k, _ in fh], "fh_hour": [hour_at(k[1]) for k, _ in fh],
-        "fh_feature": [k[2] for k, _ in fh], "fh_events": [v for _, v in fh],
-        "fd_project": [k[0] for k, _ in fd], "fd_day": [day_at(k[1]) for k, _ in fd],
-        "fd_feature": [k[2] for k, _ in fd], "fd_events": [v for _, v in fd],
     }  # fmt: skip
 
 
@@ -528,6 +568,8 @@ class _Rows:
     quarantine: list[tuple[object, ...]] = field(default_factory=list)
     seen: dict[int, _DeviceSeen] = field(default_factory=dict)
     statuses: list[tuple[object, ...]] = field(default_factory=list)
+    # (device, project, feature key or ENABLED_REPORTED, hour since the epoch)
+    enabled: list[tuple[int, int, str, int]] = field(default_factory=list)
 
     def add(
         self, raw: RawMessage, accepted: Accepted, device: DeviceRef, result: BatchResult
@@ -556,6 +598,12 @@ class _Rows:
                     times[item], raw.received_at, message.seq, item,
                 ))  # fmt: skip
             result.device_times.append(message.ts)
+            if message.enabled_features is not None:
+                hour = _hour_key(message.ts)
+                self.enabled += [
+                    (device.id, device.project_id, key, hour)
+                    for key in {ENABLED_REPORTED, *message.enabled_features}
+                ]
         elif isinstance(message, StatusMessage):
             state.online = message.state is DeviceStatus.ONLINE
             state.online_since = message.ts or raw.received_at

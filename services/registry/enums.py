@@ -35,3 +35,8 @@ class DeliveryStatus(StrEnum):
 class DeviceStatus(StrEnum):
     ACTIVE = "active"
     REVOKED = "revoked"
+
+
+class FeatureKind(StrEnum):
+    INTERACTIVE = "interactive"  # judged by use: people or devices invoke it
+    STANDING = "standing"  # alarms, safeguards, schedules: judged by being enabled, not firing

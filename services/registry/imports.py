@@ -1,7 +1,7 @@
 """Bulk import from CSV: every row is checked, and either all rows land or none do.
 
 Errors are reported per row (the CSV line number, the header being line 1) and field, so
-a person can fix the file and send it again. Lists (tags, usage_events) are separated by
+a person can fix the file and send it again. Lists (tags) are separated by
 `;`. Empty cells mean "not given". Rows may name their parent by natural key instead of
 id: `customer` (name) for projects, `feature_key` for deliveries.
 """
@@ -24,7 +24,7 @@ from services.registry.repository import Resource, create_item
 from services.registry.resources import CUSTOMERS, DELIVERIES, DEVICES, FEATURES, PROJECTS
 
 MAX_IMPORT_ROWS = 10_000
-LIST_COLUMNS = frozenset({"tags", "usage_events"})
+LIST_COLUMNS = frozenset({"tags"})
 
 
 class RowError(BaseModel):

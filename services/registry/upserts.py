@@ -47,9 +47,9 @@ ON CONFLICT (customer_id, name) DO UPDATE SET contract_value = excluded.contract
 RETURNING id
 """
 UPSERT_FEATURE = """
-INSERT INTO features (key, name, product_line, description) VALUES (%s, %s, %s, %s)
+INSERT INTO features (key, name, product_line, description, kind) VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT (key) DO UPDATE SET name = excluded.name, product_line = excluded.product_line,
-    description = excluded.description
+    description = excluded.description, kind = excluded.kind
 RETURNING id
 """
 UPSERT_DELIVERY = """
@@ -93,9 +93,15 @@ def upsert_project(
 
 
 def upsert_feature(
-    conn: psycopg.Connection, key: str, name: str, product_line: str | None, description: str | None
+    conn: psycopg.Connection,
+    key: str,
+    name: str,
+    product_line: str | None,
+    description: str | None,
+    *,
+    kind: str = "interactive",
 ) -> int:
-    return _returning_id(conn, UPSERT_FEATURE, (key, name, product_line, description))
+    return _returning_id(conn, UPSERT_FEATURE, (key, name, product_line, description, kind))
 
 
 def upsert_delivery(

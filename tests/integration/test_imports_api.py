@@ -271,34 +271,29 @@ def test_projects_import_is_all_or_nothing_on_a_duplicate(
 # --- features ---------------------------------------------------------------------------------
 
 
-def test_features_import_splits_lists_on_semicolons(
-    api: TestClient, conn: psycopg.Connection, unique: str
-) -> None:
+def test_features_import_takes_each_column(api: TestClient, unique: str) -> None:
     text = (
-        "key,name,product_line,description,usage_events\n"
-        f'fi_{unique}_a,Remote unlock,locks,"opens, remotely",unlock;unlock.remote;unlock_app\n'
+        "key,name,product_line,description,kind\n"
+        f'fi_{unique}_a,Remote unlock,locks,"opens, remotely",interactive\n'
         f"fi_{unique}_b,Energy report,energy,,\n"
-        f"fi_{unique}_c,Dimming,lighting,,dim\n"
+        f"fi_{unique}_c,Tamper alerts,security,,standing\n"
     )
     report = expect(post_csv(api, "/imports/features", text), 201)
     assert report["created"] == 3
     a, b, c = (fetch(api, f"/features/{i}") for i in report["ids"])
-    assert (a["key"], a["name"], a["product_line"], a["description"]) == (
-        f"fi_{unique}_a", "Remote unlock", "locks", "opens, remotely",
+    assert (a["key"], a["name"], a["product_line"], a["description"], a["kind"]) == (
+        f"fi_{unique}_a", "Remote unlock", "locks", "opens, remotely", "interactive",
     )  # fmt: skip
-    assert a["usage_events"] == ["unlock", "unlock.remote", "unlock_app"]
-    assert (b["key"], b["usage_events"], b["description"]) == (f"fi_{unique}_b", [], None)
-    assert c["usage_events"] == ["dim"]
-    stored = conn.execute("SELECT usage_events FROM features WHERE id = %s", (a["id"],)).fetchone()
-    assert stored == (["unlock", "unlock.remote", "unlock_app"],)
+    assert (b["key"], b["description"], b["kind"]) == (f"fi_{unique}_b", None, "interactive")
+    assert c["kind"] == "standing"
 
 
-def test_features_import_with_a_bad_key_or_event_imports_nothing(
+def test_features_import_with_a_bad_key_or_usage_definitions_imports_nothing(
     api: TestClient, conn: psycopg.Connection, unique: str
 ) -> None:
-    text = (
-        f"key,name,usage_events\nfb_{unique}_a,A,ok\nFb {unique},B,\nfb_{unique}_c,C,ok;Not Valid\n"
-    )
+    """Usage definitions were accepted and never applied: a file that still has them is
+    refused, naming the column, rather than imported with them ignored."""
+    text = f"key,name,usage_events\nfb_{unique}_a,A,\nFb {unique},B,\nfb_{unique}_c,C,ok;other\n"
     errors = rejected(post_csv(api, "/imports/features", text))
     assert errors[0] == (3, "key")
     assert errors[1][0] == 4 and (errors[1][1] or "").startswith("usage_events")

@@ -354,30 +354,29 @@ def test_project_with_devices_or_deliveries_cannot_be_deleted(
 
 
 def test_feature_create_get_patch_delete(api: TestClient, unique: str) -> None:
-    metric = {"metric": "dimming_level", "op": ">", "value": 0.5}
     created = make_feature(
         api, f"dim_{unique}", name=f"Scheduled dimming {unique}", product_line="lighting",
-        description="dims at night", usage_events=["dim_on", "dim.off"], usage_metrics=[metric],
+        description="dims at night", kind="standing",
     )  # fmt: skip
     assert created["key"] == f"dim_{unique}"
     assert (created["name"], created["product_line"], created["description"]) == (
         f"Scheduled dimming {unique}", "lighting", "dims at night",
     )  # fmt: skip
-    assert created["usage_events"] == ["dim_on", "dim.off"]
-    assert created["usage_metrics"] == [metric]
+    assert created["kind"] == "standing"
+    assert "usage_events" not in created and "usage_metrics" not in created
 
     defaulted = make_feature(api, f"bare_{unique}")
     assert (defaulted["product_line"], defaulted["description"]) == (None, None)
-    assert (defaulted["usage_events"], defaulted["usage_metrics"]) == ([], [])
+    assert defaulted["kind"] == "interactive"
 
     url = f"/features/{created['id']}"
     assert expect(api.get(url), 200) == created
     patched = expect(api.patch(url, json={"name": "Dimming"}), 200)
     assert patched == {**created, "name": "Dimming"}
-    new_metrics = [{"metric": "power_w", "op": "<=", "value": 3}]
-    patched = expect(api.patch(url, json={"usage_metrics": new_metrics, "usage_events": []}), 200)
-    assert patched == {**created, "name": "Dimming", "usage_events": [],
-                       "usage_metrics": [{"metric": "power_w", "op": "<=", "value": 3.0}]}  # fmt: skip
+    patched = expect(api.patch(url, json={"kind": "interactive"}), 200)
+    assert patched == {**created, "name": "Dimming", "kind": "interactive"}
+    listed = expect(api.get("/features", params={"kind": "interactive", "q": unique}), 200)
+    assert {f["id"] for f in listed["items"]} == {created["id"], defaulted["id"]}
     # the key is the devices' contract: it cannot be changed
     assert error_loc(api.patch(url, json={"key": "other"}))[-1] == "key"
 
@@ -732,8 +731,11 @@ INVALID = [
     ("projects", "customer_id", "abc"),
     ("projects", "customer_id", 1.5),
     ("projects", "name", {"x": 1}),
-    ("features", "usage_events", "remote_unlock"),
-    ("features", "usage_metrics", {"metric": "x", "op": ">", "value": 1}),
+    # usage definitions were accepted and never applied: now refused, naming the field
+    ("features", "usage_events", ["remote_unlock"]),
+    ("features", "usage_events", []),
+    ("features", "usage_metrics", [{"metric": "x", "op": ">", "value": 1}]),
+    ("features", "kind", "alarm"),
     ("deliveries", "strategic", "maybe"),
     ("deliveries", "business_score", "high"),
     ("deliveries", "feature_id", None),
@@ -778,9 +780,7 @@ def test_invalid_create_is_422_naming_the_field(
 @pytest.mark.parametrize(
     ("plural", "field", "loc_end"),
     [
-        ("features", "usage_events", 0),  # a list item is named by its position
-        ("features", "usage_metrics", "op"),
-        ("devices", "tags", 0),
+        ("devices", "tags", 0),  # a list item is named by its position
     ],
 )
 def test_invalid_list_items_are_named_by_position(
@@ -790,11 +790,7 @@ def test_invalid_list_items_are_named_by_position(
     field: str,
     loc_end: Any,
 ) -> None:
-    bad: dict[str, Any] = {
-        "usage_events": ["Not A Key"],
-        "usage_metrics": [{"metric": "dimming_level", "op": "~", "value": 1}],
-        "tags": [NUL],
-    }
+    bad: dict[str, Any] = {"tags": [NUL]}
     loc = error_loc(api.post(f"/{plural}", json={**valid_bodies[plural], field: bad[field]}))
     assert loc[1] == field
     assert loc[-1] == loc_end
@@ -805,8 +801,6 @@ def test_too_many_list_items_are_422(
 ) -> None:
     body = {**valid_bodies["devices"], "tags": [f"t{i}" for i in range(21)]}
     assert error_loc(api.post("/devices", json=body))[-1] == "tags"
-    body = {**valid_bodies["features"], "usage_events": [f"e{i}" for i in range(51)]}
-    assert error_loc(api.post("/features", json=body))[-1] == "usage_events"
 
 
 @pytest.mark.parametrize(
@@ -868,8 +862,8 @@ INVALID_PATCH = [
     ("projects", "customer_id", 1),
     ("features", "name", "x" * 201),
     ("features", "name", None),
-    ("features", "usage_events", None),
-    ("features", "usage_metrics", None),
+    ("features", "kind", None),
+    ("features", "usage_events", ["dim_on"]),
     ("deliveries", "business_score", 6),
     ("deliveries", "status", None),
     ("deliveries", "strategic", None),

@@ -146,3 +146,45 @@ def test_topic_round_trip() -> None:
     parsed = parse_topic("fieldtrack/v1/acme-lck-001/telemetry")
     assert parsed is not None
     assert (parsed.serial, parsed.kind) == ("acme-lck-001", MessageKind.TELEMETRY)
+
+
+TELEMETRY = "fieldtrack/v1/dev-1/telemetry"
+
+
+def _telemetry(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {"v": 1, "seq": 6, "ts": "2026-11-22T11:59:00Z",
+                               "metrics": [{"name": "battery", "value": 80.0}]}  # fmt: skip
+    body.update(overrides)
+    return body
+
+
+@pytest.mark.parametrize("enabled", [None, [], ["tamper_alerts", "leak_alerts"]])
+def test_telemetry_may_say_which_features_are_enabled(enabled: list[str] | None) -> None:
+    body = _telemetry() if enabled is None else _telemetry(enabled_features=enabled)
+    outcome = _decode(body, TELEMETRY)
+    assert isinstance(outcome, Accepted)
+    assert getattr(outcome.message, "enabled_features", "missing") == enabled
+
+
+@pytest.mark.parametrize(
+    ("enabled", "mentions"),
+    [
+        (["Tamper Alerts"], "enabled_features.0"),  # not a feature key
+        (["*"], "enabled_features.0"),  # the stored marker of "reported" is no key
+        ("tamper_alerts", "enabled_features"),  # a string, not a list
+        ([f"f{i}" for i in range(201)], "enabled_features"),  # more than any device carries
+        ([1], "enabled_features.0"),
+    ],
+)
+def test_bad_enabled_features_are_quarantined_with_the_field(
+    enabled: object, mentions: str
+) -> None:
+    outcome = _decode(_telemetry(enabled_features=enabled), TELEMETRY)
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason is QuarantineReason.INVALID_PAYLOAD
+    assert mentions in outcome.detail
+
+
+def test_usage_and_status_messages_do_not_take_enabled_features() -> None:
+    outcome = _decode(_usage(enabled_features=["tamper_alerts"]))
+    assert isinstance(outcome, Rejected) and "enabled_features" in outcome.detail

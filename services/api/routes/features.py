@@ -10,8 +10,12 @@ from services.registry.resources import FEATURES
 
 
 class FeatureFilters:
-    def __init__(self, product_line: Annotated[str | None, Query(max_length=100)] = None) -> None:
-        self.product_line = product_line
+    def __init__(
+        self,
+        product_line: Annotated[str | None, Query(max_length=100)] = None,
+        kind: Annotated[models.FeatureKind | None, Query()] = None,
+    ) -> None:
+        self.product_line, self.kind = product_line, kind
 
 
 router = crud_router(
