@@ -57,6 +57,7 @@ TIMESTAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
 from services.registry.enums import (  # noqa: E402 - stdlib-only, cheap at --help
     DeliveryStatus,
     DeviceStatus,
+    FeatureKind,
     LifecycleStage as Stage,
     ProjectStatus,
     Tier,
@@ -148,6 +149,9 @@ class Column:
 
 def _print_page(page: Mapping[str, Any], plural: str, columns: Sequence[Column]) -> None:
     items: list[dict[str, Any]] = page["items"]
+    # A column no item carries is left out (a customer viewer's rows lack the internal
+    # fields) rather than shown as "-", which would read as "none".
+    columns = [c for c in columns if any(c.key in item for item in items)]
     table = Table(show_edge=False, header_style="bold")
     for column in columns:
         table.add_column(column.header, justify=column.justify)
@@ -372,11 +376,14 @@ def projects_delete(item_id: ItemId) -> None:
 
 FEATURE_COLUMNS = (
     Column("id", "id", "right"), Column("key", "key"), Column("name", "name"),
-    Column("product line", "product_line"), Column("usage events", "usage_events"),
+    Column("product line", "product_line"), Column("kind", "kind"),
 )  # fmt: skip
-Events = Annotated[
-    list[str] | None,
-    typer.Option("--event", help="usage-event name that counts as use (repeatable)"),
+Kind = Annotated[
+    FeatureKind | None,
+    typer.Option(
+        help="interactive: judged by use; standing (alarms, safeguards, schedules): judged by "
+        "being enabled on devices"
+    ),
 ]
 
 
@@ -387,11 +394,11 @@ def features_add(
     name: Annotated[str, typer.Option(help="display name")],
     product_line: Annotated[str | None, typer.Option()] = None,
     description: Annotated[str | None, typer.Option()] = None,
-    event: Events = None,
+    kind: Kind = None,
 ) -> None:
     """Create a feature."""
     body = _given(key=key, name=name, product_line=product_line, description=description,
-                  usage_events=list(event) if event else None)  # fmt: skip
+                  kind=kind)  # fmt: skip
     with _api() as api:
         item = api.post("/features", body)
     _done(f"created feature {item['id']}: {item['key']}", item)
@@ -401,14 +408,15 @@ def features_add(
 def features_list(
     *,
     product_line: Annotated[str | None, typer.Option()] = None,
+    kind: Kind = None,
     q: Search = None,
     sort: Sort = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> None:
     """List features."""
-    _list("/features", "features", FEATURE_COLUMNS, {"product_line": product_line}, q=q,
-          sort=sort, limit=limit, offset=offset)  # fmt: skip
+    _list("/features", "features", FEATURE_COLUMNS, {"product_line": product_line, "kind": kind},
+          q=q, sort=sort, limit=limit, offset=offset)  # fmt: skip
 
 
 @features_app.command("show")
@@ -424,13 +432,10 @@ def features_update(
     name: Annotated[str | None, typer.Option()] = None,
     product_line: Annotated[str | None, typer.Option()] = None,
     description: Annotated[str | None, typer.Option()] = None,
-    event: Annotated[
-        list[str] | None, typer.Option("--event", help="replaces the usage events (repeatable)")
-    ] = None,
+    kind: Kind = None,
 ) -> None:
     """Change some fields of a feature."""
-    body = _changes(name=name, product_line=product_line, description=description,
-                    usage_events=list(event) if event else None)  # fmt: skip
+    body = _changes(name=name, product_line=product_line, description=description, kind=kind)
     with _api() as api:
         item = api.patch(f"/features/{item_id}", body)
     _done(f"updated feature {item_id}", item)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, ClassVar, Generic, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -19,11 +19,13 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from services.core.topics import SERIAL_PATTERN
 from services.registry.enums import (  # re-exported: routes take them from here
     DeliveryStatus as DeliveryStatus,
     DeviceStatus as DeviceStatus,
+    FeatureKind as FeatureKind,
     LifecycleStage as LifecycleStage,
     ProjectStatus as ProjectStatus,
     Tier as Tier,
@@ -112,13 +114,20 @@ class CustomerUpdate(_Patch):
     lifecycle_stage: LifecycleStage | None = None
 
 
-class Customer(_Out):
+class CustomerView(_Out):
+    """A customer as its own viewers see it: nothing of how we segment or judge them."""
+
     id: int
     name: str
-    tier: Tier
     industry: str
-    lifecycle_stage: LifecycleStage
     created_at: datetime
+
+
+class Customer(CustomerView):
+    """A customer as the solution company's staff see it."""
+
+    tier: Tier
+    lifecycle_stage: LifecycleStage
 
 
 # --- projects -------------------------------------------------------------------------
@@ -152,12 +161,13 @@ class ProjectUpdate(_Patch):
     late_data_days: int | None = Field(default=None, ge=1, le=3650)
 
 
-class Project(_Out):
+class ProjectView(_Out):
+    """A project as the customer's viewers see it: no contract value."""
+
     id: int
     customer_id: int
     customer_name: str
     name: str
-    contract_value: Decimal | None
     currency: str
     go_live_date: date | None
     status: ProjectStatus
@@ -167,39 +177,52 @@ class Project(_Out):
     created_at: datetime
 
 
+class Project(ProjectView):
+    """A project as the solution company's staff see it."""
+
+    contract_value: Decimal | None
+
+
 # --- features ---------------------------------------------------------------------------
 
 
-class MetricCondition(_In):
-    """A metric sample that counts as use, e.g. dimming_level > 0."""
+class _WithoutUsageDefinitions(BaseModel):
+    """The catalog's usage definitions were accepted and never applied: they are refused
+    now, naming the field and why, instead of being ignored."""
 
-    metric: FeatureKey = Field(examples=["dimming_level"])
-    op: Literal[">", ">=", "<", "<=", "=", "!="]
-    value: float = Field(allow_inf_nan=False)
+    usage_events: SkipJsonSchema[object] = Field(default=None, exclude=True)
+    usage_metrics: SkipJsonSchema[object] = Field(default=None, exclude=True)
+
+    @field_validator("usage_events", "usage_metrics", mode="before")
+    @classmethod
+    def _not_supported(cls, value: object) -> object:
+        raise ValueError(
+            "is not supported: a feature is used when a device reports a usage event under "
+            "the feature's key; alarms and other standing features take kind=standing"
+        )
 
 
-class FeatureCreate(_In):
-    key: FeatureKey = Field(description="stable key devices report in usage events")
+class FeatureCreate(_WithoutUsageDefinitions, _In):
+    key: FeatureKey = Field(
+        description="stable key; devices report use of the feature as usage events under it"
+    )
     name: Name = Field(examples=["Remote unlock"])
     product_line: Label | None = None
     description: Notes | None = None
-    usage_events: list[FeatureKey] = Field(
-        default_factory=list, max_length=50,
-        description="usage-event names that count as use; empty means the key itself",
-    )  # fmt: skip
-    usage_metrics: list[MetricCondition] = Field(
-        default_factory=list, max_length=20, description="metric conditions that count as use"
+    kind: FeatureKind = Field(
+        default=FeatureKind.INTERACTIVE,
+        description="interactive: judged by use; standing (alarms, safeguards, schedules): "
+        "judged by being enabled on devices, not by how often it fires",
     )
 
 
-class FeatureUpdate(_Patch):
-    not_null = frozenset({"name", "usage_events", "usage_metrics"})
+class FeatureUpdate(_WithoutUsageDefinitions, _Patch):
+    not_null = frozenset({"name", "kind"})
 
     name: Name | None = None
     product_line: Label | None = None
     description: Notes | None = None
-    usage_events: list[FeatureKey] | None = Field(default=None, max_length=50)
-    usage_metrics: list[MetricCondition] | None = Field(default=None, max_length=20)
+    kind: FeatureKind | None = None
 
 
 class Feature(_Out):
@@ -208,8 +231,7 @@ class Feature(_Out):
     name: str
     product_line: str | None
     description: str | None
-    usage_events: list[str]
-    usage_metrics: list[MetricCondition]
+    kind: FeatureKind
     created_at: datetime
 
 
@@ -240,7 +262,10 @@ class DeliveryUpdate(_Patch):
     notes: Notes | None = None
 
 
-class Delivery(_Out):
+class DeliveryView(_Out):
+    """A delivery as the customer's viewers see it: what was delivered, not what it cost
+    us, what it is worth to us or what we noted about it."""
+
     id: int
     project_id: int
     feature_id: int
@@ -248,12 +273,17 @@ class Delivery(_Out):
     feature_name: str
     status: DeliveryStatus
     delivered_on: date | None
+    created_at: datetime
+
+
+class Delivery(DeliveryView):
+    """A delivery as the solution company's staff see it."""
+
     cost_person_days: Decimal | None
     contract_line_value: Decimal | None
     business_score: int | None
     strategic: bool
     notes: str | None
-    created_at: datetime
 
 
 # --- devices ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
@@ -61,6 +61,41 @@ class Resource(Generic[OutT]):
     json_columns: frozenset[str] = frozenset()
     # the column (of `view`) naming the customer an item belongs to; None for shared data
     customer_column: str | None = None
+    # Fields for the solution company's staff only (segmentation, money, our judgement).
+    # A customer viewer reads `viewer_out`, which lacks them, and may not sort, filter or
+    # search by them either: the order or the presence of rows would give them away.
+    internal: frozenset[str] = frozenset()
+    viewer_out: type[BaseModel] | None = None
+    # set only on the form `for_viewers` makes: refused with a reason, not as unknown
+    withheld: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        # The two models and `internal` must agree, so a field added to the staff model
+        # alone is a decision someone makes here, not a silent leak to viewers.
+        shown = set((self.viewer_out or self.out).model_fields)
+        hidden = set(self.out.model_fields) - shown
+        if not shown <= set(self.out.model_fields) or hidden != self.internal:
+            raise ValueError(
+                f"{self.label}: internal fields {sorted(self.internal)} must be exactly "
+                f"those of the staff model missing from the viewer model {sorted(hidden)}"
+            )
+        if self.default_sort.removeprefix("-") in self.internal:
+            raise ValueError(f"{self.label}: the default sort cannot be an internal field")
+
+    def for_viewers(self) -> Resource[Any]:
+        """The resource as a customer viewer reads it: the viewer model, nothing internal
+        to sort, filter or search by."""
+        if self.viewer_out is None:
+            return self
+        staff: Resource[Any] = self  # typed loosely: its `out` becomes another model
+        hidden = self.internal
+        return replace(
+            staff, out=self.viewer_out, viewer_out=None, internal=frozenset(),
+            sortable=self.sortable - hidden,
+            filters={n: f for n, f in self.filters.items() if f.column not in hidden},
+            search_columns=tuple(c for c in self.search_columns if c not in hidden),
+            withheld=hidden | {n for n, f in self.filters.items() if f.column in hidden},
+        )  # fmt: skip
 
 
 def _bindable(resource: Resource[Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +115,12 @@ def parse_sort(resource: Resource[Any], sort: str | None) -> tuple[str, bool]:
     text = sort or resource.default_sort
     descending = text.startswith("-")
     column = text.removeprefix("-")
+    if column in resource.withheld:
+        raise InvalidInputError(
+            f"sorting by {column} is not available to customer viewers",
+            field="sort",
+            location="query",
+        )
     if column not in resource.sortable:
         raise InvalidInputError(
             f"cannot sort {resource.label}s by {column!r}; choose one of "
@@ -111,6 +152,12 @@ def list_items(
     for name, value in filters.items():
         if value is None:
             continue
+        if name in resource.withheld:
+            raise InvalidInputError(
+                f"filtering by {name} is not available to customer viewers",
+                field=name,
+                location="query",
+            )
         spec = resource.filters[name]
         if spec.op == "contains":
             clauses.append(sql.SQL("{} @> %s").format(sql.Identifier(spec.column)))
@@ -139,7 +186,7 @@ def list_items(
     ).fetchone()
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            sql.SQL("SELECT * FROM {}").format(view)
+            sql.SQL("SELECT {} FROM {}").format(_columns(resource), view)
             + where
             + order
             + sql.SQL(" LIMIT %s OFFSET %s"),
@@ -157,11 +204,21 @@ def _scope_clause(resource: Resource[Any]) -> sql.Composable:
     return sql.SQL("{} = %s").format(sql.Identifier(resource.customer_column or "id"))
 
 
+def _columns(resource: Resource[Any]) -> sql.Composable:
+    """Every column for staff; for a viewer's form only its model's fields, so internal
+    values never leave the database on a viewer's behalf."""
+    if not resource.withheld:
+        return sql.SQL("*")
+    return sql.SQL(", ").join(map(sql.Identifier, resource.out.model_fields))
+
+
 def get_item(
     conn: psycopg.Connection, resource: Resource[OutT], item_id: int, customer_id: int | None = None
 ) -> OutT:
     """One item; with customer_id, another customer's item is "not found" (ids stay secret)."""
-    query = sql.SQL("SELECT * FROM {} WHERE id = %s").format(sql.Identifier(resource.view))
+    query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(
+        _columns(resource), sql.Identifier(resource.view)
+    )
     params: list[Any] = [item_id]
     if customer_id is not None and resource.customer_column is not None:
         query += sql.SQL(" AND ") + _scope_clause(resource)

@@ -11,6 +11,8 @@ CUSTOMERS = Resource(
     view="customers",
     customer_column="id",
     out=models.Customer,
+    viewer_out=models.CustomerView,
+    internal=frozenset({"tier", "lifecycle_stage"}),
     sortable=frozenset({"id", "name", "tier", "industry", "lifecycle_stage", "created_at"}),
     default_sort="name",
     filters={
@@ -28,6 +30,8 @@ PROJECTS = Resource(
     view="project_details",
     customer_column="customer_id",
     out=models.Project,
+    viewer_out=models.ProjectView,
+    internal=frozenset({"contract_value"}),
     sortable=frozenset(
         {
             "id",
@@ -55,15 +59,14 @@ FEATURES = Resource(
     table="features",
     view="features",
     out=models.Feature,
-    sortable=frozenset({"id", "key", "name", "product_line", "created_at"}),
+    sortable=frozenset({"id", "key", "name", "product_line", "kind", "created_at"}),
     default_sort="key",
-    filters={"product_line": Filter("product_line")},
+    filters={"product_line": Filter("product_line"), "kind": Filter("kind")},
     search_columns=("key", "name", "description"),
     dependents=(
         Dependent("deliveries", "feature_id", "delivery(ies)"),
         Dependent("decisions", "feature_id", "decision(s)"),
     ),
-    json_columns=frozenset({"usage_metrics"}),
 )
 
 DELIVERIES = Resource(
@@ -72,6 +75,10 @@ DELIVERIES = Resource(
     view="delivery_details",
     customer_column="customer_id",
     out=models.Delivery,
+    viewer_out=models.DeliveryView,
+    internal=frozenset(
+        {"cost_person_days", "contract_line_value", "business_score", "strategic", "notes"}
+    ),
     sortable=frozenset(
         {
             "id",

@@ -21,22 +21,28 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner, Result
 
+from services.accounts.roles import Role
 from services.cli import app
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
-from tests.integration.conftest import Project
+from tests.integration.conftest import Project, mint_token
 
 PROVISION_BUDGET_S = 60.0
 
 
 @pytest.fixture
 def cli(api_url: str, admin_token: str) -> Any:
+    return cli_as(api_url, admin_token)
+
+
+def cli_as(api_url: str, token: str) -> Any:
+    """`fieldtrack …` run with this token, checked to fail only as a message."""
     runner = CliRunner()
 
     def run(*args: str) -> Result:
         result = runner.invoke(
             app, list(args),
-            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": admin_token,
+            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": token,
                  "COLUMNS": "200"},
         )  # fmt: skip
         # An API error is a message and exit 1, never a traceback.
@@ -101,7 +107,7 @@ def test_projects_features_and_deliveries(cli: Any, unique: str) -> None:
     )  # fmt: skip
     feature = created_id(
         cli("features", "add", "--key", f"dim_{unique}", "--name", "Dimming",
-            "--event", "dim_on", "--event", "dim_off"),
+            "--kind", "standing"),
         "feature",
     )  # fmt: skip
     delivery = created_id(
@@ -113,7 +119,7 @@ def test_projects_features_and_deliveries(cli: Any, unique: str) -> None:
     shown = cli("projects", "show", str(project))
     assert "1234.50" in shown.output
     assert "2026-03-01" in shown.output
-    assert "dim_on, dim_off" in cli("features", "show", str(feature)).output
+    assert "standing" in cli("features", "show", str(feature)).output
     listed = cli("deliveries", "list", "--project", str(project), "--strategic")
     assert f"dim_{unique}" in listed.output
     assert "total: 1" in listed.output
@@ -123,6 +129,26 @@ def test_projects_features_and_deliveries(cli: Any, unique: str) -> None:
     still_used = cli("projects", "delete", str(project))
     assert still_used.exit_code == 1
     assert "delivery(ies)" in still_used.stderr
+
+
+@pytest.mark.parametrize(
+    ("plural", "internal_headers"),
+    [("customers", ["tier", "stage"]), ("projects", ["value"]),
+     ("deliveries", ["days", "line value", "score", "strategic"])],
+)  # fmt: skip
+def test_viewer_lists_leave_out_internal_columns(
+    cli: Any, api_url: str, settings: Settings, project: Project, unique: str, plural: str,
+    internal_headers: list[str],
+) -> None:  # fmt: skip
+    """A customer viewer's rows lack the internal fields: the table drops those columns."""
+    url = settings.database_url.get_secret_value()
+    viewer = mint_token(url, Role.VIEWER, project.customer_id, "cli-viewer")
+    for run, shown in ((cli_as(api_url, viewer), False), (cli, True)):
+        listed = run(plural, "list", "--q", unique)
+        assert listed.exit_code == 0, listed.output
+        assert unique in listed.output and "total: 1" in listed.output, listed.output
+        header = listed.output.splitlines()[0]
+        assert [name in header for name in internal_headers] == [shown] * len(internal_headers)
 
 
 def test_conflict_and_invalid_input_are_readable(cli: Any, unique: str) -> None:

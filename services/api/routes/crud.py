@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel
 
-from services.accounts.roles import Permission, Principal
+from services.accounts.roles import Permission, Principal, Role
 from services.api.auth import require
 from services.api.deps import ConnDep, ListDep
 from services.api.errors import CONFLICT, NOT_FOUND
@@ -36,13 +36,22 @@ def crud_router(
     write: Permission = Permission.WRITE_REGISTRY,
 ) -> APIRouter:
     """GET list / GET one / POST / PATCH / DELETE for one resource; reads are scoped to the
-    caller's customer, writes need `write`."""
-    out = resource.out
+    caller's customer (and a customer viewer reads the viewer model), writes need `write`."""
+    out, viewed = resource.out, resource.for_viewers()
+    view = viewed.out
     router = APIRouter(prefix=f"/{plural}", tags=[plural])
     Reader = Annotated[Principal, Depends(require(read))]
     writer = [Depends(require(write))]
 
-    @router.get("", response_model=Page[out], summary=f"List {plural}")  # type: ignore[valid-type]
+    def readable(caller: Principal) -> Resource[Any]:
+        return viewed if caller.role is Role.VIEWER else resource
+
+    # Both shapes are documented. The repository returns an instance of exactly one of them,
+    # and pydantic's union keeps an exact instance as it is, so a viewer's item is never
+    # widened to the staff model (nor a staff item narrowed): test_access checks the keys.
+    @router.get(
+        "", response_model=Page[out] | Page[view], summary=f"List {plural}"  # type: ignore[valid-type]
+    )  # fmt: skip
     def list_items(
         conn: ConnDep,
         caller: Reader,
@@ -50,15 +59,17 @@ def crud_router(
         where: Annotated[filters, Depends()],  # type: ignore[valid-type]
     ) -> Any:
         return repository.list_items(
-            conn, resource, filters=filter_values(where), search=page.q, sort=page.sort,
-            limit=page.limit, offset=page.offset, customer_id=caller.customer_scope,
+            conn, readable(caller), filters=filter_values(where), search=page.q,
+            sort=page.sort, limit=page.limit, offset=page.offset,
+            customer_id=caller.customer_scope,
         )  # fmt: skip
 
     @router.get(
-        "/{item_id}", response_model=out, responses=NOT_FOUND, summary=f"One {resource.label}"
-    )
+        "/{item_id}", response_model=out | view, responses=NOT_FOUND,
+        summary=f"One {resource.label}",
+    )  # fmt: skip
     def get_item(item_id: ItemId, conn: ConnDep, caller: Reader) -> Any:
-        return repository.get_item(conn, resource, item_id, caller.customer_scope)
+        return repository.get_item(conn, readable(caller), item_id, caller.customer_scope)
 
     @router.post(
         "", response_model=out, status_code=status.HTTP_201_CREATED, responses=CONFLICT,
