@@ -30,6 +30,7 @@ from device_sim.scenario import (
     Project,
     Scenario,
     Usage,
+    delivered_on,
     go_live,
     serials,
 )
@@ -72,6 +73,9 @@ class FeatureTruth:
     devices: set[str] = field(default_factory=set)
     events: int = 0
     messages: int = 0
+    enabled: set[str] = field(default_factory=set)  # devices that reported it switched on
+    # per device, the UTC days (device time) it used the feature on
+    days: dict[str, set[date]] = field(default_factory=lambda: defaultdict(set))
 
 
 @dataclass
@@ -89,6 +93,12 @@ class Truth:
     telemetry_messages: Counter[str] = field(default_factory=Counter)
     metric_readings: Counter[str] = field(default_factory=Counter)
     devices_reporting: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # per project and device, the UTC days it sent anything on (for parts of the run)
+    reporting_days: dict[str, dict[str, set[date]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(set))
+    )
+    # devices that reported their enabled features at all
+    settings_reporting: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     injected: Counter[str] = field(default_factory=Counter)
     outages: int = 0
     reboots: int = 0
@@ -101,6 +111,7 @@ class Truth:
                 "telemetry_messages": self.telemetry_messages[project],
                 "metric_readings": self.metric_readings[project],
                 "devices_reporting": len(self.devices_reporting[project]),
+                "devices_reporting_settings": len(self.settings_reporting[project]),
                 "features": {},
             }
         for (project, feature), truth in sorted(self.features.items()):
@@ -109,6 +120,7 @@ class Truth:
                 "devices_using": len(truth.devices),
                 "events": truth.events,
                 "messages": truth.messages,
+                "devices_enabled": len(truth.enabled),
             }
         return {
             "scenario": self.scenario,
@@ -135,6 +147,8 @@ class _FeaturePlan:
     usage: Usage
     never: bool
     adopt_at: float  # the device adopts once the project's adoption share exceeds this
+    live: date  # used from this day: the later of go-live and the delivery
+    enabled: bool = False  # switched on (reported when the fleet reports enabled features)
 
 
 class DeviceModel:
@@ -149,14 +163,31 @@ class DeviceModel:
         self.go_live = go_live(project, end.date())
         rng = random.Random(_seed(scenario.seed, serial))
         self.firmware = firmware_of(scenario, project, serial)
+        # Own streams for what later scenario fields add: older scenarios replay unchanged.
+        self.dead = random.Random(_seed(scenario.seed, serial, "dead")).random() < (
+            project.fleet.dead_share
+        )
         self.features = [
-            _FeaturePlan(d.feature, d.usage, rng.random() < d.usage.never_share, rng.random())
+            _FeaturePlan(
+                d.feature,
+                d.usage,
+                rng.random() < d.usage.never_share,
+                rng.random(),
+                max(self.go_live, delivered_on(project, d, end.date())),
+                random.Random(_seed(scenario.seed, serial, "enabled", d.feature)).random()
+                < d.enabled_share,
+            )
             for d in project.deliveries
             if d.status == "delivered"
         ] + [
-            _FeaturePlan(u.feature, u.usage, rng.random() < u.usage.never_share, rng.random())
+            _FeaturePlan(
+                u.feature, u.usage, rng.random() < u.usage.never_share, rng.random(), self.go_live
+            )
             for u in project.undelivered_use
         ]
+        self.enabled_features = sorted(
+            p.key for p in self.features if p.enabled and project.fleet.reports_enabled
+        )
         fleet = project.fleet
         self.clock_offset = timedelta(seconds=rng.uniform(-1, 1) * fleet.clock_drift_max_s)
         self.telemetry_every = timedelta(minutes=fleet.telemetry_every_minutes)
@@ -191,10 +222,10 @@ class DeviceModel:
         self._day = day
         rng = random.Random(_seed(self.scenario.seed, self.serial, day.isoformat()))
         midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        days_live = (day - self.go_live).days
         planned: list[tuple[datetime, str, int, int]] = []
         for plan in self.features:
             usage = plan.usage
+            days_live = (day - plan.live).days
             if days_live < 0 or plan.never or plan.adopt_at >= usage.adoption.share(days_live):
                 rng.random()  # keep the stream aligned whatever the branch
                 continue
@@ -216,8 +247,10 @@ class DeviceModel:
         self._midnight = midnight
 
     def emit(self, t0: datetime, t1: datetime, truth: Truth) -> list[Outgoing]:
-        """Everything this device does in [t0, t1), in time order."""
+        """Everything this device does in [t0, t1), in time order (a dead device: nothing)."""
         out: list[Outgoing] = []
+        if self.dead:
+            return out
         moments: list[tuple[datetime, str, Any]] = []
         day = t0.date()
         while datetime(day.year, day.month, day.day, tzinfo=UTC) < t1:
@@ -272,11 +305,17 @@ class DeviceModel:
         name = self.project.name
         entry = truth.features[(name, feature)]
         entry.devices.add(self.serial)
+        entry.days[self.serial].add((at + self.clock_offset).date())
         entry.events += count
         entry.messages += 1
         truth.usage_messages[name] += 1
-        truth.devices_reporting[name].add(self.serial)
+        self._reported(at, truth)
         return Outgoing(at, self.serial, MessageKind.USAGE, payload.encode(), "stored")
+
+    def _reported(self, at: datetime, truth: Truth) -> None:
+        name = self.project.name
+        truth.devices_reporting[name].add(self.serial)
+        truth.reporting_days[name][self.serial].add((at + self.clock_offset).date())
 
     def _telemetry(self, at: datetime, truth: Truth) -> Outgoing:
         if self._day != at.date():
@@ -287,16 +326,26 @@ class DeviceModel:
             self.battery = 100.0  # someone swapped the battery
         hour = at.hour + at.minute / 60
         temperature = 21 + 3 * math.sin((hour - 9) / 24 * 2 * math.pi) + noise
+        settings = ""
+        name = self.project.name
+        if self.project.fleet.reports_enabled:
+            settings = (
+                ',"enabled_features":['
+                + ",".join(f'"{key}"' for key in self.enabled_features)
+                + "]"
+            )
+            truth.settings_reporting[name].add(self.serial)
+            for key in self.enabled_features:
+                truth.features[(name, key)].enabled.add(self.serial)
         payload = (
             f'{{"v":1,"seq":{self._next_seq()},"ts":"{_iso(at + self.clock_offset)}","metrics":['
             f'{{"name":"battery","value":{self.battery:.2f},"unit":"%"}},'
             f'{{"name":"rssi","value":{rssi:.1f},"unit":"dBm"}},'
-            f'{{"name":"temperature","value":{temperature:.2f},"unit":"C"}}]}}'
+            f'{{"name":"temperature","value":{temperature:.2f},"unit":"C"}}]{settings}}}'
         )
-        name = self.project.name
         truth.telemetry_messages[name] += 1
         truth.metric_readings[name] += 3
-        truth.devices_reporting[name].add(self.serial)
+        self._reported(at, truth)
         return Outgoing(at, self.serial, MessageKind.TELEMETRY, payload.encode(), "stored")
 
 

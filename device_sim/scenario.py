@@ -52,6 +52,10 @@ class Feature(_Model):
     name: str = Field(min_length=1, max_length=200)
     product_line: str | None = None
     description: str | None = None
+    kind: Literal["interactive", "standing"] = Field(
+        default="interactive",
+        description="standing: an alarm, safeguard or schedule, judged by being enabled",
+    )
 
 
 class Adoption(_Model):
@@ -95,10 +99,20 @@ class Usage(_Model):
 class Delivery(_Model):
     feature: FeatureKey
     status: Literal["delivered", "planned", "cut"] = "delivered"
+    delivered_days_ago: int | None = Field(
+        default=None, ge=0, le=3650,
+        description="delivery date, counted back from the scenario's end; default: go-live. "
+        "Devices use the feature from the later of the two",
+    )  # fmt: skip
     contract_line_value: float | None = Field(default=None, ge=0)
     business_score: int | None = Field(default=None, ge=1, le=5)
     strategic: bool = False
     cost_person_days: float | None = Field(default=None, ge=0)
+    enabled_share: Share = Field(
+        default=1.0,
+        description="share of devices with the feature switched on (reported in telemetry "
+        "when the fleet reports_enabled)",
+    )
     usage: Usage = Field(default_factory=Usage)
 
 
@@ -138,6 +152,13 @@ class Fleet(_Model):
     )
     clock_drift_max_s: float = Field(
         default=0.0, ge=0, le=300, description="each device's clock is off by up to this much"
+    )
+    dead_share: Share = Field(
+        default=0.0, description="share of devices provisioned but never sending anything"
+    )
+    reports_enabled: bool = Field(
+        default=False,
+        description="telemetry carries enabled_features: the delivered features switched on",
     )
 
 
@@ -228,3 +249,10 @@ def serials(project: Project) -> list[str]:
 
 def go_live(project: Project, end: date) -> date:
     return end - timedelta(days=project.go_live_days_ago)
+
+
+def delivered_on(project: Project, delivery: Delivery, end: date) -> date:
+    """The delivery date (default: the project's go-live)."""
+    if delivery.delivered_days_ago is None:
+        return go_live(project, end)
+    return end - timedelta(days=delivery.delivered_days_ago)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from device_sim.generator import firmware_of
-from device_sim.scenario import Scenario, go_live, serials
+from device_sim.scenario import Scenario, delivered_on, go_live, serials
 from services.core.broker_admin import BrokerAdmin
 from services.registry import upserts as registry
 from services.registry.upserts import DeviceCredential
@@ -31,7 +31,9 @@ def seed(
     end = end or datetime.now(UTC).date()
     with conn.transaction():
         feature_ids = {
-            f.key: registry.upsert_feature(conn, f.key, f.name, f.product_line, f.description)
+            f.key: registry.upsert_feature(
+                conn, f.key, f.name, f.product_line, f.description, kind=f.kind
+            )
             for f in scenario.features
         }
     credentials: list[DeviceCredential] = []
@@ -51,7 +53,8 @@ def seed(
                 for delivery in project.deliveries:
                     registry.upsert_delivery(
                         conn, project_id, feature_ids[delivery.feature],
-                        status=delivery.status, delivered_on=live_on,
+                        status=delivery.status,
+                        delivered_on=delivered_on(project, delivery, end),
                         cost_person_days=delivery.cost_person_days,
                         contract_line_value=delivery.contract_line_value,
                         business_score=delivery.business_score, strategic=delivery.strategic,

@@ -39,36 +39,52 @@
       { title: { text: title }, xaxis: { title: { text: xTitle || "" } }, yaxis: { title: { text: "devices" } } });
   }
 
-  // points: [{label, x: user value, y: business value, recommendation}], cut: thresholds
-  function quadrant(el, title, points, xLine, yLine) {
-    const colours = { iterate_invest: "#17652c", keep_prudently: "#1f4f9c", cut_candidate: "#a02a17", insufficient_data: "#888" };
+  // Verdict colours, shared by the quadrant and the legend of the table.
+  const VERDICT_COLOURS = { iterate_invest: "#17652c", keep_prudently: "#1f4f9c", cut_candidate: "#a02a17", insufficient_data: "#888", too_early: "#b08900" };
+
+  // points: [{label, x: adoption, low, high (its 95 % interval), y: business value,
+  // recommendation}]; cut: the cut line (adoption); business: the high business value line;
+  // labels: each verdict's label from the rule table the server decides by.
+  function quadrant(el, title, points, cut, business, labels) {
     const groups = {};
     points.forEach((p) => { (groups[p.recommendation] = groups[p.recommendation] || []).push(p); });
     const traces = Object.keys(groups).map((rec) => ({
-      type: "scatter", mode: "markers+text", name: rec.replace("_", " "),
+      type: "scatter", mode: "markers+text", name: labels[rec] || rec.replace("_", " "),
       x: groups[rec].map((p) => p.x), y: groups[rec].map((p) => p.y),
+      error_x: { type: "data", symmetric: false, thickness: 1.5, width: 3,
+                 array: groups[rec].map((p) => p.high - p.x), arrayminus: groups[rec].map((p) => p.x - p.low) },
       text: groups[rec].map((p) => p.label), textposition: "top center",
-      marker: { size: 12, color: colours[rec] || "#555" },
+      marker: { size: 11, color: VERDICT_COLOURS[rec] || "#555" },
     }));
-    const region = (x, y, text) => ({ x, y, xref: "x", yref: "y", text, showarrow: false, font: { color: "#8795a1", size: 13 } });
+    const region = (x, y, text, xanchor) => ({ x, y, xref: "x", yref: "y", text, xanchor, showarrow: false, font: { color: "#8795a1", size: 12 } });
     return draw(el, traces, {
       title: { text: title },
-      margin: { l: 50, r: 20, t: 60, b: 90 },
-      xaxis: { title: { text: "user value (measured)", standoff: 28 }, range: [-0.05, 1.08], zeroline: false },
-      yaxis: { title: { text: "business value (delivery)" }, range: [-0.2, 1.2], zeroline: false, tickvals: [0, 0.25, 0.5, 0.75, 1] },
+      margin: { l: 50, r: 20, t: 70, b: 100 },
+      xaxis: { title: { text: "adoption, with its 95 % interval (measured)", standoff: 12 }, range: [-0.03, 1.05], zeroline: false, tickformat: ".0%" },
+      yaxis: { title: { text: "business value (delivery)" }, range: [-0.08, 1.2], zeroline: false, tickvals: [0, 0.25, 0.5, 0.75, 1] },
+      legend: { orientation: "h", y: -0.32 },
       shapes: [
-        { type: "line", x0: xLine, x1: xLine, y0: 0, y1: 1, line: { dash: "dot", color: "#aab4bf" } },
-        { type: "line", x0: 0, x1: 1, y0: yLine, y1: yLine, line: { dash: "dot", color: "#aab4bf" } },
+        { type: "line", x0: cut, x1: cut, y0: -0.05, y1: 1.15, line: { dash: "dot", color: "#a02a17" } },
+        { type: "line", x0: cut, x1: 1.05, y0: business, y1: business, line: { dash: "dot", color: "#aab4bf" } },
       ],
-      // region names sit just outside the plotted square, clear of the points
+      // the rule table's regions: right of the cut line the business value decides; a cut
+      // needs the whole interval left of the line
       annotations: [
-        region((1 + xLine) / 2, 1.1, "iterate / invest"),
-        region((1 + xLine) / 2, -0.13, "keep prudently"),
-        region(xLine / 2, 1.1, "cut candidate (business value only)"),
-        region(xLine / 2, -0.13, "cut candidate"),
+        region(1.04, 1.15, labels.iterate_invest || "iterate / invest", "right"),
+        region(1.04, business - 0.07, labels.keep_prudently || "keep prudently", "right"),
+        region(cut + 0.01, 1.15, "← " + (labels.cut_candidate || "cut candidate") + ": whole interval left of the line", "left"),
       ],
     });
   }
 
-  window.ftCharts = { data, draw, lines, bars, histogram, quadrant };
+  // series: [{name, x: [...], y: [...], low: [...], high: [...]}]: shares with intervals
+  function intervals(el, title, series, yTitle) {
+    return draw(el, series.map((s) => ({
+      type: "scatter", mode: "lines+markers", name: s.name, x: s.x, y: s.y,
+      error_y: { type: "data", symmetric: false, thickness: 1, width: 2,
+                 array: s.high.map((h, i) => h - s.y[i]), arrayminus: s.low.map((l, i) => s.y[i] - l) },
+    })), { title: { text: title }, yaxis: { title: { text: yTitle || "" }, range: [0, 1.02], tickformat: ".0%" } });
+  }
+
+  window.ftCharts = { data, draw, lines, bars, histogram, quadrant, intervals };
 })();

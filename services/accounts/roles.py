@@ -14,6 +14,14 @@ class Role(StrEnum):
     VIEWER = "viewer"  # read-only, one customer's projects
 
 
+class Audience(StrEnum):
+    """Who analytics are for: a customer's own staff see usage; the solution company's staff
+    also see business value and verdicts."""
+
+    CUSTOMER = "customer"
+    INTERNAL = "internal"
+
+
 class Permission(StrEnum):
     READ_REGISTRY = "registry:read"  # customers, projects, features, deliveries
     WRITE_REGISTRY = "registry:write"  # customers, projects, features, registry CSV imports

@@ -32,15 +32,19 @@ from pydantic import (
 )
 
 from services.analytics.measures import Window
-from services.analytics.portfolio import ProjectAnalytics, portfolio, project_analytics
-from services.analytics.recommend import AnalyticsThresholds, Confidence, Recommendation
+from services.analytics.portfolio import FeatureRow, ProjectAnalytics, portfolio, project_analytics
+from services.analytics.recommend import (
+    AnalyticsThresholds,
+    Confidence,
+    Recommendation,
+    UserValue,
+)
 from services.core.errors import InvalidInputError, NotFoundError
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 from services.registry import repository
 from services.registry.models import FeatureKey, Id, Name, Notes, Page
 from services.registry.repository import Filter, Resource
 
-DEFAULT_WINDOW_DAYS = 30
-MAX_WINDOW_DAYS = 400  # the longest window the analytics routes accept
 EARLIEST_DECISION = datetime(2000, 1, 1, tzinfo=UTC)
 CLOCK_SKEW = timedelta(minutes=5)  # a client clock slightly ahead is not "the future"
 HOUR = timedelta(hours=1)
@@ -140,7 +144,15 @@ class Evidence(BaseModel):
     confidence: Confidence | None = Field(default=None, description="project decisions")
     confidence_reason: str | None = None
     trend: float | None = Field(default=None, description="project decisions")
-    user_value: float | None = None
+    adoption_low: float | None = Field(
+        default=None, description="project decisions: lower bound of adoption's 95 % interval"
+    )
+    adoption_high: float | None = Field(default=None, description="… and its upper bound")
+    user_value: UserValue | float | None = Field(
+        default=None,
+        description="none / unclear / shown; decisions recorded before verdicts were "
+        "absolute keep the score (0..1, relative to the portfolio) they were taken on",
+    )
     business_value: float | None = None
     recommendation: Recommendation | None = Field(default=None, description="project decisions")
     recommendations: dict[str, int] | None = Field(
@@ -290,18 +302,23 @@ def _project_evidence(
             f"in the {window.days:g} days before the decision: there is nothing to decide on",
             field="feature_key",
         )
-    coverage = analytics.coverage
+    # the part of the window the feature was live in, as its verdict was measured
+    measured = Window(row.measured_since, window.until)
     measures = _snapshot(
-        window, [pid], reporting=coverage.devices_reporting,
-        device_days=coverage.device_days_reporting, using=row.devices_using,
-        use_days=_use_days(row.stickiness, coverage.device_days_reporting), events=row.events,
+        measured, [pid], reporting=row.devices_reporting,
+        device_days=row.device_days_reporting, using=row.devices_using,
+        use_days=_use_days(row.stickiness, row.device_days_reporting), events=row.events,
     )  # fmt: skip
+    verdict = row if isinstance(row, FeatureRow) else None
     return Evidence(
         scope=Scope.PROJECT, computed_at=now, measures=measures,
-        delivery_status=row.delivery_status, confidence=analytics.confidence,
-        confidence_reason=analytics.confidence_reason, trend=row.trend,
-        user_value=row.user_value, business_value=row.business_value,
-        recommendation=row.recommendation, explanation=row.explanation,
+        delivery_status=row.delivery_status, confidence=row.confidence,
+        confidence_reason=row.confidence_reason, trend=row.trend,
+        adoption_low=row.adoption_low, adoption_high=row.adoption_high,
+        user_value=verdict.user_value if verdict else None,
+        business_value=verdict.business_value if verdict else None,
+        recommendation=verdict.recommendation if verdict else None,
+        explanation=verdict.explanation if verdict else None,
         analytics=row.model_dump(mode="json"),
     )  # fmt: skip
 

@@ -8,7 +8,7 @@ import psycopg
 from psycopg.rows import class_row
 from pydantic import BaseModel, Field
 
-from services.analytics.windows import Span, feature_events, using_devices
+from services.analytics.windows import Span, feature_events, reporting_devices, using_devices
 from services.core.errors import NotFoundError
 
 
@@ -31,7 +31,9 @@ class ProjectUsage(BaseModel):
     since: datetime
     until: datetime
     devices_total: int = Field(description="active devices provisioned to the project")
-    devices_reporting: int = Field(description="devices with any message in the window")
+    devices_reporting: int = Field(
+        description="devices with any stored message in the window (from the hour holding since)"
+    )
     features: list[FeatureUsage]
 
 
@@ -48,12 +50,10 @@ SELECT p.name AS project_name, c.name AS customer_name,
 FROM projects p JOIN customers c ON c.id = p.customer_id
 WHERE p.id = %(project)s
 """
-REPORTING = """
-SELECT count(*) FROM devices d JOIN device_state s ON s.device_id = d.id
-WHERE d.project_id = %(project)s AND s.last_seen >= %(since)s AND s.last_seen < %(until)s
-"""
 # The window starts at the start of the hour holding `since` (this page counts whole hours);
-# read from the day and month rollups (windows.py).
+# read from the day and month rollups (windows.py), so any window counts the devices that
+# sent a message in it (not the ones whose latest message happens to fall in it).
+REPORTING = f"WITH reporting AS ({reporting_devices()}) SELECT count(*)::int FROM reporting"
 FEATURES = f"""
 WITH per_device AS ({using_devices()}),
 events AS ({feature_events()}),
@@ -91,9 +91,9 @@ def project_usage(
         project = cur.execute(PROJECT, params).fetchone()
     if project is None:
         raise NotFoundError(f"project {project_id} not found")
-    reporting = conn.execute(REPORTING, params).fetchone()
     start = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     hours = {"projects": [project_id], **params, "since": start, **Span.of(start, until).params()}
+    reporting = conn.execute(REPORTING, hours).fetchone()
     with conn.cursor(row_factory=class_row(FeatureUsage)) as cur:
         features = cur.execute(FEATURES, hours).fetchall()
     return ProjectUsage(

@@ -78,28 +78,88 @@ class Span:
         return {f"{prefix}{key}": value for key, value in values.items()}
 
 
-def _per_device(monthly: str, daily: str, keys: str, where: str, p: str) -> str:
-    """Per device (and *keys*): the days of the window it appears on in the rollup."""
+# A lower bound on days, per row of a joined segment relation (see `segments`): a feature
+# measured only from the day it went live. NULL: the whole window.
+NO_BOUND = "NULL::date"
+
+
+def _bound(lo: str) -> str:
+    return f"coalesce({lo}, '-infinity'::date)"
+
+
+def _per_device(
+    monthly: str,
+    daily: str,
+    keys: str,
+    where: str,
+    p: str,
+    *,
+    joins: str = "",
+    lo: str = NO_BOUND,
+) -> str:
+    """Per device (and *keys*): the days of the window, from day *lo* on, it appears on in
+    the rollup. *joins* may bring in the relation that *lo* is read from."""
+    bound = _bound(lo)
     return f"""
     SELECT {keys}, device_id, sum(days)::int AS days FROM (
         SELECT {keys}, device_id,
-               bits_set(days & bit_range(greatest(%({p}fs)s::date - month, 0),
+               bits_set(days & bit_range(greatest(greatest(%({p}fs)s::date, {bound}) - month, 0),
                                          least(%({p}fe)s::date - month, 31))) AS days
-        FROM {monthly}
+        FROM {monthly} {joins}
         WHERE project_id = ANY(%(projects)s::bigint[]) {where}
           AND month >= %({p}fs_month)s::date AND month < %({p}fe)s::date
         UNION ALL
         SELECT {keys}, device_id, 1
-        FROM {daily} JOIN unnest(%({p}edge_days)s::date[], %({p}edge_masks)s::int[])
+        FROM {daily} {joins} JOIN unnest(%({p}edge_days)s::date[], %({p}edge_masks)s::int[])
             AS edge(edge_day, mask) ON day = edge_day
         WHERE project_id = ANY(%(projects)s::bigint[]) {where} AND hours & mask <> 0
+          AND day >= {bound}
     ) days WHERE days > 0 GROUP BY {keys}, device_id"""
 
 
-def using_devices(prefix: str = "", where: str = "") -> str:
+# The parts of the window that are measured (docs/analytics.md, "Maturity"): per project its
+# default lower bound (go-live), per delivered feature its own (the later of go-live and the
+# delivery), and every distinct (project, bound) for the devices reporting over each part.
+# Bounds are whole UTC days, NULL for "before the window". A feature's bound is never before
+# its project's, so a missing or NULL feature bound falls back to the project's.
+PROJECT_BOUNDS = (
+    "JOIN unnest(%(bound_project)s::bigint[], %(bound_day)s::date[]) AS pb(project_id, project_lo)"
+    " USING (project_id)"
+)
+FEATURE_BOUNDS = (
+    PROJECT_BOUNDS + " LEFT JOIN unnest(%(fbound_project)s::bigint[], %(fbound_feature)s::text[],"
+    " %(fbound_day)s::date[]) AS fb(project_id, feature_key, feature_lo)"
+    " USING (project_id, feature_key)"
+)
+FEATURE_LO = "coalesce(feature_lo, project_lo)"
+SEGMENTS = (
+    "JOIN unnest(%(seg_project)s::bigint[], %(seg_day)s::date[]) AS seg(project_id, seg_lo)"
+    " USING (project_id)"
+)
+
+
+def using_devices(prefix: str = "", where: str = "", *, bounded: bool = False) -> str:
     """(project_id, feature_key, device_id, days): devices that used a feature, with the
-    number of days they used it on."""
-    return _per_device("usage_monthly", "usage_daily", "project_id, feature_key", where, prefix)
+    number of days they used it on; *bounded*: only from the day the feature went live."""
+    joins, lo = (FEATURE_BOUNDS, FEATURE_LO) if bounded else ("", NO_BOUND)
+    return _per_device(
+        "usage_monthly",
+        "usage_daily",
+        "project_id, feature_key",
+        where,
+        prefix,
+        joins=joins,
+        lo=lo,
+    )
+
+
+def enabled_devices(prefix: str = "", where: str = "") -> str:
+    """(project_id, feature_key, device_id, days): devices that reported a feature enabled
+    (or, under ENABLED_REPORTED, their list at all), from the day the feature went live."""
+    return _per_device(
+        "enabled_monthly", "enabled_daily", "project_id, feature_key", where, prefix,
+        joins=FEATURE_BOUNDS, lo=FEATURE_LO,
+    )  # fmt: skip
 
 
 def reporting_devices(prefix: str = "", where: str = "") -> str:
@@ -107,31 +167,54 @@ def reporting_devices(prefix: str = "", where: str = "") -> str:
     return _per_device("device_monthly", "device_daily", "project_id", where, prefix)
 
 
-def _additive(table: str, columns: str, keys: str, sums: str, p: str) -> str:
-    """Totals over the window from `{table}_daily` (whole days) and `{table}_hourly` (edges)."""
+def reporting_by_segment(
+    monthly: str = "device_monthly", daily: str = "device_daily", where: str = ""
+) -> str:
+    """(project_id, seg_lo, device_id, days): devices with any stored message (or any row of
+    *monthly* / *daily*) in each measured part of the window, and on how many days."""
+    return _per_device(monthly, daily, "project_id, seg_lo", where, "", joins=SEGMENTS, lo="seg_lo")
+
+
+def _additive(
+    table: str,
+    columns: str,
+    keys: str,
+    sums: str,
+    p: str,
+    *,
+    joins: str = "",
+    lo: str = NO_BOUND,
+) -> str:
+    """Totals over the window from `{table}_daily` (whole days) and `{table}_hourly` (edges),
+    from day *lo* on."""
+    bound = _bound(lo)
     return f"""
     SELECT {keys}, {sums} FROM (
-        SELECT {columns} FROM {table}_daily
+        SELECT {columns} FROM {table}_daily {joins}
         WHERE project_id = ANY(%(projects)s::bigint[])
-          AND day >= %({p}fs)s::date AND day < %({p}fe)s::date
+          AND day >= %({p}fs)s::date AND day < %({p}fe)s::date AND day >= {bound}
         UNION ALL
-        SELECT {columns} FROM {table}_hourly
+        SELECT {columns} FROM {table}_hourly {joins}
         WHERE project_id = ANY(%(projects)s::bigint[])
           AND (hour >= %({p}h1a)s AND hour < %({p}h1b)s OR hour >= %({p}h2a)s AND hour < %({p}h2b)s)
+          AND hour >= ({bound}::timestamp AT TIME ZONE 'UTC')
     ) totals GROUP BY {keys}"""
 
 
-def feature_events(prefix: str = "") -> str:
-    """(project_id, feature_key, events) in the window."""
+def feature_events(prefix: str = "", *, bounded: bool = False) -> str:
+    """(project_id, feature_key, events) in the window (*bounded*: from the feature's go-live)."""
+    joins, lo = (FEATURE_BOUNDS, FEATURE_LO) if bounded else ("", NO_BOUND)
     return _additive(
         "feature", "project_id, feature_key, events", "project_id, feature_key",
-        "sum(events)::bigint AS events", prefix,
+        "sum(events)::bigint AS events", prefix, joins=joins, lo=lo,
     )  # fmt: skip
 
 
-def project_messages(prefix: str = "") -> str:
-    """(project_id, messages, missing) in the window."""
+def project_messages(prefix: str = "", *, bounded: bool = False) -> str:
+    """(project_id, messages, missing) in the window (*bounded*: from the project's go-live)."""
+    joins, lo = (PROJECT_BOUNDS, "project_lo") if bounded else ("", NO_BOUND)
     return _additive(
         "project", "project_id, messages, missing", "project_id",
         "sum(messages)::bigint AS messages, sum(missing)::bigint AS missing", prefix,
+        joins=joins, lo=lo,
     )  # fmt: skip

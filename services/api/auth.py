@@ -12,12 +12,12 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import Depends, Form, Request, Response
+from fastapi import Depends, Form, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from services.accounts import store
-from services.accounts.roles import Permission, Principal
+from services.accounts.roles import Audience, Permission, Principal
 from services.api.deps import ConnDep
 from services.core.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 
@@ -174,3 +174,27 @@ def visible_project(conn: psycopg.Connection, principal: Principal, project_id: 
     scope = principal.customer_scope
     if row is None or (scope is not None and row[0] != scope):
         raise NotFoundError(f"project {project_id} not found")
+
+
+# --- audiences ----------------------------------------------------------------------------
+
+
+AudienceQuery = Annotated[
+    Audience | None,
+    Query(
+        description="customer: usage, adoption and completeness only (what customer viewers "
+        "always get); internal: with business value and verdicts (staff only)"
+    ),
+]
+
+
+def audience_of(principal: Principal, asked: Audience | None, default: Audience) -> Audience:
+    """The audience to serve: a customer viewer may never have the internal one."""
+    if principal.customer_scope is not None:
+        if asked is Audience.INTERNAL:
+            raise PermissionDeniedError(
+                "customer viewers see the customer version of the analytics: leave out "
+                "audience=internal"
+            )
+        return Audience.CUSTOMER
+    return asked or default

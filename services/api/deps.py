@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import psycopg
 from fastapi import Depends, Query, Request
@@ -13,10 +13,11 @@ from psycopg_pool import ConnectionPool
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import InvalidInputError
 from services.core.settings import Settings
+from services.core.thresholds import AnalyticsThresholds
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, OPS_WINDOW_DAYS
 from services.registry.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
-DEFAULT_WINDOW = timedelta(days=7)
-MAX_WINDOW = timedelta(days=400)
+MAX_WINDOW = timedelta(days=MAX_WINDOW_DAYS)
 MAX_OFFSET = 1_000_000
 
 
@@ -45,6 +46,15 @@ def get_broker_admin(request: Request) -> Iterator[BrokerAdmin]:
 
 
 BrokerDep = Annotated[BrokerAdmin, Depends(get_broker_admin)]
+
+
+def get_thresholds(request: Request) -> AnalyticsThresholds:
+    """The analytics' lines, as configured (FIELDTRACK_ANALYTICS__<NAME>)."""
+    settings: Settings = request.app.state.settings
+    return settings.analytics
+
+
+ThresholdsDep = Annotated[AnalyticsThresholds, Depends(get_thresholds)]
 
 
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")]
@@ -83,12 +93,19 @@ ListDep = Annotated[ListParams, Depends()]
 
 
 class Window:
-    """A time window [since, until) from query parameters, validated."""
+    """A time window [since, until) from query parameters, validated; an operations list's
+    default is the last week."""
+
+    default_days: ClassVar[int] = OPS_WINDOW_DAYS
 
     def __init__(
         self,
         since: Annotated[
-            datetime | None, Query(description="start, ISO 8601 with zone; default until − 7 days")
+            datetime | None,
+            Query(
+                description=f"start, ISO 8601 with zone; default until − {DEFAULT_WINDOW_DAYS} "
+                f"days for usage and analytics, − {OPS_WINDOW_DAYS} days for operations lists"
+            ),
         ] = None,
         until: Annotated[
             datetime | None, Query(description="end (exclusive), ISO 8601 with zone; default now")
@@ -100,7 +117,7 @@ class Window:
                     "needs a time zone, e.g. 2026-01-31T00:00:00Z", field=name, location="query"
                 )
         self.until = (until or datetime.now(UTC)).astimezone(UTC)
-        self.since = (since or self.until - DEFAULT_WINDOW).astimezone(UTC)
+        self.since = (since or self.until - timedelta(days=self.default_days)).astimezone(UTC)
         if self.since >= self.until:
             raise InvalidInputError("since must be before until", field="since", location="query")
         if self.until - self.since > MAX_WINDOW:
@@ -110,4 +127,12 @@ class Window:
             )  # fmt: skip
 
 
+class UsageWindow(Window):
+    """The window of usage, analytics and their exports: by default the last 30 days, the same
+    as the pages and the CLI."""
+
+    default_days = DEFAULT_WINDOW_DAYS
+
+
 WindowDep = Annotated[Window, Depends()]
+UsageWindowDep = Annotated[UsageWindow, Depends()]

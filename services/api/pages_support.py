@@ -13,10 +13,9 @@ from services.accounts.roles import Permission, Principal
 from services.api.deps import Window
 from services.api.templates import templates
 from services.core.errors import InvalidInputError
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 
-WINDOW_DAYS = (7, 30, 90)
-DEFAULT_DAYS = 30
-MAX_DAYS = 400
+WINDOW_DAYS = (7, DEFAULT_WINDOW_DAYS, 90)
 
 
 def _moment(text: str | None, field: str, *, end: bool) -> datetime | None:
@@ -39,11 +38,13 @@ class PageWindow(Window):
     """`?days=7|30|90` (default 30, ending now) or a custom `?since=…&until=…` (dates from
     the picker, or ISO times)."""
 
-    default_days = DEFAULT_DAYS
+    default_days = DEFAULT_WINDOW_DAYS
 
     def __init__(
         self,
-        days: Annotated[int | None, Query(ge=1, le=MAX_DAYS, description="window length")] = None,
+        days: Annotated[
+            int | None, Query(ge=1, le=MAX_WINDOW_DAYS, description="window length")
+        ] = None,
         since: Annotated[str | None, Query(max_length=40)] = None,
         until: Annotated[str | None, Query(max_length=40)] = None,
     ) -> None:

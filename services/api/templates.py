@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from fastapi.templating import Jinja2Templates
 
+from services.analytics.recommend import LABELS
 from services.core.paths import DASHBOARDS_DIR
 
 templates = Jinja2Templates(directory=DASHBOARDS_DIR / "templates")
@@ -41,3 +42,5 @@ def rate(value: float | None) -> str:
 templates.env.filters["utc"] = utc
 templates.env.filters["rate"] = rate
 templates.env.filters["duration"] = duration
+# Each verdict's name, from the rule table's one definition (services/analytics/recommend.py).
+templates.env.globals["verdict_labels"] = {key.value: label for key, label in LABELS.items()}

@@ -15,7 +15,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -26,29 +26,28 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from services.accounts.roles import Audience
 from services.client.commands import _api, _fail
 from services.core.errors import FieldtrackError
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 
 if TYPE_CHECKING:
     from services.client.http import FieldtrackClient
 
-MAX_WINDOW_DAYS = 400  # the longest window the API accepts
 MAX_NAME = 200  # customer names are 1-200 characters
 PAGE_SIZE = 500  # the API's largest page
 WINDOW_RE = re.compile(r"^(\d{1,4})d$")
 SUGGESTIONS = 5
+# What a customer version says about the customer (the API's customer view of a customer):
+# tier and lifecycle stage are the solution company's view of them.
+CUSTOMER_FIELDS = ("id", "name", "industry", "created_at")
 
-RECOMMENDATION_LABELS = {
-    "iterate_invest": "iterate / invest",
-    "keep_prudently": "keep prudently",
-    "cut_candidate": "cut candidate",
-    "insufficient_data": "insufficient data",
-}
 RECOMMENDATION_STYLES = {
     "iterate_invest": "bold green",
     "keep_prudently": "cyan",
     "cut_candidate": "bold red",
     "insufficient_data": "yellow",
+    "too_early": "yellow",
 }
 CONFIDENCE_STYLES = {"high": "green", "medium": "yellow", "low": "red"}
 
@@ -72,15 +71,28 @@ class CustomerReport:
     window_days: int
     generated_at: datetime
     projects: list[dict[str, Any]]  # GET /projects/{id}/analytics, one per project
+    audience: Audience = Audience.CUSTOMER
+    rules: list[dict[str, Any]] = field(default_factory=list)  # GET /analytics/rules (internal)
+
+    @property
+    def internal(self) -> bool:
+        return self.audience is Audience.INTERNAL
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Each verdict's label, as the rule table words it."""
+        return {r["recommendation"]: r["label"] for r in self.rules}
 
     def as_json(self) -> dict[str, Any]:
         return {
             "customer": self.customer,
+            "audience": self.audience.value,
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
             "window_days": self.window_days,
             "generated_at": self.generated_at.isoformat(),
             "projects": self.projects,
+            **({"rules": self.rules} if self.internal else {}),
         }
 
 
@@ -138,22 +150,34 @@ def _window_params(since: datetime, until: datetime) -> dict[str, str]:
     return {"since": since.isoformat(), "until": until.isoformat()}
 
 
-def collect(api: FieldtrackClient, name: str, days: int) -> CustomerReport:
+def collect(
+    api: FieldtrackClient, name: str, days: int, audience: Audience = Audience.CUSTOMER
+) -> CustomerReport:
     customer = find_customer(api, name)
     projects = list(_pages(api, "/projects", {"customer_id": customer["id"], "sort": "name"}))
     until = datetime.now(UTC).replace(microsecond=0)
     since = until - timedelta(days=days)
-    params = _window_params(since, until)
+    params = {**_window_params(since, until), "audience": audience.value}
     analytics = [api.get(f"/projects/{p['id']}/analytics", params) for p in projects]
-    return CustomerReport(customer, since, until, days, datetime.now(UTC), analytics)
+    rules = api.get("/analytics/rules") if audience is Audience.INTERNAL else []
+    if audience is Audience.CUSTOMER:
+        customer = {k: v for k, v in customer.items() if k in CUSTOMER_FIELDS}
+    return CustomerReport(
+        customer, since, until, days, datetime.now(UTC), analytics, audience, rules
+    )
 
 
-def collect_csv(api: FieldtrackClient, name: str, days: int) -> tuple[str, dict[str, Any], int]:
+def collect_csv(
+    api: FieldtrackClient, name: str, days: int, audience: Audience = Audience.CUSTOMER
+) -> tuple[str, dict[str, Any], int]:
     """The API's own CSV export for each project, under one header."""
     customer = find_customer(api, name)
     projects = list(_pages(api, "/projects", {"customer_id": customer["id"], "sort": "name"}))
     until = datetime.now(UTC).replace(microsecond=0)
-    params = {**_window_params(until - timedelta(days=days), until), "format": "csv"}
+    params = {
+        **_window_params(until - timedelta(days=days), until), "format": "csv",
+        "audience": audience.value,
+    }  # fmt: skip
     out = io.StringIO()
     writer = csv.writer(out)
     header_written = False
@@ -180,8 +204,9 @@ def points(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:+.0f} pts"
 
 
-def recommendation_label(value: str | None) -> str:
-    return "–" if value is None else RECOMMENDATION_LABELS.get(value, value)
+def interval(f: Mapping[str, Any]) -> str:
+    """Adoption's 95 % interval, as the page and the report print it."""
+    return f"{pct(f['adoption_low'])}–{pct(f['adoption_high'])}"
 
 
 def when(value: str | datetime) -> str:
@@ -193,14 +218,17 @@ def _coverage_line(p: Mapping[str, Any]) -> str:
     c = p["coverage"]
     total = p["project"]["devices_total"]
     complete = "–" if c["completeness"] is None else f"{c['completeness']:.0%}"
+    measured = f"measured over {c['measured_days']:.0f} days"
+    if p["live_since"] and c["measured_since"] > p["since"]:
+        measured += f" (live since {p['live_since']})"
     return (
         f"{c['devices_reporting']} of {total} devices reporting ({pct(c['reporting_share'])}), "
-        f"{c['devices_silent']} silent; {complete} of expected messages received"
+        f"{c['devices_silent']} silent; {complete} of expected messages received; {measured}"
     )
 
 
 def explanation(f: Mapping[str, Any]) -> str:
-    if f["explanation"]:
+    if f.get("explanation"):
         return str(f["explanation"])
     if f["delivery_status"] is None:
         return "used here but never delivered here: demand, or a misconfiguration"
@@ -208,24 +236,28 @@ def explanation(f: Mapping[str, Any]) -> str:
 
 
 def _feature_rows(p: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [*p["features"], *p["undelivered_usage"]]
+    return [*p["features"], *p.get("undelivered_usage", [])]
+
+
+def _customer_line(c: Mapping[str, Any], internal: bool) -> str:
+    """Tier and lifecycle stage are the solution company's view of a customer: internal."""
+    if internal:
+        return f"  {c['tier']} tier · {c['industry']} · {c['lifecycle_stage']}"
+    return f"  {c['industry']}" if "industry" in c else ""
 
 
 def render_tables(report: CustomerReport, console: Console) -> None:
-    c = report.customer
+    c, internal = report.customer, report.internal
+    console.print(Text.assemble((c["name"], "bold"), _customer_line(c, internal)))
     console.print(
-        Text.assemble(
-            (c["name"], "bold"),
-            f"  {c['tier']} tier · {c['industry']} · {c['lifecycle_stage']}",
-        )
-    )
-    console.print(
-        f"usage {when(report.since)} – {when(report.until)} UTC ({report.window_days} days)",
+        f"usage {when(report.since)} – {when(report.until)} UTC ({report.window_days} days)"
+        + ("" if internal else " · customer version, without internal verdicts"),
         highlight=False,
     )
     if not report.projects:
         console.print("this customer has no projects yet", highlight=False)
         return
+    labels = report.labels
     for p in report.projects:
         console.print()
         table = Table(
@@ -234,30 +266,37 @@ def render_tables(report: CustomerReport, console: Console) -> None:
         )  # fmt: skip
         table.add_column("feature", no_wrap=True)
         table.add_column("delivery")
-        table.add_column("adoption", justify="right")
+        table.add_column("adoption (95 % interval)", justify="right")
         table.add_column("stickiness", justify="right")
         table.add_column("trend", justify="right")
-        table.add_column("recommendation")
-        table.add_column("explanation", ratio=1, min_width=30, overflow="fold")
-        for f in _feature_rows(p):
+        if internal:
+            table.add_column("recommendation")
+            table.add_column("explanation", ratio=1, min_width=30, overflow="fold")
+        rows = _feature_rows(p)
+        for f in rows:
             name = f["feature_name"] or f["feature_key"]
             feature = Text(name)
             if name != f["feature_key"]:
                 feature.append(f"\n{f['feature_key']}", style="dim")
-            rec = f["recommendation"]
-            table.add_row(
+            cells: list[Text | str] = [
                 feature,
                 Text(f["delivery_status"] or "not delivered",
                      style="" if f["delivery_status"] else "yellow"),
-                f"{pct(f['adoption'])}\n{f['devices_using']}/"
-                f"{p['coverage']['devices_reporting']} devices",
+                f"{pct(f['adoption'])} ({interval(f)})\n{f['devices_using']}/"
+                f"{f['devices_reporting']} devices",
                 pct(f["stickiness"]),
                 points(f["trend"]),
-                Text(recommendation_label(rec), style=RECOMMENDATION_STYLES.get(rec or "", "")),
-                Text(explanation(f)),
-            )  # fmt: skip
-        if not _feature_rows(p):
-            table.add_row("–", "nothing delivered", "", "", "", "", "")
+            ]  # fmt: skip
+            if internal:
+                rec = f.get("recommendation")
+                label = labels.get(rec, rec) if rec else "–"
+                cells += [
+                    Text(label, style=RECOMMENDATION_STYLES.get(rec or "", "")),
+                    Text(explanation(f)),
+                ]
+            table.add_row(*cells)
+        if not rows:
+            table.add_row("–", "nothing delivered", *[""] * (len(table.columns) - 2))
         console.print(table)
         level = p["confidence"]
         console.print(
@@ -285,15 +324,16 @@ def render_html(report: CustomerReport) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(pct=pct, points=points, recommendation=recommendation_label, when=when)
-    summary: dict[str, int] = dict.fromkeys(RECOMMENDATION_LABELS, 0)
+    labels = report.labels
+    env.filters.update(pct=pct, points=points, when=when, interval=interval)
+    summary: dict[str, int] = dict.fromkeys(labels, 0)
     for p in report.projects:
         for f in p["features"]:
-            if f["recommendation"] in summary:
+            if f.get("recommendation") in summary:
                 summary[f["recommendation"]] += 1
     return env.get_template("report.html").render(
         report=report, customer=report.customer, projects=report.projects,
-        summary=summary, labels=RECOMMENDATION_LABELS,
+        internal=report.internal, summary=summary, labels=labels, rules=report.rules,
         coverage_line=_coverage_line, feature_rows=_feature_rows, explanation=explanation,
     )  # fmt: skip
 
@@ -318,18 +358,25 @@ def report(
     customer: Annotated[str, typer.Option(help="the customer's name (exact; case may differ)")],
     window: Annotated[
         str, typer.Option(help="how far back from now: 7d, 30d, 90d or any Nd (up to 400d)")
-    ] = "30d",
+    ] = f"{DEFAULT_WINDOW_DAYS}d",
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="table on the terminal, or csv, json, html")
     ] = ReportFormat.TABLE,
     out: Annotated[
         Path | None, typer.Option(dir_okay=False, help="file to write (default: standard output)")
     ] = None,
+    audience: Annotated[
+        Audience,
+        typer.Option(
+            help="customer: usage and adoption only, safe to send to the customer; internal: "
+            "with business value, verdicts and why (staff only)"
+        ),
+    ] = Audience.CUSTOMER,
 ) -> None:
-    """One customer's delivered features beside their measured use, with recommendations.
+    """One customer's delivered features beside their measured use.
 
-    A section per project: adoption, stickiness, trend, recommendation and why, and how far
-    the numbers can be trusted.
+    A section per project: adoption with its 95 % interval, stickiness, trend, and how far
+    the numbers can be trusted; with --audience internal, also each verdict and why.
 
     html: one self-contained page to print or mail. csv: a row per project and feature.
     json: the API's analytics of each project."""
@@ -340,12 +387,12 @@ def report(
     name = customer.strip()
     if fmt is ReportFormat.CSV:
         with _api() as api:
-            text, found, count = collect_csv(api, name, days)
+            text, found, count = collect_csv(api, name, days, audience)
         _write(out, text)
         _written(out, "CSV", found["name"], count)
         return
     with _api() as api:
-        data = collect(api, name, days)
+        data = collect(api, name, days, audience)
     if fmt is ReportFormat.TABLE:
         if out is None:
             render_tables(data, Console(highlight=False))

@@ -13,9 +13,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.analytics.recommend import AnalyticsThresholds
 from services.core.errors import ConfigError
 from services.core.paths import local_env_file
+from services.core.thresholds import AnalyticsThresholds
 
 MIN_SESSION_SECRET = 32
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})

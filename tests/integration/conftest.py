@@ -250,3 +250,12 @@ def mqtt_login(settings: Settings) -> Callable[[str, str], bool]:
         return result[0]
 
     return login
+
+
+def keys_of(value: object) -> set[str]:
+    """Every key anywhere in a JSON value: what a response says, however deeply nested."""
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in keys_of(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in keys_of(v)}
+    return set()

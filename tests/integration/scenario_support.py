@@ -65,11 +65,19 @@ class Loaded:
 
 @contextmanager
 def load_scenario(
-    local_services: LocalServices, settings: Settings, path: Path, prefix: str
+    local_services: LocalServices,
+    settings: Settings,
+    path: Path,
+    prefix: str,
+    *,
+    clean: bool = False,
 ) -> Iterator[Loaded]:
     """Seed and backfill the scenario (ending at today's UTC midnight) into a fresh database;
-    the database must then hold exactly the ground truth."""
+    the database must then hold exactly the ground truth. *clean*: leave out the bad data
+    the scenario injects (the shipped demo's, say)."""
     scenario = scenario_mod.load(path)
+    if clean:
+        scenario = scenario.model_copy(update={"inject": scenario_mod.Inject()})
     assert not any(scenario.inject.model_dump().values()), "no injected bad data here"
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = end - timedelta(days=scenario.days)

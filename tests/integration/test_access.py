@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from starlette.routing import BaseRoute, Mount, Route
 
 from services.accounts import store as accounts
@@ -23,8 +24,8 @@ from services.analytics.decisions import DecisionCreate, record_decision
 from services.analytics.recommend import AnalyticsThresholds
 from services.api.app import create_app
 from services.core.settings import Settings
-from services.registry import upserts as registry
-from tests.integration.conftest import api_client
+from services.registry import models, upserts as registry
+from tests.integration.conftest import api_client, keys_of
 
 ADMIN, PM, OPS, VIEWER = "admin", "pm", "ops", "viewer"
 EVERYONE = frozenset({ADMIN, PM, OPS, VIEWER})
@@ -101,6 +102,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/projects/{item_id}/usage/daily"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
     ("GET", "/projects/{item_id}/analytics"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
     ("GET", "/projects/{item_id}/firmware"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+    ("GET", "/projects/{item_id}/adoption"): Rule(roles(ADMIN, PM, VIEWER), scoped=True),
+    ("GET", "/portfolio/impact"): Rule(roles(ADMIN, PM)),
+    ("GET", "/analytics/rules"): Rule(roles(ADMIN, PM)),
     ("GET", "/portfolio"): Rule(roles(ADMIN, PM)),
     ("GET", "/decisions"): Rule(roles(ADMIN, PM)),
     ("GET", "/decisions/{item_id}"): Rule(roles(ADMIN, PM)),
@@ -319,7 +323,9 @@ def fill(path: str, world: World, side: Side, existing: bool) -> str:
 
 
 def query_for(path: str, side: Side) -> dict[str, str]:
-    return {"feature": side.feature_key} if path.endswith("/firmware") else {}
+    if path.endswith(("/firmware", "/portfolio/impact")):
+        return {"feature": side.feature_key}
+    return {}
 
 
 def call(client: TestClient, method: str, path: str, params: dict[str, str]) -> int:
@@ -391,6 +397,129 @@ def test_viewer_lists_only_its_customer(
         assert shown and {item[key] for item in shown} == {foreign}
 
 
+# --- what a customer viewer must not learn about how we see them ---------------------------
+
+# Written here, apart from the resource declarations, so a change to either shows up.
+INTERNAL = {
+    "customers": frozenset({"tier", "lifecycle_stage"}),
+    "projects": frozenset({"contract_value"}),
+    "deliveries": frozenset(
+        {"cost_person_days", "contract_line_value", "business_score", "strategic", "notes"}
+    ),
+}
+VIEWER_MODELS: dict[str, type[BaseModel]] = {
+    "customers": models.CustomerView, "projects": models.ProjectView,
+    "deliveries": models.DeliveryView,
+}  # fmt: skip
+STAFF_SORTS = {  # the internal fields staff may sort by (the others no one may)
+    "customers": {"tier", "lifecycle_stage"},
+    "projects": {"contract_value"},
+    "deliveries": {"cost_person_days", "contract_line_value", "business_score"},
+}
+INTERNAL_FILTERS = [
+    ("customers", "tier", "tail"), ("customers", "lifecycle_stage", "at_risk"),
+    ("deliveries", "strategic", "true"),
+]  # fmt: skip
+REGISTRY_READS = [
+    path for method, path in CASES
+    if method == "GET" and path.split("/")[1] in INTERNAL and path.count("/") <= 2
+]  # fmt: skip
+
+
+def test_registry_reads_are_the_list_and_one_item_routes() -> None:
+    assert len(REGISTRY_READS) == 2 * len(INTERNAL), REGISTRY_READS
+
+
+@pytest.mark.parametrize("path", REGISTRY_READS)
+def test_viewer_never_receives_internal_fields(
+    clients: dict[str, TestClient], world: World, path: str
+) -> None:
+    plural, one = path.split("/")[1], "{" in path
+    url = fill(path, world, world.own, existing=True)
+
+    def items(role: str) -> list[dict[str, object]]:
+        response = clients[role].get(url, params={} if one else {"limit": 500})
+        assert response.status_code == 200, response.text
+        found: list[dict[str, object]] = [response.json()] if one else response.json()["items"]
+        assert found
+        return found
+
+    shown = set(VIEWER_MODELS[plural].model_fields)
+    for item in items(VIEWER):
+        assert not INTERNAL[plural] & item.keys(), f"{url} gave a viewer {item}"
+        assert item.keys() == shown
+    for item in items(PM):
+        assert item.keys() == shown | INTERNAL[plural]
+
+
+@pytest.mark.parametrize(
+    ("plural", "field"), sorted((p, f) for p, fields in INTERNAL.items() for f in fields)
+)
+def test_viewer_cannot_sort_by_internal_fields(
+    clients: dict[str, TestClient], plural: str, field: str
+) -> None:
+    for sort in (field, f"-{field}"):
+        refused = clients[VIEWER].get(f"/{plural}", params={"sort": sort})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"] == [
+            {"loc": ["query", "sort"], "type": "invalid_input",
+             "msg": f"sorting by {field} is not available to customer viewers"},
+        ]  # fmt: skip
+        if field in STAFF_SORTS[plural]:
+            assert clients[PM].get(f"/{plural}", params={"sort": sort}).status_code == 200
+
+
+@pytest.mark.parametrize(("plural", "field", "value"), INTERNAL_FILTERS)
+def test_viewer_cannot_filter_by_internal_fields(
+    clients: dict[str, TestClient], plural: str, field: str, value: str
+) -> None:
+    refused = clients[VIEWER].get(f"/{plural}", params={field: value})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"] == [
+        {"loc": ["query", field], "type": "invalid_input",
+         "msg": f"filtering by {field} is not available to customer viewers"},
+    ]  # fmt: skip
+    assert clients[PM].get(f"/{plural}", params={field: value}).status_code == 200
+
+
+def test_viewer_search_does_not_look_at_notes(
+    settings: Settings, clients: dict[str, TestClient], world: World, unique_module: str
+) -> None:
+    def found(role: str, q: str) -> list[object]:
+        response = clients[role].get("/deliveries", params={"q": q})
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    key, word = f"notes_{unique_module}", f"zebra{unique_module}"
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        feature = registry.upsert_feature(conn, key, "Notes probe", "test", None)
+    created = clients[ADMIN].post(
+        "/deliveries",
+        json={"project_id": world.own.project, "feature_id": feature, "notes": f"ask {word}"},
+    )
+    assert created.status_code == 201, created.text
+    delivery = created.json()["id"]
+    try:
+        assert found(PM, word) == [delivery]
+        assert found(VIEWER, word) == []
+        # the viewer's search still finds the delivery by what it may see
+        assert found(VIEWER, key) == [delivery]
+    finally:
+        assert clients[ADMIN].delete(f"/deliveries/{delivery}").status_code == 204
+
+
+def test_api_docs_describe_both_shapes(clients: dict[str, TestClient]) -> None:
+    spec = clients[PM].get("/openapi.json").json()
+    for plural, view in VIEWER_MODELS.items():
+        staff = view.__name__.removesuffix("View")
+        for path, shape in ((f"/{plural}/{{item_id}}", "{}"), (f"/{plural}", "Page_{}_")):
+            schema = spec["paths"][path]["get"]["responses"]["200"]["content"]
+            refs = {
+                s["$ref"].rsplit("/", 1)[1] for s in schema["application/json"]["schema"]["anyOf"]
+            }
+            assert refs == {shape.format(staff), shape.format(view.__name__)}, (path, refs)
+
+
 def test_viewer_home_page_lists_only_its_projects(
     clients: dict[str, TestClient], world: World
 ) -> None:
@@ -418,3 +547,47 @@ def test_viewer_export_of_another_customer_is_not_found(
         "detail": f"project {MISSING} not found"
     }
     assert foreign.json() == {"detail": f"project {world.foreign.project} not found"}
+
+
+# --- nothing internal reaches a customer's own staff, on any route they may read ---------------
+
+# Keys of business value, contract values, verdicts, their explanations, peers, undelivered use
+# and the solution company's view of the customer: written here, apart from the code.
+INTERNAL_KEYS = frozenset(
+    {"business_value", "business_high", "user_value", "recommendation", "recommendations",
+     "explanation", "peers", "undelivered_usage", "cut_candidates", "iterate_candidates",
+     "contract_value", "contract_line_value", "business_score", "strategic", "cost_person_days",
+     "notes", "tier", "lifecycle_stage", "rules"}
+)  # fmt: skip
+INTERNAL_WORDS = ("cut candidate", "keep prudently", "iterate / invest", "business value",
+                  "insufficient data", "too early")  # fmt: skip
+VIEWER_READS = [
+    path for method, path in CASES
+    if method == "GET" and isinstance(RULES[(method, path)].allowed, frozenset)
+    and VIEWER in RULES[(method, path)].allowed
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", VIEWER_READS)
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_nothing_internal_reaches_a_viewer_on_any_route(
+    clients: dict[str, TestClient], world: World, path: str, fmt: str
+) -> None:
+    """Every route a viewer may read, with their own ids: no internal key in JSON, no internal
+    column in CSV, no verdict or business value in a page."""
+    params = {**query_for(path, world.own), "format": fmt}
+    response = clients[VIEWER].get(fill(path, world, world.own, existing=True), params=params)
+    if response.status_code in {303, 422}:  # a redirect, or a route without a CSV form
+        return
+    assert response.status_code == 200, response.text
+    kind = response.headers.get("content-type", "")
+    if "json" in kind:
+        assert not keys_of(response.json()) & INTERNAL_KEYS, (
+            keys_of(response.json()) & INTERNAL_KEYS
+        )
+    elif "csv" in kind:
+        header = set(response.text.splitlines()[0].split(","))
+        assert not header & INTERNAL_KEYS, header & INTERNAL_KEYS
+    else:
+        text = response.text.lower()
+        assert not [w for w in INTERNAL_WORDS if w in text], path

@@ -35,7 +35,11 @@ SCENARIO_FILE = Path(__file__).resolve().parents[1] / "scenarios" / "analytics.y
 # "Heavily used", read from the truth: at least this share of the reporting fleet used it.
 HEAVY_ADOPTION = 0.8
 HIGH_BUSINESS_SCORE = 4  # business_score at or above this in the scenario: valued
-LOW_BUSINESS_SCORE = 2  # at or below this, and not strategic: little business value
+LOW_BUSINESS_SCORE = 2  # at or below this, not strategic and a small line: little value
+SMALL_LINE_SHARE = 0.05  # of the project's contract
+# 0 users of this many devices or more puts the 95 % interval's upper bound under the default
+# cut line of 10 % (3.84 / (n + 3.84) < 0.1): docs/analytics.md.
+UNUSED_DECIDED_AT = 35
 MAX_WINDOW_DAYS = 400  # the API's documented limit (docs/analytics.md)
 
 Json = dict[str, Any]
@@ -120,6 +124,19 @@ def test_project_measures_equal_the_ground_truth(loaded: Loaded, observed: Obser
             ), where
 
 
+def _valuable(delivery: Any, project: Project) -> bool:
+    return bool(delivery.strategic or (delivery.business_score or 0) >= HIGH_BUSINESS_SCORE)
+
+
+def _little_value(delivery: Any, project: Project) -> bool:
+    line = (delivery.contract_line_value or 0) / (project.contract_value or 1)
+    return (
+        not delivery.strategic
+        and (delivery.business_score or 0) <= LOW_BUSINESS_SCORE
+        and line < SMALL_LINE_SHARE
+    )
+
+
 def test_recommendations_follow_the_archetypes(
     loaded: Loaded, observed: Observed, settings: Settings
 ) -> None:
@@ -142,28 +159,34 @@ def test_recommendations_follow_the_archetypes(
                 seen["not delivered"] += 1
                 continue
             truth = loaded.feature_truth(project.name, delivery.feature)
+            reporting = loaded.truth_of(project.name)["devices_reporting"]
             adoption = loaded.truth_adoption(project.name, delivery.feature)
-            assert f"adoption {adoption:.0%}" in row["explanation"], where
-            score = delivery.business_score or 0
             if not enough:
                 assert row["recommendation"] == "insufficient_data", where
+                assert f"only {reporting} devices" in row["explanation"], where
                 seen["small project"] += 1
-            elif truth["events"] == 0:
+                continue
+            assert f"{truth['devices_using']} of {reporting} devices used it" in row["explanation"]
+            if truth["events"] == 0 and reporting >= UNUSED_DECIDED_AT:
                 assert row["recommendation"] == "cut_candidate", where
                 seen["unused"] += 1
-                if delivery.strategic and score >= HIGH_BUSINESS_SCORE:
+                if delivery.strategic and (delivery.business_score or 0) >= HIGH_BUSINESS_SCORE:
                     seen["unused, strategic and valuable"] += 1
-            elif adoption >= HEAVY_ADOPTION and score >= HIGH_BUSINESS_SCORE:
+            elif truth["events"] == 0:
+                # 0 users of a few dozen devices: the true share could still be over the line
+                assert row["recommendation"] == "insufficient_data", where
+                seen["unused, too few devices to tell"] += 1
+            elif adoption >= HEAVY_ADOPTION and _valuable(delivery, project):
                 assert row["recommendation"] == "iterate_invest", where
                 seen["heavy, valuable"] += 1
-            elif adoption >= HEAVY_ADOPTION and score <= LOW_BUSINESS_SCORE:
-                assert not delivery.strategic
+            elif adoption >= HEAVY_ADOPTION and _little_value(delivery, project):
                 assert row["recommendation"] == "keep_prudently", where
                 seen["heavy, little business value"] += 1
+            assert row["recommendation"] != "cut_candidate" or adoption < t.cut_adoption, where
     # The scenario really exercises every archetype.
     assert set(seen) == {
         "not delivered", "small project", "unused", "unused, strategic and valuable",
-        "heavy, valuable", "heavy, little business value",
+        "unused, too few devices to tell", "heavy, valuable", "heavy, little business value",
     }, seen  # fmt: skip
 
 
@@ -182,7 +205,7 @@ def test_undelivered_usage_is_listed_with_the_truths_events(
         assert set(undelivered) == expected, project.name
         for key, row in undelivered.items():
             truth = loaded.feature_truth(project.name, key)
-            assert row["delivery_status"] is None and row["recommendation"] is None
+            assert row["delivery_status"] is None and "recommendation" not in row
             assert (row["events"], row["devices_using"]) == (
                 truth["events"], truth["devices_using"],
             )  # fmt: skip
@@ -308,7 +331,7 @@ def test_csv_has_one_row_per_project_and_feature_with_the_json_values(
         assert row["adoption"] == f"{json_row['adoption']:.4f}", row
         truth = loaded.truth_adoption(row["project"], row["feature"])
         assert row["adoption"] == f"{truth:.4f}", row
-        assert row["recommendation"] == (json_row["recommendation"] or ""), row
+        assert row["recommendation"] == (json_row.get("recommendation") or ""), row
     # A single project's CSV holds that project's rows, with the same values.
     name = next(iter(observed.by_project))
     single = client.get(
@@ -352,7 +375,7 @@ def test_window_errors_and_unknown_project(loaded: Loaded, client: TestClient) -
 
 
 def test_cut_line_is_a_setting(loaded: Loaded, observed: Observed, settings: Settings) -> None:
-    """Raising cut_adoption above a used feature's adoption makes it a cut candidate."""
+    """Raising cut_adoption above a used feature's whole interval makes it a cut candidate."""
     t = _thresholds(settings)
     candidates = []
     for _, project in loaded.projects():
@@ -369,11 +392,10 @@ def test_cut_line_is_a_setting(loaded: Loaded, observed: Observed, settings: Set
                 # feature can be made a cut candidate by the adoption line alone.
                 and row["stickiness"] < t.cut_stickiness
             ):
-                adoption = loaded.truth_adoption(project.name, d.feature)
-                candidates.append((adoption, project.name, d.feature))
+                candidates.append((row["adoption_high"], project.name, d.feature))
     assert candidates, "the scenario must have a rarely used feature that is not cut"
-    adoption, name, key = min(candidates)
-    raised = min(1.0, adoption + 0.01)
+    high, name, key = min(candidates)
+    raised = min(0.99, high + 0.01)
     thresholds = AnalyticsThresholds(**{**t.model_dump(), "cut_adoption": raised})
     with _client(settings, loaded.url, analytics=thresholds) as strict:
         pid = loaded.project_ids[name]
@@ -384,11 +406,11 @@ def test_cut_line_is_a_setting(loaded: Loaded, observed: Observed, settings: Set
         portfolio = strict.get("/portfolio", params=loaded.window).json()
         cut = {(a["project_id"], a["feature_key"]) for a in portfolio["cut_candidates"]}
         assert (pid, key) in cut
-        # Features above the new line keep the recommendation they had.
+        # Features whose whole interval stays above the new line keep their verdict.
         for p in portfolio["projects"]:
             before = _rows(observed.by_project[p["project"]["project_name"]])
             for f in p["features"]:
-                if f["adoption"] >= raised:
+                if f["adoption_low"] >= raised:
                     assert f["recommendation"] == before[f["feature_key"]]["recommendation"]
     # The default app is unaffected.
     assert _rows(observed.by_project[name])[key]["recommendation"] != "cut_candidate"

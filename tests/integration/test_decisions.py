@@ -17,7 +17,9 @@ from services.ingest.history import HistoryImporter
 from services.registry import upserts as registry
 from tests.integration.conftest import Project
 
-RECOMMENDATIONS = {"iterate_invest", "keep_prudently", "cut_candidate", "insufficient_data"}
+RECOMMENDATIONS = {
+    "iterate_invest", "keep_prudently", "cut_candidate", "insufficient_data", "too_early",
+}  # fmt: skip
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -112,7 +114,10 @@ def test_evidence_is_frozen_and_after_shows_usage_since(
     assert measures["days"] == pytest.approx(2.0)
     assert evidence["delivery_status"] == "delivered"
     assert evidence["recommendation"] in RECOMMENDATIONS
+    # no go-live date: live since the first report, a day and a half before the decision
+    assert evidence["recommendation"] == "too_early"
     assert evidence["confidence"] == "low"  # 4 devices: below the medium threshold
+    assert evidence["adoption_low"] <= measures["adoption"] <= evidence["adoption_high"]
     assert evidence["explanation"]
     assert evidence["analytics"]["feature_key"] == key
 
@@ -186,7 +191,13 @@ def test_running_window_after_a_recent_decision(
         decided_at=decided_at.isoformat(), rationale="usage is climbing",
     )  # fmt: skip
     assert created["window_days"] == 30
-    assert created["evidence"]["measures"]["days"] == pytest.approx(30)
+    # no go-live date: live since the day of the first report, and measured from there
+    evidence = created["evidence"]
+    first_day = (decided_at - timedelta(hours=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert evidence["measures"]["days"] == pytest.approx(
+        (decided_at - first_day) / timedelta(days=1)
+    )
+    assert evidence["analytics"]["measured_days"] == pytest.approx(evidence["measures"]["days"])
     after = created["after"]
     assert after["complete"] is False  # one of 30 days has passed
     assert after["measures"]["days"] < 1

@@ -18,9 +18,9 @@ from services.cli import app
 from services.core.topics import MessageKind
 from services.ingest.history import HistoryImporter
 from services.registry import upserts as registry
-from tests.integration.conftest import Project
+from tests.integration.conftest import Project, keys_of
 
-LABELS = ("iterate / invest", "keep prudently", "cut candidate", "insufficient data")
+LABELS = ("iterate / invest", "keep prudently", "cut candidate", "insufficient data", "too early")
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def customer(conn: psycopg.Connection, project: Project, unique: str) -> dict[st
 
 
 def test_table_per_project(cli: Any, customer: dict[str, Any]) -> None:
-    result = cli("--customer", customer["name"], "--window", "7d")
+    result = cli("--customer", customer["name"], "--window", "7d", "--audience", "internal")
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert customer["name"] in out
@@ -116,7 +116,7 @@ def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: P
     name = customer["name"]
 
     result = cli("--customer", name, "--window", "30d", "--format", "csv",
-                 "--out", str(tmp_path / "report.csv"))  # fmt: skip
+                 "--audience", "internal", "--out", str(tmp_path / "report.csv"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "report.csv" in result.stderr
     with (tmp_path / "report.csv").open(newline="", encoding="utf-8") as handle:
@@ -130,7 +130,7 @@ def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: P
     assert all(r["recommendation"] for r in delivered)
 
     result = cli("--customer", name, "--window", "90d", "--format", "json",
-                 "--out", str(tmp_path / "report.json"))  # fmt: skip
+                 "--audience", "internal", "--out", str(tmp_path / "report.json"))  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert data["customer"]["name"] == name
@@ -142,7 +142,8 @@ def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: P
     assert first["coverage"]["devices_reporting"] == 12
     assert {f["feature_key"] for f in first["undelivered_usage"]} == {customer["features"][2]}
 
-    result = cli("--customer", name, "--format", "html", "--out", str(tmp_path / "r.html"))
+    result = cli("--customer", name, "--format", "html", "--audience", "internal",
+                 "--out", str(tmp_path / "r.html"))  # fmt: skip
     assert result.exit_code == 0, result.output
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert html.startswith("<!doctype html>")
@@ -154,6 +155,38 @@ def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: P
     assert "<style>" in html
     assert not re.search(r"https?:", html, re.IGNORECASE), "the page refers to the network"
     assert not re.search(r"""(?:src|href)\s*=|@import|url\(|<link|<script""", html, re.I)
+
+
+# What the customer's version must not say: written here, apart from the code.
+INTERNAL_KEYS = {"recommendation", "explanation", "business_value", "user_value", "peers",
+                 "undelivered_usage", "tier", "lifecycle_stage", "contract_value", "rules"}  # fmt: skip
+
+
+def test_the_default_report_is_the_customer_version(
+    cli: Any, customer: dict[str, Any], tmp_path: Path
+) -> None:
+    """Safe to send as it comes: no verdict, business value, tier, stage or undelivered use."""
+    name, stray = customer["name"], customer["features"][2]
+    table = cli("--customer", name, "--window", "7d")
+    assert table.exit_code == 0, table.output
+    assert "customer version" in table.stdout and "9/12 devices" in table.stdout
+    assert not any(label in table.stdout for label in LABELS), table.stdout
+    assert stray not in table.stdout and "tail tier" not in table.stdout
+
+    result = cli("--customer", name, "--format", "csv", "--out", str(tmp_path / "c.csv"))
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "c.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and not set(rows[0]) & INTERNAL_KEYS and "adoption_high" in rows[0]
+    assert stray not in {r["feature"] for r in rows}
+
+    data = json.loads(cli("--customer", name, "--format", "json").stdout)
+    assert data["audience"] == "customer" and not keys_of(data) & INTERNAL_KEYS
+
+    result = cli("--customer", name, "--format", "html", "--out", str(tmp_path / "c.html"))
+    page = (tmp_path / "c.html").read_text(encoding="utf-8")
+    assert "customer version" in page and stray not in page
+    assert not any(label in page for label in LABELS)
 
 
 def test_json_to_standard_output(cli: Any, customer: dict[str, Any]) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ import pytest
 
 from services.analytics.measures import Window, measure_projects
 from services.analytics.portfolio import firmware_breakdown
+from services.analytics.recommend import AnalyticsThresholds
 from services.analytics.usage import project_usage
 from services.analytics.windows import Span
 from services.core.migrate import migrate
@@ -23,6 +25,7 @@ from services.core.topics import MessageKind
 from services.infra.local import LocalServices
 from services.ingest.history import HistoryImporter
 from services.ingest.rollups import (
+    ENABLED_TABLES,
     ROLLUP_TABLES,
     hourly_rollups,
     rebuild_rollups,
@@ -35,6 +38,14 @@ START = datetime(2025, 1, 27, 5, 17, tzinfo=UTC)  # the history crosses a month 
 DAYS = 10
 FEATURES = ("remote_unlock", "access_logs", "energy_report", "guest_access")
 DELIVERED = FEATURES[:3]  # guest_access is used without being delivered
+# The last project goes live in the middle of the history and gets remote_unlock later still:
+# its devices report (and use features) before either, which no measure may count.
+LATE_GO_LIVE = START.date() + timedelta(days=4)
+LATE_DELIVERY = START.date() + timedelta(days=6)
+# Half the devices of the first project report a firmware update in a status message.
+REPORTED_FIRMWARE = "2.0"
+FIRMWARE_AT = START + timedelta(days=5, hours=7)
+T = AnalyticsThresholds()
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ def _messages(serials: list[str], rng: random.Random) -> list[tuple[str, Message
     for serial in serials:
         seq, at = rng.randint(0, 50), START + timedelta(minutes=rng.randint(0, 600))
         features = rng.sample(FEATURES, rng.randint(0, len(FEATURES)))
+        # some devices report which features they have enabled, others never do
+        enabled = list(FEATURES) if rng.random() < 0.6 else None
         while at < START + timedelta(days=DAYS):
             roll = rng.random()
             seq = 1 if roll < 0.01 else seq + (rng.randint(2, 4) if roll < 0.05 else 1)
@@ -65,6 +78,9 @@ def _messages(serials: list[str], rng: random.Random) -> list[tuple[str, Message
             else:
                 metrics = [{"name": "battery", "value": 80.0, "unit": "%"}]
                 body = {"v": 1, "seq": seq, "ts": stamp, "metrics": metrics}
+                if enabled is not None and rng.random() < 0.5:
+                    # what the device has switched on changes now and then; [] is "none"
+                    body["enabled_features"] = rng.sample(enabled, rng.randint(0, len(enabled)))
                 out.append((serial, MessageKind.TELEMETRY, json.dumps(body).encode()))
             silent = rng.random() < 0.01
             at += (
@@ -95,14 +111,17 @@ def history(local_services: LocalServices, settings: Settings) -> Iterator[Histo
             ids = {k: upserts.upsert_feature(conn, k, k.replace("_", " "), None, None)
                    for k in FEATURES}  # fmt: skip
             project_ids, serials = [], []
-            for n in range(3):
+            for n in range(4):
+                late = n == 3
                 pid = upserts.upsert_project(
                     conn, customer, f"Rollups {n}", contract_value=None, currency="EUR",
-                    go_live_date=START.date() - timedelta(days=3), status="live",
+                    go_live_date=LATE_GO_LIVE if late else START.date() - timedelta(days=3),
+                    status="live",
                 )  # fmt: skip
                 for key in DELIVERED:
                     upserts.upsert_delivery(
-                        conn, pid, ids[key], status="delivered", delivered_on=None,
+                        conn, pid, ids[key], status="delivered",
+                        delivered_on=LATE_DELIVERY if late and key == "remote_unlock" else None,
                         cost_person_days=None, contract_line_value=None, business_score=None,
                         strategic=False,
                     )  # fmt: skip
@@ -111,6 +130,10 @@ def history(local_services: LocalServices, settings: Settings) -> Iterator[Histo
                 project_ids.append(pid)
                 serials += [s for s, _, _ in fleet]
             messages = _messages(serials, rng)
+            updated = [f"rollup-0-{d}" for d in range(0, 8, 2)]
+            status = {"v": 1, "state": "online", "ts": FIRMWARE_AT.isoformat(),
+                      "firmware": REPORTED_FIRMWARE}  # fmt: skip
+            messages += [(s, MessageKind.STATUS, json.dumps(status).encode()) for s in updated]
             assert _import(conn, messages) == 0
         yield History(url, project_ids, messages)
 
@@ -118,7 +141,7 @@ def history(local_services: LocalServices, settings: Settings) -> Iterator[Histo
 def rollup_rows(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     return {
         table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
-        for table in ROLLUP_TABLES
+        for table in (*ROLLUP_TABLES, *ENABLED_TABLES)
     }
 
 
@@ -144,6 +167,7 @@ REF_FIRST_LAST = """
 SELECT feature_key, min(hour), max(hour) FILTER (WHERE hour < %(until)s)
 FROM usage_hourly WHERE project_id = %(project)s GROUP BY 1
 """
+# Firmware as reported in a status message before the window's end, else as registered.
 REF_FIRMWARE = """
 WITH reporting AS (
     SELECT DISTINCT h.device_id FROM device_hourly h
@@ -152,10 +176,14 @@ WITH reporting AS (
     SELECT DISTINCT u.device_id FROM usage_hourly u
     WHERE u.project_id = %(project)s AND u.feature_key = %(feature)s
       AND u.hour >= %(since)s AND u.hour < %(until)s
+), reported AS (
+    SELECT DISTINCT ON (device_id) device_id, firmware FROM device_status_history
+    WHERE at < %(until)s AND firmware IS NOT NULL ORDER BY device_id, at DESC
 )
-SELECT coalesce(d.firmware, 'unknown'), count(*)::int,
+SELECT coalesce(rp.firmware, d.firmware, 'unknown'), rp.firmware IS NOT NULL, count(*)::int,
        count(*) FILTER (WHERE d.id IN (SELECT device_id FROM using_))::int
-FROM reporting r JOIN devices d ON d.id = r.device_id GROUP BY 1 ORDER BY 1
+FROM reporting r JOIN devices d ON d.id = r.device_id
+LEFT JOIN reported rp ON rp.device_id = r.device_id GROUP BY 1, 2 ORDER BY 1, 2 DESC
 """
 REF_USAGE_PAGE = """
 SELECT feature_key, sum(events)::bigint, count(DISTINCT device_id)::int, max(hour)
@@ -183,49 +211,148 @@ def _windows() -> list[Window]:
     return windows
 
 
+def _from(day: date | None, window: Window) -> datetime:
+    """Where a measure starts: the window's start, or the day it went live when later."""
+    if day is None:
+        return window.since
+    return max(window.since, datetime.combine(day, datetime.min.time(), tzinfo=UTC))
+
+
 @pytest.mark.parametrize("window", _windows(), ids=lambda w: f"{w.since:%d.%H%M}+{w.days:.2f}d")
 def test_measures_equal_the_hourly_definitions(history: History, window: Window) -> None:
+    """Every measure equals its hourly definition over the part of the window each project and
+    feature was live in; nothing from before go-live or delivery counts."""
     with psycopg.connect(history.url, autocommit=True) as conn:
-        measured = measure_projects(conn, history.project_ids, window)
+        measured = measure_projects(conn, history.project_ids, window, T)
+        pid_serials: dict[int, set[str]] = defaultdict(set)
+        for pid, serial in conn.execute("SELECT project_id, serial FROM devices"):
+            pid_serials[pid].add(serial)
         for pid in history.project_ids:
             m = measured[pid]
-            params = {"project": pid, "since": window.since, "until": window.until}
+            go_live = conn.execute(
+                "SELECT go_live_date FROM projects WHERE id = %s", (pid,)
+            ).fetchone()[0]
+            delivered = dict(
+                conn.execute(
+                    """SELECT f.key, greatest(p.go_live_date, dl.delivered_on)
+                       FROM deliveries dl JOIN features f ON f.id = dl.feature_id
+                       JOIN projects p ON p.id = dl.project_id WHERE dl.project_id = %s""",
+                    (pid,),
+                ).fetchall()
+            )
+            since = _from(go_live, window)
+            params = {"project": pid, "since": since, "until": window.until}
             reporting, device_days, received, expected = conn.execute(
                 REF_COVERAGE, params
             ).fetchone() or (0, 0, None, None)
             assert (m.coverage.devices_reporting, m.coverage.device_days_reporting) == (
                 reporting, device_days,
             )  # fmt: skip
+            assert m.coverage.measured_since == min(since, window.until)
             expect = min(1.0, received / expected) if received and expected else None
             assert m.coverage.completeness == expect
             usage = {k: (n, e, d) for k, n, e, d in conn.execute(REF_USAGE, params)}
             prev = {"project": pid, "since": window.previous, "until": window.since}
             previous = {k: n for k, n, _, _ in conn.execute(REF_USAGE, prev)}
-            prev_reporting = (conn.execute(REF_COVERAGE, prev).fetchone() or (0,))[0]
+            prev_reporting, prev_days, _, _ = conn.execute(REF_COVERAGE, prev).fetchone() or (
+                0, 0, None, None,
+            )  # fmt: skip
             first_last = {k: (f, la) for k, f, la in conn.execute(REF_FIRST_LAST, params)}
             assert {f.feature_key for f in m.features} == set(DELIVERED) | set(usage)
             for f in m.features:
-                n, events, use_days = usage.get(f.feature_key, (0, 0, 0))
-                assert (f.devices_using, f.events) == (n, events), f.feature_key
-                assert f.stickiness == (use_days / device_days if device_days else 0.0)
+                live = delivered.get(f.feature_key, go_live)
+                fsince = _from(live, window)
+                fparams = {**params, "since": fsince}
+                n_reporting, n_days, _, _ = conn.execute(REF_COVERAGE, fparams).fetchone() or (
+                    0, 0, None, None,
+                )  # fmt: skip
+                fusage = {k: (n, e, d) for k, n, e, d in conn.execute(REF_USAGE, fparams)}
+                n, events, use_days = fusage.get(f.feature_key, (0, 0, 0))
+                where = (f.feature_key, fsince)
+                assert (f.devices_reporting, f.device_days_reporting) == (n_reporting, n_days)
+                assert (f.devices_using, f.events) == (n, events), where
+                assert f.stickiness == (use_days / n_days if n_days else 0.0), where
+                assert f.adoption == (n / n_reporting if n_reporting else 0.0), where
+                assert f.adoption_low <= f.adoption <= f.adoption_high, where
+                assert f.measured_since == min(fsince, window.until), where
+                reported, enabled = _enabled(history, pid_serials[pid], fsince, window.until)
+                assert f.enabled_reporting == len(reported), where
+                assert f.devices_enabled == len(enabled.get(f.feature_key, set())), where
+                # a trend only when the feature was live through the previous window too, and
+                # that window holds at least half the device-days
+                through = live is not None and _from(live, prev_window(window)) == window.previous
                 expected_prev = (
-                    previous.get(f.feature_key, 0) / prev_reporting if prev_reporting else None
+                    previous.get(f.feature_key, 0) / prev_reporting
+                    if prev_reporting and through and prev_days >= 0.5 * n_days
+                    else None
                 )
-                assert f.adoption_previous == expected_prev, f.feature_key
+                assert f.adoption_previous == expected_prev, where
                 assert (f.first_used, f.last_used) == first_last.get(f.feature_key, (None, None)), (
                     f.feature_key
                 )
+            whole = {**params, "since": window.since}
             for key in FEATURES:
                 groups = firmware_breakdown(conn, pid, key, window)
-                got = [(g.firmware, g.devices_reporting, g.devices_using) for g in groups]
-                assert got == conn.execute(REF_FIRMWARE, {**params, "feature": key}).fetchall()
+                got = [
+                    (g.firmware, g.reported, g.devices_reporting, g.devices_using) for g in groups
+                ]
+                assert got == conn.execute(REF_FIRMWARE, {**whole, "feature": key}).fetchall()
             page = project_usage(conn, pid, window.since, window.until)
-            want = {k: (e, n, h) for k, e, n, h in conn.execute(REF_USAGE_PAGE, params)}
+            want = {k: (e, n, h) for k, e, n, h in conn.execute(REF_USAGE_PAGE, whole)}
             got_page = {
                 f.feature_key: (f.events, f.devices_using, f.last_used_hour)
                 for f in page.features if f.feature_key in want or f.events
             }  # fmt: skip
             assert got_page == want
+            hour = window.since.replace(minute=0, second=0, microsecond=0)
+            page_reporting = conn.execute(REF_COVERAGE, {**whole, "since": hour}).fetchone()
+            assert page.devices_reporting == (page_reporting[0] if page_reporting else 0)
+
+
+def _enabled(
+    history: History, serials: set[str], since: datetime, until: datetime
+) -> tuple[set[str], dict[str, set[str]]]:
+    """From the messages sent: devices that reported their enabled features in an hour that
+    starts in [since, until), and per feature the devices that had it on."""
+    reported: set[str] = set()
+    enabled: dict[str, set[str]] = defaultdict(set)
+    for serial, kind, payload in history.messages:
+        body = json.loads(payload)
+        if serial not in serials or kind is not MessageKind.TELEMETRY:
+            continue
+        if "enabled_features" not in body:
+            continue
+        hour = datetime.fromisoformat(body["ts"]).replace(minute=0, second=0, microsecond=0)
+        if since <= hour < until:
+            reported.add(serial)
+            for key in body["enabled_features"]:
+                enabled[key].add(serial)
+    return reported, enabled
+
+
+def prev_window(window: Window) -> Window:
+    return Window(window.previous, window.since)
+
+
+def test_the_history_has_what_the_bounds_and_firmware_checks_need(history: History) -> None:
+    """The late project's devices used features before go-live and before the late delivery,
+    and reported firmware: otherwise the checks above would pass on nothing."""
+    with psycopg.connect(history.url, autocommit=True) as conn:
+        late = history.project_ids[-1]
+        before = conn.execute(
+            """SELECT count(*) FILTER (WHERE hour < %s), count(*) FILTER (WHERE hour < %s AND
+                      feature_key = 'remote_unlock') FROM usage_hourly WHERE project_id = %s""",
+            (
+                datetime.combine(LATE_GO_LIVE, datetime.min.time(), tzinfo=UTC),
+                datetime.combine(LATE_DELIVERY, datetime.min.time(), tzinfo=UTC),
+                late,
+            ),
+        ).fetchone()
+        assert before is not None and before[0] > 0 and before[1] > 0
+        reported = conn.execute(
+            "SELECT count(*) FROM device_status_history WHERE firmware = %s", (REPORTED_FIRMWARE,)
+        ).fetchone()
+        assert reported is not None and reported[0] == 4
 
 
 def test_span_edges_cover_exactly_the_window_hours() -> None:

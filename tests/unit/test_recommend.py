@@ -1,59 +1,91 @@
-"""confidence() and assess(): pure functions, edge cases."""
+"""The verdict's pure functions: the Wilson interval, confidence, business value, the rule
+table and `judge`, with properties checked by hypothesis."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from datetime import date
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from services.analytics.recommend import (
+    CUT_RANK,
+    LABELS,
     AnalyticsThresholds,
-    Assessment,
+    Business,
     Confidence,
-    FeatureEvidence,
+    Evidence,
     Recommendation,
-    assess,
+    UserValue,
     confidence,
+    judge,
+    rule_for,
+    rules,
+    wilson,
 )
+from services.registry.enums import FeatureKind
 
 T = AnalyticsThresholds()
+LIVE = date(2026, 1, 1)
+MODEST = Business(business_score=3, contract_line_value=5_000, contract_value=100_000)
+VALUABLE = Business(business_score=5, contract_line_value=50_000, contract_value=100_000)
 
 
-def _evidence(**changes: object) -> FeatureEvidence:
-    base = FeatureEvidence(
-        project_id=1, feature_key="f", adoption=0.5, stickiness=0.3, trend=None,
-        devices_reporting=100, confidence=Confidence.HIGH, confidence_reason="100 devices",
-        contract_line_value=10_000, business_score=3, strategic=False, customers_bought=1,
+def _evidence(**changes: object) -> Evidence:
+    base = Evidence(
+        kind=FeatureKind.INTERACTIVE, devices_reporting=100, devices_using=50, stickiness=0.3,
+        measured_days=30, completeness=0.98, live_since=LIVE, days_live=90, business=MODEST,
     )  # fmt: skip
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def _by_key(assessments: list[Assessment]) -> dict[str, Assessment]:
-    return {a.feature_key: a for a in assessments}
+# wilson()
 
 
-# A portfolio spanning both axes: the best on each axis sets the scale.
-STAR = _evidence(
-    feature_key="star", adoption=1.0, stickiness=0.9, contract_line_value=200_000,
-    business_score=5, strategic=True, customers_bought=4,
-)  # fmt: skip
-CHEAP_FAVOURITE = _evidence(
-    feature_key="cheap_favourite", adoption=0.95, stickiness=0.8, contract_line_value=2_000,
-    business_score=1, customers_bought=1,
-)  # fmt: skip
-STRATEGIC_UNUSED = _evidence(
-    feature_key="strategic_unused", adoption=0.0, stickiness=0.0, contract_line_value=200_000,
-    business_score=5, strategic=True, customers_bought=4,
-)  # fmt: skip
-VALUED_LAGGING = _evidence(
-    feature_key="valued_lagging", adoption=0.2, stickiness=0.05, contract_line_value=150_000,
-    business_score=5, strategic=True, customers_bought=3,
-)  # fmt: skip
-WEAK = _evidence(
-    feature_key="weak", adoption=0.2, stickiness=0.05, contract_line_value=1_000,
-    business_score=1, customers_bought=1,
-)  # fmt: skip
-PORTFOLIO = [STAR, CHEAP_FAVOURITE, STRATEGIC_UNUSED, VALUED_LAGGING, WEAK]
+@pytest.mark.parametrize(
+    ("part", "whole", "low", "high"),
+    [
+        (0, 12, 0.0, 0.2425),  # the issue's example: 0 of 12 could still be 24 %
+        (0, 50, 0.0, 0.0713),
+        (12, 12, 0.7575, 1.0),
+        (5, 100, 0.0215, 0.1118),
+        (50, 100, 0.4038, 0.5962),
+    ],
+)
+def test_wilson_known_values(part: int, whole: int, low: float, high: float) -> None:
+    got = wilson(part, whole)
+    assert math.isclose(got.low, low, abs_tol=5e-4) and math.isclose(got.high, high, abs_tol=5e-4)
+
+
+def test_wilson_without_devices_says_nothing_and_refuses_nonsense() -> None:
+    assert (wilson(0, 0).low, wilson(0, 0).high) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="not a share"):
+        wilson(5, 3)
+
+
+@given(st.integers(1, 5000), st.data())
+def test_wilson_holds_the_share_and_grows_with_it(whole: int, data: st.DataObject) -> None:
+    part = data.draw(st.integers(0, whole))
+    got = wilson(part, whole)
+    assert 0.0 <= got.low <= got.share <= got.high <= 1.0
+    if part < whole:
+        more = wilson(part + 1, whole)
+        assert more.low >= got.low and more.high >= got.high
+
+
+@pytest.mark.parametrize("p", [0.02, 0.1, 0.3, 0.5])
+@pytest.mark.parametrize("n", [12, 40, 200])
+def test_wilson_covers_the_true_share_about_95_percent_of_the_time(p: float, n: int) -> None:
+    """Exact coverage from the binomial distribution: what 95 % promises, give or take the
+    discreteness of small counts."""
+    coverage = sum(
+        math.comb(n, k) * p**k * (1 - p) ** (n - k)
+        for k in range(n + 1)
+        if wilson(k, n).low <= p <= wilson(k, n).high
+    )
+    assert coverage >= 0.90, coverage
 
 
 # confidence()
@@ -68,26 +100,10 @@ def test_confidence_high_at_every_high_line() -> None:
 
 
 @pytest.mark.parametrize(
-    ("devices", "days", "completeness"),
-    [
-        (T.high_confidence_devices - 1, 30, 1.0),  # one device short
-        (100, T.high_confidence_days - 0.5, 1.0),  # half a day short
-        (100, 30, T.high_confidence_completeness - 0.01),  # a little incomplete
-        (T.medium_confidence_devices, T.medium_confidence_days,
-         T.medium_confidence_completeness),  # every medium line exactly
-    ],
-)  # fmt: skip
-def test_confidence_medium_below_any_high_line(
-    devices: int, days: float, completeness: float
-) -> None:
-    assert confidence(devices, days, completeness, T)[0] is Confidence.MEDIUM
-
-
-@pytest.mark.parametrize(
     ("devices", "days", "completeness", "reason"),
     [
         (T.medium_confidence_devices - 1, 30, 1.0, f"only {T.medium_confidence_devices - 1} "),
-        (1000, T.medium_confidence_days - 1, 1.0, "-day window"),
+        (1000, T.medium_confidence_days - 1, 1.0, "days measured"),
         (1000, 30, T.medium_confidence_completeness - 0.01, "of expected messages"),
         (1000, 30, None, "0% of expected messages"),  # no sequence data: not trusted
         (0, 0.5, 0.0, "only 0 devices"),
@@ -101,115 +117,213 @@ def test_confidence_low_below_any_medium_line_and_says_why(
     assert reason in why
 
 
-def test_confidence_low_gives_every_reason() -> None:
-    _, why = confidence(3, 1, 0.1, T)
-    assert why.count(";") == 2
+def test_thresholds_fail_fast() -> None:
+    with pytest.raises(ValueError, match="must not exceed"):
+        AnalyticsThresholds(medium_confidence_devices=50, high_confidence_devices=30)
+    with pytest.raises(ValueError, match="Extra inputs"):
+        AnalyticsThresholds.model_validate({"high_user_value": 0.5})  # a setting that is gone
 
 
-def test_confidence_follows_the_thresholds() -> None:
-    strict = AnalyticsThresholds(medium_confidence_devices=200, high_confidence_devices=500)
-    assert confidence(150, 30, 1.0, strict)[0] is Confidence.LOW
-    assert confidence(150, 30, 1.0, T)[0] is Confidence.HIGH
+# business value
 
 
-# assess()
+def test_business_value_is_absolute_and_its_strongest_signal() -> None:
+    assert Business().value() == 0.0
+    assert Business(business_score=5).value() == 1.0
+    assert Business(business_score=3).value() == 0.5
+    assert Business(strategic=True).value() == 1.0
+    assert Business(contract_line_value=10, contract_value=100).value() == pytest.approx(0.5)
+    assert Business(contract_line_value=50, contract_value=100).value() == 1.0
+    # no contract value: the line's share is unknown and counts for nothing
+    assert Business(contract_line_value=50).value() == 0.0
+    assert "strategic" in Business(strategic=True, business_score=2).describe()
 
 
-def test_empty_input_gives_nothing() -> None:
-    assert assess([], T) == []
+@given(st.integers(1, 5), st.floats(0, 1e6), st.floats(1, 1e7), st.booleans(), st.integers(1, 5))
+def test_business_value_never_falls_when_a_signal_rises(
+    score: int, line: float, contract: float, strategic: bool, more: int
+) -> None:
+    before = Business(score, line, contract, strategic).value()
+    assert 0.0 <= before <= 1.0
+    assert Business(max(score, more), line, contract, strategic).value() >= before
+    assert Business(score, line * 2, contract, strategic).value() >= before
+    assert Business(score, line, contract, True).value() >= before
 
 
-def test_archetypes() -> None:
-    got = _by_key(assess(PORTFOLIO, T))
-    assert got["star"].recommendation is Recommendation.ITERATE_INVEST
-    assert got["cheap_favourite"].recommendation is Recommendation.KEEP_PRUDENTLY
-    assert got["valued_lagging"].recommendation is Recommendation.ITERATE_INVEST
-    assert "use lags" in got["valued_lagging"].explanation
-    assert got["weak"].recommendation is Recommendation.CUT_CANDIDATE
-    assert "weak on both axes" in got["weak"].explanation
+# the rule table
 
 
-def test_no_user_value_is_cut_even_when_strategic_and_the_most_valuable() -> None:
-    got = _by_key(assess(PORTFOLIO, T))["strategic_unused"]
-    assert got.business_value == 1.0
+def test_every_user_value_and_business_level_has_exactly_one_rule() -> None:
+    for user in UserValue:
+        for high in (True, False):
+            matching = [r for r in rules(T) if user in r.user_values and high in r.business_high]
+            assert len(matching) == 1, (user, high)
+            assert rule_for(T, user, high) is not None
+
+
+def test_rules_name_every_verdict_once_with_its_label_and_thresholds() -> None:
+    table = rules(T)
+    assert [r.recommendation for r in table] == list(dict.fromkeys(r.recommendation for r in table))
+    assert {r.recommendation for r in table} == set(Recommendation)
+    for r in table:
+        assert r.label == LABELS[r.recommendation]
+    cut = next(r for r in table if r.recommendation is Recommendation.CUT_CANDIDATE)
+    assert "10%" in cut.when and "whatever the business value" in cut.when
+    assert any("15%" in r.when for r in rules(AnalyticsThresholds(cut_adoption=0.15)))
+
+
+# judge(): the awkward cases by hand
+
+
+def test_no_user_among_fifty_healthy_devices_is_a_cut_candidate_even_if_valuable() -> None:
+    got = judge(
+        _evidence(devices_using=0, devices_reporting=50, stickiness=0.0, business=VALUABLE), T
+    )
     assert got.recommendation is Recommendation.CUT_CANDIDATE
-    assert "(strategic)" in got.explanation and "almost nobody uses it" in got.explanation
+    assert got.user_value is UserValue.NONE
+    assert "at most 7.1%" in got.explanation and "does not make up for that" in got.explanation
 
 
-def test_low_confidence_always_wins() -> None:
-    low = [replace(e, confidence=Confidence.LOW, confidence_reason="only 4 devices reporting")
-           for e in PORTFOLIO]  # fmt: skip
-    for a in assess(low, T):
-        assert a.recommendation is Recommendation.INSUFFICIENT_DATA, a.feature_key
-        assert a.confidence is Confidence.LOW
-        assert "only 4 devices reporting" in a.explanation
-    # One low-confidence feature among confident ones: only it is held back.
-    mixed = [*PORTFOLIO[:-1], replace(STRATEGIC_UNUSED, feature_key="small", project_id=2,
-                                     confidence=Confidence.LOW, confidence_reason="x")]  # fmt: skip
-    got = _by_key(assess(mixed, T))
-    assert got["small"].recommendation is Recommendation.INSUFFICIENT_DATA
-    assert got["strategic_unused"].recommendation is Recommendation.CUT_CANDIDATE
+def test_no_user_among_twelve_devices_is_insufficient_data_in_words() -> None:
+    got = judge(_evidence(devices_using=0, devices_reporting=12, stickiness=0.0), T)
+    assert got.recommendation is Recommendation.INSUFFICIENT_DATA
+    assert got.explanation == (
+        "0 of 12 devices used it (0%); with so few devices the true share could still be up "
+        "to 24% (the cut line is 10%)"
+    )
 
 
-def test_values_are_normalised_and_the_best_scores_one() -> None:
-    assessed = assess(PORTFOLIO, T)
-    for a in assessed:
-        assert 0.0 <= a.user_value <= 1.0 and 0.0 <= a.business_value <= 1.0
-    assert max(a.user_value for a in assessed) == 1.0
-    assert max(a.business_value for a in assessed) == 1.0
-    got = _by_key(assessed)
-    assert got["star"].user_value == 1.0 and got["star"].business_value == 1.0
-    assert got["strategic_unused"].user_value == 0.0
+def test_half_the_fleet_with_little_business_value_is_kept_not_cut() -> None:
+    got = judge(_evidence(devices_using=45, devices_reporting=100, business=Business()), T)
+    assert got.recommendation is Recommendation.KEEP_PRUDENTLY
+    assert "at least" in got.explanation
 
 
-def test_normalisation_is_relative_to_the_portfolio() -> None:
-    """Alone, a mediocre feature is the best there is: it scores 1.0 on both axes."""
-    [alone] = assess([WEAK], T)
-    assert (alone.user_value, alone.business_value) == (1.0, 1.0)
-    assert alone.recommendation is Recommendation.ITERATE_INVEST
+def test_heavily_used_and_valuable_is_invest() -> None:
+    got = judge(_evidence(devices_using=90, business=VALUABLE), T)
+    assert got.recommendation is Recommendation.ITERATE_INVEST
+    assert got.explanation.endswith("invest")
 
 
-def test_nobody_uses_anything_divides_by_nothing() -> None:
-    unused = [replace(STRATEGIC_UNUSED, feature_key=k) for k in ("a", "b")]
-    for a in assess(unused, T):
-        assert a.user_value == 0.0
-        assert a.recommendation is Recommendation.CUT_CANDIDATE
+def test_a_feature_live_six_days_is_too_early_whatever_its_use() -> None:
+    for using in (0, 50, 100):
+        got = judge(_evidence(devices_using=using, days_live=6, measured_days=6), T)
+        assert got.recommendation is Recommendation.TOO_EARLY
+        assert "live here for 6 days" in got.explanation and "from 2026-01-22" in got.explanation
 
 
-def test_cut_needs_low_adoption_and_low_stickiness() -> None:
-    # Just at the adoption line: not "no user value" (the line is strict).
-    at_line = replace(VALUED_LAGGING, adoption=T.cut_adoption, stickiness=0.0)
-    assert assess([STAR, at_line], T)[1].recommendation is Recommendation.ITERATE_INVEST
-    below = replace(at_line, adoption=T.cut_adoption / 2)
-    assert assess([STAR, below], T)[1].recommendation is Recommendation.CUT_CANDIDATE
-    # Rare but habitual use (stickiness above its line) is not "no user value".
-    habitual = replace(below, stickiness=T.cut_stickiness)
-    assert assess([STAR, habitual], T)[1].recommendation is Recommendation.ITERATE_INVEST
+def test_no_go_live_and_no_report_is_not_live() -> None:
+    got = judge(_evidence(live_since=None, days_live=None), T)
+    assert got.recommendation is Recommendation.TOO_EARLY
+    assert "not live yet" in got.explanation
 
 
-def test_raising_the_cut_line_cuts_a_rarely_used_feature() -> None:
-    before = _by_key(assess(PORTFOLIO, T))
-    rare = replace(VALUED_LAGGING, stickiness=T.cut_stickiness / 2)
-    portfolio = [STAR, rare]
-    assert assess(portfolio, T)[1].recommendation is Recommendation.ITERATE_INVEST
-    raised = AnalyticsThresholds(cut_adoption=rare.adoption + 0.01)
-    assert assess(portfolio, raised)[1].recommendation is Recommendation.CUT_CANDIDATE
-    assert before["star"].recommendation is Recommendation.ITERATE_INVEST
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"devices_reporting": 6, "devices_using": 0}, "only 6 devices"),
+        ({"completeness": 0.4}, "40% of expected messages"),
+        ({"measured_days": 2}, "only 2 days measured"),
+    ],
+)
+def test_too_little_data_blocks_every_verdict(changes: dict[str, object], reason: str) -> None:
+    got = judge(_evidence(**changes), T)
+    assert got.recommendation is Recommendation.INSUFFICIENT_DATA
+    assert reason in got.explanation
 
 
-def test_explanation_carries_the_adoption_it_was_based_on() -> None:
-    for e, a in zip(PORTFOLIO, assess(PORTFOLIO, T), strict=True):
-        assert f"adoption {e.adoption:.0%} of {e.devices_reporting} reporting devices" in (
-            a.explanation
-        )
+def test_a_standing_feature_that_never_fired_but_is_enabled_is_kept() -> None:
+    alarm = _evidence(
+        kind=FeatureKind.STANDING, devices_using=0, stickiness=0.0, enabled_reporting=100,
+        devices_enabled=97,
+    )  # fmt: skip
+    got = judge(alarm, T)
+    assert got.recommendation is Recommendation.KEEP_PRUDENTLY
+    assert "enabled on 97 of 100 devices" in got.explanation
 
 
-def test_trend_is_shown_and_bounded() -> None:
-    rising = replace(WEAK, feature_key="rising", trend=0.9)
-    falling = replace(WEAK, feature_key="falling", trend=-0.9)
-    got = _by_key(assess([STAR, rising, falling, WEAK], T))
-    assert "trend +90%" in got["rising"].explanation
-    assert "trend -90%" in got["falling"].explanation
-    # The trend bonus is capped at ±0.1 of raw user value (docs/analytics.md).
-    assert got["rising"].user_value > got["weak"].user_value > got["falling"].user_value
-    assert got["rising"].user_value - got["weak"].user_value <= 0.1 / 0.9 + 1e-3
+def test_a_standing_feature_without_enabled_reports_is_not_judged_by_firing() -> None:
+    alarm = _evidence(kind=FeatureKind.STANDING, devices_using=0, stickiness=0.0)
+    got = judge(alarm, T)
+    assert got.recommendation is Recommendation.INSUFFICIENT_DATA
+    assert "judged by being enabled, not by firing" in got.explanation
+
+
+def test_a_standing_feature_switched_off_everywhere_and_unused_is_a_cut_candidate() -> None:
+    alarm = _evidence(
+        kind=FeatureKind.STANDING, devices_using=0, stickiness=0.0, enabled_reporting=80,
+        devices_enabled=0,
+    )  # fmt: skip
+    assert judge(alarm, T).recommendation is Recommendation.CUT_CANDIDATE
+
+
+def test_a_few_habitual_users_show_user_value() -> None:
+    got = judge(_evidence(devices_using=4, devices_reporting=100, stickiness=0.04), T)
+    assert got.user_value is UserValue.SHOWN
+    assert "a habit" in got.explanation
+
+
+# judge(): properties
+
+
+@st.composite
+def evidence(draw: st.DrawFn) -> Evidence:
+    reporting = draw(st.integers(0, 600))
+    return Evidence(
+        kind=draw(st.sampled_from(FeatureKind)),
+        devices_reporting=reporting,
+        devices_using=draw(st.integers(0, reporting)),
+        stickiness=draw(st.floats(0, 1)),
+        measured_days=draw(st.floats(0, 120)),
+        completeness=draw(st.none() | st.floats(0, 1)),
+        live_since=LIVE,
+        days_live=draw(st.none() | st.floats(-10, 400)),
+        business=Business(
+            draw(st.none() | st.integers(1, 5)),
+            draw(st.none() | st.floats(0, 1e6)),
+            draw(st.none() | st.floats(1, 1e7)),
+            draw(st.booleans()),
+        ),
+        enabled_reporting=(enabled := draw(st.integers(0, 600))),
+        devices_enabled=draw(st.integers(0, enabled)),
+    )
+
+
+@settings(max_examples=400)
+@given(evidence(), st.integers(0, 600), st.floats(0, 1), st.integers(0, 600))
+def test_more_adoption_stickiness_or_enablement_never_moves_towards_cut(
+    e: Evidence, more_using: int, more_sticky: float, more_enabled: int
+) -> None:
+    before = CUT_RANK[judge(e, T).recommendation]
+    changes = [
+        {"devices_using": min(e.devices_reporting, e.devices_using + more_using)},
+        {"stickiness": min(1.0, e.stickiness + more_sticky)},
+        {"devices_enabled": min(e.enabled_reporting, e.devices_enabled + more_enabled)},
+    ]
+    for change in changes:
+        after = judge(replace(e, **change), T)  # type: ignore[arg-type]
+        assert CUT_RANK[after.recommendation] >= before, (change, after.explanation)
+
+
+@settings(max_examples=300)
+@given(evidence())
+def test_a_cut_always_rests_on_an_interval_under_the_line(e: Evidence) -> None:
+    got = judge(e, T)
+    if got.recommendation is Recommendation.CUT_CANDIDATE:
+        assert got.adoption.high < T.cut_adoption
+        assert e.stickiness < T.cut_stickiness
+        assert e.devices_reporting >= T.medium_confidence_devices
+        assert e.days_live is not None and e.days_live >= T.maturity_days
+        if e.kind is FeatureKind.STANDING:
+            assert got.enabled is not None and got.enabled.high < T.cut_adoption
+    if got.recommendation in {Recommendation.KEEP_PRUDENTLY, Recommendation.ITERATE_INVEST}:
+        assert got.user_value is UserValue.SHOWN
+
+
+@settings(max_examples=200)
+@given(evidence(), evidence())
+def test_a_verdict_depends_on_its_own_evidence_only(e: Evidence, other: Evidence) -> None:
+    """`judge` sees one feature of one project; judging another in between changes nothing."""
+    first = judge(e, T)
+    judge(other, T)
+    assert judge(e, T) == first

@@ -1,26 +1,36 @@
-"""Usage vs. delivery: per project, across the portfolio, by firmware; JSON or CSV."""
+"""Usage vs. delivery: per project, across the portfolio, by firmware, over time and what a
+cut would risk; JSON or CSV.
+
+A customer's own viewers get the customer's view of their projects: usage, adoption and
+completeness, without business value, contract values, verdicts or explanations — response
+models that do not have those fields at all.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from services.accounts.roles import Permission, Principal
+from services.accounts.roles import Audience, Permission, Principal
+from services.analytics.adoption import ProjectAdoption, project_adoption
 from services.analytics.export import analytics_csv
-from services.analytics.measures import Window
+from services.analytics.impact import FeatureImpact, feature_impact
+from services.analytics.measures import Window, project_measures
 from services.analytics.portfolio import (
+    CustomerProjectAnalytics,
     FirmwareGroup,
     Portfolio,
     ProjectAnalytics,
     firmware_breakdown,
+    for_customer,
     portfolio,
     project_analytics,
 )
-from services.analytics.recommend import AnalyticsThresholds
-from services.api.auth import require, visible_project
-from services.api.deps import ConnDep, WindowDep
+from services.analytics.recommend import RuleText, rule_texts
+from services.api.auth import AudienceQuery, audience_of, require, visible_project
+from services.api.deps import ConnDep, ThresholdsDep, UsageWindow, UsageWindowDep
 from services.api.errors import NOT_FOUND, Responses
 from services.api.routes.crud import ItemId
 from services.registry.models import FeatureKey
@@ -34,11 +44,6 @@ CSV_RESPONSE: Responses = {
 }
 
 
-def _thresholds(request: Request) -> AnalyticsThresholds:
-    thresholds: AnalyticsThresholds = request.app.state.settings.analytics
-    return thresholds
-
-
 def _csv(body: str, name: str) -> Response:
     return Response(
         body, media_type="text/csv",
@@ -46,27 +51,49 @@ def _csv(body: str, name: str) -> Response:
     )  # fmt: skip
 
 
+def _window(window: UsageWindow) -> Window:
+    return Window(window.since, window.until)
+
+
 @router.get(
     "/projects/{item_id}/analytics",
-    response_model=ProjectAnalytics,
+    response_model=ProjectAnalytics | CustomerProjectAnalytics,
     responses={**NOT_FOUND, **CSV_RESPONSE},
-    summary="Each delivered feature beside its measured use, with a recommendation",
+    summary="Each delivered feature beside its measured use, with a verdict (staff) or without "
+    "(the customer's own viewers)",
 )
 def get_project_analytics(  # noqa: PLR0917 - FastAPI reads each as a parameter
     item_id: ItemId,
-    request: Request,
     conn: ConnDep,
     caller: UsageReader,
-    window: WindowDep,
+    window: UsageWindowDep,
+    t: ThresholdsDep,
     format: Format = "json",
-) -> ProjectAnalytics | Response:
+    audience: AudienceQuery = None,
+) -> ProjectAnalytics | CustomerProjectAnalytics | Response:
     visible_project(conn, caller, item_id)
-    result = project_analytics(
-        conn, item_id, Window(window.since, window.until), _thresholds(request)
-    )
+    internal = audience_of(caller, audience, Audience.INTERNAL) is Audience.INTERNAL
+    result = project_analytics(conn, item_id, _window(window), t)
     if format == "csv":
-        return _csv(analytics_csv([result]), f"project-{item_id}-analytics")
-    return result
+        return _csv(analytics_csv([result], internal=internal), f"project-{item_id}-analytics")
+    return result if internal else for_customer(result)
+
+
+@router.get(
+    "/projects/{item_id}/adoption",
+    response_model=ProjectAdoption,
+    responses=NOT_FOUND,
+    summary="Each delivered feature's weekly adoption (with its interval) and device cohorts",
+)
+def get_project_adoption(
+    item_id: ItemId, conn: ConnDep, caller: UsageReader, window: UsageWindowDep, t: ThresholdsDep
+) -> ProjectAdoption:
+    visible_project(conn, caller, item_id)
+    span = _window(window)
+    measures = project_measures(conn, item_id, span, t)
+    # the delivered features, as the project page shows them: undelivered use is internal
+    delivered = [f for f in measures.features if f.delivery_status is not None]
+    return project_adoption(conn, item_id, span, delivered)
 
 
 @router.get(
@@ -77,26 +104,52 @@ def get_project_analytics(  # noqa: PLR0917 - FastAPI reads each as a parameter
     dependencies=[Depends(require(Permission.READ_PORTFOLIO))],
 )
 def get_portfolio(
-    request: Request, conn: ConnDep, window: WindowDep, format: Format = "json"
+    conn: ConnDep, window: UsageWindowDep, t: ThresholdsDep, format: Format = "json"
 ) -> Portfolio | Response:
-    result = portfolio(conn, Window(window.since, window.until), _thresholds(request))
+    result = portfolio(conn, _window(window), t)
     if format == "csv":
-        return _csv(analytics_csv(result.projects), "portfolio-analytics")
+        return _csv(analytics_csv(result.projects, internal=True), "portfolio-analytics")
     return result
+
+
+@router.get(
+    "/analytics/rules",
+    response_model=list[RuleText],
+    summary="The rule table verdicts are decided by, with this server's thresholds",
+    dependencies=[Depends(require(Permission.READ_PORTFOLIO))],
+)
+def get_rules(t: ThresholdsDep) -> list[RuleText]:
+    return rule_texts(t)
+
+
+@router.get(
+    "/portfolio/impact",
+    response_model=FeatureImpact,
+    responses=NOT_FOUND,
+    summary="What cutting a feature would put at risk: its users, their devices, their worth",
+    dependencies=[Depends(require(Permission.READ_PORTFOLIO))],
+)
+def get_feature_impact(
+    conn: ConnDep,
+    window: UsageWindowDep,
+    t: ThresholdsDep,
+    feature: Annotated[FeatureKey, Query(description="the feature's key")],
+) -> FeatureImpact:
+    return feature_impact(conn, feature, _window(window), t)
 
 
 @router.get(
     "/projects/{item_id}/firmware",
     response_model=list[FirmwareGroup],
     responses=NOT_FOUND,
-    summary="Adoption of one feature by firmware version (before / after a release)",
+    summary="Adoption of one feature by the firmware devices report (before / after a release)",
 )
 def get_firmware_breakdown(
     item_id: ItemId,
     conn: ConnDep,
     caller: UsageReader,
-    window: WindowDep,
+    window: UsageWindowDep,
     feature: Annotated[FeatureKey, Query()],
 ) -> list[FirmwareGroup]:
     visible_project(conn, caller, item_id)
-    return firmware_breakdown(conn, item_id, feature, Window(window.since, window.until))
+    return firmware_breakdown(conn, item_id, feature, _window(window))

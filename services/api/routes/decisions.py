@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel
 
 from services.accounts.roles import Permission, Principal
@@ -17,9 +17,8 @@ from services.analytics.decisions import (
     list_decisions,
     record_decision,
 )
-from services.analytics.recommend import AnalyticsThresholds
 from services.api.auth import require
-from services.api.deps import ConnDep, ListDep
+from services.api.deps import ConnDep, ListDep, ThresholdsDep
 from services.api.errors import NOT_FOUND, ErrorBody, Responses
 from services.api.routes.crud import ItemId, filter_values
 from services.registry.models import MAX_BIGINT, FeatureKey, Page
@@ -69,11 +68,10 @@ class DecisionFilters:
 )
 def create_decision(
     body: DecisionCreate,
-    request: Request,
     conn: ConnDep,
     caller: Annotated[Principal, Depends(require(Permission.WRITE_DECISIONS))],
+    thresholds: ThresholdsDep,
 ) -> Decision:
-    thresholds: AnalyticsThresholds = request.app.state.settings.analytics
     # Who decided is who is logged in, whatever the body says.
     body = body.model_copy(update={"decided_by": caller.name})
     return record_decision(conn, body, thresholds)

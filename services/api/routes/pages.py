@@ -11,23 +11,35 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import psycopg
-from fastapi import APIRouter, Depends, Form, Request, status
+from fastapi import APIRouter, Depends, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from services.accounts.roles import Permission, Principal
+from services.accounts.roles import Audience, Permission, Principal
+from services.analytics.adoption import project_adoption
 from services.analytics.decisions import DecisionCreate, list_decisions, record_decision
+from services.analytics.impact import feature_impact
 from services.analytics.measures import Window as AnalyticsWindow
-from services.analytics.portfolio import ProjectAnalytics, portfolio, project_analytics
-from services.analytics.recommend import AnalyticsThresholds
+from services.analytics.portfolio import (
+    CustomerProjectAnalytics,
+    ProjectAnalytics,
+    analyse,
+    for_customer,
+    portfolio,
+    project_analytics,
+)
+from services.analytics.recommend import AnalyticsThresholds, rule_texts, rules
 from services.analytics.usage import daily_usage
-from services.api.auth import require, visible_project
-from services.api.deps import ConnDep
+from services.api.auth import AudienceQuery, audience_of, require, visible_project
+from services.api.deps import ConnDep, ThresholdsDep
 from services.api.pages_support import PageWindow, home_of, render
 from services.api.routes.crud import ItemId
 from services.client.report import CustomerReport, render_html
 from services.core.errors import FieldtrackError
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 from services.registry import repository
+from services.registry.models import CustomerView, FeatureKey
+from services.registry.repository import Resource
 from services.registry.resources import CUSTOMERS, PROJECTS
 
 router = APIRouter(include_in_schema=False)
@@ -38,36 +50,47 @@ PortfolioReader = Annotated[Principal, Depends(require(Permission.READ_PORTFOLIO
 DecisionWriter = Annotated[Principal, Depends(require(Permission.WRITE_DECISIONS, kind="form"))]
 # Enough for every customer and project a company of this kind has; pages are not paged.
 PAGE_LIMIT = 500
-
-
-def _thresholds(request: Request) -> AnalyticsThresholds:
-    thresholds: AnalyticsThresholds = request.app.state.settings.analytics
-    return thresholds
+CUSTOMER_VIEW = set(CustomerView.model_fields)
 
 
 def _analytics(
-    request: Request, conn: ConnDep, caller: Principal, window: PageWindow, project_ids: list[int]
-) -> dict[int, ProjectAnalytics]:
-    """Analytics of these projects, if the caller may read usage (else nothing)."""
+    conn: ConnDep,
+    caller: Principal,
+    window: PageWindow,
+    project_ids: list[int],
+    t: AnalyticsThresholds,
+) -> dict[int, ProjectAnalytics | CustomerProjectAnalytics]:
+    """Analytics of these projects as the caller may see them (none without usage rights)."""
     if not caller.can(Permission.READ_USAGE) or not project_ids:
         return {}
-    span = AnalyticsWindow(window.since, window.until)
-    if caller.can(Permission.READ_PORTFOLIO):
-        whole = portfolio(conn, span, _thresholds(request))
-        return {
-            p.project.project_id: p for p in whole.projects if p.project.project_id in project_ids
-        }
-    return {pid: project_analytics(conn, pid, span, _thresholds(request)) for pid in project_ids}
+    found = analyse(conn, project_ids, AnalyticsWindow(window.since, window.until), t)
+    if caller.customer_scope is None:
+        return {p.project.project_id: p for p in found}
+    return {p.project.project_id: for_customer(p) for p in found}
+
+
+def _view(
+    analytics: ProjectAnalytics | CustomerProjectAnalytics, internal: bool
+) -> ProjectAnalytics | CustomerProjectAnalytics:
+    if internal or isinstance(analytics, CustomerProjectAnalytics):
+        return analytics
+    return for_customer(analytics)
+
+
+def _readable(resource: Resource[Any], caller: Principal) -> Resource[Any]:
+    """The registry as the caller may read it: a customer viewer gets its viewer form."""
+    return resource if caller.customer_scope is None else resource.for_viewers()
 
 
 def _customer_projects(
     conn: psycopg.Connection, caller: Principal, customer_id: int
 ) -> tuple[Any, list[Any]]:
     """A customer the caller may see (else 404) and its projects."""
-    customer = repository.get_item(conn, CUSTOMERS, customer_id, caller.customer_scope)
+    scope = caller.customer_scope
+    customer = repository.get_item(conn, _readable(CUSTOMERS, caller), customer_id, scope)
     projects = repository.list_items(
-        conn, PROJECTS, filters={"customer_id": customer_id}, search=None, sort="name",
-        limit=PAGE_LIMIT, offset=0, customer_id=caller.customer_scope,
+        conn, _readable(PROJECTS, caller), filters={"customer_id": customer_id}, search=None,
+        sort="name", limit=PAGE_LIMIT, offset=0, customer_id=scope,
     ).items  # fmt: skip
     return customer, projects
 
@@ -79,62 +102,71 @@ def home(caller: Annotated[Principal, Depends(require(kind="page"))]) -> Respons
 
 @router.get("/dashboards/customers", response_class=HTMLResponse)
 def customers_page(
-    request: Request, conn: ConnDep, caller: Reader, window: Annotated[PageWindow, Depends()]
+    request: Request,
+    conn: ConnDep,
+    caller: Reader,
+    window: Annotated[PageWindow, Depends()],
+    t: ThresholdsDep,
 ) -> HTMLResponse:
     scope = caller.customer_scope
     customers = repository.list_items(
-        conn, CUSTOMERS, filters={}, search=None, sort="name", limit=PAGE_LIMIT, offset=0,
-        customer_id=scope,
+        conn, _readable(CUSTOMERS, caller), filters={}, search=None, sort="name",
+        limit=PAGE_LIMIT, offset=0, customer_id=scope,
     ).items  # fmt: skip
     projects = repository.list_items(
-        conn, PROJECTS, filters={}, search=None, sort="name", limit=PAGE_LIMIT, offset=0,
-        customer_id=scope,
+        conn, _readable(PROJECTS, caller), filters={}, search=None, sort="name",
+        limit=PAGE_LIMIT, offset=0, customer_id=scope,
     ).items  # fmt: skip
-    analytics = _analytics(request, conn, caller, window, [p.id for p in projects])
+    analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
     by_customer: dict[int, list[Any]] = {}
     for project in projects:
         by_customer.setdefault(project.customer_id, []).append(project)
     return render(
         request, "customers.html", caller, window, customers=customers,
-        projects=by_customer, analytics=analytics,
+        projects=by_customer, analytics=analytics, internal=scope is None,
     )  # fmt: skip
 
 
 @router.get("/dashboards/customers/{customer_id}", response_class=HTMLResponse)
-def customer_page(
+def customer_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     request: Request,
     customer_id: ItemId,
     conn: ConnDep,
     caller: Reader,
     window: Annotated[PageWindow, Depends()],
+    t: ThresholdsDep,
 ) -> HTMLResponse:
     customer, projects = _customer_projects(conn, caller, customer_id)
-    analytics = _analytics(request, conn, caller, window, [p.id for p in projects])
+    analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
     return render(
         request, "customer.html", caller, window, customer=customer, projects=projects,
-        analytics=analytics,
+        analytics=analytics, internal=caller.customer_scope is None,
     )  # fmt: skip
 
 
 @router.get("/dashboards/customers/{customer_id}/report", response_class=HTMLResponse)
-def customer_report(
-    request: Request,
+def customer_report(  # noqa: PLR0917 - FastAPI reads each as a parameter
     customer_id: ItemId,
     conn: ConnDep,
     caller: UsageReader,
     window: Annotated[PageWindow, Depends()],
+    t: ThresholdsDep,
+    audience: AudienceQuery = None,
 ) -> HTMLResponse:
-    """The printable report `fieldtrack report --format html` writes, for the same window."""
+    """The printable report `fieldtrack report --format html` writes, for the same window: by
+    default the version to send to the customer; staff may ask for the internal one."""
+    internal = audience_of(caller, audience, Audience.CUSTOMER) is Audience.INTERNAL
     customer, projects = _customer_projects(conn, caller, customer_id)
-    span = AnalyticsWindow(window.since, window.until)
+    analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
+    if not internal:  # what the customer's own staff may read of themselves
+        customer = CustomerView.model_validate(customer.model_dump(include=CUSTOMER_VIEW))
     report = CustomerReport(
         customer=customer.model_dump(mode="json"), since=window.since, until=window.until,
         window_days=max(1, round((window.until - window.since).total_seconds() / 86400)),
         generated_at=datetime.now(UTC),
-        projects=[
-            project_analytics(conn, p.id, span, _thresholds(request)).model_dump(mode="json")
-            for p in projects
-        ],
+        projects=[_view(analytics[p.id], internal).model_dump(mode="json") for p in projects],
+        audience=Audience.INTERNAL if internal else Audience.CUSTOMER,
+        rules=[r.model_dump(mode="json") for r in rule_texts(t)] if internal else [],
     )  # fmt: skip
     return HTMLResponse(render_html(report))
 
@@ -146,11 +178,14 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     conn: ConnDep,
     caller: UsageReader,
     window: Annotated[PageWindow, Depends()],
+    t: ThresholdsDep,
     error: str | None = None,
 ) -> HTMLResponse:
     visible_project(conn, caller, project_id)
     span = AnalyticsWindow(window.since, window.until)
-    analytics = project_analytics(conn, project_id, span, _thresholds(request))
+    internal = caller.customer_scope is None
+    found = project_analytics(conn, project_id, span, t)
+    analytics = found if internal else for_customer(found)
     decisions = (
         list_decisions(
             conn, filters={"project_id": project_id}, search=None, sort=None, limit=50, offset=0
@@ -159,11 +194,13 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
         else []
     )
     daily = daily_usage(conn, project_id, span.since, span.until)
+    adoption = project_adoption(conn, project_id, span, analytics.features)
     return render(
-        request, "project.html", caller, window, analytics=analytics, daily=daily,
-        daily_json=[d.model_dump(mode="json") for d in daily],
+        request, "project.html", caller, window, analytics=analytics, internal=internal,
+        daily=daily, daily_json=[d.model_dump(mode="json") for d in daily],
         features_json=[f.model_dump(mode="json") for f in analytics.features],
-        decisions=decisions, thresholds=_thresholds(request), error=error,
+        adoption=adoption, adoption_json=adoption.model_dump(mode="json"),
+        decisions=decisions, thresholds=t, rules=rules(t) if internal else (), error=error,
     )  # fmt: skip
 
 
@@ -176,7 +213,8 @@ def decide(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
     feature_key: Annotated[str, Form(max_length=64)],
     decision: Annotated[str, Form(max_length=16)],
     rationale: Annotated[str, Form(max_length=5000)],
-    window_days: Annotated[int, Form(ge=1, le=400)] = 30,
+    t: ThresholdsDep,
+    window_days: Annotated[int, Form(ge=1, le=MAX_WINDOW_DAYS)] = DEFAULT_WINDOW_DAYS,
 ) -> Response:
     """The decision form: records it with frozen evidence, then back to the project."""
     visible_project(conn, caller, project_id)
@@ -186,7 +224,7 @@ def decide(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
             project_id=project_id, feature_key=feature_key, decision=decision,
             rationale=rationale, decided_by=caller.name, window_days=window_days,
         )  # fmt: skip
-        record_decision(conn, body, _thresholds(request))
+        record_decision(conn, body, t)
     except (ValidationError, FieldtrackError) as exc:
         problem = (
             "; ".join(e["msg"] for e in exc.errors())
@@ -199,15 +237,18 @@ def decide(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
 
 
 @router.get("/dashboards/portfolio", response_class=HTMLResponse)
-def portfolio_page(
+def portfolio_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     request: Request,
     conn: ConnDep,
     caller: PortfolioReader,
     window: Annotated[PageWindow, Depends()],
+    t: ThresholdsDep,
+    impact: Annotated[FeatureKey | None, Query(description="a feature's cut impact")] = None,
 ) -> HTMLResponse:
-    whole = portfolio(conn, AnalyticsWindow(window.since, window.until), _thresholds(request))
+    span = AnalyticsWindow(window.since, window.until)
+    whole = portfolio(conn, span, t)
+    risk = feature_impact(conn, impact, span, t) if impact else None
     return render(
-        request, "portfolio.html", caller, window, portfolio=whole,
+        request, "portfolio.html", caller, window, portfolio=whole, impact=risk,
         features_json=[f.model_dump(mode="json") for f in whole.features],
-        project_names={p.project.project_id: p.project.project_name for p in whole.projects},
     )  # fmt: skip

@@ -7,7 +7,7 @@ from fastapi import Depends, Query
 from services.accounts.roles import Permission, Principal
 from services.analytics.usage import DailyUsage, ProjectUsage, daily_usage, project_usage
 from services.api.auth import require, visible_project
-from services.api.deps import ConnDep, WindowDep
+from services.api.deps import ConnDep, UsageWindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId, crud_router
 from services.registry import models
@@ -39,7 +39,7 @@ def get_project_usage(
     item_id: ItemId,
     conn: ConnDep,
     caller: Annotated[Principal, Depends(require(Permission.READ_USAGE))],
-    window: WindowDep,
+    window: UsageWindowDep,
 ) -> ProjectUsage:
     visible_project(conn, caller, item_id)
     return project_usage(conn, item_id, window.since, window.until)
@@ -55,7 +55,7 @@ def get_daily_usage(
     item_id: ItemId,
     conn: ConnDep,
     caller: Annotated[Principal, Depends(require(Permission.READ_USAGE))],
-    window: WindowDep,
+    window: UsageWindowDep,
 ) -> list[DailyUsage]:
     visible_project(conn, caller, item_id)
     return daily_usage(conn, item_id, window.since, window.until)

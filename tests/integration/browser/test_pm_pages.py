@@ -32,6 +32,7 @@ def test_pm_opens_every_page_and_numbers_match_the_api(page: Page, site: Site) -
     screenshot(page, "pm-customers")
 
     with site.api(Role.PM) as api:
+        labels = {r["recommendation"]: r["label"] for r in api.get("/analytics/rules").json()}
         for customer in api.get("/customers", params={"limit": 500}).json()["items"]:
             page.goto(f"/dashboards/customers/{customer['id']}")
             expect(page.locator("h1")).to_contain_text(customer["name"])
@@ -55,23 +56,29 @@ def test_pm_opens_every_page_and_numbers_match_the_api(page: Page, site: Site) -
             for feature in analytics["features"]:
                 row = page.locator(f"#features tr[data-feature='{feature['feature_key']}']")
                 expect(row.locator("td.events")).to_have_text(str(feature["events"]))
-                expect(row.locator("td.adoption")).to_contain_text(percent(feature["adoption"]))
+                adoption = row.locator("td.adoption")
+                expect(adoption).to_contain_text(percent(feature["adoption"]))
+                # the interval, as the API gives it
+                expect(adoption).to_contain_text(
+                    f"{percent(feature['adoption_low'])}–{percent(feature['adoption_high'])}"
+                )
                 if feature["recommendation"]:
-                    label = feature["recommendation"].replace("_", " ")
-                    expect(row).to_contain_text(label)
+                    expect(row).to_contain_text(labels[feature["recommendation"]])
             expect(page.locator("#devices-reporting")).to_have_text(
                 str(analytics["coverage"]["devices_reporting"])
             )
-            assessed = [f for f in analytics["features"] if f["user_value"] is not None]
-            assert chart_points(page, "quadrant-chart") == len(assessed)
-            assert chart_points(page, "adoption-chart") == 2 * len(analytics["features"])
+            judged = [f for f in analytics["features"] if f["recommendation"]]
+            assert chart_points(page, "quadrant-chart") == len(judged)
+            adoption = api.get(f"/projects/{project_id}/adoption", params=params).json()
+            weeks = sum(len(f["weekly"]) for f in adoption["features"])
+            assert chart_points(page, "weekly-chart") == weeks
             used = [f for f in analytics["features"] + analytics["undelivered_usage"]
                     if f["events"]]  # fmt: skip
             if used:
                 assert chart_points(page, "usage-chart") > 0
-            # the quadrant's four regions are labelled
-            for region in ("iterate / invest", "keep prudently", "cut candidate"):
-                expect(page.locator("#quadrant-chart")).to_contain_text(region)
+            # the quadrant's regions carry the rule table's labels
+            for rec in ("iterate_invest", "keep_prudently", "cut_candidate"):
+                expect(page.locator("#quadrant-chart")).to_contain_text(labels[rec])
             screenshot(page, f"pm-project-{name}")
 
         page.goto("/dashboards/portfolio")
@@ -153,6 +160,13 @@ def test_viewer_sees_only_its_customer(page: Page, site: Site, watch: Watch) -> 
     page.goto(f"/dashboards/projects/{own[0]['id']}")
     expect(page.locator("h1")).to_contain_text(own[0]["name"])
     expect(page.locator("form.decision")).to_have_count(0)  # viewers do not decide
+    # usage with its interval, never a verdict, business value or the quadrant
+    expect(page.locator("#features td.adoption").first).to_contain_text("–")
+    expect(page.locator("#quadrant-chart")).to_have_count(0)
+    body = page.locator("body").inner_text().lower()
+    for internal in ("cut candidate", "keep prudently", "iterate / invest", "business value"):
+        assert internal not in body, internal
+    screenshot(page, "viewer-project")
     watch.allowed_statuses.add(404)
     response = page.goto(f"/dashboards/projects/{foreign[0]['id']}")
     assert response is not None and response.status == 404
