@@ -119,8 +119,12 @@ def _bench_size(
         "portfolio": "/portfolio",
         "firmware": f"/projects/{project}/firmware",
         "usage": f"/projects/{project}/usage",
+        "adoption": f"/projects/{project}/adoption",
+        "impact": "/portfolio/impact",
         "dashboard": f"/dashboards/projects/{project}",
     }
+    # the routes that take the project's busiest feature
+    by_feature = {"firmware", "impact"}
     result: dict[str, Any] = {
         "dataset": {
             "database": dataset.database, "usage_events": dataset.usage_rows,
@@ -141,7 +145,7 @@ def _bench_size(
             window = {"since": (until - timedelta(days=days)).isoformat(),
                       "until": until.isoformat()}  # fmt: skip
             for name, path in endpoints.items():
-                params = {**window, "feature": feature} if name == "firmware" else window
+                params = {**window, "feature": feature} if name in by_feature else window
                 measured = _measure(client, path, params)
                 result["endpoints"][name][str(days)] = measured
                 server = measured["server_ms"]

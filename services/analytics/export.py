@@ -1,8 +1,8 @@
 """Flat exports of analytics: one row per project and feature, for spreadsheets.
 
 One column table serves both audiences: the customer's export leaves out every column marked
-internal (business value, verdicts, their explanations, tier and lifecycle stage) and the
-rows of undelivered use.
+internal (business value, verdicts, their explanations, tier and lifecycle stage) and every
+feature that is not delivered (undelivered use, planned and cut deliveries).
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def analytics_csv(projects: Iterable[ProjectAnalytics], *, internal: bool) -> st
     writer = csv.writer(out)
     writer.writerow(c.name for c in columns)
     for p in projects:
-        rows: list[FeatureMeasures] = [*p.features]
-        if internal:
-            rows += p.undelivered_usage
+        rows: list[FeatureMeasures] = [*p.features, *p.undelivered_usage]
+        if not internal:  # the customer's use of what was delivered to them, nothing else
+            rows = [f for f in p.features if f.delivery_status == "delivered"]
         for f in rows:
             writer.writerow(c.value(p, f) for c in columns)
     return out.getvalue()

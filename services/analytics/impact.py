@@ -12,9 +12,8 @@ from datetime import datetime
 import psycopg
 from pydantic import BaseModel, Field
 
-from services.analytics.measures import Window
-from services.analytics.portfolio import portfolio
-from services.analytics.recommend import AnalyticsThresholds, Recommendation
+from services.analytics.portfolio import Portfolio
+from services.analytics.recommend import Recommendation
 from services.core.errors import NotFoundError
 from services.registry.enums import FeatureKind, LifecycleStage
 
@@ -76,14 +75,12 @@ class FeatureImpact(BaseModel):
     )
 
 
-def feature_impact(
-    conn: psycopg.Connection, feature_key: str, window: Window, t: AnalyticsThresholds
-) -> FeatureImpact:
+def feature_impact(conn: psycopg.Connection, feature_key: str, whole: Portfolio) -> FeatureImpact:
+    """What cutting *feature_key* would risk, read from the portfolio's analytics."""
     found = conn.execute(FEATURE, (feature_key,)).fetchone()
     if found is None:
         raise NotFoundError(f"feature {feature_key!r} not found")
     name, kind = found
-    whole = portfolio(conn, window, t)
     lines: dict[int, float | None] = dict(conn.execute(LINE_VALUES, (feature_key,)).fetchall())
     by_customer: dict[int, list[ProjectImpact]] = defaultdict(list)
     contexts = {}
@@ -122,8 +119,8 @@ def feature_impact(
     customers.sort(key=lambda c: (c.devices_using == 0, -(c.contract_value or 0), c.customer_name))
     using = [c for c in customers if c.devices_using]
     return FeatureImpact(
-        feature_key=feature_key, feature_name=name, kind=FeatureKind(kind), since=window.since,
-        until=window.until, customers_using=len(using),
+        feature_key=feature_key, feature_name=name, kind=FeatureKind(kind), since=whole.since,
+        until=whole.until, customers_using=len(using),
         projects_using=sum(1 for c in using for p in c.projects if p.devices_using),
         devices_using=sum(c.devices_using for c in using),
         contract_value_at_risk=sum(c.contract_value or 0.0 for c in using),

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 
 import psycopg
 from psycopg.rows import class_row
@@ -32,9 +32,11 @@ from pydantic import BaseModel, Field
 
 from services.analytics.recommend import Confidence, Interval, confidence, wilson
 from services.analytics.windows import (
+    DAY,
     Span,
     enabled_devices,
     feature_events,
+    midnight,
     project_messages,
     reporting_by_segment,
     reporting_devices,
@@ -44,8 +46,6 @@ from services.core.errors import NotFoundError
 from services.core.payloads import ENABLED_REPORTED
 from services.core.thresholds import AnalyticsThresholds
 from services.registry.enums import FeatureKind
-
-DAY = timedelta(days=1)
 
 
 class ProjectContext(BaseModel):
@@ -229,16 +229,19 @@ class Window:
         return self.since - (self.until - self.since)
 
 
-def midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class Part:
-    """The measured part of a window: from the day something went live, if in the window."""
+    """The measured part of a window: from the day something went live, if in the window, to
+    the window's end or now, whichever is sooner (days that have not happened yet measure
+    nothing and make nothing mature)."""
 
     window: Window
     live_since: date | None
+    now: datetime
+
+    @property
+    def end(self) -> datetime:
+        return min(self.window.until, self.now)
 
     @property
     def bound(self) -> date | None:
@@ -254,14 +257,14 @@ class Part:
 
     @property
     def days(self) -> float:
-        return (self.window.until - self.since) / DAY
+        return max(0.0, (self.end - self.since) / DAY)
 
     @property
     def days_live(self) -> float | None:
-        """Days from going live to the window's end (negative: goes live after it)."""
+        """Days from going live to the part's end (negative: goes live after it)."""
         if self.live_since is None:
             return None
-        return (self.window.until - midnight(self.live_since)) / DAY
+        return (self.end - midnight(self.live_since)) / DAY
 
     def through(self, moment: datetime) -> bool:
         """Live through all of [moment, the window's end)."""
@@ -274,9 +277,10 @@ def _later(*days: date | None) -> date | None:
 
 
 def _days_since(day: date | None, moment: datetime | None) -> float | None:
+    """Days from going live to the first use; 0 when it was used before (a pilot)."""
     if day is None or moment is None:
         return None
-    return (moment - midnight(day)) / DAY
+    return max(0.0, (moment - midnight(day)) / DAY)
 
 
 def _ratio(part: float, whole: float) -> float:
@@ -315,16 +319,18 @@ def measure_projects(
 ) -> dict[int, ProjectMeasures]:
     """The measures of every project asked for (unknown ids are left out), in a few
     set-based queries over the rollups."""
-    raw = _read(conn, list(project_ids), window)
+    raw = _read(conn, list(project_ids), window, datetime.now(UTC))
     return {pid: _measures(raw, pid, window, t) for pid in raw.contexts}
 
 
-def _read(conn: psycopg.Connection, project_ids: list[int], window: Window) -> _Raw:
+def _read(conn: psycopg.Connection, project_ids: list[int], window: Window, now: datetime) -> _Raw:
     params: dict[str, object] = {"projects": project_ids}
     with conn.cursor(row_factory=class_row(InternalProjectContext)) as cur:
         contexts = {c.project_id: c for c in cur.execute(CONTEXTS, params)}
     first: dict[int, date | None] = dict(conn.execute(FIRST_REPORTS, params).fetchall())
-    parts = {pid: Part(window, c.go_live_date or first.get(pid)) for pid, c in contexts.items()}
+    parts = {
+        pid: Part(window, c.go_live_date or first.get(pid), now) for pid, c in contexts.items()
+    }
     catalog: dict[int, dict[str, tuple[str | None, FeatureKind, str | None, date | None]]]
     catalog = defaultdict(dict)
     feature_parts: dict[tuple[int, str], Part] = {}
@@ -333,7 +339,7 @@ def _read(conn: psycopg.Connection, project_ids: list[int], window: Window) -> _
         if pid in parts and status == "delivered":
             live = parts[pid].live_since
             feature_parts[(pid, key)] = Part(
-                window, _later(live, delivered_on) if live is not None else None
+                window, _later(live, delivered_on) if live is not None else None, now
             )
     segments = sorted(
         {(pid, p.bound) for pid, p in parts.items()}
@@ -387,7 +393,7 @@ def _measures(raw: _Raw, pid: int, window: Window, t: AnalyticsThresholds) -> Pr
     received, expected = raw.messages.get(pid, (0, 0))
     completeness = min(1.0, received / expected) if received and expected else None
     coverage = Coverage(
-        measured_since=part.since, measured_days=max(0.0, part.days),
+        measured_since=part.since, measured_days=part.days,
         devices_reporting=reporting,
         devices_silent=max(0, context.devices_total - reporting),
         reporting_share=_ratio(reporting, context.devices_total),
@@ -400,13 +406,18 @@ def _measures(raw: _Raw, pid: int, window: Window, t: AnalyticsThresholds) -> Pr
         fpart = raw.feature_parts.get((pid, key), part) if status == "delivered" else part
         n, days = raw.reporting.get((pid, fpart.bound), (0, 0))
         using, events, use_days = raw.usage.get((pid, key), (0, 0, 0))
+        # A reading may carry its own time, in an hour where its device sent no message of
+        # its own (a reading stored and sent later, across the part's first midnight): such a
+        # device has used the feature without reporting in the part. It is not counted twice
+        # over, nor above the devices and days reporting.
+        using, use_days = min(using, n), min(use_days, days)
         adoption = wilson(using, n)
         enabled_of = raw.enabled_reporting.get((pid, fpart.bound), 0)
         enabled = wilson(raw.enabled.get((pid, key), 0), enabled_of) if enabled_of else None
         prev_n, prev_days = raw.prev_reporting.get(pid, (0, 0))
         comparable = fpart.through(window.previous) and prev_days >= TREND_MIN_DEVICE_DAYS * days
         previous = _ratio(raw.previous.get((pid, key), 0), prev_n) if comparable else None
-        measured = max(0.0, fpart.days)
+        measured = fpart.days
         first, last = raw.first_last.get((pid, key), (None, None))
         fconf, freason = confidence(n, measured, completeness, t)
         features.append(

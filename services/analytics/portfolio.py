@@ -184,12 +184,17 @@ class FirmwareGroup(BaseModel):
 
 
 def for_customer(a: ProjectAnalytics) -> CustomerProjectAnalytics:
-    """The customer's view of a project: the internal fields are not there at all."""
+    """The customer's view of a project: the internal fields are not there at all, nor the
+    use of features that are not delivered (planned, cut: demand, for the company)."""
     return CustomerProjectAnalytics(
         project=ProjectContext.model_validate(_only(a.project, ProjectContext)),
         live_since=a.live_since, since=a.since, until=a.until, coverage=a.coverage,
         confidence=a.confidence, confidence_reason=a.confidence_reason,
-        features=[FeatureMeasures.model_validate(_only(f, FeatureMeasures)) for f in a.features],
+        features=[
+            FeatureMeasures.model_validate(_only(f, FeatureMeasures))
+            for f in a.features
+            if f.delivery_status == DeliveryStatus.DELIVERED
+        ],
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
+from functools import lru_cache
 
 from pydantic import BaseModel
 
@@ -31,6 +32,9 @@ Z95 = 1.959963984540054
 # make it high, and raising one never lowers it. A contract line worth this share of its
 # project's contract counts fully (a fifth: a large part of what the customer pays for).
 LINE_SHARE_FULL = 0.2
+# A standing feature is shown switched off only when at least this share of the reporting
+# devices report their settings: a few devices on new firmware do not speak for the fleet.
+SETTINGS_COVERAGE = 0.5
 
 
 class Confidence(StrEnum):
@@ -177,6 +181,7 @@ def _line(share: float) -> str:
     return f"{share * 100:g}%"
 
 
+@lru_cache(maxsize=16)
 def rules(t: AnalyticsThresholds) -> tuple[Rule, ...]:
     """The rule table, with these thresholds written in: the code decides by it, and the
     project page, the report footer and the quadrant chart print it."""
@@ -194,15 +199,18 @@ def rules(t: AnalyticsThresholds) -> tuple[Rule, ...]:
             f"fewer than {t.medium_confidence_devices} devices reporting, under "
             f"{t.medium_confidence_days:g} days measured or under "
             f"{_line(t.medium_confidence_completeness)} of messages received; or the adoption "
-            f"interval reaches both sides of the {cut} cut line",
+            f"interval reaches both sides of the {cut} cut line; or a cut would rest on under "
+            f"{t.cut_min_days:g} days measured",
             "measure longer or on more devices before deciding",
             frozenset({UserValue.UNCLEAR}),
         ),
         Rule(
             Recommendation.CUT_CANDIDATE, LABELS[Recommendation.CUT_CANDIDATE],
-            f"no user value: even the upper bound of adoption's 95 % interval is under {cut}, "
-            f"stickiness is under {sticky}, and for a standing feature even the upper bound of "
-            f"the share of devices with it enabled is under {cut} — whatever the business value",
+            f"no user value, over {t.cut_min_days:g} days measured or more: even the upper bound "
+            f"of adoption's 95 % interval is under {cut}, stickiness is under {sticky}, and for a "
+            f"standing feature even the upper bound of the share of devices with it enabled is "
+            f"under {cut}, reported by at least {_line(SETTINGS_COVERAGE)} of the reporting "
+            "devices — whatever the business value",
             "customers asked for it and do not use it: cut it, or simplify",
             frozenset({UserValue.NONE}),
         ),
@@ -241,10 +249,6 @@ def rule_texts(t: AnalyticsThresholds) -> list[RuleText]:
 
 def rule_for(t: AnalyticsThresholds, user: UserValue, business_high: bool) -> Rule:
     return next(r for r in rules(t) if user in r.user_values and business_high in r.business_high)
-
-
-def rule_of(t: AnalyticsThresholds, recommendation: Recommendation) -> Rule:
-    return next(r for r in rules(t) if r.recommendation is recommendation)
 
 
 def confidence(
@@ -286,22 +290,27 @@ class Verdict:
     explanation: str
 
 
-def user_value(e: Evidence, t: AnalyticsThresholds) -> tuple[UserValue, Interval, Interval | None]:
-    """The user-value level the evidence supports, with the intervals it rests on."""
-    adoption = wilson(e.devices_using, e.devices_reporting)
-    enabled = wilson(e.devices_enabled, e.enabled_reporting) if e.enabled_reporting else None
-    habit = e.stickiness >= t.cut_stickiness
-    if adoption.low >= t.cut_adoption or habit:
-        return UserValue.SHOWN, adoption, enabled
+def user_value(
+    e: Evidence, t: AnalyticsThresholds, adoption: Interval, enabled: Interval | None
+) -> UserValue:
+    """The user-value level the evidence (and its intervals) supports."""
+    if adoption.low >= t.cut_adoption or e.stickiness >= t.cut_stickiness:
+        return UserValue.SHOWN
     if e.kind is FeatureKind.STANDING:
         if enabled is not None and enabled.low >= t.cut_adoption:
-            return UserValue.SHOWN, adoption, enabled
-        # Not firing proves nothing about a standing feature: only being switched off does.
-        if enabled is None or enabled.high >= t.cut_adoption:
-            return UserValue.UNCLEAR, adoption, enabled
-    if adoption.high < t.cut_adoption:
-        return UserValue.NONE, adoption, enabled
-    return UserValue.UNCLEAR, adoption, enabled
+            return UserValue.SHOWN
+        # Not firing proves nothing about a standing feature: only being switched off does,
+        # on enough of the fleet (a few devices on new firmware are not the fleet).
+        if enabled is None or enabled.high >= t.cut_adoption or not _settings_cover(e):
+            return UserValue.UNCLEAR
+    if adoption.high < t.cut_adoption and e.measured_days >= t.cut_min_days:
+        return UserValue.NONE
+    return UserValue.UNCLEAR
+
+
+def _settings_cover(e: Evidence) -> bool:
+    """Enough of the reporting fleet reports its settings to speak for it."""
+    return e.enabled_reporting >= SETTINGS_COVERAGE * e.devices_reporting
 
 
 def judge(e: Evidence, t: AnalyticsThresholds) -> Verdict:
@@ -338,7 +347,7 @@ def judge(e: Evidence, t: AnalyticsThresholds) -> Verdict:
         return verdict(
             Recommendation.INSUFFICIENT_DATA, None, f"not enough data to judge: {reason}"
         )
-    user, adoption, enabled = user_value(e, t)
+    user = user_value(e, t, adoption, enabled)
     rule = rule_for(t, user, business_high)
     return verdict(
         rule.recommendation,
@@ -382,6 +391,18 @@ def _explain(
             return (
                 f"a standing feature is judged by being enabled, not by firing: {_used(adoption)} "
                 f"and {settings}; that cannot show whether it is switched on"
+            )
+        if standing and not _settings_cover(e):
+            return (
+                f"a standing feature, {settings}, but only {enabled.whole if enabled else 0} of "
+                f"{e.devices_reporting} reporting devices report their settings: too few to "
+                "show it is switched off across the fleet"
+            )
+        if adoption.high < t.cut_adoption:  # under the line, over too few days to cut
+            return (
+                f"{_used(adoption)}, at most {_pct(adoption.high)}, but over "
+                f"{_days(e.measured_days)} only: a cut rests on at least {t.cut_min_days:g} days "
+                "measured (a feature used weekly or monthly can have a quiet week)"
             )
         if adoption.part == 0:
             return (

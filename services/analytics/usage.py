@@ -83,8 +83,25 @@ ORDER BY d.status IS NULL, coalesce(u.events, 0) DESC, 1
 """
 
 
+DELIVERED_KEYS = """
+SELECT f.key FROM deliveries dl JOIN features f ON f.id = dl.feature_id
+WHERE dl.project_id = %(project)s AND dl.status = 'delivered'
+"""
+
+
+def delivered_keys(conn: psycopg.Connection, project_id: int) -> set[str]:
+    """The features delivered to a project: all of its usage a customer's own staff may see
+    (use of anything else is demand, or misconfiguration, for the solution company)."""
+    return {key for (key,) in conn.execute(DELIVERED_KEYS, {"project": project_id})}
+
+
 def project_usage(
-    conn: psycopg.Connection, project_id: int, since: datetime, until: datetime
+    conn: psycopg.Connection,
+    project_id: int,
+    since: datetime,
+    until: datetime,
+    *,
+    delivered_only: bool = False,
 ) -> ProjectUsage:
     params = {"project": project_id, "since": since, "until": until}
     with conn.cursor(row_factory=class_row(_Project)) as cur:
@@ -96,6 +113,8 @@ def project_usage(
     reporting = conn.execute(REPORTING, hours).fetchone()
     with conn.cursor(row_factory=class_row(FeatureUsage)) as cur:
         features = cur.execute(FEATURES, hours).fetchall()
+    if delivered_only:
+        features = [f for f in features if f.delivery_status == "delivered"]
     return ProjectUsage(
         project_id=project_id,
         since=since,
@@ -136,10 +155,19 @@ ORDER BY 1, 2
 
 
 def daily_usage(
-    conn: psycopg.Connection, project_id: int, since: datetime, until: datetime
+    conn: psycopg.Connection,
+    project_id: int,
+    since: datetime,
+    until: datetime,
+    *,
+    delivered_only: bool = False,
 ) -> list[DailyUsage]:
     """Use per feature and UTC day; days without use are absent."""
     with conn.cursor(row_factory=class_row(DailyUsage)) as cur:
-        return cur.execute(
+        rows = cur.execute(
             DAILY, {"project": project_id, "since": since, "until": until}
         ).fetchall()
+    if delivered_only:
+        keys = delivered_keys(conn, project_id)
+        rows = [r for r in rows if r.feature_key in keys]
+    return rows

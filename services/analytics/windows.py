@@ -21,13 +21,14 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
-def _midnight(day: date) -> datetime:
+def midnight(day: date) -> datetime:
+    """The start of a UTC day."""
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
 def _ceil_day(moment: datetime) -> date:
     floor = moment.date()
-    return floor if _midnight(floor) == moment else floor + DAY
+    return floor if midnight(floor) == moment else floor + DAY
 
 
 def _ceil_hours(delta: timedelta) -> int:
@@ -55,13 +56,13 @@ class Span:
             start = end = _ceil_day(since)
             ranges = ((since, until), (until, until))
         else:
-            ranges = ((since, min(_midnight(start), until)), (max(_midnight(end), since), until))
+            ranges = ((since, min(midnight(start), until)), (max(midnight(end), since), until))
         edges = []
         day = since.date()
-        while _midnight(day) < until:
+        while midnight(day) < until:
             if not start <= day < end:
-                lo = max(0, _ceil_hours(since - _midnight(day)))
-                hi = min(24, _ceil_hours(until - _midnight(day)))
+                lo = max(0, _ceil_hours(since - midnight(day)))
+                hi = min(24, _ceil_hours(until - midnight(day)))
                 if hi > lo:
                     edges.append((day, (1 << hi) - (1 << lo)))
             day += DAY

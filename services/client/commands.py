@@ -757,7 +757,7 @@ IMPORT_HEADERS = {
     "customers": "name,tier,industry[,lifecycle_stage]",
     "projects": "customer_id or customer (name),name[,contract_value,currency,go_live_date,"
     "status,retention_days]",
-    "features": "key,name[,product_line,description,usage_events (;-separated)]",
+    "features": "key,name[,product_line,description,kind (interactive|standing)]",
     "deliveries": "project_id,feature_id or feature_key[,status,delivered_on,cost_person_days,"
     "contract_line_value,business_score,strategic,notes]",
 }

@@ -37,8 +37,13 @@ class AnalyticsThresholds(BaseModel):
         description="the cut line: a cut needs the upper bound of adoption's 95 % interval "
         "below it; user value is shown once the lower bound reaches it",
     )  # fmt: skip
+    cut_min_days: float = Field(
+        default=14, gt=0, le=400,
+        description="a cut rests on at least this many measured days: a feature used weekly "
+        "or monthly can have a quiet week",
+    )  # fmt: skip
     cut_stickiness: float = Field(
-        default=0.02, ge=0, le=1,
+        default=0.02, gt=0, le=1,
         description="a cut also needs stickiness below this; at or above it, use is a habit "
         "and shows user value",
     )  # fmt: skip

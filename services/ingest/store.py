@@ -599,7 +599,7 @@ class _Rows:
                 ))  # fmt: skip
             result.device_times.append(message.ts)
             if message.enabled_features is not None:
-                hour = _hour_key(message.ts)
+                hour = _hour_key(times[0])  # the hour the message counts in, as reporting
                 self.enabled += [
                     (device.id, device.project_id, key, hour)
                     for key in {ENABLED_REPORTED, *message.enabled_features}

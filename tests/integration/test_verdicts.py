@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
 from services.ingest.history import HistoryImporter
+from services.registry import upserts as registry
 from tests.integration.conftest import api_client, keys_of, mint_token
 from tests.integration.scenario_support import Loaded, load_scenario
 
@@ -479,3 +480,105 @@ def test_the_demo_cuts_nothing_a_fifth_of_its_devices_use(
     for key in (("Smart Lockers EU", "energy_report"), ("Guest Room Control", "scheduled_dimming")):
         assert 0.2 < rows[key]["adoption"] < 0.8, (key, rows[key]["adoption"])
         assert rows[key]["recommendation"] in {"keep_prudently", "iterate_invest"}, key
+
+
+# --- found in review: inputs that once broke or bent the verdicts ----------------------------
+
+
+def test_a_window_ending_in_the_future_makes_nothing_mature_sooner(
+    loaded: Loaded, pm: TestClient
+) -> None:
+    pid = loaded.project_ids["New Wing"]
+    ahead = {
+        "since": loaded.since.isoformat(),
+        "until": (loaded.until + timedelta(days=20)).isoformat(),
+    }
+    data = pm.get(f"/projects/{pid}/analytics", params=ahead).json()
+    for f in data["features"]:
+        assert f["recommendation"] == "too_early", f
+        assert f["days_live"] < 7 and f["measured_days"] < 7, f
+
+
+def test_a_reading_timed_across_a_go_live_never_breaks_the_analytics(
+    loaded: Loaded, pm: TestClient
+) -> None:
+    """Device B stores a reading and sends it in a message dated the evening before the
+    project went live: it used the feature in the measured part without a message there,
+    while device A reported and used it. The analytics still answer, and never count more
+    users than reporting devices (two users of one reporting device once made a 500)."""
+    live = loaded.until.date() - timedelta(days=25)
+    evening = datetime.combine(live, datetime.min.time(), tzinfo=UTC) - timedelta(minutes=10)
+    with psycopg.connect(loaded.url, autocommit=True) as conn:
+        customer = registry.upsert_customer(conn, "Stored Readings", "tail", "retail", "adoption")
+        pid = registry.upsert_project(
+            conn, customer, "Stored Readings", contract_value=None, currency="EUR",
+            go_live_date=live, status="live",
+        )  # fmt: skip
+        feature = conn.execute("SELECT id FROM features WHERE key = 'drone_survey'").fetchone()
+        assert feature is not None
+        registry.upsert_delivery(
+            conn, pid, feature[0], status="delivered", delivered_on=None, cost_person_days=None,
+            contract_line_value=None, business_score=None, strategic=False,
+        )  # fmt: skip
+        registry.provision_devices(
+            conn, None, pid, [("vd-stored-a", "m", "1"), ("vd-stored-b", "m", "1")]
+        )
+        importer = HistoryImporter(conn)
+        used = {"feature": "drone_survey"}
+        noon = evening + timedelta(hours=12)
+        a = {"v": 1, "seq": 1, "ts": noon.isoformat(), "events": [used]}
+        # the message counts in the hour of its first reading; its second one is timed after
+        crossed = {**used, "ts": (evening + timedelta(minutes=20)).isoformat()}
+        b = {"v": 1, "seq": 1, "ts": evening.isoformat(),
+             "events": [{"feature": "dock_booking"}, crossed]}  # fmt: skip
+        importer.add("vd-stored-a", MessageKind.USAGE, json.dumps(a).encode())
+        importer.add("vd-stored-b", MessageKind.USAGE, json.dumps(b).encode())
+        assert importer.finish().usage_rows == 3
+    window = {"since": (evening - timedelta(days=1)).isoformat(),
+              "until": (evening + timedelta(days=2)).isoformat()}  # fmt: skip
+    response = pm.get(f"/projects/{pid}/analytics", params=window)
+    assert response.status_code == 200, response.text
+    [row] = response.json()["features"]
+    assert (row["devices_using"], row["devices_reporting"]) == (1, 1)  # B's use: not counted
+    assert row["adoption"] == row["adoption_high"] == 1.0
+
+
+def test_no_viewer_response_carries_the_use_of_an_undelivered_feature(
+    loaded: Loaded, viewer: TestClient, pm: TestClient
+) -> None:
+    """Plant use of a feature Harbour Logistics never bought: staff see it as undelivered
+    usage; the customer's own staff find its key nowhere — API, CSV, pages, report."""
+    pid = loaded.project_ids["Smart Docks"]
+    planted = "upsell_signal"
+    serial = sorted(loaded.raw_truth.reporting_days["Smart Docks"])[0]
+    with psycopg.connect(loaded.url, autocommit=True) as conn:
+        importer = HistoryImporter(conn)
+        at = loaded.until - timedelta(hours=5)
+        body = {"v": 1, "seq": 20_000_000, "ts": at.isoformat(), "events": [{"feature": planted}]}
+        importer.add(serial, MessageKind.USAGE, json.dumps(body).encode())
+        assert importer.finish().usage_rows == 1
+    staff = pm.get(f"/projects/{pid}/analytics", params=loaded.window).json()
+    assert planted in {f["feature_key"] for f in staff["undelivered_usage"]}
+    customer = loaded_customer_id(loaded, "Harbour Logistics")
+    reads = [
+        (f"/projects/{pid}/analytics", loaded.window),
+        (f"/projects/{pid}/analytics", {**loaded.window, "format": "csv"}),
+        (f"/projects/{pid}/usage", loaded.window),
+        (f"/projects/{pid}/usage/daily", loaded.window),
+        (f"/projects/{pid}/adoption", loaded.window),
+        (f"/dashboards/projects/{pid}", loaded.window),
+        (f"/dashboards/customers/{customer}/report", loaded.window),
+        (f"/dashboards/customers/{customer}", loaded.window),
+    ]
+    for path, params in reads:
+        response = viewer.get(path, params=params)
+        assert response.status_code == 200, (path, response.text[:200])
+        assert planted not in response.text, path
+    firmware = viewer.get(f"/projects/{pid}/firmware", params={**loaded.window, "feature": planted})
+    assert firmware.status_code == 404 and planted in firmware.json()["detail"]
+    assert (
+        pm.get(
+            f"/projects/{pid}/firmware", params={**loaded.window, "feature": planted}
+        ).status_code
+        == 200
+    )

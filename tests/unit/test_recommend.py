@@ -257,6 +257,30 @@ def test_a_standing_feature_switched_off_everywhere_and_unused_is_a_cut_candidat
     assert judge(alarm, T).recommendation is Recommendation.CUT_CANDIDATE
 
 
+def test_a_cut_rests_on_enough_days() -> None:
+    """A feature used weekly or monthly can have a quiet week: not a cut over 7 days."""
+    unused = _evidence(devices_using=0, devices_reporting=50, stickiness=0.0)
+    short = judge(replace(unused, measured_days=7), T)
+    assert short.recommendation is Recommendation.INSUFFICIENT_DATA
+    assert "a cut rests on at least 14 days measured" in short.explanation
+    assert (
+        judge(replace(unused, measured_days=14), T).recommendation is Recommendation.CUT_CANDIDATE
+    )
+
+
+def test_a_few_devices_reporting_settings_do_not_speak_for_the_fleet() -> None:
+    """36 of 500 devices (say, on new firmware) report the alarm off: not shown off."""
+    alarm = _evidence(
+        kind=FeatureKind.STANDING, devices_reporting=500, devices_using=0, stickiness=0.0,
+        enabled_reporting=36, devices_enabled=0,
+    )  # fmt: skip
+    got = judge(alarm, T)
+    assert got.recommendation is Recommendation.INSUFFICIENT_DATA
+    assert "only 36 of 500 reporting devices report their settings" in got.explanation
+    most = judge(replace(alarm, enabled_reporting=300), T)
+    assert most.recommendation is Recommendation.CUT_CANDIDATE
+
+
 def test_a_few_habitual_users_show_user_value() -> None:
     got = judge(_evidence(devices_using=4, devices_reporting=100, stickiness=0.04), T)
     assert got.user_value is UserValue.SHOWN
@@ -312,10 +336,12 @@ def test_a_cut_always_rests_on_an_interval_under_the_line(e: Evidence) -> None:
     if got.recommendation is Recommendation.CUT_CANDIDATE:
         assert got.adoption.high < T.cut_adoption
         assert e.stickiness < T.cut_stickiness
+        assert e.measured_days >= T.cut_min_days
         assert e.devices_reporting >= T.medium_confidence_devices
         assert e.days_live is not None and e.days_live >= T.maturity_days
         if e.kind is FeatureKind.STANDING:
             assert got.enabled is not None and got.enabled.high < T.cut_adoption
+            assert e.enabled_reporting >= e.devices_reporting / 2
     if got.recommendation in {Recommendation.KEEP_PRUDENTLY, Recommendation.ITERATE_INVEST}:
         assert got.user_value is UserValue.SHOWN
 

@@ -170,6 +170,7 @@ def test_no_cut_before_maturity_on_too_few_devices_or_on_poor_data(judged: list[
         if (
             e.days_live is None
             or e.days_live < T.maturity_days
+            or e.measured_days < T.cut_min_days
             or e.devices_reporting < T.medium_confidence_devices
             or (e.completeness or 0) < T.medium_confidence_completeness
         ):
@@ -212,7 +213,7 @@ def test_an_unused_feature_on_a_healthy_fleet_is_always_found(judged: list[Judge
         if (
             e.kind is FeatureKind.INTERACTIVE and e.devices_using == 0
             and e.devices_reporting >= 50 and e.days_live is not None
-            and e.days_live >= T.maturity_days and e.measured_days >= T.medium_confidence_days
+            and e.days_live >= T.maturity_days and e.measured_days >= T.cut_min_days
             and (e.completeness or 0) >= T.medium_confidence_completeness
         ):  # fmt: skip
             assert _is(j, CUT), j

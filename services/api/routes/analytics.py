@@ -29,10 +29,13 @@ from services.analytics.portfolio import (
     project_analytics,
 )
 from services.analytics.recommend import RuleText, rule_texts
+from services.analytics.usage import delivered_keys
 from services.api.auth import AudienceQuery, audience_of, require, visible_project
 from services.api.deps import ConnDep, ThresholdsDep, UsageWindow, UsageWindowDep
 from services.api.errors import NOT_FOUND, Responses
 from services.api.routes.crud import ItemId
+from services.core.errors import NotFoundError
+from services.registry.enums import DeliveryStatus
 from services.registry.models import FeatureKey
 
 router = APIRouter(tags=["analytics"])
@@ -91,9 +94,11 @@ def get_project_adoption(
     visible_project(conn, caller, item_id)
     span = _window(window)
     measures = project_measures(conn, item_id, span, t)
-    # the delivered features, as the project page shows them: undelivered use is internal
-    delivered = [f for f in measures.features if f.delivery_status is not None]
-    return project_adoption(conn, item_id, span, delivered)
+    # the features of the project page: for the customer's own staff the delivered ones only
+    # (use of anything else is internal), for staff planned and cut deliveries too
+    shown = {"delivered"} if caller.customer_scope is not None else {*DeliveryStatus}
+    features = [f for f in measures.features if f.delivery_status in shown]
+    return project_adoption(conn, item_id, span, features)
 
 
 @router.get(
@@ -135,7 +140,7 @@ def get_feature_impact(
     t: ThresholdsDep,
     feature: Annotated[FeatureKey, Query(description="the feature's key")],
 ) -> FeatureImpact:
-    return feature_impact(conn, feature, _window(window), t)
+    return feature_impact(conn, feature, portfolio(conn, _window(window), t))
 
 
 @router.get(
@@ -152,4 +157,7 @@ def get_firmware_breakdown(
     feature: Annotated[FeatureKey, Query()],
 ) -> list[FirmwareGroup]:
     visible_project(conn, caller, item_id)
+    if caller.customer_scope is not None and feature not in delivered_keys(conn, item_id):
+        # the use of a feature the customer did not buy is not theirs to see
+        raise NotFoundError(f"feature {feature!r} is not delivered to project {item_id}")
     return firmware_breakdown(conn, item_id, feature, _window(window))

@@ -184,8 +184,12 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     visible_project(conn, caller, project_id)
     span = AnalyticsWindow(window.since, window.until)
     internal = caller.customer_scope is None
-    found = project_analytics(conn, project_id, span, t)
-    analytics = found if internal else for_customer(found)
+    # peers are for staff: a customer's page measures its own project only
+    analytics = (
+        project_analytics(conn, project_id, span, t)
+        if internal
+        else for_customer(analyse(conn, [project_id], span, t)[0])
+    )
     decisions = (
         list_decisions(
             conn, filters={"project_id": project_id}, search=None, sort=None, limit=50, offset=0
@@ -193,7 +197,7 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
         if caller.can(Permission.READ_DECISIONS)
         else []
     )
-    daily = daily_usage(conn, project_id, span.since, span.until)
+    daily = daily_usage(conn, project_id, span.since, span.until, delivered_only=not internal)
     adoption = project_adoption(conn, project_id, span, analytics.features)
     return render(
         request, "project.html", caller, window, analytics=analytics, internal=internal,
@@ -247,7 +251,7 @@ def portfolio_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
 ) -> HTMLResponse:
     span = AnalyticsWindow(window.since, window.until)
     whole = portfolio(conn, span, t)
-    risk = feature_impact(conn, impact, span, t) if impact else None
+    risk = feature_impact(conn, impact, whole) if impact else None
     return render(
         request, "portfolio.html", caller, window, portfolio=whole, impact=risk,
         features_json=[f.model_dump(mode="json") for f in whole.features],

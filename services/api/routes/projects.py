@@ -42,7 +42,9 @@ def get_project_usage(
     window: UsageWindowDep,
 ) -> ProjectUsage:
     visible_project(conn, caller, item_id)
-    return project_usage(conn, item_id, window.since, window.until)
+    # a customer's own staff see the use of what was delivered to them, nothing else
+    delivered_only = caller.customer_scope is not None
+    return project_usage(conn, item_id, window.since, window.until, delivered_only=delivered_only)
 
 
 @router.get(
@@ -58,4 +60,5 @@ def get_daily_usage(
     window: UsageWindowDep,
 ) -> list[DailyUsage]:
     visible_project(conn, caller, item_id)
-    return daily_usage(conn, item_id, window.since, window.until)
+    delivered_only = caller.customer_scope is not None
+    return daily_usage(conn, item_id, window.since, window.until, delivered_only=delivered_only)

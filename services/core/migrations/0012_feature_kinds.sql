@@ -8,10 +8,10 @@ ALTER TABLE features ADD COLUMN kind text NOT NULL DEFAULT 'interactive'
 -- The catalog's usage definitions (event names, metric conditions) were accepted and never
 -- applied: use is what devices report under the feature's key. Any that were set are kept in
 -- the description, so nothing a user typed is lost.
-UPDATE features SET description = concat_ws(E'\n', description,
+UPDATE features SET description = left(concat_ws(E'\n', description,
     'Usage definitions kept from before they were removed (fieldtrack counts usage events '
     || 'reported under the feature key): events ' || array_to_string(usage_events, ', ')
-    || '; metric conditions ' || usage_metrics::text)
+    || '; metric conditions ' || usage_metrics::text), 5000)  -- the API's limit for it
 WHERE usage_events <> '{}' OR usage_metrics <> '[]';
 ALTER TABLE features DROP COLUMN usage_events, DROP COLUMN usage_metrics;
 
@@ -46,7 +46,7 @@ DECLARE
 BEGIN
     DELETE FROM enabled_monthly WHERE month >= from_day;
     INSERT INTO enabled_monthly (project_id, month, feature_key, device_id, days)
-    SELECT project_id, date_trunc('month', day)::date, feature_key, device_id,
+    SELECT project_id, date_trunc('month', day::timestamp)::date, feature_key, device_id,
            bit_or(1 << (extract(day FROM day)::integer - 1))
     FROM enabled_daily WHERE day >= from_day GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4;
 END;
