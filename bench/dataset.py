@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from device_sim.cli import SCENARIOS_DIR
-from device_sim.scenario import Scenario, go_live, load
+from device_sim.scenario import Scenario, delivered_on, go_live, load
 from device_sim.seed import seed
 from services.core.migrate import migrate
 from services.core.payloads import ENABLED_REPORTED
@@ -46,7 +46,7 @@ from services.ingest.rollups import (
     rollups_from_hourly,
 )
 
-SPEC = "portfolio-v3"  # change when the generator changes: cached datasets are then rebuilt
+SPEC = "portfolio-v4"  # change when the generator changes: cached datasets are then rebuilt
 DAYS = 90
 LOST_SHARE = 0.003
 DEAD_SHARE = 0.02
@@ -71,7 +71,7 @@ CREATE TABLE bench_params (project_id bigint NOT NULL, fidx integer NOT NULL,
                            feature_key text NOT NULL, p_day float8 NOT NULL,
                            never_share float8 NOT NULL, a_start float8 NOT NULL,
                            a_end float8 NOT NULL, ramp_days integer NOT NULL,
-                           weight float8 NOT NULL);
+                           weight float8 NOT NULL, live_day integer NOT NULL);
 CREATE TABLE IF NOT EXISTS bench_dataset (
     target bigint NOT NULL, spec text NOT NULL, start_day date NOT NULL, days integer NOT NULL,
     usage_rows bigint NOT NULL, metric_rows bigint NOT NULL, generate_s float8 NOT NULL,
@@ -94,7 +94,8 @@ WITH dev AS (
 ), used AS (
     SELECT days.device_id, days.day, pr.fidx, pr.feature_key, pr.weight
     FROM days JOIN bench_params pr ON pr.project_id = days.project_id
-    WHERE bench_u(days.device_id * 100 + pr.fidx, 5) >= pr.never_share
+    WHERE days.day >= pr.live_day  -- used from its delivery on
+      AND bench_u(days.device_id * 100 + pr.fidx, 5) >= pr.never_share
       AND bench_u(days.device_id * 100 + pr.fidx, 6) < CASE
           WHEN days.day <= days.go_live_day THEN pr.a_start
           WHEN pr.ramp_days = 0 THEN pr.a_end
@@ -314,13 +315,16 @@ def _scenario_params(conn: psycopg.Connection, scenario: Scenario, end: date, st
         pid = ids[project.name]
         live = (go_live(project, end) - start).days
         projects.append((pid, live, project.fleet.offline.share))
-        uses = [(d.feature, d.usage) for d in project.deliveries]
-        uses += [(u.feature, u.usage) for u in project.undelivered_use]
-        for fidx, (key, usage) in enumerate(uses):
+        uses = [
+            (d.feature, d.usage, max(live, (delivered_on(project, d, end) - start).days))
+            for d in project.deliveries
+        ]
+        uses += [(u.feature, u.usage, live) for u in project.undelivered_use]
+        for fidx, (key, usage, live_day) in enumerate(uses):
             low, high = usage.events_per_use
             a = usage.adoption
             params.append((pid, fidx, key, usage.per_device_day, usage.never_share, a.start,
-                           a.end, a.ramp_days, (low + high) / 2))  # fmt: skip
+                           a.end, a.ramp_days, (low + high) / 2, live_day))  # fmt: skip
         if project.fleet.reports_enabled:
             enabled.append((pid, ENABLED_REPORTED, 1.0))
             enabled += [
@@ -331,7 +335,7 @@ def _scenario_params(conn: psycopg.Connection, scenario: Scenario, end: date, st
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO bench_projects VALUES (%s, %s, %s)", projects)
         cur.executemany(
-            "INSERT INTO bench_params VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", params
+            "INSERT INTO bench_params VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", params
         )
         cur.executemany("INSERT INTO bench_enabled VALUES (%s, %s, %s)", enabled)
 
