@@ -182,7 +182,8 @@ def run_query_bench(
     base = get_settings()
     results: dict[str, Any] = {
         "target_ms": TARGET_MS, "windows_days": list(WINDOWS), "requests": REQUESTS,
-        "warmup": WARMUP, "window_end": f"{EDGE} into the dataset's last day",
+        "warmup": WARMUP,
+        "window_end": f"{EDGE // timedelta(minutes=1)} minutes into the dataset's last day",
         "cpus": os.cpu_count(), "load_average": os.getloadavg(), "sizes": {},
     }  # fmt: skip
     for size in sizes:
