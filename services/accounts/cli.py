@@ -130,7 +130,7 @@ def reset_password(
         str | None, typer.Option(help="the new password; generated and printed once if left out")
     ] = None,
 ) -> None:
-    """Set a new password (ends the user's sessions)."""
+    """Set a new password (ends the user's sessions and revokes their personal tokens)."""
     secret = password or secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
     try:
         with _connection() as conn:

@@ -67,6 +67,8 @@ class Principal:
     user_id: int | None = None  # the person behind it (None for a service token)
     # the session's anti-CSRF token, when the caller came with a session cookie
     csrf_token: str | None = None
+    # the user's credential generation this caller was issued under (None for a service token)
+    epoch: int | None = None
 
     def can(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]

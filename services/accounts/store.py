@@ -16,10 +16,15 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg.rows import class_row
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, model_validator
 
 from services.accounts.roles import Principal, Role
-from services.core.errors import ConflictError, InvalidInputError, NotFoundError
+from services.core.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
 from services.registry.models import MAX_BIGINT
 from services.registry.repository import translate_errors
 
@@ -27,11 +32,17 @@ TOKEN_PREFIX = "ft_"  # marks fieldtrack tokens for people and secret scanners
 # How much of a token is kept in clear, so people can tell their tokens apart.
 SHOWN_PREFIX_CHARS = 10
 SESSION_TTL = timedelta(hours=12)
-MAX_TOKEN_DAYS = 3650
+MAX_TOKEN_DAYS = 3650  # service tokens: a machine's credential, rotated by its admin
+# Personal tokens always expire: a forgotten laptop or a leaked CLI file stops working by
+# itself. The default is what `fieldtrack login` has always asked for.
+DEFAULT_PERSONAL_TOKEN_DAYS = 90
+MAX_PERSONAL_TOKEN_DAYS = 365
 # Writing last_used_at on every request would turn reads into writes; once a minute is enough.
 LAST_USED_RESOLUTION = "1 minute"
 
 _hasher = PasswordHasher()
+# What one argon2 hash or check holds in memory (KiB): the login throttle budgets by it.
+PASSWORD_MEMORY_KIB = _hasher.memory_cost
 # Verified against when the username is unknown, so both cases take the same time.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
@@ -100,6 +111,21 @@ class NewToken(Token):
     token: str = Field(description="the secret; shown once, never stored")
 
 
+def personal_token_days(days: object) -> object:
+    """A personal token's lifetime as asked for; `null` is refused with what to send."""
+    if days is None:
+        raise ValueError(
+            f"personal tokens always expire: give 1 to {MAX_PERSONAL_TOKEN_DAYS} days, or leave "
+            f"expires_in_days out for {DEFAULT_PERSONAL_TOKEN_DAYS}"
+        )
+    return days
+
+
+PersonalTokenDays = Annotated[
+    int, Field(ge=1, le=MAX_PERSONAL_TOKEN_DAYS), BeforeValidator(personal_token_days)
+]
+
+
 class TokenCreate(BaseModel, extra="forbid"):
     name: TokenName
     role: Role
@@ -122,40 +148,99 @@ VALUES (%(username)s, %(password_hash)s, %(role)s, %(customer_id)s)
 RETURNING {USER_COLUMNS}
 """
 SELECT_USER = f"SELECT {USER_COLUMNS} FROM users WHERE id = %s"
+LOCK_USER = f"SELECT {USER_COLUMNS} FROM users WHERE id = %s FOR UPDATE"
 LIST_USERS = f"SELECT {USER_COLUMNS} FROM users ORDER BY username"
 LOGIN_USER = """
-SELECT id, username, role, customer_id, password_hash FROM users
+SELECT id, username, role, customer_id, password_hash, auth_epoch FROM users
 WHERE username = %s AND disabled_at IS NULL
 """
+REHASH_PASSWORD = "UPDATE users SET password_hash = %s WHERE id = %s"
+# Every SET expression reads the row as it was, so the generation moves exactly when what
+# the user's credentials stand for changes, however concurrent admins interleave.
+UPDATE_USER = """
+UPDATE users SET
+    auth_epoch = auth_epoch + CASE
+        WHEN role IS DISTINCT FROM %(role)s OR customer_id IS DISTINCT FROM %(customer_id)s
+          OR %(password_hash)s::text IS NOT NULL
+          OR (disabled_at IS NOT NULL) IS DISTINCT FROM coalesce(%(disabled)s::boolean,
+                                                                  disabled_at IS NOT NULL)
+        THEN 1 ELSE 0 END,
+    role = %(role)s,
+    customer_id = %(customer_id)s,
+    password_hash = coalesce(%(password_hash)s::text, password_hash),
+    disabled_at = CASE WHEN %(disabled)s::boolean IS NULL THEN disabled_at
+                       WHEN %(disabled)s::boolean THEN coalesce(disabled_at, now())
+                       END
+WHERE id = %(id)s
+RETURNING auth_epoch
+"""
+# Credentials issued under an earlier generation end with it (the lookups below refuse them
+# anyway; this makes listings say so, and keeps no dead session rows).
+REVOKE_STALE_TOKENS = """
+UPDATE api_tokens SET revoked_at = now()
+WHERE user_id = %(id)s AND revoked_at IS NULL AND user_epoch <> %(epoch)s
+"""
+END_STALE_SESSIONS = "DELETE FROM sessions WHERE user_id = %(id)s AND user_epoch <> %(epoch)s"
 INSERT_TOKEN = f"""
 INSERT INTO api_tokens (name, digest, prefix, role, customer_id, user_id, expires_at)
-VALUES (%(name)s, %(digest)s, %(prefix)s, %(role)s, %(customer_id)s, %(user_id)s,
-        %(expires_at)s)
+VALUES (%(name)s, %(digest)s, %(prefix)s, %(role)s, %(customer_id)s, NULL, %(expires_at)s)
+RETURNING {TOKEN_COLUMNS}
+"""
+# Role, customer and generation come from the user's row as it is now, and only if it is
+# still the generation the caller authenticated under (NULL: whatever it is now). FOR SHARE
+# makes a concurrent change of the user wait for this token, so it revokes it too.
+INSERT_PERSONAL_TOKEN = f"""
+INSERT INTO api_tokens (name, digest, prefix, role, customer_id, user_id, expires_at,
+                        user_epoch)
+SELECT %(name)s, %(digest)s, %(prefix)s, u.role, u.customer_id, u.id, %(expires_at)s,
+       u.auth_epoch
+FROM users u
+WHERE u.id = %(user_id)s AND u.disabled_at IS NULL
+  AND u.auth_epoch = coalesce(%(epoch)s::integer, u.auth_epoch)
+FOR SHARE
 RETURNING {TOKEN_COLUMNS}
 """
 LIST_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC, id DESC"
+LIST_USER_TOKENS = f"""
+SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = %s ORDER BY created_at DESC, id DESC
+"""
 REVOKE_TOKEN = f"""
 UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s
 RETURNING {TOKEN_COLUMNS}
 """
+REVOKE_USER_TOKEN = f"""
+UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s AND user_id = %s
+RETURNING {TOKEN_COLUMNS}
+"""
+# A service token acts with its own role and customer; a personal token with its user's
+# current ones, and only while it belongs to the user's current generation and expires.
 TOKEN_PRINCIPAL = """
-SELECT t.id, t.digest, coalesce(u.username, t.name), t.role, t.customer_id, t.user_id
+SELECT t.id, t.digest, coalesce(u.username, t.name),
+       CASE WHEN t.user_id IS NULL THEN t.role ELSE u.role END,
+       CASE WHEN t.user_id IS NULL THEN t.customer_id ELSE u.customer_id END,
+       t.user_id, t.user_epoch
 FROM api_tokens t
 LEFT JOIN users u ON u.id = t.user_id
 WHERE t.digest = %s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
-  AND (t.user_id IS NULL OR u.disabled_at IS NULL)
+  AND (t.user_id IS NULL
+       OR (u.disabled_at IS NULL AND t.user_epoch = u.auth_epoch AND t.expires_at IS NOT NULL))
 """
 TOUCH_TOKEN = f"""
 UPDATE api_tokens SET last_used_at = now()
 WHERE id = %s AND (last_used_at IS NULL OR last_used_at < now() - interval '{LAST_USED_RESOLUTION}')
 """
 INSERT_SESSION = """
-INSERT INTO sessions (digest, user_id, csrf_token, expires_at) VALUES (%s, %s, %s, %s)
+INSERT INTO sessions (digest, user_id, csrf_token, expires_at, user_epoch)
+SELECT %(digest)s, u.id, %(csrf)s, %(expires_at)s, u.auth_epoch FROM users u
+WHERE u.id = %(user_id)s AND u.auth_epoch = %(epoch)s AND u.disabled_at IS NULL
+FOR SHARE
 """
 SESSION_PRINCIPAL = """
-SELECT u.id, s.digest, u.username, u.role, u.customer_id, s.csrf_token FROM sessions s
+SELECT u.id, s.digest, u.username, u.role, u.customer_id, s.csrf_token, u.auth_epoch
+FROM sessions s
 JOIN users u ON u.id = s.user_id
 WHERE s.digest = %s AND s.expires_at > now() AND u.disabled_at IS NULL
+  AND s.user_epoch = u.auth_epoch
 """
 DELETE_SESSION = "DELETE FROM sessions WHERE digest = %s"
 PURGE_SESSIONS = "DELETE FROM sessions WHERE expires_at <= now()"
@@ -216,34 +301,41 @@ def list_users(conn: psycopg.Connection) -> list[User]:
 
 
 def update_user(conn: psycopg.Connection, user_id: int, body: UserUpdate) -> User:
-    current = get_user(conn, user_id)
-    role = body.role or current.role
-    customer_id = (
-        body.customer_id if "customer_id" in body.model_fields_set else current.customer_id
-    )
-    if role is not Role.VIEWER and "customer_id" not in body.model_fields_set:
-        customer_id = None
-    try:
-        _scope_matches_role(role, customer_id)
-    except ValueError as exc:
-        raise InvalidInputError(str(exc), field="customer_id") from exc
-    _customer_exists(conn, customer_id)
-    values: dict[str, Any] = {"id": user_id, "role": role.value, "customer_id": customer_id}
-    sets = ["role = %(role)s", "customer_id = %(customer_id)s"]
-    if body.password is not None:
-        values["password_hash"] = hash_password(body.password)
-        sets.append("password_hash = %(password_hash)s")
-    if body.disabled is not None:
-        sets.append(
-            "disabled_at = " + ("coalesce(disabled_at, now())" if body.disabled else "NULL")
-        )
+    """Change a user; any change of role, customer, password or disabled state starts a new
+    credential generation: the user's personal tokens are revoked and sessions ended."""
+    # Hashed before the transaction: argon2 takes a while and the user's row stays unlocked.
+    password_hash = hash_password(body.password) if body.password is not None else None
     with conn.transaction():
-        conn.execute(f"UPDATE users SET {', '.join(sets)} WHERE id = %(id)s", values)
+        with conn.cursor(row_factory=class_row(User)) as cur:
+            current = cur.execute(LOCK_USER, (user_id,)).fetchone()
+        if current is None:
+            raise NotFoundError(f"user {user_id} not found")
+        role = body.role or current.role
+        customer_id = (
+            body.customer_id if "customer_id" in body.model_fields_set else current.customer_id
+        )
+        if role is not Role.VIEWER and "customer_id" not in body.model_fields_set:
+            customer_id = None
+        try:
+            _scope_matches_role(role, customer_id)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc), field="customer_id") from exc
+        _customer_exists(conn, customer_id)
+        values: dict[str, Any] = {
+            "id": user_id,
+            "role": role.value,
+            "customer_id": customer_id,
+            "password_hash": password_hash,
+            "disabled": body.disabled,
+        }
+        row = conn.execute(UPDATE_USER, values).fetchone()
+        if row is None:  # the row is locked above; this keeps mypy honest
+            raise RuntimeError("UPDATE … RETURNING returned nothing")
         if current.role is Role.ADMIN and current.disabled_at is None:
             _keep_an_admin(conn)
-        if body.password is not None or body.disabled or body.role is not None:
-            # A changed password, role or a disabled account ends every open session.
-            conn.execute("DELETE FROM sessions WHERE user_id = %s", (user_id,))
+        generation = {"id": user_id, "epoch": row[0]}
+        conn.execute(REVOKE_STALE_TOKENS, generation)
+        conn.execute(END_STALE_SESSIONS, generation)
     return get_user(conn, user_id)
 
 
@@ -280,31 +372,78 @@ def authenticate(conn: psycopg.Connection, username: str, password: str) -> Prin
     if row is None:
         return None
     if _hasher.check_needs_rehash(stored):
-        conn.execute(
-            "UPDATE users SET password_hash = %s WHERE id = %s", (hash_password(password), row[0])
-        )
-    return Principal("user", row[0], row[1], Role(row[2]), row[3], user_id=row[0])
+        conn.execute(REHASH_PASSWORD, (hash_password(password), row[0]))
+    return Principal("user", row[0], row[1], Role(row[2]), row[3], user_id=row[0], epoch=row[5])
+
+
+def _new_secret() -> tuple[str, dict[str, Any]]:
+    """A token secret, and what of it is stored."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return secret, {"digest": digest(secret), "prefix": secret[:SHOWN_PREFIX_CHARS]}
+
+
+def _days_from_now(days: int | None) -> datetime | None:
+    return datetime.now(UTC) + timedelta(days=days) if days else None
 
 
 def create_token(
     conn: psycopg.Connection, body: TokenCreate, user_id: int | None = None
 ) -> NewToken:
+    """A service token; with user_id, a personal token of that user (whose role and customer
+    body must name; it expires after DEFAULT_PERSONAL_TOKEN_DAYS unless body says sooner)."""
+    if user_id is not None:
+        user = get_user(conn, user_id)
+        if (user.role, user.customer_id) != (body.role, body.customer_id):
+            raise InvalidInputError(
+                "a personal token has its user's role and customer", field="role"
+            )
+        days = body.expires_in_days or DEFAULT_PERSONAL_TOKEN_DAYS
+        return create_personal_token(conn, user_id, None, body.name, days)
     _customer_exists(conn, body.customer_id)
-    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    expires_at = (
-        datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    )
+    secret, stored = _new_secret()
     with conn.cursor(row_factory=class_row(Token)) as cur:
         row = cur.execute(
             INSERT_TOKEN,
             {
-                "name": body.name, "digest": digest(secret),
-                "prefix": secret[:SHOWN_PREFIX_CHARS], "role": body.role.value,
-                "customer_id": body.customer_id, "user_id": user_id, "expires_at": expires_at,
+                "name": body.name,
+                "role": body.role.value,
+                "customer_id": body.customer_id,
+                "expires_at": _days_from_now(body.expires_in_days),
+                **stored,
             },
-        ).fetchone()  # fmt: skip
+        ).fetchone()
     if row is None:
         raise RuntimeError("INSERT … RETURNING returned nothing")
+    return NewToken(**row.model_dump(), token=secret)
+
+
+def create_personal_token(
+    conn: psycopg.Connection, user_id: int, epoch: int | None, name: str, days: int
+) -> NewToken:
+    """A token acting for a user, with their role and customer, valid until `days` pass or
+    the user's credential generation moves on. `epoch` is the generation the caller
+    authenticated under: if the user changed since, no token is made."""
+    if not 1 <= days <= MAX_PERSONAL_TOKEN_DAYS:
+        raise InvalidInputError(
+            f"personal tokens expire within 1 to {MAX_PERSONAL_TOKEN_DAYS} days",
+            field="expires_in_days",
+        )
+    secret, stored = _new_secret()
+    with conn.cursor(row_factory=class_row(Token)) as cur:
+        row = cur.execute(
+            INSERT_PERSONAL_TOKEN,
+            {
+                "name": name,
+                "user_id": user_id,
+                "epoch": epoch,
+                "expires_at": _days_from_now(days),
+                **stored,
+            },
+        ).fetchone()
+    if row is None:
+        raise AuthenticationError(
+            "your account was changed or disabled while this request ran; log in again"
+        )
     return NewToken(**row.model_dump(), token=secret)
 
 
@@ -312,22 +451,16 @@ def list_tokens(conn: psycopg.Connection, user_id: int | None = None) -> list[To
     with conn.cursor(row_factory=class_row(Token)) as cur:
         if user_id is None:
             return cur.execute(LIST_TOKENS).fetchall()
-        return cur.execute(
-            f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = %s "
-            "ORDER BY created_at DESC, id DESC",
-            (user_id,),
-        ).fetchall()
+        return cur.execute(LIST_USER_TOKENS, (user_id,)).fetchall()
 
 
 def revoke_token(conn: psycopg.Connection, token_id: int, user_id: int | None = None) -> Token:
     """Revoke a token; with user_id, only one of that user's own tokens."""
-    query = REVOKE_TOKEN
-    params: tuple[Any, ...] = (token_id,)
-    if user_id is not None:
-        query = query.replace("WHERE id = %s", "WHERE id = %s AND user_id = %s")
-        params = (token_id, user_id)
     with conn.cursor(row_factory=class_row(Token)) as cur:
-        row = cur.execute(query, params).fetchone()
+        if user_id is None:
+            row = cur.execute(REVOKE_TOKEN, (token_id,)).fetchone()
+        else:
+            row = cur.execute(REVOKE_USER_TOKEN, (token_id, user_id)).fetchone()
     if row is None:
         raise NotFoundError(f"token {token_id} not found")
     return row
@@ -339,16 +472,26 @@ def token_principal(conn: psycopg.Connection, secret: str) -> Principal | None:
     if row is None or not hmac.compare_digest(bytes(row[1]), wanted):
         return None
     conn.execute(TOUCH_TOKEN, (row[0],))
-    return Principal("token", row[0], row[2], Role(row[3]), row[4], user_id=row[5])
+    return Principal("token", row[0], row[2], Role(row[3]), row[4], user_id=row[5], epoch=row[6])
 
 
-def start_session(conn: psycopg.Connection, user_id: int) -> tuple[str, str]:
-    """A new dashboard session: (session id for the cookie, its anti-CSRF token)."""
+def start_session(conn: psycopg.Connection, user: Principal) -> tuple[str, str]:
+    """A new dashboard session for a user who just authenticated: (session id for the
+    cookie, its anti-CSRF token). Refused if the user changed since they authenticated."""
     session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     conn.execute(PURGE_SESSIONS)
-    conn.execute(
-        INSERT_SESSION, (digest(session_id), user_id, csrf, datetime.now(UTC) + SESSION_TTL)
+    made = conn.execute(
+        INSERT_SESSION,
+        {
+            "digest": digest(session_id),
+            "csrf": csrf,
+            "user_id": user.user_id,
+            "epoch": user.epoch,
+            "expires_at": datetime.now(UTC) + SESSION_TTL,
+        },
     )
+    if made.rowcount != 1:
+        raise AuthenticationError("your account was changed or disabled while logging in")
     return session_id, csrf
 
 
@@ -358,7 +501,14 @@ def session_principal(conn: psycopg.Connection, session_id: str) -> Principal | 
     if row is None or not hmac.compare_digest(bytes(row[1]), wanted):
         return None
     return Principal(
-        "user", row[0], row[2], Role(row[3]), row[4], user_id=row[0], csrf_token=row[5]
+        "user",
+        row[0],
+        row[2],
+        Role(row[3]),
+        row[4],
+        user_id=row[0],
+        csrf_token=row[5],
+        epoch=row[6],
     )
 
 

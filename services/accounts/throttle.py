@@ -1,94 +1,190 @@
-"""Slows down password guessing: failures per account and per client address.
+"""Slows down password guessing, and bounds the memory password checks take.
 
-After a few free failures each further one doubles the wait, up to a cap. A success clears
-the account's record (not the address's: one right password must not reset an attacker
-trying many accounts). State is per API process, which bounds guessing per process; that is
-documented in the README.
+Failures are counted per (username, client address) pair and per client address, in the
+database (`login_failures`), so every API process counts the same failures and no flood of
+invented usernames can push a record out. After a few free failures each further one
+doubles the wait, up to a cap; a blocked attempt is refused before its password is checked,
+even a right one (no oracle while blocked).
+
+- Atomic: an attempt is counted as a failure *before* its password is checked, in one
+  transaction that locks its two records; a right password then takes the count back. So
+  concurrent guesses are counted one after another and cannot all pass one check.
+- Nobody can lock an account out from everywhere: failing `admin` from one address blocks
+  `admin` from that address only. The per-address limit stops one address from trying many
+  accounts; an IPv6 client counts by its /64 (one subscriber's network).
+- Each process verifies at most a few passwords at once (argon2id holds 64 MiB for each);
+  an attempt that finds them all busy gets 503 and Retry-After, not a queue of hashes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
+import psycopg
+
+from services.accounts.store import PASSWORD_MEMORY_KIB
 from services.core.errors import RateLimitedError
 
-# Typos happen: a person gets this many failures before any wait.
+# Typos happen: a person gets this many failures per address before any wait.
 FREE_FAILURES_PER_ACCOUNT = 5
 # One address may try a few accounts (a shared office NAT) before it is slowed down.
 FREE_FAILURES_PER_ADDRESS = 20
-# Waits double per failure up to this cap, so a locked-out person is back within minutes.
+# Waits double per failure up to this cap, so a blocked person is back within minutes.
 MAX_WAIT_S = 15 * 60
-# Records older than this are forgotten: the counter restarts.
+# Records without a failure for this long are forgotten: the counter restarts.
 FORGET_AFTER_S = 60 * 60
-# Bounded memory however many usernames an attacker invents.
-MAX_TRACKED = 50_000
+# Each attempt adds at most two records; purging up to this many old ones per attempt keeps
+# the table at the size of the last hour's failures.
+PURGE_BATCH = 100
+# Memory one API process may spend on password checks at once: 4 at argon2-cffi's 64 MiB,
+# which also leaves half of the default pool of 8 connections to everything else (a login
+# holds one while it hashes).
+VERIFY_MEMORY_BUDGET_KIB = 256 * 1024
+CONCURRENT_VERIFICATIONS = max(1, VERIFY_MEMORY_BUDGET_KIB // PASSWORD_MEMORY_KIB)
+# A few people logging in at once wait this long for a slot (one check took 0.1-0.2 s on
+# the 2-core test machine) instead of being turned away.
+VERIFY_WAIT_S = 0.25
+# By then a slot is free again unless the process is flooded.
+BUSY_RETRY_AFTER_S = 1
+# Providers give each IPv6 subscriber a /64 or more: counting single IPv6 addresses would
+# give one attacker 2**64 fresh addresses.
+IPV6_SUBSCRIBER_PREFIX = 64
+
+_verifications = threading.BoundedSemaphore(CONCURRENT_VERIFICATIONS)
+
+# Counts one more failure unless the record is blocked (then no row comes back, nothing
+# changes). ON CONFLICT locks the row, so concurrent attempts are counted one at a time.
+COUNT_FAILURE = """
+INSERT INTO login_failures AS f (key, failures, blocked_until, last_failure)
+VALUES (%(key)s, 1, '-infinity', now())
+ON CONFLICT (key) DO UPDATE
+SET failures = CASE WHEN f.last_failure < now() - make_interval(secs => %(forget_s)s) THEN 1
+                    ELSE f.failures + 1 END,
+    last_failure = now()
+WHERE f.blocked_until <= now()
+RETURNING failures
+"""
+BLOCK = """
+UPDATE login_failures SET blocked_until = now() + make_interval(secs => %(wait_s)s)
+WHERE key = %(key)s
+"""
+WAIT_LEFT = "SELECT extract(epoch FROM blocked_until - now()) FROM login_failures WHERE key = %s"
+# An attempt that proved right (or never had its password checked) takes its count back.
+REFUND = """
+UPDATE login_failures
+SET failures = greatest(failures - 1, 0),
+    blocked_until = CASE WHEN failures - 1 <= %(free)s THEN '-infinity' ELSE blocked_until END
+WHERE key = %(key)s
+"""
+FORGET = "DELETE FROM login_failures WHERE key = %s"
+PURGE = """
+DELETE FROM login_failures WHERE key IN (
+    SELECT key FROM login_failures
+    WHERE last_failure < now() - make_interval(secs => %(forget_s)s)
+    ORDER BY last_failure LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+"""
 
 
-@dataclass
-class _Record:
-    failures: int = 0
-    blocked_until: float = 0.0
-    last_failure: float = 0.0
+class LoginBusyError(RateLimitedError):
+    """Every password-check slot of this process is taken; the client should retry soon."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One login attempt, counted as a failure until it proves right."""
+
+    pair: str
+    address: str
+
+
+def backoff_s(over: int) -> int:
+    """The wait after the `over`-th failure beyond the free ones: 1, 2, 4 … s, capped."""
+    # the exponent is capped too: 2**60000 would cost real CPU per attempt
+    return min(MAX_WAIT_S, 1 << min(over - 1, 30))
+
+
+def address_key(address: str) -> str:
+    """The client address as throttled: IPv4 as is, IPv6 by its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"addr:{address}"  # not an IP (a test client, a Unix socket)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"addr:{ip.ipv4_mapped}"
+        return f"addr:{ipaddress.ip_network((ip, IPV6_SUBSCRIBER_PREFIX), strict=False)}"
+    return f"addr:{ip}"
+
+
+def pair_key(username: str, address: str) -> str:
+    # The address has no "|", so the last one separates the two unambiguously.
+    return f"pair:{username.strip().lower()}|{address_key(address).removeprefix('addr:')}"
 
 
 class LoginThrottle:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._records: OrderedDict[str, _Record] = OrderedDict()
+    """Failed logins per (username, address) pair and per address, shared through the
+    database by every API process."""
 
-    def check(self, username: str, address: str) -> None:
-        """Raise RateLimitedError if either key must still wait."""
-        now = self._clock()
-        with self._lock:
-            waits = [
-                record.blocked_until - now
-                for key in self._keys(username, address)
-                if (record := self._fresh(key, now)) is not None
-            ]
-        wait = max(waits, default=0.0)
-        if wait > 0:
-            raise RateLimitedError(
-                f"too many failed logins; try again in {math.ceil(wait)} s",
-                retry_after_s=math.ceil(wait),
-            )
+    def begin(self, conn: psycopg.Connection, username: str, address: str) -> Attempt:
+        """Count an attempt as a failure, or raise RateLimitedError if it must still wait.
+        Committed at once, so the count stands whatever the request does next."""
+        attempt = Attempt(pair_key(username, address), address_key(address))
+        limits = (
+            (attempt.pair, FREE_FAILURES_PER_ACCOUNT),
+            (attempt.address, FREE_FAILURES_PER_ADDRESS),
+        )
+        with conn.transaction():
+            # pair before address in every transaction: a fixed lock order, no deadlock
+            for key, free in limits:
+                counted = conn.execute(
+                    COUNT_FAILURE, {"key": key, "forget_s": FORGET_AFTER_S}
+                ).fetchone()
+                if counted is None:
+                    _refuse(conn, key)  # rolls back the other count too
+                elif counted[0] > free:
+                    conn.execute(BLOCK, {"key": key, "wait_s": backoff_s(counted[0] - free)})
+            conn.execute(PURGE, {"forget_s": FORGET_AFTER_S, "limit": PURGE_BATCH})
+        conn.commit()
+        return attempt
 
-    def failed(self, username: str, address: str) -> None:
-        now = self._clock()
-        with self._lock:
-            for key, free in zip(
-                self._keys(username, address),
-                (FREE_FAILURES_PER_ACCOUNT, FREE_FAILURES_PER_ADDRESS),
-                strict=True,
-            ):
-                record = self._fresh(key, now) or _Record()
-                record.failures += 1
-                record.last_failure = now
-                over = record.failures - free
-                if over > 0:
-                    # the exponent is capped too: 2**60000 would cost real CPU per attempt
-                    record.blocked_until = now + min(MAX_WAIT_S, 2 ** min(over - 1, 30))
-                self._records[key] = record
-                self._records.move_to_end(key)
-            while len(self._records) > MAX_TRACKED:
-                self._records.popitem(last=False)
+    def succeeded(self, conn: psycopg.Connection, attempt: Attempt) -> None:
+        """The password was right: forget this pair's failures and take the address's
+        count back (one right password must not reset an address trying many accounts)."""
+        with conn.transaction():
+            conn.execute(FORGET, (attempt.pair,))
+            conn.execute(REFUND, {"key": attempt.address, "free": FREE_FAILURES_PER_ADDRESS})
+        conn.commit()
 
-    def succeeded(self, username: str) -> None:
-        with self._lock:
-            self._records.pop(self._keys(username, "")[0], None)
+    def cancel(self, conn: psycopg.Connection, attempt: Attempt) -> None:
+        """The password was never checked: take both counts back."""
+        with conn.transaction():
+            conn.execute(REFUND, {"key": attempt.pair, "free": FREE_FAILURES_PER_ACCOUNT})
+            conn.execute(REFUND, {"key": attempt.address, "free": FREE_FAILURES_PER_ADDRESS})
+        conn.commit()
 
-    @staticmethod
-    def _keys(username: str, address: str) -> tuple[str, str]:
-        return f"user:{username.strip().lower()}", f"addr:{address}"
 
-    def _fresh(self, key: str, now: float) -> _Record | None:
-        record = self._records.get(key)
-        if record is not None and now - record.last_failure > FORGET_AFTER_S:
-            del self._records[key]
-            return None
-        return record
+def _refuse(conn: psycopg.Connection, key: str) -> NoReturn:
+    row = conn.execute(WAIT_LEFT, (key,)).fetchone()
+    wait = max(1, math.ceil(float(row[0]))) if row else 1
+    raise RateLimitedError(f"too many failed logins; try again in {wait} s", retry_after_s=wait)
+
+
+@contextmanager
+def verification_slot() -> Iterator[None]:
+    """Hold one of this process's password-check slots, or raise LoginBusyError."""
+    if not _verifications.acquire(timeout=VERIFY_WAIT_S):
+        raise LoginBusyError(
+            f"too many logins at once; try again in {BUSY_RETRY_AFTER_S} s",
+            retry_after_s=BUSY_RETRY_AFTER_S,
+        )
+    try:
+        yield
+    finally:
+        _verifications.release()

@@ -34,7 +34,9 @@ def login(
     url: Annotated[
         str | None, typer.Option(help="API base URL; default FIELDTRACK_API_URL or the saved one")
     ] = None,
-    expires_in_days: Annotated[int, typer.Option(min=1, max=3650)] = 90,
+    # the API's limits for personal tokens (services/accounts/store.py; not imported: it
+    # hashes a password at import, and `--help` must stay fast)
+    expires_in_days: Annotated[int, typer.Option(min=1, max=365)] = 90,
 ) -> None:
     """Log in: exchange your password for a personal token and save it for later commands."""
     from services.client.http import FieldtrackClient  # noqa: PLC0415

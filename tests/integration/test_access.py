@@ -7,10 +7,17 @@ cannot ship without someone deciding who may call it.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from fastapi.routing import APIRoute
@@ -20,12 +27,20 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from services.accounts import store as accounts
 from services.accounts.roles import Role
+from services.accounts.store import PASSWORD_MEMORY_KIB
+from services.accounts.throttle import (
+    BUSY_RETRY_AFTER_S,
+    CONCURRENT_VERIFICATIONS,
+    FREE_FAILURES_PER_ACCOUNT,
+)
 from services.analytics.decisions import DecisionCreate, record_decision
 from services.analytics.recommend import AnalyticsThresholds
 from services.api.app import create_app
+from services.api.background import serve_in_thread
 from services.core.settings import Settings
 from services.registry import models, upserts as registry
 from tests.integration.conftest import api_client, keys_of
+from tests.integration.test_auth import WRONG_GUESS, client_from, fresh_address
 
 ADMIN, PM, OPS, VIEWER = "admin", "pm", "ops", "viewer"
 EVERYONE = frozenset({ADMIN, PM, OPS, VIEWER})
@@ -294,12 +309,15 @@ def unique_module() -> str:
 def clients(settings: Settings, world: World) -> Iterator[dict[str, TestClient]]:
     made = {role: api_client(settings, token) for role, token in world.tokens.items()}
     made["anonymous"] = api_client(settings, None)
-    for client in made.values():
-        client.__enter__()
-        client.follow_redirects = False
-    yield made
-    for client in made.values():
-        client.__exit__(None, None, None)
+    yield from opened(made)
+
+
+def opened(made: dict[str, TestClient]) -> Iterator[dict[str, TestClient]]:
+    """The clients started (their app's lifespan), not following redirects; stopped after."""
+    with ExitStack() as stack:
+        for client in made.values():
+            stack.enter_context(client).follow_redirects = False
+        yield made
 
 
 def fill(path: str, world: World, side: Side, existing: bool) -> str:
@@ -591,3 +609,182 @@ def test_nothing_internal_reaches_a_viewer_on_any_route(
     else:
         text = response.text.lower()
         assert not [w for w in INTERNAL_WORDS if w in text], path
+
+
+# --- tokens minted before their user changed (issue 22, finding 2) --------------------------
+
+STALE_PASSWORD = "a long password 3"
+PROTECTED = [case for case in CASES if RULES[case].allowed != PUBLIC]
+
+
+def changes(world: World) -> dict[str, tuple[Role, list[dict[str, object]]]]:
+    """Each kind of change: the user's role before it, and the PATCHes an admin sends."""
+    return {
+        "demoted": (Role.ADMIN, [{"role": "viewer", "customer_id": world.own.customer}]),
+        "moved": (Role.VIEWER, [{"customer_id": world.foreign.customer}]),
+        "password reset": (Role.PM, [{"password": "a new long password"}]),
+        "disabled then enabled": (Role.OPS, [{"disabled": True}, {"disabled": False}]),
+    }
+
+
+@pytest.fixture(scope="module")
+def stale_clients(
+    settings: Settings, clients: dict[str, TestClient], world: World, unique_module: str
+) -> Iterator[dict[str, TestClient]]:
+    """For each kind of change, a client with a personal token its user got by password over
+    HTTP before an admin changed the user over HTTP."""
+    admin, anonymous = clients[ADMIN], clients["anonymous"]
+    made = {}
+    for change, (role, patches) in changes(world).items():
+        username = f"stale-{role.value}-{unique_module}"
+        customer = world.own.customer if role is Role.VIEWER else None
+        body = {"username": username, "password": STALE_PASSWORD, "role": role.value}
+        user = admin.post("/users", json={**body, "customer_id": customer})
+        assert user.status_code == 201, user.text
+        login = {"username": username, "password": STALE_PASSWORD}
+        token = anonymous.post("/auth/token", json=login).json()["token"]
+        for patch in patches:
+            changed = admin.patch(f"/users/{user.json()['id']}", json=patch)
+            assert changed.status_code == 200, changed.text
+        made[change] = api_client(settings, token)
+    yield from opened(made)
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+def test_route_refuses_tokens_minted_before_a_change(
+    stale_clients: dict[str, TestClient], world: World, method: str, path: str
+) -> None:
+    """A demoted admin, a viewer moved to another customer, a reset password, a disabled and
+    re-enabled user: the personal token from before is refused on every route (401), so it
+    acts neither with the old role or customer nor with the new ones."""
+    own_path = fill(path, world, world.own, existing=method == "GET")
+    params = query_for(path, world.own)
+    got = {
+        change: call(client, method, own_path, params) for change, client in stale_clients.items()
+    }
+    assert got == dict.fromkeys(stale_clients, 401), got
+
+
+# --- the login routes under concurrent attempts (issue 22, finding 8) -----------------------
+
+LOGIN_ROUTES = ["POST /auth/token", "POST /login"]
+# uvicorn runs up to 40 sync routes at once (AnyIO's default thread limit)
+CONCURRENT_LOGINS = 40
+# A 503 (every password-check slot busy) is retried, sooner than its Retry-After asks.
+BUSY_RETRIES, BUSY_PAUSE_S = 500, 0.02
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def wide_api_url(settings: Settings) -> Iterator[str]:
+    """The real API with a connection pool as wide as uvicorn's thread pool, so only
+    fieldtrack's own limits bound concurrent logins; session cookies over plain HTTP."""
+    wide = settings.model_copy(
+        update={"db_pool_max": CONCURRENT_LOGINS + 8, "session_cookie_secure": False}
+    )
+    with serve_in_thread(wide) as url:
+        yield url
+
+
+def login_sender(client: httpx.Client, route: str) -> Callable[[str, str], int]:
+    """A function sending one login by `route`; the form's CSRF token is read from the
+    page, and again from each answer (every login page sets a new one)."""
+    if route == "POST /auth/token":
+        return lambda username, password: (
+            client.post(
+                "/auth/token", json={"username": username, "password": password}
+            ).status_code
+        )
+    page = [client.get("/login").text]
+
+    def send(username: str, password: str) -> int:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page[0])
+        assert csrf, page[0]
+        form = {"username": username, "password": password, "csrf_token": csrf[1]}
+        answer = client.post("/login", data=form)
+        page[0] = answer.text
+        return answer.status_code
+
+    return send
+
+
+def at_once(count: int, attempt: Callable[[int, threading.Barrier], int]) -> list[int]:
+    """Run `count` attempts in threads released together by a barrier."""
+    barrier = threading.Barrier(count)
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda i: attempt(i, barrier), range(count)))
+
+
+@pytest.mark.parametrize("route", LOGIN_ROUTES)
+def test_concurrent_wrong_guesses_cannot_pass_the_limit(
+    wide_api_url: str, clients: dict[str, TestClient], unique_module: str, route: str
+) -> None:
+    username = f"guessed-{route[6:10]}-{unique_module}"
+    body = {"username": username, "password": STALE_PASSWORD, "role": "pm"}
+    assert clients[ADMIN].post("/users", json=body).status_code == 201
+    address = fresh_address()
+
+    def attempt(_: int, barrier: threading.Barrier) -> int:
+        with client_from(wide_api_url, address) as client:
+            send = login_sender(client, route)
+            barrier.wait()
+            for _ in range(BUSY_RETRIES):
+                status = send(username, WRONG_GUESS)
+                if status != 503:
+                    return status
+                time.sleep(BUSY_PAUSE_S)
+        return 503
+
+    statuses = at_once(CONCURRENT_LOGINS, attempt)
+    checked = statuses.count(401)
+    print(f"\n{route}: {checked} of {CONCURRENT_LOGINS} concurrent wrong guesses were checked")
+    assert checked == FREE_FAILURES_PER_ACCOUNT + 1, statuses
+    assert statuses.count(429) == CONCURRENT_LOGINS - checked, statuses
+
+
+def test_password_checks_at_once_are_bounded(wide_api_url: str) -> None:
+    """Logins from as many addresses (nothing throttled) at once: one process checks at most
+    CONCURRENT_VERIFICATIONS passwords (64 MiB each) at a time; the others are told 503 with
+    Retry-After instead of each holding a hash's memory."""
+    addresses = [fresh_address() for _ in range(CONCURRENT_LOGINS)]
+    retry_after: list[str | None] = []
+
+    def attempt(i: int, barrier: threading.Barrier) -> int:
+        with client_from(wide_api_url, addresses[i]) as client:
+            barrier.wait()
+            answer = client.post(
+                "/auth/token", json={"username": f"nobody-{i}", "password": WRONG_GUESS}
+            )
+        if answer.status_code == 503:
+            retry_after.append(answer.headers.get("retry-after"))
+        return answer.status_code
+
+    baseline, peak = resident_bytes(), [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], resident_bytes())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        statuses = at_once(CONCURRENT_LOGINS, attempt)
+    finally:
+        done.set()
+        sampler.join()
+    grew = max(0, peak[0] - baseline)
+    print(
+        f"\n{CONCURRENT_LOGINS} logins at once: {statuses.count(401)} checked, "
+        f"{statuses.count(503)} told 503; the process grew by {grew / MIB:.0f} MiB at most"
+    )
+    assert set(statuses) <= {401, 503}, statuses
+    assert statuses.count(401) >= CONCURRENT_VERIFICATIONS and 503 in statuses
+    assert retry_after == [str(BUSY_RETRY_AFTER_S)] * statuses.count(503)
+    assert grew < (CONCURRENT_VERIFICATIONS + 2) * PASSWORD_MEMORY_KIB * 1024, grew / MIB
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (the API under test runs in it, in a thread)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")

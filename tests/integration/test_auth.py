@@ -3,12 +3,17 @@ real app and database."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -17,13 +22,21 @@ from typer.testing import CliRunner
 from services.accounts import store as accounts
 from services.accounts.cli import ensure_first_admin
 from services.accounts.roles import Role
-from services.accounts.throttle import FREE_FAILURES_PER_ACCOUNT
+from services.accounts.throttle import (
+    FORGET_AFTER_S,
+    FREE_FAILURES_PER_ACCOUNT,
+    FREE_FAILURES_PER_ADDRESS,
+    LoginThrottle,
+    backoff_s,
+)
 from services.api.auth import CSRF_HEADER, SESSION_COOKIE
 from services.cli import app as cli_app
+from services.core.errors import AuthenticationError
 from services.core.migrate import migrate
 from services.core.settings import Settings, get_settings
 from services.infra.local import LocalServices
-from tests.integration.conftest import api_client, scratch_database
+from services.registry import upserts as registry
+from tests.integration.conftest import Project, api_client, scratch_database
 
 PASSWORD = "correct horse battery"
 
@@ -348,3 +361,233 @@ def test_first_admin_is_made_once(local_services: LocalServices, settings: Setti
             assert accounts.authenticate(conn, name, password) is not None
             assert ensure_first_admin(conn) is None  # a second demo prints no password
             assert [u.role for u in accounts.list_users(conn)] == [Role.ADMIN]
+
+
+# --- personal tokens follow their user (issue 22, finding 2) ------------------------------
+
+
+def add_user(api: TestClient, role: str, customer_id: int | None = None) -> dict[str, Any]:
+    """A user made through the API, as an admin would."""
+    username = f"{role}-{uuid.uuid4().hex[:8]}"
+    body = {"username": username, "password": PASSWORD, "role": role, "customer_id": customer_id}
+    made = api.post("/users", json=body)
+    assert made.status_code == 201, made.text
+    user: dict[str, Any] = made.json()
+    return user
+
+
+def personal_token(api: TestClient, username: str, password: str = PASSWORD) -> dict[str, Any]:
+    made = api.post("/auth/token", json={"username": username, "password": password})
+    assert made.status_code == 201, made.text
+    token: dict[str, Any] = made.json()
+    return token
+
+
+def test_a_demoted_admin_keeps_no_admin_and_cannot_promote_back(
+    api: TestClient, settings: Settings, project: Project
+) -> None:
+    admin = add_user(api, "admin")
+    old = personal_token(api, admin["username"])
+    with api_client(settings, old["token"]) as before:
+        assert before.get("/auth/me").json()["role"] == "admin"
+        demoted = api.patch(
+            f"/users/{admin['id']}", json={"role": "viewer", "customer_id": project.customer_id}
+        )
+        assert demoted.status_code == 200, demoted.text
+        assert before.get("/auth/me").status_code == 401
+        assert before.get("/users").status_code == 401
+        assert before.patch(f"/users/{admin['id']}", json={"role": "admin"}).status_code == 401
+        assert before.post("/tokens", json={"name": "x", "role": "admin"}).status_code == 401
+    listed = {t["id"]: t for t in api.get("/tokens").json()}
+    assert listed[old["id"]]["revoked_at"] is not None
+    # logging in again gives a viewer of that customer, who may not promote themselves
+    with api_client(settings, personal_token(api, admin["username"])["token"]) as now:
+        me = now.get("/auth/me").json()
+        assert (me["role"], me["customer_id"]) == ("viewer", project.customer_id)
+        assert now.patch(f"/users/{admin['id']}", json={"role": "admin"}).status_code == 403
+    assert api.get(f"/users/{admin['id']}").json()["role"] == "viewer"
+
+
+def test_a_viewer_moved_to_another_customer_loses_the_old_customer(
+    api: TestClient, settings: Settings, conn: psycopg.Connection, project: Project
+) -> None:
+    other = registry.upsert_customer(
+        conn, f"Moved-to {uuid.uuid4().hex[:6]}", "tail", "retail", "adoption"
+    )
+    viewer = add_user(api, "viewer", project.customer_id)
+    old = personal_token(api, viewer["username"])["token"]
+    with api_client(settings, old) as before:
+        assert before.get(f"/customers/{project.customer_id}").status_code == 200
+        assert api.patch(f"/users/{viewer['id']}", json={"customer_id": other}).status_code == 200
+        assert before.get(f"/customers/{project.customer_id}").status_code == 401
+        assert before.get(f"/projects/{project.id}").status_code == 401
+    with api_client(settings, personal_token(api, viewer["username"])["token"]) as now:
+        assert now.get(f"/customers/{project.customer_id}").status_code == 404
+        assert now.get(f"/customers/{other}").status_code == 200
+
+
+def test_a_password_reset_revokes_personal_tokens(api: TestClient, settings: Settings) -> None:
+    user = add_user(api, "pm")
+    old = personal_token(api, user["username"])["token"]
+    with api_client(settings, old) as before:
+        assert before.get("/auth/me").status_code == 200
+        new_password = "a brand new password"
+        assert api.patch(f"/users/{user['id']}", json={"password": new_password}).status_code == 200
+        assert before.get("/auth/me").status_code == 401
+    assert personal_token(api, user["username"], new_password)["role"] == "pm"
+
+
+def test_re_enabling_a_user_does_not_revive_old_tokens(api: TestClient, settings: Settings) -> None:
+    user = add_user(api, "ops")
+    old = personal_token(api, user["username"])["token"]
+    with api_client(settings, old) as before:
+        assert api.patch(f"/users/{user['id']}", json={"disabled": True}).status_code == 200
+        assert before.get("/auth/me").status_code == 401
+        assert api.patch(f"/users/{user['id']}", json={"disabled": False}).status_code == 200
+        assert before.get("/auth/me").status_code == 401
+    with api_client(settings, personal_token(api, user["username"])["token"]) as now:
+        assert now.get("/auth/me").json()["role"] == "ops"
+
+
+def test_personal_tokens_always_expire(api: TestClient, settings: Settings) -> None:
+    user = add_user(api, "pm")
+    login = {"username": user["username"], "password": PASSWORD}
+    never = api.post("/auth/token", json={**login, "expires_in_days": None})
+    assert never.status_code == 422, never.text
+    assert "personal tokens always expire" in never.json()["detail"][0]["msg"]
+    too_long = api.post("/auth/token", json={**login, "expires_in_days": 366})
+    assert too_long.status_code == 422, too_long.text
+    default = personal_token(api, user["username"])
+    expires = datetime.fromisoformat(default["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=89) < expires <= timedelta(days=90)
+    with api_client(settings, default["token"]) as mine:
+        asked = mine.post("/auth/tokens", json={"name": "forever", "expires_in_days": None})
+        assert asked.status_code == 422, asked.text
+        longest = mine.post("/auth/tokens", json={"name": "year", "expires_in_days": 365})
+        assert longest.status_code == 201, longest.text
+    # service tokens (no user) keep their own role, customer and lifetime
+    service = api.post("/tokens", json={"name": "svc", "role": "ops"}).json()
+    assert service["expires_at"] is None and service["user_id"] is None
+
+
+def test_no_token_is_made_for_a_user_changed_while_logging_in(
+    conn: psycopg.Connection, user: accounts.User
+) -> None:
+    """The race a slow password check opens: the password is reset after it was checked but
+    before the token is stored. The token is refused, not made under the old password."""
+    checked = accounts.authenticate(conn, user.username, PASSWORD)
+    assert checked is not None and checked.epoch is not None
+    accounts.update_user(conn, user.id, accounts.UserUpdate(password="reset by an admin"))
+    with pytest.raises(AuthenticationError):
+        accounts.create_personal_token(conn, user.id, checked.epoch, "cli", 90)
+    with pytest.raises(AuthenticationError):
+        accounts.start_session(conn, checked)
+
+
+# --- the login throttle (issue 22, finding 8) ---------------------------------------------
+
+_addresses = itertools.count(1)
+
+
+def fresh_address() -> str:
+    """A loopback source address no other test uses: the throttle counts per address."""
+    n = next(_addresses)
+    return f"127.0.{n // 250 + 1}.{n % 250 + 1}"
+
+
+def client_from(url: str, address: str) -> httpx.Client:
+    """An HTTP client of the real server whose connections come from `address`."""
+    return httpx.Client(
+        base_url=url, timeout=120, transport=httpx.HTTPTransport(local_address=address)
+    )
+
+
+WRONG_GUESS = "a wrong guess"
+
+
+def guess(client: httpx.Client, username: str, password: str = WRONG_GUESS) -> int:
+    answer = client.post("/auth/token", json={"username": username, "password": password})
+    return answer.status_code
+
+
+def test_failing_from_one_address_does_not_lock_the_account_out_elsewhere(
+    api_url: str, api: TestClient
+) -> None:
+    victim = add_user(api, "admin")["username"]
+    with client_from(api_url, fresh_address()) as attacker:
+        statuses = [guess(attacker, victim) for _ in range(FREE_FAILURES_PER_ACCOUNT + 3)]
+        assert statuses.count(401) == FREE_FAILURES_PER_ACCOUNT + 1, statuses
+        assert statuses[-1] == 429
+        # from the attacker's address even the right password waits: no oracle
+        assert guess(attacker, victim, PASSWORD) == 429
+    with client_from(api_url, fresh_address()) as elsewhere:
+        assert guess(elsewhere, victim, PASSWORD) == 201
+
+
+def test_one_address_trying_many_accounts_is_slowed(api_url: str) -> None:
+    with client_from(api_url, fresh_address()) as sprayer:
+        statuses = [
+            guess(sprayer, f"nobody-{uuid.uuid4().hex[:8]}")
+            for _ in range(FREE_FAILURES_PER_ADDRESS + 2)
+        ]
+    assert statuses.count(401) == FREE_FAILURES_PER_ADDRESS + 1, statuses
+    assert statuses[-1] == 429
+
+
+# 60,000 failure records: more than the in-memory table the throttle had before issue 22
+# held (50,000, oldest evicted first), which a flood of invented usernames emptied.
+FLOOD_ATTEMPTS = 30_000
+FLOOD_CONNECTIONS = 4
+
+
+def test_invented_usernames_do_not_evict_a_victims_record(
+    api_url: str, api: TestClient, settings: Settings
+) -> None:
+    victim = add_user(api, "pm")["username"]
+    address = fresh_address()
+    with client_from(api_url, address) as attacker:
+        for _ in range(FREE_FAILURES_PER_ACCOUNT + 1):
+            assert guess(attacker, victim) == 401
+    # The flood, through the same throttle the login routes use, from a botnet: each invented
+    # username from an address of its own (over HTTP each would cost a ~0.1 s password check).
+    throttle = LoginThrottle()
+
+    def flood(first: int) -> None:
+        with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+            for i in range(first, FLOOD_ATTEMPTS, FLOOD_CONNECTIONS):
+                throttle.begin(conn, f"invented-{i}", f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")
+
+    with ThreadPoolExecutor(FLOOD_CONNECTIONS) as pool:
+        list(pool.map(flood, range(FLOOD_CONNECTIONS)))
+    # The victim's count went on: the next failure is the 7th and blocks; had the record
+    # been evicted it would be the 1st of 5 free ones.
+    with client_from(api_url, address) as attacker:
+        time.sleep(backoff_s(1))  # the block of the 6th failure has passed
+        assert guess(attacker, victim) == 401
+        assert guess(attacker, victim, PASSWORD) == 429
+
+
+def test_failures_are_forgotten_after_an_hour_and_purged(
+    api_url: str, api: TestClient, conn: psycopg.Connection
+) -> None:
+    victim = add_user(api, "pm")["username"]
+    address = fresh_address()
+    with client_from(api_url, address) as attacker:
+        for _ in range(FREE_FAILURES_PER_ACCOUNT + 1):
+            guess(attacker, victim)
+        # an hour and more later, from the database's point of view
+        conn.execute(
+            "UPDATE login_failures SET last_failure = last_failure - %s, "
+            "blocked_until = blocked_until - %s WHERE key LIKE %s",
+            (timedelta(seconds=FORGET_AFTER_S + 1),) * 2 + (f"%{address}",),
+        )
+        conn.execute(
+            "INSERT INTO login_failures VALUES (%s, 1, '-infinity', now() - %s)",
+            (f"pair:long-gone|{address}", timedelta(seconds=FORGET_AFTER_S + 1)),
+        )
+        statuses = [guess(attacker, victim) for _ in range(FREE_FAILURES_PER_ACCOUNT + 2)]
+    assert statuses.count(401) == FREE_FAILURES_PER_ACCOUNT + 1, statuses  # counting anew
+    gone = conn.execute(
+        "SELECT count(*) FROM login_failures WHERE key = %s", (f"pair:long-gone|{address}",)
+    ).fetchone()
+    assert gone == (0,)

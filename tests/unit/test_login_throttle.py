@@ -1,82 +1,76 @@
-"""The login throttle's arithmetic, with a fake clock."""
+"""The login throttle's arithmetic, keys and password-check slots (its counting, in the
+database, is tested over HTTP in tests/integration/test_auth.py and test_access.py)."""
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from services.accounts.throttle import (
-    FORGET_AFTER_S,
-    FREE_FAILURES_PER_ACCOUNT,
-    FREE_FAILURES_PER_ADDRESS,
+    BUSY_RETRY_AFTER_S,
+    CONCURRENT_VERIFICATIONS,
     MAX_WAIT_S,
-    LoginThrottle,
+    LoginBusyError,
+    address_key,
+    backoff_s,
+    pair_key,
+    verification_slot,
 )
-from services.core.errors import RateLimitedError
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def waits_after(throttle: LoginThrottle, user: str, address: str) -> int:
-    try:
-        throttle.check(user, address)
-    except RateLimitedError as exc:
-        return exc.retry_after_s
-    return 0
+def test_waits_double_up_to_the_cap() -> None:
+    waits = [backoff_s(over) for over in range(1, 16)]
+    assert waits[:5] == [1, 2, 4, 8, 16]
+    assert max(waits) == waits[-1] == MAX_WAIT_S
+    # 20 guesses cost the patient attacker hours instead of seconds
+    assert sum(waits) > 60 * 60
+    assert backoff_s(60_000) == MAX_WAIT_S  # no 2**60000 either
 
 
-def test_free_failures_then_doubling_waits_up_to_the_cap() -> None:
-    clock = Clock()
-    throttle = LoginThrottle(clock)
-    for _ in range(FREE_FAILURES_PER_ACCOUNT):
-        assert waits_after(throttle, "dana", "10.0.0.1") == 0
-        throttle.failed("dana", "10.0.0.1")
-    seen = []
-    for _ in range(15):
-        wait = waits_after(throttle, "dana", "10.0.0.1")
-        seen.append(wait)
-        clock.now += wait  # the patient attacker waits out every block
-        throttle.failed("dana", "10.0.0.1")
-    assert seen[:5] == [0, 1, 2, 4, 8]
-    assert max(seen) <= MAX_WAIT_S and seen[-1] == MAX_WAIT_S
-    # 20 guesses cost the attacker hours instead of seconds
-    assert sum(seen) > 60 * 60
+def test_the_name_is_case_insensitive_and_the_pair_includes_the_address() -> None:
+    assert pair_key(" Dana ", "10.0.0.1") == pair_key("dana", "10.0.0.1")
+    assert pair_key("dana", "10.0.0.1") != pair_key("dana", "10.0.0.2")
+    assert pair_key("dana", "10.0.0.1") != address_key("10.0.0.1")
 
 
-def test_the_name_is_case_insensitive_and_success_clears_it() -> None:
-    throttle = LoginThrottle(Clock())
-    for _ in range(FREE_FAILURES_PER_ACCOUNT + 1):
-        throttle.failed("Dana", "10.0.0.1")
-    assert waits_after(throttle, "dana", "10.0.0.2") > 0
-    throttle.succeeded("DANA")
-    assert waits_after(throttle, "dana", "10.0.0.2") == 0
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", True),  # one subscriber's /64
+        ("2001:db8:1:2::1", "2001:db8:1:3::1", False),
+        ("::ffff:10.0.0.1", "10.0.0.1", True),  # IPv4 mapped into IPv6
+        ("10.0.0.1", "10.0.0.2", False),
+        ("testclient", "testclient", True),  # not an IP: kept as it is
+    ],
+)
+def test_addresses_are_grouped_as_one_client_holds_them(one: str, other: str, same: bool) -> None:
+    assert (address_key(one) == address_key(other)) is same
+    assert (pair_key("dana", one) == pair_key("dana", other)) is same
 
 
-def test_one_address_trying_many_accounts_is_slowed_too() -> None:
-    throttle = LoginThrottle(Clock())
-    for i in range(FREE_FAILURES_PER_ADDRESS + 1):
-        throttle.failed(f"user{i}", "10.0.0.9")
-    assert waits_after(throttle, "somebody-new", "10.0.0.9") > 0
-    assert waits_after(throttle, "somebody-new", "10.0.0.10") == 0
+def test_password_checks_at_once_are_bounded() -> None:
+    holding, release = threading.Barrier(CONCURRENT_VERIFICATIONS + 1), threading.Event()
 
+    def hold() -> None:
+        with verification_slot():
+            holding.wait()
+            release.wait()
 
-def test_records_are_forgotten_after_an_hour() -> None:
-    clock = Clock()
-    throttle = LoginThrottle(clock)
-    for _ in range(FREE_FAILURES_PER_ACCOUNT + 3):
-        throttle.failed("dana", "10.0.0.1")
-    clock.now += FORGET_AFTER_S + 1
-    assert waits_after(throttle, "dana", "10.0.0.1") == 0
+    def try_one(_: int) -> int | None:
+        try:
+            with verification_slot():
+                return None
+        except LoginBusyError as exc:
+            return exc.retry_after_s
 
-
-@pytest.mark.parametrize("count", [60_000])
-def test_memory_stays_bounded(count: int) -> None:
-    throttle = LoginThrottle(Clock())
-    for i in range(count):
-        throttle.failed(f"u{i}", "10.0.0.1")
-    assert len(throttle._records) <= 50_000
+    with ThreadPoolExecutor(CONCURRENT_VERIFICATIONS) as holders:
+        for _ in range(CONCURRENT_VERIFICATIONS):
+            holders.submit(hold)
+        holding.wait()  # every slot is taken
+        with ThreadPoolExecutor(4) as late:
+            refused = list(late.map(try_one, range(4)))
+        release.set()
+    assert refused == [BUSY_RETRY_AFTER_S] * 4
+    assert try_one(0) is None  # the slots are free again

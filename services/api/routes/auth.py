@@ -8,13 +8,13 @@ from datetime import timedelta
 from typing import Annotated
 
 import psycopg
-from fastapi import APIRouter, Depends, Form, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from services.accounts import store
 from services.accounts.roles import Principal, Role
-from services.accounts.throttle import LoginThrottle
+from services.accounts.throttle import LoginBusyError, LoginThrottle, verification_slot
 from services.api.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -38,6 +38,7 @@ WRONG_LOGIN = "wrong username or password"
 LOGIN_RESPONSES: Responses = {
     401: {"model": ErrorBody, "description": WRONG_LOGIN},
     429: {"model": ErrorBody, "description": "too many failed logins; wait Retry-After seconds"},
+    503: {"model": ErrorBody, "description": "too many logins at once; retry after Retry-After"},
 }
 FormText = Annotated[str, Form(max_length=256)]
 
@@ -52,15 +53,20 @@ def safe_next(target: str | None) -> str:
 def password_login(
     request: Request, conn: psycopg.Connection, username: str, password: str
 ) -> Principal:
-    """Check a username and password, slowed down after repeated failures."""
+    """Check a username and password, slowed down after repeated failures (see
+    services/accounts/throttle.py); LoginBusyError when every password-check slot is taken."""
     throttle: LoginThrottle = request.app.state.login_throttle
     address = request.client.host if request.client else "unknown"
-    throttle.check(username, address)
-    principal = store.authenticate(conn, username, password)
+    attempt = throttle.begin(conn, username, address)
+    try:
+        with verification_slot():
+            principal = store.authenticate(conn, username, password)
+    except LoginBusyError:
+        throttle.cancel(conn, attempt)
+        raise
     if principal is None:
-        throttle.failed(username, address)
         raise AuthenticationError(WRONG_LOGIN)
-    throttle.succeeded(username)
+    throttle.succeeded(conn, attempt)
     return principal
 
 
@@ -101,12 +107,14 @@ def login(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
     try:
         principal = password_login(request, conn, username, password)
     except RateLimitedError as exc:
-        page = _login_page(request, next_path, str(exc), status.HTTP_429_TOO_MANY_REQUESTS)
+        busy = isinstance(exc, LoginBusyError)
+        code = status.HTTP_503_SERVICE_UNAVAILABLE if busy else status.HTTP_429_TOO_MANY_REQUESTS
+        page = _login_page(request, next_path, str(exc), code)
         page.headers["Retry-After"] = str(exc.retry_after_s)
         return page
     except AuthenticationError:
         return _login_page(request, next_path, WRONG_LOGIN, status.HTTP_401_UNAUTHORIZED)
-    session_id, _ = store.start_session(conn, principal.id)
+    session_id, _ = store.start_session(conn, principal)
     response = RedirectResponse(next_path, status_code=status.HTTP_303_SEE_OTHER)
     set_cookie(
         request, response, SESSION_COOKIE, sign(request, "session", session_id),
@@ -145,21 +153,18 @@ class PasswordLogin(BaseModel, extra="forbid"):
     username: Annotated[str, Field(min_length=1, max_length=64)]
     password: Annotated[str, Field(min_length=1, max_length=256)]
     name: store.TokenName = "cli"
-    expires_in_days: Annotated[int, Field(ge=1, le=store.MAX_TOKEN_DAYS)] | None = 90
+    expires_in_days: store.PersonalTokenDays = store.DEFAULT_PERSONAL_TOKEN_DAYS
 
 
 class PersonalTokenCreate(BaseModel, extra="forbid"):
     name: store.TokenName
-    expires_in_days: Annotated[int, Field(ge=1, le=store.MAX_TOKEN_DAYS)] | None = 90
+    expires_in_days: store.PersonalTokenDays = store.DEFAULT_PERSONAL_TOKEN_DAYS
 
 
-def _personal(
-    conn: psycopg.Connection, user: Principal, name: str, days: int | None
-) -> store.NewToken:
-    body = store.TokenCreate(
-        name=name, role=user.role, customer_id=user.customer_id, expires_in_days=days
-    )
-    return store.create_token(conn, body, user_id=user.user_id)
+def _personal(conn: psycopg.Connection, user: Principal, name: str, days: int) -> store.NewToken:
+    """A token acting for the user, only if they are still as they were when they
+    authenticated (their role, customer and password unchanged, not disabled)."""
+    return store.create_personal_token(conn, _user_of(user), user.epoch, name, days)
 
 
 @router.post(
@@ -173,7 +178,14 @@ def _personal(
 def token_from_password(
     body: PasswordLogin, request: Request, conn: ConnDep, response: Response
 ) -> store.NewToken:
-    user = password_login(request, conn, body.username, body.password)
+    try:
+        user = password_login(request, conn, body.username, body.password)
+    except LoginBusyError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from exc
     response.headers["Cache-Control"] = "no-store"
     return _personal(conn, user, body.name, body.expires_in_days)
 
@@ -198,7 +210,6 @@ def my_tokens(caller: CurrentUser, conn: ConnDep) -> list[store.Token]:
 def new_personal_token(
     body: PersonalTokenCreate, caller: CurrentUser, conn: ConnDep, response: Response
 ) -> store.NewToken:
-    _user_of(caller)
     response.headers["Cache-Control"] = "no-store"
     return _personal(conn, caller, body.name, body.expires_in_days)
 

@@ -37,7 +37,8 @@ def get_user(item_id: ItemId, conn: ConnDep) -> store.User:
 
 @router.patch(
     "/{item_id}", response_model=store.User, responses={**NOT_FOUND, **CONFLICT},
-    summary="Change a user's password, role or customer, or disable them (ends their sessions)",
+    summary="Change a user's password, role or customer, or disable or enable them (any change "
+    "ends their sessions and revokes their personal tokens)",
 )  # fmt: skip
 def change_user(item_id: ItemId, body: store.UserUpdate, conn: ConnDep) -> store.User:
     return store.update_user(conn, item_id, body)
