@@ -3,7 +3,11 @@
 -- read-only and queries stop after 30 s. Run as a role that may create roles, after
 -- `fieldtrack db migrate` (the tables must exist); safe to run again, it resets the password:
 --
---   psql -v ON_ERROR_STOP=1 -v reader_password="$FIELDTRACK_GRAFANA_DB_PASSWORD" -f reader.sql
+--   psql -v ON_ERROR_STOP=1 -c '\getenv reader_password FIELDTRACK_GRAFANA_DB_PASSWORD' \
+--        -f reader.sql
+--
+-- (psql 15 reads the password from its environment: never put it on the command line, where
+-- every local user can read it.)
 --
 -- docker-compose.yml runs it (service grafana-db-setup); tests/integration/
 -- test_grafana_dashboards.py runs every panel's SQL as this role.
@@ -21,5 +25,6 @@ GRANT USAGE ON SCHEMA public TO fieldtrack_grafana;
 GRANT SELECT ON customers, projects, features, deliveries, devices, device_state,
     usage_hourly, device_hourly, metric_samples TO fieldtrack_grafana;
 -- Not the payload: quarantined messages can hold anything a device (or an attacker) sent.
-GRANT SELECT (id, received_at, topic, device_serial, reason, detail, payload_size)
+GRANT SELECT (id, received_at, topic, device_serial, reason, detail, payload_size, copies,
+               last_received_at)
     ON quarantine TO fieldtrack_grafana;

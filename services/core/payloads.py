@@ -34,6 +34,9 @@ MAX_ENABLED_FEATURES = 200
 # (an empty list too). No feature key can take this value (FeatureKey's pattern).
 ENABLED_REPORTED = "*"
 MAX_SEQ = 2**63 - 1
+# Largest boot counter: stored as an int4 beside each reading (a device that starts a million
+# times a day takes six years to reach it).
+MAX_BOOT = 2**31 - 1
 # The bytes a JSON text can begin with (RFC 8259: whitespace or a value, and the NaN and
 # Infinity pydantic's parser also reads). A payload that begins otherwise (binary such as
 # protobuf or CBOR, another encoding, nothing at all) is refused without a parse: garbage
@@ -101,6 +104,15 @@ class _Message(_Strict):
     )
     seq: int = Field(ge=0, le=MAX_SEQ, description="per-device sequence number")
     ts: AwareDatetime = Field(description="device time of the message, ISO 8601 with zone")
+    boot: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_BOOT,
+        description="optional boot counter: kept by the device across restarts and increased "
+        "at every start (seq may restart at 0). With it, a message is the same message as "
+        "another of its device with the same boot and seq, whatever their ts (a resend with a "
+        "fresh ts is stored once); without it, the same seq and ts make the same message.",
+    )
 
 
 class UsageMessage(_Message):

@@ -6,9 +6,10 @@ in bulk (bench/dataset.py). It recomputes, from the month that holds *since* on:
 
 - ``usage_hourly`` from ``usage_events``;
 - ``device_hourly`` from the messages (reading 0 of each stored usage or telemetry message):
-  messages, sequence range and the sequence numbers skipped, walking each device's messages
-  in device-time order exactly as ingest does when messages arrive in order (a late message
-  that ingest counted as filling an earlier gap is simply in its place here);
+  messages, sequence range, the sequence numbers skipped and the jumps too long to be gaps,
+  walking each device's messages in device-time order exactly as ingest does when messages
+  arrive in order (store._sequence_gaps; a late message that ingest counted as filling an
+  earlier gap is simply in its place here);
 - the day, month and project rollups from those two (``rollups_from_hourly``, migration 0007);
 - the month rows of what devices reported as enabled, from its day rows (migration 0012).
 
@@ -26,6 +27,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from services.ingest.store import MAX_SEQ_GAP
 
 ROLLUP_TABLES = (
     "usage_hourly", "device_hourly", "usage_daily", "usage_monthly", "device_daily",
@@ -50,41 +53,50 @@ FROM usage_events
 WHERE device_time >= %(from)s::timestamptz AND device_time < %(until)s::timestamptz
 GROUP BY 1, 2, 3, 4
 """
-# The walk of store._sequence_gaps, as a window: a jump forward counts the numbers skipped,
-# a lower number is a restart (reboot). The first message after `from` continues from the
-# device's last message before it, so walking [from, until) in pieces gives what one walk does.
+# The walk of store._sequence_gaps, as a window: within one boot (-1: none), a step forward of
+# up to max_gap + 1 counts the numbers skipped and a longer one is a jump; a lower number, or
+# another boot, is a restart. The first message after `from` continues from the device's last
+# message before it, so walking [from, until) in pieces gives what one walk does. Steps are
+# differences of two sequence numbers (never sums): no bigint can overflow.
 DEVICE_HOURLY = """
 WITH messages AS (
-    SELECT device_id, project_id, seq, device_time FROM usage_events
+    SELECT device_id, project_id, boot, seq, device_time FROM usage_events
     WHERE item = 0 AND device_time >= %(from)s::timestamptz
       AND device_time < %(until)s::timestamptz
     UNION ALL
-    SELECT device_id, project_id, seq, device_time FROM metric_samples
+    SELECT device_id, project_id, boot, seq, device_time FROM metric_samples
     WHERE item = 0 AND device_time >= %(from)s::timestamptz
       AND device_time < %(until)s::timestamptz
 ), walked AS (
-    SELECT device_id, project_id, seq, device_time,
-           lag(seq) OVER (PARTITION BY device_id ORDER BY device_time, seq) AS previous
+    SELECT device_id, project_id, boot, seq, device_time,
+           lag(ARRAY[boot, seq]) OVER (PARTITION BY device_id ORDER BY device_time, seq, boot)
+               AS previous
     FROM messages
-), gaps AS (
-    SELECT device_id, project_id, seq, time_bucket('1 hour', device_time) AS hour,
+), steps AS (
+    SELECT device_id, project_id, seq, time_bucket('1 hour', device_time) AS hour, boot,
            coalesce(previous, CASE WHEN %(from)s::timestamptz > '-infinity'::timestamptz THEN (
-               SELECT p.seq FROM (
-                   (SELECT seq, device_time FROM usage_events e
+               SELECT ARRAY[p.boot, p.seq] FROM (
+                   (SELECT boot, seq, device_time FROM usage_events e
                     WHERE e.device_id = walked.device_id AND e.item = 0
                       AND e.device_time < %(from)s::timestamptz
-                    ORDER BY device_time DESC, seq DESC LIMIT 1)
+                    ORDER BY device_time DESC, seq DESC, boot DESC LIMIT 1)
                    UNION ALL
-                   (SELECT seq, device_time FROM metric_samples m
+                   (SELECT boot, seq, device_time FROM metric_samples m
                     WHERE m.device_id = walked.device_id AND m.item = 0
                       AND m.device_time < %(from)s::timestamptz
-                    ORDER BY device_time DESC, seq DESC LIMIT 1)
-               ) p ORDER BY p.device_time DESC, p.seq DESC LIMIT 1) END) AS previous
+                    ORDER BY device_time DESC, seq DESC, boot DESC LIMIT 1)
+               ) p ORDER BY p.device_time DESC, p.seq DESC, p.boot DESC LIMIT 1) END) AS previous
     FROM walked
+), gaps AS (
+    SELECT device_id, project_id, seq, hour,
+           CASE WHEN previous[1] = boot THEN seq - previous[2] END AS step
+    FROM steps
 )
-INSERT INTO device_hourly (device_id, project_id, hour, messages, seq_min, seq_max, missing)
+INSERT INTO device_hourly (device_id, project_id, hour, messages, seq_min, seq_max, missing,
+                           seq_jumps)
 SELECT device_id, min(project_id), hour, count(*), min(seq), max(seq),
-       coalesce(sum(seq - previous - 1) FILTER (WHERE seq > previous + 1), 0)
+       coalesce(sum(step - 1) FILTER (WHERE step > 1 AND step <= %(max_gap)s + 1), 0),
+       count(*) FILTER (WHERE step > %(max_gap)s + 1)
 FROM gaps GROUP BY device_id, hour
 """
 
@@ -173,7 +185,7 @@ def hourly_rollups(
             raise ValueError(f"rollup pieces start and end on whole UTC hours, not {bound}")
     params = {"from": since or "-infinity", "until": until or "infinity"}
     cur.execute(USAGE_HOURLY, params)
-    cur.execute(DEVICE_HOURLY, params)
+    cur.execute(DEVICE_HOURLY, {**params, "max_gap": MAX_SEQ_GAP})
 
 
 def rollups_from_hourly(cur: psycopg.Cursor[tuple[Any, ...]], since: datetime | None) -> None:

@@ -1,10 +1,13 @@
-"""CSV imports through the API: every row lands, or none does."""
+"""CSV imports through the API: every row lands, or none does. History imports: every line
+reported, no input a 500."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +15,15 @@ import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from services.api.background import serve_in_thread
+from services.core.migrate import migrate
+from services.core.settings import Settings
+from services.infra.local import LocalServices
+from services.ingest.history import HISTORY_BATCH
+from services.registry import upserts as registry
+from tests.integration.conftest import mint_token, scratch_database, wait_for
 
 CSV = {"content-type": "text/csv"}
 MAX_BIGINT = 2**63 - 1
@@ -509,3 +521,255 @@ def test_nul_character_in_a_cell_is_422_naming_the_field(
     text = f"name,tier,industry\nnul {unique} 1,head,retail\nnul {unique} 2,head,re\x00tail\n"
     assert rejected(post_csv(api, "/imports/customers", text)) == [(3, "industry")]
     assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"nul {unique} %") == 0
+
+
+# --- history (issue 22, finding 6) ---------------------------------------------------------
+
+NDJSON = {"content-type": "application/x-ndjson"}
+Ranges = list[tuple[int, int, str, str | None]]
+
+
+def history_device(conn: psycopg.Connection, name: str) -> tuple[int, str]:
+    """A project with one device in the registry (history needs no broker account)."""
+    customer = registry.upsert_customer(conn, name, "tail", "retail", "adoption")
+    terms: dict[str, Any] = {"contract_value": None, "currency": "EUR", "status": "live"}
+    project = registry.upsert_project(conn, customer, name, go_live_date=None, **terms)
+    serial = name.replace(" ", "-")
+    registry.provision_devices(conn, None, project, [(serial, "T1", "1.0")])
+    return project, serial
+
+
+@pytest.fixture
+def history_project(conn: psycopg.Connection, unique: str) -> tuple[int, str]:
+    return history_device(conn, f"hist {unique}")
+
+
+def ranges(report: dict[str, Any]) -> Ranges:
+    """(first, last, outcome, reason) of each range of lines the report lists."""
+    return [(r["first"], r["last"], r["outcome"], r["reason"]) for r in report["lines"]]
+
+
+def stored_readings(conn: psycopg.Connection, serial: str) -> list[tuple[Any, ...]]:
+    """(kind, seq, name, amount) of a device's stored readings, by seq and reading index."""
+    return [
+        tuple(row)
+        for row in conn.execute(
+            """SELECT 'usage', u.seq, u.feature_key, u.count::float8, u.item FROM usage_events u
+               JOIN devices d ON d.id = u.device_id WHERE d.serial = %(s)s
+               UNION ALL
+               SELECT 'telemetry', m.seq, m.name, m.value, m.item FROM metric_samples m
+               JOIN devices d ON d.id = m.device_id WHERE d.serial = %(s)s
+               ORDER BY 2, 5""",
+            {"s": serial},
+        )
+    ]
+
+
+def history_ts(minutes: int = 0) -> str:
+    moment = (
+        datetime.now(UTC).replace(microsecond=0) - timedelta(days=2) + timedelta(minutes=minutes)
+    )
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_history_csv_rows_of_one_message_need_not_be_consecutive(
+    api: TestClient, conn: psycopg.Connection, history_project: tuple[int, str]
+) -> None:
+    """A file sorted by feature once made one message of each run of consecutive rows: the
+    second part of a message then collided with the first and its readings were dropped as
+    duplicates. The rows of a message are its rows wherever they are; every line is
+    reported."""
+    _, serial = history_project
+    t1, t2, t3 = history_ts(1), history_ts(2), history_ts(3)
+    text = (
+        "device,kind,seq,ts,feature,count,duration_ms,metric,value,unit\n"  # 1
+        f"{serial},usage,1,{t1},alpha,1,,,,\n"  # 2
+        f"{serial},usage,2,{t2},alpha,2,,,,\n"  # 3
+        f"{serial},telemetry,3,{t3},,,,battery,80,%\n"  # 4
+        f"{serial},usage,1,{t1},beta,3,,,,\n"  # 5
+        "\n"  # 6
+        f"{serial},usage,2,{t2},beta,4,,,,\n"  # 7
+        f"{serial},telemetry,3,{t3},,,,rssi,-70,dBm\n"  # 8
+        f"{serial},usage,x,{t3},gamma,1,,,,\n"  # 9: not a number
+    )
+    # each message's readings in the order of their lines
+    readings = [
+        ("usage", 1, "alpha", 1.0, 0),
+        ("usage", 1, "beta", 3.0, 1),
+        ("usage", 2, "alpha", 2.0, 0),
+        ("usage", 2, "beta", 4.0, 1),
+        ("telemetry", 3, "battery", 80.0, 0),
+        ("telemetry", 3, "rssi", -70.0, 1),
+    ]
+    report = expect(post_csv(api, "/imports/history", text), 201)
+    assert stored_readings(conn, serial) == readings
+    assert (report["messages"], report["usage_rows"], report["metric_rows"]) == (4, 4, 2)
+    assert report["duplicates"] == 0
+    assert report["complete"] is True and report["lines_read"] == 9
+    assert ranges(report) == [
+        (1, 1, "header", None),
+        (2, 5, "stored", None),
+        (6, 6, "blank", None),
+        (7, 8, "stored", None),
+        (9, 9, "quarantined", "invalid_payload"),
+    ]
+    assert "seq" in report["lines"][-1]["detail"]
+
+    again = expect(post_csv(api, "/imports/history", text), 201)
+    assert stored_readings(conn, serial) == readings
+    assert (again["usage_rows"], again["metric_rows"], again["duplicates"]) == (0, 0, 6)
+    assert ranges(again) == [
+        (1, 1, "header", None),
+        (2, 5, "duplicate", None),
+        (6, 6, "blank", None),
+        (7, 8, "duplicate", None),
+        (9, 9, "quarantined", "invalid_payload"),
+    ]
+    # the refused message, quarantined by both imports: one row, counted twice
+    quarantined = conn.execute(
+        "SELECT count(*), sum(copies), min(detail) FROM quarantine WHERE device_serial = %s",
+        (serial,),
+    ).fetchone()
+    assert quarantined is not None and quarantined[:2] == (1, 2)
+    assert quarantined[2].startswith("line 9: ")
+
+
+def test_history_ndjson_reports_every_line_and_deep_nesting_is_no_500(
+    api: TestClient, conn: psycopg.Connection, history_project: tuple[int, str]
+) -> None:
+    """A line of 100,000 `[` raised RecursionError: a 500 after the batches before it were
+    committed. Now it is a quarantined line like any other, and the report says what became
+    of each line."""
+    _, serial = history_project
+
+    def message(seq: int, **extra: object) -> str:
+        body = {
+            "device": serial,
+            "kind": "usage",
+            "seq": seq,
+            "ts": history_ts(seq),
+            "events": [{"feature": "alpha", "count": seq}],
+            **extra,
+        }
+        return json.dumps(body)
+
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    lines = [
+        message(1),
+        message(2),
+        "",
+        message(1),
+        "[" * 100_000,
+        message(3),
+        message(5, ts=future),
+        "not json",
+        message(4),
+        "{" * 100_000,
+    ]
+    response = api.post("/imports/history", content="\n".join(lines) + "\n", headers=NDJSON)
+    report = expect(response, 201)
+    assert ranges(report) == [
+        (1, 2, "stored", None),
+        (3, 3, "blank", None),
+        (4, 4, "duplicate", None),
+        (5, 5, "quarantined", "invalid_payload"),
+        (6, 6, "stored", None),
+        (7, 7, "quarantined", "future_timestamp"),
+        (8, 8, "quarantined", "invalid_payload"),
+        (9, 9, "stored", None),
+        (10, 10, "quarantined", "invalid_payload"),
+    ]
+    assert "nested too deeply" in report["lines"][3]["detail"]
+    assert report["complete"] is True and report["lines_read"] == 10
+    assert report["quarantined"] == {"invalid_payload": 3, "future_timestamp": 1}
+    assert [seq for _, seq, *_ in stored_readings(conn, serial)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("csv", b"device,kind,seq,ts\n" + b"\x00,\xff\xfe,\r,\r\n" * 3),
+        ("csv", b'device,kind,seq,ts,boot\nd,usage,1,2026-01-01T00:00:00Z,"\n\n"\n,,,,\n'),
+        ("csv", b"device,kind,seq,ts\r\n" + b",".join([b"9" * 5000] * 4) + b"\n"),
+        ("ndjson", b'{"device":"d","kind":"usage","seq":' + b"9" * 5000 + b"}\n"),
+        ("ndjson", b'\n\n{"device":"\\u0000","kind":"usage"}\r\n[]\n{"kind":{}}\n\x00\xff'),
+        ("ndjson", b'{"device":"d","kind":"usage","events":' + b"[" * 990 + b"]" * 990 + b"}"),
+    ],
+    ids=["nul-and-binary", "quoted-newlines", "huge-numbers", "huge-seq", "odd-lines", "deep"],
+)
+def test_no_history_input_makes_a_500_and_every_line_is_reported(
+    api: TestClient, kind: str, body: bytes
+) -> None:
+    headers = CSV if kind == "csv" else NDJSON
+    report = expect(api.post("/imports/history", content=body, headers=headers), 201)
+    covered = [line for r in report["lines"] for line in range(r["first"], r["last"] + 1)]
+    assert covered == list(range(1, report["lines_read"] + 1)), report["lines"]
+    assert "not_imported" not in {r["outcome"] for r in report["lines"]}
+
+
+def test_a_history_import_the_database_stops_says_what_it_committed(
+    local_services: LocalServices, settings: Settings, unique: str
+) -> None:
+    """Messages are committed batch by batch: when the database goes away in the middle of an
+    import, the answer is the report of what was committed, line by line (not a bare 500),
+    and importing the file again stores the rest and nothing twice."""
+    app_url = settings.database_url.get_secret_value()
+    with scratch_database(local_services, app_url, "fieldtrack_import_stop") as url:
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            _, serial = history_device(conn, f"stop {unique}")
+        scratch = settings.model_copy(update={"database_url": SecretStr(url)})
+        headers = {**NDJSON, "Authorization": f"Bearer {mint_token(url)}"}
+        total = HISTORY_BATCH + 10
+        lines = [
+            json.dumps(
+                {
+                    "device": serial,
+                    "kind": "usage",
+                    "seq": seq,
+                    "ts": history_ts(),
+                    "events": [{"feature": "alpha"}],
+                }
+            )
+            + "\n"
+            for seq in range(total)
+        ]
+
+        def stored(watcher: psycopg.Connection) -> int:
+            row = watcher.execute("SELECT count(*) FROM usage_events").fetchone()
+            return int(row[0]) if row else 0
+
+        with serve_in_thread(scratch) as base, psycopg.connect(url, autocommit=True) as watcher:
+
+            def body() -> Iterator[bytes]:
+                yield "".join(lines[:HISTORY_BATCH]).encode()
+                wait_for(lambda: stored(watcher) >= HISTORY_BATCH, timeout=60)
+                watcher.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND usename = current_user AND backend_type = 'client backend'"
+                )
+                yield "".join(lines[HISTORY_BATCH:]).encode()
+
+            response = httpx.post(
+                f"{base}/imports/history", content=body(), headers=headers, timeout=120
+            )
+            assert response.status_code == 503, response.text
+            report = response.json()
+            assert stored(watcher) == HISTORY_BATCH
+            again = httpx.post(
+                f"{base}/imports/history", content="".join(lines), headers=headers, timeout=120
+            )
+            assert again.status_code == 201, again.text
+            assert stored(watcher) == total
+    print(f"\n[import stopped] {report['error']}")
+    assert report["complete"] is False and "stopped after line" in report["error"]
+    assert (report["messages"], report["usage_rows"]) == (HISTORY_BATCH, HISTORY_BATCH)
+    assert ranges(report) == [
+        (1, HISTORY_BATCH, "stored", None),
+        (HISTORY_BATCH + 1, total, "not_imported", None),
+    ]
+    assert ranges(again.json()) == [
+        (1, HISTORY_BATCH, "duplicate", None),
+        (HISTORY_BATCH + 1, total, "stored", None),
+    ]

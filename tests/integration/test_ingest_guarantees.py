@@ -436,8 +436,9 @@ def test_quarantine_api_matches_the_database(
 
 
 def _reason_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Messages quarantined per reason, copies of the same bytes included (one row each)."""
     return dict(conn.execute(
-        "SELECT reason, count(*) FROM quarantine "
+        "SELECT reason, sum(copies)::bigint FROM quarantine "
         "WHERE received_at >= now() - interval '7 days' GROUP BY reason"
     ).fetchall())  # fmt: skip
 
@@ -548,3 +549,144 @@ def test_quarantine_api_shows_binary_payloads(
     finally:
         # Leave no bytes behind that would break other tests' listings of the session database.
         conn.execute("DELETE FROM quarantine WHERE device_serial = %s", (device.serial,))
+
+
+# --- 7. sequence arithmetic and message identity (issue 22, findings 4 and 5) ---------------
+
+MAX_SEQ = 2**63 - 1
+
+
+def _stored_readings(conn: psycopg.Connection, serial: str) -> list[tuple[int, int, str, int]]:
+    """(boot, seq, feature, count) of a device's stored usage readings."""
+    return [
+        tuple(row)
+        for row in conn.execute(
+            """SELECT u.boot, u.seq, u.feature_key, u.count FROM usage_events u
+               JOIN devices d ON d.id = u.device_id WHERE d.serial = %s
+               ORDER BY u.boot, u.seq, u.item""",
+            (serial,),
+        )
+    ]
+
+
+def _hourly(conn: psycopg.Connection, serial: str) -> tuple[int, int, int]:
+    """(messages, missing, seq_jumps) of a device, summed over its hours."""
+    row = conn.execute(
+        """SELECT coalesce(sum(messages), 0), coalesce(sum(missing), 0),
+                  coalesce(sum(seq_jumps), 0)
+           FROM device_hourly h JOIN devices d ON d.id = h.device_id WHERE d.serial = %s""",
+        (serial,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def test_a_sequence_number_of_2_63_does_not_cost_the_project_its_other_devices(
+    ingest: IngestService,
+    conn: psycopg.Connection,
+    project: Project,
+    provision: Callable[[int, str], SimDevice],
+    unique: str,
+) -> None:
+    """Finding 4: one device sending seq 0 then 2^63-1 once made its project's `missing`
+    overflow, and every later message of the project with a gap was quarantined as
+    rejected_by_database: other devices' acknowledged data, gone."""
+    feature = project.feature_key
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    wild = provision(project.id, f"wild-{unique}")
+    for seq, offset in ((0, 0), (MAX_SEQ, 1)):
+        wild.publish(MessageKind.USAGE, usage_body(seq, at + timedelta(seconds=offset), feature))
+    wait_for(lambda: len(_stored_seqs(conn, wild.serial)) == 2)
+    others = [provision(project.id, f"gappy-{unique}-{i}") for i in range(3)]
+    sent = {device.serial: (0, 5, 9) for device in others}  # 7 numbers skipped each
+    for device in others:
+        for n, seq in enumerate(sent[device.serial]):
+            at_n = at + timedelta(seconds=10 + n)
+            device.publish(MessageKind.USAGE, usage_body(seq, at_n, feature)).wait_for_publish(5)
+
+    def settled() -> bool:
+        return all(
+            len(_stored_seqs(conn, d.serial)) + len(_quarantine(conn, d.serial)) >= 3
+            for d in others
+        )
+
+    wait_for(settled)
+    quarantined = {d.serial: [r for _, r, _, _ in _quarantine(conn, d.serial)] for d in others}
+    print(f"\n[seq 2^63] wild: {_hourly(conn, wild.serial)}; others quarantined: {quarantined}")
+    assert quarantined == {d.serial: [] for d in others}
+    for device in others:
+        assert sorted(_stored_seqs(conn, device.serial)) == [0, 5, 9]
+        assert _hourly(conn, device.serial) == (3, 7, 0)
+    # the jump is a restart, said as such: not 2^63-2 messages missing
+    assert _hourly(conn, wild.serial) == (2, 0, 1)
+    missing = conn.execute(
+        "SELECT sum(missing) FROM project_hourly WHERE project_id = %s", (project.id,)
+    ).fetchone()
+    assert missing == (21,)
+
+
+def test_an_outbox_resent_with_a_fresh_ts_is_stored_once(
+    ingest: IngestService,
+    conn: psycopg.Connection,
+    project: Project,
+    provision: Callable[[int, str], SimDevice],
+    unique: str,
+) -> None:
+    """Finding 5: firmware that resends its outbox stamps each message with a fresh `ts`. With
+    a boot counter, (boot, seq) is the message's identity and the resend adds nothing; once
+    it was stored twice."""
+    device = provision(project.id, f"outbox-{unique}")
+    feature = project.feature_key
+    sent = datetime.now(UTC) - timedelta(minutes=3)
+    for seq in (40, 41):
+        device.publish(
+            MessageKind.USAGE, usage_body(seq, sent, feature, count=seq, boot=12)
+        ).wait_for_publish(5)
+    wait_for(lambda: len(_stored_readings(conn, device.serial)) == 2)
+    for seq in (40, 41):  # the outbox again, each message stamped as it goes out
+        resent = sent + timedelta(seconds=90 + seq)
+        device.publish(MessageKind.USAGE, usage_body(seq, resent, feature, count=seq, boot=12))
+    device.publish(MessageKind.USAGE, usage_body(42, sent + timedelta(minutes=2), feature, boot=12))
+    wait_for(lambda: 42 in {seq for _, seq, _, _ in _stored_readings(conn, device.serial)})
+    time.sleep(0.3)  # anything of the resend still in flight would show now
+    readings = _stored_readings(conn, device.serial)
+    print(f"\n[outbox] stored: {readings}")
+    assert _quarantine(conn, device.serial) == []
+    assert readings == [(12, 40, feature, 40), (12, 41, feature, 41), (12, 42, feature, 1)]
+    assert _hourly(conn, device.serial) == (3, 0, 0)
+    events = conn.execute(
+        """SELECT sum(events) FROM usage_hourly h JOIN devices d ON d.id = h.device_id
+           WHERE d.serial = %s""",
+        (device.serial,),
+    ).fetchone()
+    assert events == (82,)
+
+
+def test_a_device_without_a_clock_keeps_what_it_sends_after_a_reboot(
+    ingest: IngestService,
+    conn: psycopg.Connection,
+    project: Project,
+    provision: Callable[[int, str], SimDevice],
+    unique: str,
+) -> None:
+    """Finding 5: a device without a real-time clock restarts at the same time with seq 0.
+    Its next boot's messages once collided with the previous boot's (same time, same seq)
+    and were dropped as duplicates; a new boot counter makes them new messages."""
+    device = provision(project.id, f"noclock-{unique}")
+    feature = project.feature_key
+    epoch = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)  # its clock at boot
+    for boot, counts in ((1, (3, 4, 5)), (2, (6, 7, 8))):
+        for seq, count in enumerate(counts):
+            at = epoch + timedelta(seconds=seq)
+            body = usage_body(seq, at, feature, count=count, boot=boot)
+            device.publish(MessageKind.USAGE, body).wait_for_publish(5)
+        if boot == 1:
+            wait_for(lambda: len(_stored_readings(conn, device.serial)) == 3)
+    wait_for(lambda: len(_stored_readings(conn, device.serial)) >= 6)
+    readings = _stored_readings(conn, device.serial)
+    print(f"\n[no clock] stored: {readings}")
+    assert _quarantine(conn, device.serial) == []
+    expected = [(boot, seq, feature, 3 * boot + seq) for boot in (1, 2) for seq in range(3)]
+    assert readings == expected
+    # a reboot is neither a gap nor a late message filling one
+    assert _hourly(conn, device.serial) == (6, 0, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -12,10 +13,17 @@ from fastapi.testclient import TestClient
 
 from device_sim.device import SimDevice
 from services.core.broker_admin import BrokerAdmin
+from services.core.payloads import MAX_PAYLOAD_BYTES
 from services.core.settings import Settings
-from services.core.topics import MessageKind
-from services.ingest.service import IngestService
+from services.core.topics import MessageKind, device_topic
+from services.infra.local import LocalServices
+from services.ingest.service import IngestService, discard_session
 from tests.integration.conftest import Project, wait_for
+from tests.integration.ingest_support import fault_database, fleet, wait_until_stored
+
+# Over ingest's payload limit yet within the broker's packet limit (the payload limit and 1 KiB
+# for the rest of the packet): the broker delivers it, ingest quarantines it as too large.
+OVERSIZED = MAX_PAYLOAD_BYTES + 500
 
 
 def _quarantined(conn: psycopg.Connection, serial: str) -> list[tuple[str, str, bytes]]:
@@ -73,7 +81,7 @@ def test_malformed_and_future_messages_are_quarantined_with_reasons(
         json.dumps({"v": 1, "seq": "7", "ts": future, "events": [{"feature": "x"}]}).encode(),
         json.dumps({"v": 1, "seq": 8, "ts": future, "events": [{"feature": "x"}]}).encode(),
         b'{"v": 1, "seq": 9, "ts": "2026-01-01T00:00:00Z", "events": [{"feature": "a\\u0000b"}]}',
-        b"x" * 300_000,
+        b"x" * OVERSIZED,
     ]
     for payload in bad:
         device.publish(MessageKind.USAGE, payload).wait_for_publish(5)
@@ -93,7 +101,7 @@ def test_malformed_and_future_messages_are_quarantined_with_reasons(
         "SELECT payload_size FROM quarantine WHERE device_serial = %s AND reason = 'payload_too_large'",
         (device.serial,),
     ).fetchone()
-    assert size == (300_000,)
+    assert size == (OVERSIZED,)
 
 
 def test_quarantine_older_than_retention_is_purged(
@@ -165,3 +173,55 @@ def test_the_list_pages_through_a_time_window_latest_first(
     empty = api.get("/quarantine", params={"device": f"{serial}-none"})
     assert empty.status_code == 200
     assert empty.json()["items"] == [] and empty.json()["total"] == 0
+
+
+def test_a_retained_message_replayed_on_every_reconnect_is_quarantined_once(
+    local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin
+) -> None:
+    """Issue 22, finding 3: a device's retained garbage is replayed by the broker every time
+    ingest subscribes again (a plain subscription), and each replay once added a quarantine
+    row. The same message quarantined again (same topic, same bytes) now adds no row: its
+    row counts it."""
+    with fault_database(local_services, settings) as env:
+        serial = f"retained-{env.token}"
+        project = (env.project_id, env.feature_key)
+        with fleet(env.url, broker_admin, settings, *project, [serial]) as devices:
+            device = devices.by_serial(serial)
+            topic = device_topic(serial, MessageKind.STATUS)
+            garbage = b'{"v": 1, "state": "exploded"}'
+            ingest = env.ingest("qdedupe", "")  # no share group: retained messages replay
+
+            def rows() -> list[tuple[str, int]]:
+                with psycopg.connect(env.url, autocommit=True) as conn:
+                    return [
+                        (reason, copies)
+                        for reason, copies in conn.execute(
+                            "SELECT reason, copies FROM quarantine WHERE device_serial = %s "
+                            "AND payload = %s ORDER BY id",
+                            (serial, garbage),
+                        )
+                    ]
+
+            def copies_reach(n: int) -> list[tuple[str, int]]:
+                return wait_for(lambda: (r := rows()) and sum(c for _, c in r) >= n and r)
+
+            try:
+                ingest.start()
+                wait_until_stored(env.url, device, env.feature_key, 10**6)  # subscribed
+                publish = device._client.publish  # paho's own: SimDevice never retains data
+                publish(topic, garbage, qos=1, retain=True).wait_for_publish(5)
+                assert copies_reach(1) == [("invalid_payload", 1)]
+                publish(topic, garbage, qos=1, retain=True).wait_for_publish(5)  # sent again
+                assert copies_reach(2) == [("invalid_payload", 2)]
+                for replays in (3, 4):  # each restart subscribes again: the broker replays it
+                    ingest.terminate(30)
+                    ingest.start()
+                    copies_reach(replays)
+                time.sleep(0.3)  # a row added after the count would show now
+                found = rows()
+            finally:
+                device._client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+                ingest.ensure_dead()
+                discard_session(settings, ingest.client_id)
+    print(f"\n[quarantine dedupe] rows of the retained message: {found}")
+    assert found == [("invalid_payload", 4)]

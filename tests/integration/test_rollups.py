@@ -31,6 +31,7 @@ from services.ingest.rollups import (
     rebuild_rollups,
     rollups_from_hourly,
 )
+from services.ingest.store import MAX_SEQ_GAP
 from services.registry import upserts
 from tests.integration.conftest import scratch_database
 
@@ -407,4 +408,46 @@ def test_hourly_rollups_walked_in_pieces_equal_one_walk(history: History) -> Non
             for since, until in zip([None, *cuts], [*cuts, None], strict=True):
                 hourly_rollups(cur, since, until)
             rollups_from_hourly(cur, None)
+        assert rollup_rows(conn) == kept
+
+
+def test_rebuild_equals_ingest_across_jumps_and_boots(history: History) -> None:
+    """Issue 22, findings 4 and 5: a jump to 2^63-1 counts as a jump, not 2^63-2 missing (the
+    sums once overflowed), a gap up to MAX_SEQ_GAP is counted, and a new boot is a restart;
+    ingest and the rebuild count alike. (Last in this module: it adds a project.)"""
+    plan: dict[str, list[tuple[int | None, int]]] = {  # (boot, seq) in device-time order
+        "jumps-0": [(None, 0), (None, 2**63 - 1), (None, 5), (None, 9), (None, 2**63 - 1)],
+        "jumps-1": [(1, 0), (1, 4), (2, 0), (2, 2), (3, 2**40)],
+        "jumps-2": [(None, 10), (None, 11 + MAX_SEQ_GAP), (None, 13 + 2 * MAX_SEQ_GAP)],
+    }
+    at = START + timedelta(days=2, minutes=7)
+    messages = []
+    for serial, steps in plan.items():
+        for n, (boot, seq) in enumerate(steps):
+            stamp = (at + timedelta(minutes=25 * n)).isoformat()
+            events = [{"feature": "remote_unlock"}]
+            body: dict[str, Any] = {"v": 1, "seq": seq, "ts": stamp, "events": events}
+            if boot is not None:
+                body["boot"] = boot
+            messages.append((serial, MessageKind.USAGE, json.dumps(body).encode()))
+    with psycopg.connect(history.url, autocommit=True) as conn:
+        customer = upserts.upsert_customer(conn, "Jumps Co", "tail", "retail", "adoption")
+        terms: dict[str, Any] = {"contract_value": None, "currency": "EUR", "status": "live"}
+        pid = upserts.upsert_project(conn, customer, "Jumps", go_live_date=START.date(), **terms)
+        upserts.provision_devices(conn, None, pid, [(s, "m", "1.0") for s in plan])
+        assert _import(conn, messages) == 0
+        counted = {
+            serial: (missing, jumps)
+            for serial, missing, jumps in conn.execute(
+                """SELECT d.serial, sum(h.missing)::bigint, sum(h.seq_jumps)::bigint
+                   FROM device_hourly h JOIN devices d ON d.id = h.device_id
+                   WHERE h.project_id = %s GROUP BY 1""",
+                (pid,),
+            )
+        }
+        assert counted == {"jumps-0": (3, 2), "jumps-1": (4, 0), "jumps-2": (MAX_SEQ_GAP, 1)}
+        kept = rollup_rows(conn)
+        assert rebuild_rollups(conn) is None
+        assert rollup_rows(conn) == kept
+        assert rebuild_rollups(conn, at) == datetime(2025, 1, 1, tzinfo=UTC)
         assert rollup_rows(conn) == kept

@@ -188,3 +188,34 @@ def test_bad_enabled_features_are_quarantined_with_the_field(
 def test_usage_and_status_messages_do_not_take_enabled_features() -> None:
     outcome = _decode(_usage(enabled_features=["tamper_alerts"]))
     assert isinstance(outcome, Rejected) and "enabled_features" in outcome.detail
+
+
+@pytest.mark.parametrize("kind", [MessageKind.USAGE, MessageKind.TELEMETRY])
+def test_a_boot_counter_is_optional_and_kept(kind: MessageKind) -> None:
+    """Issue 22, finding 5: `boot` is part of a message's identity; old payloads stay valid."""
+    metrics = [{"name": "battery", "value": 80.0}]
+    body = _usage() if kind is MessageKind.USAGE else _usage(events=None, metrics=metrics)
+    body = {key: value for key, value in body.items() if value is not None}
+    topic = f"fieldtrack/v1/dev-1/{kind.value}"
+    without = _decode(body, topic)
+    assert isinstance(without, Accepted)
+    assert getattr(without.message, "boot", "missing") is None
+    for boot in (0, 7, 2**31 - 1):
+        outcome = _decode({**body, "boot": boot}, topic)
+        assert isinstance(outcome, Accepted)
+        assert getattr(outcome.message, "boot", None) == boot
+
+
+@pytest.mark.parametrize("boot", [-1, 2**31, "3", 1.5, True])
+def test_a_boot_counter_out_of_range_or_of_another_type_is_quarantined(boot: object) -> None:
+    outcome = _decode(_usage(boot=boot))
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason is QuarantineReason.INVALID_PAYLOAD
+    assert "boot" in outcome.detail
+
+
+def test_status_messages_take_no_boot_counter() -> None:
+    status = {"v": 1, "state": "online", "boot": 3}
+    outcome = _decode(status, "fieldtrack/v1/dev-1/status")
+    assert isinstance(outcome, Rejected)
+    assert "boot" in outcome.detail

@@ -37,6 +37,11 @@ class QuarantinedMessage(BaseModel):
     reason: QuarantineReason
     detail: str | None
     payload_size: int = Field(description="bytes received (the stored payload may be truncated)")
+    copies: int = Field(
+        description="times these same bytes on this topic were quarantined (a retained message "
+        "replayed on every ingest reconnect, a redelivery, a re-import): one row for all"
+    )
+    last_received_at: datetime | None = Field(description="when the latest copy arrived")
     payload_preview: str = Field(
         description=f"first {PREVIEW_BYTES} bytes as text: invalid UTF-8 replaced, NUL shown as \\0"
     )
@@ -51,13 +56,14 @@ class QuarantinedMessage(BaseModel):
 
 class ReasonSummary(BaseModel):
     reason: QuarantineReason
-    count: int
+    count: int = Field(description="messages quarantined for this reason, copies included")
     last_received_at: datetime
     sample: QuarantinedMessage = Field(description="the most recent message with this reason")
 
 
 PREVIEW_COLUMNS = f"""
-id, received_at, topic, device_serial, reason, detail, payload_size,
+id, received_at, topic, device_serial, reason, detail, payload_size, copies,
+coalesce(last_received_at, received_at) AS last_received_at,
 substring(payload FROM 1 FOR {PREVIEW_BYTES}) AS payload_preview
 """
 # In the order messages were quarantined (latest first by default): by id, which the primary
@@ -78,10 +84,12 @@ WHERE received_at >= %(since)s AND received_at < %(until)s
   AND (%(reason)s::text IS NULL OR reason = %(reason)s)
   AND (%(device)s::text IS NULL OR device_serial = %(device)s)
 """
+# Messages, copies included (one row holds all copies of the same bytes on the same topic).
 SUMMARY = """
-SELECT reason, count(*) AS count, max(received_at) AS last_received_at, max(id) AS sample_id
+SELECT reason, sum(copies)::bigint AS count,
+       max(coalesce(last_received_at, received_at)) AS last_received_at, max(id) AS sample_id
 FROM quarantine WHERE received_at >= %(since)s AND received_at < %(until)s
-GROUP BY reason ORDER BY count(*) DESC
+GROUP BY reason ORDER BY 2 DESC
 """
 ONE = f"SELECT {PREVIEW_COLUMNS} FROM quarantine WHERE id = %s"
 RAW = "SELECT payload FROM quarantine WHERE id = %s"
