@@ -36,9 +36,11 @@ infra_app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 rollups_app = typer.Typer(help="The rollups the analytics read.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Messages ingest could not store.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
+app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
 app.add_typer(client_commands.customers_app, name="customers")
 app.add_typer(client_commands.projects_app, name="projects")
@@ -182,6 +184,47 @@ def rollups_rebuild(
     console.print(f"rollups rebuilt ({where}) in {time.monotonic() - started:.1f}s")
 
 
+@quarantine_app.command("replay")
+def quarantine_replay(
+    reason: Annotated[
+        list[str] | None, typer.Option(help="only messages quarantined for this reason (repeat)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="only this device's messages")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="at most this many messages")] = None,
+) -> None:
+    """Offer quarantined messages to the store again, after a fix. Each is stored once (or
+    found already stored) and marked replayed, or stays quarantined with its reason now."""
+    from datetime import timedelta
+
+    import psycopg
+
+    from services.core.migrate import migrate
+    from services.core.payloads import QuarantineReason
+    from services.core.settings import get_settings
+    from services.ingest.replay import replay_quarantine
+
+    unknown = sorted(set(reason or ()) - set(QuarantineReason))
+    if unknown:
+        known = ", ".join(QuarantineReason)
+        raise _fail(FieldtrackError(f"unknown reason {', '.join(unknown)}; reasons: {known}"))
+    try:
+        settings = get_settings()
+        url = settings.database_url.get_secret_value()
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            report = replay_quarantine(
+                conn,
+                max_future_skew=timedelta(seconds=settings.ingest_max_future_skew_s),
+                late_data_days=settings.ingest_late_data_days,
+                reasons=reason,
+                device=device,
+                limit=limit,
+            )
+    except (FieldtrackError, psycopg.Error) as exc:
+        raise _fail(exc) from exc
+    console.print(escape(report.line()))
+
+
 # --- processes ------------------------------------------------------------------
 
 
@@ -195,7 +238,7 @@ def ingest(
     """Run the ingest service until SIGTERM or Ctrl-C (flushes and acknowledges first)."""
     from services.core.migrate import migrate
     from services.core.settings import get_settings
-    from services.ingest.service import IngestService, tune_collector
+    from services.ingest.service import WORKER_DIED_EXIT, IngestService, tune_collector
 
     _setup_logging(verbose)
     try:
@@ -215,7 +258,8 @@ def ingest(
         "ingest %s running against %s:%s", settings.ingest_client_id, settings.mqtt_host,
         settings.mqtt_port,
     )  # fmt: skip
-    while not stop.wait(0.5):  # a bare wait() would not wake for the signal handler
+    # A bare wait() would not wake for the signal handler; a dead worker thread stops it too.
+    while not stop.wait(0.5) and not service.failed.is_set():
         pass
     service.stop()
     totals = service.totals
@@ -223,6 +267,10 @@ def ingest(
         "stopped: %d messages, %d usage rows, %d duplicates absorbed, quarantined %s",
         totals.messages, totals.usage_rows, totals.usage_duplicates, dict(totals.quarantined),
     )  # fmt: skip
+    if service.failed.is_set():
+        # Non-zero, for the supervisor to restart ingest; the broker redelivers what it held.
+        logging.getLogger("fieldtrack.ingest").error("exiting with status %d", WORKER_DIED_EXIT)
+        raise typer.Exit(code=WORKER_DIED_EXIT)
 
 
 @app.command()

@@ -23,6 +23,11 @@ class IngestMetrics(BaseModel):
     url: str | None = Field(description="where they were scraped; null when turned off")
     reachable: bool
     error: str | None = Field(description="why they could not be read")
+    writer_alive: bool | None = Field(
+        default=None,
+        description="whether ingest's writer thread runs (a process whose writer died exits, "
+        "non-zero, for its supervisor to restart it; until then it acknowledges nothing)",
+    )
     messages: float | None = Field(default=None, description="MQTT messages taken by the writer")
     duplicates: dict[str, float] = Field(
         default_factory=dict, description="readings already stored (redeliveries), by kind"
@@ -82,6 +87,8 @@ def parse(text: str, url: str | None = None) -> IngestMetrics:
                 by_label[name][label] = sample.value
             else:
                 plain[name] = sample.value
+    alive = plain.get("writer_alive")
+    found.writer_alive = None if alive is None else alive == 1
     found.messages = plain.get("messages_total")
     found.db_failures = plain.get("db_failures_total")
     found.queue_depth = plain.get("queue_depth")

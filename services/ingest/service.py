@@ -5,25 +5,37 @@ and never raises) and enqueues it. One writer thread takes
 batches (by size or time), stores them in one transaction, commits, and then sends the
 PUBACKs. If the database fails, nothing is acknowledged and the batch is retried with
 backoff; the broker keeps everything else queued in the persistent session.
+
+Errors are of three kinds (see NOT_TRANSIENT and CODE_ERRORS_FROM_DATABASE): the database
+unreachable or failing (retried), a message the database refuses (isolated and quarantined),
+and anything else, a bug (the writer stops, nothing of its batch is acknowledged or
+quarantined, and the process exits non-zero for its supervisor to restart it; the broker
+redelivers). `/health` on the metrics port says whether the writer and listener are alive.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import queue
+import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 from psycopg import sql
 
 from services.core.mqtt_client import BufferedClient
@@ -65,6 +77,20 @@ DEVICE_CHANNEL = "fieldtrack_devices"
 # into a batch of 2,000 cost 18-23 µs against 9, and a live drain of single-reading
 # messages took 57 µs a message (ingest and its PostgreSQL session) against 44 with these.
 GC_THRESHOLDS = (50_000, 20, 100)
+# The process's exit status when a worker thread died: EX_SOFTWARE (sysexits.h), an internal
+# error. Any non-zero status makes a supervisor (compose's restart policy, systemd) restart it.
+WORKER_DIED_EXIT = 70
+# Database errors that say our SQL does not fit the database (a bug, or a schema that is not
+# the one this code was written for), and integrity errors that are not data errors (NOT
+# NULL: see NOT_TRANSIENT): retrying cannot cure them and they are no message's fault, so
+# the writer stops instead of retrying forever or quarantining.
+CODE_ERRORS_FROM_DATABASE = (
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+    psycopg.IntegrityError,
+)
+# Served beside /metrics on the metrics port (every other path is the metrics).
+HEALTH_PATH = "/health"
 
 MESSAGES = Counter("fieldtrack_ingest_messages_total", "MQTT messages taken by the writer")
 ROWS = Counter("fieldtrack_ingest_rows_total", "readings stored", ["kind"])
@@ -88,6 +114,9 @@ STATUS_CLEARED = Counter(
     "fieldtrack_ingest_status_cleared_total", "empty retained status messages (cleared, not stored)"
 )
 PURGED = Counter("fieldtrack_ingest_quarantine_purged_total", "quarantine rows past retention")
+WRITER_ALIVE = Gauge(
+    "fieldtrack_ingest_writer_alive", "1 while the writer thread runs, 0 once it has died"
+)
 
 
 def _paho_queue_pubacks() -> Any:
@@ -137,11 +166,21 @@ class IngestService:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish_raw = self._on_publish
-        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._guarded, args=(self._write_loop,), name="ingest-writer", daemon=True
+        )
         self._listener = threading.Thread(
-            target=self._listen_loop, name="ingest-registry-listener", daemon=True
+            target=self._guarded,
+            args=(self._listen_loop,),
+            name="ingest-registry-listener",
+            daemon=True,
         )
         self._next_purge = 0.0
+        # Set once a worker thread died: the process must stop (see `failed`).
+        self.failed = threading.Event()
+        self._dead: set[str] = set()
+        self._db_failing = False
+        self._http: WSGIServer | None = None
 
     # --- paho callbacks: convert and enqueue, never I/O, never raise ----------
 
@@ -189,6 +228,28 @@ class IngestService:
         """paho's route, for what the fast reader leaves to paho (QoS 2, never subscribed)."""
         self._on_publish(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
 
+    # --- worker threads: a dead one stops the process --------------------------
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run a worker thread's loop. Its loop handles what it can recover from; anything that
+        escapes is a bug, and a process whose writer (or registry listener) is gone must not
+        go on taking messages it will never acknowledge: the service fails (`failed`)."""
+        try:
+            work()
+        except BaseException:
+            name = threading.current_thread().name
+            log.critical(
+                "%s died; what it held is not acknowledged (the broker redelivers it) and "
+                "ingest stops",
+                name,
+                exc_info=True,
+            )
+            self._dead.add(name)
+            if threading.current_thread() is self._writer:
+                WRITER_ALIVE.set(0)
+            self._stop.set()  # take no more messages; the writer, if alive, flushes
+            self.failed.set()
+
     # --- writer thread ------------------------------------------------------
 
     def _take_batch(self) -> list[RawMessage]:
@@ -231,19 +292,12 @@ class IngestService:
                     conn = psycopg.connect(
                         self._settings.database_url.get_secret_value(), connect_timeout=5
                     )
-                started = time.perf_counter()
-                try:
-                    result = self._store(conn, batch)
-                except NOT_TRANSIENT as exc:
-                    # Some message in the batch is one that cannot be stored. Find it by
-                    # halving, quarantine it, and store the rest: the queue never blocks.
-                    log.warning("a batch could not be stored (%r); isolating the message", exc)
-                    result = store_isolating(conn, batch, partial(self._store, conn))
-                BATCH_SECONDS.observe(time.perf_counter() - started)
-                if time.monotonic() >= self._next_purge:
-                    self._purge_quarantine(conn)
+                result = self._commit(conn, batch)
+            except CODE_ERRORS_FROM_DATABASE:
+                raise  # neither transient nor a message's fault: the writer stops
             except psycopg.Error as exc:
                 DB_FAILURES.inc()
+                self._db_failing = True
                 log.warning("storing %d messages failed (%s); retrying in %.1fs",
                             len(batch), exc, delay)  # fmt: skip
                 if conn is not None:
@@ -263,11 +317,27 @@ class IngestService:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay = RETRY_FIRST_S
+            self._db_failing = False
             self._acknowledge(batch)
             self._record(result)
             batch = []
         if conn is not None:
             conn.close()
+
+    def _commit(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
+        """Store a batch, quarantining what the database refuses; purge when it is time."""
+        started = time.perf_counter()
+        try:
+            result = self._store(conn, batch)
+        except NOT_TRANSIENT as exc:
+            # Some message in the batch is one the database refuses. Find it by halving,
+            # quarantine it, and store the rest: the queue never blocks.
+            log.warning("a batch could not be stored (%r); isolating the message", exc)
+            result = store_isolating(conn, batch, partial(self._store, conn))
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        if time.monotonic() >= self._next_purge:
+            self._purge_quarantine(conn)
+        return result
 
     def _store(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
         with conn.transaction():
@@ -350,20 +420,54 @@ class IngestService:
                 self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 
+    # --- health -----------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Whether this process is fit to run (its worker threads are alive), and the details.
+        A database or broker outage does not make it unfit: it recovers by itself, and a
+        restart would not help."""
+        threads = {"writer": self._writer, "registry_listener": self._listener}
+        state = {
+            key: "alive" if thread.is_alive() and thread.name not in self._dead else "dead"
+            for key, thread in threads.items()
+        }
+        alive = all(value == "alive" for value in state.values())
+        return alive, {
+            "status": "ok" if alive else "failed",
+            **state,
+            "broker": "connected" if self._connected.is_set() else "disconnected",
+            "database": "retrying" if self._db_failing else "ok",
+            "queue_depth": self._queue.qsize(),
+        }
+
+    def _http_app(self, metrics: WSGIApplication) -> WSGIApplication:
+        """/health (200 when fit, 503 when not, JSON), and the Prometheus metrics elsewhere."""
+
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != HEALTH_PATH:
+                return metrics(environ, start_response)
+            alive, details = self.health()
+            body = json.dumps(details).encode()
+            start_response(
+                "200 OK" if alive else "503 Service Unavailable",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+
+        return app
+
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        if self._settings.ingest_metrics_port:
-            try:
-                start_http_server(
-                    self._settings.ingest_metrics_port, addr=self._settings.ingest_metrics_host
-                )
-            except OSError as exc:
-                log.error("metrics endpoint not started on %s:%s: %s",  # noqa: TRY400
-                          self._settings.ingest_metrics_host, self._settings.ingest_metrics_port,
-                          exc)  # fmt: skip
         self._listener.start()
         self._writer.start()
+        WRITER_ALIVE.set(1)
+        if self._settings.ingest_metrics_port:
+            host, port = self._settings.ingest_metrics_host, self._settings.ingest_metrics_port
+            try:
+                self._http = _serve_http(host, port, self._http_app(make_wsgi_app()))
+            except OSError as exc:
+                log.error("metrics endpoint not started on %s:%s: %s", host, port, exc)  # noqa: TRY400
         self._client.connect_async(self._settings.mqtt_host, self._settings.mqtt_port,
                                   self._settings.ingest_keepalive_s)  # fmt: skip
         self._client.loop_start()
@@ -378,6 +482,30 @@ class IngestService:
         self._listener.join(LISTEN_POLL_S + 1)
         self._client.disconnect()
         self._client.loop_stop()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class _HttpServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds up the process's exit
+
+
+class _HttpServer6(_HttpServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: a scrape every few seconds would be a log line every few seconds."""
+
+
+def _serve_http(host: str, port: int, app: WSGIApplication) -> WSGIServer:
+    """Serve *app* on host:port from a daemon thread."""
+    server = (_HttpServer6 if ":" in host else _HttpServer)((host, port), _QuietHandler)
+    server.set_app(app)
+    threading.Thread(target=server.serve_forever, name="ingest-http", daemon=True).start()
+    return server
 
 
 def tune_collector() -> None:

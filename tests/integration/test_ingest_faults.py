@@ -8,13 +8,20 @@ ingest (if any) sees these devices as unknown and quarantines them in its own da
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.core.topics import MessageKind
+from services.fleet.ingest_metrics import scrape
 from services.infra.local import LocalServices
+from services.ingest.service import WORKER_DIED_EXIT
 from tests.integration.conftest import discard_session, wait_for
 from tests.integration.ingest_support import (
     Background,
@@ -211,3 +218,90 @@ def test_two_ingest_processes_share_the_load_and_store_everything_once(
 def _messages(port: int) -> float:
     samples = try_metric_samples(port)
     return samples.get("fieldtrack_ingest_messages_total", 0.0) if samples else 0.0
+
+
+# --- 10. a bug in the writer --------------------------------------------------------------------
+
+# Put on an ingest subprocess's PYTHONPATH, its sitecustomize.py plants a TypeError in the store
+# while the file named by FIELDTRACK_TEST_CODE_FAULT exists.
+CODE_FAULT = Path(__file__).parent / "code_fault"
+
+
+def test_a_code_error_stops_ingest_with_nothing_acknowledged_or_quarantined(
+    local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin, tmp_path: Path
+) -> None:
+    """A bug in the writer (here a TypeError planted in a real ingest process) must neither
+    leave a live process that acknowledges nothing, nor drain traffic into the quarantine: the
+    process exits non-zero, and once restarted without the bug it stores every message the
+    broker acknowledged, exactly once."""
+    with fault_database(local_services, settings) as env:
+        serials = [f"bug-{env.token}-{i:02d}" for i in range(10)]
+        probe = f"bug-{env.token}-probe"
+        with fleet(
+            env.url, broker_admin, settings, env.project_id, env.feature_key, [*serials, probe]
+        ) as devices:
+            port = free_port()
+            observed = settings.model_copy(update={"ingest_metrics_port": port})
+            ingest = env.ingest("bug", f"bug-{env.token}", metrics_port=port)
+            trigger = tmp_path / "code-fault"
+            ingest.env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(CODE_FAULT), os.environ.get("PYTHONPATH")])
+            )
+            ingest.env["FIELDTRACK_TEST_CODE_FAULT"] = str(trigger)
+            try:
+                ingest.start()
+                wait_until_stored(env.url, devices.by_serial(probe), env.feature_key, PROBE_SEQ)
+                before = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                streamed = [d for d in devices.devices if d.serial != probe]
+                base = datetime.now(UTC) - timedelta(minutes=10)
+                stream = Background(
+                    lambda: publish_streams(
+                        streamed, env.feature_key, range(200), base, threads=2, rate=400
+                    )
+                )
+                wait_for(lambda: stored_count(env.url, serials) >= 300, timeout=30, interval=0.02)
+                trigger.touch()  # the bug strikes
+                assert ingest.proc is not None
+                code = ingest.proc.wait(20)
+                stored_at_exit = stored_count(env.url, serials)
+                after = scrape(observed)
+                ledger: Ledger = stream.join(120)
+                indeterminate = ledger.wait_acks(60)
+                quarantined_by_bug = _quarantined(env.url, serials)
+                died_log = ingest.log()
+                # The fix: the same ingest without the bug, on the same persistent session.
+                for planted in ("PYTHONPATH", "FIELDTRACK_TEST_CODE_FAULT"):
+                    ingest.env.pop(planted)
+                ingest.start()
+                _, waited = wait_all_stored(env.url, ledger, serials, 60)
+                code_after, _, _ = ingest.terminate(30)
+            finally:
+                _finish(ingest, settings)
+        result = account(env.url, ledger, serials)
+        quarantined = _quarantined(env.url, serials)
+    print(
+        f"\n[code error] exit {code} with {stored_at_exit} of 2000 stored; quarantined by the "
+        f"bug: {quarantined_by_bug}; health before: {before.status_code} {before.text}, after: "
+        f"{after.error}; all stored {waited:.1f}s after the restart; {result.line()}"
+    )
+    assert code == WORKER_DIED_EXIT
+    assert "ingest-writer died" in died_log and "TypeError: injected code fault" in died_log
+    assert before.status_code == 200 and before.json()["writer"] == "alive"
+    assert not after.reachable  # the process is gone: its supervisor restarts it
+    assert quarantined_by_bug == quarantined == 0
+    assert ledger.errors == []
+    assert len(ledger.handed) == 2000
+    assert indeterminate == 0
+    assert stored_at_exit < 2000, "the bug struck after the stream: nothing was tested"
+    result.assert_exact()
+    assert result.stored_messages == 2000
+    assert code_after == 0
+    assert "session present: True" in ingest.log(), "the restart did not resume the session"
+
+
+def _quarantined(url: str, serials: list[str]) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM quarantine WHERE device_serial = ANY(%s)", (serials,)
+        ).fetchone()
+    return int(row[0]) if row else 0
