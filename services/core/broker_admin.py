@@ -17,8 +17,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from services.core.errors import BrokerAdminError, ConflictError
-from services.core.topics import INGEST_SUBSCRIPTIONS, device_publish_filter
+from services.core.errors import BrokerAdminError, ConflictError, InvalidInputError
+from services.core.topics import (
+    INGEST_SUBSCRIPTIONS,
+    device_prefix_filter,
+    device_publish_topics,
+    is_reserved_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,9 @@ INGEST_ROLE = "fieldtrack-ingest"
 DEVICE_ROLE_PREFIX = "fieldtrack-device-"
 # Mosquitto handles a control message as one unit; ~100 commands keeps each reply fast.
 COMMANDS_PER_MESSAGE = 100
+# Higher priority is checked first: a device's own prefix before the catch-all denials.
+OWN_PRIORITY = 1
+CATCH_ALL_PRIORITY = 0
 REPLY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 
@@ -183,13 +191,17 @@ class BrokerAdmin:
 
     def create_devices(self, credentials: Sequence[tuple[str, str]]) -> None:
         """Create (or re-password and re-enable) one broker client and role per device."""
+        for serial, _ in credentials:
+            refuse_reserved(serial)
         roles = [
-            {"command": "createRole", "rolename": device_role(serial),
-             "acls": [{"acltype": "publishClientSend", "topic": device_publish_filter(serial),
-                       "allow": True, "priority": 0}]}
+            {"command": "createRole", "rolename": device_role(serial), "acls": device_acls(serial)}
             for serial, _ in credentials
-        ]  # fmt: skip
-        self.check(roles, tolerate=["already exists"])
+        ]
+        existing_roles = [
+            serial
+            for (serial, _), reply in zip(credentials, self.execute(roles), strict=True)
+            if _refused(reply, "already exists")
+        ]
         creates = [
             {"command": "createClient", "username": serial, "clientid": serial,
              "password": password, "roles": [{"rolename": device_role(serial)}]}
@@ -203,6 +215,7 @@ class BrokerAdmin:
             elif error:
                 raise BrokerAdminError(f"broker refused device {serial}: {error}")
         self._refuse_foreign_accounts([serial for serial, _ in existing])
+        self.update_device_roles(existing_roles)
         self.check(
             [
                 cmd
@@ -213,6 +226,44 @@ class BrokerAdmin:
                 )
             ]
         )
+
+    def update_device_roles(self, serials: Sequence[str]) -> None:
+        """Bring existing device roles to today's ACLs (a role made by older code may publish
+        anywhere under its prefix and receive whatever the broker-wide default allows)."""
+        legacy: list[Command] = [
+            {
+                "command": "removeRoleACL",
+                "rolename": device_role(serial),
+                "acltype": "publishClientSend",
+                "topic": device_prefix_filter(serial),
+            }
+            for serial in serials
+        ]
+        self.check(legacy, tolerate=["not found"])
+        self.check(
+            [
+                {"command": "addRoleACL", "rolename": device_role(serial), **acl}
+                for serial in serials
+                for acl in device_acls(serial)
+            ],
+            tolerate=["already exists"],
+        )
+
+    def outdated_device_roles(self) -> list[str]:
+        """Serials whose broker role does not hold exactly the ACLs `device_acls` names."""
+        [reply] = self.execute([{"command": "listRoles", "verbose": True, "count": -1}])
+        if reply.get("error"):
+            raise BrokerAdminError(f"broker refused listRoles: {reply['error']}")
+        outdated = []
+        for role in reply.get("data", {}).get("roles", []):
+            name = role.get("rolename", "")
+            if not name.startswith(DEVICE_ROLE_PREFIX):
+                continue
+            serial = name.removeprefix(DEVICE_ROLE_PREFIX)
+            have = {_acl_key(acl) for acl in role.get("acls", [])}
+            if have != {_acl_key(acl) for acl in device_acls(serial)}:
+                outdated.append(serial)
+        return outdated
 
     def _refuse_foreign_accounts(self, serials: Sequence[str]) -> None:
         """An existing broker account may be re-used for a device only if it is that device's
@@ -268,7 +319,52 @@ def setup_broker(
     with BrokerAdmin(host, port, admin_user, admin_password) as admin:
         admin.ensure_roles()
         admin.ensure_client(ingest_user, ingest_password, INGEST_ROLE)
+        admin.update_device_roles(admin.outdated_device_roles())
 
 
 def device_role(serial: str) -> str:
     return f"{DEVICE_ROLE_PREFIX}{serial}"
+
+
+def device_acls(serial: str) -> list[dict[str, Any]]:
+    """A device publishes exactly its kinds' topics and receives nothing outside its prefix.
+
+    The receive and subscribe denials hold whatever the broker-wide default says: a client
+    that inherits a persistent session (same client id, clean_session=0) inherits its
+    subscriptions too, and Mosquitto then checks only the receive ACL per message.
+    """
+    rules = [("publishClientSend", topic, True) for topic in device_publish_topics(serial)]
+    rules += [("publishClientReceive", "#", False), ("subscribePattern", "#", False)]
+    return [
+        {"acltype": acltype, "topic": topic, "allow": allow, "priority": CATCH_ALL_PRIORITY}
+        for acltype, topic, allow in rules
+    ] + [
+        {
+            "acltype": "publishClientReceive",
+            "topic": device_prefix_filter(serial),
+            "allow": True,
+            "priority": OWN_PRIORITY,
+        }
+    ]
+
+
+def refuse_reserved(serial: str) -> None:
+    """Provisioning never creates a device named like fieldtrack's own broker identities."""
+    if is_reserved_name(serial):
+        raise InvalidInputError(
+            f"serial {serial!r} is reserved for fieldtrack's own broker accounts "
+            "(ingest, admin, fieldtrack-*); choose another serial",
+            field="serial",
+        )
+
+
+def _refused(reply: dict[str, Any], tolerated: str) -> bool:
+    error = reply.get("error")
+    if error and tolerated not in error:
+        raise BrokerAdminError(f"broker refused a command: {error}")
+    return bool(error)
+
+
+def _acl_key(acl: dict[str, Any]) -> tuple[str, str, bool, int]:
+    kind, topic = str(acl.get("acltype", "")).casefold(), str(acl.get("topic", ""))
+    return kind, topic, bool(acl.get("allow")), int(acl.get("priority", 0))

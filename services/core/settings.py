@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     ingest_client_id: str = Field(
         default="fieldtrack-ingest-1",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-        description="stable per process: the broker keeps this client's session across restarts",
+        description="stable per process: the broker keeps this client's session across "
+        "restarts. Keep it in the reserved fieldtrack-* namespace (services/core/topics.py): "
+        "no device can be provisioned under such a name, so none can take this session over",
     )
     # A plain subscription by default: Mosquitto 2.0.11 forgets shared subscriptions when it
     # restarts and drops what arrives before ingest re-subscribes (measured by make chaos).

@@ -16,7 +16,13 @@ TOPIC_ROOT = "fieldtrack/v1"
 # A device serial doubles as MQTT username, client id and topic level, so it must be a
 # plain token: no MQTT wildcards, no separators, nothing needing escapes.
 SERIAL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-SERIAL_RE = re.compile(rf"^{SERIAL_PATTERN}$")
+# Use with fullmatch: `$` would also accept a serial followed by a newline.
+SERIAL_RE = re.compile(SERIAL_PATTERN)
+# fieldtrack's own broker identities (the ingest and admin accounts and their client ids) live
+# in this namespace. A device named like one could log in under that client id and take over
+# its persistent session, so no serial may be one of these, in any letter case.
+RESERVED_NAMES = frozenset({"fieldtrack", "ingest", "admin"})
+RESERVED_PREFIX = "fieldtrack-"
 INGEST_TOPIC_FILTER = f"{TOPIC_ROOT}/+/+"
 INGEST_SUBSCRIPTIONS = (f"{TOPIC_ROOT}/#", f"$share/+/{TOPIC_ROOT}/#")
 
@@ -37,8 +43,19 @@ def device_topic(serial: str, kind: MessageKind) -> str:
     return f"{TOPIC_ROOT}/{serial}/{kind.value}"
 
 
-def device_publish_filter(serial: str) -> str:
-    """Everything a device may publish to: its own prefix and nothing else."""
+def is_reserved_name(name: str) -> bool:
+    """Whether *name* belongs to fieldtrack's own broker identities (never a device's)."""
+    folded = name.casefold()
+    return folded in RESERVED_NAMES or folded.startswith(RESERVED_PREFIX)
+
+
+def device_publish_topics(serial: str) -> list[str]:
+    """Exactly the topics a device may publish to: one per message kind under its prefix."""
+    return [device_topic(serial, kind) for kind in MessageKind]
+
+
+def device_prefix_filter(serial: str) -> str:
+    """The device's own prefix: the only topics it may ever receive from."""
     return f"{TOPIC_ROOT}/{serial}/#"
 
 
@@ -64,7 +81,7 @@ def _parse_topic(topic: str) -> DeviceTopic | None:
     if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
         return None
     serial, kind = parts[2], parts[3]
-    if not SERIAL_RE.match(serial):
+    if not SERIAL_RE.fullmatch(serial):
         return None
     try:
         return DeviceTopic(serial, MessageKind(kind))

@@ -11,11 +11,11 @@ from services.core.broker_admin import setup_broker
 from services.core.errors import InfraError
 from services.core.paths import local_env_file, state_dir
 from services.infra import timescale
-from services.infra.mosquitto import LocalMosquitto, port_open
+from services.infra.mosquitto import QUOTA_BUILD_PACKAGES, LocalMosquitto, port_open
 from services.infra.postgres import LocalPostgres
 from services.infra.system import Reporter, ensure_packages
 
-RUNTIME_PACKAGES = ("postgresql-15", "mosquitto", "mosquitto-clients")
+RUNTIME_PACKAGES = ("postgresql-15", "mosquitto", "mosquitto-clients", *QUOTA_BUILD_PACKAGES)
 DEFAULT_PG_PORT = 54329  # away from a system PostgreSQL on 5432
 DEFAULT_MQTT_PORT = 18830  # away from a system Mosquitto on 1883
 ADMIN_USER = "fieldtrack-admin"

@@ -28,8 +28,14 @@ def run(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 900,
+    stdin: str | None = None,
+    umask: int = -1,
 ) -> str:
-    """Run a command and return its stdout; raise InfraError naming *what* failed."""
+    """Run a command and return its stdout; raise InfraError naming *what* failed.
+
+    A secret goes in on *stdin*, never in *cmd*: arguments show in `ps` to every user, and
+    in this function's error messages. *umask* applies to the files the command creates
+    (-1: inherited)."""
     argv = [str(c) for c in cmd]
     if as_user and os.geteuid() == 0 and as_user != "root":
         argv = ["runuser", "-u", as_user, "--", *argv]
@@ -38,10 +44,12 @@ def run(
             argv,
             cwd=cwd,
             env={**os.environ, **(env or {})},
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
+            umask=umask,
         )
     except FileNotFoundError as exc:
         raise InfraError(f"{what}: command not found: {argv[0]}") from exc

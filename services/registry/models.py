@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from services.core.topics import SERIAL_PATTERN
+from services.core.topics import SERIAL_PATTERN, is_reserved_name
 from services.registry.enums import (  # re-exported: routes take them from here
     DeliveryStatus as DeliveryStatus,
     DeviceStatus as DeviceStatus,
@@ -68,7 +68,24 @@ PersonDays = Annotated[
 ]
 Id = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 FeatureKey = Annotated[str, Field(pattern=FEATURE_KEY_PATTERN, examples=["remote_unlock"])]
-Serial = Annotated[str, Field(pattern=f"^{SERIAL_PATTERN}$", examples=["acme-lck-001"])]
+
+
+def _not_reserved(serial: str) -> str:
+    """A serial is also a broker client id: fieldtrack's own identities are not for devices."""
+    if is_reserved_name(serial):
+        raise ValueError(
+            "is reserved for fieldtrack's own broker accounts (ingest, admin, fieldtrack-*)"
+        )
+    return serial
+
+
+Serial = Annotated[
+    str,
+    # pydantic's regex engine reads `$` as the very end (no trailing newline), as
+    # JSON Schema does; the Python-side check is SERIAL_RE.fullmatch
+    Field(pattern=f"^{SERIAL_PATTERN}$", examples=["acme-lck-001"]),
+    AfterValidator(_not_reserved),
+]
 Tag = Annotated[str, AfterValidator(_no_nul), Field(min_length=1, max_length=64)]
 
 

@@ -30,14 +30,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psutil
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.paths import PROJECT_ROOT
+from services.core.payloads import MAX_PAYLOAD_BYTES
 from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
+from services.infra.mosquitto import (
+    DEVICE_BURST_BYTES,
+    DEVICE_BURST_MSGS,
+    DEVICE_BYTES_PER_S,
+    DEVICE_MSGS_PER_S,
+)
+from services.registry import upserts as registry
 from tests.integration.conftest import discard_session
 from tests.integration.ingest_support import (
     Background,
@@ -58,6 +68,7 @@ from tests.integration.ingest_support import (
 )
 
 PROBE_SEQ = 10**9  # the probe device is left out of the accounting
+NOT_AUTHORISED = 135  # MQTT 5 reason code of a refused publish
 BURST_SEQ_OFFSET = 10**6  # the burst's extra publisher uses seqs of its own
 REDELIVERED = re.compile(r"absorbed (\d+) redelivered readings")
 AUTOSAVE = re.compile(r"^autosave_interval (\d+)", re.MULTILINE)
@@ -94,6 +105,7 @@ class Profile:
     # clean / mixed drain pairs: single drains vary by ±30 % on this machine, so the long run
     # takes 10 to bring the median's noise well under the 10 % it judges
     garbage_pairs: int
+    hostile_down_s: float  # ingest away this long while one device floods at full speed
 
     @property
     def stall_s(self) -> float:
@@ -104,13 +116,13 @@ SHORT = Profile(
     name="short", devices=10, rate=300, lead_s=2, tail_s=2, kills=5, kill_every_s=1.5,
     pg_outage_s=6, keepalive_s=4, broker_restarts=1, broker_down_s=2, share_kills=1,
     share_down_s=2, burst_s=6, broker_sigkills=1, backlog_s=4, garbage_round=10_000,
-    garbage_pairs=4,
+    garbage_pairs=4, hostile_down_s=5,
 )  # fmt: skip
 LONG = Profile(
     name="long", devices=40, rate=600, lead_s=5, tail_s=5, kills=10, kill_every_s=4,
     pg_outage_s=30, keepalive_s=30, broker_restarts=2, broker_down_s=5, share_kills=3,
     share_down_s=5, burst_s=60, broker_sigkills=3, backlog_s=10, garbage_round=20_000,
-    garbage_pairs=10,
+    garbage_pairs=10, hostile_down_s=30,
 )  # fmt: skip
 
 
@@ -159,6 +171,7 @@ class Ctx:
     ledger: Ledger
     profile: Profile
     notes: dict[str, Any]
+    settings: Settings
 
     def stored(self) -> int:
         return stored_count(self.env.url, self.serials)
@@ -355,6 +368,141 @@ def burst(ctx: Ctx) -> None:
                      max_backlog_during_burst=lag)  # fmt: skip
 
 
+# --- one hostile device while ingest is away (issue #22, finding 3) --------------------------
+
+HOSTILE = "hostile-device-ingest-down"
+HOSTILE_WINDOW = 200  # QoS 1 messages the flooder keeps unacknowledged: the pipe stays full
+HOSTILE_QUIET_S = 10.0  # the flood's stored count has settled once it stops moving this long
+QUEUE_LIMIT = re.compile(r"^max_queued_(messages|bytes) (\d+)", re.MULTILINE)
+
+
+def queue_budget() -> dict[str, int]:
+    """Ingest's session queue budget, from the one config template."""
+    template = PROJECT_ROOT / "services" / "infra" / "mosquitto.conf.template"
+    return {kind: int(value) for kind, value in QUEUE_LIMIT.findall(template.read_text())}
+
+
+class Flooder:
+    """A device that publishes max-size valid usage messages as fast as the broker takes
+    them (MQTT 5, so each refusal shows as reason code 135)."""
+
+    def __init__(self, settings: Settings, serial: str, password: str, feature: str) -> None:
+        self.serial, self.feature = serial, feature
+        self.codes: dict[int, int] = {}  # seq -> PUBACK reason code
+        self._pending: dict[int, int] = {}  # mid -> seq, awaiting its PUBACK
+        self._early: dict[int, int] = {}  # mid -> code, PUBACKed before its mid was noted
+        self._lock = threading.Lock()  # never held across a paho call: its thread takes it
+        self._window = threading.BoundedSemaphore(HOSTILE_WINDOW)
+        self._connected = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=serial, protocol=mqtt.MQTTv5)
+        client.username_pw_set(serial, password)
+        client.max_inflight_messages_set(HOSTILE_WINDOW)
+        client.on_connect = lambda *_: self._connected.set()
+        client.on_publish = self._on_publish
+        client.connect(settings.mqtt_host, settings.mqtt_port)
+        client.loop_start()
+        self.client = client
+        assert self._connected.wait(10), f"{serial} could not connect"
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._lock:
+            if mid in self._pending:
+                self.codes[self._pending.pop(mid)] = reason.value
+            else:
+                self._early[mid] = reason.value
+        self._window.release()
+
+    def body(self, seq: int) -> bytes:
+        small = usage_body(seq, datetime.now(UTC), self.feature)
+        return small[:-1] + b" " * (MAX_PAYLOAD_BYTES - len(small)) + b"}"
+
+    def flood(self, seconds: float) -> int:
+        """Publish for *seconds*, then wait (bounded) for the last PUBACKs; return how many
+        messages were sent."""
+        deadline, seq = time.monotonic() + seconds, 0
+        while time.monotonic() < deadline:
+            if not self._window.acquire(timeout=1.0):
+                continue
+            info = self.client.publish(topic_of(self.serial), self.body(seq), qos=1)
+            with self._lock:
+                if info.mid in self._early:
+                    self.codes[seq] = self._early.pop(info.mid)
+                else:
+                    self._pending[info.mid] = seq
+            seq += 1
+        settle = time.monotonic() + 30
+        while len(self.codes) < seq and time.monotonic() < settle:
+            time.sleep(0.05)
+        return seq
+
+    def accepted(self) -> list[int]:
+        return sorted(seq for seq, code in self.codes.items() if code < NOT_AUTHORISED)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def topic_of(serial: str) -> str:
+    return f"fieldtrack/v1/{serial}/{MessageKind.USAGE.value}"
+
+
+def hostile_device_while_ingest_is_down(ctx: Ctx) -> None:
+    """Ingest is away for `hostile_down_s` while one device of the fleet floods its own
+    usage topic with max-size messages as fast as it can. Without a per-device quota the
+    flood fills ingest's queue in about a second and Mosquitto then drops every device's
+    acknowledged messages; with it, the flooder's excess is refused and the others lose
+    nothing (the accounting's `lost` is the others')."""
+    serial = f"ch-{ctx.env.token}-hostile"
+    with psycopg.connect(ctx.env.url, autocommit=True) as conn:
+        [cred] = registry.provision_devices(
+            conn, ctx.fleet.admin, ctx.env.project_id, [(serial, "T1", "1.0")]
+        )
+    ctx.fleet.serials.append(serial)  # removed from the broker with the fleet
+    flooder = Flooder(ctx.settings, serial, cred.password, ctx.env.feature_key)
+    ingest = ctx.ingests[0]
+    try:
+        ingest.terminate(30)
+        away = time.monotonic()
+        sent = flooder.flood(ctx.profile.hostile_down_s)
+        down_s = time.monotonic() - away
+        ingest.start()
+        accepted = flooder.accepted()
+        # without a quota the broker drops part of what it accepted: wait until the count
+        # stops moving rather than for all of it
+        stored = wait_settled(ctx.env.url, [serial], len(accepted), HOSTILE_QUIET_S, 300)
+    finally:
+        flooder.close()
+    budget = queue_budget()
+    ctx.notes.update(
+        ingest_down_s=round(down_s, 1),
+        hostile_sent=sent,
+        hostile_accepted=len(accepted),
+        hostile_refused=sum(1 for code in flooder.codes.values() if code == NOT_AUTHORISED),
+        hostile_offered_mib=round(sent * MAX_PAYLOAD_BYTES / 2**20, 1),
+        hostile_accepted_mib=round(len(accepted) * MAX_PAYLOAD_BYTES / 2**20, 1),
+        hostile_stored=stored,
+        queue_budget_mib=budget.get("bytes", 0) // 2**20,
+        safe_down_s=round(safe_down_s(budget, ctx.profile.rate)),
+    )
+
+
+# Roughly what an honest fleet message weighs (one usage reading, topic and headers).
+FLEET_MESSAGE_BYTES = 200
+
+
+def safe_down_s(budget: dict[str, int], fleet_rate: float) -> float:
+    """How long ingest may be away, with one device flooding at its quota and the rest of
+    the fleet at *fleet_rate*, before ingest's queue budget is full (then the broker drops
+    new messages of every device): the budget left after the flooder's burst, divided by
+    what flows in per second, for messages and for bytes; the smaller wins."""
+    by_messages = (budget["messages"] - DEVICE_BURST_MSGS) / (DEVICE_MSGS_PER_S + fleet_rate)
+    by_bytes = (budget["bytes"] - DEVICE_BURST_BYTES) / (
+        DEVICE_BYTES_PER_S + fleet_rate * FLEET_MESSAGE_BYTES
+    )
+    return min(by_messages, by_bytes)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -371,6 +519,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "mosquitto-sigkill-backlog", lambda c: sigkill_mosquitto(c, backlog=True), exact=False
         ),
+        # exact: the other devices lose nothing; the flooder's own excess is refused
+        Scenario(HOSTILE, hostile_device_while_ingest_is_down, share=False),
     )
 }
 
@@ -462,7 +612,8 @@ STORED_MESSAGES = """
 SELECT coalesce(sum(h.messages), 0) FROM device_hourly h
 JOIN devices d ON d.id = h.device_id WHERE d.serial = ANY(%s)
 """
-QUARANTINED = "SELECT count(*) FROM quarantine WHERE device_serial = ANY(%s)"
+# the same garbage again adds no row but counts on its row (quarantine dedupe, migration 0014)
+QUARANTINED = "SELECT coalesce(sum(copies), 0) FROM quarantine WHERE device_serial = ANY(%s)"
 BACKENDS = """
 SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
@@ -606,7 +757,7 @@ def run_scenario(
             ledger = Ledger()
             base = datetime.now(UTC) - timedelta(minutes=30)
             notes: dict[str, Any] = {"base_ts": base}
-            ctx = Ctx(services, env, ingests, devices, serials, ledger, profile, notes)
+            ctx = Ctx(services, env, ingests, devices, serials, ledger, profile, notes, settings)
             try:
                 for ingest in ingests:
                     ingest.start()
@@ -656,6 +807,20 @@ def run_scenario(
 
 
 # --- the report -----------------------------------------------------------------------------
+
+
+def hostile_line(result: FaultResult) -> str:
+    """The answer to "how long can ingest be down, with one hostile device in the fleet"."""
+    n = result.notes
+    return (
+        f"hostile device while ingest is down: lost {result.lost} of {result.acked} "
+        f"(the other devices' acknowledged messages; ingest away {n.get('ingest_down_s')} s "
+        f"while one device offered {n.get('hostile_offered_mib')} MiB: "
+        f"{n.get('hostile_accepted_mib')} MiB accepted, {n.get('hostile_refused')} messages "
+        f"refused, {n.get('hostile_stored')} of its {n.get('hostile_accepted')} accepted "
+        f"messages stored; at its quota the queue budget of "
+        f"{n.get('queue_budget_mib')} MiB lasts about {n.get('safe_down_s')} s at this fleet's rate)"
+    )
 
 
 def loss_bound(results: list[FaultResult]) -> dict[str, Any]:
@@ -722,6 +887,10 @@ def write_report(
             f"{bound['held_by_broker_at_kill']} acknowledged-but-unstored messages at each kill "
             f"(autosave every {bound['autosave_interval_s']} s)."
         )
+    hostile = [r for r in results if r.fault == HOSTILE]
+    if hostile:
+        lines += ["", "## One hostile device while ingest is down", ""]
+        lines += [f"- {hostile_line(r)}" for r in hostile]
     if garbage is not None:
         lines += [
             "", "## 10 % garbage mixed into valid traffic", "",
@@ -793,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 result = run_scenario(services, settings, admin, SCENARIOS[name], profile)
                 print(result.line(), flush=True)
+                if name == HOSTILE:
+                    print(hostile_line(result), flush=True)
                 results.append(result)
     finally:
         if results or garbage:

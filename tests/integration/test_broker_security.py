@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from services.core.broker_admin import BrokerAdmin
+from services.core.broker_admin import BrokerAdmin, device_role, setup_broker
 from services.core.settings import Settings
 
 NOT_AUTHORISED = 135
@@ -130,3 +130,40 @@ def test_disabled_device_is_refused(
         assert probe.connack is not None and probe.connack.is_failure
     finally:
         probe.close()
+
+
+def test_broker_setup_narrows_a_device_role_made_by_older_code(
+    settings: Settings, broker_admin: BrokerAdmin, unique: str
+) -> None:
+    """Issue #22: roles provisioned before the fix may publish anywhere under the device's
+    prefix (and receive whatever the broker-wide default allows). `broker-setup` (run by
+    `infra up` and by docker-compose) brings them to exactly the device's kinds."""
+    serial, password = f"old-{unique}", secrets.token_urlsafe(16)
+    role = device_role(serial)
+    legacy = {"acltype": "publishClientSend", "topic": f"fieldtrack/v1/{serial}/#", "allow": True}
+    client = {"username": serial, "clientid": serial, "password": password}
+    broker_admin.check(
+        [
+            {"command": "createRole", "rolename": role, "acls": [legacy]},
+            {"command": "createClient", **client, "roles": [{"rolename": role}]},
+        ]
+    )
+    try:
+        assert serial in broker_admin.outdated_device_roles()
+        setup_broker(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            admin_user=settings.mqtt_admin_username,
+            admin_password=settings.mqtt_admin_password.get_secret_value(),
+            ingest_user=settings.mqtt_ingest_username,
+            ingest_password=settings.mqtt_ingest_password.get_secret_value(),
+        )
+        assert serial not in broker_admin.outdated_device_roles()
+        probe = Probe(settings, serial, serial, password)
+        try:
+            assert probe.publish(f"fieldtrack/v1/{serial}/usage") in ACCEPTED
+            assert probe.publish(f"fieldtrack/v1/{serial}/anything") == NOT_AUTHORISED
+        finally:
+            probe.close()
+    finally:
+        broker_admin.delete_device(serial)

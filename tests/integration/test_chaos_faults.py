@@ -16,9 +16,11 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.infra.local import LocalServices
 from tests.integration.chaos import (
+    HOSTILE,
     SCENARIOS,
     SHORT,
     FaultResult,
+    hostile_line,
     report_dir,
     run_scenario,
     write_report,
@@ -92,6 +94,19 @@ def test_mosquitto_sigkill_loses_at_most_what_it_held_unsaved(run) -> None:  # t
     held = sum(result.notes["held_by_broker_at_kill"])
     # a second of traffic acknowledged between the measurement and the kill
     assert result.lost <= held + SHORT.rate, result.line()
+
+
+def test_a_hostile_device_flooding_while_ingest_is_down_costs_the_others_nothing(run) -> None:  # type: ignore[no-untyped-def]
+    """Issue #22, finding 3: one device floods max-size messages at full speed for
+    SHORT.hostile_down_s while ingest is away. Its excess over the per-device quota is
+    refused; none of the other devices' acknowledged messages is lost."""
+    result = run(HOSTILE)
+    print(hostile_line(result))
+    _assert_exact(result)
+    notes = result.notes
+    assert notes["hostile_refused"] > 0, "the flood never reached the device's quota"
+    assert notes["hostile_stored"] == notes["hostile_accepted"], notes
+    assert notes["ingest_down_s"] < notes["safe_down_s"], notes
 
 
 def test_a_run_of_chosen_scenarios_keeps_the_last_full_report(tmp_path: Path) -> None:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import secrets
 import shutil
+import stat
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from services.core.broker_admin import BrokerAdmin
 from services.infra.local import LocalServices
+from services.infra.mosquitto import SERVICE_USER, LocalMosquitto
+from services.infra.system import user_exists
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -45,3 +56,57 @@ def test_port_taken_by_another_program_is_a_readable_error(local_services: Local
         raise AssertionError("a second cluster started on a taken port")
     finally:
         shutil.rmtree(other.root, ignore_errors=True)
+
+
+# --- issue #22, finding 9: the broker's secrets -------------------------------------------------
+
+
+def _private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def test_the_broker_store_and_log_are_readable_by_the_broker_only(
+    local_services: LocalServices, broker_admin: BrokerAdmin, unique: str
+) -> None:
+    """The security store holds every password hash and is rewritten by the broker on every
+    change (so the broker's own umask decides its mode); the log names every client."""
+    serial = f"perm-{unique}"
+    broker_admin.create_devices([(serial, secrets.token_urlsafe(16))])  # the broker saves
+    try:
+        broker = local_services.mosquitto
+        for path in (broker.data, broker.dynsec_file, broker.logfile):
+            assert _private(path), f"{path} is {oct(stat.S_IMODE(path.stat().st_mode))}"
+        if os.geteuid() == 0 and user_exists(SERVICE_USER):
+            owner = pwd.getpwnam(SERVICE_USER).pw_uid
+            assert broker.dynsec_file.stat().st_uid == owner
+            assert broker.logfile.stat().st_uid == owner
+    finally:
+        broker_admin.delete_device(serial)
+
+
+def test_the_admin_password_is_never_on_a_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating the security store: `ps` shows every argument to every user of the machine."""
+    argvs: list[list[str]] = []
+    real_run, real_popen = subprocess.run, subprocess.Popen
+
+    def recording_run(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        argvs.append([str(a) for a in args])
+        return real_run(args, *rest, **kwargs)
+
+    def recording_popen(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        argvs.append([str(a) for a in args])
+        return real_popen(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    password = secrets.token_urlsafe(24)
+    broker = LocalMosquitto(tmp_path / "mosquitto", 1)
+    assert broker.configure("fieldtrack-admin", password, lambda _: None)
+    assert broker.dynsec_file.exists()
+    assert "fieldtrack-admin" in broker.dynsec_file.read_text()
+    assert password not in broker.dynsec_file.read_text()  # a salted hash only
+    assert any("dynsec" in argv for argv in argvs), argvs
+    assert not [argv for argv in argvs if any(password in arg for arg in argv)]
+    assert _private(broker.dynsec_file)

@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
+from services.core.topics import SERIAL_RE, parse_topic
 from services.ingest.service import IngestService
 from tests.integration.conftest import Project, wait_for
 
@@ -453,3 +454,18 @@ def test_provisioning_does_not_take_over_another_broker_account(
         assert stored_serials(conn, [username]) == []
     finally:
         broker_admin.delete_device(username)
+
+
+def test_a_serial_with_a_trailing_newline_is_no_serial(
+    api: TestClient, conn: psycopg.Connection, project: Project, unique: str
+) -> None:
+    """Issue #22, finding 9: `^…$` also matches before a final newline. A serial is a topic
+    level: ingest must not read `fieldtrack/v1/<serial>\\n/usage` as a device topic, and
+    provisioning refuses the name."""
+    serial = f"nl-{unique}"
+    response = api.post("/devices", json={"serial": f"{serial}\n", "project_id": project.id})
+    assert expect(response, 422)["detail"][0]["loc"][-1] == "serial"
+    assert stored_serials(conn, [serial, f"{serial}\n"]) == []
+    assert SERIAL_RE.fullmatch(f"{serial}\n") is None
+    assert parse_topic(f"fieldtrack/v1/{serial}\n/usage") is None
+    assert parse_topic(f"fieldtrack/v1/{serial}/usage") is not None

@@ -26,6 +26,7 @@ from services.infra.mosquitto import (
     DOCKER_DATA_DIR,
     DOCKER_PLUGIN,
     DOCKER_PORT,
+    DOCKER_QUOTA_PLUGIN,
     render_docker_config,
 )
 
@@ -39,6 +40,7 @@ except ImportError:  # pragma: no cover - Typer on the public Click
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+BROKER_DOCKERFILE = "deploy/mosquitto/Dockerfile"
 REGENERATE = ".venv/bin/python -m services.infra.mosquitto > deploy/mosquitto/mosquitto.conf"
 
 # What each fieldtrack-image service must run: its subcommand path(s), in order.
@@ -98,7 +100,7 @@ def _fieldtrack_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[
     return {
         name: svc
         for name, svc in services.items()
-        if "build" in svc or str(svc.get("image", "")).split(":")[0] == "fieldtrack"
+        if str(svc.get("image", "")).split(":")[0] == "fieldtrack"
     }
 
 
@@ -295,7 +297,8 @@ def test_shared_env_points_at_the_compose_services(
     services: dict[str, dict[str, Any]], shared_env: dict[str, str]
 ) -> None:
     assert shared_env["FIELDTRACK_MQTT_HOST"] in services
-    assert services[shared_env["FIELDTRACK_MQTT_HOST"]]["image"].startswith("eclipse-mosquitto")
+    broker = services[shared_env["FIELDTRACK_MQTT_HOST"]]
+    assert broker["build"]["dockerfile"] == BROKER_DOCKERFILE
     assert int(shared_env["FIELDTRACK_MQTT_PORT"]) == DOCKER_PORT
 
     url = urlsplit(_interpolate(shared_env["FIELDTRACK_DATABASE_URL"]))
@@ -351,8 +354,9 @@ def test_mosquitto_mounts_the_config_its_command_reads(
     services: dict[str, dict[str, Any]],
 ) -> None:
     broker = services["mosquitto"]
-    (argv,) = _invocations(broker["command"])
-    assert argv[0] == "mosquitto" and "-c" in argv
+    umask, argv = _invocations(broker["command"])
+    assert umask == ["umask", "077"], "the broker must start with a private umask"
+    assert argv[:2] == ["exec", "mosquitto"] and "-c" in argv
     config_path = argv[argv.index("-c") + 1]
     mounts = {target: (source, mode) for source, target, mode in _volumes(broker)}
     assert config_path in mounts, f"nothing is mounted at {config_path}"
@@ -390,19 +394,56 @@ def test_broker_data_volume_and_dynsec_store(
 
     (store,) = directives["plugin_opt_config_file"]
     assert PurePosixPath(store).parent == PurePosixPath(DOCKER_DATA_DIR)
-    assert directives["plugin"] == [DOCKER_PLUGIN]
+    assert directives["plugin"] == [DOCKER_PLUGIN, DOCKER_QUOTA_PLUGIN]
 
     script = _script(services["broker-init"])
-    init = re.search(r"mosquitto_ctrl dynsec init (\S+) (\S+) ", script)
-    assert init, "broker-init does not run `mosquitto_ctrl dynsec init FILE ADMIN PASSWORD`"
+    init = re.search(r"mosquitto_ctrl dynsec init (\S+) (\S+)(?P<rest>.*)", script)
+    assert init, "broker-init does not run `mosquitto_ctrl dynsec init FILE ADMIN`"
+    assert "PASSWORD" not in init["rest"], "the admin password must not be on argv"
     assert init[1] == store, f"broker-init creates {init[1]}, the broker reads {store}"
     guard = re.search(r"\[ ! -f (\S+) \]", script)
     assert guard and guard[1] == store, "broker-init must only create a missing store"
     chown = re.search(r"chown (\S+) (\S+)", script)
     assert chown and chown[2] == store and chown[1].split(":")[0] in (MOSQUITTO_UID, "mosquitto")
+    assert f"chmod 0600 {store}" in script, "the store (every password hash) must be private"
+    assert script.index("umask 077") < script.index("mosquitto_ctrl"), "created world-readable"
 
     admin = Settings.model_fields["mqtt_admin_username"].default
     assert init[2] == admin, f"the store's admin is {init[2]!r}, fieldtrack logs in as {admin!r}"
+
+
+def test_broker_image_builds_the_quota_plugin_the_config_loads(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The per-device quota is a plugin of ours: the broker image compiles it from the one
+    source the local broker uses, to the path the committed config loads."""
+    dockerfile = (ROOT / BROKER_DOCKERFILE).read_text()
+    assert "COPY services/infra/fieldtrack_quota.c " in dockerfile
+    assert f"/src/fieldtrack_quota.so {DOCKER_QUOTA_PLUGIN}" in dockerfile
+    for name in ("mosquitto", "broker-init"):
+        assert services[name]["build"] == {"context": ".", "dockerfile": BROKER_DOCKERFILE}
+
+
+def _shell_texts(svc: dict[str, Any]) -> list[str]:
+    """The command and healthcheck of a service, as text."""
+    texts = [" ".join(map(str, svc.get("command") or []))]
+    test = (svc.get("healthcheck") or {}).get("test") or []
+    return [*texts, " ".join(map(str, test if isinstance(test, list) else [test]))]
+
+
+def test_no_secret_is_passed_on_a_command_line(services: dict[str, dict[str, Any]]) -> None:
+    """Arguments show in `ps` to every user of the host: a secret may reach a program only
+    through its environment, stdin or a private file, written by the shell's own printf."""
+    checked = 0
+    for name, svc in services.items():
+        for text in _shell_texts(svc):
+            for simple in re.split(r"&&|\|\||;|\||\n", text):
+                for secret in re.finditer(r"\$\$\{?\w*(PASSWORD|SECRET)", simple):
+                    checked += 1
+                    assert re.search(r"\bprintf\b", simple[: secret.start()]), (
+                        f"{name}: a secret is on the command line of {simple.strip()!r}"
+                    )
+    assert checked >= 2  # the store's creation and the broker healthcheck
 
 
 # --- Grafana ------------------------------------------------------------------------
@@ -471,7 +512,7 @@ def test_grafana_datasource_is_the_compose_database_as_the_reader_role(
     grafana_var = _env_var(services["grafana"]["environment"][secret[1]])
     setup = services["grafana-db-setup"]
     assert _env_var(setup["environment"][secret[1]]) == grafana_var
-    assert f'reader_password="$${secret[1]}"' in _script(setup)
+    assert f"\\getenv reader_password {secret[1]}" in _script(setup)
 
 
 def test_grafana_db_setup_runs_reader_sql_as_the_database_owner(
