@@ -46,7 +46,7 @@ from services.ingest.rollups import (
     rollups_from_hourly,
 )
 
-SPEC = "portfolio-v4"  # change when the generator changes: cached datasets are then rebuilt
+SPEC = "portfolio-v5"  # change when the generator changes: cached datasets are then rebuilt
 DAYS = 90
 LOST_SHARE = 0.003
 DEAD_SHARE = 0.02

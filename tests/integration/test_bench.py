@@ -53,7 +53,9 @@ def test_quick_bench_measures_every_part_and_loses_nothing(
     # paced at half the maximum rate measured just before it
     assert latency["target_rate"] == round(phases["latency_max"]["msgs_per_s"] / 2)
 
-    assert [t["pass"] is not None for t in report["targets"]] == [True] * 4
+    # every ingest target measured; the query target only when the queries part runs
+    measured = [t["pass"] is not None for t in report["targets"]]
+    assert measured == [True] * 4 + [False], report["targets"]
     if any(t["pass"] is False for t in report["targets"]):
         assert "writer thread" in report["profile"]["summary"]
         assert report["profile"]["writer_shares"]
