@@ -280,6 +280,7 @@ class HistoryImporter:
         with self._csv_table():
             for row, span in self._records(reader, consumed):
                 cells = {name: row.get(name) or "" for name in (*CSV_KEY, *CSV_READING)}
+                cells.update(_canonical_key(cells))
                 bad = next((name for name, cell in cells.items() if "\x00" in cell), None)
                 if bad is not None:
                     why = f"{bad}: must not contain NUL characters"
@@ -516,12 +517,38 @@ def _ndjson_message(line: bytes) -> tuple[str, MessageKind, bytes]:
     serial, kind = record.get("device"), record.pop("kind", None)
     if not isinstance(serial, str) or kind not in DEVICE_KINDS:
         raise UnreadableRecord(NEEDS_DEVICE_AND_KIND)
+    if not _unicode_text(serial):  # json.loads lets a lone surrogate (`"\ud800"`) through
+        raise UnreadableRecord(f"{NEEDS_DEVICE_AND_KIND}: `device` is not valid Unicode text")
     try:
         # `device` is kept: the payload model checks it against the topic
         payload = json.dumps(record, separators=(",", ":")).encode()
     except (RecursionError, ValueError):
         raise UnreadableRecord(f"{NEEDS_DEVICE_AND_KIND}: nested too deeply to read") from None
     return serial, MessageKind(kind), payload
+
+
+def _canonical_key(cells: dict[str, str]) -> dict[str, str]:
+    """The message key cells as one spelling each, so rows group by value (seq `7` and
+    `07`, ts `...Z` and `...+00:00`); a cell that does not parse stays as it is, for the
+    payload's validation to name."""
+    key: dict[str, str] = {}
+    for name in ("seq", "boot"):
+        with suppress(ValueError):
+            key[name] = str(int(cells[name]))
+    with suppress(ValueError):
+        at = datetime.fromisoformat(cells["ts"])
+        if at.tzinfo is not None:
+            key["ts"] = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return key
+
+
+def _unicode_text(text: str) -> bool:
+    """Whether *text* can be written as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _origin(spans: Spans) -> str | None:

@@ -19,7 +19,8 @@ A data error is a refusal like any other (`rejected_by_database`); any other exc
 bug and stops the replay, leaving that message as it was.
 
 Not offered: status messages (the store makes a status its device's current state, and a
-quarantined one is a past state) and payloads the quarantine kept only the start of. History
+quarantined one is a past state), payloads the quarantine kept only the start of, and messages
+whose serial belongs now to a device provisioned after they arrived (not their sender). History
 import rejects are judged as live traffic would be; re-import the file instead (imports are
 idempotent).
 """
@@ -51,6 +52,9 @@ TAKE = """
 SELECT received_at, topic, payload, payload_size FROM quarantine
 WHERE id = %s AND replayed_at IS NULL FOR UPDATE SKIP LOCKED
 """
+# A device provisioned after the message arrived is not the one that sent it: its serial was
+# free then (deleted and provisioned again, perhaps in another customer's project).
+PROVISIONED_SINCE = "SELECT created_at > %s FROM devices WHERE serial = %s"
 MARK = "UPDATE quarantine SET replayed_at = now(), replay_outcome = %s WHERE id = %s"
 # Why the store refused a message again, as it wrote it to the quarantine (read, then rolled
 # back): on a new row, or on the message's own row (a repeat counted there, migration 0014).
@@ -143,6 +147,12 @@ class _Replay:
             if where is not None and where.kind is MessageKind.STATUS:
                 self.report.skipped["status"] += 1
                 return
+            if where is not None:
+                since = self.conn.execute(PROVISIONED_SINCE, (received_at, where.serial))
+                later = since.fetchone()
+                if later is not None and later[0]:
+                    self.report.skipped["device provisioned after it arrived"] += 1
+                    return
             try:
                 outcome = self._store(qid, RawMessage(topic, payload, received_at))
             except _RefusedAgain as again:

@@ -961,21 +961,36 @@ def _copy_rows(
 
 def _quarantine_row(raw: RawMessage, rejected: Rejected) -> tuple[object, ...]:
     detail = rejected.detail if raw.origin is None else f"{raw.origin}: {rejected.detail}"
+    serial = None if rejected.serial is None else _storable_text(rejected.serial)
     return (
         raw.received_at,
-        raw.topic.replace("\x00", "\\0")[:1024],
-        rejected.serial,
+        _storable_text(raw.topic)[:1024],
+        serial,
         str(rejected.reason),  # a StrEnum's value, without enum's Python-level `.value`
-        detail.replace("\x00", "\\0")[:2000],
+        _storable_text(detail)[:2000],
         raw.payload[:QUARANTINE_KEEP_BYTES],
         len(raw.payload),
         _digest(raw.topic, raw.payload),
     )
 
 
+def _storable_text(text: str) -> str:
+    """*text* as PostgreSQL can store it: NUL and lone surrogates (which a history import's
+    JSON can carry) written out as escapes."""
+    text = text.replace("\x00", "\\0")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
+
+
 def _digest(topic: str, payload: bytes) -> bytes:
     """What makes two quarantined messages the same: the topic and the whole payload."""
-    name = topic.encode(errors="surrogateescape")
+    try:
+        name = topic.encode(errors="surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate outside surrogateescape's range
+        name = topic.encode(errors="backslashreplace")
     digest = hashlib.blake2b(len(name).to_bytes(4, "big"), digest_size=QUARANTINE_DIGEST_BYTES)
     digest.update(name)
     digest.update(payload)

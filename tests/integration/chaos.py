@@ -483,7 +483,14 @@ def hostile_device_while_ingest_is_down(ctx: Ctx) -> None:
         hostile_accepted_mib=round(len(accepted) * MAX_PAYLOAD_BYTES / 2**20, 1),
         hostile_stored=stored,
         queue_budget_mib=budget.get("bytes", 0) // 2**20,
-        safe_down_s=round(safe_down_s(budget, ctx.profile.rate)),
+    )
+    # What the flooder got into the queue per second once its burst was spent, measured:
+    # the bound below divides the budget by it, not by the configured quota.
+    after_burst = max(0, len(accepted) * MAX_PAYLOAD_BYTES - DEVICE_BURST_BYTES)
+    inflow = after_burst / down_s
+    ctx.notes.update(
+        hostile_inflow_mib_s=round(inflow / 2**20, 2),
+        safe_down_s=round(safe_down_s(budget, ctx.profile.rate, flood_bytes_per_s=inflow)),
     )
 
 
@@ -491,14 +498,16 @@ def hostile_device_while_ingest_is_down(ctx: Ctx) -> None:
 FLEET_MESSAGE_BYTES = 200
 
 
-def safe_down_s(budget: dict[str, int], fleet_rate: float) -> float:
+def safe_down_s(
+    budget: dict[str, int], fleet_rate: float, flood_bytes_per_s: float = DEVICE_BYTES_PER_S
+) -> float:
     """How long ingest may be away, with one device flooding at its quota and the rest of
     the fleet at *fleet_rate*, before ingest's queue budget is full (then the broker drops
     new messages of every device): the budget left after the flooder's burst, divided by
     what flows in per second, for messages and for bytes; the smaller wins."""
     by_messages = (budget["messages"] - DEVICE_BURST_MSGS) / (DEVICE_MSGS_PER_S + fleet_rate)
     by_bytes = (budget["bytes"] - DEVICE_BURST_BYTES) / (
-        DEVICE_BYTES_PER_S + fleet_rate * FLEET_MESSAGE_BYTES
+        flood_bytes_per_s + fleet_rate * FLEET_MESSAGE_BYTES
     )
     return min(by_messages, by_bytes)
 
@@ -818,8 +827,9 @@ def hostile_line(result: FaultResult) -> str:
         f"while one device offered {n.get('hostile_offered_mib')} MiB: "
         f"{n.get('hostile_accepted_mib')} MiB accepted, {n.get('hostile_refused')} messages "
         f"refused, {n.get('hostile_stored')} of its {n.get('hostile_accepted')} accepted "
-        f"messages stored; at its quota the queue budget of "
-        f"{n.get('queue_budget_mib')} MiB lasts about {n.get('safe_down_s')} s at this fleet's rate)"
+        f"messages stored; after its burst it got {n.get('hostile_inflow_mib_s')} MiB/s into "
+        f"the queue, at which the queue budget of {n.get('queue_budget_mib')} MiB lasts about "
+        f"{n.get('safe_down_s')} s at this fleet's rate)"
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.infra.local import LocalServices
+from services.infra.mosquitto import DEVICE_BYTES_PER_S
 from tests.integration.chaos import (
     HOSTILE,
     SCENARIOS,
@@ -107,6 +108,8 @@ def test_a_hostile_device_flooding_while_ingest_is_down_costs_the_others_nothing
     assert notes["hostile_refused"] > 0, "the flood never reached the device's quota"
     assert notes["hostile_stored"] == notes["hostile_accepted"], notes
     assert notes["ingest_down_s"] < notes["safe_down_s"], notes
+    # the quota holds: after its burst the flooder gets no more than its rate into the queue
+    assert notes["hostile_inflow_mib_s"] <= 1.1 * DEVICE_BYTES_PER_S / 2**20, notes
 
 
 def test_a_run_of_chosen_scenarios_keeps_the_last_full_report(tmp_path: Path) -> None:

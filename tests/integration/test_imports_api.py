@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -634,6 +634,30 @@ def test_history_csv_rows_of_one_message_need_not_be_consecutive(
     assert quarantined[2].startswith("line 9: ")
 
 
+def test_history_csv_rows_of_one_message_group_by_value_not_spelling(
+    api: TestClient, conn: psycopg.Connection, history_project: tuple[int, str]
+) -> None:
+    """seq `7` and `07`, ts in `Z` and in `+00:00`: the same message, one of each reading (not
+    a second message whose readings are dropped as duplicates)."""
+    _, serial = history_project
+    z = history_ts(7)
+    offset = z.replace("Z", "+00:00")
+    local = (datetime.fromisoformat(offset).astimezone(timezone(timedelta(hours=2)))).isoformat()
+    text = (
+        "device,kind,seq,ts,feature,count,duration_ms,metric,value,unit\n"
+        f"{serial},usage,7,{z},alpha,1,,,,\n"
+        f"{serial},usage,07,{offset},beta,2,,,,\n"
+        f"{serial},usage,7,{local},gamma,3,,,,\n"
+    )
+    report = expect(post_csv(api, "/imports/history", text), 201)
+    assert (report["messages"], report["usage_rows"], report["duplicates"]) == (1, 3, 0)
+    assert stored_readings(conn, serial) == [
+        ("usage", 7, "alpha", 1.0, 0),
+        ("usage", 7, "beta", 2.0, 1),
+        ("usage", 7, "gamma", 3.0, 2),
+    ]
+
+
 def test_history_ndjson_reports_every_line_and_deep_nesting_is_no_500(
     api: TestClient, conn: psycopg.Connection, history_project: tuple[int, str]
 ) -> None:
@@ -694,8 +718,22 @@ def test_history_ndjson_reports_every_line_and_deep_nesting_is_no_500(
         ("ndjson", b'{"device":"d","kind":"usage","seq":' + b"9" * 5000 + b"}\n"),
         ("ndjson", b'\n\n{"device":"\\u0000","kind":"usage"}\r\n[]\n{"kind":{}}\n\x00\xff'),
         ("ndjson", b'{"device":"d","kind":"usage","events":' + b"[" * 990 + b"]" * 990 + b"}"),
+        # json.loads lets lone surrogates through; PostgreSQL text cannot hold them
+        (
+            "ndjson",
+            b'{"device":"\\ud800","kind":"usage","seq":1,"ts":"2026-01-01T00:00:00Z",'
+            b'"events":[{"feature":"a"}]}\n{"device":"d","kind":"usage","seq":"\\udfff"}',
+        ),
     ],
-    ids=["nul-and-binary", "quoted-newlines", "huge-numbers", "huge-seq", "odd-lines", "deep"],
+    ids=[
+        "nul-and-binary",
+        "quoted-newlines",
+        "huge-numbers",
+        "huge-seq",
+        "odd-lines",
+        "deep",
+        "lone-surrogates",
+    ],
 )
 def test_no_history_input_makes_a_500_and_every_line_is_reported(
     api: TestClient, kind: str, body: bytes

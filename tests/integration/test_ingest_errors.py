@@ -87,7 +87,7 @@ def test_health_says_the_writer_died_of_a_code_error_and_nothing_was_quarantined
             own = settings.model_copy(
                 update={
                     "database_url": SecretStr(env.url),
-                    "ingest_client_id": f"health-{env.token}",
+                    "ingest_client_id": f"fieldtrack-ingest-health-{env.token}",
                     "ingest_share_group": f"health-{env.token}",
                     "ingest_metrics_port": port,
                 }

@@ -17,9 +17,11 @@ import psycopg
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.paths import PROJECT_ROOT
+from services.core.payloads import QuarantineReason, Rejected
 from services.core.settings import Settings
-from services.core.topics import MessageKind
+from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
+from services.ingest.store import RawMessage, quarantine_messages
 from tests.integration.conftest import discard_session, wait_for
 from tests.integration.ingest_support import (
     Ledger,
@@ -177,3 +179,31 @@ def test_replay_after_the_fix_stores_each_message_once_and_a_second_replay_chang
     assert SECOND in second
     assert again == replayed
     assert code == 0
+
+
+def test_replay_never_files_a_message_under_a_device_provisioned_after_it_arrived(
+    local_services: LocalServices, settings: Settings
+) -> None:
+    """A serial freed (its device deleted) and provisioned again, perhaps for another
+    customer, is not the sender of what was quarantined under it before: not offered."""
+    with fault_database(local_services, settings) as env:
+        serial = f"replay-{env.token}-reused"
+        arrived = datetime.now(UTC) - timedelta(hours=1)
+        body = usage_body(1, arrived, env.feature_key)
+        raw = RawMessage(device_topic(serial, MessageKind.USAGE), body, arrived)
+        why = Rejected(QuarantineReason.REJECTED_BY_DATABASE, "a bug, fixed since", serial)
+        with psycopg.connect(env.url, autocommit=True) as conn:
+            with conn.transaction():
+                quarantine_messages(conn, [(raw, why)])
+            conn.execute(  # provisioned now, after the message arrived
+                "INSERT INTO devices (serial, project_id) VALUES (%s, %s)",
+                (serial, env.project_id),
+            )
+        assert _replay(env.url, serial) == (
+            "replayed 0 quarantined messages: 0 stored, 0 already stored; still quarantined 0; "
+            "not offered 1 (device provisioned after it arrived 1)"
+        )
+        state = _state(env.url, serial)
+        assert state["stored"] == []
+        [(_, _, reason, _, _, replayed_at, _)] = state["quarantine"]
+        assert (reason, replayed_at) == ("rejected_by_database", None)  # still pending
