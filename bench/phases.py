@@ -124,7 +124,9 @@ class IngestBench:
     def _procs(self, phase: str, count: int) -> list[IngestProc]:
         group = f"bench-{self.data.token}-{phase}"
         return [
-            IngestProc(self.data.settings, f"{group}-{i + 1}", group, self.log_dir)
+            IngestProc(
+                self.data.settings, f"fieldtrack-ingest-{group}-{i + 1}", group, self.log_dir
+            )
             for i in range(count)
         ]
 

@@ -132,7 +132,7 @@ def broker_setup() -> None:
 
     try:
         s = get_settings()
-        setup_broker(
+        removed = setup_broker(
             host=s.mqtt_host, port=s.mqtt_port,
             admin_user=s.mqtt_admin_username,
             admin_password=s.mqtt_admin_password.get_secret_value(),
@@ -141,6 +141,8 @@ def broker_setup() -> None:
         )  # fmt: skip
     except FieldtrackError as exc:
         raise _fail(exc) from exc
+    for line in removed:
+        console.print(f"[yellow]{escape(line)}[/]")
     console.print(f"broker {s.mqtt_host}:{s.mqtt_port} is set up for fieldtrack")
 
 
@@ -243,8 +245,8 @@ def ingest(
     _setup_logging(verbose)
     try:
         settings = get_settings()
-        if client_id:
-            settings = settings.model_copy(update={"ingest_client_id": client_id})
+        if client_id is not None:
+            settings = settings.with_ingest_client_id(client_id)  # validated as the setting
         migrate(settings.database_url.get_secret_value())
     except FieldtrackError as exc:
         raise _fail(exc) from exc

@@ -281,6 +281,44 @@ class BrokerAdmin:
                     "fieldtrack device; choose another serial"
                 )
 
+    def remove_reserved_accounts(self, own: Iterable[str]) -> list[str]:
+        """Remove broker accounts named (by username or bound client id) in fieldtrack's
+        reserved namespace that are not fieldtrack's own service accounts (*own*). Older code
+        provisioned serials like `fieldtrack-ingest-1`, and such an account may log in under
+        ingest's client id and take over its session. A device account (holding its device
+        role and nothing else) is deleted with its role; any other such account is disabled.
+        Returns one line per account changed, each also logged."""
+        keep = set(own)
+        [reply] = self.execute([{"command": "listClients", "verbose": True, "count": -1}])
+        if reply.get("error"):
+            raise BrokerAdminError(f"broker refused listClients: {reply['error']}")
+        commands: list[Command] = []
+        changed: list[str] = []
+        for client in reply.get("data", {}).get("clients", []):
+            username = str(client.get("username", ""))
+            clientid = str(client.get("clientid") or "")
+            if username in keep or not (
+                is_reserved_name(username) or (clientid and is_reserved_name(clientid))
+            ):
+                continue
+            roles = {r.get("rolename") for r in client.get("roles", [])}
+            if roles == {device_role(username)}:
+                commands += [
+                    {"command": "deleteClient", "username": username},
+                    {"command": "deleteRole", "rolename": device_role(username)},
+                ]
+                changed.append(f"deleted device account {username!r} (a reserved name)")
+            elif not client.get("disabled"):
+                commands.append({"command": "disableClient", "username": username})
+                changed.append(
+                    f"disabled account {username!r} (client id {clientid or 'any'!r}): "
+                    "a reserved name that is not fieldtrack's own"
+                )
+        self.check(commands, tolerate=["not found"])
+        for line in changed:
+            log.warning("broker setup: %s", line)
+        return changed
+
     def disable_device(self, serial: str) -> None:
         """Disable the device's client; the broker disconnects it at once."""
         self.check([{"command": "disableClient", "username": serial}])
@@ -314,12 +352,16 @@ def setup_broker(
     admin_password: str,
     ingest_user: str,
     ingest_password: str,
-) -> None:
-    """Roles and the ingest account fieldtrack needs; idempotent (local infra and Docker)."""
+) -> list[str]:
+    """Roles and the ingest account fieldtrack needs, device roles brought to today's ACLs,
+    and accounts under reserved names that are not fieldtrack's own removed (returned, one
+    line each); idempotent (local infra and Docker)."""
     with BrokerAdmin(host, port, admin_user, admin_password) as admin:
         admin.ensure_roles()
         admin.ensure_client(ingest_user, ingest_password, INGEST_ROLE)
+        removed = admin.remove_reserved_accounts({admin_user, ingest_user})
         admin.update_device_roles(admin.outdated_device_roles())
+    return removed
 
 
 def device_role(serial: str) -> str:

@@ -57,6 +57,8 @@ def migrate(conninfo: str) -> list[str]:
     """Apply pending migrations; return the versions applied by this call."""
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        # What a migration has to say about the data it changed (RAISE WARNING).
+        conn.add_notice_handler(_log_notice)
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
             conn.execute(CREATE_LEDGER)
@@ -77,3 +79,8 @@ def migrate(conninfo: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied_now
+
+
+def _log_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+    if diagnostic.severity_nonlocalized == "WARNING":
+        log.warning("migration: %s", diagnostic.message_primary)

@@ -16,9 +16,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.core.errors import ConfigError
 from services.core.paths import local_env_file
 from services.core.thresholds import AnalyticsThresholds
+from services.core.topics import SERIAL_RE, is_reserved_name
 
 MIN_SESSION_SECRET = 32
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
+
+
+def check_ingest_client_id(value: str) -> str:
+    """Ingest's client id must be in fieldtrack's reserved namespace: no device can be
+    provisioned under such a name, so none can log in with it and take ingest's persistent
+    session (its subscription and queued messages) over."""
+    if not SERIAL_RE.fullmatch(value):
+        raise ValueError(
+            "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    if not is_reserved_name(value):
+        raise ValueError(
+            f"{value!r} is outside fieldtrack's reserved namespace (`fieldtrack-…`, e.g. "
+            "fieldtrack-ingest-1), where a device could be provisioned under the same name "
+            "and take ingest's session over"
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -46,9 +64,8 @@ class Settings(BaseSettings):
 
     ingest_client_id: str = Field(
         default="fieldtrack-ingest-1",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
         description="stable per process: the broker keeps this client's session across "
-        "restarts. Keep it in the reserved fieldtrack-* namespace (services/core/topics.py): "
+        "restarts. Must be in the reserved fieldtrack-* namespace (services/core/topics.py): "
         "no device can be provisioned under such a name, so none can take this session over",
     )
     # A plain subscription by default: Mosquitto 2.0.11 forgets shared subscriptions when it
@@ -96,6 +113,20 @@ class Settings(BaseSettings):
         if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("is empty or a placeholder; set a real secret")
         return value
+
+    @field_validator("ingest_client_id")
+    @classmethod
+    def _reserved_client_id(cls, value: str) -> str:
+        return check_ingest_client_id(value)
+
+    def with_ingest_client_id(self, client_id: str) -> Settings:
+        """A copy under another ingest client id, checked as the setting is (`model_copy`
+        alone validates nothing)."""
+        try:
+            check_ingest_client_id(client_id)
+        except ValueError as exc:
+            raise ConfigError(f"ingest client id: {exc}") from exc
+        return self.model_copy(update={"ingest_client_id": client_id})
 
     @field_validator("session_secret")
     @classmethod

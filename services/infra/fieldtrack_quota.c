@@ -5,24 +5,51 @@
  * max_queued_bytes) count per *subscriber* session, not per publisher: while ingest is away,
  * one device flooding its own topics fills ingest's queue, after which the broker drops every
  * device's messages, already acknowledged to them. This plugin gives each publishing account
- * (a device: username = client id = serial) a token bucket of messages and of payload bytes;
- * a publish beyond it is refused: MQTT 5 gets PUBACK reason 135 (not authorised), MQTT 3.1.1
+ * (a device: username = client id = serial) a token bucket of messages and of bytes; a
+ * message beyond it is refused: MQTT 5 gets PUBACK reason 135 (not authorised), MQTT 3.1.1
  * a PUBACK, and the message is dropped. Only that device's excess is refused.
  *
- * It also refuses retained messages on any topic but `.../status` (dynamic security matches
- * topics only and ignores the retain flag).
+ * Where it hooks in (read against Mosquitto 2.0.11's src/handle_publish.c, context.c,
+ * security.c and plugin.c):
+ *
+ * - MOSQ_EVT_ACL_CHECK, write access. The broker asks it for every PUBLISH a client sends
+ *   (before the message event) and for every last will, at the moment it would send the will
+ *   (wills raise no message event). So the quota is charged here, once per message, wills
+ *   included; and retained messages are refused here on any topic but `.../status`, wills
+ *   included (dynamic security matches topics only and ignores the retain flag). This
+ *   callback never allows anything: it refuses, or answers MOSQ_ERR_PLUGIN_DEFER and dynamic
+ *   security decides. Mosquitto asks the ACL callbacks in the order the plugins are loaded
+ *   and stops at the first answer that is not DEFER, so this plugin must be loaded *before*
+ *   dynamic security (its `plugin` line first); after it, dynamic security's "allowed" would
+ *   end the check before this plugin saw the message. If every plugin defers, Mosquitto
+ *   denies.
+ * - MOSQ_EVT_MESSAGE. Every accepted PUBLISH under the prefix loses its MQTT 5 properties
+ *   (user properties, content type, response topic, correlation data): Mosquitto copies the
+ *   event's properties back into the stored message, and neither this quota nor Mosquitto's
+ *   max_queued_bytes counts anything but the payload, so a device could otherwise send
+ *   ~256 KiB of uncounted user properties with every empty message. Ingest reads none of them.
+ *
+ * A will's properties cannot be removed or even seen by a plugin in 2.0.11 (the ACL check
+ * carries none), so an MQTT 5 client's write is charged `will_properties_bytes` on top of
+ * its payload: the most the properties of a will (carried in one CONNECT packet) can take.
+ * For an ordinary PUBLISH the message event follows its ACL check at once, in the broker's
+ * single thread, and refunds that extra: only wills (and publishes that dynamic security
+ * then refuses) keep paying it. A charge may take the bucket below zero; the next message is
+ * then refused until it has refilled.
  *
  * Options (mosquitto.conf, after the `plugin` line):
- *   plugin_opt_topic_prefix   only publishes under this prefix count (device topics)
- *   plugin_opt_msgs_per_s     sustained messages per second per account
- *   plugin_opt_burst_msgs     messages an idle account may send at once
- *   plugin_opt_bytes_per_s    sustained payload bytes per second per account
- *   plugin_opt_burst_bytes    payload bytes an idle account may send at once
- *   plugin_opt_retain_suffix  the one topic suffix that may carry retained messages
+ *   plugin_opt_topic_prefix           only publishes under this prefix count (device topics)
+ *   plugin_opt_msgs_per_s             sustained messages per second per account
+ *   plugin_opt_burst_msgs             messages an idle account may send at once
+ *   plugin_opt_bytes_per_s            sustained bytes per second per account
+ *   plugin_opt_burst_bytes            bytes an idle account may send at once
+ *   plugin_opt_retain_suffix          the one topic suffix that may carry retained messages
+ *   plugin_opt_will_properties_bytes  what an MQTT 5 will is charged beyond its payload
  *
  * Buckets are keyed by username (a reconnect does not refill them) and live as long as the
  * broker: one small entry per account that ever published, and accounts are provisioned.
  */
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -36,6 +63,7 @@
 
 #define TABLE_SIZE 65536u    /* hash chains; accounts beyond this share chains */
 #define LOG_EVERY_S 10.0     /* one "refused" log line per account per this many seconds */
+#define MQTT5 5              /* mosquitto_client_protocol_version() of an MQTT 5 client */
 
 struct bucket {
 	char *username;
@@ -47,14 +75,24 @@ struct bucket {
 	struct bucket *next;
 };
 
+/* The extra charged by the latest write check, refunded if it was an ordinary PUBLISH. */
+struct provisional {
+	const struct mosquitto *client;
+	const char *topic;
+	struct bucket *bucket;
+	double bytes;
+};
+
 static mosquitto_plugin_id_t *plugin_id = NULL;
 static struct bucket *table[TABLE_SIZE];
+static struct provisional pending;
 static char *topic_prefix = NULL;
 static char *retain_suffix = NULL;
 static double msgs_per_s = 1000.0;
 static double burst_msgs = 100000.0;
 static double bytes_per_s = 4194304.0;
 static double burst_bytes = 67108864.0;
+static double will_properties_bytes = 263168.0;
 
 static double now_s(void)
 {
@@ -103,18 +141,23 @@ static bool ends_with(const char *s, const char *suffix)
 	return n >= m && !strcmp(s + n - m, suffix);
 }
 
-static int on_message(int event, void *event_data, void *userdata)
+static bool device_topic(const char *topic)
 {
-	struct mosquitto_evt_message *ed = event_data;
+	return topic && !strncmp(topic, topic_prefix, strlen(topic_prefix));
+}
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
 	const char *username;
 	struct bucket *b;
-	double now;
+	double now, extra;
 
 	(void)event;
 	(void)userdata;
-	if(!ed->topic || strncmp(ed->topic, topic_prefix, strlen(topic_prefix))) return MOSQ_ERR_SUCCESS;
+	if(ed->access != MOSQ_ACL_WRITE || !device_topic(ed->topic)) return MOSQ_ERR_PLUGIN_DEFER;
 	username = mosquitto_client_username(ed->client);
-	if(!username) return MOSQ_ERR_SUCCESS; /* anonymous access is off */
+	if(!username) return MOSQ_ERR_PLUGIN_DEFER; /* anonymous access is off */
 
 	if(ed->retain && !ends_with(ed->topic, retain_suffix)){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "fieldtrack quota: refused a retained message from %s on %s",
@@ -124,7 +167,7 @@ static int on_message(int event, void *event_data, void *userdata)
 
 	now = now_s();
 	b = bucket_for(username, now);
-	if(!b) return MOSQ_ERR_SUCCESS; /* out of memory: fail open rather than refuse everyone */
+	if(!b) return MOSQ_ERR_PLUGIN_DEFER; /* out of memory: fail open rather than refuse everyone */
 	b->msgs += (now - b->updated) * msgs_per_s;
 	if(b->msgs > burst_msgs) b->msgs = burst_msgs;
 	b->bytes += (now - b->updated) * bytes_per_s;
@@ -142,8 +185,32 @@ static int on_message(int event, void *event_data, void *userdata)
 		}
 		return MOSQ_ERR_ACL_DENIED;
 	}
+	extra = mosquitto_client_protocol_version(ed->client) == MQTT5 ? will_properties_bytes : 0.0;
 	b->msgs -= 1.0;
-	b->bytes -= (double)ed->payloadlen;
+	b->bytes -= (double)ed->payloadlen + extra;
+	pending.client = ed->client;
+	pending.topic = ed->topic;
+	pending.bucket = b;
+	pending.bytes = extra;
+	return MOSQ_ERR_PLUGIN_DEFER; /* within quota: dynamic security decides */
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	struct bucket *b = pending.bucket;
+
+	(void)event;
+	(void)userdata;
+	if(!device_topic(ed->topic)) return MOSQ_ERR_SUCCESS;
+	/* The write check just before charged this PUBLISH as if it were a will: refund. */
+	if(b && pending.client == ed->client && pending.topic == ed->topic){
+		b->bytes += pending.bytes;
+		if(b->bytes > burst_bytes) b->bytes = burst_bytes;
+	}
+	memset(&pending, 0, sizeof(pending));
+	mosquitto_property_free_all(&ed->properties);
+	ed->properties = NULL;
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -160,7 +227,8 @@ static bool positive(const char *value, double *out)
 {
 	char *end;
 	double v = strtod(value, &end);
-	if(end == value || *end || v <= 0) return false;
+	/* strtod reads "nan", "inf" and overflows to HUGE_VAL: none of them is a limit */
+	if(end == value || *end || !isfinite(v) || v <= 0) return false;
 	*out = v;
 	return true;
 }
@@ -168,7 +236,7 @@ static bool positive(const char *value, double *out)
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *options, int option_count)
 {
-	int i;
+	int i, rc;
 	bool ok = true;
 
 	(void)userdata;
@@ -181,15 +249,19 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		else if(!strcmp(k, "burst_msgs")) ok = ok && positive(v, &burst_msgs);
 		else if(!strcmp(k, "bytes_per_s")) ok = ok && positive(v, &bytes_per_s);
 		else if(!strcmp(k, "burst_bytes")) ok = ok && positive(v, &burst_bytes);
+		else if(!strcmp(k, "will_properties_bytes")) ok = ok && positive(v, &will_properties_bytes);
 	}
 	if(!ok || !topic_prefix || !retain_suffix){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "fieldtrack quota: topic_prefix, retain_suffix and "
-				"positive numbers are required");
+				"positive, finite numbers are required");
 		return MOSQ_ERR_INVAL;
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "fieldtrack quota: %.0f msgs/s (burst %.0f), %.0f bytes/s "
-			"(burst %.0f) per account under %s; retain only on *%s", msgs_per_s, burst_msgs,
-			bytes_per_s, burst_bytes, topic_prefix, retain_suffix);
+			"(burst %.0f) per account under %s, MQTT 5 wills %.0f bytes more; retain only on *%s",
+			msgs_per_s, burst_msgs, bytes_per_s, burst_bytes, topic_prefix,
+			will_properties_bytes, retain_suffix);
+	rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
 	return mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
 }
 
@@ -199,6 +271,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	(void)userdata;
 	(void)options;
 	(void)option_count;
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	for(i = 0; i < TABLE_SIZE; i++){
 		while(table[i]){

@@ -38,9 +38,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 from psycopg import sql
 
+from services.core.errors import ConfigError
 from services.core.mqtt_client import BufferedClient
 from services.core.payloads import decode
-from services.core.settings import Settings
+from services.core.settings import Settings, check_ingest_client_id
 from services.core.topics import shared_subscription
 from services.ingest.directory import DeviceDirectory
 from services.ingest.store import (
@@ -140,6 +141,12 @@ _queue_pubacks = _paho_queue_pubacks()
 
 class IngestService:
     def __init__(self, settings: Settings) -> None:
+        # Settings made by model_copy skip their validators: ingest refuses a client id that
+        # a device could be provisioned under (and so take this persistent session over).
+        try:
+            check_ingest_client_id(settings.ingest_client_id)
+        except ValueError as exc:
+            raise ConfigError(f"ingest client id: {exc}") from exc
         self._settings = settings
         self._queue: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
         self._stop = threading.Event()

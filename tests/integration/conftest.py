@@ -89,7 +89,7 @@ def settings(base_settings: Settings, database: str) -> Settings:
     return base_settings.model_copy(
         update={
             "database_url": SecretStr(database),
-            "ingest_client_id": f"test-ingest-{uuid.uuid4().hex[:8]}",
+            "ingest_client_id": f"fieldtrack-ingest-test-{uuid.uuid4().hex[:8]}",
             "ingest_share_group": f"test-{uuid.uuid4().hex[:8]}",
             "ingest_batch_wait_ms": 50,
             "ingest_metrics_port": 0,

@@ -520,8 +520,9 @@ class FaultEnv:
 
     def ingest(self, name: str, group: str, *, metrics_port: int = 0) -> IngestProcess:
         return IngestProcess(
-            self.url, f"{name}-{self.token}", group, self.log_dir, metrics_port=metrics_port
-        )
+            self.url, f"fieldtrack-ingest-{name}-{self.token}", group, self.log_dir,
+            metrics_port=metrics_port,
+        )  # fmt: skip
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from services.core.broker_admin import BrokerAdmin, device_role, setup_broker
+from services.core.broker_admin import BrokerAdmin, device_acls, device_role, setup_broker
 from services.core.settings import Settings
 
 NOT_AUTHORISED = 135
@@ -167,3 +167,76 @@ def test_broker_setup_narrows_a_device_role_made_by_older_code(
             probe.close()
     finally:
         broker_admin.delete_device(serial)
+
+
+def test_broker_setup_removes_accounts_under_reserved_names(
+    settings: Settings, broker_admin: BrokerAdmin, unique: str
+) -> None:
+    """Accounts left from before reserved names were checked: a device provisioned as
+    `fieldtrack-ingest-…` (it may log in under that client id, in ingest's namespace) and
+    another account bound to a reserved client id. `broker-setup` (run by `infra up` and by
+    docker-compose) deletes the device account with its role and disables the other;
+    fieldtrack's own admin and ingest accounts stay."""
+    serial, password = f"fieldtrack-ingest-{unique}", secrets.token_urlsafe(16)
+    other, other_password = f"tool-{unique}", secrets.token_urlsafe(16)
+    other_client_id = f"fieldtrack-admin-{unique}"
+    role = device_role(serial)
+    broker_admin.check(
+        [
+            {"command": "createRole", "rolename": role, "acls": device_acls(serial)},
+            {"command": "createClient", "username": serial, "clientid": serial,
+             "password": password, "roles": [{"rolename": role}]},
+            {"command": "createClient", "username": other, "clientid": other_client_id,
+             "password": other_password},
+        ]
+    )  # fmt: skip
+    try:
+        for client_id, user, secret in (
+            (serial, serial, password),
+            (other_client_id, other, other_password),
+        ):
+            probe = Probe(settings, client_id, user, secret)
+            probe.close()
+            assert probe.connack is not None and not probe.connack.is_failure, user
+        changed = setup_broker(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            admin_user=settings.mqtt_admin_username,
+            admin_password=settings.mqtt_admin_password.get_secret_value(),
+            ingest_user=settings.mqtt_ingest_username,
+            ingest_password=settings.mqtt_ingest_password.get_secret_value(),
+        )
+        assert any(serial in line for line in changed), changed
+        assert any(other in line for line in changed), changed
+        for client_id, user, secret in (
+            (serial, serial, password),
+            (other_client_id, other, other_password),
+        ):
+            probe = Probe(settings, client_id, user, secret)
+            probe.close()
+            assert probe.connack is not None and probe.connack.is_failure, f"{user} logged in"
+        [client, own_role] = broker_admin.execute(
+            [{"command": "getClient", "username": serial}, {"command": "getRole", "rolename": role}]
+        )
+        assert client.get("error") and own_role.get("error"), (client, own_role)
+        ingest_password = settings.mqtt_ingest_password.get_secret_value()
+        ingest = Probe(
+            settings, f"fieldtrack-ingest-t{unique}", settings.mqtt_ingest_username, ingest_password
+        )
+        ingest.close()
+        assert ingest.connack is not None and not ingest.connack.is_failure
+        # a second run has nothing left to change
+        assert (
+            setup_broker(
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                admin_user=settings.mqtt_admin_username,
+                admin_password=settings.mqtt_admin_password.get_secret_value(),
+                ingest_user=settings.mqtt_ingest_username,
+                ingest_password=ingest_password,
+            )
+            == []
+        )
+    finally:
+        broker_admin.delete_device(serial)
+        broker_admin.check([{"command": "deleteClient", "username": other}], tolerate=["not found"])

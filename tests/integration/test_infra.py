@@ -16,8 +16,9 @@ import pytest
 
 from services.core.broker_admin import BrokerAdmin
 from services.infra.local import LocalServices
-from services.infra.mosquitto import SERVICE_USER, LocalMosquitto
+from services.infra.mosquitto import MOSQUITTO, SERVICE_USER, LocalMosquitto, quota_directives
 from services.infra.system import user_exists
+from tests.integration.ingest_support import free_port
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -110,3 +111,45 @@ def test_the_admin_password_is_never_on_a_command_line(
     assert any("dynsec" in argv for argv in argvs), argvs
     assert not [argv for argv in argvs if any(password in arg for arg in argv)]
     assert _private(broker.dynsec_file)
+
+
+# --- the quota plugin's options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999", "0", "-5", "12abc"])
+def test_the_broker_refuses_to_start_with_a_quota_that_is_no_number(
+    local_services: LocalServices, tmp_path: Path, value: str
+) -> None:
+    """strtod reads `nan`, `inf` and overflows to infinity: a quota of NaN compares false
+    against everything and refuses nothing. The plugin requires positive, finite numbers, and
+    a broker it refuses does not start."""
+    library = local_services.mosquitto.quota_library
+    assert library.exists()
+    lines = quota_directives(str(library)).splitlines()
+    lines = [f"plugin_opt_bytes_per_s {value}" if "bytes_per_s" in line else line for line in lines]
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"listener {free_port()} 127.0.0.1",
+                "allow_anonymous false",
+                *lines,
+                "log_dest stdout",
+            ]
+        )
+        + "\n"
+    )
+    config.chmod(0o644)
+    tmp_path.chmod(0o755)  # read by the broker's own user once it has dropped root
+    try:
+        done = subprocess.run(
+            [str(MOSQUITTO), "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the broker started with plugin_opt_bytes_per_s {value}")
+    assert done.returncode != 0
+    assert "fieldtrack quota: topic_prefix, retain_suffix and positive" in done.stdout

@@ -11,6 +11,9 @@ disconnected within 5 s):
   under its own client id; reserved serials at every provisioning path. Each asserts what the
   broker does and what ingest stores. (The flood while ingest is down is the chaos scenario
   `hostile-device-ingest-down`, short in test_chaos_faults.py.)
+- what the broker's own counts do not see: MQTT 5 properties (stripped from device messages),
+  retained wills outside `status` (refused), wills sent by reconnecting over and over (charged
+  to the device's quota); ingest under a client id outside the reserved namespace (refused).
 - garbage mixed into valid traffic: every bad message is quarantined and ingest keeps going;
   the short version of the garbage-share measurement whose long version (`make chaos`) judges
   the issue's "10 % garbage slows valid ingest by at most 10 %".
@@ -20,11 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,14 +44,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from device_sim.device import LAST_WILL_PAYLOAD
 from services.accounts.roles import Role
 from services.core.broker_admin import BrokerAdmin
-from services.core.errors import InvalidInputError
+from services.core.errors import ConfigError, InvalidInputError
 from services.core.payloads import MAX_PAYLOAD_BYTES
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
-from services.infra.mosquitto import DEVICE_BURST_BYTES, MAX_PACKET_BYTES
+from services.infra.mosquitto import (
+    DEVICE_BURST_BYTES,
+    DEVICE_BYTES_PER_S,
+    MAX_PACKET_BYTES,
+    WILL_PROPERTIES_BYTES,
+)
 from services.ingest.service import IngestService, discard_session
 from tests.integration.chaos import SHORT, measure_garbage_share
 from tests.integration.conftest import Project, api_client, mint_token, wait_for
@@ -150,6 +163,7 @@ class Mqtt:
         self.connack: Any = None
         self.pubacks: dict[int, int] = {}
         self.received: list[tuple[str, bytes, bool]] = []
+        self.messages: list[mqtt.MQTTMessage] = []
         self.disconnected = threading.Event()
         self._cond = threading.Condition()
         kwargs: dict[str, Any] = {"protocol": protocol}
@@ -198,11 +212,14 @@ class Mqtt:
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
             self.received.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.messages.append(msg)
             self._cond.notify_all()
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, properties: Any = None
+    ) -> int | None:
         """QoS 1; the PUBACK's reason code, or None when the broker hung up instead."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         with self._cond:
             self._cond.wait_for(lambda: info.mid in self.pubacks or self.disconnected.is_set(), 10)
             return self.pubacks.get(info.mid)
@@ -526,3 +543,192 @@ def test_a_flooding_device_is_held_to_its_quota_and_the_others_are_not(
 # beyond the byte burst: 1 MiB/s refills 4 messages of 256 KiB a second, so sent within a
 # few seconds, most of these are refused
 FLOOD_EXTRA = 100
+
+
+# --- what the broker's own counts do not see: MQTT 5 properties and last wills ---------------
+
+BIG_PROPERTIES = [(f"k{i}", "x" * 60_000) for i in range(3)]  # ~180 KiB; one string <= 64 KiB
+
+
+def admin_watching(settings: Settings, serial: str) -> Mqtt:
+    """An MQTT 5 client on the admin account, subscribed to everything under *serial*."""
+    admin_id = f"fieldtrack-admin-t{uuid.uuid4().hex[:6]}"
+    password = settings.mqtt_admin_password.get_secret_value()
+    admin = Mqtt(settings, admin_id, settings.mqtt_admin_username, password)
+    assert admin.subscribe(f"fieldtrack/v1/{serial}/#") in {0, 1}
+    return admin
+
+
+def send_will(
+    settings: Settings,
+    serial: str,
+    password: str,
+    topic: str,
+    payload: bytes,
+    *,
+    retain: bool,
+    protocol: int = mqtt.MQTTv311,
+    properties: Properties | None = None,
+) -> None:
+    """Log in with a last will, then vanish without DISCONNECT, as a device losing power
+    does: the broker then sends the will, if it lets it through."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=serial, protocol=protocol)
+    client.username_pw_set(serial, password)
+    client.will_set(topic, payload, qos=1, retain=retain, properties=properties)
+    answers: list[Any] = []
+    client.on_connect = lambda c, u, f, reason, p: answers.append(reason)
+    client.connect(settings.mqtt_host, settings.mqtt_port)
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        client.loop(0.1)
+    assert answers and not answers[0].is_failure, f"{serial} could not log in: {answers}"
+    sock = client.socket()
+    assert sock is not None
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def test_mqtt5_properties_are_stripped_from_device_messages(
+    settings: Settings, guarded_ingest: GuardedIngest, pair: Pair, conn: psycopg.Connection
+) -> None:
+    """Mosquitto 2.0.11's max_queued_bytes and the quota count payload bytes only, so user
+    properties (up to the packet limit) would ride along every message uncounted, into
+    ingest's queue. The quota plugin strips every property from device messages: subscribers
+    get the message without them, and ingest stores it as usual."""
+    admin = admin_watching(settings, pair.hostile)
+    try:
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = BIG_PROPERTIES
+        props.ContentType = "application/json"
+        props.ResponseTopic = f"fieldtrack/v1/{pair.hostile}/usage"
+        props.CorrelationData = b"x" * 1000
+        own = device_topic(pair.hostile, MessageKind.USAGE)
+        payload = usage(pair.project.feature_key, 1)
+        assert pair.bad.publish(own, payload, properties=props) in ACCEPTED
+        wait_for(lambda: admin.messages)
+        [message] = admin.messages
+        assert message.payload == payload
+        assert message.properties is None or message.properties.json() == {}, (
+            message.properties.json().keys()
+        )
+    finally:
+        admin.close()
+    wait_for(lambda: stored_seqs(conn, pair.hostile) == [1])
+
+
+def test_a_retained_will_outside_status_is_refused_and_the_status_will_works(
+    settings: Settings, guarded_ingest: GuardedIngest, pair: Pair, conn: psycopg.Connection
+) -> None:
+    """Wills raise no message event in Mosquitto 2.0.11, so a device could leave a retained
+    will on `usage`: kept by the broker for ever and replayed to every new subscription (an
+    ingest reconnecting). The broker asks the ACL check before it sends a will; the quota
+    plugin refuses a retained one outside `status` there. The simulator's will (retained
+    "offline" on `status`) still arrives."""
+    feature = pair.project.feature_key
+    prefix = f"fieldtrack/v1/{pair.hostile}"
+    for seq, protocol in ((71, mqtt.MQTTv311), (72, mqtt.MQTTv5)):
+        for kind in (MessageKind.USAGE, MessageKind.TELEMETRY):
+            topic = device_topic(pair.hostile, kind)
+            send_will(
+                settings, pair.hostile, pair.hostile_password, topic, usage(feature, seq),
+                retain=True, protocol=protocol,
+            )  # fmt: skip
+    status_topic = device_topic(pair.hostile, MessageKind.STATUS)
+    send_will(
+        settings, pair.hostile, pair.hostile_password, status_topic,
+        LAST_WILL_PAYLOAD.encode(), retain=True,
+    )  # fmt: skip
+    online = """SELECT s.online FROM device_state s JOIN devices d ON d.id = s.device_id
+                WHERE d.serial = %s"""
+    wait_for(lambda: conn.execute(online, (pair.hostile,)).fetchone() == (False,))
+    # What a new subscription (ingest reconnecting) gets: the retained status, nothing else.
+    admin = admin_watching(settings, pair.hostile)
+    try:
+        time.sleep(QUIET_S)
+        assert [(t, r) for t, _, r in admin.received] == [(status_topic, True)]
+    finally:
+        admin.close()
+    assert stored_seqs(conn, pair.hostile) == []
+    assert quarantined(conn, f"{prefix}/%") == []
+    cleaner = Mqtt(settings, pair.hostile, pair.hostile, pair.hostile_password)
+    try:
+        assert cleaner.publish(status_topic, b"", retain=True) in ACCEPTED  # clear it again
+    finally:
+        cleaner.close()
+
+
+WILLS = 400  # more than the byte burst lets through when each is charged as a full packet
+
+
+def settled(count: Callable[[], int], quiet: float = 1.0, timeout: float = 60.0) -> int:
+    """*count*'s value once it has not moved for *quiet* seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"still moving after {timeout}s (at {last})")
+
+
+def test_wills_are_charged_to_the_devices_quota(
+    settings: Settings, guarded_ingest: GuardedIngest, pair: Pair, conn: psycopg.Connection
+) -> None:
+    """A device reconnecting over and over leaves a will each time, each with up to a packet
+    of MQTT 5 properties that no plugin of Mosquitto 2.0.11 can see or strip. The quota
+    charges every will on the ACL check the broker makes before sending it, as if its
+    properties filled the packet: after the byte burst, the device's wills are refused, and
+    ingest stores exactly those the broker let through. Ordinary publishes are charged once
+    (the flood test above counts them)."""
+    feature = pair.project.feature_key
+    topic = device_topic(pair.hostile, MessageKind.USAGE)
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.UserProperty = BIG_PROPERTIES
+    admin = admin_watching(settings, pair.hostile)
+    try:
+        started = time.monotonic()
+        for seq in range(WILLS):
+            send_will(
+                settings, pair.hostile, pair.hostile_password, topic, usage(feature, seq),
+                retain=False, protocol=mqtt.MQTTv5, properties=props,
+            )  # fmt: skip
+        elapsed = time.monotonic() - started
+        settled(lambda: len(admin.received))
+        through = sorted(json.loads(payload)["seq"] for _, payload, _ in admin.received)
+    finally:
+        admin.close()
+    cost = WILL_PROPERTIES_BYTES + len(usage(feature, WILLS))
+    most = (DEVICE_BURST_BYTES + DEVICE_BYTES_PER_S * (elapsed + 1)) // cost + 2
+    print(f"\n{len(through)} of {WILLS} wills through in {elapsed:.1f}s (at most {most})")
+    assert DEVICE_BURST_BYTES // cost - 1 <= len(through) <= most < WILLS
+    wait_for(lambda: stored_seqs(conn, pair.hostile) == through, timeout=30)
+    honest_traffic_is_stored(pair, conn, 1)
+
+
+# --- ingest's own client id ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client_id", ["ingest-2", "sneaky-1", "fieldtrackingest-1"])
+def test_ingest_runs_only_under_a_reserved_client_id(settings: Settings, client_id: str) -> None:
+    """Outside the reserved namespace, a device could be provisioned under ingest's client
+    id and take its session over. Neither the setting, nor `fieldtrack ingest --client-id`,
+    nor the service itself accepts such an id."""
+    with pytest.raises(ConfigError, match="reserved"):
+        IngestService(settings.model_copy(update={"ingest_client_id": client_id}))
+    env = {**os.environ, "COLUMNS": "200"}
+    for args, extra in (
+        (["--client-id", client_id], {}),
+        ([], {"FIELDTRACK_INGEST_CLIENT_ID": client_id}),
+    ):
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "services", "ingest", *args],
+                capture_output=True, text=True, timeout=30, check=False, env={**env, **extra},
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"ingest started under client id {client_id!r} ({args or extra})")
+        assert done.returncode != 0, done.stdout
+        assert "reserved" in done.stderr, done.stderr

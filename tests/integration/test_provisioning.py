@@ -6,6 +6,7 @@ publish shows its reason code (135 = not authorised)."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -20,11 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from services.core.broker_admin import BrokerAdmin
+from services.core.broker_admin import BrokerAdmin, device_acls, device_role, setup_broker
+from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.core.topics import SERIAL_RE, parse_topic
+from services.infra.local import LocalServices
 from services.ingest.service import IngestService
-from tests.integration.conftest import Project, wait_for
+from services.registry import upserts as registry
+from tests.integration.conftest import Project, scratch_database, wait_for
 
 NOT_AUTHORISED = 135
 # 16 = "no matching subscribers": accepted, though nobody listened at that moment.
@@ -469,3 +473,74 @@ def test_a_serial_with_a_trailing_newline_is_no_serial(
     assert SERIAL_RE.fullmatch(f"{serial}\n") is None
     assert parse_topic(f"fieldtrack/v1/{serial}\n/usage") is None
     assert parse_topic(f"fieldtrack/v1/{serial}/usage") is not None
+
+
+RESERVED_MIGRATION = "0016_reserved_serials"
+
+
+def test_devices_provisioned_under_reserved_serials_before_the_check_are_removed(
+    local_services: LocalServices,
+    database: str,
+    settings: Settings,
+    broker_admin: BrokerAdmin,
+    connect: Connect,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Older code provisioned any serial, `fieldtrack-ingest-1` included: a registry row and
+    a broker account that may log in under that client id (ingest's namespace) and take
+    ingest's session over. On upgrade, the migration revokes such devices (saying which) and
+    `broker-setup` deletes their broker accounts; other devices are untouched."""
+    reserved = [f"fieldtrack-ingest-{unique}", f"FieldTrack-{unique}"]
+    kept = f"ingestor-{unique}"
+    passwords = {serial: secrets.token_urlsafe(16) for serial in [*reserved, kept]}
+    with scratch_database(local_services, database, "fieldtrack_reserved") as url:
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            # the database as it was before the migration: the devices registered
+            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (RESERVED_MIGRATION,))
+            customer = registry.upsert_customer(conn, f"C {unique}", "tail", "retail", "adoption")
+            project = registry.upsert_project(
+                conn, customer, f"P {unique}", contract_value=1, currency="EUR",
+                go_live_date=None, status="live",
+            )  # fmt: skip
+            for serial in passwords:
+                conn.execute(
+                    "INSERT INTO devices (serial, project_id) VALUES (%s, %s)", (serial, project)
+                )
+        # ... and their broker accounts, as provisioning made them then
+        broker_admin.check(
+            [
+                cmd
+                for serial, password in passwords.items()
+                for cmd in (
+                    {"command": "createRole", "rolename": device_role(serial),
+                     "acls": device_acls(serial)},
+                    {"command": "createClient", "username": serial, "clientid": serial,
+                     "password": password, "roles": [{"rolename": device_role(serial)}]},
+                )
+            ]
+        )  # fmt: skip
+        try:
+            for serial, password in passwords.items():
+                assert connect(serial, password).accepted, serial
+            with caplog.at_level(logging.WARNING, logger="services.core.migrate"):
+                assert migrate(url) == [RESERVED_MIGRATION]
+            assert all(serial in caplog.text for serial in reserved), caplog.text
+            assert kept not in caplog.text
+            with psycopg.connect(url) as conn:
+                statuses = dict(conn.execute("SELECT serial, status FROM devices").fetchall())
+            assert statuses == {**dict.fromkeys(reserved, "revoked"), kept: "active"}
+            setup_broker(
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                admin_user=settings.mqtt_admin_username,
+                admin_password=settings.mqtt_admin_password.get_secret_value(),
+                ingest_user=settings.mqtt_ingest_username,
+                ingest_password=settings.mqtt_ingest_password.get_secret_value(),
+            )
+            for serial in reserved:
+                assert not connect(serial, passwords[serial]).accepted, f"{serial} logged in"
+            assert connect(kept, passwords[kept]).accepted
+        finally:
+            broker_admin.delete_devices(list(passwords))

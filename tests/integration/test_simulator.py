@@ -53,7 +53,7 @@ def sim_ingest(sim_database: str, settings: Settings) -> Iterator[IngestService]
     ingest_settings = settings.model_copy(
         update={
             "database_url": type(settings.database_url)(sim_database),
-            "ingest_client_id": f"sim-ingest-{os.getpid()}",
+            "ingest_client_id": f"fieldtrack-ingest-sim-{os.getpid()}",
             "ingest_share_group": f"sim-{os.getpid()}",
         }
     )
