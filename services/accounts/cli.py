@@ -161,10 +161,12 @@ def create_token(
     role: Annotated[Role, typer.Option(help="admin, pm, ops or viewer")],
     customer: Annotated[str | None, typer.Option(help="for a viewer: its one customer")] = None,
     expires_in_days: Annotated[
-        int | None, typer.Option(min=1, max=store.MAX_TOKEN_DAYS, help="never expires if left out")
-    ] = None,
+        int, typer.Option(min=1, max=store.MAX_TOKEN_DAYS, help="every token expires")
+    ] = store.DEFAULT_TOKEN_DAYS,
 ) -> None:
-    """Create a service token; the secret is printed once."""
+    """Create a service token; the secret is printed once. Made here (with database access)
+    it has no creator, so no user's demotion revokes it: revoke it when it is no longer
+    needed."""
     try:
         with _connection() as conn:
             token = store.create_token(
@@ -189,12 +191,15 @@ def list_tokens() -> None:
             tokens = store.list_tokens(conn)
     except FieldtrackError as exc:
         raise _fail(exc) from exc
-    table = Table("id", "name", "prefix", "role", "customer", "user", "expires", "state")
+    table = Table(
+        "id", "name", "prefix", "role", "customer", "user", "created by", "expires", "state"
+    )
     for t in tokens:
         expires = t.expires_at.isoformat(timespec="minutes") if t.expires_at else ""
         table.add_row(
             str(t.id), t.name, t.prefix + "…", t.role.value, str(t.customer_id or ""),
-            str(t.user_id or ""), expires, "revoked" if t.revoked_at else "active",
+            str(t.user_id or ""), str(t.created_by or ""), expires,
+            "revoked" if t.revoked_at else "active",
         )  # fmt: skip
     console.print(table)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -32,11 +33,12 @@ TOKEN_PREFIX = "ft_"  # marks fieldtrack tokens for people and secret scanners
 # How much of a token is kept in clear, so people can tell their tokens apart.
 SHOWN_PREFIX_CHARS = 10
 SESSION_TTL = timedelta(hours=12)
-MAX_TOKEN_DAYS = 3650  # service tokens: a machine's credential, rotated by its admin
-# Personal tokens always expire: a forgotten laptop or a leaked CLI file stops working by
-# itself. The default is what `fieldtrack login` has always asked for.
-DEFAULT_PERSONAL_TOKEN_DAYS = 90
-MAX_PERSONAL_TOKEN_DAYS = 365
+# Every token expires: a forgotten laptop, a leaked CLI file or a CI secret copied somewhere
+# stops working by itself. The default is what `fieldtrack login` has always asked for.
+DEFAULT_TOKEN_DAYS = 90
+MAX_TOKEN_DAYS = 365
+DEFAULT_PERSONAL_TOKEN_DAYS = DEFAULT_TOKEN_DAYS
+MAX_PERSONAL_TOKEN_DAYS = MAX_TOKEN_DAYS
 # Writing last_used_at on every request would turn reads into writes; once a minute is enough.
 LAST_USED_RESOLUTION = "1 minute"
 
@@ -101,6 +103,11 @@ class Token(BaseModel):
     role: Role
     customer_id: int | None
     user_id: int | None
+    created_by: int | None = Field(
+        description="service tokens: the user whose request made it (revoked when their role "
+        "changes or they are disabled or deleted); null for personal tokens and tokens made "
+        "with database access"
+    )
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
@@ -111,18 +118,24 @@ class NewToken(Token):
     token: str = Field(description="the secret; shown once, never stored")
 
 
-def personal_token_days(days: object) -> object:
-    """A personal token's lifetime as asked for; `null` is refused with what to send."""
-    if days is None:
-        raise ValueError(
-            f"personal tokens always expire: give 1 to {MAX_PERSONAL_TOKEN_DAYS} days, or leave "
-            f"expires_in_days out for {DEFAULT_PERSONAL_TOKEN_DAYS}"
-        )
-    return days
+def _must_expire(kind: str) -> Callable[[object], object]:
+    def days_given(days: object) -> object:
+        """A token's lifetime as asked for; `null` is refused with what to send."""
+        if days is None:
+            raise ValueError(
+                f"{kind} tokens always expire: give 1 to {MAX_TOKEN_DAYS} days, or leave "
+                f"expires_in_days out for {DEFAULT_TOKEN_DAYS}"
+            )
+        return days
+
+    return days_given
 
 
 PersonalTokenDays = Annotated[
-    int, Field(ge=1, le=MAX_PERSONAL_TOKEN_DAYS), BeforeValidator(personal_token_days)
+    int, Field(ge=1, le=MAX_TOKEN_DAYS), BeforeValidator(_must_expire("personal"))
+]
+ServiceTokenDays = Annotated[
+    int, Field(ge=1, le=MAX_TOKEN_DAYS), BeforeValidator(_must_expire("service"))
 ]
 
 
@@ -130,7 +143,7 @@ class TokenCreate(BaseModel, extra="forbid"):
     name: TokenName
     role: Role
     customer_id: CustomerRef | None = None
-    expires_in_days: Annotated[int, Field(ge=1, le=MAX_TOKEN_DAYS)] | None = None
+    expires_in_days: ServiceTokenDays = DEFAULT_TOKEN_DAYS
 
     @model_validator(mode="after")
     def _scope(self) -> TokenCreate:
@@ -140,7 +153,8 @@ class TokenCreate(BaseModel, extra="forbid"):
 
 USER_COLUMNS = "id, username, role, customer_id, created_at, disabled_at"
 TOKEN_COLUMNS = (
-    "id, name, prefix, role, customer_id, user_id, created_at, expires_at, revoked_at, last_used_at"
+    "id, name, prefix, role, customer_id, user_id, created_by, created_at, expires_at, "
+    "revoked_at, last_used_at"
 )
 INSERT_USER = f"""
 INSERT INTO users (username, password_hash, role, customer_id)
@@ -181,10 +195,28 @@ UPDATE api_tokens SET revoked_at = now()
 WHERE user_id = %(id)s AND revoked_at IS NULL AND user_epoch <> %(epoch)s
 """
 END_STALE_SESSIONS = "DELETE FROM sessions WHERE user_id = %(id)s AND user_epoch <> %(epoch)s"
+# The service tokens a user made end when they stop being an enabled admin.
+REVOKE_CREATED_TOKENS = """
+UPDATE api_tokens SET revoked_at = now() WHERE created_by = %s AND revoked_at IS NULL
+"""
 INSERT_TOKEN = f"""
-INSERT INTO api_tokens (name, digest, prefix, role, customer_id, user_id, expires_at)
-VALUES (%(name)s, %(digest)s, %(prefix)s, %(role)s, %(customer_id)s, NULL, %(expires_at)s)
+INSERT INTO api_tokens (name, digest, prefix, role, customer_id, user_id, expires_at,
+                        created_by)
+VALUES (%(name)s, %(digest)s, %(prefix)s, %(role)s, %(customer_id)s, NULL, %(expires_at)s,
+        %(created_by)s)
 RETURNING {TOKEN_COLUMNS}
+"""
+# What a token-authenticated request needs of the token it came with: tokens it makes expire
+# no later, and service tokens it makes have its creator.
+PARENT_TOKEN = "SELECT expires_at, created_by FROM api_tokens WHERE id = %s"
+# The creator of a new service token, locked (FOR SHARE) while the token is stored: a
+# concurrent change of the user waits, then revokes the new token too; a change that came
+# first leaves no row here. `epoch` NULL: the caller was a service token, no generation.
+LOCK_CREATOR = """
+SELECT 1 FROM users
+WHERE id = %(id)s AND role = 'admin' AND disabled_at IS NULL
+  AND auth_epoch = coalesce(%(epoch)s::integer, auth_epoch)
+FOR SHARE
 """
 # Role, customer and generation come from the user's row as it is now, and only if it is
 # still the generation the caller authenticated under (NULL: whatever it is now). FOR SHARE
@@ -212,8 +244,9 @@ REVOKE_USER_TOKEN = f"""
 UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s AND user_id = %s
 RETURNING {TOKEN_COLUMNS}
 """
-# A service token acts with its own role and customer; a personal token with its user's
-# current ones, and only while it belongs to the user's current generation and expires.
+# A service token acts with its own role and customer, and only while its creator (if it
+# has one) is an enabled admin; a personal token with its user's current role and customer,
+# and only while it belongs to the user's current generation and expires.
 TOKEN_PRINCIPAL = """
 SELECT t.id, t.digest, coalesce(u.username, t.name),
        CASE WHEN t.user_id IS NULL THEN t.role ELSE u.role END,
@@ -221,9 +254,11 @@ SELECT t.id, t.digest, coalesce(u.username, t.name),
        t.user_id, t.user_epoch
 FROM api_tokens t
 LEFT JOIN users u ON u.id = t.user_id
+LEFT JOIN users c ON c.id = t.created_by
 WHERE t.digest = %s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
   AND (t.user_id IS NULL
        OR (u.disabled_at IS NULL AND t.user_epoch = u.auth_epoch AND t.expires_at IS NOT NULL))
+  AND (t.created_by IS NULL OR (c.role = 'admin' AND c.disabled_at IS NULL))
 """
 TOUCH_TOKEN = f"""
 UPDATE api_tokens SET last_used_at = now()
@@ -302,7 +337,8 @@ def list_users(conn: psycopg.Connection) -> list[User]:
 
 def update_user(conn: psycopg.Connection, user_id: int, body: UserUpdate) -> User:
     """Change a user; any change of role, customer, password or disabled state starts a new
-    credential generation: the user's personal tokens are revoked and sessions ended."""
+    credential generation: the user's personal tokens are revoked and sessions ended. A
+    change of role, or disabling, also revokes the service tokens the user made."""
     # Hashed before the transaction: argon2 takes a while and the user's row stays unlocked.
     password_hash = hash_password(body.password) if body.password is not None else None
     with conn.transaction():
@@ -336,11 +372,15 @@ def update_user(conn: psycopg.Connection, user_id: int, body: UserUpdate) -> Use
         generation = {"id": user_id, "epoch": row[0]}
         conn.execute(REVOKE_STALE_TOKENS, generation)
         conn.execute(END_STALE_SESSIONS, generation)
+        # Any role change: only admins make service tokens, so it is always a demotion.
+        if role is not current.role or body.disabled:
+            conn.execute(REVOKE_CREATED_TOKENS, (user_id,))
     return get_user(conn, user_id)
 
 
 def delete_user(conn: psycopg.Connection, user_id: int) -> None:
     with conn.transaction(), translate_errors("user"):
+        conn.execute(REVOKE_CREATED_TOKENS, (user_id,))
         deleted = conn.execute(
             "DELETE FROM users WHERE id = %s RETURNING role", (user_id,)
         ).fetchone()
@@ -361,19 +401,41 @@ def admin_exists(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def authenticate(conn: psycopg.Connection, username: str, password: str) -> Principal | None:
-    """The user if the password is right; the same work is done when the user is unknown."""
-    row = conn.execute(LOGIN_USER, (username.strip().lower(),)).fetchone()
+LoginRow = tuple[Any, ...] | None
+
+
+def login_row(conn: psycopg.Connection, username: str) -> LoginRow:
+    """What a login checks the password against: the enabled user's row, or None."""
+    return conn.execute(LOGIN_USER, (username.strip().lower(),)).fetchone()
+
+
+def check_password(row: LoginRow, password: str) -> tuple[Principal | None, str | None]:
+    """The user if the password is right, and a new hash to store when the stored one has
+    weaker parameters. No database: the slow part of a login holds no connection. The same
+    work is done when the user is unknown."""
     stored = row[4] if row else _DUMMY_HASH
     try:
         _hasher.verify(stored, password)
     except (VerificationError, InvalidHashError):
-        return None
+        return None, None
     if row is None:
-        return None
-    if _hasher.check_needs_rehash(stored):
-        conn.execute(REHASH_PASSWORD, (hash_password(password), row[0]))
-    return Principal("user", row[0], row[1], Role(row[2]), row[3], user_id=row[0], epoch=row[5])
+        return None, None
+    rehashed = hash_password(password) if _hasher.check_needs_rehash(stored) else None
+    user = Principal("user", row[0], row[1], Role(row[2]), row[3], user_id=row[0], epoch=row[5])
+    return user, rehashed
+
+
+def store_rehash(conn: psycopg.Connection, user: Principal, password_hash: str) -> None:
+    conn.execute(REHASH_PASSWORD, (password_hash, user.user_id))
+
+
+def authenticate(conn: psycopg.Connection, username: str, password: str) -> Principal | None:
+    """The user if the password is right (holding `conn` throughout: for operators and
+    tests; the login routes use the three steps above)."""
+    user, rehashed = check_password(login_row(conn, username), password)
+    if user is not None and rehashed is not None:
+        store_rehash(conn, user, rehashed)
+    return user
 
 
 def _new_secret() -> tuple[str, dict[str, Any]]:
@@ -382,47 +444,87 @@ def _new_secret() -> tuple[str, dict[str, Any]]:
     return secret, {"digest": digest(secret), "prefix": secret[:SHOWN_PREFIX_CHARS]}
 
 
-def _days_from_now(days: int | None) -> datetime | None:
-    return datetime.now(UTC) + timedelta(days=days) if days else None
+CHANGED_WHILE_RUNNING = "your account was changed or disabled while this request ran; log in again"
+
+
+def _expiry(conn: psycopg.Connection, days: int, caller: Principal | None) -> datetime:
+    """`days` from now, but never after the token the caller authenticated with: a token
+    cannot mint a successor that outlives it, so a chain of tokens still ends."""
+    expires = datetime.now(UTC) + timedelta(days=days)
+    if caller is not None and caller.kind == "token":
+        parent = conn.execute(PARENT_TOKEN, (caller.id,)).fetchone()
+        if parent is not None and parent[0] is not None:
+            expires = min(expires, parent[0])
+    return expires
 
 
 def create_token(
-    conn: psycopg.Connection, body: TokenCreate, user_id: int | None = None
+    conn: psycopg.Connection,
+    body: TokenCreate,
+    user_id: int | None = None,
+    *,
+    caller: Principal | None = None,
 ) -> NewToken:
-    """A service token; with user_id, a personal token of that user (whose role and customer
-    body must name; it expires after DEFAULT_PERSONAL_TOKEN_DAYS unless body says sooner)."""
+    """A service token made by `caller` (None: an operator with database access); with
+    user_id, a personal token of that user (whose role and customer body must name)."""
     if user_id is not None:
         user = get_user(conn, user_id)
         if (user.role, user.customer_id) != (body.role, body.customer_id):
             raise InvalidInputError(
                 "a personal token has its user's role and customer", field="role"
             )
-        days = body.expires_in_days or DEFAULT_PERSONAL_TOKEN_DAYS
-        return create_personal_token(conn, user_id, None, body.name, days)
+        return create_personal_token(conn, user_id, None, body.name, body.expires_in_days)
     _customer_exists(conn, body.customer_id)
     secret, stored = _new_secret()
-    with conn.cursor(row_factory=class_row(Token)) as cur:
-        row = cur.execute(
-            INSERT_TOKEN,
-            {
-                "name": body.name,
-                "role": body.role.value,
-                "customer_id": body.customer_id,
-                "expires_at": _days_from_now(body.expires_in_days),
-                **stored,
-            },
-        ).fetchone()
+    with conn.transaction():
+        created_by = _lock_creator(conn, caller)
+        with conn.cursor(row_factory=class_row(Token)) as cur:
+            row = cur.execute(
+                INSERT_TOKEN,
+                {
+                    "name": body.name,
+                    "role": body.role.value,
+                    "customer_id": body.customer_id,
+                    "expires_at": _expiry(conn, body.expires_in_days, caller),
+                    "created_by": created_by,
+                    **stored,
+                },
+            ).fetchone()
     if row is None:
         raise RuntimeError("INSERT … RETURNING returned nothing")
     return NewToken(**row.model_dump(), token=secret)
 
 
+def _lock_creator(conn: psycopg.Connection, caller: Principal | None) -> int | None:
+    """Who is answerable for a new service token: the caller's user, or for a service token
+    the user who made it; locked, and only while an enabled admin in the generation the
+    caller authenticated under."""
+    if caller is None:
+        return None
+    creator, epoch = caller.user_id, caller.epoch
+    if creator is None and caller.kind == "token":
+        parent = conn.execute(PARENT_TOKEN, (caller.id,)).fetchone()
+        creator, epoch = (parent[1] if parent else None), None
+    if creator is None:
+        return None
+    if conn.execute(LOCK_CREATOR, {"id": creator, "epoch": epoch}).fetchone() is None:
+        raise AuthenticationError(CHANGED_WHILE_RUNNING)
+    return creator
+
+
 def create_personal_token(
-    conn: psycopg.Connection, user_id: int, epoch: int | None, name: str, days: int
+    conn: psycopg.Connection,
+    user_id: int,
+    epoch: int | None,
+    name: str,
+    days: int,
+    *,
+    caller: Principal | None = None,
 ) -> NewToken:
-    """A token acting for a user, with their role and customer, valid until `days` pass or
-    the user's credential generation moves on. `epoch` is the generation the caller
-    authenticated under: if the user changed since, no token is made."""
+    """A token acting for a user, with their role and customer, valid until `days` pass (and
+    never after the token `caller` came with) or the user's credential generation moves on.
+    `epoch` is the generation the caller authenticated under: if the user changed since, no
+    token is made."""
     if not 1 <= days <= MAX_PERSONAL_TOKEN_DAYS:
         raise InvalidInputError(
             f"personal tokens expire within 1 to {MAX_PERSONAL_TOKEN_DAYS} days",
@@ -436,14 +538,12 @@ def create_personal_token(
                 "name": name,
                 "user_id": user_id,
                 "epoch": epoch,
-                "expires_at": _days_from_now(days),
+                "expires_at": _expiry(conn, days, caller),
                 **stored,
             },
         ).fetchone()
     if row is None:
-        raise AuthenticationError(
-            "your account was changed or disabled while this request ran; log in again"
-        )
+        raise AuthenticationError(CHANGED_WHILE_RUNNING)
     return NewToken(**row.model_dump(), token=secret)
 
 

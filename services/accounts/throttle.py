@@ -11,9 +11,14 @@ even a right one (no oracle while blocked).
   concurrent guesses are counted one after another and cannot all pass one check.
 - Nobody can lock an account out from everywhere: failing `admin` from one address blocks
   `admin` from that address only. The per-address limit stops one address from trying many
-  accounts; an IPv6 client counts by its /64 (one subscriber's network).
+  accounts; an IPv6 client counts by its /56 (one subscriber's allocation).
+- A spray from a shared address (an office NAT) does not lock out the people behind it: a
+  (username, address) pair whose password was right within KNOWN_PAIR_DAYS is not refused
+  by the address's block, only by its own pair block.
 - Each process verifies at most a few passwords at once (argon2id holds 64 MiB for each);
-  an attempt that finds them all busy gets 503 and Retry-After, not a queue of hashes.
+  an attempt that finds them all busy gets 503 and Retry-After, not a queue of hashes. No
+  database connection is held while waiting for a slot or hashing: a login flood cannot
+  starve the API's connection pool.
 """
 
 from __future__ import annotations
@@ -42,9 +47,7 @@ FORGET_AFTER_S = 60 * 60
 # Each attempt adds at most two records; purging up to this many old ones per attempt keeps
 # the table at the size of the last hour's failures.
 PURGE_BATCH = 100
-# Memory one API process may spend on password checks at once: 4 at argon2-cffi's 64 MiB,
-# which also leaves half of the default pool of 8 connections to everything else (a login
-# holds one while it hashes).
+# Memory one API process may spend on password checks at once: 4 at argon2-cffi's 64 MiB.
 VERIFY_MEMORY_BUDGET_KIB = 256 * 1024
 CONCURRENT_VERIFICATIONS = max(1, VERIFY_MEMORY_BUDGET_KIB // PASSWORD_MEMORY_KIB)
 # A few people logging in at once wait this long for a slot (one check took 0.1-0.2 s on
@@ -52,9 +55,12 @@ CONCURRENT_VERIFICATIONS = max(1, VERIFY_MEMORY_BUDGET_KIB // PASSWORD_MEMORY_KI
 VERIFY_WAIT_S = 0.25
 # By then a slot is free again unless the process is flooded.
 BUSY_RETRY_AFTER_S = 1
-# Providers give each IPv6 subscriber a /64 or more: counting single IPv6 addresses would
-# give one attacker 2**64 fresh addresses.
-IPV6_SUBSCRIBER_PREFIX = 64
+# Providers give each IPv6 subscriber a /56 (RIPE-690) or a /48: counting by /64 would give
+# one subscriber 256 to 65,536 fresh budgets. Bound: a /48 still counts as 256 addresses.
+IPV6_SUBSCRIBER_PREFIX = 56
+# A right password from an address keeps it open to that username this long: a person who
+# logs in monthly from the office still gets in while someone on the same NAT sprays guesses.
+KNOWN_PAIR_DAYS = 30
 
 _verifications = threading.BoundedSemaphore(CONCURRENT_VERIFICATIONS)
 
@@ -83,6 +89,21 @@ SET failures = greatest(failures - 1, 0),
 WHERE key = %(key)s
 """
 FORGET = "DELETE FROM login_failures WHERE key = %s"
+KNOWN = f"""
+SELECT EXISTS (SELECT 1 FROM login_successes
+               WHERE key = %s AND last_success > now() - interval '{KNOWN_PAIR_DAYS} days')
+"""
+REMEMBER = """
+INSERT INTO login_successes (key, last_success) VALUES (%s, now())
+ON CONFLICT (key) DO UPDATE SET last_success = now()
+"""
+PURGE_KNOWN = f"""
+DELETE FROM login_successes WHERE key IN (
+    SELECT key FROM login_successes
+    WHERE last_success < now() - interval '{KNOWN_PAIR_DAYS} days'
+    ORDER BY last_success LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+"""
 PURGE = """
 DELETE FROM login_failures WHERE key IN (
     SELECT key FROM login_failures
@@ -102,6 +123,8 @@ class Attempt:
 
     pair: str
     address: str
+    # False when the address was blocked and the pair let through as known: nothing to refund
+    address_counted: bool = True
 
 
 def backoff_s(over: int) -> int:
@@ -111,7 +134,7 @@ def backoff_s(over: int) -> int:
 
 
 def address_key(address: str) -> str:
-    """The client address as throttled: IPv4 as is, IPv6 by its /64."""
+    """The client address as throttled: IPv4 as is, IPv6 by its /56."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -134,39 +157,51 @@ class LoginThrottle:
 
     def begin(self, conn: psycopg.Connection, username: str, address: str) -> Attempt:
         """Count an attempt as a failure, or raise RateLimitedError if it must still wait.
-        Committed at once, so the count stands whatever the request does next."""
+        Committed at once, so the count stands whatever the request does next. A blocked
+        address still lets through a pair whose password was right lately (not counted
+        against the address then: it is blocked); a blocked pair is always refused."""
         attempt = Attempt(pair_key(username, address), address_key(address))
-        limits = (
-            (attempt.pair, FREE_FAILURES_PER_ACCOUNT),
-            (attempt.address, FREE_FAILURES_PER_ADDRESS),
-        )
         with conn.transaction():
             # pair before address in every transaction: a fixed lock order, no deadlock
-            for key, free in limits:
-                counted = conn.execute(
-                    COUNT_FAILURE, {"key": key, "forget_s": FORGET_AFTER_S}
-                ).fetchone()
-                if counted is None:
-                    _refuse(conn, key)  # rolls back the other count too
-                elif counted[0] > free:
-                    conn.execute(BLOCK, {"key": key, "wait_s": backoff_s(counted[0] - free)})
+            if not self._count(conn, attempt.pair, FREE_FAILURES_PER_ACCOUNT):
+                _refuse(conn, attempt.pair)
+            if not self._count(conn, attempt.address, FREE_FAILURES_PER_ADDRESS):
+                known = conn.execute(KNOWN, (attempt.pair,)).fetchone()
+                if not (known and known[0]):
+                    _refuse(conn, attempt.address)  # rolls back the pair's count too
+                attempt = Attempt(attempt.pair, attempt.address, address_counted=False)
             conn.execute(PURGE, {"forget_s": FORGET_AFTER_S, "limit": PURGE_BATCH})
         conn.commit()
         return attempt
 
+    @staticmethod
+    def _count(conn: psycopg.Connection, key: str, free: int) -> bool:
+        """One more failure on `key`, blocking it when over `free`; False if it is blocked."""
+        counted = conn.execute(COUNT_FAILURE, {"key": key, "forget_s": FORGET_AFTER_S}).fetchone()
+        if counted is None:
+            return False
+        if counted[0] > free:
+            conn.execute(BLOCK, {"key": key, "wait_s": backoff_s(counted[0] - free)})
+        return True
+
     def succeeded(self, conn: psycopg.Connection, attempt: Attempt) -> None:
-        """The password was right: forget this pair's failures and take the address's
-        count back (one right password must not reset an address trying many accounts)."""
+        """The password was right: forget this pair's failures, remember the pair as known
+        and take the address's count back (one right password must not reset an address
+        trying many accounts)."""
         with conn.transaction():
             conn.execute(FORGET, (attempt.pair,))
-            conn.execute(REFUND, {"key": attempt.address, "free": FREE_FAILURES_PER_ADDRESS})
+            conn.execute(REMEMBER, (attempt.pair,))
+            if attempt.address_counted:
+                conn.execute(REFUND, {"key": attempt.address, "free": FREE_FAILURES_PER_ADDRESS})
+            conn.execute(PURGE_KNOWN, {"limit": PURGE_BATCH})
         conn.commit()
 
     def cancel(self, conn: psycopg.Connection, attempt: Attempt) -> None:
         """The password was never checked: take both counts back."""
         with conn.transaction():
             conn.execute(REFUND, {"key": attempt.pair, "free": FREE_FAILURES_PER_ACCOUNT})
-            conn.execute(REFUND, {"key": attempt.address, "free": FREE_FAILURES_PER_ADDRESS})
+            if attempt.address_counted:
+                conn.execute(REFUND, {"key": attempt.address, "free": FREE_FAILURES_PER_ADDRESS})
         conn.commit()
 
 

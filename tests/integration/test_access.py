@@ -11,10 +11,12 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -32,6 +34,9 @@ from services.accounts.throttle import (
     BUSY_RETRY_AFTER_S,
     CONCURRENT_VERIFICATIONS,
     FREE_FAILURES_PER_ACCOUNT,
+    FREE_FAILURES_PER_ADDRESS,
+    MAX_WAIT_S,
+    address_key,
 )
 from services.analytics.decisions import DecisionCreate, record_decision
 from services.analytics.recommend import AnalyticsThresholds
@@ -40,7 +45,7 @@ from services.api.background import serve_in_thread
 from services.core.settings import Settings
 from services.registry import models, upserts as registry
 from tests.integration.conftest import api_client, keys_of
-from tests.integration.test_auth import WRONG_GUESS, client_from, fresh_address
+from tests.integration.test_auth import WRONG_GUESS, client_from, fresh_address, guess
 
 ADMIN, PM, OPS, VIEWER = "admin", "pm", "ops", "viewer"
 EVERYONE = frozenset({ADMIN, PM, OPS, VIEWER})
@@ -782,6 +787,85 @@ def test_password_checks_at_once_are_bounded(wide_api_url: str) -> None:
     assert statuses.count(401) >= CONCURRENT_VERIFICATIONS and 503 in statuses
     assert retry_after == [str(BUSY_RETRY_AFTER_S)] * statuses.count(503)
     assert grew < (CONCURRENT_VERIFICATIONS + 2) * PASSWORD_MEMORY_KIB * 1024, grew / MIB
+
+
+# --- the address a throttle counts, and people behind a sprayed address ---------------------
+
+
+def retrying(send: Callable[[], int]) -> int:
+    """`send` until it is not told 503 (every password-check slot busy)."""
+    for _ in range(BUSY_RETRIES):
+        status = send()
+        if status != 503:
+            return status
+        time.sleep(BUSY_PAUSE_S)
+    return 503
+
+
+def test_ipv6_clients_count_by_their_56(wide_api_url: str) -> None:
+    """One subscriber's /56 holds 256 /64s: wrong guesses from as many of them as there are
+    attempts, at once, share one address allowance. (Through a trusted proxy: uvicorn takes
+    the client address from X-Forwarded-For sent by 127.0.0.1, as it would from a proxy.)"""
+    subscriber = f"2001:db8:{uuid.uuid4().int & 0xFFFF:x}:{uuid.uuid4().int & 0xFF:02x}"
+
+    def attempt(i: int, barrier: threading.Barrier) -> int:
+        headers = {"X-Forwarded-For": f"{subscriber}{i:02x}::1"}  # a /64 of its own
+        with httpx.Client(base_url=wide_api_url, headers=headers, timeout=120) as client:
+            barrier.wait()
+            return retrying(lambda: guess(client, f"nobody-{uuid.uuid4().hex[:8]}"))
+
+    statuses = at_once(CONCURRENT_LOGINS, attempt)
+    assert statuses.count(401) == FREE_FAILURES_PER_ADDRESS + 1, statuses
+    assert statuses.count(429) == CONCURRENT_LOGINS - statuses.count(401), statuses
+
+
+def test_people_who_logged_in_from_an_address_get_in_while_it_is_sprayed(
+    wide_api_url: str,
+    clients: dict[str, TestClient],
+    unique_module: str,
+    conn: psycopg.Connection,
+) -> None:
+    """Someone behind the office NAT sprays guesses at many accounts and the address is
+    blocked. A colleague who logged in from there lately still gets in with the right
+    password while the spray goes on; an account never used from there does not, and the
+    colleague's own failures still block them."""
+    known, stranger = f"known-{unique_module}", f"stranger-{unique_module}"
+    for username in (known, stranger):
+        body = {"username": username, "password": STALE_PASSWORD, "role": "pm"}
+        assert clients[ADMIN].post("/users", json=body).status_code == 201
+    address = fresh_address()
+    with client_from(wide_api_url, address) as client:
+        assert retrying(lambda: guess(client, known, STALE_PASSWORD)) == 201
+
+    def spray(_: int, barrier: threading.Barrier) -> int:
+        with client_from(wide_api_url, address) as client:
+            barrier.wait()
+            return retrying(lambda: guess(client, f"nobody-{uuid.uuid4().hex[:8]}"))
+
+    first = at_once(CONCURRENT_LOGINS, spray)
+    assert first.count(401) <= FREE_FAILURES_PER_ADDRESS + 1, first
+    assert first.count(429) == CONCURRENT_LOGINS - first.count(401), first
+    # as after an hour of spraying: the address's wait has doubled up to its cap
+    conn.execute(
+        "UPDATE login_failures SET blocked_until = now() + %s WHERE key = %s",
+        (timedelta(seconds=MAX_WAIT_S), address_key(address)),
+    )
+    colleagues = 4
+
+    def go_on(i: int, barrier: threading.Barrier) -> int:
+        if i >= colleagues:
+            return spray(i, barrier)
+        with client_from(wide_api_url, address) as client:
+            barrier.wait()
+            return retrying(lambda: guess(client, known, STALE_PASSWORD))
+
+    during = at_once(CONCURRENT_LOGINS, go_on)
+    assert during == [201] * colleagues + [429] * (CONCURRENT_LOGINS - colleagues), during
+    with client_from(wide_api_url, address) as client:
+        assert guess(client, stranger, STALE_PASSWORD) == 429  # never logged in from here
+        own = [retrying(lambda: guess(client, known)) for _ in range(FREE_FAILURES_PER_ACCOUNT + 2)]
+        assert own == [401] * (FREE_FAILURES_PER_ACCOUNT + 1) + [429], own
+        assert guess(client, known, STALE_PASSWORD) == 429  # their own block holds
 
 
 def resident_bytes() -> int:

@@ -38,8 +38,9 @@ def test_the_name_is_case_insensitive_and_the_pair_includes_the_address() -> Non
 @pytest.mark.parametrize(
     ("one", "other", "same"),
     [
-        ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", True),  # one subscriber's /64
-        ("2001:db8:1:2::1", "2001:db8:1:3::1", False),
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", True),  # one /64
+        ("2001:db8:1:2::1", "2001:db8:1:ff::1", True),  # one subscriber's /56: 256 /64s
+        ("2001:db8:1:2::1", "2001:db8:1:100::1", False),  # the next /56
         ("::ffff:10.0.0.1", "10.0.0.1", True),  # IPv4 mapped into IPv6
         ("10.0.0.1", "10.0.0.2", False),
         ("testclient", "testclient", True),  # not an IP: kept as it is

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Annotated
 
 import psycopg
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, Field
 
 from services.accounts import store
@@ -50,23 +52,37 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def password_login(
-    request: Request, conn: psycopg.Connection, username: str, password: str
-) -> Principal:
+def pooled(request: Request) -> AbstractContextManager[psycopg.Connection]:
+    """A connection from the API's pool, committed and given back when the block ends."""
+    pool: ConnectionPool[psycopg.Connection] = request.app.state.pool
+    return pool.connection()
+
+
+def password_login(request: Request, username: str, password: str) -> Principal:
     """Check a username and password, slowed down after repeated failures (see
-    services/accounts/throttle.py); LoginBusyError when every password-check slot is taken."""
+    services/accounts/throttle.py); LoginBusyError when every password-check slot is taken.
+
+    A pooled connection is held only around the database statements, never while waiting
+    for a password-check slot or hashing: a flood of logins cannot take the connections
+    every other request needs."""
     throttle: LoginThrottle = request.app.state.login_throttle
     address = request.client.host if request.client else "unknown"
-    attempt = throttle.begin(conn, username, address)
+    with pooled(request) as conn:
+        attempt = throttle.begin(conn, username, address)
+        row = store.login_row(conn, username)
     try:
         with verification_slot():
-            principal = store.authenticate(conn, username, password)
+            principal, rehashed = store.check_password(row, password)
     except LoginBusyError:
-        throttle.cancel(conn, attempt)
+        with pooled(request) as conn:
+            throttle.cancel(conn, attempt)
         raise
     if principal is None:
         raise AuthenticationError(WRONG_LOGIN)
-    throttle.succeeded(conn, attempt)
+    with pooled(request) as conn:
+        if rehashed is not None:
+            store.store_rehash(conn, principal, rehashed)
+        throttle.succeeded(conn, attempt)
     return principal
 
 
@@ -88,9 +104,8 @@ def login_form(request: Request, next: str = "/") -> HTMLResponse:
 
 
 @router.post("/login", include_in_schema=False, dependencies=[Public])
-def login(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
+def login(
     request: Request,
-    conn: ConnDep,
     username: FormText,
     password: FormText,
     csrf_token: FormText,
@@ -105,7 +120,7 @@ def login(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
             status.HTTP_403_FORBIDDEN,
         )  # fmt: skip
     try:
-        principal = password_login(request, conn, username, password)
+        principal = password_login(request, username, password)
     except RateLimitedError as exc:
         busy = isinstance(exc, LoginBusyError)
         code = status.HTTP_503_SERVICE_UNAVAILABLE if busy else status.HTTP_429_TOO_MANY_REQUESTS
@@ -114,7 +129,9 @@ def login(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
         return page
     except AuthenticationError:
         return _login_page(request, next_path, WRONG_LOGIN, status.HTTP_401_UNAUTHORIZED)
-    session_id, _ = store.start_session(conn, principal)
+    # committed before the response is sent: the browser follows the redirect at once
+    with pooled(request) as conn:
+        session_id, _ = store.start_session(conn, principal)
     response = RedirectResponse(next_path, status_code=status.HTTP_303_SEE_OTHER)
     set_cookie(
         request, response, SESSION_COOKIE, sign(request, "session", session_id),
@@ -163,8 +180,10 @@ class PersonalTokenCreate(BaseModel, extra="forbid"):
 
 def _personal(conn: psycopg.Connection, user: Principal, name: str, days: int) -> store.NewToken:
     """A token acting for the user, only if they are still as they were when they
-    authenticated (their role, customer and password unchanged, not disabled)."""
-    return store.create_personal_token(conn, _user_of(user), user.epoch, name, days)
+    authenticated (their role, customer and password unchanged, not disabled). Asked for
+    with a token, it expires no later than that token, so personal tokens cannot renew
+    themselves forever; a password or a dashboard session may ask for the full term."""
+    return store.create_personal_token(conn, _user_of(user), user.epoch, name, days, caller=user)
 
 
 @router.post(
@@ -176,10 +195,10 @@ def _personal(conn: psycopg.Connection, user: Principal, name: str, days: int) -
     summary="Exchange a username and password for a personal token (shown once)",
 )
 def token_from_password(
-    body: PasswordLogin, request: Request, conn: ConnDep, response: Response
+    body: PasswordLogin, request: Request, response: Response
 ) -> store.NewToken:
     try:
-        user = password_login(request, conn, body.username, body.password)
+        user = password_login(request, body.username, body.password)
     except LoginBusyError as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -187,7 +206,8 @@ def token_from_password(
             headers={"Retry-After": str(exc.retry_after_s)},
         ) from exc
     response.headers["Cache-Control"] = "no-store"
-    return _personal(conn, user, body.name, body.expires_in_days)
+    with pooled(request) as conn:
+        return _personal(conn, user, body.name, body.expires_in_days)
 
 
 def _user_of(caller: Principal) -> int:

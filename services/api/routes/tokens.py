@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Response, status
 
 from services.accounts import store
-from services.accounts.roles import Permission
+from services.accounts.roles import Permission, Principal
 from services.api.auth import require
 from services.api.deps import ConnDep
 from services.api.errors import NOT_FOUND
@@ -15,6 +17,7 @@ router = APIRouter(
     prefix="/tokens", tags=["tokens"],
     dependencies=[Depends(require(Permission.MANAGE_ACCOUNTS))],
 )  # fmt: skip
+Admin = Annotated[Principal, Depends(require(Permission.MANAGE_ACCOUNTS))]
 
 
 @router.get("", response_model=list[store.Token], summary="Every token, personal and service")
@@ -24,11 +27,15 @@ def list_tokens(conn: ConnDep) -> list[store.Token]:
 
 @router.post(
     "", response_model=store.NewToken, status_code=status.HTTP_201_CREATED,
-    summary="A service token with a role; the secret is shown once",
+    summary="A service token with a role; the secret is shown once. It expires (90 days by "
+    "default, at most 365; never after the token this request came with) and is revoked when "
+    "its creator's role changes or they are disabled or deleted",
 )  # fmt: skip
-def create_token(body: store.TokenCreate, conn: ConnDep, response: Response) -> store.NewToken:
+def create_token(
+    body: store.TokenCreate, caller: Admin, conn: ConnDep, response: Response
+) -> store.NewToken:
     response.headers["Cache-Control"] = "no-store"
-    return store.create_token(conn, body)
+    return store.create_token(conn, body, caller=caller)
 
 
 @router.post(

@@ -38,7 +38,8 @@ def get_user(item_id: ItemId, conn: ConnDep) -> store.User:
 @router.patch(
     "/{item_id}", response_model=store.User, responses={**NOT_FOUND, **CONFLICT},
     summary="Change a user's password, role or customer, or disable or enable them (any change "
-    "ends their sessions and revokes their personal tokens)",
+    "ends their sessions and revokes their personal tokens; a role change or disabling also "
+    "revokes the service tokens they made)",
 )  # fmt: skip
 def change_user(item_id: ItemId, body: store.UserUpdate, conn: ConnDep) -> store.User:
     return store.update_user(conn, item_id, body)
@@ -46,7 +47,7 @@ def change_user(item_id: ItemId, body: store.UserUpdate, conn: ConnDep) -> store
 
 @router.delete(
     "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT},
-    summary="Delete a user and their personal tokens",
+    summary="Delete a user and their personal tokens; the service tokens they made are revoked",
 )  # fmt: skip
 def remove_user(item_id: ItemId, conn: ConnDep) -> None:
     store.delete_user(conn, item_id)
