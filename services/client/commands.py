@@ -807,7 +807,7 @@ def import_history(
     """Import historical device data (NDJSON or CSV) through the same checks as live ingest.
 
     Re-importing a file adds nothing; records that fail validation are quarantined with a
-    reason (see `GET /quarantine/summary`). Formats: README, "Historical data"."""
+    reason (see `GET /quarantine/summary`). Formats: docs/api.md, "Device history imports"."""
     content_type = HISTORY_TYPES.get(file.suffix.lower())
     if content_type is None:
         raise _fail(f"{file.name}: use a .ndjson, .jsonl or .csv file")
