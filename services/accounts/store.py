@@ -168,7 +168,8 @@ LOGIN_USER = """
 SELECT id, username, role, customer_id, password_hash, auth_epoch FROM users
 WHERE username = %s AND disabled_at IS NULL
 """
-REHASH_PASSWORD = "UPDATE users SET password_hash = %s WHERE id = %s"
+# Only within the generation the password was checked in: a reset meanwhile stays.
+REHASH_PASSWORD = "UPDATE users SET password_hash = %s WHERE id = %s AND auth_epoch = %s"
 # Every SET expression reads the row as it was, so the generation moves exactly when what
 # the user's credentials stand for changes, however concurrent admins interleave.
 UPDATE_USER = """
@@ -199,11 +200,22 @@ END_STALE_SESSIONS = "DELETE FROM sessions WHERE user_id = %(id)s AND user_epoch
 REVOKE_CREATED_TOKENS = """
 UPDATE api_tokens SET revoked_at = now() WHERE created_by = %s AND revoked_at IS NULL
 """
+# Run after any revocation: what a revoked token made (and what that made) ends with it.
+REVOKE_DESCENDANTS = """
+WITH RECURSIVE doomed AS (
+    SELECT t.id FROM api_tokens t JOIN api_tokens p ON p.id = t.parent_id
+    WHERE t.revoked_at IS NULL AND p.revoked_at IS NOT NULL
+    UNION
+    SELECT t.id FROM api_tokens t JOIN doomed d ON t.parent_id = d.id
+)
+UPDATE api_tokens SET revoked_at = now()
+WHERE revoked_at IS NULL AND id IN (SELECT id FROM doomed)
+"""
 INSERT_TOKEN = f"""
 INSERT INTO api_tokens (name, digest, prefix, role, customer_id, user_id, expires_at,
-                        created_by)
+                        created_by, parent_id)
 VALUES (%(name)s, %(digest)s, %(prefix)s, %(role)s, %(customer_id)s, NULL, %(expires_at)s,
-        %(created_by)s)
+        %(created_by)s, %(parent_id)s)
 RETURNING {TOKEN_COLUMNS}
 """
 # What a token-authenticated request needs of the token it came with: tokens it makes expire
@@ -223,9 +235,9 @@ FOR SHARE
 # makes a concurrent change of the user wait for this token, so it revokes it too.
 INSERT_PERSONAL_TOKEN = f"""
 INSERT INTO api_tokens (name, digest, prefix, role, customer_id, user_id, expires_at,
-                        user_epoch)
+                        user_epoch, parent_id)
 SELECT %(name)s, %(digest)s, %(prefix)s, u.role, u.customer_id, u.id, %(expires_at)s,
-       u.auth_epoch
+       u.auth_epoch, %(parent_id)s
 FROM users u
 WHERE u.id = %(user_id)s AND u.disabled_at IS NULL
   AND u.auth_epoch = coalesce(%(epoch)s::integer, u.auth_epoch)
@@ -255,9 +267,10 @@ SELECT t.id, t.digest, coalesce(u.username, t.name),
 FROM api_tokens t
 LEFT JOIN users u ON u.id = t.user_id
 LEFT JOIN users c ON c.id = t.created_by
-WHERE t.digest = %s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
-  AND (t.user_id IS NULL
-       OR (u.disabled_at IS NULL AND t.user_epoch = u.auth_epoch AND t.expires_at IS NOT NULL))
+LEFT JOIN api_tokens p ON p.id = t.parent_id
+WHERE t.digest = %s AND t.revoked_at IS NULL AND t.expires_at > now()
+  AND p.revoked_at IS NULL
+  AND (t.user_id IS NULL OR (u.disabled_at IS NULL AND t.user_epoch = u.auth_epoch))
   AND (t.created_by IS NULL OR (c.role = 'admin' AND c.disabled_at IS NULL))
 """
 TOUCH_TOKEN = f"""
@@ -375,12 +388,14 @@ def update_user(conn: psycopg.Connection, user_id: int, body: UserUpdate) -> Use
         # Any role change: only admins make service tokens, so it is always a demotion.
         if role is not current.role or body.disabled:
             conn.execute(REVOKE_CREATED_TOKENS, (user_id,))
+        conn.execute(REVOKE_DESCENDANTS)
     return get_user(conn, user_id)
 
 
 def delete_user(conn: psycopg.Connection, user_id: int) -> None:
     with conn.transaction(), translate_errors("user"):
         conn.execute(REVOKE_CREATED_TOKENS, (user_id,))
+        conn.execute(REVOKE_DESCENDANTS)
         deleted = conn.execute(
             "DELETE FROM users WHERE id = %s RETURNING role", (user_id,)
         ).fetchone()
@@ -426,7 +441,7 @@ def check_password(row: LoginRow, password: str) -> tuple[Principal | None, str 
 
 
 def store_rehash(conn: psycopg.Connection, user: Principal, password_hash: str) -> None:
-    conn.execute(REHASH_PASSWORD, (password_hash, user.user_id))
+    conn.execute(REHASH_PASSWORD, (password_hash, user.user_id, user.epoch))
 
 
 def authenticate(conn: psycopg.Connection, username: str, password: str) -> Principal | None:
@@ -487,12 +502,18 @@ def create_token(
                     "customer_id": body.customer_id,
                     "expires_at": _expiry(conn, body.expires_in_days, caller),
                     "created_by": created_by,
+                    "parent_id": _parent(caller),
                     **stored,
                 },
             ).fetchone()
     if row is None:
         raise RuntimeError("INSERT … RETURNING returned nothing")
     return NewToken(**row.model_dump(), token=secret)
+
+
+def _parent(caller: Principal | None) -> int | None:
+    """The token a request came with, which a token it makes ends with."""
+    return caller.id if caller is not None and caller.kind == "token" else None
 
 
 def _lock_creator(conn: psycopg.Connection, caller: Principal | None) -> int | None:
@@ -539,6 +560,7 @@ def create_personal_token(
                 "user_id": user_id,
                 "epoch": epoch,
                 "expires_at": _expiry(conn, days, caller),
+                "parent_id": _parent(caller),
                 **stored,
             },
         ).fetchone()
@@ -555,12 +577,15 @@ def list_tokens(conn: psycopg.Connection, user_id: int | None = None) -> list[To
 
 
 def revoke_token(conn: psycopg.Connection, token_id: int, user_id: int | None = None) -> Token:
-    """Revoke a token; with user_id, only one of that user's own tokens."""
-    with conn.cursor(row_factory=class_row(Token)) as cur:
+    """Revoke a token, and the tokens made with it; with user_id, only one of that user's
+    own tokens."""
+    with conn.transaction(), conn.cursor(row_factory=class_row(Token)) as cur:
         if user_id is None:
             row = cur.execute(REVOKE_TOKEN, (token_id,)).fetchone()
         else:
             row = cur.execute(REVOKE_USER_TOKEN, (token_id, user_id)).fetchone()
+        if row is not None:
+            cur.execute(REVOKE_DESCENDANTS)
     if row is None:
         raise NotFoundError(f"token {token_id} not found")
     return row

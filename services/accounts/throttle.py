@@ -13,8 +13,11 @@ even a right one (no oracle while blocked).
   `admin` from that address only. The per-address limit stops one address from trying many
   accounts; an IPv6 client counts by its /56 (one subscriber's allocation).
 - A spray from a shared address (an office NAT) does not lock out the people behind it: a
-  (username, address) pair whose password was right within KNOWN_PAIR_DAYS is not refused
-  by the address's block, only by its own pair block.
+  (username, address) pair whose password was right within KNOWN_PAIR_DAYS is neither
+  counted against its address nor refused by the address's block, only by its own pair
+  block. Only an unknown pair's right password takes its address count back (once: the pair
+  is known after it), so logging in to one's own account between guesses at others does not
+  keep an address under its limit.
 - Each process verifies at most a few passwords at once (argon2id holds 64 MiB for each);
   an attempt that finds them all busy gets 503 and Retry-After, not a queue of hashes. No
   database connection is held while waiting for a slot or hashing: a login flood cannot
@@ -123,7 +126,7 @@ class Attempt:
 
     pair: str
     address: str
-    # False when the address was blocked and the pair let through as known: nothing to refund
+    # False for a pair known from a right password lately: not counted against its address
     address_counted: bool = True
 
 
@@ -157,19 +160,19 @@ class LoginThrottle:
 
     def begin(self, conn: psycopg.Connection, username: str, address: str) -> Attempt:
         """Count an attempt as a failure, or raise RateLimitedError if it must still wait.
-        Committed at once, so the count stands whatever the request does next. A blocked
-        address still lets through a pair whose password was right lately (not counted
-        against the address then: it is blocked); a blocked pair is always refused."""
+        Committed at once, so the count stands whatever the request does next. A pair whose
+        password was right lately counts against itself only (its address's block does not
+        refuse it); a blocked pair is always refused."""
         attempt = Attempt(pair_key(username, address), address_key(address))
         with conn.transaction():
             # pair before address in every transaction: a fixed lock order, no deadlock
             if not self._count(conn, attempt.pair, FREE_FAILURES_PER_ACCOUNT):
                 _refuse(conn, attempt.pair)
-            if not self._count(conn, attempt.address, FREE_FAILURES_PER_ADDRESS):
-                known = conn.execute(KNOWN, (attempt.pair,)).fetchone()
-                if not (known and known[0]):
-                    _refuse(conn, attempt.address)  # rolls back the pair's count too
+            known = conn.execute(KNOWN, (attempt.pair,)).fetchone()
+            if known and known[0]:
                 attempt = Attempt(attempt.pair, attempt.address, address_counted=False)
+            elif not self._count(conn, attempt.address, FREE_FAILURES_PER_ADDRESS):
+                _refuse(conn, attempt.address)  # rolls back the pair's count too
             conn.execute(PURGE, {"forget_s": FORGET_AFTER_S, "limit": PURGE_BATCH})
         conn.commit()
         return attempt
@@ -186,8 +189,8 @@ class LoginThrottle:
 
     def succeeded(self, conn: psycopg.Connection, attempt: Attempt) -> None:
         """The password was right: forget this pair's failures, remember the pair as known
-        and take the address's count back (one right password must not reset an address
-        trying many accounts)."""
+        and, for a pair not known before, take the address's count back (one right password
+        must not reset an address trying many accounts)."""
         with conn.transaction():
             conn.execute(FORGET, (attempt.pair,))
             conn.execute(REMEMBER, (attempt.pair,))

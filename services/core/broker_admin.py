@@ -35,6 +35,10 @@ INGEST_ROLE = "fieldtrack-ingest"
 DEVICE_ROLE_PREFIX = "fieldtrack-device-"
 # Mosquitto handles a control message as one unit; ~100 commands keeps each reply fast.
 COMMANDS_PER_MESSAGE = 100
+# Reserved names an operator's own accounts may well have on a shared broker (`admin`): such
+# an account is named in a warning at set-up, never disabled, unless it is bound to a reserved
+# client id.
+PLAIN = frozenset({"admin", "ingest"})
 # Higher priority is checked first: a device's own prefix before the catch-all denials.
 OWN_PRIORITY = 1
 CATCH_ALL_PRIORITY = 0
@@ -286,7 +290,9 @@ class BrokerAdmin:
         reserved namespace that are not fieldtrack's own service accounts (*own*). Older code
         provisioned serials like `fieldtrack-ingest-1`, and such an account may log in under
         ingest's client id and take over its session. A device account (holding its device
-        role and nothing else) is deleted with its role; any other such account is disabled.
+        role and nothing else) is deleted with its role; any other such account is disabled,
+        except one plainly named `admin` or `ingest` and bound to no reserved client id (an
+        operator's own, perhaps): that one is only named in a warning.
         Returns one line per account changed, each also logged."""
         keep = set(own)
         [reply] = self.execute([{"command": "listClients", "verbose": True, "count": -1}])
@@ -308,6 +314,15 @@ class BrokerAdmin:
                     {"command": "deleteRole", "rolename": device_role(username)},
                 ]
                 changed.append(f"deleted device account {username!r} (a reserved name)")
+            elif not (clientid and is_reserved_name(clientid)) and username.casefold() in PLAIN:
+                # Perhaps the operator's own account on a shared broker: not disabled, but
+                # unbound it may log in under ingest's client id, so it is named.
+                log.warning(
+                    "broker setup: left account %r as it is (not fieldtrack's; with no bound "
+                    "client id it could log in as ingest): keep such accounts off fieldtrack's "
+                    "broker",
+                    username,
+                )
             elif not client.get("disabled"):
                 commands.append({"command": "disableClient", "username": username})
                 changed.append(

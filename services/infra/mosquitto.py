@@ -52,7 +52,11 @@ DYNSEC_INIT_TIMEOUT_S = 30
 QUOTA_SOURCE = "fieldtrack_quota.c"
 QUOTA_LIBRARY = "fieldtrack_quota.so"
 QUOTA_BUILD_PACKAGES = ("gcc", "libc6-dev", "mosquitto-dev", "libmosquitto-dev")
-QUOTA_SWITCH = "FIELDTRACK_BROKER_DEVICE_QUOTA"  # "off": no quota (a broker ceiling benchmark)
+# "on" (default); "load": for `make bench`, whose few load accounts each stand for a fleet
+# (every limit × LOAD_FACTOR: the plugin runs, as in production, but never refuses); "off".
+QUOTA_SWITCH = "FIELDTRACK_BROKER_DEVICE_QUOTA"
+QUOTA_MODES = ("on", "load", "off")
+LOAD_FACTOR = 10_000
 # Per device account. Far above an honest device (one message every few seconds, a backlog of
 # hours after an outage, `make bench`'s ceiling publishers: 130,000 messages each) and far
 # below one flooding device (measured here: 7,800 msgs/s of small messages or 730 MB/s of
@@ -79,19 +83,27 @@ def config_template() -> Template:
 
 
 def render_config(
-    *, port: int, bind: str, data_dir: str, plugin: str, user_line: str, quota_plugin: str | None
+    *,
+    port: int,
+    bind: str,
+    data_dir: str,
+    plugin: str,
+    user_line: str,
+    quota_plugin: str | None,
+    quota_scale: int = 1,
 ) -> str:
     values = {"port": port, "bind": bind, "data_dir": data_dir.rstrip("/"), "plugin": plugin}
     return config_template().substitute(
         values,
         user_line=user_line,
         max_packet_size=MAX_PACKET_BYTES,
-        quota=quota_directives(quota_plugin),
+        quota=quota_directives(quota_plugin, quota_scale),
     )
 
 
-def quota_directives(library: str | None) -> str:
-    """The quota plugin's lines of the broker config; none when it is switched off."""
+def quota_directives(library: str | None, scale: int = 1) -> str:
+    """The quota plugin's lines of the broker config (its limits × *scale*); none when it is
+    switched off."""
     if library is None:
         return "# per-device quota: off (FIELDTRACK_BROKER_DEVICE_QUOTA=off)"
     return "\n".join(
@@ -99,17 +111,21 @@ def quota_directives(library: str | None) -> str:
             f"plugin {library}",
             f"plugin_opt_topic_prefix {TOPIC_ROOT}/",
             f"plugin_opt_retain_suffix {RETAIN_SUFFIX}",
-            f"plugin_opt_msgs_per_s {DEVICE_MSGS_PER_S}",
-            f"plugin_opt_burst_msgs {DEVICE_BURST_MSGS}",
-            f"plugin_opt_bytes_per_s {DEVICE_BYTES_PER_S}",
-            f"plugin_opt_burst_bytes {DEVICE_BURST_BYTES}",
+            f"plugin_opt_msgs_per_s {DEVICE_MSGS_PER_S * scale}",
+            f"plugin_opt_burst_msgs {DEVICE_BURST_MSGS * scale}",
+            f"plugin_opt_bytes_per_s {DEVICE_BYTES_PER_S * scale}",
+            f"plugin_opt_burst_bytes {DEVICE_BURST_BYTES * scale}",
             f"plugin_opt_will_properties_bytes {WILL_PROPERTIES_BYTES}",
         )
     )
 
 
-def quota_enabled() -> bool:
-    return os.environ.get(QUOTA_SWITCH, "on").strip().lower() != "off"
+def quota_mode() -> str:
+    """How the local broker applies the per-device quota (QUOTA_SWITCH)."""
+    mode = os.environ.get(QUOTA_SWITCH, "on").strip().lower()
+    if mode not in QUOTA_MODES:
+        raise InfraError(f"{QUOTA_SWITCH}={mode!r}: use one of {', '.join(QUOTA_MODES)}")
+    return mode
 
 
 def build_quota_plugin(target: Path) -> Path:
@@ -190,7 +206,8 @@ class LocalMosquitto:
         """Write the config and create the security store once; True when newly created."""
         self.data.mkdir(parents=True, exist_ok=True)
         user = self._run_as()
-        quota = str(build_quota_plugin(self.quota_library)) if quota_enabled() else None
+        mode = quota_mode()
+        quota = None if mode == "off" else str(build_quota_plugin(self.quota_library))
         self.config.write_text(
             render_config(
                 port=self.port,
@@ -199,6 +216,7 @@ class LocalMosquitto:
                 plugin=str(dynsec_plugin()),
                 user_line=f"user {user}" if user else "",
                 quota_plugin=quota,
+                quota_scale=LOAD_FACTOR if mode == "load" else 1,
             )
         )
         created = False

@@ -868,6 +868,26 @@ def test_people_who_logged_in_from_an_address_get_in_while_it_is_sprayed(
         assert guess(client, known, STALE_PASSWORD) == 429  # their own block holds
 
 
+def test_logging_in_between_guesses_does_not_keep_an_address_under_its_limit(
+    wide_api_url: str, clients: dict[str, TestClient], unique_module: str
+) -> None:
+    """An attacker with an account of their own alternates a guess at someone else with a
+    right login to it: each right password once took a failure back from the address, so it
+    never reached its limit. Now only a pair's first right password does."""
+    own = f"own-{unique_module}"
+    body = {"username": own, "password": STALE_PASSWORD, "role": "pm"}
+    created = clients[ADMIN].post("/users", json=body)
+    assert created.status_code == 201, created.text
+    address = fresh_address()
+    outcomes = []
+    with client_from(wide_api_url, address) as client:
+        for i in range(FREE_FAILURES_PER_ADDRESS + 5):
+            assert retrying(lambda: guess(client, own, STALE_PASSWORD)) == 201
+            outcomes.append(retrying(lambda i=i: guess(client, f"victim{i}-{unique_module}")))
+    assert outcomes[:FREE_FAILURES_PER_ADDRESS] == [401] * FREE_FAILURES_PER_ADDRESS, outcomes
+    assert outcomes[-1] == 429, outcomes
+
+
 def resident_bytes() -> int:
     """This process's resident memory (the API under test runs in it, in a thread)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])

@@ -497,6 +497,37 @@ def test_a_personal_token_cannot_mint_a_longer_lived_successor(
             assert datetime.fromisoformat(grandchild.json()["expires_at"]) <= ends
 
 
+def test_revoking_a_token_ends_the_tokens_made_with_it(api: TestClient, settings: Settings) -> None:
+    """A stolen token cannot leave a successor behind: revoking it revokes what it made, and
+    what that made, personal and service tokens alike."""
+    user = add_user(api, "pm")
+    login = {"username": user["username"], "password": PASSWORD}
+    stolen = api.post("/auth/token", json=login).json()
+    with api_client(settings, stolen["token"]) as thief:
+        child = thief.post("/auth/tokens", json={"name": "kept"}).json()
+    with api_client(settings, child["token"]) as thief:
+        grandchild = thief.post("/auth/tokens", json={"name": "kept too"}).json()
+    mine = api.post("/auth/token", json=login).json()  # made with the password: no parent
+    admin = api.post("/tokens", json={"name": "ci", "role": "admin"}).json()
+    with api_client(settings, admin["token"]) as ci:
+        made_by_ci = ci.post("/tokens", json={"name": "ci child", "role": "ops"}).json()
+
+    with api_client(settings, mine["token"]) as me:
+        revoked = me.post(f"/auth/tokens/{stolen['id']}/revoke")
+        assert revoked.status_code == 200, revoked.text
+        for token in (stolen, child, grandchild):
+            with api_client(settings, token["token"]) as gone:
+                assert gone.get("/auth/me").status_code == 401, token["name"]
+        assert me.get("/auth/me").status_code == 200
+        listed = {t["id"]: t for t in me.get("/auth/tokens").json()}
+    assert all(listed[t["id"]]["revoked_at"] for t in (stolen, child, grandchild))
+    assert listed[mine["id"]]["revoked_at"] is None
+
+    assert api.post(f"/tokens/{admin['id']}/revoke").status_code == 200
+    with api_client(settings, made_by_ci["token"]) as orphan:
+        assert orphan.get("/auth/me").status_code == 401
+
+
 # --- service tokens end with their creator's admin role ------------------------------------
 
 
@@ -568,15 +599,20 @@ def test_service_tokens_end_when_their_creator_stops_being_an_admin(
             assert api.get("/auth/me", headers=bearer(token)).status_code == 401
 
 
-def test_a_password_reset_keeps_an_admins_service_tokens(api: TestClient) -> None:
-    """Service tokens belong to machines: a routine password change does not stop CI (a
-    compromised admin's tokens are revoked by hand; GET /tokens lists who made which)."""
+def test_a_password_reset_ends_the_service_tokens_made_with_the_old_credentials(
+    api: TestClient,
+) -> None:
+    """A phished admin's first response is a password reset: the personal token it ends
+    takes the service tokens made with it along. A token made by an operator with database
+    access (this suite's own admin token) is nobody's credential and stays."""
     admin = add_user(api, "admin")
     theirs = bearer(personal_token(api, admin["username"]))
     made = api.post("/tokens", json={"name": "ci", "role": "ops"}, headers=theirs).json()
+    assert api.get("/auth/me", headers=bearer(made)).status_code == 200
     reset = api.patch(f"/users/{admin['id']}", json={"password": "another long password"})
     assert reset.status_code == 200, reset.text
-    assert api.get("/auth/me", headers=bearer(made)).status_code == 200
+    assert api.get("/auth/me", headers=bearer(made)).status_code == 401
+    assert api.get("/auth/me").status_code == 200
 
 
 def test_no_service_token_is_made_for_an_admin_demoted_while_asking(

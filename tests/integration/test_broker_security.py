@@ -240,3 +240,32 @@ def test_broker_setup_removes_accounts_under_reserved_names(
     finally:
         broker_admin.delete_device(serial)
         broker_admin.check([{"command": "deleteClient", "username": other}], tolerate=["not found"])
+
+
+def test_broker_setup_leaves_an_operators_plain_admin_account_alone(
+    settings: Settings, broker_admin: BrokerAdmin
+) -> None:
+    """On a shared broker the operator's own account may be called `admin`: set-up names it
+    in a warning but does not disable it (bound to a reserved client id, it would be)."""
+    password = secrets.token_urlsafe(16)
+    broker_admin.check(
+        [{"command": "createClient", "username": "admin", "password": password}],
+        tolerate=["already exists"],
+    )
+    try:
+        changed = setup_broker(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            admin_user=settings.mqtt_admin_username,
+            admin_password=settings.mqtt_admin_password.get_secret_value(),
+            ingest_user=settings.mqtt_ingest_username,
+            ingest_password=settings.mqtt_ingest_password.get_secret_value(),
+        )
+        assert not [line for line in changed if "'admin'" in line], changed
+        probe = Probe(settings, f"operator-{secrets.token_hex(4)}", "admin", password)
+        probe.close()
+        assert probe.connack is not None and not probe.connack.is_failure
+    finally:
+        broker_admin.check(
+            [{"command": "deleteClient", "username": "admin"}], tolerate=["not found"]
+        )

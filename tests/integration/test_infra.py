@@ -15,8 +15,18 @@ from typing import Any
 import pytest
 
 from services.core.broker_admin import BrokerAdmin
+from services.core.errors import InfraError
 from services.infra.local import LocalServices
-from services.infra.mosquitto import MOSQUITTO, SERVICE_USER, LocalMosquitto, quota_directives
+from services.infra.mosquitto import (
+    LOAD_FACTOR,
+    MOSQUITTO,
+    QUOTA_MODES,
+    QUOTA_SWITCH,
+    SERVICE_USER,
+    LocalMosquitto,
+    quota_directives,
+    quota_mode,
+)
 from services.infra.system import user_exists
 from tests.integration.ingest_support import free_port
 
@@ -153,3 +163,22 @@ def test_the_broker_refuses_to_start_with_a_quota_that_is_no_number(
         pytest.fail(f"the broker started with plugin_opt_bytes_per_s {value}")
     assert done.returncode != 0
     assert "fieldtrack quota: topic_prefix, retain_suffix and positive" in done.stdout
+
+
+def test_the_quota_switch_scales_or_drops_the_plugin_and_refuses_other_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`load` (what make bench uses) keeps the plugin with every limit × LOAD_FACTOR; `off`
+    drops it; anything else is an error, not a silent default."""
+    normal = dict(line.split() for line in quota_directives("q.so").splitlines())
+    scaled = dict(line.split() for line in quota_directives("q.so", LOAD_FACTOR).splitlines())
+    for option in ("msgs_per_s", "burst_msgs", "bytes_per_s", "burst_bytes"):
+        key = f"plugin_opt_{option}"
+        assert int(scaled[key]) == int(normal[key]) * LOAD_FACTOR
+    assert quota_directives(None).startswith("#")
+    for mode in QUOTA_MODES:
+        monkeypatch.setenv(QUOTA_SWITCH, mode.upper())
+        assert quota_mode() == mode
+    monkeypatch.setenv(QUOTA_SWITCH, "no")
+    with pytest.raises(InfraError, match="FIELDTRACK_BROKER_DEVICE_QUOTA"):
+        quota_mode()
