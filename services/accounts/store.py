@@ -20,14 +20,13 @@ from psycopg.rows import class_row
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, model_validator
 
 from services.accounts.roles import Principal, Role
+from services.core.db import MAX_BIGINT, translate_errors
 from services.core.errors import (
     AuthenticationError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
 )
-from services.registry.models import MAX_BIGINT
-from services.registry.repository import translate_errors
 
 TOKEN_PREFIX = "ft_"  # marks fieldtrack tokens for people and secret scanners
 # How much of a token is kept in clear, so people can tell their tokens apart.

@@ -39,6 +39,7 @@ from services.analytics.recommend import (
     Recommendation,
     UserValue,
 )
+from services.core.db import translate_errors
 from services.core.errors import InvalidInputError, NotFoundError
 from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 from services.registry import repository
@@ -378,7 +379,7 @@ def record_decision(
         "rationale": body.rationale, "decided_by": body.decided_by, "decided_at": decided_at,
         "window_days": body.window_days, "evidence": Jsonb(evidence.model_dump(mode="json")),
     }  # fmt: skip
-    with repository.translate_errors(DECISIONS), conn.transaction():
+    with translate_errors(DECISIONS), conn.transaction():
         row = conn.execute(INSERT, values).fetchone()
     assert row is not None  # noqa: S101 - INSERT … RETURNING always returns the row
     return get_decision(conn, int(row[0]), now=now)

@@ -1,13 +1,25 @@
-"""The database pool and its lifecycle."""
+"""The database: the pool and its lifecycle, and what every store shares about it (the
+largest id a column holds, and the database's refusals a client can cause, in fieldtrack's
+own errors)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
+from services.core.errors import ConflictError, InvalidInputError
 from services.core.settings import Settings
 
 POOL_OPEN_TIMEOUT_S = 30.0
+MAX_BIGINT = 2**63 - 1  # the largest bigint: ids above it cannot exist
+
+_KEY_DETAIL = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\)")
 
 
 def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection]:
@@ -22,3 +34,41 @@ def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection]:
     )
     pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
     return pool
+
+
+class Labelled(Protocol):
+    """Anything that says what it stores, as people say it ("customer"): a registry resource."""
+
+    @property
+    def label(self) -> str: ...
+
+
+@contextmanager
+def translate_errors(
+    resource: Labelled | str | None = None, *, deleting: bool = False
+) -> Iterator[None]:
+    """Turn database refusals a client can cause into fieldtrack errors."""
+    label = resource if isinstance(resource, str) else resource.label if resource else "item"
+    try:
+        yield
+    except pg_errors.UniqueViolation as exc:
+        match = _KEY_DETAIL.search(exc.diag.message_detail or "")
+        what = f" with {match['cols']} = {match['vals']}" if match else ""
+        field = match["cols"] if match else None
+        raise ConflictError(f"a {label}{what} exists already", field=field) from exc
+    except pg_errors.ForeignKeyViolation as exc:
+        if deleting:
+            raise ConflictError(f"{label} is still referenced by other data") from exc
+        match = _KEY_DETAIL.search(exc.diag.message_detail or "")
+        column = match["cols"] if match else None
+        value = match["vals"] if match else "?"
+        raise InvalidInputError(
+            f"{column or 'reference'} {value} does not exist", field=column
+        ) from exc
+    except (pg_errors.CheckViolation, pg_errors.NotNullViolation) as exc:
+        raise InvalidInputError(
+            f"{label} refused by the database: {exc.diag.message_primary}",
+            field=exc.diag.column_name,
+        ) from exc
+    except pg_errors.DataError as exc:
+        raise InvalidInputError(f"value out of range: {exc.diag.message_primary}") from exc

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from services.core.db import MAX_BIGINT as MAX_BIGINT  # routes take it from here
 from services.core.topics import SERIAL_PATTERN, is_reserved_name
 from services.registry.enums import (  # re-exported: routes take them from here
     DeliveryStatus as DeliveryStatus,
@@ -31,7 +32,6 @@ from services.registry.enums import (  # re-exported: routes take them from here
     Tier as Tier,
 )
 
-MAX_BIGINT = 2**63 - 1
 MAX_MONEY = Decimal("999999999999.99")  # numeric(14, 2)
 FEATURE_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 

@@ -14,9 +14,10 @@ import psycopg
 from psycopg import sql
 
 from services.core.broker_admin import BrokerAdmin
+from services.core.db import translate_errors
 from services.core.errors import ConflictError, NotFoundError
 from services.registry import models
-from services.registry.repository import get_item, translate_errors
+from services.registry.repository import get_item
 from services.registry.resources import DEVICES
 
 # 24 random bytes: far beyond guessing, short enough to paste.

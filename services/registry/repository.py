@@ -3,24 +3,25 @@
 Identifiers come only from the resource declarations (psycopg.sql), every value is bound,
 and database errors a client can cause are translated into fieldtrack's own errors:
 duplicates and still-referenced rows are conflicts, unknown references and values the
-database refuses are invalid input. Nothing a client sends becomes a 500.
+database refuses are invalid input (services/core/db.py, shared with the other stores).
+Nothing a client sends becomes a 500.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
 import psycopg
-from psycopg import errors as pg_errors, sql
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
+from services.core.db import translate_errors
 from services.core.errors import ConflictError, InvalidInputError, NotFoundError
 from services.registry.models import Page
 
@@ -287,37 +288,3 @@ def delete_item(conn: psycopg.Connection, resource: Resource[Any], item_id: int)
                 sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(resource.table)),
                 (item_id,),
             )
-
-
-_KEY_DETAIL = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\)")
-
-
-@contextmanager
-def translate_errors(
-    resource: Resource[Any] | str | None = None, *, deleting: bool = False
-) -> Iterator[None]:
-    """Turn database refusals a client can cause into fieldtrack errors."""
-    label = resource if isinstance(resource, str) else resource.label if resource else "item"
-    try:
-        yield
-    except pg_errors.UniqueViolation as exc:
-        match = _KEY_DETAIL.search(exc.diag.message_detail or "")
-        what = f" with {match['cols']} = {match['vals']}" if match else ""
-        field = match["cols"] if match else None
-        raise ConflictError(f"a {label}{what} exists already", field=field) from exc
-    except pg_errors.ForeignKeyViolation as exc:
-        if deleting:
-            raise ConflictError(f"{label} is still referenced by other data") from exc
-        match = _KEY_DETAIL.search(exc.diag.message_detail or "")
-        column = match["cols"] if match else None
-        value = match["vals"] if match else "?"
-        raise InvalidInputError(
-            f"{column or 'reference'} {value} does not exist", field=column
-        ) from exc
-    except (pg_errors.CheckViolation, pg_errors.NotNullViolation) as exc:
-        raise InvalidInputError(
-            f"{label} refused by the database: {exc.diag.message_primary}",
-            field=exc.diag.column_name,
-        ) from exc
-    except pg_errors.DataError as exc:
-        raise InvalidInputError(f"value out of range: {exc.diag.message_primary}") from exc
