@@ -3,8 +3,9 @@
 A client of the REST API like the registry commands (FIELDTRACK_API_URL, optional
 FIELDTRACK_API_TOKEN): it finds the customer by name (GET /customers?q=…), takes the analytics
 of each of its projects over the window (GET /projects/{id}/analytics) and prints a table per
-project, or writes CSV, JSON or a self-contained HTML page a PM can print or email (rendered
-from dashboards/templates/report.html: inline CSS, nothing fetched from elsewhere).
+project, or writes CSV, JSON or a self-contained HTML page a PM can print or email. The JSON is
+the API's answers as they came; the table and the page read them into the analytics' models
+and word them with services/analytics/report.py, the renderer the dashboard page uses too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from services.core.errors import FieldtrackError
 from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 
 if TYPE_CHECKING:
+    from services.analytics.report import CustomerReport
     from services.client.http import FieldtrackClient
 
 MAX_NAME = 200  # customer names are 1-200 characters
@@ -64,7 +66,9 @@ class ReportError(FieldtrackError):
 
 
 @dataclass(frozen=True)
-class CustomerReport:
+class Collected:
+    """What the API answered about one customer, as it answered it."""
+
     customer: dict[str, Any]
     since: datetime
     until: datetime
@@ -78,11 +82,6 @@ class CustomerReport:
     def internal(self) -> bool:
         return self.audience is Audience.INTERNAL
 
-    @property
-    def labels(self) -> dict[str, str]:
-        """Each verdict's label, as the rule table words it."""
-        return {r["recommendation"]: r["label"] for r in self.rules}
-
     def as_json(self) -> dict[str, Any]:
         return {
             "customer": self.customer,
@@ -94,6 +93,33 @@ class CustomerReport:
             "projects": self.projects,
             **({"rules": self.rules} if self.internal else {}),
         }
+
+    def typed(self) -> CustomerReport:
+        """The answers read into the analytics' models, for the table and the page."""
+        from pydantic import ValidationError  # noqa: PLC0415 - lazy: fast --help
+
+        from services.analytics.portfolio import (  # noqa: PLC0415
+            CustomerProjectAnalytics,
+            ProjectAnalytics,
+        )
+        from services.analytics.recommend import RuleText  # noqa: PLC0415
+        from services.analytics.report import CustomerReport  # noqa: PLC0415
+        from services.registry.models import Customer, CustomerView  # noqa: PLC0415
+
+        internal = self.internal
+        project_model = ProjectAnalytics if internal else CustomerProjectAnalytics
+        try:
+            return CustomerReport(
+                customer=(Customer if internal else CustomerView).model_validate(self.customer),
+                since=self.since, until=self.until, window_days=self.window_days,
+                generated_at=self.generated_at,
+                projects=[project_model.model_validate(p) for p in self.projects],
+                internal=internal, rules=[RuleText.model_validate(r) for r in self.rules],
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise ReportError(
+                f"the API's analytics are not what this client reads (another version?): {exc}"
+            ) from exc
 
 
 def parse_window(text: str) -> int:
@@ -152,7 +178,7 @@ def _window_params(since: datetime, until: datetime) -> dict[str, str]:
 
 def collect(
     api: FieldtrackClient, name: str, days: int, audience: Audience = Audience.CUSTOMER
-) -> CustomerReport:
+) -> Collected:
     customer = find_customer(api, name)
     projects = list(_pages(api, "/projects", {"customer_id": customer["id"], "sort": "name"}))
     until = datetime.now(UTC).replace(microsecond=0)
@@ -162,9 +188,7 @@ def collect(
     rules = api.get("/analytics/rules") if audience is Audience.INTERNAL else []
     if audience is Audience.CUSTOMER:
         customer = {k: v for k, v in customer.items() if k in CUSTOMER_FIELDS}
-    return CustomerReport(
-        customer, since, until, days, datetime.now(UTC), analytics, audience, rules
-    )
+    return Collected(customer, since, until, days, datetime.now(UTC), analytics, audience, rules)
 
 
 def collect_csv(
@@ -195,60 +219,21 @@ def collect_csv(
 # --- rendering --------------------------------------------------------------------------------
 
 
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
-
-def points(value: float | None) -> str:
-    """A change of a share, in percentage points."""
-    return "–" if value is None else f"{value * 100:+.0f} pts"
-
-
-def interval(f: Mapping[str, Any]) -> str:
-    """Adoption's 95 % interval, as the page and the report print it."""
-    return f"{pct(f['adoption_low'])}–{pct(f['adoption_high'])}"
-
-
-def when(value: str | datetime) -> str:
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _coverage_line(p: Mapping[str, Any]) -> str:
-    c = p["coverage"]
-    total = p["project"]["devices_total"]
-    complete = "–" if c["completeness"] is None else f"{c['completeness']:.0%}"
-    measured = f"measured over {c['measured_days']:.0f} days"
-    if p["live_since"] and c["measured_since"] > p["since"]:
-        measured += f" (live since {p['live_since']})"
-    return (
-        f"{c['devices_reporting']} of {total} devices reporting ({pct(c['reporting_share'])}), "
-        f"{c['devices_silent']} silent; {complete} of expected messages received; {measured}"
+def render_tables(report: CustomerReport, console: Console) -> None:
+    from services.analytics.report import (  # noqa: PLC0415 - lazy: fast --help
+        coverage_line,
+        customer_line,
+        explanation,
+        feature_rows,
+        interval,
+        pct,
+        points,
+        verdict,
+        when,
     )
 
-
-def explanation(f: Mapping[str, Any]) -> str:
-    if f.get("explanation"):
-        return str(f["explanation"])
-    if f["delivery_status"] is None:
-        return "used here but never delivered here: demand, or a misconfiguration"
-    return f"{f['delivery_status']}, not delivered: only delivered features are assessed"
-
-
-def _feature_rows(p: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [*p["features"], *p.get("undelivered_usage", [])]
-
-
-def _customer_line(c: Mapping[str, Any], internal: bool) -> str:
-    """Tier and lifecycle stage are the solution company's view of a customer: internal."""
-    if internal:
-        return f"  {c['tier']} tier · {c['industry']} · {c['lifecycle_stage']}"
-    return f"  {c['industry']}" if "industry" in c else ""
-
-
-def render_tables(report: CustomerReport, console: Console) -> None:
     c, internal = report.customer, report.internal
-    console.print(Text.assemble((c["name"], "bold"), _customer_line(c, internal)))
+    console.print(Text.assemble((c.name, "bold"), customer_line(c, internal)))
     console.print(
         f"usage {when(report.since)} – {when(report.until)} UTC ({report.window_days} days)"
         + ("" if internal else " · customer version, without internal verdicts"),
@@ -261,7 +246,7 @@ def render_tables(report: CustomerReport, console: Console) -> None:
     for p in report.projects:
         console.print()
         table = Table(
-            title=Text(p["project"]["project_name"], style="bold"), title_justify="left",
+            title=Text(p.project.project_name, style="bold"), title_justify="left",
             header_style="bold", show_lines=True, expand=False,
         )  # fmt: skip
         table.add_column("feature", no_wrap=True)
@@ -272,23 +257,24 @@ def render_tables(report: CustomerReport, console: Console) -> None:
         if internal:
             table.add_column("recommendation")
             table.add_column("explanation", ratio=1, min_width=30, overflow="fold")
-        rows = _feature_rows(p)
+        rows = feature_rows(p)
         for f in rows:
-            name = f["feature_name"] or f["feature_key"]
+            name = f.feature_name or f.feature_key
             feature = Text(name)
-            if name != f["feature_key"]:
-                feature.append(f"\n{f['feature_key']}", style="dim")
+            if name != f.feature_key:
+                feature.append(f"\n{f.feature_key}", style="dim")
             cells: list[Text | str] = [
                 feature,
-                Text(f["delivery_status"] or "not delivered",
-                     style="" if f["delivery_status"] else "yellow"),
-                f"{pct(f['adoption'])} ({interval(f)})\n{f['devices_using']}/"
-                f"{f['devices_reporting']} devices",
-                pct(f["stickiness"]),
-                points(f["trend"]),
+                Text(f.delivery_status or "not delivered",
+                     style="" if f.delivery_status else "yellow"),
+                f"{pct(f.adoption)} ({interval(f)})\n{f.devices_using}/"
+                f"{f.devices_reporting} devices",
+                pct(f.stickiness),
+                points(f.trend),
             ]  # fmt: skip
             if internal:
-                rec = f.get("recommendation")
+                row = verdict(f)
+                rec = row.recommendation if row is not None else None
                 label = labels.get(rec, rec) if rec else "–"
                 cells += [
                     Text(label, style=RECOMMENDATION_STYLES.get(rec or "", "")),
@@ -298,44 +284,14 @@ def render_tables(report: CustomerReport, console: Console) -> None:
         if not rows:
             table.add_row("–", "nothing delivered", *[""] * (len(table.columns) - 2))
         console.print(table)
-        level = p["confidence"]
+        level = p.confidence
         console.print(
             Text.assemble(
-                "confidence: ", (level, CONFIDENCE_STYLES.get(level, "")),
-                f" ({p['confidence_reason']})",
+                "confidence: ", (level.value, CONFIDENCE_STYLES.get(level, "")),
+                f" ({p.confidence_reason})",
             )
         )  # fmt: skip
-        console.print(Text(f"coverage: {_coverage_line(p)}"))
-
-
-def render_html(report: CustomerReport) -> str:
-    from jinja2 import (  # noqa: PLC0415 - lazy: fast --help
-        Environment,
-        FileSystemLoader,
-        StrictUndefined,
-    )
-
-    from services.core.paths import DASHBOARDS_DIR  # noqa: PLC0415
-
-    env = Environment(
-        loader=FileSystemLoader(DASHBOARDS_DIR / "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    labels = report.labels
-    env.filters.update(pct=pct, points=points, when=when, interval=interval)
-    summary: dict[str, int] = dict.fromkeys(labels, 0)
-    for p in report.projects:
-        for f in p["features"]:
-            if f.get("recommendation") in summary:
-                summary[f["recommendation"]] += 1
-    return env.get_template("report.html").render(
-        report=report, customer=report.customer, projects=report.projects,
-        internal=report.internal, summary=summary, labels=labels, rules=report.rules,
-        coverage_line=_coverage_line, feature_rows=_feature_rows, explanation=explanation,
-    )  # fmt: skip
+        console.print(Text(f"coverage: {coverage_line(p)}"))
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -395,16 +351,27 @@ def report(
         data = collect(api, name, days, audience)
     if fmt is ReportFormat.TABLE:
         if out is None:
-            render_tables(data, Console(highlight=False))
+            render_tables(_typed(data), Console(highlight=False))
         else:
             buffer = io.StringIO()
-            render_tables(data, Console(file=buffer, width=160, highlight=False, color_system=None))
+            render_tables(
+                _typed(data), Console(file=buffer, width=160, highlight=False, color_system=None)
+            )
             _write(out, buffer.getvalue())
     elif fmt is ReportFormat.JSON:
         _write(out, json.dumps(data.as_json(), indent=2, ensure_ascii=False) + "\n")
     else:
-        _write(out, render_html(data))
+        from services.analytics.report import render_html  # noqa: PLC0415 - lazy: fast --help
+
+        _write(out, render_html(_typed(data)))
     _written(out, fmt.value.upper(), data.customer["name"], len(data.projects))
+
+
+def _typed(data: Collected) -> CustomerReport:
+    try:
+        return data.typed()
+    except ReportError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _written(out: Path | None, kind: str, name: str, projects: int) -> None:

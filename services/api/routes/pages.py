@@ -29,12 +29,12 @@ from services.analytics.portfolio import (
     project_analytics,
 )
 from services.analytics.recommend import AnalyticsThresholds, rule_texts, rules
+from services.analytics.report import CustomerReport, render_html
 from services.analytics.usage import daily_usage
 from services.api.auth import AudienceQuery, audience_of, require, visible_project
 from services.api.deps import ConnDep, ThresholdsDep
 from services.api.pages_support import PageWindow, home_of, render
 from services.api.routes.crud import ItemId
-from services.client.report import CustomerReport, render_html
 from services.core.errors import FieldtrackError
 from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 from services.registry import repository
@@ -161,12 +161,11 @@ def customer_report(  # noqa: PLR0917 - FastAPI reads each as a parameter
     if not internal:  # what the customer's own staff may read of themselves
         customer = CustomerView.model_validate(customer.model_dump(include=CUSTOMER_VIEW))
     report = CustomerReport(
-        customer=customer.model_dump(mode="json"), since=window.since, until=window.until,
+        customer=customer, since=window.since, until=window.until,
         window_days=max(1, round((window.until - window.since).total_seconds() / 86400)),
         generated_at=datetime.now(UTC),
-        projects=[_view(analytics[p.id], internal).model_dump(mode="json") for p in projects],
-        audience=Audience.INTERNAL if internal else Audience.CUSTOMER,
-        rules=[r.model_dump(mode="json") for r in rule_texts(t)] if internal else [],
+        projects=[_view(analytics[p.id], internal) for p in projects],
+        internal=internal, rules=rule_texts(t) if internal else [],
     )  # fmt: skip
     return HTMLResponse(render_html(report))
 
