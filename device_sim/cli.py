@@ -1,5 +1,8 @@
-"""`fieldtrack sim …`: seed a scenario, run its fleet (live, accelerated, load), backfill
-history, export history files. Every mode writes the ground truth of what it generated."""
+"""`fieldtrack sim …`: seed a scenario, run its fleet (live, accelerated, load), export history
+files. Every mode writes the ground truth of what it generated.
+
+`sim backfill` is added to this app by services/cli.py: it loads the history through ingest's
+history importer, a layer the simulator does not import (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -58,7 +61,7 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>9,.0f} msg/s"), TimeElapsedColumn(),
@@ -153,7 +156,7 @@ def _fleet_run(
     if connected == 0:
         swarm.stop()
         raise _fail(FieldtrackError("no device could connect; re-run `fieldtrack sim seed`"))
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(mode, total=None, rate=0.0)
 
         def progress(sent: int) -> None:
@@ -209,55 +212,6 @@ def sim_load(
     """Send the scenario's last --days as fast as the broker takes it (benchmarks)."""
     _fleet_run(scenario, credentials, truth, mode="load", speed=1.0, catch_up_hours=0.0,
                duration_s=None, rate=rate, days=days)  # fmt: skip
-
-
-@sim_app.command("backfill")
-def sim_backfill(
-    scenario: ScenarioOpt = "demo",
-    days: Annotated[
-        float | None, typer.Option(min=0.001, help="history length; default the scenario's")
-    ] = None,
-    gap_hours: Annotated[float, typer.Option(min=0, help="end this many hours before now")] = 0.0,
-    seed: Annotated[
-        bool, typer.Option(help="load the scenario's registry first (no broker identities)")
-    ] = True,
-    truth: TruthOpt = None,
-) -> None:
-    """Generate history and load it through the bulk history importer (no MQTT): fast."""
-    import psycopg
-
-    from device_sim import runner, scenario as scenario_mod
-    from device_sim.generator import Generator
-    from services.core.settings import get_settings
-
-    try:
-        settings = get_settings()
-        path = scenario_path(scenario)
-        loaded = scenario_mod.load(path)
-        now = datetime.now(UTC)
-        if seed:
-            seed_scenario(scenario, with_broker=False, end=now)
-    except (FieldtrackError, OSError, psycopg.Error) as exc:
-        raise _fail(exc) from exc
-    end = now - timedelta(hours=gap_hours)
-    generator = Generator(loaded, end - timedelta(days=days or loaded.days), end, inject_late=False)
-    try:
-        with _progress() as bar, psycopg.connect(settings.database_url.get_secret_value()) as conn:
-            task = bar.add_task("backfill", total=None, rate=0.0)
-
-            def progress(sent: int) -> None:
-                elapsed = bar.tasks[task].elapsed or 0.0
-                bar.update(task, completed=sent, rate=sent / elapsed if elapsed else 0.0)
-
-            report = runner.backfill(generator, conn, progress)
-    except psycopg.Error as exc:
-        raise _fail(exc) from exc
-    generator.write_truth(truth_path(path, truth))
-    console.print(
-        f"backfilled {report.messages:,} messages: {report.usage_rows:,} usage rows, "
-        f"{report.metric_rows:,} metric rows, {report.duplicates:,} duplicates absorbed, "
-        f"quarantined {report.quarantined}; truth in {truth_path(path, truth)}"
-    )
 
 
 @sim_app.command("export")

@@ -17,11 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-import psycopg
-
 from device_sim.generator import Generator, Outgoing
 from services.core.topics import MessageKind
-from services.ingest.history import HistoryImporter, HistoryReport
 
 # One window of simulated time per real second at most; never more than this much at once,
 # so a fast run still interleaves devices the way a real fleet would.
@@ -38,6 +35,13 @@ class Publisher(Protocol):
     def publish(self, serial: str, kind: MessageKind, payload: bytes) -> object: ...
     def drop(self, serial: str) -> object: ...
     def reconnect(self, serial: str) -> object: ...
+
+
+class HistorySink(Protocol):
+    """Where the backfill puts each message: ingest's history importer, handed in by the
+    caller (the simulator knows MQTT and the message schemas, not ingest)."""
+
+    def add(self, serial: str, kind: MessageKind, payload: bytes) -> object: ...
 
 
 class Windowed(Protocol):
@@ -121,20 +125,18 @@ def run_load(
     return counts
 
 
-def backfill(
-    generator: Generator, conn: psycopg.Connection, progress: Progress | None = None
-) -> HistoryReport:
-    """Load the generated history straight through the history importer (no MQTT)."""
-    importer = HistoryImporter(conn)
+def backfill(generator: Generator, sink: HistorySink, progress: Progress | None = None) -> int:
+    """Hand the generated history to `sink` (no MQTT); return how many messages it took.
+    The caller finishes the sink (HistoryImporter.finish commits the rest and reports)."""
     sent = 0
     for batch in generator.windows(BACKFILL_WINDOW):
         for item in batch:
             if item.kind is not None:
-                importer.add(item.serial, item.kind, item.payload)
+                sink.add(item.serial, item.kind, item.payload)
                 sent += 1
         if progress:
             progress(sent)
-    return importer.finish()
+    return sent
 
 
 def export_ndjson(generator: Generator, path: Path, progress: Progress | None = None) -> int:

@@ -9,14 +9,23 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from device_sim.cli import sim_app
+from device_sim.cli import (
+    ScenarioOpt,
+    TruthOpt,
+    console as sim_console,
+    progress_bar,
+    scenario_path,
+    seed_scenario,
+    sim_app,
+    truth_path,
+)
 from services.accounts.cli import tokens_app, users_app
 from services.client import (
     commands as client_commands,
@@ -298,6 +307,67 @@ def api(
     )
 
 
+# --- sim backfill ---------------------------------------------------------------
+# The simulator's other commands are in device_sim/cli.py. This one loads the generated
+# history through ingest's history importer, which the simulator does not import: the
+# command line, above both, hands the importer to the simulator as its sink.
+
+
+@sim_app.command("backfill")
+def sim_backfill(
+    scenario: ScenarioOpt = "demo",
+    days: Annotated[
+        float | None, typer.Option(min=0.001, help="history length; default the scenario's")
+    ] = None,
+    gap_hours: Annotated[float, typer.Option(min=0, help="end this many hours before now")] = 0.0,
+    seed: Annotated[
+        bool, typer.Option(help="load the scenario's registry first (no broker identities)")
+    ] = True,
+    truth: TruthOpt = None,
+) -> None:
+    """Generate history and load it through the bulk history importer (no MQTT): fast."""
+    import psycopg
+
+    from device_sim import runner, scenario as scenario_mod
+    from device_sim.generator import Generator
+    from services.core.settings import get_settings
+    from services.ingest.history import HistoryImporter
+
+    try:
+        settings = get_settings()
+        path = scenario_path(scenario)
+        loaded = scenario_mod.load(path)
+        now = datetime.now(UTC)
+        if seed:
+            seed_scenario(scenario, with_broker=False, end=now)
+    except (FieldtrackError, OSError, psycopg.Error) as exc:
+        raise _fail(exc) from exc
+    end = now - timedelta(hours=gap_hours)
+    generator = Generator(loaded, end - timedelta(days=days or loaded.days), end, inject_late=False)
+    try:
+        with (
+            progress_bar() as bar,
+            psycopg.connect(settings.database_url.get_secret_value()) as conn,
+        ):
+            task = bar.add_task("backfill", total=None, rate=0.0)
+
+            def progress(sent: int) -> None:
+                elapsed = bar.tasks[task].elapsed or 0.0
+                bar.update(task, completed=sent, rate=sent / elapsed if elapsed else 0.0)
+
+            importer = HistoryImporter(conn)
+            runner.backfill(generator, importer, progress)
+            report = importer.finish()
+    except psycopg.Error as exc:
+        raise _fail(exc) from exc
+    generator.write_truth(truth_path(path, truth))
+    sim_console.print(
+        f"backfilled {report.messages:,} messages: {report.usage_rows:,} usage rows, "
+        f"{report.metric_rows:,} metric rows, {report.duplicates:,} duplicates absorbed, "
+        f"quarantined {report.quarantined}; truth in {truth_path(path, truth)}"
+    )
+
+
 # --- demo -------------------------------------------------------------------------
 
 
@@ -308,7 +378,6 @@ def demo(
 ) -> None:
     """Seed the demo, backfill its history, then run ingest, API and the live fleet.
     Ctrl-C stops them all; the local services keep running."""
-    from device_sim.cli import seed_scenario
     from services.core.settings import get_settings
 
     try:

@@ -20,10 +20,18 @@ from device_sim.seed import seed
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.infra.local import LocalServices
+from services.ingest.history import HistoryImporter, HistoryReport
 from tests.integration.conftest import scratch_database
 
 Json = dict[str, Any]
 ANALYTICS_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "analytics.yaml"
+
+
+def backfill(generator: Generator, conn: psycopg.Connection) -> HistoryReport:
+    """What `fieldtrack sim backfill` does: the generated history through the importer."""
+    importer = HistoryImporter(conn)
+    runner.backfill(generator, importer)
+    return importer.finish()
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def load_scenario(
         with psycopg.connect(url) as conn:
             seed(conn, None, scenario, end.date())
             started = time.monotonic()
-            report = runner.backfill(generator, conn)
+            report = backfill(generator, conn)
             backfill_s = time.monotonic() - started
             rows = conn.execute("SELECT name, id FROM projects").fetchall()
             project_ids: dict[str, int] = dict(rows)

@@ -33,6 +33,7 @@ from services.core.settings import Settings
 from services.infra.local import LocalServices
 from services.ingest.service import IngestService
 from tests.integration.conftest import discard_session, scratch_database
+from tests.integration.scenario_support import backfill
 
 PORTFOLIO_BACKFILL_LIMIT_S = 600  # a hang guard, not a speed target
 PORTFOLIO_TEST_DAYS = 14
@@ -90,7 +91,7 @@ def test_backfill_lands_exactly_the_ground_truth(sim_database: str) -> None:
     started = datetime.now(UTC)
     with psycopg.connect(sim_database) as conn:
         seed(conn, None, demo, end.date())
-        report = runner.backfill(generator, conn)
+        report = backfill(generator, conn)
         truth = generator.truth.to_json()
         assert mismatches(truth, conn, quarantined_since=started) == []
     # Generation is deterministic: regenerate to count the readings the duplicates carried.
@@ -120,8 +121,8 @@ def test_backfill_twice_adds_nothing(sim_database: str) -> None:
     end = datetime.now(UTC).replace(microsecond=0)
     with psycopg.connect(sim_database) as conn:
         seed(conn, None, demo, end.date())
-        first = runner.backfill(Generator(demo, end - timedelta(days=1), end), conn)
-        again = runner.backfill(Generator(demo, end - timedelta(days=1), end), conn)
+        first = backfill(Generator(demo, end - timedelta(days=1), end), conn)
+        again = backfill(Generator(demo, end - timedelta(days=1), end), conn)
     assert first.usage_rows > 0 and first.metric_rows > 0
     assert (again.usage_rows, again.metric_rows) == (0, 0)
     # every reading comes again: those stored the first time, and the injected duplicates
