@@ -33,9 +33,12 @@ down: install
 	  FIELDTRACK_LOCAL_PG_PORT=$${FIELDTRACK_LOCAL_PG_PORT:-54359} \
 	  FIELDTRACK_LOCAL_MQTT_PORT=$${FIELDTRACK_LOCAL_MQTT_PORT:-18860} $(BIN)/fieldtrack infra down
 
+# lint-imports: the layers of docs/architecture.md ([tool.importlinter] in pyproject.toml);
+# an import that points up or sideways fails here.
 lint: install
 	$(BIN)/ruff check services device_sim bench tests
 	$(BIN)/ruff format --check services device_sim bench tests
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
