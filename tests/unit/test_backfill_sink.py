@@ -29,7 +29,7 @@ def _generator() -> Generator:
 
 
 def test_backfill_gives_the_sink_what_export_writes(tmp_path: Path) -> None:
-    sink, seen = Recorder(), []
+    sink, seen = Recorder(), list[int]()
     sent = runner.backfill(_generator(), sink, seen.append)
     written = runner.export_ndjson(_generator(), tmp_path / "history.ndjson")
     assert sent == len(sink.items) == written > 0
