@@ -13,6 +13,7 @@ from services.core.settings import Settings
 from services.infra.local import LocalServices
 
 
+@pytest.mark.slow
 def test_quick_bench_measures_every_part_and_loses_nothing(
     local_services: LocalServices, base_settings: Settings, tmp_path: Path
 ) -> None:

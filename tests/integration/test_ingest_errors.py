@@ -59,6 +59,7 @@ def _quarantine(url: str, serial: str) -> list[tuple[str, str, bytes]]:
         ]
 
 
+@pytest.mark.chaos  # a bug planted in a running ingest service
 @pytest.mark.parametrize(
     "bug",
     [

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
@@ -104,6 +105,7 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
 # --- 8. PostgreSQL down under load ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_postgres_down_for_twenty_seconds_ingest_resumes_by_itself(
     local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:

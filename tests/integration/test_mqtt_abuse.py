@@ -112,6 +112,7 @@ def test_device_cannot_subscribe_to_other_traffic_or_the_control_api(
 # --- garbage mixed into valid traffic ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ten_percent_garbage_is_all_quarantined_and_valid_ingest_keeps_pace(
     local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:

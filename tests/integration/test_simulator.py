@@ -284,6 +284,7 @@ def test_history_csv_line_over_the_limit_is_quarantined_and_the_rest_read(
     assert rows[0][2].startswith("line 2: ")
 
 
+@pytest.mark.slow
 def test_portfolio_backfill_lands_the_ground_truth(sim_database: str, tmp_path: Path) -> None:
     """The 3,000-device portfolio through the CLI, over PORTFOLIO_TEST_DAYS of its 90 days: the
     whole 90 days take about 6 minutes here, too long for every CI run (its speed is a
