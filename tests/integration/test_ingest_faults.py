@@ -22,8 +22,8 @@ from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.fleet.ingest_metrics import scrape
 from services.infra.local import LocalServices
-from services.ingest.service import WORKER_DIED_EXIT
-from tests.integration.conftest import discard_session, wait_for
+from services.ingest.service import WORKER_DIED_EXIT, discard_session
+from tests.integration.conftest import wait_for
 from tests.integration.ingest_support import (
     Background,
     IngestProcess,

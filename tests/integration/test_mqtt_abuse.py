@@ -40,7 +40,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -568,7 +568,7 @@ def send_will(
     payload: bytes,
     *,
     retain: bool,
-    protocol: int = mqtt.MQTTv311,
+    protocol: MQTTProtocolVersion = mqtt.MQTTv311,
     properties: Properties | None = None,
 ) -> None:
     """Log in with a last will, then vanish without DISCONNECT, as a device losing power
@@ -584,7 +584,7 @@ def send_will(
         client.loop(0.1)
     assert answers and not answers[0].is_failure, f"{serial} could not log in: {answers}"
     sock = client.socket()
-    assert sock is not None
+    assert isinstance(sock, socket.socket), sock  # a plain TCP connection
     sock.shutdown(socket.SHUT_RDWR)
     sock.close()
 

@@ -31,8 +31,8 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.infra.local import LocalServices
-from services.ingest.service import IngestService
-from tests.integration.conftest import discard_session, scratch_database
+from services.ingest.service import IngestService, discard_session
+from tests.integration.conftest import scratch_database
 
 PORTFOLIO_BACKFILL_LIMIT_S = 600  # a hang guard, not a speed target
 PORTFOLIO_TEST_DAYS = 14
