@@ -48,8 +48,9 @@ typecheck: install
 test: lint typecheck
 	scripts/run-pytest $(PYTEST_ARGS)
 
+# The unit tier only: no services, under a minute.
 test-fast: install
-	scripts/run-pytest -m "not integration" $(PYTEST_ARGS)
+	scripts/run-pytest -m unit tests/unit $(PYTEST_ARGS)
 
 # Ingest measured against the broker's and PostgreSQL's own ceilings and a naive consumer, on
 # the bench's own services (.state/bench, ports 54349/18850); report in .state/bench/report.

@@ -19,7 +19,62 @@ os.environ.setdefault("FIELDTRACK_LOCAL_MQTT_PORT", "18840")
 os.environ["FIELDTRACK_CLI_CONFIG"] = str(Path(os.environ["FIELDTRACK_STATE_DIR"]) / "cli.env")
 
 
+TESTS_ROOT = Path(__file__).resolve().parent
+# The tiers, by folder: every test is `unit` or `integration`; the browser tests are both
+# `integration` and `browser`. `slow` is marked on the tests themselves.
+TIER_BY_FOLDER = {
+    "unit": pytest.mark.unit,
+    "integration": pytest.mark.integration,
+    "browser": pytest.mark.browser,
+}
+# Whole modules of injected faults (killed or stopped services under load); single fault
+# tests elsewhere carry `@pytest.mark.chaos` themselves.
+CHAOS_MODULES = {"test_chaos_faults.py", "test_ingest_faults.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "integration" in item.path.parts:
-            item.add_marker(pytest.mark.integration)
+        path = item.path.resolve()
+        folders = path.relative_to(TESTS_ROOT).parts[:-1] if path.is_relative_to(TESTS_ROOT) else ()
+        tiers = [TIER_BY_FOLDER[folder] for folder in folders if folder in TIER_BY_FOLDER]
+        if not tiers:
+            raise pytest.UsageError(
+                f"{item.nodeid}: every test lives under tests/unit or tests/integration"
+            )
+        for tier in tiers:
+            item.add_marker(tier)
+        if item.path.name in CHAOS_MODULES:
+            item.add_marker(pytest.mark.chaos)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Install what the selected tests need before any of them starts, so the one-time
+    installs of a fresh machine (Debian packages, the TimescaleDB build, Chromium: minutes)
+    do not count against the first test's timeout. A failure here is only printed: the
+    fixtures try again, and every test that needs them errors with the reason."""
+    if session.config.option.collectonly or not session.items:
+        return
+    from services.infra.local import LocalServices
+    from services.infra.system import ensure_packages
+
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def report(message: str) -> None:
+        line = f"[install] {message}"
+        if terminal is None:
+            print(line)
+        else:
+            terminal.write_line(line)
+
+    def selected(marker: str) -> bool:
+        return any(item.get_closest_marker(marker) for item in session.items)
+
+    try:
+        if selected("integration"):
+            LocalServices.from_env().install(report)
+        if selected("browser"):
+            ensure_packages(["chromium"], report)
+    except Exception as exc:
+        report(f"failed, the tests that need it will say why: {exc}")

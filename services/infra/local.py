@@ -94,8 +94,9 @@ class LocalServices:
         )
         return path
 
-    def up(self, report: Reporter) -> None:
-        """Install, build, initialise and start whatever is missing; idempotent."""
+    def install(self, report: Reporter) -> None:
+        """Install the system packages and build TimescaleDB if missing (the slow, one-time
+        part of `up`: minutes on a fresh machine); idempotent."""
         self.root.mkdir(parents=True, exist_ok=True)
         # The services run as their own users and must traverse into the state folder.
         self.root.chmod(0o755)
@@ -108,6 +109,10 @@ class LocalServices:
         else:
             version = timescale.ensure_timescaledb(self.build_cache / "timescaledb", report)
             report(f"TimescaleDB {version}: built and installed")
+
+    def up(self, report: Reporter) -> None:
+        """Install, build, initialise and start whatever is missing; idempotent."""
+        self.install(report)
         values = self.load_secrets()
 
         pg = self.postgres

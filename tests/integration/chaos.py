@@ -47,8 +47,8 @@ from services.infra.mosquitto import (
     DEVICE_BYTES_PER_S,
     DEVICE_MSGS_PER_S,
 )
+from services.ingest.service import discard_session
 from services.registry import upserts as registry
-from tests.integration.conftest import discard_session
 from tests.integration.ingest_support import (
     Background,
     FaultEnv,
@@ -854,7 +854,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     exact = [r for r in results if r.exact]
-    summary = {
+    summary: dict[str, Any] = {
         "profile": asdict(profile),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "messages_handed": sum(r.handed for r in results),

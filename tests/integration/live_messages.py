@@ -29,7 +29,7 @@ def message(serial: str, kind: MessageKind, body: dict[str, Any], received: date
 def telemetry(
     serial: str, seq: int, received: datetime, lag_s: float = 0, **metrics: float
 ) -> RawMessage:
-    body = {
+    body: dict[str, Any] = {
         "v": 1, "seq": seq, "ts": iso(received - timedelta(seconds=lag_s)),
         "metrics": [{"name": k, "value": v, "unit": "%" if k == "battery" else None}
                     for k, v in metrics.items()],

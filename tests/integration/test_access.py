@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -180,7 +181,7 @@ def api_routes() -> list[tuple[str, str]]:
     found = []
     for route in walk(app.router.routes):
         if isinstance(route, APIRoute):
-            found += [(method, route.path) for method in sorted(route.methods)]
+            found += [(method, route.path) for method in sorted(route.methods or ())]
     return found
 
 
@@ -353,8 +354,10 @@ def query_for(path: str, side: Side) -> dict[str, str]:
 
 def call(client: TestClient, method: str, path: str, params: dict[str, str]) -> int:
     if method in {"GET", "DELETE"}:
-        return client.request(method, path, params=params).status_code
-    return client.request(method, path, params=params, json={}).status_code
+        response: httpx.Response = client.request(method, path, params=params)
+    else:
+        response = client.request(method, path, params=params, json={})
+    return response.status_code
 
 
 CASES = sorted(RULES)
@@ -883,7 +886,7 @@ def test_logging_in_between_guesses_does_not_keep_an_address_under_its_limit(
     with client_from(wide_api_url, address) as client:
         for i in range(FREE_FAILURES_PER_ADDRESS + 5):
             assert retrying(lambda: guess(client, own, STALE_PASSWORD)) == 201
-            outcomes.append(retrying(lambda i=i: guess(client, f"victim{i}-{unique_module}")))
+            outcomes.append(retrying(partial(guess, client, f"victim{i}-{unique_module}")))
     assert outcomes[:FREE_FAILURES_PER_ADDRESS] == [401] * FREE_FAILURES_PER_ADDRESS, outcomes
     assert outcomes[-1] == 429, outcomes
 

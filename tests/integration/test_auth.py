@@ -70,7 +70,7 @@ def login_form_token(client: TestClient) -> str:
 
 def log_in(client: TestClient, username: str, password: str, next_path: str = "/") -> int:
     token = login_form_token(client)
-    response = client.post(
+    response: httpx.Response = client.post(
         "/login",
         data={"username": username, "password": password, "csrf_token": token, "next": next_path},
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from services.core.settings import Settings
 from services.infra.local import LocalServices
 
 
+@pytest.mark.slow
 def test_quick_bench_measures_every_part_and_loses_nothing(
     local_services: LocalServices, base_settings: Settings, tmp_path: Path
 ) -> None:
@@ -64,7 +66,7 @@ def test_quick_bench_measures_every_part_and_loses_nothing(
 def test_query_part_says_when_the_query_benchmark_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bench_run.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as bench.run sees it
     assert bench_run._queries(tmp_path, bench_run.QUICK) == {
         "status": "query benchmark not present"
     }

@@ -4,6 +4,7 @@ rollups a day at a time) has the shape it promises and the rollups of one operat
 from __future__ import annotations
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from bench.dataset import DAYS, RAW_TABLES, _drop_database, database_name, ensure_dataset
@@ -28,6 +29,7 @@ ORDER BY 1, 2, 4
 """
 
 
+@pytest.mark.slow
 def test_a_dataset_built_by_days_equals_one_rebuild_and_is_reused(
     local_services: LocalServices, database: str
 ) -> None:

@@ -234,6 +234,7 @@ def connack(settings: Settings, serial: str, password: str) -> int:
     return codes[0]
 
 
+@pytest.mark.slow
 def test_provision_1000_devices(
     cli: Any,
     project: Project,

@@ -42,7 +42,7 @@ def test_lost_messages_lower_completeness_and_reboots_do_not(
     report = importer.finish()
     assert report.metric_rows == 180
 
-    missing = dict(
+    missing: dict[str, int] = dict(
         conn.execute(
             """SELECT d.serial, sum(h.missing) FROM device_hourly h JOIN devices d ON d.id = h.device_id
                WHERE d.serial = ANY(%s) GROUP BY 1""",

@@ -112,10 +112,12 @@ def seeded(local_services: LocalServices, settings: Settings) -> Iterator[Seeded
             assert dict(result.quarantined) == {
                 "revoked_device": 1, "unknown_device": 1, "not_json": 2,
             }  # fmt: skip
-            devices = dict(conn.execute("SELECT serial, id FROM devices").fetchall())
+            device_ids: dict[str, int] = dict(
+                conn.execute("SELECT serial, id FROM devices").fetchall()
+            )
         yield Seeded(
             now, settings.model_copy(update={"database_url": SecretStr(url)}), a, b, c, projects,
-            devices,
+            device_ids,
         )  # fmt: skip
 
 

@@ -39,7 +39,8 @@ def expect(response: httpx.Response, status: int) -> Any:
 
 
 def post_csv(api: TestClient, url: str, text: str) -> httpx.Response:
-    return api.post(url, content=text.encode(), headers=CSV)
+    response: httpx.Response = api.post(url, content=text.encode(), headers=CSV)
+    return response
 
 
 def rejected(response: httpx.Response) -> list[tuple[int, str | None]]:

@@ -25,8 +25,9 @@ from services.core.topics import MessageKind
 from services.fleet.ingest_metrics import scrape
 from services.infra.local import LocalServices
 from services.ingest import service as ingest_service
+from services.ingest.service import discard_session
 from services.ingest.store import BatchResult
-from tests.integration.conftest import discard_session, wait_for
+from tests.integration.conftest import wait_for
 from tests.integration.ingest_support import (
     Ledger,
     account,
@@ -59,6 +60,7 @@ def _quarantine(url: str, serial: str) -> list[tuple[str, str, bytes]]:
         ]
 
 
+@pytest.mark.chaos  # a bug planted in a running ingest service
 @pytest.mark.parametrize(
     "bug",
     [

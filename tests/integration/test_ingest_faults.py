@@ -15,14 +15,15 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.fleet.ingest_metrics import scrape
 from services.infra.local import LocalServices
-from services.ingest.service import WORKER_DIED_EXIT
-from tests.integration.conftest import discard_session, wait_for
+from services.ingest.service import WORKER_DIED_EXIT, discard_session
+from tests.integration.conftest import wait_for
 from tests.integration.ingest_support import (
     Background,
     IngestProcess,
@@ -104,6 +105,7 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
 # --- 8. PostgreSQL down under load ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_postgres_down_for_twenty_seconds_ingest_resumes_by_itself(
     local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:

@@ -21,8 +21,8 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
-from services.ingest.service import EARLY_DECODE_BYTES, IngestService
-from tests.integration.conftest import Project, discard_session, wait_for
+from services.ingest.service import EARLY_DECODE_BYTES, IngestService, discard_session
+from tests.integration.conftest import Project, wait_for
 from tests.integration.ingest_support import (
     Ledger,
     account,
@@ -386,7 +386,7 @@ def test_quarantine_api_matches_the_database(
     ids = {payload: qid for qid, _, payload, _ in rows}
 
     db_counts: dict[str, int] = {}
-    summary: list[dict[str, object]] = []
+    summary: list[dict[str, Any]] = []
     for _ in range(10):  # compare at a quiet moment: other devices may still be sending
         before = _reason_counts(conn)
         response = api.get("/quarantine/summary")
@@ -399,7 +399,7 @@ def test_quarantine_api_matches_the_database(
     print(f"\n[quarantine] summary: { {s['reason']: s['count'] for s in summary} }")
     assert {s["reason"]: s["count"] for s in summary} == db_counts
     assert db_counts["not_json"] >= 2 and db_counts["invalid_payload"] >= 1
-    latest = dict(conn.execute(
+    latest: dict[str, int] = dict(conn.execute(
         "SELECT reason, max(id) FROM quarantine "
         "WHERE received_at >= now() - interval '7 days' GROUP BY reason"
     ).fetchall())  # fmt: skip

@@ -40,7 +40,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -112,6 +112,7 @@ def test_device_cannot_subscribe_to_other_traffic_or_the_control_api(
 # --- garbage mixed into valid traffic ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ten_percent_garbage_is_all_quarantined_and_valid_ingest_keeps_pace(
     local_services: LocalServices, settings: Settings, broker_admin: BrokerAdmin
 ) -> None:
@@ -567,7 +568,7 @@ def send_will(
     payload: bytes,
     *,
     retain: bool,
-    protocol: int = mqtt.MQTTv311,
+    protocol: MQTTProtocolVersion = mqtt.MQTTv311,
     properties: Properties | None = None,
 ) -> None:
     """Log in with a last will, then vanish without DISCONNECT, as a device losing power
@@ -583,7 +584,7 @@ def send_will(
         client.loop(0.1)
     assert answers and not answers[0].is_failure, f"{serial} could not log in: {answers}"
     sock = client.socket()
-    assert sock is not None
+    assert isinstance(sock, socket.socket), sock  # a plain TCP connection
     sock.shutdown(socket.SHUT_RDWR)
     sock.close()
 

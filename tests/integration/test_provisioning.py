@@ -410,7 +410,7 @@ def test_batch_with_an_existing_serial_is_422_and_creates_nothing(
 def test_batch_with_an_unknown_project_is_422_and_creates_nothing(
     api: TestClient, conn: psycopg.Connection, project: Project, unique: str
 ) -> None:
-    body = [
+    body: list[dict[str, Any]] = [
         {"serial": f"batp-{unique}-1", "project_id": project.id},
         {"serial": f"batp-{unique}-2", "project_id": MAX_BIGINT},
         {"serial": f"batp-{unique}-3", "project_id": project.id},
@@ -529,7 +529,9 @@ def test_devices_provisioned_under_reserved_serials_before_the_check_are_removed
             assert all(serial in caplog.text for serial in reserved), caplog.text
             assert kept not in caplog.text
             with psycopg.connect(url) as conn:
-                statuses = dict(conn.execute("SELECT serial, status FROM devices").fetchall())
+                statuses: dict[str, str] = dict(
+                    conn.execute("SELECT serial, status FROM devices").fetchall()
+                )
             assert statuses == {**dict.fromkeys(reserved, "revoked"), kept: "active"}
             setup_broker(
                 host=settings.mqtt_host,

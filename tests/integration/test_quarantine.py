@@ -203,7 +203,10 @@ def test_a_retained_message_replayed_on_every_reconnect_is_quarantined_once(
                     ]
 
             def copies_reach(n: int) -> list[tuple[str, int]]:
-                return wait_for(lambda: (r := rows()) and sum(c for _, c in r) >= n and r)
+                reached: list[tuple[str, int]] = wait_for(
+                    lambda: (r := rows()) and sum(c for _, c in r) >= n and r
+                )
+                return reached
 
             try:
                 ingest.start()

@@ -29,6 +29,13 @@ def expect(response: httpx.Response, status: int) -> Any:
     return response.json() if response.content else None
 
 
+def created(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object a 201 answered with."""
+    body = expect(response, 201)
+    assert isinstance(body, dict), body
+    return body
+
+
 def error_loc(response: httpx.Response, location: str = "body") -> list[Any]:
     """The `loc` of the first 422 error, checked to start at `location`."""
     body = expect(response, 422)
@@ -40,30 +47,34 @@ def error_loc(response: httpx.Response, location: str = "body") -> list[Any]:
 
 def raw_post(api: TestClient, url: str, text: str) -> httpx.Response:
     """POST a JSON text as it is (for bodies httpx would refuse to encode)."""
-    return api.post(url, content=text.encode("utf-8", "surrogatepass"),
-                    headers={"content-type": "application/json"})  # fmt: skip
+    response: httpx.Response = api.post(
+        url,
+        content=text.encode("utf-8", "surrogatepass"),
+        headers={"content-type": "application/json"},
+    )
+    return response
 
 
 def make_customer(api: TestClient, name: str, **fields: Any) -> dict[str, Any]:
     body = {"name": name, "tier": "waist", "industry": "retail", **fields}
-    return expect(api.post("/customers", json=body), 201)
+    return created(api.post("/customers", json=body))
 
 
 def make_project(api: TestClient, customer_id: int, name: str, **fields: Any) -> dict[str, Any]:
     body = {"customer_id": customer_id, "name": name, **fields}
-    return expect(api.post("/projects", json=body), 201)
+    return created(api.post("/projects", json=body))
 
 
 def make_feature(api: TestClient, key: str, **fields: Any) -> dict[str, Any]:
     body = {"key": key, "name": f"Feature {key}", **fields}
-    return expect(api.post("/features", json=body), 201)
+    return created(api.post("/features", json=body))
 
 
 def make_delivery(
     api: TestClient, project_id: int, feature_id: int, **fields: Any
 ) -> dict[str, Any]:
     body = {"project_id": project_id, "feature_id": feature_id, **fields}
-    return expect(api.post("/deliveries", json=body), 201)
+    return created(api.post("/deliveries", json=body))
 
 
 def make_device(api: TestClient, project_id: int, serial: str, **fields: Any) -> dict[str, Any]:

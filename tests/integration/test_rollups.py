@@ -230,10 +230,10 @@ def test_measures_equal_the_hourly_definitions(history: History, window: Window)
             pid_serials[pid].add(serial)
         for pid in history.project_ids:
             m = measured[pid]
-            go_live = conn.execute(
-                "SELECT go_live_date FROM projects WHERE id = %s", (pid,)
-            ).fetchone()[0]
-            delivered = dict(
+            row = conn.execute("SELECT go_live_date FROM projects WHERE id = %s", (pid,)).fetchone()
+            assert row is not None
+            go_live = row[0]
+            delivered: dict[str, date] = dict(
                 conn.execute(
                     """SELECT f.key, greatest(p.go_live_date, dl.delivered_on)
                        FROM deliveries dl JOIN features f ON f.id = dl.feature_id

@@ -31,8 +31,8 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.infra.local import LocalServices
-from services.ingest.service import IngestService
-from tests.integration.conftest import discard_session, scratch_database
+from services.ingest.service import IngestService, discard_session
+from tests.integration.conftest import scratch_database
 from tests.integration.scenario_support import backfill
 
 PORTFOLIO_BACKFILL_LIMIT_S = 600  # a hang guard, not a speed target
@@ -285,6 +285,7 @@ def test_history_csv_line_over_the_limit_is_quarantined_and_the_rest_read(
     assert rows[0][2].startswith("line 2: ")
 
 
+@pytest.mark.slow
 def test_portfolio_backfill_lands_the_ground_truth(sim_database: str, tmp_path: Path) -> None:
     """The 3,000-device portfolio through the CLI, over PORTFOLIO_TEST_DAYS of its 90 days: the
     whole 90 days take about 6 minutes here, too long for every CI run (its speed is a

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from device_sim.swarm import DeviceState, Swarm, SwarmStats
 from services.core.broker_admin import BrokerAdmin
@@ -120,6 +121,9 @@ def assert_clean(stats: SwarmStats, messages: int) -> None:
 # --- 1. two thousand devices ---------------------------------------------------------------
 
 
+@pytest.mark.slow
+# Its own bounded waits add up to over ten minutes; it took 294 s in a loaded run.
+@pytest.mark.timeout(900)
 def test_two_thousand_devices_publish_from_one_process(
     ingest: IngestService,
     settings: Settings,

@@ -72,7 +72,9 @@ def _client(received: list[tuple[str, bytes, int]], *, fast: bool = True) -> Buf
         client.on_publish_raw = lambda topic, payload, mid, qos, retain: received.append(
             (topic, payload, mid)
         )
-    client.on_message = lambda _c, _u, msg: received.append((msg.topic, msg.payload, msg.mid))
+    client.on_message = lambda _c, _u, msg: received.append(
+        (msg.topic, bytes(msg.payload), msg.mid)
+    )
     return client
 
 

@@ -119,7 +119,8 @@ def _assert_classified(outcome: object, topic: str) -> None:
             assert at.tzinfo is UTC
             assert at == (item.ts or message.ts)
         if outcome.reading_times:
-            assert outcome.oldest == min(message.ts, *outcome.reading_times)
+            stamps = [t for t in (message.ts, *outcome.reading_times) if t is not None]
+            assert outcome.oldest == min(stamps)
 
 
 @PROFILE

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from services.core.errors import ConfigError
@@ -13,7 +16,7 @@ VALID = {
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.MonkeyPatch:
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
     monkeypatch.setenv("FIELDTRACK_STATE_DIR", str(tmp_path))  # no env file there
     for key, value in VALID.items():
         monkeypatch.setenv(key, value)

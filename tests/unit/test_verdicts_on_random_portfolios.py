@@ -139,7 +139,7 @@ CUT = Recommendation.CUT_CANDIDATE
 
 def test_the_portfolios_hold_every_awkward_case(judged: list[Judged]) -> None:
     """So the claims below are tested on something: thousands of features, every case."""
-    cases = Counter()
+    cases: Counter[str] = Counter()
     for j in judged:
         e = j.evidence
         cases["features"] += 1

@@ -17,14 +17,15 @@ TRIGGER = os.environ.get("FIELDTRACK_TEST_CODE_FAULT")
 
 if TRIGGER:
     from services.ingest import service
-    from services.ingest.store import BatchResult
+    from services.ingest.store import BatchResult, store_batch as _real_store_batch
 
-    _real_store_batch = service.store_batch
+    _trigger = Path(TRIGGER)
 
     def _store_batch(*args: Any, **kwargs: Any) -> BatchResult:
         result = _real_store_batch(*args, **kwargs)
-        if Path(TRIGGER).exists():
+        if _trigger.exists():
             raise TypeError("injected code fault (test)")
         return result
 
-    service.store_batch = _store_batch
+    # Replaced where the writer looks it up: the name its own module imported.
+    vars(service)["store_batch"] = _store_batch
