@@ -1,5 +1,8 @@
 """`fieldtrack sim …`: seed a scenario, run its fleet (live, accelerated, load), export history
-files. Every mode writes the ground truth of what it generated.
+files. Every mode writes the ground truth of what it generated, in the state folder
+(.state/sim/<scenario>.truth.json unless --truth says otherwise), never beside the scenario.
+`--resume` continues the timeline a truth file records (`sim backfill`, then `sim run`): the
+devices pick up their boot counters and sequence numbers where the earlier run left them.
 
 `sim backfill` is added to this app by services/cli.py: it loads the history through ingest's
 history importer, a layer the simulator does not import (docs/architecture.md)."""
@@ -8,9 +11,10 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,9 +24,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.core.errors import FieldtrackError
 from services.core.paths import PROJECT_ROOT, state_dir
 
+if TYPE_CHECKING:
+    from device_sim.generator import Generator, Timeline
+    from device_sim.scenario import Scenario
+
 sim_app = typer.Typer(help="Simulated device fleets.", no_args_is_help=True)
 console = Console(stderr=True)
 SCENARIOS_DIR = PROJECT_ROOT / "device_sim" / "scenarios"
+TRUTH_EVERY_S = 10.0  # how often a running fleet rewrites its ground truth
 
 ScenarioOpt = Annotated[
     str,
@@ -32,7 +41,15 @@ CredentialsOpt = Annotated[
     Path | None, typer.Option(help="CSV from `sim seed`; default .state/sim/<scenario>.devices.csv")
 ]
 TruthOpt = Annotated[
-    Path | None, typer.Option(help="ground-truth JSON; default beside the scenario file")
+    Path | None, typer.Option(help="ground-truth JSON; default .state/sim/<scenario>.truth.json")
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="continue the timeline in the truth file (after `sim backfill` or an earlier "
+        "run): every device continues its boot counter and sequence numbers",
+    ),
 ]
 
 
@@ -45,8 +62,25 @@ def default_credentials(scenario_name: str) -> Path:
     return state_dir() / "sim" / f"{scenario_name}.devices.csv"
 
 
-def truth_path(scenario_file: Path, given: Path | None) -> Path:
-    return given or scenario_file.with_suffix(".truth.json")
+def truth_path(scenario_name: str, given: Path | None) -> Path:
+    """The ground-truth file: *given*, or the scenario's in the state folder (never in the
+    source tree, where the shipped scenarios live)."""
+    return given or state_dir() / "sim" / f"{scenario_name}.truth.json"
+
+
+def resume_timeline(loaded: Scenario, truth: Path) -> Timeline:
+    """The timeline an earlier run of *loaded* recorded in *truth*, to continue it."""
+    import json
+
+    from device_sim.generator import Timeline
+
+    try:
+        body = json.loads(truth.read_text())
+        return Timeline.from_truth(body, loaded)
+    except OSError as exc:
+        raise FieldtrackError(f"nothing to resume: cannot read {truth} ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise FieldtrackError(f"cannot resume from {truth}: {exc}") from exc
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -116,13 +150,48 @@ def sim_seed(
     console.print(f"provisioned {count} devices; credentials in {path}")
 
 
+def _fleet_generator(
+    loaded: Scenario,
+    timeline: Timeline | None,
+    truth_file: Path,
+    *,
+    mode: str,
+    catch_up_hours: float,
+    duration_s: float | None,
+    days: float | None,
+    only: set[str],
+) -> Generator:
+    """The span a fleet run walks: a load run the last --days; a paced run from where the
+    resumed timeline ends (or --catch-up-hours ago) until --duration from now or a year."""
+    from device_sim.generator import Generator
+
+    now = datetime.now(UTC)
+    if mode == "load":
+        start, end = now - timedelta(days=days or loaded.days), now
+    else:
+        start = timeline.end if timeline else now - timedelta(hours=catch_up_hours)
+        end = now + timedelta(seconds=duration_s) if duration_s else now + timedelta(days=365)
+    if timeline:
+        if start > now:
+            raise _fail(FieldtrackError(f"{truth_file} ends in the future ({start})"))
+        console.print(f"resuming the timeline of {truth_file} from {start:%Y-%m-%d %H:%M:%S} UTC")
+    return Generator(
+        loaded,
+        start,
+        end,
+        origin=timeline.origin if timeline else None,
+        anchor=timeline.anchor if timeline else now.date(),
+        only=only,
+    )
+
+
 def _fleet_run(
     scenario: str, credentials: Path | None, truth: Path | None, *, mode: str,
     speed: float, catch_up_hours: float, duration_s: float | None, rate: float | None,
-    days: float | None,
+    days: float | None, resume: bool = False,
 ) -> None:  # fmt: skip
     from device_sim import runner, scenario as scenario_mod
-    from device_sim.generator import Generator, firmware_of
+    from device_sim.generator import firmware_of
     from device_sim.seed import read_credentials
     from device_sim.swarm import Swarm, SwarmError
     from services.core.settings import get_settings
@@ -132,16 +201,20 @@ def _fleet_run(
         path = scenario_path(scenario)
         loaded = scenario_mod.load(path)
         creds = read_credentials(credentials or default_credentials(loaded.name))
+        truth_file = truth_path(loaded.name, truth)
+        timeline = resume_timeline(loaded, truth_file) if resume else None
     except (FieldtrackError, OSError) as exc:
         raise _fail(exc) from exc
-    now = datetime.now(UTC)
-    if mode == "load":
-        start, end = now - timedelta(days=days or loaded.days), now
-    else:
-        start = now - timedelta(hours=catch_up_hours)
-        end = now + timedelta(seconds=duration_s) if duration_s else now + timedelta(days=365)
-    serial_set = {c.serial for c in creds}
-    generator = Generator(loaded, start, end, only=serial_set)
+    generator = _fleet_generator(
+        loaded,
+        timeline,
+        truth_file,
+        mode=mode,
+        catch_up_hours=catch_up_hours,
+        duration_s=duration_s,
+        days=days,
+        only={c.serial for c in creds},
+    )
     firmware = {d.serial: firmware_of(loaded, d.project, d.serial) for d in generator.devices}
     swarm = Swarm(settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in creds],
                   firmware=firmware)  # fmt: skip
@@ -159,9 +232,16 @@ def _fleet_run(
     with progress_bar() as bar:
         task = bar.add_task(mode, total=None, rate=0.0)
 
+        written = [time.monotonic()]
+
         def progress(sent: int) -> None:
             elapsed = bar.tasks[task].elapsed or 0.0
             bar.update(task, completed=sent, rate=sent / elapsed if elapsed else 0.0)
+            # Kept current while the fleet runs: a run that is killed leaves its truth (and
+            # the point a --resume continues from) at most this far behind.
+            if time.monotonic() - written[0] >= TRUTH_EVERY_S:
+                generator.write_truth(truth_file)
+                written[0] = time.monotonic()
 
         if mode == "load":
             counts = runner.run_load(generator, swarm, rate=rate, stop=stop, progress=progress)
@@ -170,12 +250,12 @@ def _fleet_run(
     swarm.wait_acked(60)
     stats = swarm.stats
     swarm.stop()
-    generator.write_truth(truth_path(path, truth))
+    generator.write_truth(truth_file)
     console.print(
         f"done in {counts.elapsed_s:.1f}s: sent {stats.sent}, acknowledged {stats.acked}, "
         f"failed {stats.failed_total} {dict(stats.failed) or ''}, refused logins "
         f"{sum(stats.refused.values())} {dict(stats.refused) or ''}, outstanding "
-        f"{stats.outstanding}; {counts.rate:,.0f} msg/s; truth in {truth_path(path, truth)}"
+        f"{stats.outstanding}; {counts.rate:,.0f} msg/s; truth in {truth_file}"
     )
 
 
@@ -191,10 +271,23 @@ def sim_run(
         float | None, typer.Option(min=1, help="stop after this many seconds")
     ] = None,
     truth: TruthOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
-    """Run the fleet live (or accelerated, catching up to now) until Ctrl-C or --duration."""
-    _fleet_run(scenario, credentials, truth, mode="paced", speed=speed,
-               catch_up_hours=catch_up_hours, duration_s=duration, rate=None, days=None)  # fmt: skip
+    """Run the fleet live (or accelerated, catching up to now) until Ctrl-C or --duration.
+    With --resume it starts where the truth file's timeline ends (instead of
+    --catch-up-hours ago) and catches up from there."""
+    _fleet_run(
+        scenario,
+        credentials,
+        truth,
+        mode="paced",
+        speed=speed,
+        catch_up_hours=catch_up_hours,
+        duration_s=duration,
+        rate=None,
+        days=None,
+        resume=resume,
+    )
 
 
 @sim_app.command("load")
@@ -233,7 +326,7 @@ def sim_export(
     now = datetime.now(UTC)
     generator = Generator(loaded, now - timedelta(days=days or loaded.days), now, inject_late=False)
     written = runner.export_ndjson(generator, out)
-    generator.write_truth(truth_path(path, truth))
+    generator.write_truth(truth_path(loaded.name, truth))
     console.print(f"wrote {written:,} messages to {out}")
 
 
@@ -244,11 +337,12 @@ def sim_verify(scenario: ScenarioOpt = "demo", truth: TruthOpt = None) -> None:
 
     import psycopg
 
+    from device_sim import scenario as scenario_mod
     from device_sim.verify import mismatches
     from services.core.settings import get_settings
 
-    path = truth_path(scenario_path(scenario), truth)
     try:
+        path = truth_path(scenario_mod.load(scenario_path(scenario)).name, truth)
         expected = json.loads(path.read_text())
         with psycopg.connect(get_settings().database_url.get_secret_value()) as conn:
             problems = mismatches(expected, conn)

@@ -5,9 +5,19 @@ each day of its life is planned from a stream seeded by (seed, serial, day). The
 scenario therefore produces the same messages whatever the mode (live, accelerated, load,
 backfill) and whatever the window size the caller walks time in.
 
+A device's life is also independent of the span a run covers: its reboots and outages are
+drawn day by day like its uses, and its scenario dates (go-live, deliveries) count back from
+an anchor day, not from the end of the run. A run that starts after the device's *origin*
+(the first moment it was simulated, for instance the start of a backfill) replays the time
+in between without sending it, so each device continues its boot counter and sequence
+numbers exactly where the earlier run left them: a live fleet continues a backfill.
+
+Each message carries a boot counter: a reboot increases it and restarts the sequence at 0,
+so ingest counts gaps within one boot only.
+
 The ground truth counts what was *emitted*: a use planned while the device was offline was
 never sent and is not counted. Injected bad data is counted by the quarantine reason ingest
-is expected to give it.
+is expected to give it. A resumed run's truth covers its whole timeline, from the origin.
 """
 
 from __future__ import annotations
@@ -45,6 +55,12 @@ DAY = timedelta(days=1)
 # Late copies are this much older than the late-data window, so ingest must refuse them.
 LATE_MARGIN = timedelta(days=1)
 FUTURE_OFFSET = timedelta(days=1)
+# An outage lasts at most this long (drawn from an exponential: a cap keeps the look-back of
+# `offline_at` short); days looked back for outages still running.
+MAX_OUTAGE = timedelta(days=2)
+_OUTAGE_LOOKBACK_DAYS = MAX_OUTAGE.days + 1
+DAYS_PER_MONTH = 30
+REPLAY_WINDOW = timedelta(days=1)  # the step of a resumed run's unsent replay
 
 
 def _seed(*parts: object) -> int:
@@ -86,6 +102,7 @@ class Truth:
     seed: int
     start: datetime | None = None
     end: datetime | None = None
+    anchor: date | None = None  # the day the scenario's dates count back from
     features: dict[tuple[str, str], FeatureTruth] = field(
         default_factory=lambda: defaultdict(FeatureTruth)
     )
@@ -127,6 +144,7 @@ class Truth:
             "seed": self.seed,
             "start": self.start.isoformat() if self.start else None,
             "end": self.end.isoformat() if self.end else None,
+            "anchor": self.anchor.isoformat() if self.anchor else None,
             "projects": projects,
             "injected": dict(sorted(self.injected.items())),
             "outages": self.outages,
@@ -152,15 +170,16 @@ class _FeaturePlan:
 
 
 class DeviceModel:
-    """One device's behaviour over time; call `emit` with consecutive windows."""
+    """One device's behaviour over time from `origin`; call `emit` with consecutive windows
+    starting there. Its scenario dates count back from `anchor`."""
 
     def __init__(
         self, scenario: Scenario, customer: Customer, project: Project, serial: str, *,
-        start: datetime, end: datetime,
+        origin: datetime, anchor: date,
     ) -> None:  # fmt: skip
         self.scenario, self.project, self.serial = scenario, project, serial
         self.customer = customer
-        self.go_live = go_live(project, end.date())
+        self.go_live = go_live(project, anchor)
         rng = random.Random(_seed(scenario.seed, serial))
         self.firmware = firmware_of(scenario, project, serial)
         # Own streams for what later scenario fields add: older scenarios replay unchanged.
@@ -173,7 +192,7 @@ class DeviceModel:
                 d.usage,
                 rng.random() < d.usage.never_share,
                 rng.random(),
-                max(self.go_live, delivered_on(project, d, end.date())),
+                max(self.go_live, delivered_on(project, d, anchor)),
                 random.Random(_seed(scenario.seed, serial, "enabled", d.feature)).random()
                 < d.enabled_share,
             )
@@ -194,28 +213,53 @@ class DeviceModel:
         self.telemetry_phase = timedelta(
             seconds=rng.uniform(0, self.telemetry_every.total_seconds())
         )
-        months = (end - start) / timedelta(days=30)
-        self.outages: list[tuple[datetime, datetime]] = []
-        if rng.random() < fleet.offline.share:
-            for _ in range(_poisson(rng, fleet.offline.per_device_month * months)):
-                begin = start + (end - start) * rng.random()
-                length = timedelta(hours=rng.expovariate(1 / fleet.offline.mean_hours))
-                self.outages.append((begin, min(begin + length, end)))
-            self.outages.sort()
-        self.reboots = sorted(
-            start + (end - start) * rng.random()
-            for _ in range(_poisson(rng, fleet.reboots_per_device_month * months))
-        )
+        self.goes_offline = rng.random() < fleet.offline.share
+        # Where the device's counters stand at its origin: some boot of its life, some way in.
+        self.boot = rng.randrange(1, 100)
         self.seq = rng.randrange(1, 1000)
         self.battery = rng.uniform(60, 100)
         self._day: date | None = None
         self._planned: list[tuple[datetime, str, int, int]] = []
         self._noise: list[tuple[float, float, float]] = []
-        self._midnight = start
-        self._offline = False
+        self._midnight = datetime(origin.year, origin.month, origin.day, tzinfo=UTC)
+        self._events: dict[date, tuple[list[datetime], list[tuple[datetime, datetime]]]] = {}
+
+    def _day_events(self, day: date) -> tuple[list[datetime], list[tuple[datetime, datetime]]]:
+        """The day's reboots and the outages that begin on it, from the device-day's own
+        stream: the same whatever span a run covers."""
+        if (known := self._events.get(day)) is not None:
+            return known
+        rng = random.Random(_seed(self.scenario.seed, self.serial, day.isoformat(), "events"))
+        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        fleet = self.project.fleet
+        reboots = sorted(
+            midnight + DAY * rng.random()
+            for _ in range(_poisson(rng, fleet.reboots_per_device_month / DAYS_PER_MONTH))
+        )
+        outages: list[tuple[datetime, datetime]] = []
+        if self.goes_offline:
+            for _ in range(_poisson(rng, fleet.offline.per_device_month / DAYS_PER_MONTH)):
+                begin = midnight + DAY * rng.random()
+                length = timedelta(hours=rng.expovariate(1 / fleet.offline.mean_hours))
+                outages.append((begin, begin + min(length, MAX_OUTAGE)))
+            outages.sort()
+        self._events[day] = (reboots, outages)
+        return reboots, outages
+
+    def _outages_near(self, first: date, last: date) -> list[tuple[datetime, datetime]]:
+        """Outages that begin between MAX_OUTAGE before `first` and `last` (days)."""
+        found: list[tuple[datetime, datetime]] = []
+        day = first - timedelta(days=_OUTAGE_LOOKBACK_DAYS)
+        while day <= last:
+            found += self._day_events(day)[1]
+            day += DAY
+        return found
 
     def offline_at(self, moment: datetime) -> bool:
-        return any(begin <= moment < finish for begin, finish in self.outages)
+        if not self.goes_offline:
+            return False
+        day = moment.date()
+        return any(begin <= moment < finish for begin, finish in self._outages_near(day, day))
 
     def _plan_day(self, day: date) -> None:
         """Draw the day's uses; every device-day has its own stream (window-size independent)."""
@@ -266,12 +310,17 @@ class DeviceModel:
         while tick < t1:
             moments.append((tick, "telemetry", None))
             tick += self.telemetry_every
-        moments += [(r, "reboot", None) for r in self.reboots if t0 <= r < t1]
-        for begin, finish in self.outages:
-            if t0 <= begin < t1:
-                moments.append((begin, "offline", None))
-            if t0 <= finish < t1:
-                moments.append((finish, "online", None))
+        last_day = (t1 - timedelta(microseconds=1)).date()
+        day = t0.date()
+        while day <= last_day:
+            moments += [(r, "reboot", None) for r in self._day_events(day)[0] if t0 <= r < t1]
+            day += DAY
+        if self.goes_offline:
+            for begin, finish in self._outages_near(t0.date(), last_day):
+                if t0 <= begin < t1:
+                    moments.append((begin, "offline", None))
+                if t0 <= finish < t1:
+                    moments.append((finish, "online", None))
         for at, what, detail in sorted(moments, key=lambda m: (m[0], m[1])):
             if what == "offline":
                 truth.outages += 1
@@ -280,7 +329,8 @@ class DeviceModel:
                 out.append(Outgoing(at, self.serial, None, b"", control="online"))
             elif what == "reboot":
                 truth.reboots += 1
-                self.seq = 0  # a reboot restarts the sequence: ingest must cope
+                self.boot += 1  # a reboot starts a new boot, its sequence at 0
+                self.seq = -1
             elif self.offline_at(at):
                 continue  # not sent, not counted
             elif what == "usage":
@@ -299,8 +349,9 @@ class DeviceModel:
         _, feature, count, duration = planned
         # Built from a template: keys and feature names are plain tokens, nothing to escape.
         payload = (
-            f'{{"v":1,"seq":{self._next_seq()},"ts":"{_iso(at + self.clock_offset)}",'
-            f'"events":[{{"feature":"{feature}","count":{count},"duration_ms":{duration}}}]}}'
+            f'{{"v":1,"boot":{self.boot},"seq":{self._next_seq()},'
+            f'"ts":"{_iso(at + self.clock_offset)}","events":[{{"feature":"{feature}",'
+            f'"count":{count},"duration_ms":{duration}}}]}}'
         )
         name = self.project.name
         entry = truth.features[(name, feature)]
@@ -338,7 +389,8 @@ class DeviceModel:
             for key in self.enabled_features:
                 truth.features[(name, key)].enabled.add(self.serial)
         payload = (
-            f'{{"v":1,"seq":{self._next_seq()},"ts":"{_iso(at + self.clock_offset)}","metrics":['
+            f'{{"v":1,"boot":{self.boot},"seq":{self._next_seq()},'
+            f'"ts":"{_iso(at + self.clock_offset)}","metrics":['
             f'{{"name":"battery","value":{self.battery:.2f},"unit":"%"}},'
             f'{{"name":"rssi","value":{rssi:.1f},"unit":"dBm"}},'
             f'{{"name":"temperature","value":{temperature:.2f},"unit":"C"}}]{settings}}}'
@@ -370,7 +422,14 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 
 class Generator:
-    """Walks a scenario's fleet through time, window by window, with bad data mixed in."""
+    """Walks a scenario's fleet through [start, end), window by window, with bad data mixed in.
+
+    *origin* (default *start*) is where the devices' simulated lives begin: a run resuming an
+    earlier one (a live fleet after a backfill) gives the earlier run's origin and starts where
+    it ended; the devices replay [origin, start) unsent, so their boot counters and sequence
+    numbers continue, and the truth covers [origin, end). *anchor* (default: the day of *end*)
+    is the day the scenario's dates count back from; a resumed run must use the earlier one's.
+    """
 
     def __init__(
         self,
@@ -378,16 +437,23 @@ class Generator:
         start: datetime,
         end: datetime,
         *,
+        origin: datetime | None = None,
+        anchor: date | None = None,
         inject: bool = True,
         inject_late: bool = True,
         late_data_days: int = 30,
         now: datetime | None = None,
         only: set[str] | None = None,
     ) -> None:
+        origin = start if origin is None else origin
+        if origin > start:
+            raise ValueError("a run cannot start before its devices' origin")
+        anchor = end.date() if anchor is None else anchor
         self.scenario, self.start, self.end = scenario, start, end
-        self.truth = Truth(scenario.name, scenario.seed, start, end)
+        self.origin, self.anchor = origin, anchor
+        self.truth = Truth(scenario.name, scenario.seed, origin, start, anchor)
         self.devices = [
-            DeviceModel(scenario, customer, project, serial, start=start, end=end)
+            DeviceModel(scenario, customer, project, serial, origin=origin, anchor=anchor)
             for customer, project in scenario.projects()
             for serial in serials(project)
             if only is None or serial in only
@@ -398,23 +464,53 @@ class Generator:
         self._late = timedelta(days=late_data_days)
         self._now = now
         self._rng = random.Random(_seed(scenario.seed, "inject"))
+        self._replay(origin, start)
+
+    def _replay(self, origin: datetime, start: datetime) -> None:
+        """Walk the devices through [origin, start) without sending: what an earlier run
+        sent. Counted in the truth (the database holds it), with no bad data injected."""
+        t0 = origin
+        while t0 < start:
+            t1 = min(t0 + REPLAY_WINDOW, start)
+            for device in self.devices:
+                device.emit(t0, t1, self.truth)
+            t0 = t1
+        self.truth.end = start
 
     def windows(self, step: timedelta) -> Iterator[list[Outgoing]]:
         """Everything that happens, one window of simulated time after another, in time order."""
         for _, _, batch in self.spans(step):
             yield batch
 
-    def spans(self, step: timedelta) -> Iterator[tuple[datetime, datetime, list[Outgoing]]]:
-        """Like `windows`, with each window's bounds [t0, t1)."""
+    def bounds(self, step: timedelta) -> Iterator[tuple[datetime, datetime]]:
+        """The windows [t0, t1) of `step` from start to end."""
         t0 = self.start
         while t0 < self.end:
             t1 = min(t0 + step, self.end)
-            batch: list[Outgoing] = []
-            for device in self.devices:
-                batch += device.emit(t0, t1, self.truth)
-            batch.sort(key=lambda o: o.at)
-            yield t0, t1, self._with_bad_data(batch) if self._inject else batch
+            yield t0, t1
             t0 = t1
+
+    def spans(self, step: timedelta) -> Iterator[tuple[datetime, datetime, list[Outgoing]]]:
+        """Like `windows`, with each window's bounds [t0, t1)."""
+        for t0, t1 in self.bounds(step):
+            yield t0, t1, self.window(t0, t1)
+
+    def window(self, t0: datetime, t1: datetime) -> list[Outgoing]:
+        """Everything that happens in [t0, t1), the window after the last one walked, in time
+        order; counted in the truth, which then ends at t1. Generate a window only when it is
+        about to be sent, so that the truth never counts what was not."""
+        batch: list[Outgoing] = []
+        if t0 == self.start:  # a device in an outage as the run starts is not connected
+            batch += [
+                Outgoing(t0, d.serial, None, b"", control="offline")
+                for d in self.devices
+                if not d.dead and d.offline_at(t0)
+            ]
+        for device in self.devices:
+            batch += device.emit(t0, t1, self.truth)
+        batch.sort(key=lambda o: o.at)
+        self.truth.end = t1
+        return self._with_bad_data(batch) if self._inject else batch
 
     def _with_bad_data(self, batch: list[Outgoing]) -> list[Outgoing]:
         share = self.scenario.inject
@@ -458,6 +554,33 @@ class Generator:
         return Outgoing(item.at, item.serial, item.kind, _dumps(body), expect)
 
     def write_truth(self, path: Path) -> None:
-        target = path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(self.truth.to_json(), indent=2) + "\n")
+        """Write the truth so far; replaced whole, so a reader never sees half a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(self.truth.to_json(), indent=2) + "\n")
+        partial.replace(path)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Where a scenario's simulated timeline stands, read from its truth file: a run that
+    resumes it starts at `end`, with the same origin and anchor."""
+
+    origin: datetime
+    end: datetime
+    anchor: date
+
+    @classmethod
+    def from_truth(cls, body: dict[str, Any], scenario: Scenario) -> Timeline:
+        if (body.get("scenario"), body.get("seed")) != (scenario.name, scenario.seed):
+            raise ValueError(
+                f"the truth file is of scenario {body.get('scenario')!r} seed {body.get('seed')}, "
+                f"not {scenario.name!r} seed {scenario.seed}"
+            )
+        if not (body.get("start") and body.get("end") and body.get("anchor")):
+            raise ValueError("the truth file has no timeline (start, end, anchor) to resume")
+        return cls(
+            datetime.fromisoformat(body["start"]),
+            datetime.fromisoformat(body["end"]),
+            date.fromisoformat(body["anchor"]),
+        )

@@ -82,7 +82,7 @@ def run_paced(
     counts = RunCounts()
     started = time.monotonic()
     step = min(MAX_WINDOW, timedelta(seconds=max(1.0, speed)))
-    for _t0, t1, batch in generator.spans(step):
+    for t0, t1 in generator.bounds(step):
         # A window goes out once the simulated clock has passed its end: nothing is ever
         # sent before its time, so no device timestamp runs ahead of the real clock.
         while not stop.is_set():
@@ -93,7 +93,8 @@ def run_paced(
             stop.wait(min(1.0, (t1 - clock).total_seconds() / max(speed, 1.0)))
         if stop.is_set():
             break
-        for item in batch:
+        # Generated only now: a window cut short by `stop` is neither sent nor in the truth.
+        for item in generator.window(t0, t1):
             _deliver(item, fleet, counts)
         if progress:
             progress(counts.published)

@@ -17,10 +17,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from device_sim.cli import (
+    ResumeOpt,
     ScenarioOpt,
     TruthOpt,
     console as sim_console,
     progress_bar,
+    resume_timeline,
     scenario_path,
     seed_scenario,
     sim_app,
@@ -324,8 +326,11 @@ def sim_backfill(
         bool, typer.Option(help="load the scenario's registry first (no broker identities)")
     ] = True,
     truth: TruthOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
-    """Generate history and load it through the bulk history importer (no MQTT): fast."""
+    """Generate history and load it through the bulk history importer (no MQTT): fast.
+    With --resume it fills the time from where the truth file's timeline ends (an earlier
+    backfill or live run) to --gap-hours before now, continuing every device's numbering."""
     import psycopg
 
     from device_sim import runner, scenario as scenario_mod
@@ -338,12 +343,35 @@ def sim_backfill(
         path = scenario_path(scenario)
         loaded = scenario_mod.load(path)
         now = datetime.now(UTC)
+        truth_file = truth_path(loaded.name, truth)
+        timeline = resume_timeline(loaded, truth_file) if resume else None
         if seed:
             seed_scenario(scenario, with_broker=False, end=now)
     except (FieldtrackError, OSError, psycopg.Error) as exc:
         raise _fail(exc) from exc
     end = now - timedelta(hours=gap_hours)
-    generator = Generator(loaded, end - timedelta(days=days or loaded.days), end, inject_late=False)
+    if timeline:
+        if timeline.end >= end:
+            sim_console.print(f"nothing to backfill: {truth_file} reaches {timeline.end}")
+            return
+        generator = Generator(
+            loaded,
+            timeline.end,
+            end,
+            origin=timeline.origin,
+            anchor=timeline.anchor,
+            inject_late=False,
+        )
+    else:
+        # The scenario's dates count back from today, as `sim seed` does: a live run that
+        # resumes this history later keeps the same anchor.
+        generator = Generator(
+            loaded,
+            end - timedelta(days=days or loaded.days),
+            end,
+            anchor=now.date(),
+            inject_late=False,
+        )
     try:
         with (
             progress_bar() as bar,
@@ -360,11 +388,11 @@ def sim_backfill(
             report = importer.finish()
     except psycopg.Error as exc:
         raise _fail(exc) from exc
-    generator.write_truth(truth_path(path, truth))
+    generator.write_truth(truth_file)
     sim_console.print(
         f"backfilled {report.messages:,} messages: {report.usage_rows:,} usage rows, "
         f"{report.metric_rows:,} metric rows, {report.duplicates:,} duplicates absorbed, "
-        f"quarantined {report.quarantined}; truth in {truth_path(path, truth)}"
+        f"quarantined {report.quarantined}; truth in {truth_file}"
     )
 
 
@@ -392,26 +420,14 @@ def demo(
     logs = state_dir() / "demo"
     logs.mkdir(parents=True, exist_ok=True)
     # History up to two hours ago; the live fleet replays those two hours at --speed and
-    # then keeps real time, so the dashboards have both a past and a pulse.
+    # then keeps real time, so the dashboards have both a past and a pulse. The live fleet
+    # resumes the backfill's timeline (the truth file in .state/sim): every device continues
+    # its boot counter and sequence numbers, so ingest counts nothing missing.
     catch_up = 2.0
-    if history_days and _has_history(settings, "Smart Lockers EU"):
-        console.print("  • history already loaded (delete .state to start afresh)")
-    elif history_days:
-        console.print(f"[bold]backfilling {history_days:g} days of history[/]")
-        done = subprocess.run(
-            [*exe, "sim", "backfill", "--scenario", "demo", "--days", str(history_days),
-             "--gap-hours", str(catch_up), "--no-seed"],
-            check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise _fail(FieldtrackError("backfill failed; see the output above"))
+    live = ["sim", "run", "--scenario", "demo", "--credentials", str(creds), "--speed", str(speed)]
+    live += _demo_history(settings, exe, history_days, catch_up)
     children: dict[str, subprocess.Popen[bytes]] = {}
-    for name, args in (
-        ("ingest", ["ingest"]),
-        ("api", ["api"]),
-        ("simulator", ["sim", "run", "--scenario", "demo", "--credentials", str(creds),
-                       "--speed", str(speed), "--catch-up-hours", str(catch_up)]),
-    ):  # fmt: skip
+    for name, args in (("ingest", ["ingest"]), ("api", ["api"]), ("simulator", live)):
         with (logs / f"{name}.log").open("ab") as log:
             children[name] = subprocess.Popen(
                 [*exe, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -458,6 +474,43 @@ def demo(
     console.print("demo stopped")
     if failed:
         raise typer.Exit(code=1)
+
+
+def _demo_history(
+    settings: Settings, exe: list[str], history_days: float, catch_up: float
+) -> list[str]:
+    """Backfill the demo's history (or, if loaded before, the time since the last run) and
+    return how the live fleet starts: resuming that timeline, or afresh."""
+    backfill = [
+        *exe,
+        "sim",
+        "backfill",
+        "--scenario",
+        "demo",
+        "--gap-hours",
+        str(catch_up),
+        "--no-seed",
+    ]
+    if not history_days:
+        return ["--catch-up-hours", str(catch_up)]
+    if not _has_history(settings, "Smart Lockers EU"):
+        console.print(f"[bold]backfilling {history_days:g} days of history[/]")
+        _run_or_fail([*backfill, "--days", str(history_days)], "backfill")
+        return ["--resume"]
+    if truth_path("demo", None).exists():
+        console.print("  • history already loaded; filling the time since the last run")
+        _run_or_fail([*backfill, "--resume"], "backfill")
+        return ["--resume"]
+    console.print(
+        "  • history already loaded, but its timeline (.state/sim/demo.truth.json) is gone: "
+        "the live fleet starts afresh (delete .state to start afresh)"
+    )
+    return ["--catch-up-hours", str(catch_up)]
+
+
+def _run_or_fail(command: list[str], what: str) -> None:
+    if subprocess.run(command, check=False).returncode != 0:
+        raise _fail(FieldtrackError(f"{what} failed; see the output above"))
 
 
 def _first_admin(settings: Settings) -> tuple[str, str] | None:

@@ -24,7 +24,7 @@ from device_sim import runner, scenario as scenario_mod
 from device_sim.cli import scenario_path
 from device_sim.generator import Generator, firmware_of
 from device_sim.scenario import Inject
-from device_sim.seed import seed
+from device_sim.seed import seed, write_credentials
 from device_sim.swarm import Swarm
 from device_sim.verify import mismatches
 from services.core.broker_admin import BrokerAdmin
@@ -334,4 +334,79 @@ def test_paced_run_replays_the_recent_past_and_lands_the_ground_truth(
         assert _await_truth(generator.truth.to_json(), sim_database) == []
     finally:
         swarm.stop()
+        broker_admin.delete_devices([c.serial for c in credentials])
+
+
+def _restless_demo(tmp_path: Path) -> Path:
+    """The demo with rooms that reboot several times a day: the seam between backfill and
+    live run crosses reboots."""
+    text = (
+        scenario_path("demo")
+        .read_text()
+        .replace("reboots_per_device_month: 2", "reboots_per_device_month: 90")
+    )
+    assert "reboots_per_device_month: 90" in text
+    path = tmp_path / "demo.yaml"  # same name: the registry rows and truth file are the demo's
+    path.write_text(text)
+    return path
+
+
+def test_live_fleet_resumes_the_backfill_without_a_missing_message(
+    sim_database: str, sim_ingest: IngestService, broker_admin: BrokerAdmin, tmp_path: Path
+) -> None:
+    """`make demo` in short: backfill history up to a few minutes ago, then the live fleet
+    resumes it (`sim run --resume`) and catches up. Every device continues its boot counter
+    and sequence numbers across the seam and its reboots: ingest counts nothing missing, and
+    `sim verify` finds history and live traffic exactly as generated."""
+    scenario_file = _restless_demo(tmp_path)
+    demo = scenario_mod.load(scenario_file)
+    truth = tmp_path / "truth.json"
+    credentials_csv = tmp_path / "devices.csv"
+    with psycopg.connect(sim_database) as conn:
+        credentials = seed(conn, broker_admin, demo, datetime.now(UTC).date())
+    write_credentials(credentials_csv, credentials)
+    env = {**os.environ, "FIELDTRACK_DATABASE_URL": sim_database}
+    common = ["--scenario", str(scenario_file), "--truth", str(truth)]
+
+    def fieldtrack(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "services", "sim", *args, *common],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done
+
+    try:
+        fieldtrack("backfill", "--days", "1", "--gap-hours", "0.1", "--no-seed")
+        backfilled = json.loads(truth.read_text())
+        assert backfilled["reboots"] > 0
+        # ~6 simulated minutes to catch up at 120x, then a few seconds of real time
+        fieldtrack(
+            "run",
+            "--resume",
+            "--credentials",
+            str(credentials_csv),
+            "--speed",
+            "120",
+            "--duration",
+            "12",
+        )
+        resumed = json.loads(truth.read_text())
+        assert resumed["start"] == backfilled["start"] and resumed["end"] > backfilled["end"]
+        live = sum(p["telemetry_messages"] for p in resumed["projects"].values()) - sum(
+            p["telemetry_messages"] for p in backfilled["projects"].values()
+        )
+        assert live > 0
+        assert _await_truth(resumed, sim_database) == []
+        fieldtrack("verify")
+        with psycopg.connect(sim_database) as conn:
+            missing, jumps, devices = conn.execute(
+                "SELECT sum(missing), sum(seq_jumps), count(DISTINCT device_id) FROM device_hourly"
+            ).fetchone() or (None, None, None)
+        assert (missing, jumps) == (0, 0) and devices > 0
+    finally:
         broker_admin.delete_devices([c.serial for c in credentials])

@@ -1,0 +1,90 @@
+"""The simulator's ground truth goes to the state folder (or a path given), never into the
+source tree beside the shipped scenarios; and it records the timeline a --resume continues."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from device_sim import scenario
+from device_sim.cli import SCENARIOS_DIR, resume_timeline, scenario_path, sim_app, truth_path
+from services.core.errors import FieldtrackError
+from services.core.paths import PROJECT_ROOT
+
+
+def _untracked_and_changed() -> set[str]:
+    """Files under the checkout that git sees as new or changed (ignored ones included)."""
+    done = subprocess.run(
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "--ignored",
+            "--untracked-files=all",
+            "--",
+            "device_sim",
+            "services",
+            "dashboards",
+            "tests/scenarios",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line[3:] for line in done.stdout.splitlines() if "__pycache__" not in line}
+
+
+def test_the_default_truth_file_is_in_the_state_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDTRACK_STATE_DIR", str(tmp_path / "state"))
+    assert truth_path("demo", None) == tmp_path / "state" / "sim" / "demo.truth.json"
+    assert truth_path("demo", tmp_path / "t.json") == tmp_path / "t.json"
+
+
+def test_export_writes_its_truth_outside_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDTRACK_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    before = _untracked_and_changed()
+    result = CliRunner().invoke(
+        sim_app, ["export", "--scenario", "demo", "--days", "0.1", "--out", str(tmp_path / "h.nd")]
+    )
+    assert result.exit_code == 0, result.output
+    truth = tmp_path / "state" / "sim" / "demo.truth.json"
+    body = json.loads(truth.read_text())
+    assert body["scenario"] == "demo" and body["anchor"] and body["start"] and body["end"]
+    assert not list(SCENARIOS_DIR.glob("*.truth.json*"))
+    assert _untracked_and_changed() == before
+
+
+def test_resume_reads_the_timeline_and_refuses_another_scenario(tmp_path: Path) -> None:
+    demo = scenario.load(scenario_path("demo"))
+    end = datetime(2026, 11, 22, 10, tzinfo=UTC)
+    body = {
+        "scenario": "demo",
+        "seed": demo.seed,
+        "start": (end - timedelta(days=14)).isoformat(),
+        "end": end.isoformat(),
+        "anchor": "2026-11-22",
+        "projects": {},
+    }
+    path = tmp_path / "demo.truth.json"
+    path.write_text(json.dumps(body))
+    timeline = resume_timeline(demo, path)
+    assert (timeline.origin, timeline.end) == (end - timedelta(days=14), end)
+    path.write_text(json.dumps({**body, "seed": demo.seed + 1}))
+    with pytest.raises(FieldtrackError, match="seed"):
+        resume_timeline(demo, path)
+    path.write_text(json.dumps({**body, "anchor": None}))
+    with pytest.raises(FieldtrackError, match="no timeline"):
+        resume_timeline(demo, path)
+    with pytest.raises(FieldtrackError, match="nothing to resume"):
+        resume_timeline(demo, tmp_path / "absent.json")
