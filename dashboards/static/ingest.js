@@ -8,6 +8,9 @@
   ["minutes", "hours"].forEach((k) => { if (query.get(k)) params.set(k, query.get(k)); });
   const two = (v) => ftOps.fixed(v, 2);
   const whole = (v) => (v === null || v === undefined ? "—" : String(Math.round(v)));
+  // A histogram quantile, as the `estimate` template filter writes it.
+  const estimate = (v, over) => (v !== null && v !== undefined ? two(v)
+    : over !== null && over !== undefined ? `over ${over}` : "not measured");
 
   function draw(h) {
     const r = h.recent;
@@ -31,8 +34,16 @@
       "recent.lag_max_seconds": two, "ingest_metrics.messages": whole,
       "ingest_metrics.duplicates.usage": (v) => whole(v || 0), "ingest_metrics.duplicates.metric": (v) => whole(v || 0),
       "ingest_metrics.db_failures": whole, "ingest_metrics.queue_depth": whole,
-      "ingest_metrics.commit_lag_p50_seconds": two, "ingest_metrics.commit_lag_p95_seconds": two,
+      "recent.late_lag_max_seconds": ftOps.duration,
     });
+    [["commit-lag", "commit_lag"], ["ingest-delay", "ingest_delay"]].forEach(([id, key]) => {
+      ["p50", "p95"].forEach((p) => {
+        document.getElementById(`${id}-${p}`).textContent =
+          estimate(m[`${key}_${p}_seconds`], m[`${key}_${p}_over_seconds`]);
+      });
+    });
+    document.getElementById("late-notice").hidden = !h.recent.late_messages;
+    document.getElementById("late-max").hidden = !h.recent.late_messages;
     document.getElementById("duplicates").textContent = m.reachable
       ? whole(Object.values(m.duplicates).reduce((a, b) => a + b, 0)) : "—";
     document.getElementById("metrics-down").hidden = m.reachable;

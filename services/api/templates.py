@@ -39,7 +39,16 @@ def rate(value: float | None) -> str:
     return f"{value:.{1 if value >= 10 else 2 if value >= 1 else 4}f}"
 
 
+def estimate(seconds: float | None, over: float | None = None) -> str:
+    """A histogram quantile as the ingest page shows it (as ingest.js): its estimate, "over
+    N" when it lies beyond the largest bucket (no estimate there), or "not measured"."""
+    if seconds is not None:
+        return f"{seconds:.2f}"
+    return f"over {over:g}" if over is not None else "not measured"
+
+
 templates.env.filters["utc"] = utc
+templates.env.filters["estimate"] = estimate
 templates.env.filters["rate"] = rate
 templates.env.filters["duration"] = duration
 # Each verdict's name, from the rule table's one definition (services/analytics/recommend.py).

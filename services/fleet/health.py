@@ -31,6 +31,11 @@ STALE_LIST_LIMIT = 500
 # they read one or two chunks; messages arriving later than that (history imports, a device
 # catching up after a long spell offline) are not in the recent rate and lag.
 LATE_ALLOWANCE = timedelta(hours=1)
+# A message received more than this after its device time is *late*: replayed (a simulator or
+# device catching up, history sent over MQTT), held back (a device that buffered while
+# offline) or queued (a broker or ingest backlog). Late messages are counted apart: their
+# age says nothing about how fast live traffic flows, and would swamp the lag figures.
+LIVE_LAG = timedelta(minutes=5)
 # A telemetry chart holds at most about this many points per metric.
 CHART_POINTS = 300
 BUCKETS = tuple(
@@ -415,9 +420,21 @@ class RecentIngest(BaseModel):
     messages: int = Field(description="usage and telemetry messages received in the window")
     per_second: float
     per_minute: list[MinuteCount] = Field(description="every minute of the window, oldest first")
-    lag_p50_seconds: float | None = Field(description="receive time − device time, median")
+    lag_p50_seconds: float | None = Field(
+        description="receive time − device time, median, of the messages received within "
+        "live_lag_seconds of their device time (late ones are counted apart)"
+    )
     lag_p95_seconds: float | None
     lag_max_seconds: float | None
+    live_lag_seconds: float = Field(description="the lag beyond which a message counts as late")
+    late_messages: int = Field(
+        default=0,
+        description="messages received more than live_lag_seconds after their device time: "
+        "replayed, buffered by a device while offline, or queued behind a backlog",
+    )
+    late_lag_max_seconds: float | None = Field(
+        default=None, description="the largest lag of a late message"
+    )
 
 
 class ProjectCompleteness(BaseModel):
@@ -445,8 +462,11 @@ SELECT time_bucket('1 minute', received_at) AS minute, count(*)::int AS messages
 FROM ({RECENT_MESSAGES}) recent GROUP BY 1 ORDER BY 1
 """
 LAG = f"""
-SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY lag) AS p95, max(lag) AS max
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) FILTER (WHERE lag <= %(live)s) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY lag) FILTER (WHERE lag <= %(live)s) AS p95,
+       max(lag) FILTER (WHERE lag <= %(live)s) AS max,
+       count(*) FILTER (WHERE lag > %(live)s)::int AS late,
+       max(lag) FILTER (WHERE lag > %(live)s) AS late_max
 FROM (SELECT extract(epoch FROM received_at - device_time)::float8 AS lag
       FROM ({RECENT_MESSAGES}) recent) lags
 """
@@ -474,11 +494,13 @@ class _Completeness(BaseModel):
 
 
 def recent_ingest(conn: psycopg.Connection, since: datetime, until: datetime) -> RecentIngest:
-    """Messages received per minute in [since, until) and their receive − device time."""
-    params = {"since": since, "until": until, "oldest": since - LATE_ALLOWANCE}
+    """Messages received per minute in [since, until) and their receive − device time, live
+    ones and late ones (LIVE_LAG) apart."""
+    live = LIVE_LAG.total_seconds()
+    params = {"since": since, "until": until, "oldest": since - LATE_ALLOWANCE, "live": live}
     counted: dict[datetime, int] = dict(conn.execute(PER_MINUTE, params).fetchall())
     lag = conn.execute(LAG, params).fetchone()
-    p50, p95, worst = lag if lag else (None, None, None)
+    p50, p95, worst, late, late_max = lag if lag else (None, None, None, 0, None)
     minutes = []
     minute = since.astimezone(UTC).replace(second=0, microsecond=0)
     while minute < until:
@@ -489,6 +511,7 @@ def recent_ingest(conn: psycopg.Connection, since: datetime, until: datetime) ->
         since=since, until=until, messages=total,
         per_second=total / max((until - since).total_seconds(), 1.0), per_minute=minutes,
         lag_p50_seconds=p50, lag_p95_seconds=p95, lag_max_seconds=worst,
+        live_lag_seconds=live, late_messages=late, late_lag_max_seconds=late_max,
     )  # fmt: skip
 
 

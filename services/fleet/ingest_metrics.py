@@ -39,9 +39,27 @@ class IngestMetrics(BaseModel):
     status_cleared: float | None = None
     commit_lag_count: float | None = None
     commit_lag_p50_seconds: float | None = Field(
-        default=None, description="device time → commit, estimated from the histogram buckets"
+        default=None,
+        description="device time → commit of every stored message (replayed and buffered "
+        "ones included), estimated from the histogram buckets; null when not measured or when "
+        "the quantile lies beyond the largest bucket (then see commit_lag_p50_over_seconds)",
     )
     commit_lag_p95_seconds: float | None = None
+    commit_lag_p50_over_seconds: float | None = Field(
+        default=None,
+        description="set when the quantile lies beyond the histogram's largest finite bound: "
+        "it is over this many seconds, and no estimate is given",
+    )
+    commit_lag_p95_over_seconds: float | None = None
+    ingest_delay_count: float | None = None
+    ingest_delay_p50_seconds: float | None = Field(
+        default=None,
+        description="receipt of a batch's oldest message → the batch's commit: ingest's own "
+        "delay (queue and write), whatever the messages' device times; null as above",
+    )
+    ingest_delay_p95_seconds: float | None = None
+    ingest_delay_p50_over_seconds: float | None = None
+    ingest_delay_p95_over_seconds: float | None = None
 
 
 def metrics_url(settings: Settings) -> str | None:
@@ -72,7 +90,7 @@ def scrape(settings: Settings, timeout: float = SCRAPE_TIMEOUT_S) -> IngestMetri
 def parse(text: str, url: str | None = None) -> IngestMetrics:
     """The ingest metrics in a Prometheus text exposition (ValueError if it is not one)."""
     found = IngestMetrics(url=url, reachable=True, error=None)
-    buckets: list[tuple[float, float]] = []
+    histograms: dict[str, list[tuple[float, float]]] = defaultdict(list)
     plain: dict[str, float] = {}
     by_label: dict[str, dict[str, float]] = defaultdict(dict)
     for family in text_string_to_metric_families(text):
@@ -80,8 +98,10 @@ def parse(text: str, url: str | None = None) -> IngestMetrics:
             if not sample.name.startswith(PREFIX):
                 continue
             name = sample.name.removeprefix(PREFIX)
-            if name == "publish_to_commit_seconds_bucket":
-                buckets.append((float(sample.labels["le"]), sample.value))
+            if name.endswith("_bucket"):
+                histograms[name.removesuffix("_bucket")].append(
+                    (float(sample.labels["le"]), sample.value)
+                )
             elif sample.labels.get("kind") or sample.labels.get("reason"):
                 label = sample.labels.get("kind") or sample.labels["reason"]
                 by_label[name][label] = sample.value
@@ -97,9 +117,27 @@ def parse(text: str, url: str | None = None) -> IngestMetrics:
     found.rows = by_label.get("rows_total", {})
     found.quarantined = {k: v for k, v in by_label.get("quarantined_total", {}).items() if v}
     found.commit_lag_count = plain.get("publish_to_commit_seconds_count")
-    found.commit_lag_p50_seconds = histogram_quantile(0.5, buckets)
-    found.commit_lag_p95_seconds = histogram_quantile(0.95, buckets)
+    commit = histograms.get("publish_to_commit_seconds", [])
+    found.commit_lag_p50_seconds, found.commit_lag_p50_over_seconds = estimate(0.5, commit)
+    found.commit_lag_p95_seconds, found.commit_lag_p95_over_seconds = estimate(0.95, commit)
+    found.ingest_delay_count = plain.get("receive_to_commit_seconds_count")
+    delay = histograms.get("receive_to_commit_seconds", [])
+    found.ingest_delay_p50_seconds, found.ingest_delay_p50_over_seconds = estimate(0.5, delay)
+    found.ingest_delay_p95_seconds, found.ingest_delay_p95_over_seconds = estimate(0.95, delay)
     return found
+
+
+def estimate(q: float, buckets: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """(estimate, None), or (None, largest finite bound) when the quantile lies beyond it: a
+    quantile in the +Inf bucket has no estimate, only a floor (Prometheus would print the
+    bound itself, which reads as a measured value). (None, None) when nothing was observed."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None, None
+    finite = [(bound, count) for bound, count in ordered if not math.isinf(bound)]
+    if finite and finite[-1][1] < q * ordered[-1][1]:
+        return None, finite[-1][0]
+    return histogram_quantile(q, buckets), None
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

@@ -48,10 +48,12 @@ def seed_messages(now: datetime) -> list[RawMessage]:
         telemetry("a-3", 4, ago(now, minutes=130), battery=70, rssi=-72),
         status("a-3", "offline", ago(now, hours=2)),
         # a2-1 (other project): data but no status; a 2-day-old battery reading (too old for
-        # the chart) and a late message (device time 4 h before it arrived: not in rate or lag)
+        # the chart), a late message (device time 4 h before it arrived: not in rate or lag)
+        # and a replayed one (40 min: in the rate, counted as arrived late, not in the lag)
         telemetry("a2-1", 0, ago(now, days=2), battery=10, rssi=-100),
         usage("a2-1", 1, ago(now, minutes=3), lag_s=4 * 3600),
-        usage("a2-1", 2, ago(now, minutes=1), lag_s=4),
+        usage("a2-1", 2, ago(now, minutes=2), lag_s=40 * 60),
+        usage("a2-1", 3, ago(now, minutes=1), lag_s=4),
         # b-1 (other customer): online
         status("b-1", "online", ago(now, minutes=40)),
         telemetry("b-1", 7, ago(now, minutes=2), lag_s=10, battery=30, rssi=-95),
@@ -280,7 +282,7 @@ def test_device_page(ops: TestClient, seeded: Seeded) -> None:
     assert 'id="device-status">never seen<' in never and "It has never connected" in never
     # the window picker: 7 days
     week = ops.get(f"/dashboards/devices/{seeded.devices['a2-1']}", params={"days": 7}).text
-    assert 'id="messages-total">3<' in week
+    assert 'id="messages-total">4<' in week
     # a custom window from the picker's date inputs (plain dates, read as UTC)
     day = seeded.now.date()
     custom = ops.get(
@@ -296,15 +298,18 @@ def test_device_page(ops: TestClient, seeded: Seeded) -> None:
 def test_ingest_health_numbers(ops: TestClient, seeded: Seeded) -> None:
     health = ops.get("/ingest/health").json()
     recent = health["recent"]
-    # stored usage/telemetry received in the last 15 min, not counting the late one
-    assert recent["messages"] == 3
-    assert recent["per_second"] == pytest.approx(3 / 900)
-    assert sum(m["messages"] for m in recent["per_minute"]) == 3
+    # stored usage/telemetry received in the last 15 min, not counting the 4-hour-late one
+    assert recent["messages"] == 4
+    assert recent["per_second"] == pytest.approx(4 / 900)
+    assert sum(m["messages"] for m in recent["per_minute"]) == 4
     assert len(recent["per_minute"]) in {15, 16}
-    # lags 2, 4 and 10 s: percentile_cont interpolates
+    # live lags 2, 4 and 10 s: percentile_cont interpolates; the replayed one apart
     assert recent["lag_p50_seconds"] == pytest.approx(4)
     assert recent["lag_p95_seconds"] == pytest.approx(4 + 0.9 * 6)
     assert recent["lag_max_seconds"] == pytest.approx(10)
+    assert recent["live_lag_seconds"] == 300
+    assert recent["late_messages"] == 1
+    assert recent["late_lag_max_seconds"] == pytest.approx(40 * 60)
     quarantine = health["quarantine"]
     assert {r["reason"]: r["count"] for r in quarantine["reasons"]} == {
         "not_json": 1, "revoked_device": 1, "unknown_device": 1,
@@ -319,7 +324,7 @@ def test_ingest_health_numbers(ops: TestClient, seeded: Seeded) -> None:
     assert completeness["Lockers"]["completeness"] == pytest.approx(5 / 7)
     assert completeness["Lockers"]["devices_reporting"] == 3
     assert (completeness["Gateways"]["received"], completeness["Gateways"]["completeness"]) == (
-        2,
+        3,
         1,
     )
     assert completeness["Empty"]["received"] == 0 and completeness["Empty"]["completeness"] is None
@@ -333,7 +338,10 @@ def test_ingest_page_shows_the_api_numbers(ops: TestClient, seeded: Seeded) -> N
     assert page.status_code == 200
     html = page.text
     assert field(html, "recent.messages") == "3"
-    assert field(html, "recent.per_second") == f"{3 / 900:.4f}"
+    assert field(html, "recent.per_second") == f"{4 / 900:.4f}"
+    assert field(html, "recent.late_messages") == "1"
+    assert field(html, "recent.late_lag_max_seconds") == "40 min"
+    assert 'id="late-notice" hidden' not in html and "replayed or held back" in html
     assert field(html, "recent.lag_p50_seconds") == "4.00"
     assert field(html, "recent.lag_p95_seconds") == "9.40"
     assert field(html, "quarantine.total") == "3"
