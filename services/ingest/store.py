@@ -852,7 +852,12 @@ class _Rows:
             state.online_since = message.ts or raw.received_at
             state.firmware = message.firmware or state.firmware
             result.status_updates += 1
-            if not raw.retained:  # a replay on subscribe is not a new status
+            # A status the broker replays on subscribe (retained) may be one ingest never saw
+            # live (the device connected before ingest subscribed): kept if it carries its
+            # time, which makes a replay of one already stored the same row (the history's
+            # key is device, time, state). One without a time (a last will) would be stamped
+            # with each replay's arrival, a new row every time: only the live one is kept.
+            if not raw.retained or message.ts is not None:
                 self.statuses.append((
                     device.id, device.project_id, state.online_since, raw.received_at,
                     state.online, message.firmware,

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from services.accounts.roles import Role
 from services.core.migrate import migrate
 from services.core.settings import Settings
+from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
 from services.ingest.directory import DeviceDirectory
 from services.ingest.store import RawMessage, store_batch
@@ -401,3 +402,58 @@ def test_ingest_counters_when_reachable_and_when_not(seeded: Seeded) -> None:
         page = c.get("/dashboards/ingest")
         assert page.status_code == 200
         assert 'id="metrics-down" class="notice">' in page.text
+
+
+def test_status_and_status_history_agree_when_ingest_subscribed_late(
+    local_services: LocalServices, settings: Settings
+) -> None:
+    """Issue 23: a device page said "online since 02:14" above "No status reported": the
+    demo's devices connected before ingest subscribed, so ingest first saw their birth as the
+    broker's retained copy, set the status from it and left the history empty. A retained
+    status with its own time is now kept (a replay of it is the same row); one without a
+    time (a last will) is not, and the page says why its history is empty."""
+    app_url = settings.database_url.get_secret_value()
+    with scratch_database(local_services, app_url, "fieldtrack_status") as url:
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            customer = registry.upsert_customer(conn, "S", "tail", "retail", "adoption")
+            project = registry.upsert_project(
+                conn,
+                customer,
+                "P",
+                contract_value=1,
+                currency="EUR",
+                go_live_date=None,
+                status="live",
+            )
+            registry.provision_devices(conn, None, project, [("s-1", "T", "1"), ("s-2", "T", "1")])
+            now = datetime.now(UTC).replace(microsecond=0)
+            birth = status("s-1", "online", ago(now, minutes=30), "1.0")
+            will = RawMessage(
+                device_topic("s-2", MessageKind.STATUS),
+                b'{"v": 1, "state": "offline"}',
+                ago(now, minutes=20),
+                retained=True,
+            )
+            for _ in range(2):  # subscribed, then subscribed again: the same replay
+                with conn.transaction():
+                    store_batch(
+                        conn,
+                        [birth._replace(retained=True), will],
+                        DeviceDirectory(),
+                        max_future_skew=timedelta(minutes=10),
+                        now=now,
+                        late_data_days=None,
+                    )
+            ids: dict[str, int] = dict(conn.execute("SELECT serial, id FROM devices").fetchall())
+            rows = conn.execute(
+                "SELECT device_id, online FROM device_status_history ORDER BY device_id"
+            ).fetchall()
+            assert rows == [(ids["s-1"], True)]
+        up = settings.model_copy(update={"database_url": SecretStr(url)})
+        with api_client(up, mint_token(url, Role.OPS)) as c:
+            one = c.get(f"/dashboards/devices/{ids['s-1']}").text
+            assert 'id="status-history">' in one and "<td>online</td>" in one
+            two = c.get(f"/dashboards/devices/{ids['s-2']}").text
+            assert 'id="status-history" hidden' in two
+            assert "No status reported" not in two and "retained copy, replayed" in two
