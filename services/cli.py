@@ -68,6 +68,8 @@ app.command("logout")(client_login.logout)
 console = Console()
 err_console = Console(stderr=True)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEMO_INGEST_WAIT_S = 30.0  # how long the demo waits for ingest before starting the fleet
+DEMO_DRAIN_S = 3.0  # after the fleet stops, time for ingest to store what it sent
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -426,11 +428,20 @@ def demo(
     catch_up = 2.0
     live = ["sim", "run", "--scenario", "demo", "--credentials", str(creds), "--speed", str(speed)]
     live += _demo_history(settings, exe, history_days, catch_up)
+    # Each in its own session: Ctrl-C reaches only this process, which stops them in order.
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name, args in (("ingest", ["ingest"]), ("api", ["api"]), ("simulator", live)):
+        if name == "simulator":
+            # Ingest subscribed first: it receives the devices' births live, not as the
+            # broker's retained copies later.
+            _wait_for_ingest(settings, children["ingest"])
         with (logs / f"{name}.log").open("ab") as log:
             children[name] = subprocess.Popen(
-                [*exe, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                [*exe, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
     url = f"http://{settings.api_host}:{settings.api_port}"
     console.print(
@@ -454,7 +465,7 @@ def demo(
             "`fieldtrack users passwd admin` resets the first admin's password)"
         )
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     failed = None
     while not stop.wait(1.0):
@@ -462,16 +473,17 @@ def demo(
         if failed:
             err_console.print(f"[bold red]{failed} exited[/]; see {logs / (failed + '.log')}")
             break
-    for proc in children.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for name, proc in children.items():
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            err_console.print(f"{name} did not stop in 30s and was killed")
-    console.print("demo stopped")
+    # The fleet first (it waits for the broker's acknowledgements and writes its truth), then,
+    # once ingest has had time to store what the broker holds for it, ingest and the API:
+    # `fieldtrack sim verify` right after finds everything the fleet sent.
+    _stop_children({"simulator": children.pop("simulator")}, timeout=90)
+    if not failed:
+        time.sleep(DEMO_DRAIN_S)
+    _stop_children(children, timeout=30)
+    console.print(
+        "demo stopped; `fieldtrack sim verify --scenario demo` checks the database against "
+        "what the fleet generated"
+    )
     if failed:
         raise typer.Exit(code=1)
 
@@ -506,6 +518,38 @@ def _demo_history(
         "the live fleet starts afresh (delete .state to start afresh)"
     )
     return ["--catch-up-hours", str(catch_up)]
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in children.items():
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err_console.print(f"{name} did not stop in {timeout:g}s and was killed")
+
+
+def _wait_for_ingest(settings: Settings, ingest: subprocess.Popen[bytes]) -> None:
+    """Until ingest's /health says it is connected to the broker (it subscribes as it
+    connects), at most DEMO_INGEST_WAIT_S; without a metrics port, go on at once."""
+    import httpx
+
+    if not settings.ingest_metrics_port:
+        return
+    host = settings.ingest_metrics_host
+    host = "127.0.0.1" if host in {"", "0.0.0.0"} else host  # noqa: S104 - listening on all
+    deadline = time.monotonic() + DEMO_INGEST_WAIT_S
+    while time.monotonic() < deadline and ingest.poll() is None:
+        try:
+            url = f"http://{host}:{settings.ingest_metrics_port}/health"
+            if httpx.get(url, timeout=1).json().get("broker") == "connected":
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
 
 
 def _run_or_fail(command: list[str], what: str) -> None:
