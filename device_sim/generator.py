@@ -61,6 +61,7 @@ MAX_OUTAGE = timedelta(days=2)
 _OUTAGE_LOOKBACK_DAYS = MAX_OUTAGE.days + 1
 DAYS_PER_MONTH = 30
 REPLAY_WINDOW = timedelta(days=1)  # the step of a resumed run's unsent replay
+BOOT_EPOCH = datetime(2020, 1, 1, tzinfo=UTC)  # boot counters count seconds from here
 
 
 def _seed(*parts: object) -> int:
@@ -214,8 +215,11 @@ class DeviceModel:
             seconds=rng.uniform(0, self.telemetry_every.total_seconds())
         )
         self.goes_offline = rng.random() < fleet.offline.share
-        # Where the device's counters stand at its origin: some boot of its life, some way in.
-        self.boot = rng.randrange(1, 100)
+        # The boot counter at the origin is the second the device was (simulated to be)
+        # powered on, counted from BOOT_EPOCH: a run started afresh later is a later power-on
+        # and never repeats a boot an earlier run of the device used (ingest would take its
+        # messages for those, same boot and seq); a run resuming this one continues from here.
+        self.boot = int((origin - BOOT_EPOCH).total_seconds())
         self.seq = rng.randrange(1, 1000)
         self.battery = rng.uniform(60, 100)
         self._day: date | None = None

@@ -158,3 +158,20 @@ def test_ingest_counts_nothing_missing_across_the_seam(tmp_path: Path) -> None:
     assert live.truth.reboots > 0
     assert sum(c[0] for c in counts.values()) == 0
     assert sum(c[1] for c in counts.values()) == 0
+
+
+def test_a_run_started_afresh_never_reuses_a_boot(tmp_path: Path) -> None:
+    """Without --resume a later run is a later power-on: a boot and sequence number of its
+    would otherwise name a message of the earlier run, and ingest would drop it as a
+    duplicate."""
+    loaded = _restless(tmp_path)
+    anchor = END.date()
+    boots: dict[str, set[int]] = defaultdict(set)
+    for serial, payload in _messages(
+        Generator(loaded, ORIGIN, SPLIT, anchor=anchor, inject=False), timedelta(hours=6)
+    ):
+        boots[serial].add(json.loads(payload)["boot"])
+    for serial, payload in _messages(
+        Generator(loaded, SPLIT, END, anchor=anchor, inject=False), timedelta(hours=6)
+    ):
+        assert json.loads(payload)["boot"] > max(boots[serial]), serial
