@@ -227,6 +227,7 @@ class DeviceModel:
         self._noise: list[tuple[float, float, float]] = []
         self._midnight = datetime(origin.year, origin.month, origin.day, tzinfo=UTC)
         self._events: dict[date, tuple[list[datetime], list[tuple[datetime, datetime]]]] = {}
+        self._running: dict[date, list[tuple[datetime, datetime]]] = {}  # outages near a day
 
     def _day_events(self, day: date) -> tuple[list[datetime], list[tuple[datetime, datetime]]]:
         """The day's reboots and the outages that begin on it, from the device-day's own
@@ -263,7 +264,9 @@ class DeviceModel:
         if not self.goes_offline:
             return False
         day = moment.date()
-        return any(begin <= moment < finish for begin, finish in self._outages_near(day, day))
+        if (running := self._running.get(day)) is None:  # once per day: called per message
+            running = self._running[day] = self._outages_near(day, day)
+        return any(begin <= moment < finish for begin, finish in running)
 
     def _plan_day(self, day: date) -> None:
         """Draw the day's uses; every device-day has its own stream (window-size independent)."""
