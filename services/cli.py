@@ -493,16 +493,8 @@ def _demo_history(
 ) -> list[str]:
     """Backfill the demo's history (or, if loaded before, the time since the last run) and
     return how the live fleet starts: resuming that timeline, or afresh."""
-    backfill = [
-        *exe,
-        "sim",
-        "backfill",
-        "--scenario",
-        "demo",
-        "--gap-hours",
-        str(catch_up),
-        "--no-seed",
-    ]
+    backfill = [*exe, "sim", "backfill", "--scenario", "demo", "--no-seed"]
+    backfill += ["--gap-hours", str(catch_up)]
     if not history_days:
         return ["--catch-up-hours", str(catch_up)]
     if not _has_history(settings, "Smart Lockers EU"):
