@@ -275,12 +275,13 @@ def test_device_page(ops: TestClient, seeded: Seeded) -> None:
     html = page.text
     assert 'id="device-status">offline<' in html
     assert 'id="messages-total">2<' in html and 'id="missing-total">2<' in html
-    assert "<h2>Status history</h2>" in html  # seeded through device_state only: none here
-    assert "No status reported" in html
+    assert "<h2>Status history</h2>" in html
+    assert 'id="status-history">' in html and "<td>offline</td>" in html  # its last will
     assert 'data-metric="battery"' in html and 'data-metric="rssi"' in html
     assert "/quarantine?device=a-3" in html  # ops may read the quarantine
     never = ops.get(f"/dashboards/devices/{seeded.devices['a-4']}").text
     assert 'id="device-status">never seen<' in never and "It has never connected" in never
+    assert 'id="status-history" hidden' in never and "No status reported" in never
     # the window picker: 7 days
     week = ops.get(f"/dashboards/devices/{seeded.devices['a2-1']}", params={"days": 7}).text
     assert 'id="messages-total">4<' in week
@@ -338,7 +339,7 @@ def test_ingest_page_shows_the_api_numbers(ops: TestClient, seeded: Seeded) -> N
     page = ops.get("/dashboards/ingest")
     assert page.status_code == 200
     html = page.text
-    assert field(html, "recent.messages") == "3"
+    assert field(html, "recent.messages") == "4"
     assert field(html, "recent.per_second") == f"{4 / 900:.4f}"
     assert field(html, "recent.late_messages") == "1"
     assert field(html, "recent.late_lag_max_seconds") == "40 min"
