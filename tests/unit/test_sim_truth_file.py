@@ -54,6 +54,8 @@ def test_export_writes_its_truth_outside_the_checkout(
     monkeypatch.setenv("FIELDTRACK_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
     before = _untracked_and_changed()
+    # git ignores *.truth.json, so an old checkout's leftover is compared by time, not listed
+    truths = {p: p.stat().st_mtime_ns for p in SCENARIOS_DIR.glob("*.truth.json*")}
     result = CliRunner().invoke(
         sim_app, ["export", "--scenario", "demo", "--days", "0.1", "--out", str(tmp_path / "h.nd")]
     )
@@ -61,7 +63,7 @@ def test_export_writes_its_truth_outside_the_checkout(
     truth = tmp_path / "state" / "sim" / "demo.truth.json"
     body = json.loads(truth.read_text())
     assert body["scenario"] == "demo" and body["anchor"] and body["start"] and body["end"]
-    assert not list(SCENARIOS_DIR.glob("*.truth.json*"))
+    assert {p: p.stat().st_mtime_ns for p in SCENARIOS_DIR.glob("*.truth.json*")} == truths
     assert _untracked_and_changed() == before
 
 
