@@ -44,11 +44,20 @@ class LineCounter:
 
     def __init__(self, settings: Settings, client_id: str, topics: Sequence[str], qos: int):
         argv = [
-            _tool("mosquitto_sub"), "-h", settings.mqtt_host, "-p", str(settings.mqtt_port),
-            "-u", settings.mqtt_ingest_username,
-            "-P", settings.mqtt_ingest_password.get_secret_value(),
-            "-i", client_id, "-q", str(qos),
-        ]  # fmt: skip
+            _tool("mosquitto_sub"),
+            "-h",
+            settings.mqtt_host,
+            "-p",
+            str(settings.mqtt_port),
+            "-u",
+            settings.mqtt_ingest_username,
+            "-P",
+            settings.mqtt_ingest_password.get_secret_value(),
+            "-i",
+            client_id,
+            "-q",
+            str(qos),
+        ]
         for topic in topics:
             argv += ["-t", topic]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -100,10 +109,22 @@ def _wait_subscribed(counter: LineCounter, poke: Any) -> int:
 
 def _pub_argv(settings: Settings, cred: DeviceCredential, qos: int) -> list[str]:
     return [
-        _tool("mosquitto_pub"), "-h", settings.mqtt_host, "-p", str(settings.mqtt_port),
-        "-u", cred.serial, "-P", cred.password, "-i", cred.serial, "-q", str(qos),
-        "-t", device_topic(cred.serial, MessageKind.USAGE),
-    ]  # fmt: skip
+        _tool("mosquitto_pub"),
+        "-h",
+        settings.mqtt_host,
+        "-p",
+        str(settings.mqtt_port),
+        "-u",
+        cred.serial,
+        "-P",
+        cred.password,
+        "-i",
+        cred.serial,
+        "-q",
+        str(qos),
+        "-t",
+        device_topic(cred.serial, MessageKind.USAGE),
+    ]
 
 
 def publish_with_c_clients(
@@ -153,10 +174,12 @@ def publish_paced_with_c_clients(
     publisher has had its last PUBACK and exited."""
     by_serial = {c.serial: c for c in creds}
     pubs = [
-        subprocess.Popen([*_pub_argv(settings, by_serial[serial], 1), "-l", "-M", PUB_INFLIGHT],
-                         stdin=subprocess.PIPE)
+        subprocess.Popen(
+            [*_pub_argv(settings, by_serial[serial], 1), "-l", "-M", PUB_INFLIGHT],
+            stdin=subprocess.PIPE,
+        )
         for serial in plan.serials
-    ]  # fmt: skip
+    ]
     pipes = [pub.stdin for pub in pubs if pub.stdin is not None]
     order = [(i, seq) for seq in range(plan.first_seq, plan.seq_end) for i in range(len(pubs))]
     started, done = time.monotonic(), 0
@@ -194,9 +217,11 @@ def broker_ceiling(data: BenchData, messages: int, qos: int, work: Path) -> dict
                 out.write(usage_payload(seq + 1, now, 1) + b"\n")
         files.append(path)
     counter = LineCounter(
-        settings, f"bench-{data.token}-ceiling-sub", [device_topic(c.serial, MessageKind.USAGE)
-                                                      for c in creds], qos,
-    )  # fmt: skip
+        settings,
+        f"bench-{data.token}-ceiling-sub",
+        [device_topic(c.serial, MessageKind.USAGE) for c in creds],
+        qos,
+    )
     try:
         probe = [*_pub_argv(settings, creds[0], qos), "-m", "probe"]
         baseline = _wait_subscribed(counter, lambda: subprocess.run(probe, check=True))
@@ -205,8 +230,9 @@ def broker_ceiling(data: BenchData, messages: int, qos: int, work: Path) -> dict
         for cred, path in zip(creds, files, strict=True):
             with path.open("rb") as lines:
                 extra = ["-M", PUB_INFLIGHT] if qos else []
-                pubs.append(subprocess.Popen([*_pub_argv(settings, cred, qos), "-l", *extra],
-                                             stdin=lines))  # fmt: skip
+                pubs.append(
+                    subprocess.Popen([*_pub_argv(settings, cred, qos), "-l", *extra], stdin=lines)
+                )
         ended = counter.wait_for(baseline + per_pub * len(creds), lossy=qos == 0)
         received = counter.lines - baseline
         for pub in pubs:
@@ -269,8 +295,9 @@ def _write_rows(out: IO[str], data: BenchData, rows: int, readings: int) -> None
         ts = now + timedelta(milliseconds=seq * readings)
         for item in range(readings):
             at = (ts - timedelta(milliseconds=readings - 1 - item)).isoformat()
-            writer.writerow((device_id, project_id, FEATURE, at, received, seq, item,
-                             1 + item % 3, 10 * item))  # fmt: skip
+            writer.writerow(
+                (device_id, project_id, FEATURE, at, received, seq, item, 1 + item % 3, 10 * item)
+            )
 
 
 COPY_COLUMNS = (
@@ -289,10 +316,18 @@ def copy_ceiling(data: BenchData, rows: int, readings: int, work: Path) -> dict[
         migrate(url)
         started = time.monotonic()
         subprocess.run(
-            [_tool("psql"), url, "-q", "-v", "ON_ERROR_STOP=1", "-c",
-             f"\\copy usage_events ({COPY_COLUMNS}) FROM '{path}' WITH (FORMAT csv)"],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                _tool("psql"),
+                url,
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                f"\\copy usage_events ({COPY_COLUMNS}) FROM '{path}' WITH (FORMAT csv)",
+            ],
+            check=True,
+            capture_output=True,
+        )
         seconds = time.monotonic() - started
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT count(*) FROM usage_events").fetchone()

@@ -288,9 +288,18 @@ def ensure_dataset(
     if reused:
         report(f"{name}: reusing {usage_rows:,} usage events ({size / 2**30:.1f} GiB)")
     return Dataset(
-        url, name, target, start, start + timedelta(days=DAYS), usage_rows, metric_rows,
-        generate_s, rebuild_s, reused, size,
-    )  # fmt: skip
+        url,
+        name,
+        target,
+        start,
+        start + timedelta(days=DAYS),
+        usage_rows,
+        metric_rows,
+        generate_s,
+        rebuild_s,
+        reused,
+        size,
+    )
 
 
 def _database_exists(services: LocalServices, name: str) -> bool:
@@ -323,8 +332,20 @@ def _scenario_params(conn: psycopg.Connection, scenario: Scenario, end: date, st
         for fidx, (key, usage, live_day) in enumerate(uses):
             low, high = usage.events_per_use
             a = usage.adoption
-            params.append((pid, fidx, key, usage.per_device_day, usage.never_share, a.start,
-                           a.end, a.ramp_days, (low + high) / 2, live_day))  # fmt: skip
+            params.append(
+                (
+                    pid,
+                    fidx,
+                    key,
+                    usage.per_device_day,
+                    usage.never_share,
+                    a.start,
+                    a.end,
+                    a.ramp_days,
+                    (low + high) / 2,
+                    live_day,
+                )
+            )
         if project.fleet.reports_enabled:
             enabled.append((pid, ENABLED_REPORTED, 1.0))
             enabled += [
@@ -397,9 +418,16 @@ def _generate(url: str, target: int, report: Report, workers: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             RECORD,
-            {"target": target, "spec": SPEC, "start_day": start, "days": DAYS, **loaded,
-             "generate_s": generate_s, "rebuild_s": rebuild_s},
-        )  # fmt: skip
+            {
+                "target": target,
+                "spec": SPEC,
+                "start_day": start,
+                "days": DAYS,
+                **loaded,
+                "generate_s": generate_s,
+                "rebuild_s": rebuild_s,
+            },
+        )
 
 
 def _analyze(cur: Cursor, table: str) -> None:
@@ -426,8 +454,9 @@ def _bulk_load(url: str, tables: Sequence[str], workers: int) -> Iterator[Cursor
     _in_parallel(url, in_turn, lambda cur, index: index.create(cur), workers)
 
 
-def _each_day(url: str, task: Callable[[Cursor, int], None], workers: int, report: Report,
-              began: float) -> None:  # fmt: skip
+def _each_day(
+    url: str, task: Callable[[Cursor, int], None], workers: int, report: Report, began: float
+) -> None:
     """Run *task* for every day of the dataset, a day (one chunk) at a time on *workers*
     connections, reporting every ten days."""
     done = [0]
@@ -443,8 +472,9 @@ def _each_day(url: str, task: Callable[[Cursor, int], None], workers: int, repor
     _in_parallel(url, range(DAYS), day_task, workers)
 
 
-def _in_parallel(url: str, items: Iterable[T], task: Callable[[Cursor, T], None],
-                 workers: int) -> None:  # fmt: skip
+def _in_parallel(
+    url: str, items: Iterable[T], task: Callable[[Cursor, T], None], workers: int
+) -> None:
     """Run *task* for every item, in order, on *workers* connections of their own."""
     queue: Queue[T] = Queue()
     for item in items:

@@ -98,14 +98,26 @@ class BenchData:
 def _project(conn: psycopg.Connection, name: str) -> int:
     customer = registry.upsert_customer(conn, f"Bench {name}", "head", "testing", "adoption")
     project = registry.upsert_project(
-        conn, customer, f"Bench {name}", contract_value=1, currency="EUR",
-        go_live_date=None, status="live",
-    )  # fmt: skip
+        conn,
+        customer,
+        f"Bench {name}",
+        contract_value=1,
+        currency="EUR",
+        go_live_date=None,
+        status="live",
+    )
     feature = registry.upsert_feature(conn, FEATURE, "Remote unlock", "bench", None)
     registry.upsert_delivery(
-        conn, project, feature, status="delivered", delivered_on=None,
-        cost_person_days=1, contract_line_value=1, business_score=3, strategic=False,
-    )  # fmt: skip
+        conn,
+        project,
+        feature,
+        status="delivered",
+        delivered_on=None,
+        cost_person_days=1,
+        contract_line_value=1,
+        business_score=3,
+        strategic=False,
+    )
     return project
 
 
@@ -124,9 +136,11 @@ def bench_data(
         ceiling_serials = [f"bench-{token}-c{i}" for i in range(CEILING_PUBLISHERS)]
         c_serials = [f"bench-{token}-p{i}" for i in range(CEILING_PUBLISHERS)]
         admin = BrokerAdmin(
-            settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.mqtt_admin_username,
             settings.mqtt_admin_password.get_secret_value(),
-        )  # fmt: skip
+        )
         with admin, psycopg.connect(url, autocommit=True) as conn:
             project_id = _project(conn, "load")
             probe_project = _project(conn, "probe")
@@ -135,9 +149,11 @@ def bench_data(
             )
             creds, c_publishers = provisioned[:devices], provisioned[devices:]
             [probe, *ceiling] = registry.provision_devices(
-                conn, admin, probe_project,
+                conn,
+                admin,
+                probe_project,
                 [(s, "BENCH", "1.0") for s in [probe_serial, *ceiling_serials]],
-            )  # fmt: skip
+            )
             say(f"provisioned {devices} load devices, a probe and {len(ceiling)} ceiling devices")
             try:
                 yield BenchData(

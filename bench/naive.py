@@ -47,9 +47,17 @@ def main() -> None:
         for item, event in enumerate(body["events"]):
             conn.execute(
                 INSERT,
-                (device_id, project_id, event["feature"], event.get("ts", body["ts"]),
-                 body["seq"], item, event.get("count", 1), event.get("duration_ms")),
-            )  # fmt: skip
+                (
+                    device_id,
+                    project_id,
+                    event["feature"],
+                    event.get("ts", body["ts"]),
+                    body["seq"],
+                    item,
+                    event.get("count", 1),
+                    event.get("duration_ms"),
+                ),
+            )
         conn.commit()
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -59,9 +67,11 @@ def main() -> None:
         print("naive: subscribed", flush=True)
 
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=env["NAIVE_CLIENT_ID"], clean_session=False,
+        CallbackAPIVersion.VERSION2,
+        client_id=env["NAIVE_CLIENT_ID"],
+        clean_session=False,
         protocol=mqtt.MQTTv311,
-    )  # fmt: skip
+    )
     client.username_pw_set(
         env["FIELDTRACK_MQTT_INGEST_USERNAME"], env["FIELDTRACK_MQTT_INGEST_PASSWORD"]
     )

@@ -191,9 +191,15 @@ class IngestBench:
     # --- phases ---------------------------------------------------------------------------
 
     def throughput(
-        self, name: str, messages: int, readings: int, processes: int, *, mode: str,
+        self,
+        name: str,
+        messages: int,
+        readings: int,
+        processes: int,
+        *,
+        mode: str,
         on_drain: Callable[[int], None] | None = None,
-    ) -> Phase:  # fmt: skip
+    ) -> Phase:
         """*messages* of *readings* readings through *processes* ingest processes, `live`
         (the swarm publishing), `live_c` (mosquitto_pub publishing) or `backlog`; *on_drain*
         is called (in a thread) with the first process's pid as a backlog starts draining
@@ -309,13 +315,16 @@ class IngestBench:
         """The naive consumer under the same live load (the swarm's, or mosquitto_pub's with
         *c_load*): rows it committed in *window* s."""
         plan = self._plan(messages, 1, c_load)
-        phase = Phase("naive_c" if c_load else "naive", "live_c" if c_load else "live", 1, 1,
-                      plan.messages)  # fmt: skip
+        phase = Phase(
+            "naive_c" if c_load else "naive", "live_c" if c_load else "live", 1, 1, plan.messages
+        )
         client_id = f"bench-{self.data.token}-naive-{uuid.uuid4().hex[:4]}"
         proc = Proc(
-            client_id, [sys.executable, "-m", "bench.naive"],
-            {**connection_env(self.data.settings), "NAIVE_CLIENT_ID": client_id}, self.log_dir,
-        )  # fmt: skip
+            client_id,
+            [sys.executable, "-m", "bench.naive"],
+            {**connection_env(self.data.settings), "NAIVE_CLIENT_ID": client_id},
+            self.log_dir,
+        )
         proc.ready_line = "naive: subscribed"
         proc.launch()
         try:

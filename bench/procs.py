@@ -69,9 +69,13 @@ class Proc:
         with self.log_path.open("ab") as log:
             log.write(f"--- run {self.runs} ---\n".encode())
             self.proc = subprocess.Popen(
-                self.argv, cwd=PROJECT_ROOT, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                self.argv,
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def log(self) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

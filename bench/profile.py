@@ -12,10 +12,14 @@ from typing import Any
 
 TOP = 12
 # Frames every writer sample has: they say nothing about where its time goes.
-GENERIC = frozenset({
-    "Thread._bootstrap (threading.py)", "Thread._bootstrap_inner (threading.py)",
-    "Thread.run (threading.py)", "IngestService._write_loop (service.py)",
-})  # fmt: skip
+GENERIC = frozenset(
+    {
+        "Thread._bootstrap (threading.py)",
+        "Thread._bootstrap_inner (threading.py)",
+        "Thread.run (threading.py)",
+        "IngestService._write_loop (service.py)",
+    }
+)
 
 
 def py_spy() -> str | None:
@@ -30,11 +34,27 @@ def record(pid: int, seconds: float, out: Path) -> Path:
     if tool is None:
         raise RuntimeError("py-spy is not installed (it is in the dev extras: make install)")
     subprocess.run(
-        [tool, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-         "--rate", "100", "--format", "raw", "--threads", "--idle", "--nonblocking",
-         "--output", str(out)],
-        check=True, capture_output=True, timeout=seconds + 60,
-    )  # fmt: skip
+        [
+            tool,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            "100",
+            "--format",
+            "raw",
+            "--threads",
+            "--idle",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=seconds + 60,
+    )
     return out
 
 

@@ -72,9 +72,11 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return {
-        "p50": round(statistics.median(ordered), 1), "p95": round(p95, 1),
-        "min": round(ordered[0], 1), "max": round(ordered[-1], 1),
-    }  # fmt: skip
+        "p50": round(statistics.median(ordered), 1),
+        "p95": round(p95, 1),
+        "min": round(ordered[0], 1),
+        "max": round(ordered[-1], 1),
+    }
 
 
 def _token(settings: Settings) -> str:
@@ -127,23 +129,28 @@ def _bench_size(
     by_feature = {"firmware", "impact"}
     result: dict[str, Any] = {
         "dataset": {
-            "database": dataset.database, "usage_events": dataset.usage_rows,
-            "metric_samples": dataset.metric_rows, "days": (dataset.end - dataset.start).days,
-            "reused": dataset.reused, "generate_s": round(dataset.generate_s, 1),
+            "database": dataset.database,
+            "usage_events": dataset.usage_rows,
+            "metric_samples": dataset.metric_rows,
+            "days": (dataset.end - dataset.start).days,
+            "reused": dataset.reused,
+            "generate_s": round(dataset.generate_s, 1),
             "rollup_rebuild_s": round(dataset.rebuild_s, 1),
             "size_gib": round(dataset.size_bytes / 2**30, 2),
         },
         "project": {"id": project, "devices": devices, "feature": feature},
         "endpoints": {name: {} for name in endpoints},
         "reference": {"health": {}, "hourly_usage_sql_ms": {}},
-    }  # fmt: skip
+    }
     with serve_in_thread(settings) as base, httpx.Client(base_url=base, timeout=120) as client:
         # The API migrated the dataset's database on start; a PM's token reads every endpoint.
         client.headers["Authorization"] = f"Bearer {_token(settings)}"
         result["reference"]["health"] = _measure(client, "/health", {})
         for days in WINDOWS:
-            window = {"since": (until - timedelta(days=days)).isoformat(),
-                      "until": until.isoformat()}  # fmt: skip
+            window = {
+                "since": (until - timedelta(days=days)).isoformat(),
+                "until": until.isoformat(),
+            }
             for name, path in endpoints.items():
                 params = {**window, "feature": feature} if name in by_feature else window
                 measured = _measure(client, path, params)
@@ -181,11 +188,15 @@ def run_query_bench(
     get_settings.cache_clear()
     base = get_settings()
     results: dict[str, Any] = {
-        "target_ms": TARGET_MS, "windows_days": list(WINDOWS), "requests": REQUESTS,
+        "target_ms": TARGET_MS,
+        "windows_days": list(WINDOWS),
+        "requests": REQUESTS,
         "warmup": WARMUP,
         "window_end": f"{EDGE // timedelta(minutes=1)} minutes into the dataset's last day",
-        "cpus": os.cpu_count(), "load_average": os.getloadavg(), "sizes": {},
-    }  # fmt: skip
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "sizes": {},
+    }
     for size in sizes:
         began = time.monotonic()
         dataset = ensure_dataset(services, size, report)

@@ -50,8 +50,10 @@ def best_single(report: dict[str, Any]) -> dict[str, Any] | None:
 def times_naive(report: dict[str, Any]) -> list[tuple[str, float]]:
     """fieldtrack's best live rate ÷ the naive consumer's, each pair under the same load."""
     out = []
-    for load, names, naive_name in (("swarm", SWARM_LIVE, "naive"),
-                                    ("mosquitto_pub", C_LIVE, "naive_c")):  # fmt: skip
+    for load, names, naive_name in (
+        ("swarm", SWARM_LIVE, "naive"),
+        ("mosquitto_pub", C_LIVE, "naive_c"),
+    ):
         best, naive = _best(report, names, "msgs_per_s"), _phase(report, naive_name)
         if best and naive and naive["msgs_per_s"]:
             out.append((load, best["msgs_per_s"] / naive["msgs_per_s"]))
@@ -66,8 +68,9 @@ def cpu_us_per_message(phase: dict[str, Any]) -> float | None:
 
 def best_batched(report: dict[str, Any]) -> dict[str, Any] | None:
     """The best batched phase, with either load generator."""
-    return _best(report, [f"batched_{m}_{n}" for m in ("live", "live_c") for n in (1, 2)],
-                 "rows_per_s")  # fmt: skip
+    return _best(
+        report, [f"batched_{m}_{n}" for m in ("live", "live_c") for n in (1, 2)], "rows_per_s"
+    )
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,20 +85,40 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": name, "value": value, "threshold": limit, "pass": ok})
 
     share = batched["rows_per_s"] / copy if batched and copy else None
-    add("batched ingest rows/s ≥ 60 % of raw COPY", share, BATCHED_SHARE_OF_COPY,
-        None if share is None else share >= BATCHED_SHARE_OF_COPY)  # fmt: skip
+    add(
+        "batched ingest rows/s ≥ 60 % of raw COPY",
+        share,
+        BATCHED_SHARE_OF_COPY,
+        None if share is None else share >= BATCHED_SHARE_OF_COPY,
+    )
     rate = single["msgs_per_s"] if single else None
-    add("single-reading QoS 1 ≥ 10,000 msgs/s end to end", rate, SINGLE_MSGS_PER_S,
-        None if rate is None else rate >= SINGLE_MSGS_PER_S)  # fmt: skip
+    add(
+        "single-reading QoS 1 ≥ 10,000 msgs/s end to end",
+        rate,
+        SINGLE_MSGS_PER_S,
+        None if rate is None else rate >= SINGLE_MSGS_PER_S,
+    )
     times = max((t for _, t in times_naive(report)), default=None)
-    add("single-reading ≥ 10× the naive reference", times, TIMES_NAIVE,
-        None if times is None else times >= TIMES_NAIVE)  # fmt: skip
+    add(
+        "single-reading ≥ 10× the naive reference",
+        times,
+        TIMES_NAIVE,
+        None if times is None else times >= TIMES_NAIVE,
+    )
     p99 = latency["extra"]["p99_publish_to_commit_s"] if latency else None
-    add("p99 publish-to-commit < 1 s at 50 % of max rate", p99, P99_LIMIT_S,
-        None if p99 is None else p99 < P99_LIMIT_S)  # fmt: skip
+    add(
+        "p99 publish-to-commit < 1 s at 50 % of max rate",
+        p99,
+        P99_LIMIT_S,
+        None if p99 is None else p99 < P99_LIMIT_S,
+    )
     worst = worst_query_p95(report)
-    add("query p95 < 300 ms at the largest dataset, every endpoint and window", worst,
-        QUERY_P95_MS, None if worst is None else worst < QUERY_P95_MS)  # fmt: skip
+    add(
+        "query p95 < 300 ms at the largest dataset, every endpoint and window",
+        worst,
+        QUERY_P95_MS,
+        None if worst is None else worst < QUERY_P95_MS,
+    )
     return out
 
 
@@ -127,12 +150,19 @@ def rows(report: dict[str, Any]) -> list[Row]:
     naive_rate = naive["msgs_per_s"] if naive else None
     out: list[Row] = []
     if qos1 or qos0:
-        out.append(("Broker, C clients (mosquitto_pub → mosquitto_sub), QoS 1",
-                    _n(qos1, " msg/s"), "", ""))  # fmt: skip
+        out.append(
+            ("Broker, C clients (mosquitto_pub → mosquitto_sub), QoS 1", _n(qos1, " msg/s"), "", "")
+        )
         out.append(("Broker, C clients, QoS 0", _n(qos0, " msg/s"), "", ""))
     if publisher:
-        out.append(("Simulator publisher (Python swarm) → broker → mosquitto_sub, QoS 1",
-                    _n(publisher, " msg/s"), "broker QoS 1", _ratio(publisher, qos1)))  # fmt: skip
+        out.append(
+            (
+                "Simulator publisher (Python swarm) → broker → mosquitto_sub, QoS 1",
+                _n(publisher, " msg/s"),
+                "broker QoS 1",
+                _ratio(publisher, qos1),
+            )
+        )
     if copy:
         out.append(("PostgreSQL COPY (psql) into usage_events", _n(copy, " rows/s"), "", ""))
     labels = {
@@ -149,44 +179,88 @@ def rows(report: dict[str, Any]) -> list[Row]:
                 continue
             text = f"{label.format(r=phase['readings'])}, {procs} ingest"
             if key.startswith("batched"):
-                out.append((text, f"{_n(phase['rows_per_s'])} rows/s "
-                            f"({_n(phase['msgs_per_s'])} msg/s)",
-                            "PostgreSQL COPY", _ratio(phase["rows_per_s"], copy)))  # fmt: skip
+                out.append(
+                    (
+                        text,
+                        f"{_n(phase['rows_per_s'])} rows/s ({_n(phase['msgs_per_s'])} msg/s)",
+                        "PostgreSQL COPY",
+                        _ratio(phase["rows_per_s"], copy),
+                    )
+                )
             else:
                 live = key == "single_live"
                 reference = "simulator publisher" if live else "broker QoS 1"
                 ref = publisher if live else qos1
                 cpu = cpu_us_per_message(phase)
-                out.append((text, f"{_n(phase['msgs_per_s'], ' msg/s')}; ingest CPU "
-                            f"{_n(cpu)} µs/msg", reference,
-                            _ratio(phase["msgs_per_s"], ref)))  # fmt: skip
+                out.append(
+                    (
+                        text,
+                        f"{_n(phase['msgs_per_s'], ' msg/s')}; ingest CPU {_n(cpu)} µs/msg",
+                        reference,
+                        _ratio(phase["msgs_per_s"], ref),
+                    )
+                )
     if naive:
-        out.append(("Naive reference (INSERT + commit per message), live (swarm)",
-                    _n(naive_rate, " msg/s"), "", ""))  # fmt: skip
+        out.append(
+            (
+                "Naive reference (INSERT + commit per message), live (swarm)",
+                _n(naive_rate, " msg/s"),
+                "",
+                "",
+            )
+        )
     naive_c = _phase(report, "naive_c")
     if naive_c:
-        out.append(("Naive reference, live (2 × mosquitto_pub)",
-                    _n(naive_c["msgs_per_s"], " msg/s"), "", ""))  # fmt: skip
+        out.append(
+            (
+                "Naive reference, live (2 × mosquitto_pub)",
+                _n(naive_c["msgs_per_s"], " msg/s"),
+                "",
+                "",
+            )
+        )
     for load, times in times_naive(report):
-        out.append((f"fieldtrack ÷ naive (best single-reading live, {load} load)",
-                    f"{times:.1f}×", "naive, same load", ""))  # fmt: skip
+        out.append(
+            (
+                f"fieldtrack ÷ naive (best single-reading live, {load} load)",
+                f"{times:.1f}×",
+                "naive, same load",
+                "",
+            )
+        )
     latency = _phase(report, "latency")
     if latency:
         extra = latency["extra"]
         of = extra.get("of_phase", "max")
         if "max_rate_just_before" in extra:
             of = f"{extra['max_rate_just_before']:,} msg/s, {of} measured again just before"
-        out.append((f"Publish → commit at {extra['target_rate']:,} msg/s (50 % of {of}), "
-                    f"{latency['processes']} ingest, p50 / p99",
-                    f"{extra['p50_publish_to_commit_s'] * 1000:.0f} / "
-                    f"{extra['p99_publish_to_commit_s'] * 1000:.0f} ms", "1 s (p99)",
-                    f"{extra['within_1s']:.2%} ≤ 1 s"))  # fmt: skip
-        out.append(("Publish → ingest receive (stored rows), p50 / p99",
-                    f"{extra['p50_publish_to_receive_s'] * 1000:.0f} / "
-                    f"{extra['p99_publish_to_receive_s'] * 1000:.0f} ms", "", ""))  # fmt: skip
-        out.append((f"Ingest CPU / RSS at 50 % of {of}",
-                    f"{latency['cpu_percent']:.0f} % / {latency['rss_mib']:.0f} MiB",
-                    "", ""))  # fmt: skip
+        out.append(
+            (
+                f"Publish → commit at {extra['target_rate']:,} msg/s (50 % of {of}), "
+                f"{latency['processes']} ingest, p50 / p99",
+                f"{extra['p50_publish_to_commit_s'] * 1000:.0f} / "
+                f"{extra['p99_publish_to_commit_s'] * 1000:.0f} ms",
+                "1 s (p99)",
+                f"{extra['within_1s']:.2%} ≤ 1 s",
+            )
+        )
+        out.append(
+            (
+                "Publish → ingest receive (stored rows), p50 / p99",
+                f"{extra['p50_publish_to_receive_s'] * 1000:.0f} / "
+                f"{extra['p99_publish_to_receive_s'] * 1000:.0f} ms",
+                "",
+                "",
+            )
+        )
+        out.append(
+            (
+                f"Ingest CPU / RSS at 50 % of {of}",
+                f"{latency['cpu_percent']:.0f} % / {latency['rss_mib']:.0f} MiB",
+                "",
+                "",
+            )
+        )
     peak = _phase(report, "single_live_1")
     if peak:
         usage = f"{peak['cpu_percent']:.0f} % / {peak['rss_mib']:.0f} MiB"
@@ -227,7 +301,7 @@ def performance_doc(report: dict[str, Any]) -> str:
     datasets = ", ".join(
         f"{int(size):,} usage events ({sizes[size]['dataset'].get('days', '?')} days)"
         for size in sorted(sizes, key=int)
-    )  # fmt: skip
+    )
     lines = [
         "# Performance",
         "",
@@ -304,8 +378,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Stored = published: " + "; ".join(checks)]
     profile = report.get("profile")
     if profile:
-        lines += ["", f"## Where ingest spends its time (py-spy: {profile.get('load', '')})", "",
-                  profile["summary"]]  # fmt: skip
+        lines += [
+            "",
+            f"## Where ingest spends its time (py-spy: {profile.get('load', '')})",
+            "",
+            profile["summary"],
+        ]
     queries = report.get("queries", {})
     lines += ["", f"Queries: {queries.get('status', 'see queries')}"]
     return "\n".join(lines) + "\n"

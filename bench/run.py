@@ -57,15 +57,33 @@ class Sizes:
 
 
 FULL = Sizes(
-    devices=100, broker_messages=100_000, publisher_messages=60_000, copy_rows=400_000,
-    single_messages=100_000, batched_messages=10_000, swarm_share=0.5, readings=100, latency_s=20,
-    naive_window_s=15, profile_s=8, query_sizes=(10_000_000, 50_000_000),
-)  # fmt: skip
+    devices=100,
+    broker_messages=100_000,
+    publisher_messages=60_000,
+    copy_rows=400_000,
+    single_messages=100_000,
+    batched_messages=10_000,
+    swarm_share=0.5,
+    readings=100,
+    latency_s=20,
+    naive_window_s=15,
+    profile_s=8,
+    query_sizes=(10_000_000, 50_000_000),
+)
 QUICK = Sizes(
-    devices=10, broker_messages=4_000, publisher_messages=2_000, copy_rows=10_000,
-    single_messages=2_000, batched_messages=100, swarm_share=1.0, readings=20, latency_s=1,
-    naive_window_s=1, profile_s=1, query_sizes=(100_000,),
-)  # fmt: skip
+    devices=10,
+    broker_messages=4_000,
+    publisher_messages=2_000,
+    copy_rows=10_000,
+    single_messages=2_000,
+    batched_messages=100,
+    swarm_share=1.0,
+    readings=20,
+    latency_s=1,
+    naive_window_s=1,
+    profile_s=1,
+    query_sizes=(100_000,),
+)
 
 
 def _say(message: str) -> None:
@@ -122,8 +140,9 @@ def _ingest(bench: IngestBench, sizes: Sizes) -> dict[str, Phase]:
     # At half the maximum rate, with the load generator and processes of the best end-to-end
     # phase. That maximum is measured again just before: this machine's speed drifts by 2x
     # within minutes, and half of a rate it no longer has is a queue that only grows.
-    best = max((p for n, p in phases.items() if n.startswith("single_live")),
-               key=lambda p: p.msgs_per_s)  # fmt: skip
+    best = max(
+        (p for n, p in phases.items() if n.startswith("single_live")), key=lambda p: p.msgs_per_s
+    )
     _say(f"fieldtrack: the maximum rate again, as {best.name}")
     again = bench.throughput(
         "latency_max", sizes.single_messages // 2, 1, best.processes, mode=best.mode
@@ -188,9 +207,10 @@ def run_bench(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     if {"ceilings", "ingest", "naive"} & set(parts):
-        with bench_data(services, settings, sizes.devices, say) as data, Load(
-            data.settings, data.devices, data.probe
-        ) as load:  # fmt: skip
+        with (
+            bench_data(services, settings, sizes.devices, say) as data,
+            Load(data.settings, data.devices, data.probe) as load,
+        ):
             bench = IngestBench(data, load, work / "logs", say)
             if "ceilings" in parts:
                 report["ceilings"] = _ceilings(data, load, sizes, work)
@@ -200,8 +220,7 @@ def run_bench(
             if "naive" in parts:
                 say("naive reference under the same load")
                 for c_load in (False, True):
-                    naive = bench.naive(sizes.single_messages, sizes.naive_window_s,
-                                        c_load=c_load)  # fmt: skip
+                    naive = bench.naive(sizes.single_messages, sizes.naive_window_s, c_load=c_load)
                     report["phases"][naive.name] = naive.as_dict()
             report["targets"] = report_mod.targets(report)
             failed = [t["target"] for t in report["targets"] if t["pass"] is False]
@@ -210,9 +229,12 @@ def run_bench(
                 batched = any("batched" in target for target in failed)
                 name = "batched_live_1" if batched else "single_backlog_1"
                 report["profile"] = _profile(
-                    bench, sizes, work, report["phases"][name]["msgs_per_s"],
+                    bench,
+                    sizes,
+                    work,
+                    report["phases"][name]["msgs_per_s"],
                     sizes.readings if batched else 1,
-                )  # fmt: skip
+                )
     report["checks"] = [
         f"{name}: {p['stored_messages']:,} of {p['acked']:,} stored, lost {p['lost']}"
         for name, p in report["phases"].items()
@@ -253,8 +275,10 @@ def main(
         raise typer.BadParameter(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
     services = bench_services()
     out_dir = out or services.root / "report"
-    _say(f"bench services in {services.root} (PostgreSQL :{services.pg_port}, "
-         f"Mosquitto :{services.mqtt_port})")  # fmt: skip
+    _say(
+        f"bench services in {services.root} (PostgreSQL :{services.pg_port}, "
+        f"Mosquitto :{services.mqtt_port})"
+    )
     try:
         settings = start_services(services, _say)
         result = run_bench(services, settings, parts=parts, quick=quick, out_dir=out_dir)

@@ -97,10 +97,14 @@ def _stop_on_signals() -> threading.Event:
 
 def progress_bar() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>9,.0f} msg/s"), TimeElapsedColumn(),
-        console=console, transient=False,
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9,.0f} msg/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def seed_scenario(
@@ -123,9 +127,11 @@ def seed_scenario(
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         if with_broker:
             with BrokerAdmin(
-                settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+                settings.mqtt_host,
+                settings.mqtt_port,
+                settings.mqtt_admin_username,
                 settings.mqtt_admin_password.get_secret_value(),
-            ) as admin:  # fmt: skip
+            ) as admin:
                 credentials = seed(conn, admin, loaded, day)
         else:
             credentials = seed(conn, None, loaded, day)
@@ -186,10 +192,18 @@ def _fleet_generator(
 
 
 def _fleet_run(
-    scenario: str, credentials: Path | None, truth: Path | None, *, mode: str,
-    speed: float, catch_up_hours: float, duration_s: float | None, rate: float | None,
-    days: float | None, resume: bool = False,
-) -> None:  # fmt: skip
+    scenario: str,
+    credentials: Path | None,
+    truth: Path | None,
+    *,
+    mode: str,
+    speed: float,
+    catch_up_hours: float,
+    duration_s: float | None,
+    rate: float | None,
+    days: float | None,
+    resume: bool = False,
+) -> None:
     from device_sim import runner, scenario as scenario_mod
     from device_sim.generator import firmware_of
     from device_sim.seed import read_credentials
@@ -216,8 +230,12 @@ def _fleet_run(
         only={c.serial for c in creds},
     )
     firmware = {d.serial: firmware_of(loaded, d.project, d.serial) for d in generator.devices}
-    swarm = Swarm(settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in creds],
-                  firmware=firmware)  # fmt: skip
+    swarm = Swarm(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        [(c.serial, c.password) for c in creds],
+        firmware=firmware,
+    )
     stop = _stop_on_signals()
     if duration_s:
         threading.Timer(duration_s, stop.set).start()
@@ -303,8 +321,17 @@ def sim_load(
     truth: TruthOpt = None,
 ) -> None:
     """Send the scenario's last --days as fast as the broker takes it (benchmarks)."""
-    _fleet_run(scenario, credentials, truth, mode="load", speed=1.0, catch_up_hours=0.0,
-               duration_s=None, rate=rate, days=days)  # fmt: skip
+    _fleet_run(
+        scenario,
+        credentials,
+        truth,
+        mode="load",
+        speed=1.0,
+        catch_up_hours=0.0,
+        duration_s=None,
+        rate=rate,
+        days=days,
+    )
 
 
 @sim_app.command("export")

@@ -175,9 +175,15 @@ class DeviceModel:
     starting there. Its scenario dates count back from `anchor`."""
 
     def __init__(
-        self, scenario: Scenario, customer: Customer, project: Project, serial: str, *,
-        origin: datetime, anchor: date,
-    ) -> None:  # fmt: skip
+        self,
+        scenario: Scenario,
+        customer: Customer,
+        project: Project,
+        serial: str,
+        *,
+        origin: datetime,
+        anchor: date,
+    ) -> None:
         self.scenario, self.project, self.serial = scenario, project, serial
         self.customer = customer
         self.go_live = go_live(project, anchor)

@@ -74,9 +74,13 @@ def _deliver(item: Outgoing, fleet: Publisher, counts: RunCounts) -> None:
 
 
 def run_paced(
-    generator: Generator, fleet: Publisher, *, speed: float, stop: threading.Event,
+    generator: Generator,
+    fleet: Publisher,
+    *,
+    speed: float,
+    stop: threading.Event,
     progress: Progress | None = None,
-) -> RunCounts:  # fmt: skip
+) -> RunCounts:
     """Send each window when the simulated clock reaches it: `speed` simulated seconds per
     real second, but never ahead of real time."""
     counts = RunCounts()
@@ -103,9 +107,13 @@ def run_paced(
 
 
 def run_load(
-    generator: Windowed, fleet: Publisher, *, rate: float | None, stop: threading.Event,
+    generator: Windowed,
+    fleet: Publisher,
+    *,
+    rate: float | None,
+    stop: threading.Event,
     progress: Progress | None = None,
-) -> RunCounts:  # fmt: skip
+) -> RunCounts:
     """Send everything as fast as the broker takes it, or at `rate` messages per second."""
     counts = RunCounts()
     started = time.monotonic()

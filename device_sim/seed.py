@@ -46,19 +46,26 @@ def seed(
             live_on = go_live(project, end)
             with conn.transaction():
                 project_id = registry.upsert_project(
-                    conn, customer_id, project.name,
-                    contract_value=project.contract_value, currency=project.currency,
-                    go_live_date=live_on, status=project.status,
-                )  # fmt: skip
+                    conn,
+                    customer_id,
+                    project.name,
+                    contract_value=project.contract_value,
+                    currency=project.currency,
+                    go_live_date=live_on,
+                    status=project.status,
+                )
                 for delivery in project.deliveries:
                     registry.upsert_delivery(
-                        conn, project_id, feature_ids[delivery.feature],
+                        conn,
+                        project_id,
+                        feature_ids[delivery.feature],
                         status=delivery.status,
                         delivered_on=delivered_on(project, delivery, end),
                         cost_person_days=delivery.cost_person_days,
                         contract_line_value=delivery.contract_line_value,
-                        business_score=delivery.business_score, strategic=delivery.strategic,
-                    )  # fmt: skip
+                        business_score=delivery.business_score,
+                        strategic=delivery.strategic,
+                    )
             devices = [
                 (serial, project.fleet.model, firmware_of(scenario, project, serial))
                 for serial in serials(project)

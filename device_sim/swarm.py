@@ -381,9 +381,12 @@ class Swarm:
         stats = self.stats
         log.info(
             "swarm: %s of %s devices connected in %.1fs (refused: %s, gave up: %s)",
-            stats.connected, stats.devices, time.monotonic() - started, stats.refused,
+            stats.connected,
+            stats.devices,
+            time.monotonic() - started,
+            stats.refused,
             stats.gave_up,
-        )  # fmt: skip
+        )
         return stats.connected
 
     def publish(self, serial: str, kind: MessageKind, payload: bytes) -> bool:

@@ -40,8 +40,9 @@ from services.core.paths import state_dir
 if TYPE_CHECKING:
     from services.core.settings import Settings
 
-app = typer.Typer(help="fieldtrack: IoT solution deliveries beside real device usage.",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="fieldtrack: IoT solution deliveries beside real device usage.", no_args_is_help=True
+)
 infra_app = typer.Typer(
     help="Local TimescaleDB and Mosquitto, without Docker.", no_args_is_help=True
 )
@@ -146,12 +147,13 @@ def broker_setup() -> None:
     try:
         s = get_settings()
         removed = setup_broker(
-            host=s.mqtt_host, port=s.mqtt_port,
+            host=s.mqtt_host,
+            port=s.mqtt_port,
             admin_user=s.mqtt_admin_username,
             admin_password=s.mqtt_admin_password.get_secret_value(),
             ingest_user=s.mqtt_ingest_username,
             ingest_password=s.mqtt_ingest_password.get_secret_value(),
-        )  # fmt: skip
+        )
     except FieldtrackError as exc:
         raise _fail(exc) from exc
     for line in removed:
@@ -270,9 +272,11 @@ def ingest(
         signal.signal(sig, lambda *_: stop.set())
     service.start()
     logging.getLogger("fieldtrack.ingest").info(
-        "ingest %s running against %s:%s", settings.ingest_client_id, settings.mqtt_host,
+        "ingest %s running against %s:%s",
+        settings.ingest_client_id,
+        settings.mqtt_host,
         settings.mqtt_port,
-    )  # fmt: skip
+    )
     # A bare wait() would not wake for the signal handler; a dead worker thread stops it too.
     while not stop.wait(0.5) and not service.failed.is_set():
         pass
@@ -280,8 +284,11 @@ def ingest(
     totals = service.totals
     logging.getLogger("fieldtrack.ingest").info(
         "stopped: %d messages, %d usage rows, %d duplicates absorbed, quarantined %s",
-        totals.messages, totals.usage_rows, totals.usage_duplicates, dict(totals.quarantined),
-    )  # fmt: skip
+        totals.messages,
+        totals.usage_rows,
+        totals.usage_duplicates,
+        dict(totals.quarantined),
+    )
     if service.failed.is_set():
         # Non-zero, for the supervisor to restart ingest; the broker redelivers what it held.
         logging.getLogger("fieldtrack.ingest").error("exiting with status %d", WORKER_DIED_EXIT)

@@ -39,8 +39,14 @@ VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::(\w+))?\}")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 CALENDAR = re.compile(r"^(\d+)([dw])$")
 UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-}  # fmt: skip
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 
 class MacroError(ValueError):
@@ -103,8 +109,14 @@ def parse_interval(text: str) -> timedelta:
 def format_interval(interval: timedelta) -> str:
     """gtime.FormatInterval: the largest whole unit (`1d`, `2h`, `30m`, `15s`, `100ms`)."""
     ms = int(interval / timedelta(milliseconds=1))
-    for unit, size in (("y", 365 * 86_400_000), ("d", 86_400_000), ("h", 3_600_000),
-                       ("m", 60_000), ("s", 1000), ("ms", 1)):  # fmt: skip
+    for unit, size in (
+        ("y", 365 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ):
         if ms >= size:
             return f"{ms // size}{unit}"
     return "1ms"

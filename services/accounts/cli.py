@@ -95,10 +95,12 @@ def add_user(
             user = store.create_user(
                 conn,
                 store.UserCreate(
-                    username=username, password=secret, role=role,
+                    username=username,
+                    password=secret,
+                    role=role,
                     customer_id=_customer_id(conn, customer),
                 ),
-            )  # fmt: skip
+            )
     except (FieldtrackError, ValidationError) as exc:
         raise _fail(exc) from exc
     console.print(f"user [bold]{user.username}[/] ({user.role.value}) added, id {user.id}")
@@ -117,9 +119,12 @@ def list_users() -> None:
     table = Table("id", "username", "role", "customer", "state")
     for user in users:
         table.add_row(
-            str(user.id), user.username, user.role.value, str(user.customer_id or ""),
+            str(user.id),
+            user.username,
+            user.role.value,
+            str(user.customer_id or ""),
             "disabled" if user.disabled_at else "active",
-        )  # fmt: skip
+        )
     console.print(table)
 
 
@@ -172,10 +177,12 @@ def create_token(
             token = store.create_token(
                 conn,
                 store.TokenCreate(
-                    name=name, role=role, customer_id=_customer_id(conn, customer),
+                    name=name,
+                    role=role,
+                    customer_id=_customer_id(conn, customer),
                     expires_in_days=expires_in_days,
                 ),
-            )  # fmt: skip
+            )
     except (FieldtrackError, ValidationError) as exc:
         raise _fail(exc) from exc
     console.print(f"token {token.id} ({token.role.value}) created; secret (shown once):")
@@ -197,10 +204,16 @@ def list_tokens() -> None:
     for t in tokens:
         expires = t.expires_at.isoformat(timespec="minutes") if t.expires_at else ""
         table.add_row(
-            str(t.id), t.name, t.prefix + "…", t.role.value, str(t.customer_id or ""),
-            str(t.user_id or ""), str(t.created_by or ""), expires,
+            str(t.id),
+            t.name,
+            t.prefix + "…",
+            t.role.value,
+            str(t.customer_id or ""),
+            str(t.user_id or ""),
+            str(t.created_by or ""),
+            expires,
             "revoked" if t.revoked_at else "active",
-        )  # fmt: skip
+        )
     console.print(table)
 
 

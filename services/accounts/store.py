@@ -315,10 +315,12 @@ def create_user(conn: psycopg.Connection, body: UserCreate) -> User:
         row = cur.execute(
             INSERT_USER,
             {
-                "username": body.username, "password_hash": hash_password(body.password),
-                "role": body.role.value, "customer_id": body.customer_id,
+                "username": body.username,
+                "password_hash": hash_password(body.password),
+                "role": body.role.value,
+                "customer_id": body.customer_id,
             },
-        ).fetchone()  # fmt: skip
+        ).fetchone()
     if row is None:  # RETURNING always yields the row; this keeps mypy honest
         raise RuntimeError("INSERT … RETURNING returned nothing")
     return row

@@ -127,10 +127,13 @@ def project_adoption(
     if not firsts:
         return out
     params = {
-        "project": project_id, "keys": list(firsts),
-        "firsts": list(firsts.values()), "end": end, "last": end - timedelta(days=1),
+        "project": project_id,
+        "keys": list(firsts),
+        "firsts": list(firsts.values()),
+        "end": end,
+        "last": end - timedelta(days=1),
         "first_month": min(firsts.values()).replace(day=1),
-    }  # fmt: skip
+    }
     counts: dict[str, dict[date, dict[date, tuple[int, int]]]] = defaultdict(
         lambda: defaultdict(dict)
     )
@@ -145,11 +148,15 @@ def project_adoption(
             interval = wilson(using, reporting)
             weekly.append(
                 WeekPoint(
-                    week=week, days=(min(week + WEEK, end) - max(week, first)).days,
-                    devices_reporting=reporting, devices_using=using, adoption=interval.share,
-                    adoption_low=interval.low, adoption_high=interval.high,
+                    week=week,
+                    days=(min(week + WEEK, end) - max(week, first)).days,
+                    devices_reporting=reporting,
+                    devices_using=using,
+                    adoption=interval.share,
+                    adoption_low=interval.low,
+                    adoption_high=interval.high,
                 )
-            )  # fmt: skip
+            )
         out.features.append(
             FeatureAdoption(feature_key=key, weekly=weekly, cohorts=_cohorts(weeks, first))
         )
@@ -166,10 +173,12 @@ def _cohorts(weeks: dict[date, dict[date, tuple[int, int]]], first: date) -> lis
                 continue
             by_cohort[cohort].append(
                 CohortCell(
-                    weeks_since=(week - cohort).days // 7, devices_reporting=reporting,
-                    devices_using=using, share=using / reporting if reporting else 0.0,
+                    weeks_since=(week - cohort).days // 7,
+                    devices_reporting=reporting,
+                    devices_using=using,
+                    share=using / reporting if reporting else 0.0,
                 )
-            )  # fmt: skip
+            )
     return [
         Cohort(cohort=cohort, devices=cells[0].devices_reporting if cells else 0, cells=cells)
         for cohort, cells in sorted(by_cohort.items())

@@ -88,13 +88,16 @@ class DecisionCreate(BaseModel):
         description="why (1–5000 characters)",
     )
     decided_by: Name | None = Field(
-        default=None, examples=["dana"],
+        default=None,
+        examples=["dana"],
         description="ignored by the API, which records the logged-in user or token",
-    )  # fmt: skip
+    )
     window_days: int = Field(
-        default=DEFAULT_WINDOW_DAYS, ge=1, le=MAX_WINDOW_DAYS,
+        default=DEFAULT_WINDOW_DAYS,
+        ge=1,
+        le=MAX_WINDOW_DAYS,
         description="days of evidence before the decision (and of the comparison after it)",
-    )  # fmt: skip
+    )
     decided_at: AwareDatetime | None = Field(
         default=None,
         description="when it was decided (default now); the evidence window ends here",
@@ -260,15 +263,29 @@ def _ratio(part: float, whole: float) -> float:
 
 
 def _snapshot(
-    window: Window, project_ids: Iterable[int], *, reporting: int, device_days: int,
-    using: int, use_days: int, events: int,
-) -> Snapshot:  # fmt: skip
+    window: Window,
+    project_ids: Iterable[int],
+    *,
+    reporting: int,
+    device_days: int,
+    using: int,
+    use_days: int,
+    events: int,
+) -> Snapshot:
     return Snapshot(
-        since=window.since, until=window.until, days=window.days, project_ids=sorted(project_ids),
-        devices_reporting=reporting, devices_using=using, device_days_reporting=device_days,
-        use_days=use_days, events=events, adoption=_ratio(using, reporting),
-        stickiness=_ratio(use_days, device_days), events_per_day=_ratio(events, window.days),
-    )  # fmt: skip
+        since=window.since,
+        until=window.until,
+        days=window.days,
+        project_ids=sorted(project_ids),
+        devices_reporting=reporting,
+        devices_using=using,
+        device_days_reporting=device_days,
+        use_days=use_days,
+        events=events,
+        adoption=_ratio(using, reporting),
+        stickiness=_ratio(use_days, device_days),
+        events_per_day=_ratio(events, window.days),
+    )
 
 
 def _use_days(stickiness: float, device_days: int) -> int:
@@ -293,10 +310,13 @@ def _project_evidence(
 ) -> Evidence:
     pid = analytics.project.project_id
     row = next(
-        (f for f in [*analytics.features, *analytics.undelivered_usage]
-         if f.feature_key == feature_key),
+        (
+            f
+            for f in [*analytics.features, *analytics.undelivered_usage]
+            if f.feature_key == feature_key
+        ),
         None,
-    )  # fmt: skip
+    )
     if row is None:
         raise InvalidInputError(
             f"feature {feature_key!r} is not delivered to project {pid} and was not used there "
@@ -306,28 +326,40 @@ def _project_evidence(
     # the part of the window the feature was live in, as its verdict was measured
     measured = Window(row.measured_since, window.until)
     measures = _snapshot(
-        measured, [pid], reporting=row.devices_reporting,
-        device_days=row.device_days_reporting, using=row.devices_using,
-        use_days=_use_days(row.stickiness, row.device_days_reporting), events=row.events,
-    )  # fmt: skip
+        measured,
+        [pid],
+        reporting=row.devices_reporting,
+        device_days=row.device_days_reporting,
+        using=row.devices_using,
+        use_days=_use_days(row.stickiness, row.device_days_reporting),
+        events=row.events,
+    )
     verdict = row if isinstance(row, FeatureRow) else None
     return Evidence(
-        scope=Scope.PROJECT, computed_at=now, measures=measures,
-        delivery_status=row.delivery_status, confidence=row.confidence,
-        confidence_reason=row.confidence_reason, trend=row.trend,
-        adoption_low=row.adoption_low, adoption_high=row.adoption_high,
+        scope=Scope.PROJECT,
+        computed_at=now,
+        measures=measures,
+        delivery_status=row.delivery_status,
+        confidence=row.confidence,
+        confidence_reason=row.confidence_reason,
+        trend=row.trend,
+        adoption_low=row.adoption_low,
+        adoption_high=row.adoption_high,
         user_value=verdict.user_value if verdict else None,
         business_value=verdict.business_value if verdict else None,
         recommendation=verdict.recommendation if verdict else None,
         explanation=verdict.explanation if verdict else None,
         analytics=row.model_dump(mode="json"),
-    )  # fmt: skip
+    )
 
 
 def _portfolio_evidence(
-    conn: psycopg.Connection, feature_key: str, window: Window,
-    thresholds: AnalyticsThresholds, now: datetime,
-) -> Evidence:  # fmt: skip
+    conn: psycopg.Connection,
+    feature_key: str,
+    window: Window,
+    thresholds: AnalyticsThresholds,
+    now: datetime,
+) -> Evidence:
     whole = portfolio(conn, window, thresholds)
     summary = next((f for f in whole.features if f.feature_key == feature_key), None)
     if summary is None:
@@ -348,16 +380,23 @@ def _portfolio_evidence(
                 use_days += _use_days(f.stickiness, p.coverage.device_days_reporting)
                 events += f.events
     measures = _snapshot(
-        window, ids, reporting=reporting, device_days=device_days, using=using,
-        use_days=use_days, events=events,
-    )  # fmt: skip
+        window,
+        ids,
+        reporting=reporting,
+        device_days=device_days,
+        using=using,
+        use_days=use_days,
+        events=events,
+    )
     return Evidence(
-        scope=Scope.PORTFOLIO, computed_at=now, measures=measures,
+        scope=Scope.PORTFOLIO,
+        computed_at=now,
+        measures=measures,
         recommendations=summary.recommendations,
         explanation=f"delivered to {summary.projects_delivered} project(s); adoption "
         f"{summary.adoption:.0%} of {summary.devices_reporting} reporting devices",
         analytics=summary.model_dump(mode="json"),
-    )  # fmt: skip
+    )
 
 
 def record_decision(
@@ -375,10 +414,15 @@ def record_decision(
     else:
         evidence = _portfolio_evidence(conn, feature_key, window, thresholds, now)
     values = {
-        "project_id": body.project_id, "feature_id": feature_id, "decision": body.decision.value,
-        "rationale": body.rationale, "decided_by": body.decided_by, "decided_at": decided_at,
-        "window_days": body.window_days, "evidence": Jsonb(evidence.model_dump(mode="json")),
-    }  # fmt: skip
+        "project_id": body.project_id,
+        "feature_id": feature_id,
+        "decision": body.decision.value,
+        "rationale": body.rationale,
+        "decided_by": body.decided_by,
+        "decided_at": decided_at,
+        "window_days": body.window_days,
+        "evidence": Jsonb(evidence.model_dump(mode="json")),
+    }
     with translate_errors(DECISIONS), conn.transaction():
         row = conn.execute(INSERT, values).fetchone()
     assert row is not None  # noqa: S101 - INSERT … RETURNING always returns the row
@@ -424,14 +468,23 @@ def measure(
     conn: psycopg.Connection, project_ids: list[int], feature_key: str, window: Window
 ) -> Snapshot:
     """The measures of `Snapshot` for a feature in some projects, straight from the rollups."""
-    params = {"projects": project_ids, "feature": feature_key, "since": window.since,
-              "until": window.until}  # fmt: skip
+    params = {
+        "projects": project_ids,
+        "feature": feature_key,
+        "since": window.since,
+        "until": window.until,
+    }
     row = conn.execute(SNAPSHOT, params).fetchone()
     reporting, device_days, using, events, use_days = row or (0, 0, 0, 0, 0)
     return _snapshot(
-        window, project_ids, reporting=reporting, device_days=device_days, using=using,
-        use_days=use_days, events=events,
-    )  # fmt: skip
+        window,
+        project_ids,
+        reporting=reporting,
+        device_days=device_days,
+        using=using,
+        use_days=use_days,
+        events=events,
+    )
 
 
 def with_after(conn: psycopg.Connection, decision: Decision, now: datetime) -> Decision:

@@ -89,16 +89,19 @@ def feature_impact(conn: psycopg.Connection, feature_key: str, whole: Portfolio)
         for f in rows:
             by_customer[p.project.customer_id].append(
                 ProjectImpact(
-                    project_id=p.project.project_id, project_name=p.project.project_name,
+                    project_id=p.project.project_id,
+                    project_name=p.project.project_name,
                     delivery_status=f.delivery_status,
                     contract_line_value=lines.get(p.project.project_id),
-                    devices_reporting=f.devices_reporting, devices_using=f.devices_using,
-                    adoption=f.adoption, adoption_low=f.adoption_low,
+                    devices_reporting=f.devices_reporting,
+                    devices_using=f.devices_using,
+                    adoption=f.adoption,
+                    adoption_low=f.adoption_low,
                     adoption_high=f.adoption_high,
                     # undelivered use has measures and no verdict
                     recommendation=getattr(f, "recommendation", None),
                 )
-            )  # fmt: skip
+            )
             contexts[p.project.customer_id] = p.project
     values: dict[int, float | None] = dict(
         conn.execute(CUSTOMER_VALUES, {"customers": list(by_customer)}).fetchall()
@@ -119,8 +122,12 @@ def feature_impact(conn: psycopg.Connection, feature_key: str, whole: Portfolio)
     customers.sort(key=lambda c: (c.devices_using == 0, -(c.contract_value or 0), c.customer_name))
     using = [c for c in customers if c.devices_using]
     return FeatureImpact(
-        feature_key=feature_key, feature_name=name, kind=FeatureKind(kind), since=whole.since,
-        until=whole.until, customers_using=len(using),
+        feature_key=feature_key,
+        feature_name=name,
+        kind=FeatureKind(kind),
+        since=whole.since,
+        until=whole.until,
+        customers_using=len(using),
         projects_using=sum(1 for c in using for p in c.projects if p.devices_using),
         devices_using=sum(c.devices_using for c in using),
         contract_value_at_risk=sum(c.contract_value or 0.0 for c in using),
@@ -128,4 +135,4 @@ def feature_impact(conn: psycopg.Connection, feature_key: str, whole: Portfolio)
             1 for c in using if c.lifecycle_stage in SENSITIVE_STAGES
         ),
         customers=customers,
-    )  # fmt: skip
+    )

@@ -348,14 +348,18 @@ def _read(conn: psycopg.Connection, project_ids: list[int], window: Window, now:
     )
     bounded = [(pid, key, p.bound) for (pid, key), p in sorted(feature_parts.items())]
     params.update(
-        until=window.until, reported=ENABLED_REPORTED,
-        bound_project=list(parts), bound_day=[p.bound for p in parts.values()],
-        fbound_project=[b[0] for b in bounded], fbound_feature=[b[1] for b in bounded],
+        until=window.until,
+        reported=ENABLED_REPORTED,
+        bound_project=list(parts),
+        bound_day=[p.bound for p in parts.values()],
+        fbound_project=[b[0] for b in bounded],
+        fbound_feature=[b[1] for b in bounded],
         fbound_day=[b[2] for b in bounded],
-        seg_project=[s[0] for s in segments], seg_day=[s[1] for s in segments],
+        seg_project=[s[0] for s in segments],
+        seg_day=[s[1] for s in segments],
         **Span.of(window.since, window.until).params(),
         **Span.of(window.previous, window.since).params("prev_"),
-    )  # fmt: skip
+    )
     reporting = {(pid, lo): (n, days) for pid, lo, n, days in conn.execute(REPORTING, params)}
     messages = {pid: (got, expected) for pid, got, expected in conn.execute(MESSAGES, params)}
     usage = {
@@ -377,14 +381,24 @@ def _read(conn: psycopg.Connection, project_ids: list[int], window: Window, now:
     first_last = {
         (pid, key): (first_use, last_use)
         for pid, key, first_use, last_use in conn.execute(
-            FIRST_LAST, {"pids": [p for p, _ in pairs], "keys": [k for _, k in pairs],
-                         "until": window.until},
+            FIRST_LAST,
+            {"pids": [p for p, _ in pairs], "keys": [k for _, k in pairs], "until": window.until},
         )
-    }  # fmt: skip
+    }
     return _Raw(
-        contexts, parts, feature_parts, reporting, messages, usage, enabled, enabled_reporting,
-        previous, prev_reporting, catalog, first_last,
-    )  # fmt: skip
+        contexts,
+        parts,
+        feature_parts,
+        reporting,
+        messages,
+        usage,
+        enabled,
+        enabled_reporting,
+        previous,
+        prev_reporting,
+        catalog,
+        first_last,
+    )
 
 
 def _measures(raw: _Raw, pid: int, window: Window, t: AnalyticsThresholds) -> ProjectMeasures:
@@ -393,12 +407,14 @@ def _measures(raw: _Raw, pid: int, window: Window, t: AnalyticsThresholds) -> Pr
     received, expected = raw.messages.get(pid, (0, 0))
     completeness = min(1.0, received / expected) if received and expected else None
     coverage = Coverage(
-        measured_since=part.since, measured_days=part.days,
+        measured_since=part.since,
+        measured_days=part.days,
         devices_reporting=reporting,
         devices_silent=max(0, context.devices_total - reporting),
         reporting_share=_ratio(reporting, context.devices_total),
-        device_days_reporting=device_days, completeness=completeness,
-    )  # fmt: skip
+        device_days_reporting=device_days,
+        completeness=completeness,
+    )
     level, reason = confidence(reporting, coverage.measured_days, completeness, t)
     features = []
     for key, (name, kind, status, delivered_on) in raw.catalog[pid].items():
@@ -422,30 +438,54 @@ def _measures(raw: _Raw, pid: int, window: Window, t: AnalyticsThresholds) -> Pr
         fconf, freason = confidence(n, measured, completeness, t)
         features.append(
             FeatureMeasures(
-                feature_key=key, feature_name=name, kind=kind, delivery_status=status,
-                delivered_on=delivered_on, live_since=fpart.live_since,
+                feature_key=key,
+                feature_name=name,
+                kind=kind,
+                delivery_status=status,
+                delivered_on=delivered_on,
+                live_since=fpart.live_since,
                 days_live=fpart.days_live,
-                measured_since=fpart.since, measured_days=measured, devices_reporting=n,
-                device_days_reporting=days, devices_using=using, events=events,
-                adoption=adoption.share, adoption_low=adoption.low, adoption_high=adoption.high,
-                frequency=_ratio(events, using * measured), stickiness=_ratio(use_days, days),
-                enabled_reporting=enabled_of, devices_enabled=enabled.part if enabled else 0,
+                measured_since=fpart.since,
+                measured_days=measured,
+                devices_reporting=n,
+                device_days_reporting=days,
+                devices_using=using,
+                events=events,
+                adoption=adoption.share,
+                adoption_low=adoption.low,
+                adoption_high=adoption.high,
+                frequency=_ratio(events, using * measured),
+                stickiness=_ratio(use_days, days),
+                enabled_reporting=enabled_of,
+                devices_enabled=enabled.part if enabled else 0,
                 **_enabled_fields(enabled),
                 adoption_previous=previous if prev_n else None,
                 trend=adoption.share - previous if previous is not None and prev_n else None,
-                first_used=first, days_to_first_use=_days_since(fpart.live_since, first),
-                last_used=last, confidence=fconf, confidence_reason=freason,
+                first_used=first,
+                days_to_first_use=_days_since(fpart.live_since, first),
+                last_used=last,
+                confidence=fconf,
+                confidence_reason=freason,
             )
-        )  # fmt: skip
+        )
     features.sort(key=lambda f: (f.delivery_status is None, -f.adoption, f.feature_key))
     return ProjectMeasures(
-        project=context, live_since=part.live_since, since=window.since, until=window.until,
-        coverage=coverage, confidence=level, confidence_reason=reason, features=features,
-    )  # fmt: skip
+        project=context,
+        live_since=part.live_since,
+        since=window.since,
+        until=window.until,
+        coverage=coverage,
+        confidence=level,
+        confidence_reason=reason,
+        features=features,
+    )
 
 
 def _enabled_fields(enabled: Interval | None) -> dict[str, float | None]:
     if enabled is None:
         return {"enabled_share": None, "enabled_low": None, "enabled_high": None}
-    return {"enabled_share": enabled.share, "enabled_low": enabled.low,
-            "enabled_high": enabled.high}  # fmt: skip
+    return {
+        "enabled_share": enabled.share,
+        "enabled_low": enabled.low,
+        "enabled_high": enabled.high,
+    }

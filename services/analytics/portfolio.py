@@ -188,14 +188,18 @@ def for_customer(a: ProjectAnalytics) -> CustomerProjectAnalytics:
     use of features that are not delivered (planned, cut: demand, for the company)."""
     return CustomerProjectAnalytics(
         project=ProjectContext.model_validate(_only(a.project, ProjectContext)),
-        live_since=a.live_since, since=a.since, until=a.until, coverage=a.coverage,
-        confidence=a.confidence, confidence_reason=a.confidence_reason,
+        live_since=a.live_since,
+        since=a.since,
+        until=a.until,
+        coverage=a.coverage,
+        confidence=a.confidence,
+        confidence_reason=a.confidence_reason,
         features=[
             FeatureMeasures.model_validate(_only(f, FeatureMeasures))
             for f in a.features
             if f.delivery_status == DeliveryStatus.DELIVERED
         ],
-    )  # fmt: skip
+    )
 
 
 def _only(model: BaseModel, target: type[BaseModel]) -> dict[str, object]:
@@ -204,12 +208,18 @@ def _only(model: BaseModel, target: type[BaseModel]) -> dict[str, object]:
 
 def _evidence(m: ProjectMeasures, f: FeatureMeasures, business: Business) -> Evidence:
     return Evidence(
-        kind=f.kind, devices_reporting=f.devices_reporting, devices_using=f.devices_using,
-        stickiness=f.stickiness, measured_days=f.measured_days,
-        completeness=m.coverage.completeness, live_since=f.live_since, days_live=f.days_live,
-        business=business, enabled_reporting=f.enabled_reporting,
+        kind=f.kind,
+        devices_reporting=f.devices_reporting,
+        devices_using=f.devices_using,
+        stickiness=f.stickiness,
+        measured_days=f.measured_days,
+        completeness=m.coverage.completeness,
+        live_since=f.live_since,
+        days_live=f.days_live,
+        business=business,
+        enabled_reporting=f.enabled_reporting,
         devices_enabled=f.devices_enabled,
-    )  # fmt: skip
+    )
 
 
 def _peer_group(p: InternalProjectContext) -> str:
@@ -246,9 +256,10 @@ def peer_stats(
 
 
 def _assess(
-    measured: dict[int, ProjectMeasures], business: dict[tuple[int, str], Business],
+    measured: dict[int, ProjectMeasures],
+    business: dict[tuple[int, str], Business],
     t: AnalyticsThresholds,
-) -> list[ProjectAnalytics]:  # fmt: skip
+) -> list[ProjectAnalytics]:
     peers = _peers(measured, t)
     out = []
     for pid, m in measured.items():
@@ -257,31 +268,42 @@ def _assess(
             if f.delivery_status is None:
                 continue
             values: dict[str, object] = {
-                "business_value": None, "business_high": None, "user_value": None,
-                "recommendation": None, "explanation": None, "peers": None,
-            }  # fmt: skip
+                "business_value": None,
+                "business_high": None,
+                "user_value": None,
+                "recommendation": None,
+                "explanation": None,
+                "peers": None,
+            }
             if f.delivery_status == DeliveryStatus.DELIVERED:
                 inputs = business.get((pid, f.feature_key), Business())
                 verdict = judge(_evidence(m, f, inputs), t)
                 group = _peer_group(m.project)
                 values.update(
-                    business_value=verdict.business_value, business_high=verdict.business_high,
-                    user_value=verdict.user_value, recommendation=verdict.recommendation,
+                    business_value=verdict.business_value,
+                    business_high=verdict.business_high,
+                    user_value=verdict.user_value,
+                    recommendation=verdict.recommendation,
                     explanation=verdict.explanation,
                     peers=peer_stats(group, peers.get((group, f.feature_key), []), m.project),
-                )  # fmt: skip
+                )
             rows.append(FeatureRow(**f.model_dump(), **values))
         out.append(
             ProjectAnalytics(
-                project=m.project, live_since=m.live_since, since=m.since, until=m.until,
-                coverage=m.coverage, confidence=m.confidence,
-                confidence_reason=m.confidence_reason, features=rows,
+                project=m.project,
+                live_since=m.live_since,
+                since=m.since,
+                until=m.until,
+                coverage=m.coverage,
+                confidence=m.confidence,
+                confidence_reason=m.confidence_reason,
+                features=rows,
                 # used here without a delivery in force (never delivered, only planned, or cut)
                 undelivered_usage=[
                     f for f in m.features if f.delivery_status != "delivered" and f.events > 0
                 ],
             )
-        )  # fmt: skip
+        )
     return out
 
 
@@ -332,7 +354,9 @@ def portfolio(conn: psycopg.Connection, window: Window, t: AnalyticsThresholds) 
         ]
 
     return Portfolio(
-        since=window.since, until=window.until, projects=projects,
+        since=window.since,
+        until=window.until,
+        projects=projects,
         features=_features(projects, bought),
         cut_candidates=sorted(
             candidates(Recommendation.CUT_CANDIDATE),
@@ -342,7 +366,7 @@ def portfolio(conn: psycopg.Connection, window: Window, t: AnalyticsThresholds) 
             candidates(Recommendation.ITERATE_INVEST),
             key=lambda a: (-a.business_value, -a.adoption_low),
         ),
-    )  # fmt: skip
+    )
 
 
 def project_analytics(
@@ -359,8 +383,12 @@ def project_analytics(
 def firmware_breakdown(
     conn: psycopg.Connection, project_id: int, feature_key: str, window: Window
 ) -> list[FirmwareGroup]:
-    params = {"projects": [project_id], "feature": feature_key, "until": window.until,
-              **Span.of(window.since, window.until).params()}  # fmt: skip
+    params = {
+        "projects": [project_id],
+        "feature": feature_key,
+        "until": window.until,
+        **Span.of(window.since, window.until).params(),
+    }
     return [
         FirmwareGroup(
             firmware=fw,
@@ -390,10 +418,13 @@ def _features(projects: list[ProjectAnalytics], bought: dict[str, int]) -> list[
             using = sum(f.devices_using for _, f in members)
             out.append(
                 Breakdown(
-                    group=group, projects=len(members), devices_reporting=reporting,
-                    devices_using=using, adoption=using / reporting if reporting else 0.0,
+                    group=group,
+                    projects=len(members),
+                    devices_reporting=reporting,
+                    devices_using=using,
+                    adoption=using / reporting if reporting else 0.0,
                 )
-            )  # fmt: skip
+            )
         return out
 
     out = []
@@ -407,12 +438,18 @@ def _features(projects: list[ProjectAnalytics], bought: dict[str, int]) -> list[
         first = items[0][1]
         out.append(
             PortfolioFeature(
-                feature_key=key, feature_name=first.feature_name, kind=first.kind,
-                projects_delivered=len(items), customers_bought=bought.get(key, 0),
-                devices_reporting=reporting, devices_using=using,
-                adoption=using / reporting if reporting else 0.0, recommendations=dict(recs),
-                by_tier=breakdown(items, "tier"), by_industry=breakdown(items, "industry"),
+                feature_key=key,
+                feature_name=first.feature_name,
+                kind=first.kind,
+                projects_delivered=len(items),
+                customers_bought=bought.get(key, 0),
+                devices_reporting=reporting,
+                devices_using=using,
+                adoption=using / reporting if reporting else 0.0,
+                recommendations=dict(recs),
+                by_tier=breakdown(items, "tier"),
+                by_industry=breakdown(items, "industry"),
                 by_lifecycle_stage=breakdown(items, "lifecycle_stage"),
             )
-        )  # fmt: skip
+        )
     return out

@@ -189,13 +189,15 @@ def rules(t: AnalyticsThresholds) -> tuple[Rule, ...]:
     high = f"{t.high_business_value:g}"
     return (
         Rule(
-            Recommendation.TOO_EARLY, LABELS[Recommendation.TOO_EARLY],
+            Recommendation.TOO_EARLY,
+            LABELS[Recommendation.TOO_EARLY],
             f"live on this project for less than {t.maturity_days:g} days (from the later of "
             "its go-live and the delivery)",
             "wait: people are still taking it up",
         ),
         Rule(
-            Recommendation.INSUFFICIENT_DATA, LABELS[Recommendation.INSUFFICIENT_DATA],
+            Recommendation.INSUFFICIENT_DATA,
+            LABELS[Recommendation.INSUFFICIENT_DATA],
             f"fewer than {t.medium_confidence_devices} devices reporting, under "
             f"{t.medium_confidence_days:g} days measured or under "
             f"{_line(t.medium_confidence_completeness)} of messages received; or the adoption "
@@ -205,7 +207,8 @@ def rules(t: AnalyticsThresholds) -> tuple[Rule, ...]:
             frozenset({UserValue.UNCLEAR}),
         ),
         Rule(
-            Recommendation.CUT_CANDIDATE, LABELS[Recommendation.CUT_CANDIDATE],
+            Recommendation.CUT_CANDIDATE,
+            LABELS[Recommendation.CUT_CANDIDATE],
             f"no user value, over {t.cut_min_days:g} days measured or more: even the upper bound "
             f"of adoption's 95 % interval is under {cut}, stickiness is under {sticky}, and for a "
             f"standing feature even the upper bound of the share of devices with it enabled is "
@@ -215,20 +218,24 @@ def rules(t: AnalyticsThresholds) -> tuple[Rule, ...]:
             frozenset({UserValue.NONE}),
         ),
         Rule(
-            Recommendation.ITERATE_INVEST, LABELS[Recommendation.ITERATE_INVEST],
+            Recommendation.ITERATE_INVEST,
+            LABELS[Recommendation.ITERATE_INVEST],
             f"user value shown (adoption's lower bound at {cut} or more, stickiness at "
             f"{sticky} or more, or for a standing feature the lower bound of the share of "
             f"devices with it enabled at {cut} or more) and business value {high} or more",
             "valued on both axes: invest; where adoption lags, iterate to raise it",
-            frozenset({UserValue.SHOWN}), frozenset({True}),
+            frozenset({UserValue.SHOWN}),
+            frozenset({True}),
         ),
         Rule(
-            Recommendation.KEEP_PRUDENTLY, LABELS[Recommendation.KEEP_PRUDENTLY],
+            Recommendation.KEEP_PRUDENTLY,
+            LABELS[Recommendation.KEEP_PRUDENTLY],
             f"user value shown, business value under {high}",
             "people use it and it earns little: keep it cheap, or offer it free",
-            frozenset({UserValue.SHOWN}), frozenset({False}),
+            frozenset({UserValue.SHOWN}),
+            frozenset({False}),
         ),
-    )  # fmt: skip
+    )
 
 
 class RuleText(BaseModel):
@@ -328,21 +335,24 @@ def judge(e: Evidence, t: AnalyticsThresholds) -> Verdict:
 
     if e.live_since is None or e.days_live is None:
         return verdict(
-            Recommendation.TOO_EARLY, None,
+            Recommendation.TOO_EARLY,
+            None,
             "not live yet: the project has no go-live date and no device has reported",
-        )  # fmt: skip
+        )
     if e.days_live <= 0:
         return verdict(
-            Recommendation.TOO_EARLY, None,
+            Recommendation.TOO_EARLY,
+            None,
             f"not live in this window: live here from {e.live_since}",
-        )  # fmt: skip
+        )
     if e.days_live < t.maturity_days:
         ready = e.live_since + timedelta(days=math.ceil(t.maturity_days))
         return verdict(
-            Recommendation.TOO_EARLY, None,
+            Recommendation.TOO_EARLY,
+            None,
             f"live here for {_days(e.days_live)} (since {e.live_since}): judged once live for "
             f"{t.maturity_days:g} days, from {ready}",
-        )  # fmt: skip
+        )
     if level is Confidence.LOW:
         return verdict(
             Recommendation.INSUFFICIENT_DATA, None, f"not enough data to judge: {reason}"
@@ -365,9 +375,14 @@ def _used(a: Interval) -> str:
 
 
 def _explain(
-    e: Evidence, t: AnalyticsThresholds, *, user: UserValue, adoption: Interval,
-    enabled: Interval | None, value: float,
-) -> str:  # fmt: skip
+    e: Evidence,
+    t: AnalyticsThresholds,
+    *,
+    user: UserValue,
+    adoption: Interval,
+    enabled: Interval | None,
+    value: float,
+) -> str:
     cut = _line(t.cut_adoption)
     business = f"business value {value:.2f} ({e.business.describe()})"
     standing = e.kind is FeatureKind.STANDING

@@ -71,11 +71,16 @@ class Span:
     def params(self, prefix: str = "") -> dict[str, Any]:
         (h1a, h1b), (h2a, h2b) = self.hour_ranges
         values = {
-            "fs": self.full_start, "fe": self.full_end,
+            "fs": self.full_start,
+            "fe": self.full_end,
             "fs_month": self.full_start.replace(day=1),
-            "edge_days": [d for d, _ in self.edges], "edge_masks": [m for _, m in self.edges],
-            "h1a": h1a, "h1b": h1b, "h2a": h2a, "h2b": h2b,
-        }  # fmt: skip
+            "edge_days": [d for d, _ in self.edges],
+            "edge_masks": [m for _, m in self.edges],
+            "h1a": h1a,
+            "h1b": h1b,
+            "h2a": h2a,
+            "h2b": h2b,
+        }
         return {f"{prefix}{key}": value for key, value in values.items()}
 
 
@@ -158,9 +163,14 @@ def enabled_devices(prefix: str = "", where: str = "") -> str:
     """(project_id, feature_key, device_id, days): devices that reported a feature enabled
     (or, under ENABLED_REPORTED, their list at all), from the day the feature went live."""
     return _per_device(
-        "enabled_monthly", "enabled_daily", "project_id, feature_key", where, prefix,
-        joins=FEATURE_BOUNDS, lo=FEATURE_LO,
-    )  # fmt: skip
+        "enabled_monthly",
+        "enabled_daily",
+        "project_id, feature_key",
+        where,
+        prefix,
+        joins=FEATURE_BOUNDS,
+        lo=FEATURE_LO,
+    )
 
 
 def reporting_devices(prefix: str = "", where: str = "") -> str:
@@ -206,16 +216,25 @@ def feature_events(prefix: str = "", *, bounded: bool = False) -> str:
     """(project_id, feature_key, events) in the window (*bounded*: from the feature's go-live)."""
     joins, lo = (FEATURE_BOUNDS, FEATURE_LO) if bounded else ("", NO_BOUND)
     return _additive(
-        "feature", "project_id, feature_key, events", "project_id, feature_key",
-        "sum(events)::bigint AS events", prefix, joins=joins, lo=lo,
-    )  # fmt: skip
+        "feature",
+        "project_id, feature_key, events",
+        "project_id, feature_key",
+        "sum(events)::bigint AS events",
+        prefix,
+        joins=joins,
+        lo=lo,
+    )
 
 
 def project_messages(prefix: str = "", *, bounded: bool = False) -> str:
     """(project_id, messages, missing) in the window (*bounded*: from the project's go-live)."""
     joins, lo = (PROJECT_BOUNDS, "project_lo") if bounded else ("", NO_BOUND)
     return _additive(
-        "project", "project_id, messages, missing", "project_id",
-        "sum(messages)::bigint AS messages, sum(missing)::bigint AS missing", prefix,
-        joins=joins, lo=lo,
-    )  # fmt: skip
+        "project",
+        "project_id, messages, missing",
+        "project_id",
+        "sum(messages)::bigint AS messages, sum(missing)::bigint AS missing",
+        prefix,
+        joins=joins,
+        lo=lo,
+    )

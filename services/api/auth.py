@@ -58,9 +58,14 @@ def unsign(request: Request, purpose: str, signed: str, max_age: timedelta) -> s
 
 def set_cookie(request: Request, response: Response, name: str, value: str, ttl: timedelta) -> None:
     response.set_cookie(
-        name, value, max_age=int(ttl.total_seconds()), path="/", httponly=True,
-        samesite="lax", secure=request.app.state.settings.session_cookie_secure,
-    )  # fmt: skip
+        name,
+        value,
+        max_age=int(ttl.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.app.state.settings.session_cookie_secure,
+    )
 
 
 def _identify(
@@ -126,9 +131,10 @@ def _rule(permissions: tuple[Permission, ...], kind: Kind) -> Callable[..., Prin
 
         def from_request(request: Request, conn: ConnDep, credentials: Credentials) -> Principal:
             return authorise(
-                _identify(request, conn, credentials), request.headers.get(CSRF_HEADER),
+                _identify(request, conn, credentials),
+                request.headers.get(CSRF_HEADER),
                 request.method,
-            )  # fmt: skip
+            )
 
         dependency = from_request
     setattr(dependency, ACCESS_RULE, (kind, frozenset(permissions)))

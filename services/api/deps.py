@@ -39,9 +39,11 @@ def get_broker_admin(request: Request) -> Iterator[BrokerAdmin]:
     """A dynamic-security session for this request (provisioning is rare; keep it simple)."""
     settings: Settings = request.app.state.settings
     with BrokerAdmin(
-        settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_admin_username,
         settings.mqtt_admin_password.get_secret_value(),
-    ) as admin:  # fmt: skip
+    ) as admin:
         yield admin
 
 
@@ -122,9 +124,10 @@ class Window:
             raise InvalidInputError("since must be before until", field="since", location="query")
         if self.until - self.since > MAX_WINDOW:
             raise InvalidInputError(
-                f"the window may span at most {MAX_WINDOW.days} days", field="since",
+                f"the window may span at most {MAX_WINDOW.days} days",
+                field="since",
                 location="query",
-            )  # fmt: skip
+            )
 
 
 class UsageWindow(Window):

@@ -76,11 +76,17 @@ def document_access_errors(app: FastAPI) -> None:
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
                 for code, spec in ACCESS.items():
-                    operation.setdefault("responses", {}).setdefault(str(code), {
-                        "description": spec["description"],
-                        "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-                    })  # fmt: skip
+                    operation.setdefault("responses", {}).setdefault(
+                        str(code),
+                        {
+                            "description": spec["description"],
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                                }
+                            },
+                        },
+                    )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.setdefault("ErrorBody", ErrorBody.model_json_schema())
         return schema
@@ -126,9 +132,10 @@ def install(app: FastAPI) -> None:
                 f"/login?{urlencode({'next': target})}", status_code=status.HTTP_303_SEE_OTHER
             )
         return JSONResponse(
-            {"detail": str(exc)}, status_code=status.HTTP_401_UNAUTHORIZED,
+            {"detail": str(exc)},
+            status_code=status.HTTP_401_UNAUTHORIZED,
             headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
+        )
 
     @app.exception_handler(PermissionDeniedError)
     def forbidden(request: Request, exc: PermissionDeniedError) -> JSONResponse:
@@ -137,19 +144,23 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RateLimitedError)
     def too_many(request: Request, exc: RateLimitedError) -> JSONResponse:
         return JSONResponse(
-            {"detail": str(exc)}, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            {"detail": str(exc)},
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
             headers={"Retry-After": str(exc.retry_after_s)},
-        )  # fmt: skip
+        )
 
     @app.exception_handler(RequestValidationError)
     def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default echoes each bad `input`, which cannot always be encoded (NaN,
         # undecodable bytes) and may carry secrets; loc, msg and type are what people act on.
         detail = [
-            {"loc": [str(p) if not isinstance(p, int) else p for p in err.get("loc", ())],
-             "msg": str(err.get("msg", "invalid")), "type": str(err.get("type", "invalid"))}
+            {
+                "loc": [str(p) if not isinstance(p, int) else p for p in err.get("loc", ())],
+                "msg": str(err.get("msg", "invalid")),
+                "type": str(err.get("type", "invalid")),
+            }
             for err in exc.errors()
-        ]  # fmt: skip
+        ]
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(NotFoundError)

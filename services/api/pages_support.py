@@ -111,7 +111,12 @@ def render(
         request,
         template,
         {
-            "caller": caller, "nav": navigation(caller), "window": window,
-            "window_days": WINDOW_DAYS, "can": caller.can, "P": Permission, **context,
+            "caller": caller,
+            "nav": navigation(caller),
+            "window": window,
+            "window_days": WINDOW_DAYS,
+            "can": caller.can,
+            "P": Permission,
+            **context,
         },
-    )  # fmt: skip
+    )

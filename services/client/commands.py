@@ -65,14 +65,18 @@ from services.registry.enums import (  # noqa: E402 - stdlib-only, cheap at --he
 
 customers_app = typer.Typer(help="Customers (through the API).", no_args_is_help=True)
 projects_app = typer.Typer(help="Customer projects (through the API).", no_args_is_help=True)
-features_app = typer.Typer(help="Features that can be delivered (through the API).",
-                           no_args_is_help=True)  # fmt: skip
-deliveries_app = typer.Typer(help="Features delivered to projects (through the API).",
-                             no_args_is_help=True)  # fmt: skip
-devices_app = typer.Typer(help="Devices and their MQTT credentials (through the API).",
-                          no_args_is_help=True)  # fmt: skip
-import_app = typer.Typer(help="Bulk import from CSV (through the API); all rows or none.",
-                         no_args_is_help=True)  # fmt: skip
+features_app = typer.Typer(
+    help="Features that can be delivered (through the API).", no_args_is_help=True
+)
+deliveries_app = typer.Typer(
+    help="Features delivered to projects (through the API).", no_args_is_help=True
+)
+devices_app = typer.Typer(
+    help="Devices and their MQTT credentials (through the API).", no_args_is_help=True
+)
+import_app = typer.Typer(
+    help="Bulk import from CSV (through the API); all rows or none.", no_args_is_help=True
+)
 
 
 # --- plumbing -------------------------------------------------------------------------
@@ -196,9 +200,16 @@ ItemId = Annotated[int, typer.Argument(min=1, help="the id")]
 
 
 def _list(
-    path: str, plural: str, columns: Sequence[Column], filters: Mapping[str, Any], *,
-    q: str | None, sort: str | None, limit: int, offset: int,
-) -> None:  # fmt: skip
+    path: str,
+    plural: str,
+    columns: Sequence[Column],
+    filters: Mapping[str, Any],
+    *,
+    q: str | None,
+    sort: str | None,
+    limit: int,
+    offset: int,
+) -> None:
     params = {**_given(**filters), "q": q, "sort": sort, "limit": limit, "offset": offset}
     with _api() as api:
         page = api.get(path, params)
@@ -220,10 +231,13 @@ def _delete(path: str, label: str, item_id: int) -> None:
 # --- customers ---------------------------------------------------------------------------
 
 CUSTOMER_COLUMNS = (
-    Column("id", "id", "right"), Column("name", "name"), Column("tier", "tier"),
-    Column("industry", "industry"), Column("stage", "lifecycle_stage"),
+    Column("id", "id", "right"),
+    Column("name", "name"),
+    Column("tier", "tier"),
+    Column("industry", "industry"),
+    Column("stage", "lifecycle_stage"),
     Column("created", "created_at"),
-)  # fmt: skip
+)
 
 
 @customers_app.command("add")
@@ -254,8 +268,16 @@ def customers_list(
 ) -> None:
     """List customers (filters combine)."""
     filters = {"tier": tier, "industry": industry, "lifecycle_stage": stage}
-    _list("/customers", "customers", CUSTOMER_COLUMNS, filters, q=q, sort=sort, limit=limit,
-          offset=offset)  # fmt: skip
+    _list(
+        "/customers",
+        "customers",
+        CUSTOMER_COLUMNS,
+        filters,
+        q=q,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @customers_app.command("show")
@@ -289,11 +311,15 @@ def customers_delete(item_id: ItemId) -> None:
 # --- projects ----------------------------------------------------------------------------
 
 PROJECT_COLUMNS = (
-    Column("id", "id", "right"), Column("name", "name"), Column("customer", "customer_name"),
-    Column("status", "status"), Column("value", "contract_value", "right"),
-    Column("cur", "currency"), Column("go-live", "go_live_date"),
+    Column("id", "id", "right"),
+    Column("name", "name"),
+    Column("customer", "customer_name"),
+    Column("status", "status"),
+    Column("value", "contract_value", "right"),
+    Column("cur", "currency"),
+    Column("go-live", "go_live_date"),
     Column("devices", "devices", "right"),
-)  # fmt: skip
+)
 Money = Annotated[str | None, typer.Option(help="amount, e.g. 480000.00")]
 GoLive = Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="YYYY-MM-DD")]
 Currency = Annotated[str | None, typer.Option(help="ISO 4217 code (default: EUR)")]
@@ -315,9 +341,14 @@ def projects_add(
 ) -> None:
     """Create a project for a customer."""
     body = _given(
-        customer_id=customer, name=name, contract_value=value, currency=currency,
-        go_live_date=go_live, status=status, retention_days=retention_days,
-    )  # fmt: skip
+        customer_id=customer,
+        name=name,
+        contract_value=value,
+        currency=currency,
+        go_live_date=go_live,
+        status=status,
+        retention_days=retention_days,
+    )
     with _api() as api:
         item = api.post("/projects", body)
     _done(f"created project {item['id']}: {item['name']}", item)
@@ -335,8 +366,16 @@ def projects_list(
 ) -> None:
     """List projects."""
     filters = {"customer_id": customer, "status": status}
-    _list("/projects", "projects", PROJECT_COLUMNS, filters, q=q, sort=sort, limit=limit,
-          offset=offset)  # fmt: skip
+    _list(
+        "/projects",
+        "projects",
+        PROJECT_COLUMNS,
+        filters,
+        q=q,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @projects_app.command("show")
@@ -358,9 +397,13 @@ def projects_update(
 ) -> None:
     """Change some fields of a project."""
     body = _changes(
-        name=name, contract_value=value, currency=currency, go_live_date=go_live,
-        status=status, retention_days=retention_days,
-    )  # fmt: skip
+        name=name,
+        contract_value=value,
+        currency=currency,
+        go_live_date=go_live,
+        status=status,
+        retention_days=retention_days,
+    )
     with _api() as api:
         item = api.patch(f"/projects/{item_id}", body)
     _done(f"updated project {item_id}", item)
@@ -375,9 +418,12 @@ def projects_delete(item_id: ItemId) -> None:
 # --- features ----------------------------------------------------------------------------
 
 FEATURE_COLUMNS = (
-    Column("id", "id", "right"), Column("key", "key"), Column("name", "name"),
-    Column("product line", "product_line"), Column("kind", "kind"),
-)  # fmt: skip
+    Column("id", "id", "right"),
+    Column("key", "key"),
+    Column("name", "name"),
+    Column("product line", "product_line"),
+    Column("kind", "kind"),
+)
 Kind = Annotated[
     FeatureKind | None,
     typer.Option(
@@ -397,8 +443,7 @@ def features_add(
     kind: Kind = None,
 ) -> None:
     """Create a feature."""
-    body = _given(key=key, name=name, product_line=product_line, description=description,
-                  kind=kind)  # fmt: skip
+    body = _given(key=key, name=name, product_line=product_line, description=description, kind=kind)
     with _api() as api:
         item = api.post("/features", body)
     _done(f"created feature {item['id']}: {item['key']}", item)
@@ -415,8 +460,16 @@ def features_list(
     offset: Offset = 0,
 ) -> None:
     """List features."""
-    _list("/features", "features", FEATURE_COLUMNS, {"product_line": product_line, "kind": kind},
-          q=q, sort=sort, limit=limit, offset=offset)  # fmt: skip
+    _list(
+        "/features",
+        "features",
+        FEATURE_COLUMNS,
+        {"product_line": product_line, "kind": kind},
+        q=q,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @features_app.command("show")
@@ -450,12 +503,16 @@ def features_delete(item_id: ItemId) -> None:
 # --- deliveries --------------------------------------------------------------------------
 
 DELIVERY_COLUMNS = (
-    Column("id", "id", "right"), Column("project", "project_id", "right"),
-    Column("feature", "feature_key"), Column("status", "status"),
-    Column("delivered", "delivered_on"), Column("days", "cost_person_days", "right"),
+    Column("id", "id", "right"),
+    Column("project", "project_id", "right"),
+    Column("feature", "feature_key"),
+    Column("status", "status"),
+    Column("delivered", "delivered_on"),
+    Column("days", "cost_person_days", "right"),
     Column("line value", "contract_line_value", "right"),
-    Column("score", "business_score", "right"), Column("strategic", "strategic"),
-)  # fmt: skip
+    Column("score", "business_score", "right"),
+    Column("strategic", "strategic"),
+)
 DeliveredOn = Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="YYYY-MM-DD")]
 CostDays = Annotated[str | None, typer.Option(help="cost in person-days, e.g. 12.5")]
 LineValue = Annotated[str | None, typer.Option(help="contract line value, e.g. 25000.00")]
@@ -478,10 +535,16 @@ def deliveries_add(
 ) -> None:
     """Record a feature delivered (or planned, or cut) for a project."""
     body = _given(
-        project_id=project, feature_id=feature, status=status, delivered_on=delivered_on,
-        cost_person_days=cost_days, contract_line_value=line_value, business_score=score,
-        strategic=strategic, notes=notes,
-    )  # fmt: skip
+        project_id=project,
+        feature_id=feature,
+        status=status,
+        delivered_on=delivered_on,
+        cost_person_days=cost_days,
+        contract_line_value=line_value,
+        business_score=score,
+        strategic=strategic,
+        notes=notes,
+    )
     with _api() as api:
         item = api.post("/deliveries", body)
     _done(f"created delivery {item['id']}: {item['feature_key']} for project {project}", item)
@@ -500,10 +563,22 @@ def deliveries_list(
     offset: Offset = 0,
 ) -> None:
     """List deliveries."""
-    filters = {"project_id": project, "feature_id": feature, "status": status,
-               "strategic": strategic}  # fmt: skip
-    _list("/deliveries", "deliveries", DELIVERY_COLUMNS, filters, q=q, sort=sort, limit=limit,
-          offset=offset)  # fmt: skip
+    filters = {
+        "project_id": project,
+        "feature_id": feature,
+        "status": status,
+        "strategic": strategic,
+    }
+    _list(
+        "/deliveries",
+        "deliveries",
+        DELIVERY_COLUMNS,
+        filters,
+        q=q,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @deliveries_app.command("show")
@@ -526,9 +601,14 @@ def deliveries_update(
 ) -> None:
     """Change some fields of a delivery."""
     body = _changes(
-        status=status, delivered_on=delivered_on, cost_person_days=cost_days,
-        contract_line_value=line_value, business_score=score, strategic=strategic, notes=notes,
-    )  # fmt: skip
+        status=status,
+        delivered_on=delivered_on,
+        cost_person_days=cost_days,
+        contract_line_value=line_value,
+        business_score=score,
+        strategic=strategic,
+        notes=notes,
+    )
     with _api() as api:
         item = api.patch(f"/deliveries/{item_id}", body)
     _done(f"updated delivery {item_id}", item)
@@ -543,11 +623,16 @@ def deliveries_delete(item_id: ItemId) -> None:
 # --- devices -------------------------------------------------------------------------------
 
 DEVICE_COLUMNS = (
-    Column("id", "id", "right"), Column("serial", "serial"),
-    Column("project", "project_id", "right"), Column("status", "status"),
-    Column("online", "online"), Column("last seen", "last_seen"), Column("model", "model"),
-    Column("firmware", "firmware"), Column("site", "site"),
-)  # fmt: skip
+    Column("id", "id", "right"),
+    Column("serial", "serial"),
+    Column("project", "project_id", "right"),
+    Column("status", "status"),
+    Column("online", "online"),
+    Column("last seen", "last_seen"),
+    Column("model", "model"),
+    Column("firmware", "firmware"),
+    Column("site", "site"),
+)
 Out = Annotated[
     Path, typer.Option(help="where the credentials CSV goes (mode 0600); must not exist yet")
 ]
@@ -580,8 +665,9 @@ def _csv_line(*values: object) -> str:
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} devices/s" if speed else "- devices/s",
-                    style="progress.data.speed")  # fmt: skip
+        return Text(
+            f"{speed:,.0f} devices/s" if speed else "- devices/s", style="progress.data.speed"
+        )
 
 
 def _new_serials(prefix: str, count: int, used: set[str]) -> list[str]:
@@ -638,10 +724,15 @@ def devices_provision(
         used: set[str] = set()
         started = time.perf_counter()
         progress = Progress(
-            TextColumn("provisioning"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("devices"), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("provisioning"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("devices"),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=err_console,
-        )  # fmt: skip
+        )
         try:
             with handle, progress:
                 handle.write(_csv_line(*CREDENTIAL_COLUMNS))
@@ -650,8 +741,11 @@ def devices_provision(
                     size = min(PROVISION_CHUNK, count - done)
                     for p in _provision_chunk(api, template, prefix, size, used):
                         device = p["device"]
-                        handle.write(_csv_line(device["serial"], p["password"],
-                                               device["project_id"], device["id"]))  # fmt: skip
+                        handle.write(
+                            _csv_line(
+                                device["serial"], p["password"], device["project_id"], device["id"]
+                            )
+                        )
                     handle.flush()
                     os.fsync(handle.fileno())  # what is provisioned is on disk before more
                     done += size
@@ -715,8 +809,9 @@ def devices_list(
 ) -> None:
     """List devices."""
     filters = {"project_id": project, "status": status, "tag": tag}
-    _list("/devices", "devices", DEVICE_COLUMNS, filters, q=q, sort=sort, limit=limit,
-          offset=offset)  # fmt: skip
+    _list(
+        "/devices", "devices", DEVICE_COLUMNS, filters, q=q, sort=sort, limit=limit, offset=offset
+    )
 
 
 @devices_app.command("show")
@@ -741,8 +836,9 @@ def devices_rotate(item_id: ItemId) -> None:
     device = result["device"]
     console.print(Text(f"new password for device {item_id} ({device['serial']}):"))
     console.print(Text(result["password"]), soft_wrap=True)
-    err_console.print("it is shown only this once; the old password no longer works",
-                      highlight=False)  # fmt: skip
+    err_console.print(
+        "it is shown only this once; the old password no longer works", highlight=False
+    )
 
 
 @devices_app.command("delete")
@@ -794,8 +890,11 @@ for _kind in IMPORT_HEADERS:
     import_app.command(_kind)(_import_command(_kind))
 
 
-HISTORY_TYPES = {".ndjson": "application/x-ndjson", ".jsonl": "application/x-ndjson",
-                 ".csv": "text/csv"}  # fmt: skip
+HISTORY_TYPES = {
+    ".ndjson": "application/x-ndjson",
+    ".jsonl": "application/x-ndjson",
+    ".csv": "text/csv",
+}
 HISTORY_CHUNK = 1 << 20  # upload in 1 MiB pieces
 HISTORY_TIMEOUT_S = 3600.0  # history files can be large; the server streams them
 

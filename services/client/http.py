@@ -228,9 +228,14 @@ class FieldtrackClient:
             headers = {"Content-Type": content_type or "application/octet-stream"}
         try:
             response = self._http.request(
-                method, path, params=query, json=json, content=content, headers=headers,
+                method,
+                path,
+                params=query,
+                json=json,
+                content=content,
+                headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )  # fmt: skip
+            )
         except httpx.ConnectError as exc:
             raise Unavailable(
                 None,

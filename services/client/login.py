@@ -49,9 +49,13 @@ def login(
         with FieldtrackClient(settings.api_url, timeout_s=settings.api_timeout_s) as client:
             token = client.post(
                 "/auth/token",
-                {"username": username, "password": password, "name": "cli",
-                 "expires_in_days": expires_in_days},
-            )  # fmt: skip
+                {
+                    "username": username,
+                    "password": password,
+                    "name": "cli",
+                    "expires_in_days": expires_in_days,
+                },
+            )
     except FieldtrackError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=1) from exc

@@ -111,11 +111,14 @@ class Collected:
         try:
             return CustomerReport(
                 customer=(Customer if internal else CustomerView).model_validate(self.customer),
-                since=self.since, until=self.until, window_days=self.window_days,
+                since=self.since,
+                until=self.until,
+                window_days=self.window_days,
                 generated_at=self.generated_at,
                 projects=[project_model.model_validate(p) for p in self.projects],
-                internal=internal, rules=[RuleText.model_validate(r) for r in self.rules],
-            )  # fmt: skip
+                internal=internal,
+                rules=[RuleText.model_validate(r) for r in self.rules],
+            )
         except ValidationError as exc:
             raise ReportError(
                 f"the API's analytics are not what this client reads (another version?): {exc}"
@@ -199,9 +202,10 @@ def collect_csv(
     projects = list(_pages(api, "/projects", {"customer_id": customer["id"], "sort": "name"}))
     until = datetime.now(UTC).replace(microsecond=0)
     params = {
-        **_window_params(until - timedelta(days=days), until), "format": "csv",
+        **_window_params(until - timedelta(days=days), until),
+        "format": "csv",
         "audience": audience.value,
-    }  # fmt: skip
+    }
     out = io.StringIO()
     writer = csv.writer(out)
     header_written = False
@@ -246,9 +250,12 @@ def render_tables(report: CustomerReport, console: Console) -> None:
     for p in report.projects:
         console.print()
         table = Table(
-            title=Text(p.project.project_name, style="bold"), title_justify="left",
-            header_style="bold", show_lines=True, expand=False,
-        )  # fmt: skip
+            title=Text(p.project.project_name, style="bold"),
+            title_justify="left",
+            header_style="bold",
+            show_lines=True,
+            expand=False,
+        )
         table.add_column("feature", no_wrap=True)
         table.add_column("delivery")
         table.add_column("adoption (95 % interval)", justify="right")
@@ -265,13 +272,15 @@ def render_tables(report: CustomerReport, console: Console) -> None:
                 feature.append(f"\n{f.feature_key}", style="dim")
             cells: list[Text | str] = [
                 feature,
-                Text(f.delivery_status or "not delivered",
-                     style="" if f.delivery_status else "yellow"),
+                Text(
+                    f.delivery_status or "not delivered",
+                    style="" if f.delivery_status else "yellow",
+                ),
                 f"{pct(f.adoption)} ({interval(f)})\n{f.devices_using}/"
                 f"{f.devices_reporting} devices",
                 pct(f.stickiness),
                 points(f.trend),
-            ]  # fmt: skip
+            ]
             if internal:
                 row = verdict(f)
                 rec = row.recommendation if row is not None else None
@@ -287,10 +296,11 @@ def render_tables(report: CustomerReport, console: Console) -> None:
         level = p.confidence
         console.print(
             Text.assemble(
-                "confidence: ", (level.value, CONFIDENCE_STYLES.get(level, "")),
+                "confidence: ",
+                (level.value, CONFIDENCE_STYLES.get(level, "")),
                 f" ({p.confidence_reason})",
             )
-        )  # fmt: skip
+        )
         console.print(Text(f"coverage: {coverage_line(p)}"))
 
 

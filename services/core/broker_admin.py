@@ -166,21 +166,33 @@ class BrokerAdmin:
         # Re-applying the ACLs keeps an existing broker in step with this code.
         self.check(
             [
-                {"command": "addRoleACL", "rolename": INGEST_ROLE, "acltype": "subscribePattern",
-                 "topic": topic, "allow": True, "priority": 0}
+                {
+                    "command": "addRoleACL",
+                    "rolename": INGEST_ROLE,
+                    "acltype": "subscribePattern",
+                    "topic": topic,
+                    "allow": True,
+                    "priority": 0,
+                }
                 for topic in INGEST_SUBSCRIPTIONS
             ],
             tolerate=["already exists"],
-        )  # fmt: skip
+        )
 
     def ensure_client(self, username: str, password: str, role: str) -> None:
         """Create the client, or reset its password, role and enabled state if it exists."""
         [reply] = self.execute([{"command": "getClient", "username": username}])
         if reply.get("error"):
             self.check(
-                [{"command": "createClient", "username": username, "password": password,
-                  "roles": [{"rolename": role}]}]
-            )  # fmt: skip
+                [
+                    {
+                        "command": "createClient",
+                        "username": username,
+                        "password": password,
+                        "roles": [{"rolename": role}],
+                    }
+                ]
+            )
             return
         roles = {
             r.get("rolename") for r in reply.get("data", {}).get("client", {}).get("roles", [])
@@ -207,10 +219,15 @@ class BrokerAdmin:
             if _refused(reply, "already exists")
         ]
         creates = [
-            {"command": "createClient", "username": serial, "clientid": serial,
-             "password": password, "roles": [{"rolename": device_role(serial)}]}
+            {
+                "command": "createClient",
+                "username": serial,
+                "clientid": serial,
+                "password": password,
+                "roles": [{"rolename": device_role(serial)}],
+            }
             for serial, password in credentials
-        ]  # fmt: skip
+        ]
         existing = []
         for (serial, password), reply in zip(credentials, self.execute(creates), strict=True):
             error = reply.get("error")

@@ -124,10 +124,15 @@ class BufferedClient(mqtt.Client):
                 raw(topic, bytes(data[payload_at:body_end]), mid, qos, bool(first & 0x01))
             else:
                 self._in_packet = {
-                    "command": first, "have_remaining": 1, "remaining_count": [],
-                    "remaining_mult": 1, "remaining_length": length,
-                    "packet": bytearray(data[at:body_end]), "to_process": 0, "pos": 0,
-                }  # fmt: skip
+                    "command": first,
+                    "have_remaining": 1,
+                    "remaining_count": [],
+                    "remaining_mult": 1,
+                    "remaining_length": length,
+                    "packet": bytearray(data[at:body_end]),
+                    "to_process": 0,
+                    "pos": 0,
+                }
                 rc = self._packet_handle()
                 self._in_packet["command"], self._in_packet["packet"] = 0, bytearray()
                 if rc > 0:

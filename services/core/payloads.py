@@ -126,11 +126,12 @@ class TelemetryMessage(_Message):
 
     metrics: list[MetricReading] = Field(min_length=1, max_length=MAX_READINGS)
     enabled_features: list[FeatureKey] | None = Field(
-        default=None, max_length=MAX_ENABLED_FEATURES,
+        default=None,
+        max_length=MAX_ENABLED_FEATURES,
         description="optional: the catalog keys of the features switched on on the device at "
         "`ts` ([] for none). Standing features (alarms, safeguards, schedules) are judged by "
         "this, not by how often they fire; devices that never send it are not counted.",
-    )  # fmt: skip
+    )
 
 
 class DeviceStatus(StrEnum):

@@ -17,9 +17,11 @@ class AnalyticsThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     maturity_days: float = Field(
-        default=21, ge=0, le=365,
+        default=21,
+        ge=0,
+        le=365,
         description="days a feature must have been live on a project before it is judged",
-    )  # fmt: skip
+    )
     high_confidence_devices: int = Field(default=30, ge=1, description="reporting devices for high")
     medium_confidence_devices: int = Field(
         default=10, ge=1, description="below this: low confidence, and no verdict"
@@ -33,34 +35,45 @@ class AnalyticsThresholds(BaseModel):
         default=0.6, ge=0, le=1, description="below this: low confidence, and no verdict"
     )
     cut_adoption: float = Field(
-        default=0.10, gt=0, lt=1,
+        default=0.10,
+        gt=0,
+        lt=1,
         description="the cut line: a cut needs the upper bound of adoption's 95 % interval "
         "below it; user value is shown once the lower bound reaches it",
-    )  # fmt: skip
+    )
     cut_min_days: float = Field(
-        default=14, gt=0, le=400,
+        default=14,
+        gt=0,
+        le=400,
         description="a cut rests on at least this many measured days: a feature used weekly "
         "or monthly can have a quiet week",
-    )  # fmt: skip
+    )
     cut_stickiness: float = Field(
-        default=0.02, gt=0, le=1,
+        default=0.02,
+        gt=0,
+        le=1,
         description="a cut also needs stickiness below this; at or above it, use is a habit "
         "and shows user value",
-    )  # fmt: skip
+    )
     high_business_value: float = Field(
-        default=0.6, ge=0, le=1,
+        default=0.6,
+        ge=0,
+        le=1,
         description="business value (0..1) at or above this is high: by default a business "
         "score of 4 or 5, a line worth 12 % of the contract or more, or a strategic delivery",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> AnalyticsThresholds:
         pairs = (
             ("devices", self.medium_confidence_devices, self.high_confidence_devices),
             ("days", self.medium_confidence_days, self.high_confidence_days),
-            ("completeness", self.medium_confidence_completeness,
-             self.high_confidence_completeness),
-        )  # fmt: skip
+            (
+                "completeness",
+                self.medium_confidence_completeness,
+                self.high_confidence_completeness,
+            ),
+        )
         for name, medium, high in pairs:
             if medium > high:
                 raise ValueError(

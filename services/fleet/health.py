@@ -387,9 +387,12 @@ def device_telemetry(
 ) -> DeviceTelemetry:
     bucket = bucket_for(until - since)
     params = {
-        "project": device.project_id, "device": device.id, "since": since, "until": until,
+        "project": device.project_id,
+        "device": device.id,
+        "since": since,
+        "until": until,
         "bucket": bucket,
-    }  # fmt: skip
+    }
     series: dict[str, MetricSeries] = {}
     with conn.cursor(row_factory=class_row(_Bucket)) as cur:
         for row in cur.execute(TELEMETRY, params):
@@ -401,9 +404,14 @@ def device_telemetry(
     with conn.cursor(row_factory=class_row(StatusChange)) as cur:
         statuses = cur.execute(STATUS_HISTORY, {**params, "limit": STATUS_LIMIT}).fetchall()
     return DeviceTelemetry(
-        device=device, since=since, until=until, bucket_seconds=int(bucket.total_seconds()),
-        metrics=list(series.values()), reporting=reporting, status_history=statuses,
-    )  # fmt: skip
+        device=device,
+        since=since,
+        until=until,
+        bucket_seconds=int(bucket.total_seconds()),
+        metrics=list(series.values()),
+        reporting=reporting,
+        status_history=statuses,
+    )
 
 
 # --- ingest -------------------------------------------------------------------------------
@@ -508,11 +516,18 @@ def recent_ingest(conn: psycopg.Connection, since: datetime, until: datetime) ->
         minute += timedelta(minutes=1)
     total = sum(counted.values())
     return RecentIngest(
-        since=since, until=until, messages=total,
-        per_second=total / max((until - since).total_seconds(), 1.0), per_minute=minutes,
-        lag_p50_seconds=p50, lag_p95_seconds=p95, lag_max_seconds=worst,
-        live_lag_seconds=live, late_messages=late, late_lag_max_seconds=late_max,
-    )  # fmt: skip
+        since=since,
+        until=until,
+        messages=total,
+        per_second=total / max((until - since).total_seconds(), 1.0),
+        per_minute=minutes,
+        lag_p50_seconds=p50,
+        lag_p95_seconds=p95,
+        lag_max_seconds=worst,
+        live_lag_seconds=live,
+        late_messages=late,
+        late_lag_max_seconds=late_max,
+    )
 
 
 def completeness(

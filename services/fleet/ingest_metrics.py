@@ -76,9 +76,10 @@ def scrape(settings: Settings, timeout: float = SCRAPE_TIMEOUT_S) -> IngestMetri
     url = metrics_url(settings)
     if url is None:
         return IngestMetrics(
-            url=None, reachable=False,
+            url=None,
+            reachable=False,
             error="turned off (FIELDTRACK_INGEST_METRICS_PORT=0)",
-        )  # fmt: skip
+        )
     try:
         response = httpx.get(url, timeout=timeout)
         response.raise_for_status()

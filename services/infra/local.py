@@ -137,10 +137,13 @@ class LocalServices:
         if not mq.start(report):
             report(f"Mosquitto: already running on 127.0.0.1:{mq.port} (pid {mq.pid()})")
         removed = setup_broker(
-            host="127.0.0.1", port=mq.port,
-            admin_user=ADMIN_USER, admin_password=values["MQTT_ADMIN_PASSWORD"],
-            ingest_user=INGEST_USER, ingest_password=values["MQTT_INGEST_PASSWORD"],
-        )  # fmt: skip
+            host="127.0.0.1",
+            port=mq.port,
+            admin_user=ADMIN_USER,
+            admin_password=values["MQTT_ADMIN_PASSWORD"],
+            ingest_user=INGEST_USER,
+            ingest_password=values["MQTT_INGEST_PASSWORD"],
+        )
         for line in removed:
             report(f"broker: {line}")
         env_file = self.write_env_file(values)

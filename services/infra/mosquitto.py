@@ -323,9 +323,13 @@ DOCKER_PORT = 1883
 
 def render_docker_config() -> str:
     return render_config(
-        port=DOCKER_PORT, bind="0.0.0.0", data_dir=DOCKER_DATA_DIR,  # noqa: S104
-        plugin=DOCKER_PLUGIN, user_line="", quota_plugin=DOCKER_QUOTA_PLUGIN,
-    )  # fmt: skip
+        port=DOCKER_PORT,
+        bind="0.0.0.0",  # noqa: S104 — inside a container the broker listens on its own network
+        data_dir=DOCKER_DATA_DIR,
+        plugin=DOCKER_PLUGIN,
+        user_line="",
+        quota_plugin=DOCKER_QUOTA_PLUGIN,
+    )
 
 
 if __name__ == "__main__":

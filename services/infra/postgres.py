@@ -79,12 +79,20 @@ class LocalPostgres:
         report(f"creating PostgreSQL cluster in {self.data}")
         run(
             [
-                PG_BIN / "initdb", "-D", self.data, "-U", SERVICE_USER, "-E", "UTF8",
-                "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256",
+                PG_BIN / "initdb",
+                "-D",
+                self.data,
+                "-U",
+                SERVICE_USER,
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
             ],
             what="initdb",
             as_user=self._user(),
-        )  # fmt: skip
+        )
         conf = self.data / "postgresql.conf"
         with conf.open("a") as handle:
             handle.write("\ninclude_if_exists = 'fieldtrack.conf'\n")
@@ -115,11 +123,20 @@ class LocalPostgres:
         report(f"starting PostgreSQL on 127.0.0.1:{self.port}")
         try:
             run(
-                [PG_BIN / "pg_ctl", "-D", self.data, "-l", self.logfile, "-w",
-                 "-t", str(START_TIMEOUT_S), "start"],
+                [
+                    PG_BIN / "pg_ctl",
+                    "-D",
+                    self.data,
+                    "-l",
+                    self.logfile,
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                    "start",
+                ],
                 what="PostgreSQL start",
                 as_user=self._user(),
-            )  # fmt: skip
+            )
         except InfraError as exc:
             raise InfraError(f"{exc}\n--- {self.logfile} ---\n{self.log_tail()}") from exc
         return True

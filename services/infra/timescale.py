@@ -72,12 +72,17 @@ def fetch_source(work: Path, report: Reporter) -> Path:
         f"deb-src [signed-by={DEBIAN_KEYRING}] {debian_mirror()} {SOURCE_SUITE} main\n"
     )
     options = [
-        "-o", f"Dir::Etc::sourcelist={sources}",
-        "-o", f"Dir::Etc::sourceparts={apt / 'parts'}",
-        "-o", f"Dir::State::Lists={apt / 'lists'}",
-        "-o", f"Dir::Cache={apt / 'cache'}",
-        "-o", "APT::Get::List-Cleanup=0",
-    ]  # fmt: skip
+        "-o",
+        f"Dir::Etc::sourcelist={sources}",
+        "-o",
+        f"Dir::Etc::sourceparts={apt / 'parts'}",
+        "-o",
+        f"Dir::State::Lists={apt / 'lists'}",
+        "-o",
+        f"Dir::Cache={apt / 'cache'}",
+        "-o",
+        "APT::Get::List-Cleanup=0",
+    ]
     report(f"downloading TimescaleDB source from Debian {SOURCE_SUITE}")
     run(["apt-get", *options, "update", "-q"], what="apt-get update (trixie sources)")
     run(

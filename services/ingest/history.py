@@ -56,8 +56,18 @@ HISTORY_BATCH = 5_000
 # MAX_PAYLOAD_BYTES, so a line of twice that is a broken or hostile file (or one padded with
 # that much whitespace, which is refused too).
 MAX_LINE_BYTES = 2 * MAX_PAYLOAD_BYTES
-CSV_COLUMNS = ("device", "kind", "seq", "ts", "feature", "count", "duration_ms", "metric",
-               "value", "unit")  # fmt: skip
+CSV_COLUMNS = (
+    "device",
+    "kind",
+    "seq",
+    "ts",
+    "feature",
+    "count",
+    "duration_ms",
+    "metric",
+    "value",
+    "unit",
+)
 CSV_KEY = ("device", "kind", "boot", "seq", "ts")  # the columns that make a message
 CSV_READING = ("feature", "count", "duration_ms", "metric", "value", "unit")
 DEVICE_KINDS = (MessageKind.USAGE.value, MessageKind.TELEMETRY.value)

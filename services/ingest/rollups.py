@@ -31,9 +31,17 @@ from psycopg import sql
 from services.ingest.store import MAX_SEQ_GAP
 
 ROLLUP_TABLES = (
-    "usage_hourly", "device_hourly", "usage_daily", "usage_monthly", "device_daily",
-    "device_monthly", "feature_hourly", "feature_daily", "project_hourly", "project_daily",
-)  # fmt: skip
+    "usage_hourly",
+    "device_hourly",
+    "usage_daily",
+    "usage_monthly",
+    "device_daily",
+    "device_monthly",
+    "feature_hourly",
+    "feature_daily",
+    "project_hourly",
+    "project_daily",
+)
 
 # What devices reported as enabled: the day rows are the record (ingest writes no raw rows for
 # it), so a rebuild keeps them and recomputes only the month rows (migration 0012).
@@ -118,8 +126,11 @@ class Index:
 
     def drop(self, cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
         if self.constraint:
-            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                sql.Identifier(self.table), sql.Identifier(self.constraint)))  # fmt: skip
+            cur.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    sql.Identifier(self.table), sql.Identifier(self.constraint)
+                )
+            )
         else:
             cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(self.name)))
 
@@ -161,8 +172,11 @@ def rebuild_rollups(conn: psycopg.Connection, since: datetime | None = None) -> 
     with conn.transaction(), conn.cursor() as cur:
         if start is None:
             cur.execute(LOCK)
-            cur.execute(sql.SQL("TRUNCATE {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, ROLLUP_TABLES))))  # fmt: skip
+            cur.execute(
+                sql.SQL("TRUNCATE {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, ROLLUP_TABLES))
+                )
+            )
             with without_indexes(cur, ROLLUP_TABLES):
                 _rebuild(cur, start)
         else:

@@ -103,9 +103,10 @@ DB_FAILURES = Counter("fieldtrack_ingest_db_failures_total", "batches that faile
 QUEUE_DEPTH = Gauge("fieldtrack_ingest_queue_depth", "messages received, not yet committed")
 BATCH_SECONDS = Histogram("fieldtrack_ingest_batch_seconds", "time to store and commit a batch")
 BATCH_SIZE = Histogram(
-    "fieldtrack_ingest_batch_messages", "messages per committed batch",
+    "fieldtrack_ingest_batch_messages",
+    "messages per committed batch",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
-)  # fmt: skip
+)
 COMMIT_LAG = Histogram(
     "fieldtrack_ingest_publish_to_commit_seconds",
     "device time of a stored message to its commit (includes device clock skew)",
@@ -207,8 +208,11 @@ class IngestService:
         topic = shared_subscription(self._settings.ingest_share_group)
         client.subscribe(topic, qos=QOS)
         self._connected.set()
-        log.info("connected to broker (session present: %s), subscribed to %s",
-                 flags.session_present, topic)  # fmt: skip
+        log.info(
+            "connected to broker (session present: %s), subscribed to %s",
+            flags.session_present,
+            topic,
+        )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -311,8 +315,9 @@ class IngestService:
             except psycopg.Error as exc:
                 DB_FAILURES.inc()
                 self._db_failing = True
-                log.warning("storing %d messages failed (%s); retrying in %.1fs",
-                            len(batch), exc, delay)  # fmt: skip
+                log.warning(
+                    "storing %d messages failed (%s); retrying in %.1fs", len(batch), exc, delay
+                )
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -321,7 +326,9 @@ class IngestService:
                     if time.monotonic() > give_up_at:
                         log.error(  # noqa: TRY400 - each retry already logged the cause
                             "database still failing at shutdown; %d messages left "
-                                  "unacknowledged for redelivery", len(batch))  # fmt: skip
+                            "unacknowledged for redelivery",
+                            len(batch),
+                        )
                         break
                 if self._stop.is_set():
                     time.sleep(delay)  # shutting down: keep trying until give_up_at
@@ -355,10 +362,13 @@ class IngestService:
     def _store(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
         with conn.transaction():
             return store_batch(
-                conn, batch, self._directory,
-                max_future_skew=self._skew, now=datetime.now(UTC),
+                conn,
+                batch,
+                self._directory,
+                max_future_skew=self._skew,
+                now=datetime.now(UTC),
                 late_data_days=self._settings.ingest_late_data_days,
-            )  # fmt: skip
+            )
 
     def _acknowledge(self, batch: list[RawMessage]) -> None:
         generation = self._generation
@@ -419,9 +429,10 @@ class IngestService:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self._settings.database_url.get_secret_value(), autocommit=True,
+                    self._settings.database_url.get_secret_value(),
+                    autocommit=True,
                     connect_timeout=5,
-                ) as conn:  # fmt: skip
+                ) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DEVICE_CHANNEL)))
                     # Changes made while we were not listening are unknown: start afresh.
                     self._directory.forget()
@@ -482,8 +493,9 @@ class IngestService:
                 self._http = _serve_http(host, port, self._http_app(make_wsgi_app()))
             except OSError as exc:
                 log.error("metrics endpoint not started on %s:%s: %s", host, port, exc)  # noqa: TRY400
-        self._client.connect_async(self._settings.mqtt_host, self._settings.mqtt_port,
-                                  self._settings.ingest_keepalive_s)  # fmt: skip
+        self._client.connect_async(
+            self._settings.mqtt_host, self._settings.mqtt_port, self._settings.ingest_keepalive_s
+        )
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -535,9 +547,11 @@ def discard_session(settings: Settings, client_id: str) -> None:
     not come back (a retired process, a test or benchmark run), so the broker stops queueing
     messages for it."""
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=True,
         protocol=mqtt.MQTTv311,
-    )  # fmt: skip
+    )
     client.username_pw_set(
         settings.mqtt_ingest_username, settings.mqtt_ingest_password.get_secret_value()
     )

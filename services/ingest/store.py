@@ -182,8 +182,18 @@ COPY usage_events (device_id, project_id, feature_key, device_time, received_at,
                    count, duration_ms, boot) FROM STDIN (FORMAT BINARY)
 """
 # Binary COPY: two timestamps a row are the costliest part of text COPY's formatting.
-USAGE_TYPES = ("int8", "int8", "text", "timestamptz", "timestamptz", "int8", "int2", "int4",
-               "int8", "int4")  # fmt: skip
+USAGE_TYPES = (
+    "int8",
+    "int8",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "int8",
+    "int2",
+    "int4",
+    "int8",
+    "int4",
+)
 # The boot column of a reading whose message carried no boot counter (migration 0014).
 NO_BOOT = -1
 
@@ -662,16 +672,23 @@ def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
     fh = sorted(feature_hours.items())
     fd = sorted(feature_days.items())
     return {
-        "h_project": [k[0] for k, _ in h], "h_feature": [k[1] for k, _ in h],
-        "h_device": [k[2] for k, _ in h], "h_hour": [hour_at(k[3]) for k, _ in h],
-        "h_events": [v[0] for _, v in h], "h_readings": [v[1] for _, v in h],
+        "h_project": [k[0] for k, _ in h],
+        "h_feature": [k[1] for k, _ in h],
+        "h_device": [k[2] for k, _ in h],
+        "h_hour": [hour_at(k[3]) for k, _ in h],
+        "h_events": [v[0] for _, v in h],
+        "h_readings": [v[1] for _, v in h],
         "h_duration": [v[2] for _, v in h],
         **_mask_columns(daily),
-        "fh_project": [k[0] for k, _ in fh], "fh_hour": [hour_at(k[1]) for k, _ in fh],
-        "fh_feature": [k[2] for k, _ in fh], "fh_events": [v for _, v in fh],
-        "fd_project": [k[0] for k, _ in fd], "fd_day": [_date_of(k[1]) for k, _ in fd],
-        "fd_feature": [k[2] for k, _ in fd], "fd_events": [v for _, v in fd],
-    }  # fmt: skip
+        "fh_project": [k[0] for k, _ in fh],
+        "fh_hour": [hour_at(k[1]) for k, _ in fh],
+        "fh_feature": [k[2] for k, _ in fh],
+        "fh_events": [v for _, v in fh],
+        "fd_project": [k[0] for k, _ in fd],
+        "fd_day": [_date_of(k[1]) for k, _ in fd],
+        "fd_feature": [k[2] for k, _ in fd],
+        "fd_events": [v for _, v in fd],
+    }
 
 
 def enabled_rollups(enabled: Iterable[tuple[int, int, str, int]]) -> dict[str, list[Any]]:
@@ -701,13 +718,17 @@ def _mask_columns(daily: dict[tuple[int, int, str, int], int]) -> dict[str, list
     d = sorted(daily.items())
     m = sorted(monthly.items())
     return {
-        "d_project": [k[0] for k, _ in d], "d_day": [_date_of(k[1]) for k, _ in d],
-        "d_feature": [k[2] for k, _ in d], "d_device": [k[3] for k, _ in d],
+        "d_project": [k[0] for k, _ in d],
+        "d_day": [_date_of(k[1]) for k, _ in d],
+        "d_feature": [k[2] for k, _ in d],
+        "d_device": [k[3] for k, _ in d],
         "d_hours": [v for _, v in d],
-        "m_project": [k[0] for k, _ in m], "m_month": [k[1] for k, _ in m],
-        "m_feature": [k[2] for k, _ in m], "m_device": [k[3] for k, _ in m],
+        "m_project": [k[0] for k, _ in m],
+        "m_month": [k[1] for k, _ in m],
+        "m_feature": [k[2] for k, _ in m],
+        "m_device": [k[3] for k, _ in m],
         "m_days": [v for _, v in m],
-    }  # fmt: skip
+    }
 
 
 def _write_device_state(
@@ -721,9 +742,19 @@ def _write_device_state(
         for i in sorted(seen):
             state = seen[i]
             last_seq, last_seq_at, last_boot = latest.get(i, (None, None, NO_BOOT))
-            copy.write_row((i, state.online, state.online_since, state.last_seen,
-                            last_seq, last_seq_at, last_boot, windows.get(i),
-                            state.firmware))  # fmt: skip
+            copy.write_row(
+                (
+                    i,
+                    state.online,
+                    state.online_since,
+                    state.last_seen,
+                    last_seq,
+                    last_seq_at,
+                    last_boot,
+                    windows.get(i),
+                    state.firmware,
+                )
+            )
     cur.execute(UPSERT_DEVICE_STATE)
     if statuses:  # a few per device and day: no staging table needed
         cur.executemany(INSERT_STATUS_HISTORY, statuses)
@@ -816,10 +847,20 @@ class _Rows:
             boot = NO_BOOT if message.boot is None else message.boot
             first = len(self.usage)
             for item, event in enumerate(message.events):
-                self.usage.append((
-                    device.id, device.project_id, event.feature, times[item],
-                    raw.received_at, message.seq, item, event.count, event.duration_ms, boot,
-                ))  # fmt: skip
+                self.usage.append(
+                    (
+                        device.id,
+                        device.project_id,
+                        event.feature,
+                        times[item],
+                        raw.received_at,
+                        message.seq,
+                        item,
+                        event.count,
+                        event.duration_ms,
+                        boot,
+                    )
+                )
             result.device_times.append(message.ts)
             if message.boot is not None:
                 readings = range(first, len(self.usage))
@@ -830,10 +871,20 @@ class _Rows:
             boot = NO_BOOT if message.boot is None else message.boot
             first, first_enabled = len(self.metrics), len(self.enabled)
             for item, metric in enumerate(message.metrics):
-                self.metrics.append((
-                    device.id, device.project_id, metric.name, metric.value, metric.unit,
-                    times[item], raw.received_at, message.seq, item, boot,
-                ))  # fmt: skip
+                self.metrics.append(
+                    (
+                        device.id,
+                        device.project_id,
+                        metric.name,
+                        metric.value,
+                        metric.unit,
+                        times[item],
+                        raw.received_at,
+                        message.seq,
+                        item,
+                        boot,
+                    )
+                )
             result.device_times.append(message.ts)
             if message.enabled_features is not None:
                 hour = _hour_key(times[0])  # the hour the message counts in, as reporting
@@ -858,10 +909,16 @@ class _Rows:
             # key is device, time, state). One without a time (a last will) would be stamped
             # with each replay's arrival, a new row every time: only the live one is kept.
             if not raw.retained or message.ts is not None:
-                self.statuses.append((
-                    device.id, device.project_id, state.online_since, raw.received_at,
-                    state.online, message.firmware,
-                ))  # fmt: skip
+                self.statuses.append(
+                    (
+                        device.id,
+                        device.project_id,
+                        state.online_since,
+                        raw.received_at,
+                        state.online,
+                        message.firmware,
+                    )
+                )
 
 
 # Data errors: PostgreSQL refused a message's values (SQLSTATE class 22, and the constraints of
@@ -1072,8 +1129,13 @@ def _device_hours(stored: Stored, gaps: dict[tuple[int, int], list[int]]) -> lis
         elif seq > entry[3]:
             entry[3] = seq
     return [
-        (device, hours[key][0], datetime.fromtimestamp(hour * 3600, UTC), *hours[key][1:],
-         *gaps.get(key, no_gaps))
+        (
+            device,
+            hours[key][0],
+            datetime.fromtimestamp(hour * 3600, UTC),
+            *hours[key][1:],
+            *gaps.get(key, no_gaps),
+        )
         for key in sorted(hours)
         for device, hour in (key,)
-    ]  # fmt: skip
+    ]

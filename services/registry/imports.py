@@ -128,10 +128,19 @@ def _read_records(
     unknown = [h for h in header if h not in allowed]
     if not header or unknown:
         raise ImportRejected(
-            [RowError(row=1, field=None, message=(
-                f"unknown column(s) {', '.join(map(repr, unknown))}; " if unknown else "no header; "
-            ) + f"expected some of: {', '.join(sorted(allowed))}")]
-        )  # fmt: skip
+            [
+                RowError(
+                    row=1,
+                    field=None,
+                    message=(
+                        f"unknown column(s) {', '.join(map(repr, unknown))}; "
+                        if unknown
+                        else "no header; "
+                    )
+                    + f"expected some of: {', '.join(sorted(allowed))}",
+                )
+            ]
+        )
     rows: list[dict[str, Any]] = []
     for record in reader:
         if len(rows) >= MAX_IMPORT_ROWS:
@@ -223,9 +232,13 @@ def check_devices(
     existing = {
         r[0] for r in conn.execute("SELECT serial FROM devices WHERE serial = ANY(%s)", (serials,))
     }
-    projects = {r[0] for r in conn.execute(
-        "SELECT id FROM projects WHERE id = ANY(%s)", (list({d.project_id for _, d in devices}),)
-    )}  # fmt: skip
+    projects = {
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM projects WHERE id = ANY(%s)",
+            (list({d.project_id for _, d in devices}),),
+        )
+    }
     seen: dict[str, int] = {}
     for line, device in devices:
         if device.serial in existing:

@@ -161,9 +161,11 @@ class ProjectCreate(_In):
         default=None, ge=1, le=36500, description="how long raw device data is kept"
     )
     late_data_days: int | None = Field(
-        default=None, ge=1, le=3650,
+        default=None,
+        ge=1,
+        le=3650,
         description="readings older than this (device time) are quarantined; null: ingest default",
-    )  # fmt: skip
+    )
 
 
 class ProjectUpdate(_Patch):

@@ -91,12 +91,15 @@ class Resource(Generic[OutT]):
         staff: Resource[Any] = self  # typed loosely: its `out` becomes another model
         hidden = self.internal
         return replace(
-            staff, out=self.viewer_out, viewer_out=None, internal=frozenset(),
+            staff,
+            out=self.viewer_out,
+            viewer_out=None,
+            internal=frozenset(),
             sortable=self.sortable - hidden,
             filters={n: f for n, f in self.filters.items() if f.column not in hidden},
             search_columns=tuple(c for c in self.search_columns if c not in hidden),
             withheld=hidden | {n for n, f in self.filters.items() if f.column in hidden},
-        )  # fmt: skip
+        )
 
 
 def _bindable(resource: Resource[Any], data: dict[str, Any]) -> dict[str, Any]:

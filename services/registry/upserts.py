@@ -118,9 +118,17 @@ def upsert_delivery(
 ) -> None:
     conn.execute(
         UPSERT_DELIVERY,
-        (project_id, feature_id, status, delivered_on, cost_person_days, contract_line_value,
-         business_score, strategic),
-    )  # fmt: skip
+        (
+            project_id,
+            feature_id,
+            status,
+            delivered_on,
+            cost_person_days,
+            contract_line_value,
+            business_score,
+            strategic,
+        ),
+    )
 
 
 def provision_devices(

@@ -113,17 +113,47 @@ class Profile:
 
 
 SHORT = Profile(
-    name="short", devices=10, rate=300, lead_s=2, tail_s=2, kills=5, kill_every_s=1.5,
-    pg_outage_s=6, keepalive_s=4, broker_restarts=1, broker_down_s=2, share_kills=1,
-    share_down_s=2, burst_s=6, broker_sigkills=1, backlog_s=4, garbage_round=10_000,
-    garbage_pairs=4, hostile_down_s=5,
-)  # fmt: skip
+    name="short",
+    devices=10,
+    rate=300,
+    lead_s=2,
+    tail_s=2,
+    kills=5,
+    kill_every_s=1.5,
+    pg_outage_s=6,
+    keepalive_s=4,
+    broker_restarts=1,
+    broker_down_s=2,
+    share_kills=1,
+    share_down_s=2,
+    burst_s=6,
+    broker_sigkills=1,
+    backlog_s=4,
+    garbage_round=10_000,
+    garbage_pairs=4,
+    hostile_down_s=5,
+)
 LONG = Profile(
-    name="long", devices=40, rate=600, lead_s=5, tail_s=5, kills=10, kill_every_s=4,
-    pg_outage_s=30, keepalive_s=30, broker_restarts=2, broker_down_s=5, share_kills=3,
-    share_down_s=5, burst_s=60, broker_sigkills=3, backlog_s=10, garbage_round=20_000,
-    garbage_pairs=10, hostile_down_s=30,
-)  # fmt: skip
+    name="long",
+    devices=40,
+    rate=600,
+    lead_s=5,
+    tail_s=5,
+    kills=10,
+    kill_every_s=4,
+    pg_outage_s=30,
+    keepalive_s=30,
+    broker_restarts=2,
+    broker_down_s=5,
+    share_kills=3,
+    share_down_s=5,
+    burst_s=60,
+    broker_sigkills=3,
+    backlog_s=10,
+    garbage_round=20_000,
+    garbage_pairs=10,
+    hostile_down_s=30,
+)
 
 
 @dataclass
@@ -354,9 +384,13 @@ def burst(ctx: Ctx) -> None:
             [d for d in ctx.fleet.devices if d.serial in ctx.serials],
             ctx.fleet.feature_key,
             range(BURST_SEQ_OFFSET, BURST_SEQ_OFFSET + 10**6),
-            ctx.notes["base_ts"], threads=2, rate=ctx.profile.rate, ledger=ctx.ledger, stop=stop,
+            ctx.notes["base_ts"],
+            threads=2,
+            rate=ctx.profile.rate,
+            ledger=ctx.ledger,
+            stop=stop,
         )
-    )  # fmt: skip
+    )
     lag = 0
     while time.monotonic() - started < ctx.profile.burst_s:
         time.sleep(1.0)
@@ -364,8 +398,9 @@ def burst(ctx: Ctx) -> None:
             lag = max(lag, ctx.acked_now() - ctx.stored())
     stop.set()
     extra.join(120)
-    ctx.notes.update(burst_s=ctx.profile.burst_s, burst_rate=2 * ctx.profile.rate,
-                     max_backlog_during_burst=lag)  # fmt: skip
+    ctx.notes.update(
+        burst_s=ctx.profile.burst_s, burst_rate=2 * ctx.profile.rate, max_backlog_during_burst=lag
+    )
 
 
 # --- one hostile device while ingest is away (issue #22, finding 3) --------------------------
@@ -682,8 +717,9 @@ def measure_garbage_share(
     with fault_database(services, settings) as env:
         serials = [f"garb-{env.token}-{i:02d}" for i in range(GARBAGE_DEVICES)]
         probe = f"garb-{env.token}-probe"
-        with fleet(env.url, admin, settings, env.project_id, env.feature_key,
-                   [*serials, probe]) as devices:  # fmt: skip
+        with fleet(
+            env.url, admin, settings, env.project_id, env.feature_key, [*serials, probe]
+        ) as devices:
             ingest = env.ingest("garbage", f"garbage-{env.token}")
             streamed = [d for d in devices.devices if d.serial != probe]
             base = datetime.now(UTC) - timedelta(minutes=20)
@@ -720,10 +756,14 @@ def measure_garbage_share(
                 quarantined = _count(conn, QUARANTINED, serials)
     return GarbageResult(
         valid_per_round=step * GARBAGE_CHUNKS * GARBAGE_DEVICES,
-        garbage_per_round=share * GARBAGE_CHUNKS, garbage_sent=garbage_sent,
-        quarantined=quarantined, cpu_clean=cpu[False], cpu_mixed=cpu[True],
-        wall_clean=wall[False], wall_mixed=wall[True],
-    )  # fmt: skip
+        garbage_per_round=share * GARBAGE_CHUNKS,
+        garbage_sent=garbage_sent,
+        quarantined=quarantined,
+        cpu_clean=cpu[False],
+        cpu_mixed=cpu[True],
+        wall_clean=wall[False],
+        wall_mixed=wall[True],
+    )
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -757,8 +797,9 @@ def run_scenario(
     with fault_database(services, settings) as env:
         serials = [f"ch-{env.token}-{i:03d}" for i in range(profile.devices)]
         probe = f"ch-{env.token}-probe"
-        with fleet(env.url, admin, settings, env.project_id, env.feature_key,
-                   [*serials, probe]) as devices:  # fmt: skip
+        with fleet(
+            env.url, admin, settings, env.project_id, env.feature_key, [*serials, probe]
+        ) as devices:
             group = f"chaos-{env.token}" if scenario.share else ""
             ingests = [env.ingest(f"{scenario.name}-{i}", group) for i in range(scenario.ingests)]
             for ingest in ingests:
@@ -775,10 +816,16 @@ def run_scenario(
                 stop = threading.Event()
                 stream = Background(
                     lambda: publish_streams(
-                        streamed, env.feature_key, range(BURST_SEQ_OFFSET), base,
-                        threads=4, rate=profile.rate, ledger=ledger, stop=stop,
+                        streamed,
+                        env.feature_key,
+                        range(BURST_SEQ_OFFSET),
+                        base,
+                        threads=4,
+                        rate=profile.rate,
+                        ledger=ledger,
+                        stop=stop,
                     )
-                )  # fmt: skip
+                )
                 time.sleep(profile.lead_s)
                 scenario.fault(ctx)
                 time.sleep(profile.tail_s)
@@ -804,15 +851,26 @@ def run_scenario(
         notes["publish_errors"] = ledger.errors[:5]
     redeliveries = sum(int(n) for ingest in ingests for n in REDELIVERED.findall(ingest.all_logs()))
     rollups = (result.rollup_events, result.rollup_readings, result.hourly_messages) == (
-        result.stored_events, result.stored_readings, result.stored_messages,
-    )  # fmt: skip
+        result.stored_events,
+        result.stored_readings,
+        result.stored_messages,
+    )
     return FaultResult(
-        fault=scenario.name, exact=scenario.exact, seconds=round(time.monotonic() - started, 1),
-        handed=len(ledger.handed), acked=result.published, indeterminate=indeterminate,
-        stored=result.stored_messages, lost=result.lost, duplicated=result.duplicated,
-        unexpected=result.unexpected, redeliveries=redeliveries,
-        caught_up_s=round(caught_up, 1), rollups_match=rollups, notes=notes,
-    )  # fmt: skip
+        fault=scenario.name,
+        exact=scenario.exact,
+        seconds=round(time.monotonic() - started, 1),
+        handed=len(ledger.handed),
+        acked=result.published,
+        indeterminate=indeterminate,
+        stored=result.stored_messages,
+        lost=result.lost,
+        duplicated=result.duplicated,
+        unexpected=result.unexpected,
+        redeliveries=redeliveries,
+        caught_up_s=round(caught_up, 1),
+        rollups_match=rollups,
+        notes=notes,
+    )
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -862,13 +920,17 @@ def write_report(
         "exact_scenarios_clean": all(r.clean for r in exact),
         "broker_sigkill_loss": loss_bound(results),
         "faults": [{**asdict(r), "clean": r.clean} for r in results],
-        "garbage_share": garbage and {
-            **asdict(garbage), "ratio": round(garbage.ratio, 3),
-            "min_ratio": round(garbage.min_ratio, 3), "wall_ratio": round(garbage.wall_ratio, 3),
+        "garbage_share": garbage
+        and {
+            **asdict(garbage),
+            "ratio": round(garbage.ratio, 3),
+            "min_ratio": round(garbage.min_ratio, 3),
+            "wall_ratio": round(garbage.wall_ratio, 3),
             "pair_ratios": garbage.pair_ratios,
-            "target": GARBAGE_TARGET, "meets_target": garbage.meets_target,
+            "target": GARBAGE_TARGET,
+            "meets_target": garbage.meets_target,
         },
-    }  # fmt: skip
+    }
     json_path = out / "chaos-report.json"
     json_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     lines = [
@@ -903,13 +965,16 @@ def write_report(
         lines += [f"- {hostile_line(r)}" for r in hostile]
     if garbage is not None:
         lines += [
-            "", "## 10 % garbage mixed into valid traffic", "",
+            "",
+            "## 10 % garbage mixed into valid traffic",
+            "",
             f"{len(garbage.cpu_clean)} clean and {len(garbage.cpu_mixed)} mixed drains of "
             f"{garbage.valid_per_round:,} queued valid messages, alternating; each mixed drain "
             f"also holds {garbage.garbage_per_round:,} garbage messages (11 kinds). "
             f"{garbage.quarantined:,} of {garbage.garbage_sent:,} garbage messages quarantined.",
             "",
-            "| | clean | with garbage |", "|---|---|---|",
+            "| | clean | with garbage |",
+            "|---|---|---|",
             f"| CPU s (ingest + its PostgreSQL sessions) | {garbage.cpu_clean} "
             f"| {garbage.cpu_mixed} |",
             f"| wall s | {garbage.wall_clean} | {garbage.wall_mixed} |",
@@ -919,7 +984,7 @@ def write_report(
             f"**{'met' if garbage.meets_target else 'MISSED'}**). Cheapest drain of each kind: "
             f"{garbage.min_ratio:.3f}; pair by pair: {garbage.pair_ratios}; wall time (medians) "
             f"{garbage.wall_ratio:.3f}.",
-        ]  # fmt: skip
+        ]
     md_path = out / "chaos-report.md"
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path
@@ -941,8 +1006,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="fieldtrack's fault suite, long version")
     parser.add_argument("--profile", choices=("long", "short"), default="long")
     parser.add_argument("--only", nargs="*", choices=[*sorted(SCENARIOS), GARBAGE], default=None)
-    parser.add_argument("--keep-services", action="store_true",
-                        help="leave the chaos TimescaleDB and Mosquitto running")  # fmt: skip
+    parser.add_argument(
+        "--keep-services",
+        action="store_true",
+        help="leave the chaos TimescaleDB and Mosquitto running",
+    )
     args = parser.parse_args(argv)
     state = Path(os.environ.get("FIELDTRACK_CHAOS_STATE_DIR", PROJECT_ROOT / ".state" / "chaos"))
     os.environ["FIELDTRACK_STATE_DIR"] = str(state.resolve())
@@ -961,9 +1029,11 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.only or [*SCENARIOS, GARBAGE]
     try:
         with BrokerAdmin(
-            settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.mqtt_admin_username,
             settings.mqtt_admin_password.get_secret_value(),
-        ) as admin:  # fmt: skip
+        ) as admin:
             for name in chosen:
                 print(f"== {name} ({profile.name})", flush=True)
                 if name == GARBAGE:

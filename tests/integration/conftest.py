@@ -77,9 +77,11 @@ def forget_broker_identities(settings: Settings, database_url: str) -> None:
     if not serials:
         return
     with BrokerAdmin(
-        settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_admin_username,
         settings.mqtt_admin_password.get_secret_value(),
-    ) as admin:  # fmt: skip
+    ) as admin:
         admin.delete_devices(serials)
 
 
@@ -106,9 +108,11 @@ def conn(settings: Settings) -> Iterator[psycopg.Connection]:
 @pytest.fixture(scope="session")
 def broker_admin(settings: Settings) -> Iterator[BrokerAdmin]:
     with BrokerAdmin(
-        settings.mqtt_host, settings.mqtt_port, settings.mqtt_admin_username,
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_admin_username,
         settings.mqtt_admin_password.get_secret_value(),
-    ) as admin:  # fmt: skip
+    ) as admin:
         yield admin
 
 
@@ -172,15 +176,27 @@ def project(conn: psycopg.Connection, unique: str) -> Project:
         conn, f"Customer {unique}", "waist", "retail", "adoption"
     )
     project_id = registry.upsert_project(
-        conn, customer_id, f"Project {unique}", contract_value=1000, currency="EUR",
-        go_live_date=None, status="live",
-    )  # fmt: skip
+        conn,
+        customer_id,
+        f"Project {unique}",
+        contract_value=1000,
+        currency="EUR",
+        go_live_date=None,
+        status="live",
+    )
     feature_key = f"feature_{unique}"
     feature_id = registry.upsert_feature(conn, feature_key, f"Feature {unique}", "test", None)
     registry.upsert_delivery(
-        conn, project_id, feature_id, status="delivered", delivered_on=None,
-        cost_person_days=3, contract_line_value=500, business_score=3, strategic=False,
-    )  # fmt: skip
+        conn,
+        project_id,
+        feature_id,
+        status="delivered",
+        delivered_on=None,
+        cost_person_days=3,
+        contract_line_value=500,
+        business_score=3,
+        strategic=False,
+    )
     return Project(project_id, customer_id, feature_key)
 
 

@@ -109,15 +109,27 @@ def create_project(conn: psycopg.Connection, token: str) -> tuple[int, str]:
     """A customer, a project and one delivered feature; returns (project id, feature key)."""
     customer_id = registry.upsert_customer(conn, f"Customer {token}", "waist", "retail", "adoption")
     project_id = registry.upsert_project(
-        conn, customer_id, f"Project {token}", contract_value=1000, currency="EUR",
-        go_live_date=None, status="live",
-    )  # fmt: skip
+        conn,
+        customer_id,
+        f"Project {token}",
+        contract_value=1000,
+        currency="EUR",
+        go_live_date=None,
+        status="live",
+    )
     feature_key = f"feature_{token}"
     feature_id = registry.upsert_feature(conn, feature_key, f"Feature {token}", "test", None)
     registry.upsert_delivery(
-        conn, project_id, feature_id, status="delivered", delivered_on=None,
-        cost_person_days=3, contract_line_value=500, business_score=3, strategic=False,
-    )  # fmt: skip
+        conn,
+        project_id,
+        feature_id,
+        status="delivered",
+        delivered_on=None,
+        cost_person_days=3,
+        contract_line_value=500,
+        business_score=3,
+        strategic=False,
+    )
     return project_id, feature_key
 
 
@@ -445,9 +457,12 @@ class IngestProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services", "ingest"],
-                cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if "connected to broker" in self.log():
@@ -493,12 +508,14 @@ class IngestProcess:
         found = STOPPED.search(self.log())
         stopped = (
             Stopped(
-                int(found["messages"]), int(found["rows"]), int(found["duplicates"]),
+                int(found["messages"]),
+                int(found["rows"]),
+                int(found["duplicates"]),
                 found["quarantined"],
             )
             if found
             else None
-        )  # fmt: skip
+        )
         return code, elapsed, stopped
 
     def ensure_dead(self) -> None:
@@ -520,9 +537,12 @@ class FaultEnv:
 
     def ingest(self, name: str, group: str, *, metrics_port: int = 0) -> IngestProcess:
         return IngestProcess(
-            self.url, f"fieldtrack-ingest-{name}-{self.token}", group, self.log_dir,
+            self.url,
+            f"fieldtrack-ingest-{name}-{self.token}",
+            group,
+            self.log_dir,
             metrics_port=metrics_port,
-        )  # fmt: skip
+        )
 
 
 @contextmanager
@@ -541,8 +561,11 @@ def fault_database(local_services: LocalServices, settings: Settings) -> Iterato
 def stop_postgres_now(services: LocalServices) -> None:
     """`pg_ctl -m immediate stop`: no checkpoint, clients cut off, crash recovery at start."""
     pg = services.postgres
-    run([PG_BIN / "pg_ctl", "-D", pg.data, "-m", "immediate", "-w", "stop"],
-        what="PostgreSQL immediate stop", as_user="postgres")  # fmt: skip
+    run(
+        [PG_BIN / "pg_ctl", "-D", pg.data, "-m", "immediate", "-w", "stop"],
+        what="PostgreSQL immediate stop",
+        as_user="postgres",
+    )
 
 
 def ensure_postgres(services: LocalServices) -> None:

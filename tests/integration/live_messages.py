@@ -30,19 +30,25 @@ def telemetry(
     serial: str, seq: int, received: datetime, lag_s: float = 0, **metrics: float
 ) -> RawMessage:
     body: dict[str, Any] = {
-        "v": 1, "seq": seq, "ts": iso(received - timedelta(seconds=lag_s)),
-        "metrics": [{"name": k, "value": v, "unit": "%" if k == "battery" else None}
-                    for k, v in metrics.items()],
-    }  # fmt: skip
+        "v": 1,
+        "seq": seq,
+        "ts": iso(received - timedelta(seconds=lag_s)),
+        "metrics": [
+            {"name": k, "value": v, "unit": "%" if k == "battery" else None}
+            for k, v in metrics.items()
+        ],
+    }
     body["metrics"] = [{k: v for k, v in m.items() if v is not None} for m in body["metrics"]]
     return message(serial, MessageKind.TELEMETRY, body, received)
 
 
 def usage(serial: str, seq: int, received: datetime, lag_s: float = 0) -> RawMessage:
     body = {
-        "v": 1, "seq": seq, "ts": iso(received - timedelta(seconds=lag_s)),
+        "v": 1,
+        "seq": seq,
+        "ts": iso(received - timedelta(seconds=lag_s)),
         "events": [{"feature": "remote_unlock", "count": 1}],
-    }  # fmt: skip
+    }
     return message(serial, MessageKind.USAGE, body, received)
 
 
@@ -61,6 +67,10 @@ def store_live(database_url: str, messages: list[RawMessage]) -> BatchResult:
     """Store messages in one transaction, as ingest would at this moment."""
     with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
         return store_batch(
-            conn, messages, DeviceDirectory(), max_future_skew=timedelta(minutes=10),
-            now=datetime.now(UTC), late_data_days=None,
-        )  # fmt: skip
+            conn,
+            messages,
+            DeviceDirectory(),
+            max_future_skew=timedelta(minutes=10),
+            now=datetime.now(UTC),
+            late_data_days=None,
+        )

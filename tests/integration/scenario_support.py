@@ -105,6 +105,4 @@ def load_scenario(
         assert report.messages == sum(
             p["usage_messages"] + p["telemetry_messages"] for p in truth["projects"].values()
         )
-        yield Loaded(
-            url, scenario, truth, generator.truth, start, end, project_ids, backfill_s
-        )  # fmt: skip
+        yield Loaded(url, scenario, truth, generator.truth, start, end, project_ids, backfill_s)

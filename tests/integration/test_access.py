@@ -242,15 +242,27 @@ class World:
 def _side(conn: psycopg.Connection, tag: str) -> Side:
     customer = registry.upsert_customer(conn, f"Access {tag}", "tail", "retail", "adoption")
     project = registry.upsert_project(
-        conn, customer, f"Access {tag} project", contract_value=100, currency="EUR",
-        go_live_date=None, status="live",
-    )  # fmt: skip
+        conn,
+        customer,
+        f"Access {tag} project",
+        contract_value=100,
+        currency="EUR",
+        go_live_date=None,
+        status="live",
+    )
     key = f"access_{tag}"
     feature = registry.upsert_feature(conn, key, f"Access {tag}", "test", None)
     registry.upsert_delivery(
-        conn, project, feature, status="delivered", delivered_on=None, cost_person_days=1,
-        contract_line_value=10, business_score=3, strategic=False,
-    )  # fmt: skip
+        conn,
+        project,
+        feature,
+        status="delivered",
+        delivered_on=None,
+        cost_person_days=1,
+        contract_line_value=10,
+        business_score=3,
+        strategic=False,
+    )
     delivery = conn.execute(
         "SELECT id FROM deliveries WHERE project_id = %s", (project,)
     ).fetchone()
@@ -271,11 +283,13 @@ def world(settings: Settings, unique_module: str) -> World:
         decision = record_decision(
             conn,
             DecisionCreate(
-                project_id=own.project, feature_key=own.feature_key, decision="keep",
+                project_id=own.project,
+                feature_key=own.feature_key,
+                decision="keep",
                 rationale="access test",
             ),
             AnalyticsThresholds(),
-        ).id  # fmt: skip
+        ).id
         quarantined = conn.execute(
             """INSERT INTO quarantine (received_at, topic, reason, payload, payload_size)
                VALUES (now(), 'x', 'not_json', '\\x00', 1) RETURNING id"""
@@ -285,10 +299,12 @@ def world(settings: Settings, unique_module: str) -> World:
             user = accounts.create_user(
                 conn,
                 accounts.UserCreate(
-                    username=f"{role.value}-{unique_module}", password="a long password 1",
-                    role=role, customer_id=own.customer if role is Role.VIEWER else None,
+                    username=f"{role.value}-{unique_module}",
+                    password="a long password 1",
+                    role=role,
+                    customer_id=own.customer if role is Role.VIEWER else None,
                 ),
-            )  # fmt: skip
+            )
             body = accounts.TokenCreate(name="matrix", role=role, customer_id=user.customer_id)
             tokens[role.value] = accounts.create_token(conn, body, user_id=user.id).token
         other_user = accounts.create_user(
@@ -299,9 +315,7 @@ def world(settings: Settings, unique_module: str) -> World:
         )
         service = accounts.create_token(conn, accounts.TokenCreate(name="svc", role=Role.OPS))
     assert quarantined
-    return World(
-        own, foreign, decision, quarantined[0], other_user.id, service.id, tokens
-    )  # fmt: skip
+    return World(own, foreign, decision, quarantined[0], other_user.id, service.id, tokens)
 
 
 @pytest.fixture(scope="module")
@@ -329,11 +343,17 @@ def opened(made: dict[str, TestClient]) -> Iterator[dict[str, TestClient]]:
 def fill(path: str, world: World, side: Side, existing: bool) -> str:
     """The path with ids of `side` (or an id nothing has, for writes that must not land)."""
     ids = {
-        "customers": side.customer, "projects": side.project, "deliveries": side.delivery,
-        "devices": side.device, "decisions": world.decision, "quarantine": world.quarantined,
-        "users": world.user, "tokens": world.token, "auth": MISSING,
+        "customers": side.customer,
+        "projects": side.project,
+        "deliveries": side.delivery,
+        "devices": side.device,
+        "decisions": world.decision,
+        "quarantine": world.quarantined,
+        "users": world.user,
+        "tokens": world.token,
+        "auth": MISSING,
         "features": side.feature,
-    }  # fmt: skip
+    }
     parts = path.strip("/").split("/")
     resource = parts[1] if parts[0] == "dashboards" and len(parts) > 1 else parts[0]
 
@@ -414,9 +434,10 @@ def test_viewer_lists_only_its_customer(
     # asking for the other customer by filter returns nothing, where a PM sees its rows
     if plural != "customers":
         scope = (
-            {"customer_id": world.foreign.customer} if plural == "projects"
+            {"customer_id": world.foreign.customer}
+            if plural == "projects"
             else {"project_id": world.foreign.project}
-        )  # fmt: skip
+        )
         hidden = clients[VIEWER].get(f"/{plural}", params=scope)
         assert hidden.status_code == 200 and hidden.json()["items"] == []
         shown = clients[PM].get(f"/{plural}", params=scope).json()["items"]
@@ -434,22 +455,25 @@ INTERNAL = {
     ),
 }
 VIEWER_MODELS: dict[str, type[BaseModel]] = {
-    "customers": models.CustomerView, "projects": models.ProjectView,
+    "customers": models.CustomerView,
+    "projects": models.ProjectView,
     "deliveries": models.DeliveryView,
-}  # fmt: skip
+}
 STAFF_SORTS = {  # the internal fields staff may sort by (the others no one may)
     "customers": {"tier", "lifecycle_stage"},
     "projects": {"contract_value"},
     "deliveries": {"cost_person_days", "contract_line_value", "business_score"},
 }
 INTERNAL_FILTERS = [
-    ("customers", "tier", "tail"), ("customers", "lifecycle_stage", "at_risk"),
+    ("customers", "tier", "tail"),
+    ("customers", "lifecycle_stage", "at_risk"),
     ("deliveries", "strategic", "true"),
-]  # fmt: skip
+]
 REGISTRY_READS = [
-    path for method, path in CASES
+    path
+    for method, path in CASES
     if method == "GET" and path.split("/")[1] in INTERNAL and path.count("/") <= 2
-]  # fmt: skip
+]
 
 
 def test_registry_reads_are_the_list_and_one_item_routes() -> None:
@@ -488,9 +512,12 @@ def test_viewer_cannot_sort_by_internal_fields(
         refused = clients[VIEWER].get(f"/{plural}", params={"sort": sort})
         assert refused.status_code == 422, refused.text
         assert refused.json()["detail"] == [
-            {"loc": ["query", "sort"], "type": "invalid_input",
-             "msg": f"sorting by {field} is not available to customer viewers"},
-        ]  # fmt: skip
+            {
+                "loc": ["query", "sort"],
+                "type": "invalid_input",
+                "msg": f"sorting by {field} is not available to customer viewers",
+            },
+        ]
         if field in STAFF_SORTS[plural]:
             assert clients[PM].get(f"/{plural}", params={"sort": sort}).status_code == 200
 
@@ -502,9 +529,12 @@ def test_viewer_cannot_filter_by_internal_fields(
     refused = clients[VIEWER].get(f"/{plural}", params={field: value})
     assert refused.status_code == 422, refused.text
     assert refused.json()["detail"] == [
-        {"loc": ["query", field], "type": "invalid_input",
-         "msg": f"filtering by {field} is not available to customer viewers"},
-    ]  # fmt: skip
+        {
+            "loc": ["query", field],
+            "type": "invalid_input",
+            "msg": f"filtering by {field} is not available to customer viewers",
+        },
+    ]
     assert clients[PM].get(f"/{plural}", params={field: value}).status_code == 200
 
 
@@ -580,18 +610,43 @@ def test_viewer_export_of_another_customer_is_not_found(
 # Keys of business value, contract values, verdicts, their explanations, peers, undelivered use
 # and the solution company's view of the customer: written here, apart from the code.
 INTERNAL_KEYS = frozenset(
-    {"business_value", "business_high", "user_value", "recommendation", "recommendations",
-     "explanation", "peers", "undelivered_usage", "cut_candidates", "iterate_candidates",
-     "contract_value", "contract_line_value", "business_score", "strategic", "cost_person_days",
-     "notes", "tier", "lifecycle_stage", "rules"}
-)  # fmt: skip
-INTERNAL_WORDS = ("cut candidate", "keep prudently", "iterate / invest", "business value",
-                  "insufficient data", "too early")  # fmt: skip
+    {
+        "business_value",
+        "business_high",
+        "user_value",
+        "recommendation",
+        "recommendations",
+        "explanation",
+        "peers",
+        "undelivered_usage",
+        "cut_candidates",
+        "iterate_candidates",
+        "contract_value",
+        "contract_line_value",
+        "business_score",
+        "strategic",
+        "cost_person_days",
+        "notes",
+        "tier",
+        "lifecycle_stage",
+        "rules",
+    }
+)
+INTERNAL_WORDS = (
+    "cut candidate",
+    "keep prudently",
+    "iterate / invest",
+    "business value",
+    "insufficient data",
+    "too early",
+)
 VIEWER_READS = [
-    path for method, path in CASES
-    if method == "GET" and isinstance(RULES[(method, path)].allowed, frozenset)
+    path
+    for method, path in CASES
+    if method == "GET"
+    and isinstance(RULES[(method, path)].allowed, frozenset)
     and VIEWER in RULES[(method, path)].allowed
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("path", VIEWER_READS)

@@ -185,9 +185,14 @@ def test_recommendations_follow_the_archetypes(
             assert row["recommendation"] != "cut_candidate" or adoption < t.cut_adoption, where
     # The scenario really exercises every archetype.
     assert set(seen) == {
-        "not delivered", "small project", "unused", "unused, strategic and valuable",
-        "unused, too few devices to tell", "heavy, valuable", "heavy, little business value",
-    }, seen  # fmt: skip
+        "not delivered",
+        "small project",
+        "unused",
+        "unused, strategic and valuable",
+        "unused, too few devices to tell",
+        "heavy, valuable",
+        "heavy, little business value",
+    }, seen
 
 
 def test_undelivered_usage_is_listed_with_the_truths_events(
@@ -207,8 +212,9 @@ def test_undelivered_usage_is_listed_with_the_truths_events(
             truth = loaded.feature_truth(project.name, key)
             assert row["delivery_status"] is None and "recommendation" not in row
             assert (row["events"], row["devices_using"]) == (
-                truth["events"], truth["devices_using"],
-            )  # fmt: skip
+                truth["events"],
+                truth["devices_using"],
+            )
             assert math.isclose(row["adoption"], loaded.truth_adoption(project.name, key))
             assert key not in _rows(data)
             listed += 1
@@ -263,9 +269,10 @@ def test_portfolio_agrees_with_the_projects_and_the_truth(
         assert math.isclose(feature["adoption"], using / reporting), key
         assert sum(feature["recommendations"].values()) == len(where), key
         for axis, attr in (
-            ("by_tier", "tier"), ("by_industry", "industry"),
+            ("by_tier", "tier"),
+            ("by_industry", "industry"),
             ("by_lifecycle_stage", "lifecycle_stage"),
-        ):  # fmt: skip
+        ):
             groups = feature[axis]
             assert {g["group"] for g in groups} == {getattr(c, attr) for c, _ in where}, key
             assert sum(g["projects"] for g in groups) == len(where), (key, axis)

@@ -39,8 +39,19 @@ ROLES = (Role.ADMIN, Role.PM, Role.OPS, Role.VIEWER)
 EXAMPLES_PER_OPERATION = 4
 # Revoking tokens at random would revoke the run's own tokens: covered by test_auth.py.
 SKIPPED = {("POST", "/tokens/{item_id}/revoke"), ("POST", "/auth/tokens/{item_id}/revoke")}
-SQL_METACHARACTERS = ("'", "' OR '1'='1", "'; DROP TABLE customers; --", '"', "\\", "%", "_",
-                      "\x00", "$$", "/*", "); SELECT pg_sleep(5); --")  # fmt: skip
+SQL_METACHARACTERS = (
+    "'",
+    "' OR '1'='1",
+    "'; DROP TABLE customers; --",
+    '"',
+    "\\",
+    "%",
+    "_",
+    "\x00",
+    "$$",
+    "/*",
+    "); SELECT pg_sleep(5); --",
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +70,14 @@ def scratch(local_services: LocalServices, settings: Settings) -> Iterator[Scrat
         with psycopg.connect(url, autocommit=True) as conn:
             customer_id = registry.upsert_customer(conn, "Abuse Co", "tail", "retail", "adoption")
             project_id = registry.upsert_project(
-                conn, customer_id, "Abuse project", contract_value=1, currency="EUR",
-                go_live_date=None, status="live",
-            )  # fmt: skip
+                conn,
+                customer_id,
+                "Abuse project",
+                contract_value=1,
+                currency="EUR",
+                go_live_date=None,
+                status="live",
+            )
         scoped = settings.model_copy(update={"database_url": SecretStr(url)})
         try:
             yield Scratch(scoped, url, customer_id, project_id)
@@ -95,9 +111,11 @@ def test_schemathesis_no_server_errors_and_responses_match_the_schema(
         operations += 1
 
         @hypothesis_settings(
-            max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
             suppress_health_check=list(HealthCheck),
-        )  # fmt: skip
+        )
         @given(case=operation.as_strategy())
         def check(case: schemathesis.Case[Any]) -> None:
             response = case.call(headers=headers)
@@ -113,8 +131,7 @@ def test_schemathesis_no_server_errors_and_responses_match_the_schema(
                 failures.append(f"{where}: {str(exc).strip()[:400]}")
 
         check()
-    print(f"\n[schemathesis] {role.value}: {operations} operations, "
-          f"{len(failures)} failures")  # fmt: skip
+    print(f"\n[schemathesis] {role.value}: {operations} operations, {len(failures)} failures")
     assert not failures, "\n".join(sorted(set(failures))[:30])
 
 
@@ -137,14 +154,22 @@ def _actionable(response: object, *statuses: int) -> dict[str, object]:
 
 def test_oversized_bodies_are_refused(admin: TestClient) -> None:
     big = "x" * (5 * 1024 * 1024)
-    _actionable(admin.post("/customers", json={"name": big, "tier": "tail",
-                                                "industry": "retail"}), 413, 422)  # fmt: skip
-    _actionable(admin.post("/devices/batch", json={"devices": [{"serial": f"s{i}"}
-                                                               for i in range(200_000)]}),
-                413, 422)  # fmt: skip
+    _actionable(
+        admin.post("/customers", json={"name": big, "tier": "tail", "industry": "retail"}), 413, 422
+    )
+    _actionable(
+        admin.post(
+            "/devices/batch", json={"devices": [{"serial": f"s{i}"} for i in range(200_000)]}
+        ),
+        413,
+        422,
+    )
     csv = b"name,tier,industry\n" + b"a,tail,retail\n" * 600_000
-    _actionable(admin.post("/imports/customers", content=csv,
-                           headers={"Content-Type": "text/csv"}), 413, 422)  # fmt: skip
+    _actionable(
+        admin.post("/imports/customers", content=csv, headers={"Content-Type": "text/csv"}),
+        413,
+        422,
+    )
 
 
 def test_a_history_line_without_end_keeps_only_its_start(
@@ -164,18 +189,22 @@ def test_a_history_line_without_end_keeps_only_its_start(
     with psycopg.connect(scratch.url, autocommit=True) as conn:
         before = conn.execute("SELECT coalesce(max(id), 0) FROM quarantine").fetchone()
         response = admin.post(
-            "/imports/history", content=body(),
+            "/imports/history",
+            content=body(),
             headers={"Content-Type": "application/x-ndjson"},
-        )  # fmt: skip
+        )
         assert response.status_code == 201, response.text
         assert response.json()["quarantined"] == {"invalid_payload": 2, "payload_too_large": 1}
         rows = conn.execute(
             "SELECT reason, payload_size, length(payload), detail FROM quarantine "
-            "WHERE id > %s ORDER BY id", before,
-        ).fetchall()  # fmt: skip
+            "WHERE id > %s ORDER BY id",
+            before,
+        ).fetchall()
     assert [(reason, size) for reason, size, _, _ in rows] == [
-        ("invalid_payload", 8), ("payload_too_large", len(long_line)), ("invalid_payload", 2),
-    ]  # fmt: skip
+        ("invalid_payload", 8),
+        ("payload_too_large", len(long_line)),
+        ("invalid_payload", 2),
+    ]
     assert rows[1][2] == 64 * 1024  # the quarantine keeps the first 64 KiB
     assert rows[1][3].startswith(f"line 2: {len(long_line)} bytes, over the")
 
@@ -187,17 +216,24 @@ def test_deeply_nested_json_is_refused(admin: TestClient) -> None:
             response = admin.post(path, content=deep, headers={"Content-Type": "application/json"})
             _actionable(response, 400, 413, 422)
     deep_object = '{"a":' * 10_000 + "1" + "}" * 10_000
-    _actionable(admin.post("/customers", content=deep_object,
-                           headers={"Content-Type": "application/json"}), 400, 413, 422)  # fmt: skip
+    _actionable(
+        admin.post("/customers", content=deep_object, headers={"Content-Type": "application/json"}),
+        400,
+        413,
+        422,
+    )
 
 
 @pytest.mark.parametrize(
     "query",
     [
-        "limit=1000000000", "limit=-1", "offset=-5", "offset=99999999999999999999",
+        "limit=1000000000",
+        "limit=-1",
+        "offset=-5",
+        "offset=99999999999999999999",
         "limit=abc",
     ],
-)  # fmt: skip
+)
 def test_huge_or_invalid_pages_are_4xx(admin: TestClient, query: str) -> None:
     for path in ("/customers", "/projects", "/devices", "/quarantine", "/decisions"):
         _actionable(admin.get(f"{path}?{query}"), 400, 422)
@@ -214,17 +250,21 @@ def test_unknown_sort_fields_never_500(admin: TestClient, query: str) -> None:
     [
         "since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z",
         "since=9999-12-31T00:00:00Z&until=0001-01-01T00:00:00Z",
-        "since=not-a-date", "since=0001-01-01T00:00:00%2B01:00",
+        "since=not-a-date",
+        "since=0001-01-01T00:00:00%2B01:00",
         "since=1970-01-01T00:00:00Z&until=2200-01-01T00:00:00Z",
     ],
-)  # fmt: skip
+)
 def test_huge_or_invalid_time_ranges_never_500(
     admin: TestClient, scratch: Scratch, query: str
 ) -> None:
     for path in (
-        f"/projects/{scratch.project_id}/analytics", f"/projects/{scratch.project_id}/usage",
-        "/portfolio", "/quarantine", "/quarantine/summary",
-    ):  # fmt: skip
+        f"/projects/{scratch.project_id}/analytics",
+        f"/projects/{scratch.project_id}/usage",
+        "/portfolio",
+        "/quarantine",
+        "/quarantine/summary",
+    ):
         response = admin.get(f"{path}?{query}")
         assert response.status_code < 500, (path, query, response.text[:500])
         if response.status_code >= 400:
@@ -232,8 +272,9 @@ def test_huge_or_invalid_time_ranges_never_500(
 
 
 @given(text=st.sampled_from(SQL_METACHARACTERS) | st.text(max_size=40))
-@hypothesis_settings(max_examples=15, deadline=None, database=None,
-                     suppress_health_check=list(HealthCheck))  # fmt: skip
+@hypothesis_settings(
+    max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 def test_sql_metacharacters_in_every_text_field(admin: TestClient, text: str) -> None:
     """Text fields of writes, searches and filters: stored verbatim or refused, never a 500."""
     requests = [
@@ -242,31 +283,65 @@ def test_sql_metacharacters_in_every_text_field(admin: TestClient, text: str) ->
         ("POST", "/devices", {"serial": text, "project_id": 1, "model": text, "site": text}),
         ("POST", "/users", {"username": text, "role": "viewer"}),
         ("POST", "/auth/tokens", {"name": text}),
-        ("POST", "/decisions", {"project_id": 1, "feature_key": text, "decision": "keep",
-                                "rationale": text}),
-    ]  # fmt: skip
+        (
+            "POST",
+            "/decisions",
+            {"project_id": 1, "feature_key": text, "decision": "keep", "rationale": text},
+        ),
+    ]
     for method, path, body in requests:
         response = admin.request(method, path, json=body)
         assert response.status_code < 500, (path, text, response.text[:300])
-    for path in ("/customers", "/projects", "/features", "/deliveries", "/devices",
-                 "/quarantine", "/decisions", "/users", "/tokens"):  # fmt: skip
-        for params in ({"q": text}, {"sort": text}, {"industry": text}, {"tag": text},
-                       {"reason": text}, {"feature_key": text}):  # fmt: skip
+    for path in (
+        "/customers",
+        "/projects",
+        "/features",
+        "/deliveries",
+        "/devices",
+        "/quarantine",
+        "/decisions",
+        "/users",
+        "/tokens",
+    ):
+        for params in (
+            {"q": text},
+            {"sort": text},
+            {"industry": text},
+            {"tag": text},
+            {"reason": text},
+            {"feature_key": text},
+        ):
             response = admin.get(path, params=params)
             assert response.status_code < 500, (path, params, response.text[:300])
     body = json.dumps({"name": text, "tier": "tail", "industry": "retail"})
-    assert admin.patch("/customers/1", content=body,
-                       headers={"Content-Type": "application/json"}).status_code < 500  # fmt: skip
+    assert (
+        admin.patch(
+            "/customers/1", content=body, headers={"Content-Type": "application/json"}
+        ).status_code
+        < 500
+    )
 
 
 def test_wrong_content_types_and_methods_are_4xx(admin: TestClient) -> None:
-    _actionable(admin.post("/customers", content=b"\xff\xfe", headers={"Content-Type":
-                                                                      "application/json"}),
-                400, 415, 422)  # fmt: skip
-    _actionable(admin.post("/imports/customers", content=b"\x00\xff" * 100,
-                           headers={"Content-Type": "text/csv"}), 400, 415, 422)  # fmt: skip
+    _actionable(
+        admin.post("/customers", content=b"\xff\xfe", headers={"Content-Type": "application/json"}),
+        400,
+        415,
+        422,
+    )
+    _actionable(
+        admin.post(
+            "/imports/customers", content=b"\x00\xff" * 100, headers={"Content-Type": "text/csv"}
+        ),
+        400,
+        415,
+        422,
+    )
     # a broken history line is quarantined, not refused (as live ingest does)
-    history = admin.post("/imports/history", content=b"{" * 1000 + b"\n",
-                         headers={"Content-Type": "application/x-ndjson"})  # fmt: skip
+    history = admin.post(
+        "/imports/history",
+        content=b"{" * 1000 + b"\n",
+        headers={"Content-Type": "application/x-ndjson"},
+    )
     assert history.status_code == 201 and history.json()["quarantined"], history.text
     assert admin.put("/customers", json={}).status_code == 405

@@ -94,9 +94,13 @@ def test_a_page_sends_the_browser_to_login_and_back(
     token = login_form_token(browser)
     done = browser.post(
         "/login",
-        data={"username": user.username, "password": PASSWORD, "csrf_token": token,
-              "next": "/dashboards/projects/1"},
-    )  # fmt: skip
+        data={
+            "username": user.username,
+            "password": PASSWORD,
+            "csrf_token": token,
+            "next": "/dashboards/projects/1",
+        },
+    )
     assert done.status_code == 303 and done.headers["location"] == "/dashboards/projects/1"
     cookie = done.headers["set-cookie"]
     assert SESSION_COOKIE in cookie
@@ -113,9 +117,13 @@ def test_open_redirects_are_refused(browser: TestClient, user: accounts.User) ->
         token = login_form_token(browser)
         done = browser.post(
             "/login",
-            data={"username": user.username, "password": PASSWORD, "csrf_token": token,
-                  "next": target},
-        )  # fmt: skip
+            data={
+                "username": user.username,
+                "password": PASSWORD,
+                "csrf_token": token,
+                "next": target,
+            },
+        )
         assert done.headers["location"] == "/"
 
 
@@ -231,14 +239,17 @@ def test_no_role_escalation(
     viewer = accounts.create_user(
         conn,
         accounts.UserCreate(
-            username=f"viewer-{uuid.uuid4().hex[:6]}", password=PASSWORD, role=Role.VIEWER,
+            username=f"viewer-{uuid.uuid4().hex[:6]}",
+            password=PASSWORD,
+            role=Role.VIEWER,
             customer_id=customer[0],
         ),
-    )  # fmt: skip
+    )
     token = accounts.create_token(
-        conn, accounts.TokenCreate(name="v", role=Role.VIEWER, customer_id=customer[0]),
+        conn,
+        accounts.TokenCreate(name="v", role=Role.VIEWER, customer_id=customer[0]),
         user_id=viewer.id,
-    ).token  # fmt: skip
+    ).token
     with api_client(settings, token) as client:
         # a personal token takes the user's role; asking for another is refused
         for extra in ({"role": "admin"}, {"customer_id": 1}):
@@ -254,9 +265,13 @@ def test_no_role_escalation(
     project_id = conn.execute("SELECT id FROM projects LIMIT 1").fetchone()
     assert project_id
     forged = api.post(
-        "/devices", json={"serial": f"esc-{uuid.uuid4().hex[:6]}", "project_id": project_id[0],
-                          "password": "chosen-by-me"},
-    )  # fmt: skip
+        "/devices",
+        json={
+            "serial": f"esc-{uuid.uuid4().hex[:6]}",
+            "project_id": project_id[0],
+            "password": "chosen-by-me",
+        },
+    )
     assert forged.status_code == 422
 
 
@@ -267,9 +282,12 @@ def test_the_last_admin_cannot_be_removed(api: TestClient, conn: psycopg.Connect
     if not admins:
         made = api.post(
             "/users",
-            json={"username": f"root-{uuid.uuid4().hex[:6]}", "password": PASSWORD,
-                  "role": "admin"},
-        )  # fmt: skip
+            json={
+                "username": f"root-{uuid.uuid4().hex[:6]}",
+                "password": PASSWORD,
+                "role": "admin",
+            },
+        )
         admins = [(made.json()["id"],)]
     # demote every admin but the last, then the last one is refused
     for (admin_id,) in admins[:-1]:
@@ -573,9 +591,10 @@ def test_service_tokens_end_when_their_creator_stops_being_an_admin(
         made[role] = answer.json()
     # a service token's own service tokens answer to the same admin, and do not outlive it
     chained = api.post(
-        "/tokens", json={"name": "chained", "role": "pm", "expires_in_days": 365},
+        "/tokens",
+        json={"name": "chained", "role": "pm", "expires_in_days": 365},
         headers=bearer(made["admin"]),
-    )  # fmt: skip
+    )
     assert chained.status_code == 201, chained.text
     made["chained"] = chained.json()
     expiry = {name: datetime.fromisoformat(t["expires_at"]) for name, t in made.items()}

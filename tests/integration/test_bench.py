@@ -19,9 +19,13 @@ def test_quick_bench_measures_every_part_and_loses_nothing(
     local_services: LocalServices, base_settings: Settings, tmp_path: Path
 ) -> None:
     report = bench_run.run_bench(
-        local_services, base_settings, parts=["ceilings", "ingest", "naive"], quick=True,
-        out_dir=tmp_path, say=print,
-    )  # fmt: skip
+        local_services,
+        base_settings,
+        parts=["ceilings", "ingest", "naive"],
+        quick=True,
+        out_dir=tmp_path,
+        say=print,
+    )
 
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["meta"]["mode"] == "quick"
@@ -36,10 +40,22 @@ def test_quick_bench_measures_every_part_and_loses_nothing(
 
     phases = report["phases"]
     expected = {
-        *(f"{kind}_{n}" for kind in ("single_live", "single_live_c", "single_backlog",
-                                     "batched_live", "batched_live_c") for n in (1, 2)),
-        "latency_max", "latency", "naive", "naive_c",
-    }  # fmt: skip
+        *(
+            f"{kind}_{n}"
+            for kind in (
+                "single_live",
+                "single_live_c",
+                "single_backlog",
+                "batched_live",
+                "batched_live_c",
+            )
+            for n in (1, 2)
+        ),
+        "latency_max",
+        "latency",
+        "naive",
+        "naive_c",
+    }
     assert expected <= set(phases)
     for name, phase in phases.items():
         assert phase["failed"] == 0, (name, phase)

@@ -64,17 +64,23 @@ def test_a_dataset_built_by_days_equals_one_rebuild_and_is_reused(
             assert len([row for row in migrated if row[1]]) > len(ROLLUP_TABLES)
             # compared in the database: millions of rows are slow to fetch twice
             for table in ROLLUP_TABLES:
-                conn.execute(sql.SQL("CREATE TEMP TABLE {} AS TABLE {}").format(
-                    sql.Identifier(f"built_{table}"), sql.Identifier(table)))  # fmt: skip
+                conn.execute(
+                    sql.SQL("CREATE TEMP TABLE {} AS TABLE {}").format(
+                        sql.Identifier(f"built_{table}"), sql.Identifier(table)
+                    )
+                )
             conn.execute("SET work_mem = '256MB'")  # the walk sorts every message
             assert rebuild_rollups(conn) is None
             for table in ROLLUP_TABLES:
                 names = sql.Identifier(table), sql.Identifier(f"built_{table}")
                 rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(names[0]))
                 assert rows.fetchone() != (0,), f"{table} is empty"
-                differ = conn.execute(sql.SQL(
-                    "SELECT count(*) FROM ((TABLE {0} EXCEPT ALL TABLE {1})"
-                    " UNION ALL (TABLE {1} EXCEPT ALL TABLE {0})) d").format(*names))  # fmt: skip
+                differ = conn.execute(
+                    sql.SQL(
+                        "SELECT count(*) FROM ((TABLE {0} EXCEPT ALL TABLE {1})"
+                        " UNION ALL (TABLE {1} EXCEPT ALL TABLE {0})) d"
+                    ).format(*names)
+                )
                 assert differ.fetchone() == (0,), f"{table} differs from one rebuild"
         again = ensure_dataset(local_services, TARGET, print)
         assert again.reused and again.usage_rows == dataset.usage_rows

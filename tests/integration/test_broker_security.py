@@ -29,8 +29,9 @@ class Probe:
         self.pubacks: dict[int, int] = {}
         self.subacks: list[int] = []
         self._events = {name: threading.Event() for name in ("connect", "puback", "suback")}
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         if user is not None:
             self.client.username_pw_set(user, password)
         self.client.on_connect = self._on_connect
@@ -184,12 +185,21 @@ def test_broker_setup_removes_accounts_under_reserved_names(
     broker_admin.check(
         [
             {"command": "createRole", "rolename": role, "acls": device_acls(serial)},
-            {"command": "createClient", "username": serial, "clientid": serial,
-             "password": password, "roles": [{"rolename": role}]},
-            {"command": "createClient", "username": other, "clientid": other_client_id,
-             "password": other_password},
+            {
+                "command": "createClient",
+                "username": serial,
+                "clientid": serial,
+                "password": password,
+                "roles": [{"rolename": role}],
+            },
+            {
+                "command": "createClient",
+                "username": other,
+                "clientid": other_client_id,
+                "password": other_password,
+            },
         ]
-    )  # fmt: skip
+    )
     try:
         for client_id, user, secret in (
             (serial, serial, password),

@@ -41,10 +41,10 @@ def cli_as(api_url: str, token: str) -> Any:
 
     def run(*args: str) -> Result:
         result = runner.invoke(
-            app, list(args),
-            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": token,
-                 "COLUMNS": "200"},
-        )  # fmt: skip
+            app,
+            list(args),
+            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": token, "COLUMNS": "200"},
+        )
         # An API error is a message and exit 1, never a traceback.
         assert "Traceback" not in result.output, result.output
         if result.exception is not None:
@@ -78,8 +78,9 @@ def test_customer_round_trip(cli: Any, unique: str) -> None:
     assert name in shown.output
     assert "onboarding" in shown.output
 
-    updated = cli("customers", "update", str(customer), "--stage", "adoption", "--name",
-                  f"{name} renamed")  # fmt: skip
+    updated = cli(
+        "customers", "update", str(customer), "--stage", "adoption", "--name", f"{name} renamed"
+    )
     assert updated.exit_code == 0, updated.output
     shown = cli("customers", "show", str(customer))
     assert f"{name} renamed" in shown.output
@@ -96,25 +97,55 @@ def test_customer_round_trip(cli: Any, unique: str) -> None:
 
 def test_projects_features_and_deliveries(cli: Any, unique: str) -> None:
     customer = created_id(
-        cli("customers", "add", "--name", f"Chain {unique}", "--tier", "head",
-            "--industry", "energy"),
+        cli(
+            "customers",
+            "add",
+            "--name",
+            f"Chain {unique}",
+            "--tier",
+            "head",
+            "--industry",
+            "energy",
+        ),
         "customer",
-    )  # fmt: skip
+    )
     project = created_id(
-        cli("projects", "add", "--customer", str(customer), "--name", f"P {unique}",
-            "--value", "1234.50", "--go-live", "2026-03-01", "--status", "live"),
+        cli(
+            "projects",
+            "add",
+            "--customer",
+            str(customer),
+            "--name",
+            f"P {unique}",
+            "--value",
+            "1234.50",
+            "--go-live",
+            "2026-03-01",
+            "--status",
+            "live",
+        ),
         "project",
-    )  # fmt: skip
+    )
     feature = created_id(
-        cli("features", "add", "--key", f"dim_{unique}", "--name", "Dimming",
-            "--kind", "standing"),
+        cli("features", "add", "--key", f"dim_{unique}", "--name", "Dimming", "--kind", "standing"),
         "feature",
-    )  # fmt: skip
+    )
     delivery = created_id(
-        cli("deliveries", "add", "--project", str(project), "--feature", str(feature),
-            "--cost-days", "3.5", "--score", "4", "--strategic"),
+        cli(
+            "deliveries",
+            "add",
+            "--project",
+            str(project),
+            "--feature",
+            str(feature),
+            "--cost-days",
+            "3.5",
+            "--score",
+            "4",
+            "--strategic",
+        ),
         "delivery",
-    )  # fmt: skip
+    )
 
     shown = cli("projects", "show", str(project))
     assert "1234.50" in shown.output
@@ -133,13 +164,21 @@ def test_projects_features_and_deliveries(cli: Any, unique: str) -> None:
 
 @pytest.mark.parametrize(
     ("plural", "internal_headers"),
-    [("customers", ["tier", "stage"]), ("projects", ["value"]),
-     ("deliveries", ["days", "line value", "score", "strategic"])],
-)  # fmt: skip
+    [
+        ("customers", ["tier", "stage"]),
+        ("projects", ["value"]),
+        ("deliveries", ["days", "line value", "score", "strategic"]),
+    ],
+)
 def test_viewer_lists_leave_out_internal_columns(
-    cli: Any, api_url: str, settings: Settings, project: Project, unique: str, plural: str,
+    cli: Any,
+    api_url: str,
+    settings: Settings,
+    project: Project,
+    unique: str,
+    plural: str,
     internal_headers: list[str],
-) -> None:  # fmt: skip
+) -> None:
     """A customer viewer's rows lack the internal fields: the table drops those columns."""
     url = settings.database_url.get_secret_value()
     viewer = mint_token(url, Role.VIEWER, project.customer_id, "cli-viewer")
@@ -247,8 +286,20 @@ def test_provision_1000_devices(
     out = tmp_path / "creds.csv"
     prefix = f"cli{unique}"
     started = time.perf_counter()
-    result = cli("devices", "provision", "--project", str(project.id), "--count", "1000",
-                 "--prefix", prefix, "--model", "L1", "--out", str(out))  # fmt: skip
+    result = cli(
+        "devices",
+        "provision",
+        "--project",
+        str(project.id),
+        "--count",
+        "1000",
+        "--prefix",
+        prefix,
+        "--model",
+        "L1",
+        "--out",
+        str(out),
+    )
     elapsed = time.perf_counter() - started
     print(f"\nprovisioned 1000 devices through CLI and API in {elapsed:.1f}s")
     serials: list[str] = []
@@ -274,8 +325,9 @@ def test_provision_1000_devices(
         assert connack(settings, rows[500]["serial"], rows[500]["password"]) == 0
         assert connack(settings, rows[500]["serial"], "not-the-password") != 0
 
-        again = cli("devices", "provision", "--project", str(project.id), "--count", "1",
-                    "--out", str(out))  # fmt: skip
+        again = cli(
+            "devices", "provision", "--project", str(project.id), "--count", "1", "--out", str(out)
+        )
         assert again.exit_code == 1
         assert "exists already" in again.stderr
         assert "--force" in again.stderr
@@ -292,8 +344,19 @@ def test_device_lifecycle(
     out = tmp_path / "one.csv"
     out.write_text("old content\n")
     out.chmod(0o644)
-    result = cli("devices", "provision", "--project", str(project.id), "--count", "2",
-                 "--prefix", f"life{unique}", "--out", str(out), "--force")  # fmt: skip
+    result = cli(
+        "devices",
+        "provision",
+        "--project",
+        str(project.id),
+        "--count",
+        "2",
+        "--prefix",
+        f"life{unique}",
+        "--out",
+        str(out),
+        "--force",
+    )
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     with out.open(newline="") as handle:
@@ -317,8 +380,16 @@ def test_device_lifecycle(
     assert rotated_again.exit_code == 1
     assert "revoked" in rotated_again.stderr
 
-    missing = cli("devices", "provision", "--project", "999999999", "--count", "1",
-                  "--out", str(tmp_path / "none.csv"))  # fmt: skip
+    missing = cli(
+        "devices",
+        "provision",
+        "--project",
+        "999999999",
+        "--count",
+        "1",
+        "--out",
+        str(tmp_path / "none.csv"),
+    )
     assert missing.exit_code == 1
     assert "project 999999999 not found" in missing.stderr
     assert not (tmp_path / "none.csv").exists()

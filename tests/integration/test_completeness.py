@@ -15,10 +15,14 @@ from tests.integration.conftest import Project
 
 
 def _telemetry(seq: int, at: datetime) -> bytes:
-    return json.dumps({
-        "v": 1, "seq": seq, "ts": at.isoformat(),
-        "metrics": [{"name": "battery", "value": 90.0, "unit": "%"}],
-    }).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "v": 1,
+            "seq": seq,
+            "ts": at.isoformat(),
+            "metrics": [{"name": "battery", "value": 90.0, "unit": "%"}],
+        }
+    ).encode()
 
 
 def test_lost_messages_lower_completeness_and_reboots_do_not(
@@ -53,9 +57,11 @@ def test_lost_messages_lower_completeness_and_reboots_do_not(
 
     response = api.get(
         f"/projects/{project.id}/analytics",
-        params={"since": (start - timedelta(hours=1)).isoformat(),
-                "until": (start + timedelta(days=1)).isoformat()},
-    )  # fmt: skip
+        params={
+            "since": (start - timedelta(hours=1)).isoformat(),
+            "until": (start + timedelta(days=1)).isoformat(),
+        },
+    )
     assert response.status_code == 200, response.text
     coverage = response.json()["coverage"]
     assert coverage["devices_reporting"] == 2

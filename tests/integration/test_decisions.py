@@ -18,8 +18,12 @@ from services.registry import upserts as registry
 from tests.integration.conftest import Project
 
 RECOMMENDATIONS = {
-    "iterate_invest", "keep_prudently", "cut_candidate", "insufficient_data", "too_early",
-}  # fmt: skip
+    "iterate_invest",
+    "keep_prudently",
+    "cut_candidate",
+    "insufficient_data",
+    "too_early",
+}
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -83,19 +87,26 @@ def test_evidence_is_frozen_and_after_shows_usage_since(
     fleet = Fleet(conn, project.id, f"dec-{unique}", 4)
     decided_at = datetime.now(UTC) - timedelta(days=3)
     # Before the decision (2-day evidence window): 4 devices report, 2 use the feature.
-    fleet.send([
-        (0, decided_at - timedelta(hours=36), key, 1),
-        (0, decided_at - timedelta(hours=12), key, 2),
-        (1, decided_at - timedelta(hours=12), key, 1),
-        (2, decided_at - timedelta(hours=12), None, 0),
-        (3, decided_at - timedelta(hours=12), None, 0),
-    ])  # fmt: skip
+    fleet.send(
+        [
+            (0, decided_at - timedelta(hours=36), key, 1),
+            (0, decided_at - timedelta(hours=12), key, 2),
+            (1, decided_at - timedelta(hours=12), key, 1),
+            (2, decided_at - timedelta(hours=12), None, 0),
+            (3, decided_at - timedelta(hours=12), None, 0),
+        ]
+    )
 
     created = decide(
-        api, project_id=project.id, feature_key=key, decision="cut", window_days=2,
-        rationale="  half the fleet never touches it  ", decided_by="Dana (PM)",
+        api,
+        project_id=project.id,
+        feature_key=key,
+        decision="cut",
+        window_days=2,
+        rationale="  half the fleet never touches it  ",
+        decided_by="Dana (PM)",
         decided_at=decided_at.isoformat(),
-    )  # fmt: skip
+    )
     assert created["scope"] == "project"
     assert created["project_id"] == project.id
     assert created["customer_name"] == f"Customer {unique}"
@@ -146,15 +157,17 @@ def test_evidence_is_frozen_and_after_shows_usage_since(
     assert datetime.fromisoformat(after["measures"]["until"]) - since == timedelta(days=2)
 
     # Late data inside the evidence window, and usage after the decision.
-    fleet.send([
-        (2, decided_at - timedelta(hours=6), key, 5),
-        (0, decided_at + timedelta(hours=5), key, 1),
-        (1, decided_at + timedelta(hours=5), key, 1),
-        (2, decided_at + timedelta(hours=5), key, 1),
-        (3, decided_at + timedelta(hours=5), None, 0),
-        (0, decided_at + timedelta(hours=30), key, 3),
-        (1, decided_at + timedelta(days=2, hours=6), key, 9),  # after the 2-day window
-    ])  # fmt: skip
+    fleet.send(
+        [
+            (2, decided_at - timedelta(hours=6), key, 5),
+            (0, decided_at + timedelta(hours=5), key, 1),
+            (1, decided_at + timedelta(hours=5), key, 1),
+            (2, decided_at + timedelta(hours=5), key, 1),
+            (3, decided_at + timedelta(hours=5), None, 0),
+            (0, decided_at + timedelta(hours=30), key, 3),
+            (1, decided_at + timedelta(days=2, hours=6), key, 9),  # after the 2-day window
+        ]
+    )
 
     # The analytics of the evidence window changed; the stored evidence did not.
     analytics = expect(api.get(f"/projects/{project.id}/analytics", params=window), 200)
@@ -184,12 +197,17 @@ def test_running_window_after_a_recent_decision(
     key = project.feature_key
     fleet = Fleet(conn, project.id, f"run-{unique}", 2)
     decided_at = datetime.now(UTC) - timedelta(days=1)
-    fleet.send([(0, decided_at - timedelta(hours=3), key, 1),
-                (1, decided_at + timedelta(hours=3), key, 4)])  # fmt: skip
+    fleet.send(
+        [(0, decided_at - timedelta(hours=3), key, 1), (1, decided_at + timedelta(hours=3), key, 4)]
+    )
     created = decide(
-        api, project_id=project.id, feature_key=key, decision="iterate",
-        decided_at=decided_at.isoformat(), rationale="usage is climbing",
-    )  # fmt: skip
+        api,
+        project_id=project.id,
+        feature_key=key,
+        decision="iterate",
+        decided_at=decided_at.isoformat(),
+        rationale="usage is climbing",
+    )
     assert created["window_days"] == 30
     # no go-live date: live since the day of the first report, and measured from there
     evidence = created["evidence"]
@@ -206,8 +224,13 @@ def test_running_window_after_a_recent_decision(
 
 
 def test_a_decision_made_now_has_no_after_yet(api: TestClient, project: Project) -> None:
-    created = decide(api, project_id=project.id, feature_key=project.feature_key,
-                     decision="keep", rationale="wait and see")  # fmt: skip
+    created = decide(
+        api,
+        project_id=project.id,
+        feature_key=project.feature_key,
+        decision="keep",
+        rationale="wait and see",
+    )
     assert created["after"] is None
     assert created["evidence"]["measures"]["devices_reporting"] == 0
     decided_at = datetime.fromisoformat(created["decided_at"])
@@ -220,12 +243,22 @@ def test_portfolio_decision(
     key = project.feature_key
     fleet = Fleet(conn, project.id, f"pf-{unique}", 3)
     decided_at = datetime.now(UTC) - timedelta(days=2)
-    fleet.send([(0, decided_at - timedelta(hours=2), key, 2),
-                (1, decided_at - timedelta(hours=2), None, 0),
-                (2, decided_at + timedelta(hours=4), key, 1)])  # fmt: skip
+    fleet.send(
+        [
+            (0, decided_at - timedelta(hours=2), key, 2),
+            (1, decided_at - timedelta(hours=2), None, 0),
+            (2, decided_at + timedelta(hours=4), key, 1),
+        ]
+    )
     feature_id = expect(api.get("/features", params={"q": key}), 200)["items"][0]["id"]
-    created = decide(api, feature_id=feature_id, decision="iterate", window_days=1,
-                     decided_at=decided_at.isoformat(), rationale="roll it out wider")  # fmt: skip
+    created = decide(
+        api,
+        feature_id=feature_id,
+        decision="iterate",
+        window_days=1,
+        decided_at=decided_at.isoformat(),
+        rationale="roll it out wider",
+    )
     assert created["scope"] == "portfolio"
     assert created["project_id"] is None
     assert created["project_name"] is None
@@ -256,8 +289,7 @@ def test_list_filters_and_pages(api: TestClient, project: Project) -> None:
     assert [d["id"] for d in page["items"]] == [cut["id"], keep["id"]]  # newest first
     assert all("after" in d and "evidence" in d for d in page["items"])
 
-    page = expect(api.get("/decisions", params={"project_id": project.id, "decision": "keep"}),
-                  200)  # fmt: skip
+    page = expect(api.get("/decisions", params={"project_id": project.id, "decision": "keep"}), 200)
     assert [d["id"] for d in page["items"]] == [keep["id"]]
 
     page = expect(api.get("/decisions", params={"feature_key": key}), 200)
@@ -266,8 +298,10 @@ def test_list_filters_and_pages(api: TestClient, project: Project) -> None:
     page = expect(api.get("/decisions", params={"feature_key": key, "scope": "portfolio"}), 200)
     assert [d["id"] for d in page["items"]] == [portfolio["id"]]
 
-    page = expect(api.get("/decisions", params={"feature_key": key, "limit": 1, "offset": 1,
-                                                "sort": "id"}), 200)  # fmt: skip
+    page = expect(
+        api.get("/decisions", params={"feature_key": key, "limit": 1, "offset": 1, "sort": "id"}),
+        200,
+    )
     assert page["total"] == 3
     assert page["limit"] == 1
     assert page["offset"] == 1
@@ -281,16 +315,35 @@ def test_list_filters_and_pages(api: TestClient, project: Project) -> None:
 
 
 def test_unknown_references_are_404(api: TestClient, project: Project, unique: str) -> None:
-    body = expect(api.post("/decisions", json={
-        "project_id": 2**62, "feature_key": project.feature_key, "decision": "cut",
-        "rationale": "x"}), 404)  # fmt: skip
+    body = expect(
+        api.post(
+            "/decisions",
+            json={
+                "project_id": 2**62,
+                "feature_key": project.feature_key,
+                "decision": "cut",
+                "rationale": "x",
+            },
+        ),
+        404,
+    )
     assert body["detail"] == f"project {2**62} not found"
-    body = expect(api.post("/decisions", json={
-        "project_id": project.id, "feature_key": f"nope_{unique}", "decision": "cut",
-        "rationale": "x"}), 404)  # fmt: skip
+    body = expect(
+        api.post(
+            "/decisions",
+            json={
+                "project_id": project.id,
+                "feature_key": f"nope_{unique}",
+                "decision": "cut",
+                "rationale": "x",
+            },
+        ),
+        404,
+    )
     assert f"nope_{unique}" in body["detail"]
-    body = expect(api.post("/decisions", json={
-        "feature_id": 2**62, "decision": "cut", "rationale": "x"}), 404)  # fmt: skip
+    body = expect(
+        api.post("/decisions", json={"feature_id": 2**62, "decision": "cut", "rationale": "x"}), 404
+    )
     assert body["detail"] == f"feature {2**62} not found"
     expect(api.get(f"/decisions/{2**62}"), 404)
 
@@ -300,12 +353,22 @@ def test_a_feature_with_nothing_to_decide_on_is_422(
 ) -> None:
     other = f"other_{unique}"
     registry.upsert_feature(conn, other, "Other", None, None)  # in the catalog, not delivered
-    error = first_error(api.post("/decisions", json={
-        "project_id": project.id, "feature_key": other, "decision": "keep", "rationale": "x"}))  # fmt: skip
+    error = first_error(
+        api.post(
+            "/decisions",
+            json={
+                "project_id": project.id,
+                "feature_key": other,
+                "decision": "keep",
+                "rationale": "x",
+            },
+        )
+    )
     assert error["loc"] == ["body", "feature_key"]
     assert "not delivered" in error["msg"]
-    error = first_error(api.post("/decisions", json={
-        "feature_key": other, "decision": "keep", "rationale": "x"}))  # fmt: skip
+    error = first_error(
+        api.post("/decisions", json={"feature_key": other, "decision": "keep", "rationale": "x"})
+    )
     assert "not delivered to any project" in error["msg"]
 
 
@@ -331,8 +394,13 @@ def test_a_feature_with_nothing_to_decide_on_is_422(
 def test_invalid_input_is_422(
     api: TestClient, project: Project, change: dict[str, Any], field: str
 ) -> None:
-    body = {"project_id": project.id, "feature_key": project.feature_key, "decision": "cut",
-            "rationale": "because", **change}  # fmt: skip
+    body = {
+        "project_id": project.id,
+        "feature_key": project.feature_key,
+        "decision": "cut",
+        "rationale": "because",
+        **change,
+    }
     error = first_error(api.post("/decisions", json=body))
     assert error["loc"][:2] == ["body", field], error
 
@@ -340,18 +408,21 @@ def test_invalid_input_is_422(
 def test_feature_named_once_and_only_once(api: TestClient, project: Project) -> None:
     base = {"project_id": project.id, "decision": "cut", "rationale": "x"}
     first_error(api.post("/decisions", json=base))
-    first_error(api.post("/decisions", json={**base, "feature_key": project.feature_key,
-                                             "feature_id": 1}))  # fmt: skip
+    first_error(
+        api.post("/decisions", json={**base, "feature_key": project.feature_key, "feature_id": 1})
+    )
     error = first_error(api.post("/decisions", json={**base, "feature_key": "Bad Key"}))
     assert error["loc"] == ["body", "feature_key"]
 
 
 def test_list_refuses_bad_filters(api: TestClient) -> None:
     assert first_error(api.get("/decisions", params={"decision": "drop"}))["loc"] == [
-        "query", "decision",
-    ]  # fmt: skip
+        "query",
+        "decision",
+    ]
     assert first_error(api.get("/decisions", params={"sort": "rationale"}))["loc"] == [
-        "query", "sort",
-    ]  # fmt: skip
+        "query",
+        "sort",
+    ]
     expect(api.get("/decisions", params={"q": "a\u0000b"}), 422)
     expect(api.get("/decisions/0"), 422)

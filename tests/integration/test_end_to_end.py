@@ -65,9 +65,11 @@ def test_redelivered_message_is_stored_once(
 ) -> None:
     device = provision(project.id, f"dup-{unique}")
     body = {
-        "v": 1, "seq": 42, "ts": datetime.now(UTC).isoformat(),
+        "v": 1,
+        "seq": 42,
+        "ts": datetime.now(UTC).isoformat(),
         "events": [{"feature": project.feature_key, "count": 2}],
-    }  # fmt: skip
+    }
     before = ingest.totals.usage_duplicates
     for _ in range(3):
         device.publish(MessageKind.USAGE, json.dumps(body).encode()).wait_for_publish(5)

@@ -88,13 +88,20 @@ def seeded(local_services: LocalServices, settings: Settings) -> Iterator[Seeded
             c = registry.upsert_customer(conn, "Fleet C", "tail", "retail", "onboarding")
             projects = {}
             for key, customer, name in (
-                ("a1", a, "Lockers"), ("a2", a, "Gateways"), ("b1", b, "Dimming"),
+                ("a1", a, "Lockers"),
+                ("a2", a, "Gateways"),
+                ("b1", b, "Dimming"),
                 ("c1", c, "Empty"),
-            ):  # fmt: skip
+            ):
                 projects[key] = registry.upsert_project(
-                    conn, customer, name, contract_value=1, currency="EUR", go_live_date=None,
+                    conn,
+                    customer,
+                    name,
+                    contract_value=1,
+                    currency="EUR",
+                    go_live_date=None,
                     status="live",
-                )  # fmt: skip
+                )
             fleet = {
                 "a1": [("a-1", "1.0"), ("a-2", "1.0"), ("a-3", "1.0"), ("a-4", "1.0")],
                 "a2": [("a2-1", "2.0")],
@@ -104,24 +111,36 @@ def seeded(local_services: LocalServices, settings: Settings) -> Iterator[Seeded
                 registry.provision_devices(
                     conn, None, projects[key], [(s, "T1", fw) for s, fw in devices]
                 )
-            conn.execute("UPDATE devices SET status = 'revoked', revoked_at = now() "
-                         "WHERE serial = 'b-3'")  # fmt: skip
+            conn.execute(
+                "UPDATE devices SET status = 'revoked', revoked_at = now() WHERE serial = 'b-3'"
+            )
             now = datetime.now(UTC).replace(microsecond=0)
             with conn.transaction():
                 result = store_batch(
-                    conn, seed_messages(now), DeviceDirectory(), max_future_skew=timedelta(minutes=10),
-                    now=now, late_data_days=None,
-                )  # fmt: skip
+                    conn,
+                    seed_messages(now),
+                    DeviceDirectory(),
+                    max_future_skew=timedelta(minutes=10),
+                    now=now,
+                    late_data_days=None,
+                )
             assert dict(result.quarantined) == {
-                "revoked_device": 1, "unknown_device": 1, "not_json": 2,
-            }  # fmt: skip
+                "revoked_device": 1,
+                "unknown_device": 1,
+                "not_json": 2,
+            }
             device_ids: dict[str, int] = dict(
                 conn.execute("SELECT serial, id FROM devices").fetchall()
             )
         yield Seeded(
-            now, settings.model_copy(update={"database_url": SecretStr(url)}), a, b, c, projects,
+            now,
+            settings.model_copy(update={"database_url": SecretStr(url)}),
+            a,
+            b,
+            c,
+            projects,
             device_ids,
-        )  # fmt: skip
+        )
 
 
 def client(seeded: Seeded, role: Role, customer: int | None = None) -> TestClient:
@@ -158,20 +177,29 @@ def test_fleet_counts_per_project(ops: TestClient, seeded: Seeded) -> None:
         for p in fleet["projects"]
     }
     assert per_project == {
-        "Lockers": (4, 2, 1, 1), "Gateways": (1, 0, 1, 0), "Dimming": (2, 1, 0, 1),
+        "Lockers": (4, 2, 1, 1),
+        "Gateways": (1, 0, 1, 0),
+        "Dimming": (2, 1, 0, 1),
         "Empty": (0, 0, 0, 0),
-    }  # fmt: skip
+    }
     assert fleet["totals"] == {
-        "devices": 7, "online": 3, "offline": 2, "never_seen": 2, "stale": 2,
-    }  # fmt: skip
+        "devices": 7,
+        "online": 3,
+        "offline": 2,
+        "never_seen": 2,
+        "stale": 2,
+    }
     assert fleet["stale_after_seconds"] == 3600
     assert [d["serial"] for d in fleet["stale"]] == ["a-2", "a-3"]  # longest silent first
     a2 = fleet["stale"][0]
     assert a2["online"] is True and a2["firmware"] == "1.0" and a2["project_name"] == "Lockers"
     assert 3 * 3600 <= a2["silent_seconds"] < 3 * 3600 + 120
     assert {f["firmware"]: f["devices"] for f in fleet["firmware"]} == {
-        "1.0": 3, "3.0": 2, "1.5.0": 1, "2.0": 1,
-    }  # fmt: skip
+        "1.0": 3,
+        "3.0": 2,
+        "1.5.0": 1,
+        "2.0": 1,
+    }
     # each active device's latest reading of the last day, by device id
     assert fleet["battery"] == {"metric": "battery", "unit": "%", "values": [80, 50, 70, 30]}
     assert fleet["signal"]["values"] == [-60, -80, -72, -95]
@@ -314,8 +342,10 @@ def test_ingest_health_numbers(ops: TestClient, seeded: Seeded) -> None:
     assert recent["late_lag_max_seconds"] == pytest.approx(40 * 60)
     quarantine = health["quarantine"]
     assert {r["reason"]: r["count"] for r in quarantine["reasons"]} == {
-        "not_json": 1, "revoked_device": 1, "unknown_device": 1,
-    }  # fmt: skip
+        "not_json": 1,
+        "revoked_device": 1,
+        "unknown_device": 1,
+    }
     assert quarantine["total"] == 3
     bad = next(r for r in quarantine["reasons"] if r["reason"] == "not_json")
     assert bad["sample"]["payload_preview"] == "{not json"

@@ -56,8 +56,10 @@ READER = "fieldtrack_grafana"
 ANY = object()  # a cell whose value the test does not pin (but must not be NULL)
 
 LOCKERS, GATEWAYS, DIMMING = (
-    "Acme Logistics / Smart Lockers", "Acme Logistics / Fleet Gateways", "Bistro Group / Dimming",
-)  # fmt: skip
+    "Acme Logistics / Smart Lockers",
+    "Acme Logistics / Fleet Gateways",
+    "Bistro Group / Dimming",
+)
 
 
 def at(hours: int, minutes: int = 0) -> datetime:
@@ -75,9 +77,11 @@ def _message(serial: str, kind: MessageKind, body: dict[str, Any], when: datetim
     """A device message; usage and telemetry as history (last seen = device time), status
     as received live at *when*."""
     return RawMessage(
-        device_topic(serial, kind), json.dumps(body).encode(), when,
+        device_topic(serial, kind),
+        json.dumps(body).encode(),
+        when,
         historical=kind is not MessageKind.STATUS,
-    )  # fmt: skip
+    )
 
 
 def telemetry(serial: str, seq: int, when: datetime, battery: float, rssi: float) -> RawMessage:
@@ -148,26 +152,41 @@ def seed(conn: psycopg.Connection) -> dict[str, int]:
     acme = registry.upsert_customer(conn, "Acme Logistics", "head", "logistics", "expansion")
     bistro = registry.upsert_customer(conn, "Bistro Group", "tail", "hospitality", "adoption")
     projects = {
-        "lockers": (acme, "Smart Lockers"), "gateways": (acme, "Fleet Gateways"),
+        "lockers": (acme, "Smart Lockers"),
+        "gateways": (acme, "Fleet Gateways"),
         "dimming": (bistro, "Dimming"),
-    }  # fmt: skip
+    }
     ids = {"acme": acme, "bistro": bistro}
     for key, (customer, name) in projects.items():
         ids[key] = registry.upsert_project(
-            conn, customer, name, contract_value=10000, currency="EUR", go_live_date=None,
+            conn,
+            customer,
+            name,
+            contract_value=10000,
+            currency="EUR",
+            go_live_date=None,
             status="live",
-        )  # fmt: skip
+        )
     features = {
         key: registry.upsert_feature(conn, key, key.replace("_", " "), "test", None)
         for key in ("remote_unlock", "energy_report", "scheduled_dimming")
     }
     for project, feature in (
-        ("lockers", "remote_unlock"), ("lockers", "energy_report"), ("dimming", "scheduled_dimming"),
-    ):  # fmt: skip
+        ("lockers", "remote_unlock"),
+        ("lockers", "energy_report"),
+        ("dimming", "scheduled_dimming"),
+    ):
         registry.upsert_delivery(
-            conn, ids[project], features[feature], status="delivered", delivered_on=None,
-            cost_person_days=1, contract_line_value=100, business_score=3, strategic=False,
-        )  # fmt: skip
+            conn,
+            ids[project],
+            features[feature],
+            status="delivered",
+            delivered_on=None,
+            cost_person_days=1,
+            contract_line_value=100,
+            business_score=3,
+            strategic=False,
+        )
     fleet = {
         "lockers": [("lck-1", "1.4.2"), ("lck-2", "1.4.2"), ("lck-3", "1.4.2"), ("lck-4", "1.4.2")],
         "gateways": [("gw-1", "2.0.0")],
@@ -180,12 +199,19 @@ def seed(conn: psycopg.Connection) -> dict[str, int]:
     )
     with conn.transaction():
         result = store_batch(
-            conn, MESSAGES, DeviceDirectory(), max_future_skew=timedelta(minutes=10),
-            now=RANGE.end + timedelta(days=1), late_data_days=None,
-        )  # fmt: skip
+            conn,
+            MESSAGES,
+            DeviceDirectory(),
+            max_future_skew=timedelta(minutes=10),
+            now=RANGE.end + timedelta(days=1),
+            late_data_days=None,
+        )
     assert dict(result.quarantined) == {
-        "not_json": 3, "unknown_device": 1, "revoked_device": 1, "invalid_payload": 1,
-    }, result  # fmt: skip
+        "not_json": 3,
+        "unknown_device": 1,
+        "revoked_device": 1,
+        "invalid_payload": 1,
+    }, result
     return ids
 
 
@@ -205,12 +231,24 @@ def run_reader_sql(local_services: LocalServices, dbname: str, password: str) ->
     the environment, never on the command line."""
     psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
     done = subprocess.run(
-        [psql, local_services.postgres.superuser_conninfo(dbname), "-X", "-q",
-         "-v", "ON_ERROR_STOP=1",
-         "-c", "\\getenv reader_password FIELDTRACK_GRAFANA_DB_PASSWORD", "-f", str(READER_SQL)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            psql,
+            local_services.postgres.superuser_conninfo(dbname),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "\\getenv reader_password FIELDTRACK_GRAFANA_DB_PASSWORD",
+            "-f",
+            str(READER_SQL),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, "FIELDTRACK_GRAFANA_DB_PASSWORD": password},
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -298,9 +336,12 @@ def _cell(value: Any, *, is_time: bool) -> Any:
 
 
 def run_panel(
-    conn: psycopg.Connection, panel: Mapping[str, Any], variables: Mapping[str, Variable],
-    *, timescaledb: bool,
-) -> tuple[list[str], list[tuple[Any, ...]]]:  # fmt: skip
+    conn: psycopg.Connection,
+    panel: Mapping[str, Any],
+    variables: Mapping[str, Variable],
+    *,
+    timescaledb: bool,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
     [target] = panel["targets"]
     interval = max(BASE_INTERVAL, parse_interval(panel.get("interval", "0s")))
     sql = render(target["rawSql"], RANGE, interval, variables, timescaledb=timescaledb)

@@ -86,11 +86,17 @@ def test_customers_import_creates_every_row(
     assert report["created"] == 2 and len(report["ids"]) == 2
     a, b = (fetch(api, f"/customers/{i}") for i in report["ids"])
     assert (a["name"], a["tier"], a["industry"], a["lifecycle_stage"]) == (
-        f"imp {unique} a", "head", "retail", "onboarding",
-    )  # fmt: skip
+        f"imp {unique} a",
+        "head",
+        "retail",
+        "onboarding",
+    )
     assert (b["name"], b["tier"], b["industry"], b["lifecycle_stage"]) == (
-        f"imp {unique} b, Inc.", "tail", "energy", "renewal",
-    )  # fmt: skip
+        f"imp {unique} b, Inc.",
+        "tail",
+        "energy",
+        "renewal",
+    )
     assert count(conn, "SELECT count(*) FROM customers WHERE name LIKE %s", f"imp {unique} %") == 2
 
 
@@ -227,12 +233,16 @@ def test_projects_import_by_customer_name_or_id(
     assert (first["customer_id"], first["name"]) == (named["id"], f"p {unique} 1")
     assert Decimal(str(first["contract_value"])) == Decimal("1000.50")
     assert (first["currency"], first["go_live_date"], first["status"]) == (
-        "USD", "2026-05-01", "live",
-    )  # fmt: skip
+        "USD",
+        "2026-05-01",
+        "live",
+    )
     assert first["retention_days"] == 90
     assert (second["customer_id"], second["currency"], second["status"]) == (
-        other["id"], "EUR", "delivering",
-    )  # fmt: skip
+        other["id"],
+        "EUR",
+        "delivering",
+    )
     assert second["contract_value"] is None
 
 
@@ -274,8 +284,9 @@ def test_projects_import_is_all_or_nothing_on_a_duplicate(
         f"dupc {unique},pd {unique} 3,1.234\n"
     )
     assert rejected(post_csv(api, "/imports/projects", text)) == [
-        (3, "contract_value"), (4, "contract_value"),
-    ]  # fmt: skip
+        (3, "contract_value"),
+        (4, "contract_value"),
+    ]
     text = f"customer,name\ndupc {unique},pd {unique} 1\ndupc {unique},pd {unique} 1\n"
     assert [row for row, _ in rejected(post_csv(api, "/imports/projects", text))] == [3]
     assert count(conn, "SELECT count(*) FROM projects WHERE name LIKE %s", f"pd {unique} %") == 0
@@ -295,8 +306,12 @@ def test_features_import_takes_each_column(api: TestClient, unique: str) -> None
     assert report["created"] == 3
     a, b, c = (fetch(api, f"/features/{i}") for i in report["ids"])
     assert (a["key"], a["name"], a["product_line"], a["description"], a["kind"]) == (
-        f"fi_{unique}_a", "Remote unlock", "locks", "opens, remotely", "interactive",
-    )  # fmt: skip
+        f"fi_{unique}_a",
+        "Remote unlock",
+        "locks",
+        "opens, remotely",
+        "interactive",
+    )
     assert (b["key"], b["description"], b["kind"]) == (f"fi_{unique}_b", None, "interactive")
     assert c["kind"] == "standing"
 
@@ -332,8 +347,9 @@ def catalog(api: TestClient, unique: str) -> dict[str, Any]:
     """A customer's project and three features to deliver to it."""
     customer = create(api, "/customers", {"name": f"cat {unique}", "tier": "head", "industry": "x"})
     project = create(api, "/projects", {"customer_id": customer["id"], "name": f"cat {unique}"})
-    features = [create(api, "/features", {"key": f"cat_{unique}_{i}", "name": f"F{i}"})
-                for i in range(3)]  # fmt: skip
+    features = [
+        create(api, "/features", {"key": f"cat_{unique}_{i}", "name": f"F{i}"}) for i in range(3)
+    ]
     return {"project": project, "features": features}
 
 
@@ -350,17 +366,23 @@ def test_deliveries_import_by_feature_key_or_id(api: TestClient, catalog: dict[s
     assert report["created"] == 2
     first, second = (fetch(api, f"/deliveries/{i}") for i in report["ids"])
     assert (first["project_id"], first["feature_id"], first["feature_key"]) == (
-        pid, f0["id"], f0["key"],
-    )  # fmt: skip
+        pid,
+        f0["id"],
+        f0["key"],
+    )
     assert (first["status"], first["delivered_on"], first["business_score"]) == (
-        "planned", "2026-04-01", 4,
-    )  # fmt: skip
+        "planned",
+        "2026-04-01",
+        4,
+    )
     assert Decimal(str(first["cost_person_days"])) == Decimal("2.5")
     assert Decimal(str(first["contract_line_value"])) == Decimal(1200)
     assert (first["strategic"], first["notes"]) == (True, "pilot; then roll-out")
     assert (second["feature_id"], second["status"], second["strategic"]) == (
-        f1["id"], "delivered", False,
-    )  # fmt: skip
+        f1["id"],
+        "delivered",
+        False,
+    )
     listed = expect(api.get("/deliveries", params={"project_id": pid}), 200)
     assert listed["total"] == 2
 
@@ -380,10 +402,14 @@ def test_deliveries_import_with_an_unknown_feature_key_imports_nothing(
 
 @pytest.mark.parametrize(
     ("cells", "field"),
-    [("business_score=6", "business_score"), ("strategic=perhaps", "strategic"),
-     ("status=shipped", "status"), ("project_id=0", "project_id"),
-     (f"project_id={MAX_BIGINT}", "project_id")],
-)  # fmt: skip
+    [
+        ("business_score=6", "business_score"),
+        ("strategic=perhaps", "strategic"),
+        ("status=shipped", "status"),
+        ("project_id=0", "project_id"),
+        (f"project_id={MAX_BIGINT}", "project_id"),
+    ],
+)
 def test_deliveries_import_with_one_bad_row_imports_nothing(
     api: TestClient, conn: psycopg.Connection, catalog: dict[str, Any], cells: str, field: str
 ) -> None:
@@ -452,8 +478,10 @@ def test_devices_import_returns_credentials_once(
     devices = [fetch(api, f"/devices/{c['device_id']}") for c in credentials]
     assert [d["serial"] for d in devices] == serials
     assert (devices[0]["model"], devices[0]["site"], devices[0]["tags"]) == (
-        "LCK-2", "Dock 1, north", ["eu", "pilot"],
-    )  # fmt: skip
+        "LCK-2",
+        "Dock 1, north",
+        ["eu", "pilot"],
+    )
     assert (devices[1]["model"], devices[1]["tags"], devices[1]["status"]) == (None, [], "active")
     assert devices[2]["tags"] == ["eu"]
     for device, credential in zip(devices, credentials, strict=True):

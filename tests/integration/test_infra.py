@@ -34,9 +34,12 @@ from tests.integration.ingest_support import free_port
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services", *args],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         env={**__import__("os").environ, "COLUMNS": "200"},
-    )  # fmt: skip
+    )
 
 
 def test_second_up_changes_nothing_and_reports_it(local_services: LocalServices) -> None:
@@ -57,8 +60,9 @@ def test_status_says_what_runs_where(local_services: LocalServices) -> None:
 
 def test_port_taken_by_another_program_is_a_readable_error(local_services: LocalServices) -> None:
     # A second set of services on the ports the first one holds must refuse to start.
-    other = LocalServices(local_services.root.parent / "test-clash", local_services.pg_port,
-                          local_services.mqtt_port)  # fmt: skip
+    other = LocalServices(
+        local_services.root.parent / "test-clash", local_services.pg_port, local_services.mqtt_port
+    )
     try:
         other.up(lambda _: None)
     except Exception as exc:

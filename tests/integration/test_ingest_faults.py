@@ -59,8 +59,9 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     with fault_database(local_services, settings) as env:
         serials = [f"kill-{env.token}-{i:02d}" for i in range(20)]
         probe = f"kill-{env.token}-probe"
-        with fleet(env.url, broker_admin, settings, env.project_id, env.feature_key,
-                   [*serials, probe]) as devices:  # fmt: skip
+        with fleet(
+            env.url, broker_admin, settings, env.project_id, env.feature_key, [*serials, probe]
+        ) as devices:
             ingest = env.ingest("kill", f"kill-{env.token}")
             try:
                 ingest.start()
@@ -113,8 +114,9 @@ def test_postgres_down_for_twenty_seconds_ingest_resumes_by_itself(
     with fault_database(local_services, settings) as env:
         serials = [f"pgdown-{env.token}-{i:02d}" for i in range(20)]
         probe = f"pgdown-{env.token}-probe"
-        with fleet(env.url, broker_admin, settings, env.project_id, env.feature_key,
-                   [*serials, probe]) as devices:  # fmt: skip
+        with fleet(
+            env.url, broker_admin, settings, env.project_id, env.feature_key, [*serials, probe]
+        ) as devices:
             ingest = env.ingest("pgdown", f"pgdown-{env.token}")
             try:
                 ingest.start()
@@ -171,8 +173,9 @@ def test_two_ingest_processes_share_the_load_and_store_everything_once(
         serials = [f"share-{env.token}-{i:02d}" for i in range(20)]
         probe = f"share-{env.token}-probe"
         group = f"share-{env.token}"
-        with fleet(env.url, broker_admin, settings, env.project_id, env.feature_key,
-                   [*serials, probe]) as devices:  # fmt: skip
+        with fleet(
+            env.url, broker_admin, settings, env.project_id, env.feature_key, [*serials, probe]
+        ) as devices:
             ports = free_port(), free_port()
             ingests = [
                 env.ingest(name, group, metrics_port=port)
@@ -204,8 +207,10 @@ def test_two_ingest_processes_share_the_load_and_store_everything_once(
         all_rows = stored_count(env.url, [*serials, probe])
     totals = [stopped for _, _, stopped in stops]
     split = ", ".join(f"{t.messages} messages / {t.usage_rows} rows" if t else "?" for t in totals)
-    print(f"\n[share group] split: {split}; all stored {waited:.1f}s after publishing; "
-          f"{result.line()}")  # fmt: skip
+    print(
+        f"\n[share group] split: {split}; all stored {waited:.1f}s after publishing; "
+        f"{result.line()}"
+    )
     assert ledger.errors == []
     assert len(ledger.handed) == 4000
     assert indeterminate == 0

@@ -77,8 +77,9 @@ def test_ten_thousand_qos1_messages_are_stored_exactly_once(
 ) -> None:
     serials = [f"load-{unique}-{i:03d}" for i in range(100)]
     base = datetime.now(UTC) - timedelta(minutes=5)
-    with fleet(_url(settings), broker_admin, settings, project.id, project.feature_key,
-               serials) as devices:  # fmt: skip
+    with fleet(
+        _url(settings), broker_admin, settings, project.id, project.feature_key, serials
+    ) as devices:
         started = time.monotonic()
         ledger = publish_streams(devices.devices, project.feature_key, range(100), base, threads=4)
         handed_s = time.monotonic() - started
@@ -114,8 +115,9 @@ def test_resending_the_same_batch_adds_nothing(
     base = datetime.now(UTC) - timedelta(minutes=3)
     seqs = range(50)
     readings = 2  # two readings per message: redelivery must map onto the same (seq, item)
-    with fleet(_url(settings), broker_admin, settings, project.id, project.feature_key,
-               serials) as devices:  # fmt: skip
+    with fleet(
+        _url(settings), broker_admin, settings, project.id, project.feature_key, serials
+    ) as devices:
         first = publish_streams(devices.devices, project.feature_key, seqs, base, readings=readings)
         assert first.wait_acks(30) == 0
         wait_all_stored(_url(settings), first, serials, 30)
@@ -182,38 +184,91 @@ def test_bad_input_is_quarantined_with_the_right_reason_while_good_flows(
         ("empty payload", MessageKind.USAGE, b"", {"not_json"}),
         ("truncated JSON", MessageKind.USAGE, truncated, {"not_json"}),
         ("seq as a string", MessageKind.USAGE, raw(body(seq="5")), {"invalid_payload"}),
-        ("count as a string", MessageKind.USAGE,
-         raw(body(events=[{"feature": feature, "count": "3"}])), {"invalid_payload"}),
-        ("missing ts", MessageKind.USAGE,
-         raw({k: v for k, v in body().items() if k != "ts"}), {"invalid_payload"}),
-        ("NaN count", MessageKind.USAGE,
-         f'{{"v":1,"seq":{next(seq)},"ts":"{iso(now)}","events":[{{"feature":"{feature}",'
-         f'"count":NaN}}]}}'.encode(), {"invalid_payload", "not_json"}),
-        ("Infinity metric", MessageKind.TELEMETRY,
-         f'{{"v":1,"seq":{next(seq)},"ts":"{iso(now)}","metrics":[{{"name":"battery",'
-         f'"value":Infinity}}]}}'.encode(), {"invalid_payload", "not_json"}),
-        ("NUL in feature", MessageKind.USAGE,
-         raw(body(events=[{"feature": "a\u0000b"}])), {"invalid_payload"}),
-        ("NUL in unit", MessageKind.TELEMETRY,
-         raw({"v": 1, "seq": next(seq), "ts": iso(now),
-              "metrics": [{"name": "battery", "value": 1.5, "unit": "%\u0000"}]}),
-         {"invalid_payload"}),
-        ("oversized", MessageKind.USAGE,
-         raw(body(pad="x" * (256 * 1024 + 10))), {"payload_too_large"}),
-        ("11 minutes ahead", MessageKind.USAGE,
-         raw(body(ts=iso(now + timedelta(minutes=11)))), {"future_timestamp"}),
+        (
+            "count as a string",
+            MessageKind.USAGE,
+            raw(body(events=[{"feature": feature, "count": "3"}])),
+            {"invalid_payload"},
+        ),
+        (
+            "missing ts",
+            MessageKind.USAGE,
+            raw({k: v for k, v in body().items() if k != "ts"}),
+            {"invalid_payload"},
+        ),
+        (
+            "NaN count",
+            MessageKind.USAGE,
+            f'{{"v":1,"seq":{next(seq)},"ts":"{iso(now)}","events":[{{"feature":"{feature}",'
+            f'"count":NaN}}]}}'.encode(),
+            {"invalid_payload", "not_json"},
+        ),
+        (
+            "Infinity metric",
+            MessageKind.TELEMETRY,
+            f'{{"v":1,"seq":{next(seq)},"ts":"{iso(now)}","metrics":[{{"name":"battery",'
+            f'"value":Infinity}}]}}'.encode(),
+            {"invalid_payload", "not_json"},
+        ),
+        (
+            "NUL in feature",
+            MessageKind.USAGE,
+            raw(body(events=[{"feature": "a\u0000b"}])),
+            {"invalid_payload"},
+        ),
+        (
+            "NUL in unit",
+            MessageKind.TELEMETRY,
+            raw(
+                {
+                    "v": 1,
+                    "seq": next(seq),
+                    "ts": iso(now),
+                    "metrics": [{"name": "battery", "value": 1.5, "unit": "%\u0000"}],
+                }
+            ),
+            {"invalid_payload"},
+        ),
+        (
+            "oversized",
+            MessageKind.USAGE,
+            raw(body(pad="x" * (256 * 1024 + 10))),
+            {"payload_too_large"},
+        ),
+        (
+            "11 minutes ahead",
+            MessageKind.USAGE,
+            raw(body(ts=iso(now + timedelta(minutes=11)))),
+            {"future_timestamp"},
+        ),
         ("40 days old", MessageKind.USAGE, raw(body(ts=old_ts)), {"too_old"}),
-        ("payload names another device", MessageKind.USAGE,
-         raw(body(device=f"someone-else-{unique}")), {"device_mismatch"}),
+        (
+            "payload names another device",
+            MessageKind.USAGE,
+            raw(body(device=f"someone-else-{unique}")),
+            {"device_mismatch"},
+        ),
         # payloads over EARLY_DECODE_BYTES are decoded on the network thread
-        ("40 readings, the last 11 minutes ahead", MessageKind.USAGE,
-         raw(body(events=[*many[:-1], {"feature": feature,
-                                       "ts": iso(now + timedelta(minutes=11))}])),
-         {"future_timestamp"}),
-        ("40 readings, one count a string", MessageKind.USAGE,
-         raw(body(events=[*many[:-1], {"feature": feature, "count": "2"}])),
-         {"invalid_payload"}),
-    ]  # fmt: skip
+        (
+            "40 readings, the last 11 minutes ahead",
+            MessageKind.USAGE,
+            raw(
+                body(
+                    events=[
+                        *many[:-1],
+                        {"feature": feature, "ts": iso(now + timedelta(minutes=11))},
+                    ]
+                )
+            ),
+            {"future_timestamp"},
+        ),
+        (
+            "40 readings, one count a string",
+            MessageKind.USAGE,
+            raw(body(events=[*many[:-1], {"feature": feature, "count": "2"}])),
+            {"invalid_payload"},
+        ),
+    ]
     ahead_5_min = next(seq)
     unknown_feature = f"never_delivered_{unique}"
     unknown_seq = next(seq)
@@ -221,9 +276,12 @@ def test_bad_input_is_quarantined_with_the_right_reason_while_good_flows(
     stored_cases = [
         (ahead_5_min, raw(body(seq=ahead_5_min, ts=iso(now + timedelta(minutes=5)))), feature),
         (many_seq, raw(body(seq=many_seq, events=many)), feature),
-        (unknown_seq, raw(body(seq=unknown_seq, events=[{"feature": unknown_feature,
-                                                          "count": 4}])), unknown_feature),
-    ]  # fmt: skip
+        (
+            unknown_seq,
+            raw(body(seq=unknown_seq, events=[{"feature": unknown_feature, "count": 4}])),
+            unknown_feature,
+        ),
+    ]
 
     # the 40-reading payloads take the network thread's path, not the writer's
     assert all(len(p) > EARLY_DECODE_BYTES for c, _, p, _ in bad if c.startswith("40 readings"))
@@ -339,9 +397,10 @@ def test_a_message_the_database_refuses_is_isolated_and_the_rest_stored(
             for seq in range(101):
                 feature = "poison_pill" if seq == 50 else project.feature_key
                 ledger.record(
-                    device.serial, seq,
+                    device.serial,
+                    seq,
                     device.publish(MessageKind.USAGE, usage_body(seq, now, feature)),
-                )  # fmt: skip
+                )
             assert ledger.wait_acks(10) == 0
             rows = wait_for(lambda: _quarantine(conn, device.serial))
             stored = wait_for(
@@ -352,8 +411,10 @@ def test_a_message_the_database_refuses_is_isolated_and_the_rest_stored(
     [(qid, reason, payload, _)] = rows
     detail = conn.execute("SELECT detail FROM quarantine WHERE id = %s", (qid,)).fetchone()
     refused = [r.getMessage() for r in caplog.records if "could not be stored" in r.message]
-    print(f"\n[poison] quarantined: {reason} ({detail[0] if detail else None!r}); "
-          f"batches refused and split: {len(refused)}")  # fmt: skip
+    print(
+        f"\n[poison] quarantined: {reason} ({detail[0] if detail else None!r}); "
+        f"batches refused and split: {len(refused)}"
+    )
     assert reason == "rejected_by_database"
     assert json.loads(payload)["events"][0]["feature"] == "poison_pill"
     assert detail is not None and "test_poison" in detail[0]
@@ -399,10 +460,12 @@ def test_quarantine_api_matches_the_database(
     print(f"\n[quarantine] summary: { {s['reason']: s['count'] for s in summary} }")
     assert {s["reason"]: s["count"] for s in summary} == db_counts
     assert db_counts["not_json"] >= 2 and db_counts["invalid_payload"] >= 1
-    latest: dict[str, int] = dict(conn.execute(
-        "SELECT reason, max(id) FROM quarantine "
-        "WHERE received_at >= now() - interval '7 days' GROUP BY reason"
-    ).fetchall())  # fmt: skip
+    latest: dict[str, int] = dict(
+        conn.execute(
+            "SELECT reason, max(id) FROM quarantine "
+            "WHERE received_at >= now() - interval '7 days' GROUP BY reason"
+        ).fetchall()
+    )
     for entry in summary:
         sample = entry["sample"]
         assert isinstance(sample, dict)
@@ -437,10 +500,12 @@ def test_quarantine_api_matches_the_database(
 
 def _reason_counts(conn: psycopg.Connection) -> dict[str, int]:
     """Messages quarantined per reason, copies of the same bytes included (one row each)."""
-    return dict(conn.execute(
-        "SELECT reason, sum(copies)::bigint FROM quarantine "
-        "WHERE received_at >= now() - interval '7 days' GROUP BY reason"
-    ).fetchall())  # fmt: skip
+    return dict(
+        conn.execute(
+            "SELECT reason, sum(copies)::bigint FROM quarantine "
+            "WHERE received_at >= now() - interval '7 days' GROUP BY reason"
+        ).fetchall()
+    )
 
 
 def _status(api: TestClient, path: str, **params: object) -> tuple[int, Any]:
@@ -462,8 +527,9 @@ def test_ingest_process_exposes_metrics_and_stops_cleanly(
     with fault_database(local_services, settings) as env:
         serials = [f"metrics-{env.token}-{i}" for i in range(5)]
         probe = f"metrics-{env.token}-probe"
-        with fleet(env.url, broker_admin, settings, env.project_id, env.feature_key,
-                   [*serials, probe]) as devices:  # fmt: skip
+        with fleet(
+            env.url, broker_admin, settings, env.project_id, env.feature_key, [*serials, probe]
+        ) as devices:
             port = free_port()
             ingest = env.ingest("metrics", f"metrics-{env.token}", metrics_port=port)
             try:
@@ -537,10 +603,13 @@ def test_quarantine_api_shows_binary_payloads(
             "one": _status(api, f"/quarantine/{ids[binary]}"),
             "summary": _status(api, "/quarantine/summary"),
         }
-        print("\n[quarantine binary] " + "; ".join(
-            f"{name}: {code}" + (f" ({body})" if code != 200 else "")
-            for name, (code, body) in outcomes.items()
-        ))  # fmt: skip
+        print(
+            "\n[quarantine binary] "
+            + "; ".join(
+                f"{name}: {code}" + (f" ({body})" if code != 200 else "")
+                for name, (code, body) in outcomes.items()
+            )
+        )
         assert {name: code for name, (code, _) in outcomes.items()} == dict.fromkeys(outcomes, 200)
         items = {item["id"]: item for item in outcomes["list"][1]["items"]}
         assert items[ids[binary]]["payload_preview"].startswith("\ufffd\\0\ufffd\x01 binary \\0")

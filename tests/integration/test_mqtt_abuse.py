@@ -631,14 +631,23 @@ def test_a_retained_will_outside_status_is_refused_and_the_status_will_works(
         for kind in (MessageKind.USAGE, MessageKind.TELEMETRY):
             topic = device_topic(pair.hostile, kind)
             send_will(
-                settings, pair.hostile, pair.hostile_password, topic, usage(feature, seq),
-                retain=True, protocol=protocol,
-            )  # fmt: skip
+                settings,
+                pair.hostile,
+                pair.hostile_password,
+                topic,
+                usage(feature, seq),
+                retain=True,
+                protocol=protocol,
+            )
     status_topic = device_topic(pair.hostile, MessageKind.STATUS)
     send_will(
-        settings, pair.hostile, pair.hostile_password, status_topic,
-        LAST_WILL_PAYLOAD.encode(), retain=True,
-    )  # fmt: skip
+        settings,
+        pair.hostile,
+        pair.hostile_password,
+        status_topic,
+        LAST_WILL_PAYLOAD.encode(),
+        retain=True,
+    )
     online = """SELECT s.online FROM device_state s JOIN devices d ON d.id = s.device_id
                 WHERE d.serial = %s"""
     wait_for(lambda: conn.execute(online, (pair.hostile,)).fetchone() == (False,))
@@ -693,9 +702,15 @@ def test_wills_are_charged_to_the_devices_quota(
         started = time.monotonic()
         for seq in range(WILLS):
             send_will(
-                settings, pair.hostile, pair.hostile_password, topic, usage(feature, seq),
-                retain=False, protocol=mqtt.MQTTv5, properties=props,
-            )  # fmt: skip
+                settings,
+                pair.hostile,
+                pair.hostile_password,
+                topic,
+                usage(feature, seq),
+                retain=False,
+                protocol=mqtt.MQTTv5,
+                properties=props,
+            )
         elapsed = time.monotonic() - started
         settled(lambda: len(admin.received))
         through = sorted(json.loads(payload)["seq"] for _, payload, _ in admin.received)
@@ -727,8 +742,12 @@ def test_ingest_runs_only_under_a_reserved_client_id(settings: Settings, client_
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "services", "ingest", *args],
-                capture_output=True, text=True, timeout=30, check=False, env={**env, **extra},
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+                env={**env, **extra},
+            )
         except subprocess.TimeoutExpired:
             pytest.fail(f"ingest started under client id {client_id!r} ({args or extra})")
         assert done.returncode != 0, done.stdout

@@ -122,8 +122,9 @@ def expect(response: httpx.Response, status: int) -> Any:
 def provision(
     api: TestClient, project_id: int, serial: str, **fields: Any
 ) -> tuple[dict[str, Any], str]:
-    body = expect(api.post("/devices", json={"serial": serial, "project_id": project_id,
-                                             **fields}), 201)  # fmt: skip
+    body = expect(
+        api.post("/devices", json={"serial": serial, "project_id": project_id, **fields}), 201
+    )
     return body["device"], body["password"]
 
 
@@ -163,8 +164,10 @@ def test_password_is_shown_once_and_never_again(
     assert isinstance(password, str) and len(password) >= 32
     device = body["device"]
     assert (device["serial"], device["project_id"], device["status"]) == (
-        f"once-{unique}", project.id, "active",
-    )  # fmt: skip
+        f"once-{unique}",
+        project.id,
+        "active",
+    )
 
     for url, params in (
         (f"/devices/{device['id']}", {}),
@@ -181,8 +184,9 @@ def test_password_is_shown_once_and_never_again(
     ).fetchall()
     assert password not in row[0]
 
-    another = expect(api.post("/devices", json={"serial": f"once2-{unique}",
-                                                "project_id": project.id}), 201)  # fmt: skip
+    another = expect(
+        api.post("/devices", json={"serial": f"once2-{unique}", "project_id": project.id}), 201
+    )
     assert another["password"] != password
 
 
@@ -501,9 +505,14 @@ def test_devices_provisioned_under_reserved_serials_before_the_check_are_removed
             conn.execute("DELETE FROM schema_migrations WHERE version = %s", (RESERVED_MIGRATION,))
             customer = registry.upsert_customer(conn, f"C {unique}", "tail", "retail", "adoption")
             project = registry.upsert_project(
-                conn, customer, f"P {unique}", contract_value=1, currency="EUR",
-                go_live_date=None, status="live",
-            )  # fmt: skip
+                conn,
+                customer,
+                f"P {unique}",
+                contract_value=1,
+                currency="EUR",
+                go_live_date=None,
+                status="live",
+            )
             for serial in passwords:
                 conn.execute(
                     "INSERT INTO devices (serial, project_id) VALUES (%s, %s)", (serial, project)
@@ -514,13 +523,21 @@ def test_devices_provisioned_under_reserved_serials_before_the_check_are_removed
                 cmd
                 for serial, password in passwords.items()
                 for cmd in (
-                    {"command": "createRole", "rolename": device_role(serial),
-                     "acls": device_acls(serial)},
-                    {"command": "createClient", "username": serial, "clientid": serial,
-                     "password": password, "roles": [{"rolename": device_role(serial)}]},
+                    {
+                        "command": "createRole",
+                        "rolename": device_role(serial),
+                        "acls": device_acls(serial),
+                    },
+                    {
+                        "command": "createClient",
+                        "username": serial,
+                        "clientid": serial,
+                        "password": password,
+                        "roles": [{"rolename": device_role(serial)}],
+                    },
                 )
             ]
-        )  # fmt: skip
+        )
         try:
             for serial, password in passwords.items():
                 assert connect(serial, password).accepted, serial

@@ -154,9 +154,8 @@ def test_the_list_pages_through_a_time_window_latest_first(
     for offset in range(0, 30, 7):
         page = api.get(
             "/quarantine",
-            params={**window, "device": serial, "reason": "not_json", "limit": 7,
-                    "offset": offset},
-        )  # fmt: skip
+            params={**window, "device": serial, "reason": "not_json", "limit": 7, "offset": offset},
+        )
         assert page.status_code == 200, page.text
         body = page.json()
         assert body["total"] == len(inside)
@@ -165,7 +164,7 @@ def test_the_list_pages_through_a_time_window_latest_first(
     oldest = api.get(
         "/quarantine",
         params={**window, "device": serial, "reason": "not_json", "sort": "id", "limit": 5},
-    )  # fmt: skip
+    )
     assert [item["id"] for item in oldest.json()["items"]] == sorted(inside)[:5]
     bad_sort = api.get("/quarantine", params={"sort": "received_at"})
     assert bad_sort.status_code == 422 and "-id" in bad_sort.text, bad_sort.text

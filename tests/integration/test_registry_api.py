@@ -120,8 +120,10 @@ def test_customer_create_get_patch_delete(api: TestClient, unique: str) -> None:
     assert isinstance(created["id"], int) and created["id"] >= 1
     assert created["name"] == f"acme {unique}"  # surrounding blanks are trimmed
     assert (created["tier"], created["industry"], created["lifecycle_stage"]) == (
-        "head", "logistics", "expansion",
-    )  # fmt: skip
+        "head",
+        "logistics",
+        "expansion",
+    )
     assert created["created_at"]
 
     defaulted = make_customer(api, f"plain {unique}")
@@ -143,12 +145,15 @@ def test_customer_create_get_patch_delete(api: TestClient, unique: str) -> None:
 
 def test_customer_list_filters_search_sort_and_pages(api: TestClient, unique: str) -> None:
     industry = f"ind-{unique}"
-    b = make_customer(api, f"zeta-{unique}-b", tier="head", industry=industry,
-                      lifecycle_stage="renewal")  # fmt: skip
-    c = make_customer(api, f"zeta-{unique}-c", tier="tail", industry=industry,
-                      lifecycle_stage="renewal")  # fmt: skip
-    a = make_customer(api, f"zeta-{unique}-a", tier="head", industry=industry,
-                      lifecycle_stage="at_risk")  # fmt: skip
+    b = make_customer(
+        api, f"zeta-{unique}-b", tier="head", industry=industry, lifecycle_stage="renewal"
+    )
+    c = make_customer(
+        api, f"zeta-{unique}-c", tier="tail", industry=industry, lifecycle_stage="renewal"
+    )
+    a = make_customer(
+        api, f"zeta-{unique}-a", tier="head", industry=industry, lifecycle_stage="at_risk"
+    )
     make_customer(api, f"other-{unique}", tier="head", industry=f"other-{unique}")
 
     page = page_of(api, "/customers", industry=industry)
@@ -172,21 +177,30 @@ def test_customer_list_filters_search_sort_and_pages(api: TestClient, unique: st
     assert ids(api, "/customers", industry=industry, sort="-name") == [c["id"], b["id"], a["id"]]
     assert ids(api, "/customers", industry=industry, sort="id") == [b["id"], c["id"], a["id"]]
     assert ids(api, "/customers", industry=industry, sort="-created_at") == [
-        a["id"], c["id"], b["id"],
-    ]  # fmt: skip
+        a["id"],
+        c["id"],
+        b["id"],
+    ]
     assert ids(api, "/customers", industry=industry, sort="tier") == [b["id"], a["id"], c["id"]]
     assert ids(api, "/customers", industry=industry, sort="-lifecycle_stage") == [
-        b["id"], c["id"], a["id"],
-    ]  # fmt: skip
+        b["id"],
+        c["id"],
+        a["id"],
+    ]
 
     first = page_of(api, "/customers", industry=industry, limit=2)
     assert ([i["id"] for i in first["items"]], first["total"], first["limit"], first["offset"]) == (
-        [a["id"], b["id"]], 3, 2, 0,
-    )  # fmt: skip
+        [a["id"], b["id"]],
+        3,
+        2,
+        0,
+    )
     second = page_of(api, "/customers", industry=industry, limit=2, offset=2)
     assert ([i["id"] for i in second["items"]], second["total"], second["offset"]) == (
-        [c["id"]], 3, 2,
-    )  # fmt: skip
+        [c["id"]],
+        3,
+        2,
+    )
     beyond = page_of(api, "/customers", industry=industry, limit=2, offset=3)
     assert (beyond["items"], beyond["total"]) == ([], 3)
     assert page_of(api, "/customers", industry=industry, limit=500)["total"] == 3
@@ -194,11 +208,14 @@ def test_customer_list_filters_search_sort_and_pages(api: TestClient, unique: st
 
 def test_customer_duplicate_name_is_409(api: TestClient, unique: str) -> None:
     first = make_customer(api, f"dup {unique}")
-    expect(api.post("/customers", json={"name": f"dup {unique}", "tier": "tail",
-                                         "industry": "x"}), 409)  # fmt: skip
+    expect(
+        api.post("/customers", json={"name": f"dup {unique}", "tier": "tail", "industry": "x"}), 409
+    )
     # trimmed before comparing: the same name with blanks is the same customer
-    expect(api.post("/customers", json={"name": f" dup {unique} ", "tier": "tail",
-                                         "industry": "x"}), 409)  # fmt: skip
+    expect(
+        api.post("/customers", json={"name": f" dup {unique} ", "tier": "tail", "industry": "x"}),
+        409,
+    )
     other = make_customer(api, f"dup2 {unique}")
     expect(api.patch(f"/customers/{other['id']}", json={"name": first["name"]}), 409)
     assert expect(api.get(f"/customers/{other['id']}"), 200)["name"] == f"dup2 {unique}"
@@ -224,16 +241,24 @@ def test_project_create_get_patch_delete(
     api: TestClient, customer: dict[str, Any], unique: str
 ) -> None:
     created = make_project(
-        api, customer["id"], f"lockers {unique}", contract_value="480000.50", currency="USD",
-        go_live_date="2026-03-01", status="live", retention_days=90,
-    )  # fmt: skip
+        api,
+        customer["id"],
+        f"lockers {unique}",
+        contract_value="480000.50",
+        currency="USD",
+        go_live_date="2026-03-01",
+        status="live",
+        retention_days=90,
+    )
     assert created["customer_id"] == customer["id"]
     assert created["customer_name"] == customer["name"]
     assert created["name"] == f"lockers {unique}"
     assert Decimal(str(created["contract_value"])) == Decimal("480000.50")
     assert (created["currency"], created["go_live_date"], created["status"]) == (
-        "USD", "2026-03-01", "live",
-    )  # fmt: skip
+        "USD",
+        "2026-03-01",
+        "live",
+    )
     assert (created["retention_days"], created["devices"]) == (90, 0)
 
     defaulted = make_project(api, customer["id"], f"plain {unique}")
@@ -259,8 +284,9 @@ def test_project_list_filters_search_sort_and_pages(
 ) -> None:
     other = make_customer(api, f"other customer {unique}")
     cid = customer["id"]
-    p2 = make_project(api, cid, f"proj-{unique}-2", contract_value="30", status="live",
-                      go_live_date="2026-01-02")  # fmt: skip
+    p2 = make_project(
+        api, cid, f"proj-{unique}-2", contract_value="30", status="live", go_live_date="2026-01-02"
+    )
     p1 = make_project(api, cid, f"proj-{unique}-1", contract_value="10", status="live")
     p3 = make_project(api, cid, f"proj-{unique}-3", status="ended", go_live_date="2025-01-01")
     p4 = make_project(api, cid, f"proj-{unique}-4", contract_value="20")
@@ -276,23 +302,39 @@ def test_project_list_filters_search_sort_and_pages(
 
     # q covers the project name and the customer's name
     assert ids(api, "/projects", q=f"PROJ-{unique}-") == [
-        p1["id"], p2["id"], p3["id"], p4["id"], elsewhere["id"],
-    ]  # fmt: skip
+        p1["id"],
+        p2["id"],
+        p3["id"],
+        p4["id"],
+        elsewhere["id"],
+    ]
     assert ids(api, "/projects", q=f"other customer {unique}") == [elsewhere["id"]]
 
     # money sorts numerically, and projects without a value come last both ways
     assert ids(api, "/projects", customer_id=cid, sort="contract_value") == [
-        p1["id"], p4["id"], p2["id"], p3["id"],
-    ]  # fmt: skip
+        p1["id"],
+        p4["id"],
+        p2["id"],
+        p3["id"],
+    ]
     assert ids(api, "/projects", customer_id=cid, sort="-contract_value") == [
-        p2["id"], p4["id"], p1["id"], p3["id"],
-    ]  # fmt: skip
+        p2["id"],
+        p4["id"],
+        p1["id"],
+        p3["id"],
+    ]
     assert ids(api, "/projects", customer_id=cid, sort="go_live_date") == [
-        p3["id"], p2["id"], p1["id"], p4["id"],
-    ]  # fmt: skip
+        p3["id"],
+        p2["id"],
+        p1["id"],
+        p4["id"],
+    ]
     assert ids(api, "/projects", customer_id=cid, sort="-name") == [
-        p4["id"], p3["id"], p2["id"], p1["id"],
-    ]  # fmt: skip
+        p4["id"],
+        p3["id"],
+        p2["id"],
+        p1["id"],
+    ]
     assert ids(api, "/projects", customer_id=cid, sort="-id")[0] == p4["id"]
     assert ids(api, "/projects", q=f"proj-{unique}-", sort="-customer_name")[0] == elsewhere["id"]
 
@@ -312,11 +354,13 @@ def test_project_counts_active_devices_and_sorts_by_them(
     assert expect(api.get(f"/projects/{busy['id']}"), 200)["devices"] == 2
     assert expect(api.get(f"/projects/{idle['id']}"), 200)["devices"] == 0
     assert ids(api, "/projects", customer_id=customer["id"], sort="-devices") == [
-        busy["id"], idle["id"],
-    ]  # fmt: skip
+        busy["id"],
+        idle["id"],
+    ]
     assert ids(api, "/projects", customer_id=customer["id"], sort="devices") == [
-        idle["id"], busy["id"],
-    ]  # fmt: skip
+        idle["id"],
+        busy["id"],
+    ]
 
 
 def test_project_with_unknown_customer_is_422_naming_customer_id(
@@ -333,8 +377,9 @@ def test_project_duplicate_name_within_a_customer_is_409(
     api: TestClient, customer: dict[str, Any], unique: str
 ) -> None:
     make_project(api, customer["id"], f"twin {unique}")
-    expect(api.post("/projects", json={"customer_id": customer["id"],
-                                        "name": f"twin {unique}"}), 409)  # fmt: skip
+    expect(
+        api.post("/projects", json={"customer_id": customer["id"], "name": f"twin {unique}"}), 409
+    )
     other = make_customer(api, f"twin owner {unique}")
     make_project(api, other["id"], f"twin {unique}")  # another customer may use the name
 
@@ -366,13 +411,19 @@ def test_project_with_devices_or_deliveries_cannot_be_deleted(
 
 def test_feature_create_get_patch_delete(api: TestClient, unique: str) -> None:
     created = make_feature(
-        api, f"dim_{unique}", name=f"Scheduled dimming {unique}", product_line="lighting",
-        description="dims at night", kind="standing",
-    )  # fmt: skip
+        api,
+        f"dim_{unique}",
+        name=f"Scheduled dimming {unique}",
+        product_line="lighting",
+        description="dims at night",
+        kind="standing",
+    )
     assert created["key"] == f"dim_{unique}"
     assert (created["name"], created["product_line"], created["description"]) == (
-        f"Scheduled dimming {unique}", "lighting", "dims at night",
-    )  # fmt: skip
+        f"Scheduled dimming {unique}",
+        "lighting",
+        "dims at night",
+    )
     assert created["kind"] == "standing"
     assert "usage_events" not in created and "usage_metrics" not in created
 
@@ -399,8 +450,13 @@ def test_feature_create_get_patch_delete(api: TestClient, unique: str) -> None:
 def test_feature_list_filters_search_sort_and_pages(api: TestClient, unique: str) -> None:
     line = f"line-{unique}"
     f2 = make_feature(api, f"k{unique}_b", name="Bravo", product_line=line)
-    f1 = make_feature(api, f"k{unique}_a", name="Charlie", product_line=line,
-                      description=f"needle {unique} inside")  # fmt: skip
+    f1 = make_feature(
+        api,
+        f"k{unique}_a",
+        name="Charlie",
+        product_line=line,
+        description=f"needle {unique} inside",
+    )
     f3 = make_feature(api, f"k{unique}_c", name="Alpha", product_line=line)
     make_feature(api, f"k{unique}_d", name="Delta", product_line=f"other-{unique}")
 
@@ -446,18 +502,27 @@ def test_delivery_create_get_patch_delete(
     api: TestClient, project: dict[str, Any], feature: dict[str, Any]
 ) -> None:
     created = make_delivery(
-        api, project["id"], feature["id"], status="planned", delivered_on="2026-02-03",
-        cost_person_days="12.50", contract_line_value="9999.99", business_score=4,
-        strategic=True, notes="pilot first",
-    )  # fmt: skip
+        api,
+        project["id"],
+        feature["id"],
+        status="planned",
+        delivered_on="2026-02-03",
+        cost_person_days="12.50",
+        contract_line_value="9999.99",
+        business_score=4,
+        strategic=True,
+        notes="pilot first",
+    )
     assert (created["project_id"], created["feature_id"]) == (project["id"], feature["id"])
     assert (created["feature_key"], created["feature_name"]) == (feature["key"], feature["name"])
     assert (created["status"], created["delivered_on"]) == ("planned", "2026-02-03")
     assert Decimal(str(created["cost_person_days"])) == Decimal("12.50")
     assert Decimal(str(created["contract_line_value"])) == Decimal("9999.99")
     assert (created["business_score"], created["strategic"], created["notes"]) == (
-        4, True, "pilot first",
-    )  # fmt: skip
+        4,
+        True,
+        "pilot first",
+    )
 
     url = f"/deliveries/{created['id']}"
     assert expect(api.get(url), 200) == created
@@ -477,8 +542,13 @@ def test_delivery_defaults(
 ) -> None:
     created = make_delivery(api, project["id"], feature["id"])
     assert (created["status"], created["strategic"]) == ("delivered", False)
-    for name in ("delivered_on", "cost_person_days", "contract_line_value", "business_score",
-                 "notes"):  # fmt: skip
+    for name in (
+        "delivered_on",
+        "cost_person_days",
+        "contract_line_value",
+        "business_score",
+        "notes",
+    ):
         assert created[name] is None, name
 
 
@@ -490,12 +560,27 @@ def test_delivery_list_filters_search_sort_and_pages(
     fa = make_feature(api, f"dl_{unique}_a", name="Alpha")
     fb = make_feature(api, f"dl_{unique}_b", name="Bravo")
     fc = make_feature(api, f"dl_{unique}_c", name="Charlie")
-    db = make_delivery(api, p["id"], fb["id"], business_score=5, strategic=True,
-                       delivered_on="2026-01-01", cost_person_days="3")  # fmt: skip
-    dc = make_delivery(api, p["id"], fc["id"], status="planned", business_score=1,
-                       notes=f"needle {unique}", cost_person_days="1")  # fmt: skip
-    da = make_delivery(api, p["id"], fa["id"], status="cut", delivered_on="2025-06-01",
-                       cost_person_days="2")  # fmt: skip
+    db = make_delivery(
+        api,
+        p["id"],
+        fb["id"],
+        business_score=5,
+        strategic=True,
+        delivered_on="2026-01-01",
+        cost_person_days="3",
+    )
+    dc = make_delivery(
+        api,
+        p["id"],
+        fc["id"],
+        status="planned",
+        business_score=1,
+        notes=f"needle {unique}",
+        cost_person_days="1",
+    )
+    da = make_delivery(
+        api, p["id"], fa["id"], status="cut", delivered_on="2025-06-01", cost_person_days="2"
+    )
     elsewhere = make_delivery(api, q["id"], fa["id"])
 
     page = page_of(api, "/deliveries", project_id=p["id"])
@@ -514,23 +599,34 @@ def test_delivery_list_filters_search_sort_and_pages(
     assert ids(api, "/deliveries", project_id=p["id"], q="charlie") == [dc["id"]]
 
     assert ids(api, "/deliveries", project_id=p["id"], sort="-feature_key") == [
-        dc["id"], db["id"], da["id"],
-    ]  # fmt: skip
+        dc["id"],
+        db["id"],
+        da["id"],
+    ]
     assert ids(api, "/deliveries", project_id=p["id"], sort="business_score") == [
-        dc["id"], db["id"], da["id"],
-    ]  # fmt: skip
+        dc["id"],
+        db["id"],
+        da["id"],
+    ]
     assert ids(api, "/deliveries", project_id=p["id"], sort="-business_score") == [
-        db["id"], dc["id"], da["id"],
-    ]  # fmt: skip
+        db["id"],
+        dc["id"],
+        da["id"],
+    ]
     assert ids(api, "/deliveries", project_id=p["id"], sort="delivered_on") == [
-        da["id"], db["id"], dc["id"],
-    ]  # fmt: skip
+        da["id"],
+        db["id"],
+        dc["id"],
+    ]
     assert ids(api, "/deliveries", project_id=p["id"], sort="-cost_person_days") == [
-        db["id"], da["id"], dc["id"],
-    ]  # fmt: skip
+        db["id"],
+        da["id"],
+        dc["id"],
+    ]
 
-    paged = page_of(api, "/deliveries", project_id=p["id"], sort="cost_person_days", limit=2,
-                    offset=1)  # fmt: skip
+    paged = page_of(
+        api, "/deliveries", project_id=p["id"], sort="cost_person_days", limit=2, offset=1
+    )
     assert ([i["id"] for i in paged["items"]], paged["total"]) == ([da["id"], db["id"]], 3)
 
 
@@ -558,10 +654,17 @@ def test_delivery_with_unknown_reference_is_422_naming_it(
 def test_device_create_get_patch_delete(
     api: TestClient, project: dict[str, Any], unique: str
 ) -> None:
-    response = api.post("/devices", json={
-        "serial": f"Dev-{unique}.1", "project_id": project["id"], "model": "LCK-2",
-        "firmware": "1.4.2", "site": "Dock 4", "tags": ["eu", "pilot"],
-    })  # fmt: skip
+    response = api.post(
+        "/devices",
+        json={
+            "serial": f"Dev-{unique}.1",
+            "project_id": project["id"],
+            "model": "LCK-2",
+            "firmware": "1.4.2",
+            "site": "Dock 4",
+            "tags": ["eu", "pilot"],
+        },
+    )
     provisioned = expect(response, 201)
     created = provisioned["device"]
     assert set(provisioned) == {"device", "password"}
@@ -595,10 +698,24 @@ def test_device_list_filters_search_sort_and_pages(
 ) -> None:
     p = make_project(api, customer["id"], f"fleet {unique}")
     other = make_project(api, customer["id"], f"fleet other {unique}")
-    d2 = make_device(api, p["id"], f"fl-{unique}-2", model="M1", firmware="2.0",
-                     site=f"site {unique} north", tags=["a", "b"])  # fmt: skip
-    d3 = make_device(api, p["id"], f"fl-{unique}-3", model="M2", firmware="1.0",
-                     site=f"site {unique} south", tags=["b"])  # fmt: skip
+    d2 = make_device(
+        api,
+        p["id"],
+        f"fl-{unique}-2",
+        model="M1",
+        firmware="2.0",
+        site=f"site {unique} north",
+        tags=["a", "b"],
+    )
+    d3 = make_device(
+        api,
+        p["id"],
+        f"fl-{unique}-3",
+        model="M2",
+        firmware="1.0",
+        site=f"site {unique} south",
+        tags=["b"],
+    )
     d1 = make_device(api, p["id"], f"fl-{unique}-1", model="M1", firmware="1.0")
     elsewhere = make_device(api, other["id"], f"fl-{unique}-4", model="M1")
     expect(api.post(f"/devices/{d3['id']}/revoke"), 200)
@@ -631,17 +748,23 @@ def test_device_list_filters_search_sort_and_pages(
         d1["id"],
     ]
     assert ids(api, "/devices", project_id=p["id"], sort="-firmware") == [
-        d2["id"], d3["id"], d1["id"],
-    ]  # fmt: skip
+        d2["id"],
+        d3["id"],
+        d1["id"],
+    ]
     assert ids(api, "/devices", project_id=p["id"], sort="site") == [d2["id"], d3["id"], d1["id"]]
     assert ids(api, "/devices", project_id=p["id"], sort="-status") == [
-        d3["id"], d2["id"], d1["id"],
-    ]  # fmt: skip
+        d3["id"],
+        d2["id"],
+        d1["id"],
+    ]
 
     paged = page_of(api, "/devices", project_id=p["id"], limit=2, offset=2)
     assert ([i["id"] for i in paged["items"]], paged["total"], paged["limit"]) == (
-        [d3["id"]], 3, 2,
-    )  # fmt: skip
+        [d3["id"]],
+        3,
+        2,
+    )
 
 
 def test_duplicate_serial_is_409(
@@ -780,8 +903,13 @@ def test_invalid_create_is_422_naming_the_field(
     body = {**valid_bodies[plural], field: value}
     assert error_loc(api.post(f"/{plural}", json=body))[-1] == field
     # nothing was created: look the valid body's natural key (or its project) up
-    column = {"customers": "name", "projects": "name", "features": "key",
-              "deliveries": "project_id", "devices": "serial"}[plural]  # fmt: skip
+    column = {
+        "customers": "name",
+        "projects": "name",
+        "features": "key",
+        "deliveries": "project_id",
+        "devices": "serial",
+    }[plural]
     count = conn.execute(
         f"SELECT count(*) FROM {plural} WHERE {column} = %s", (valid_bodies[plural][column],)
     ).fetchone()
@@ -816,9 +944,13 @@ def test_too_many_list_items_are_422(
 
 @pytest.mark.parametrize(
     ("plural", "field"),
-    [("customers", "name"), ("features", "description"), ("deliveries", "notes"),
-     ("devices", "site")],
-)  # fmt: skip
+    [
+        ("customers", "name"),
+        ("features", "description"),
+        ("deliveries", "notes"),
+        ("devices", "site"),
+    ],
+)
 def test_unencodable_text_is_422_not_500(
     api: TestClient, valid_bodies: dict[str, dict[str, Any]], plural: str, field: str
 ) -> None:
@@ -838,14 +970,30 @@ def test_non_finite_money_is_422(
 def test_money_at_its_limits_is_accepted(
     api: TestClient, valid_bodies: dict[str, dict[str, Any]], unique: str
 ) -> None:
-    project = expect(api.post("/projects", json={
-        **valid_bodies["projects"], "contract_value": "999999999999.99", "retention_days": 36500,
-    }), 201)  # fmt: skip
+    project = expect(
+        api.post(
+            "/projects",
+            json={
+                **valid_bodies["projects"],
+                "contract_value": "999999999999.99",
+                "retention_days": 36500,
+            },
+        ),
+        201,
+    )
     assert Decimal(str(project["contract_value"])) == Decimal("999999999999.99")
-    delivery = expect(api.post("/deliveries", json={
-        **valid_bodies["deliveries"], "cost_person_days": "999999.99", "contract_line_value": 0,
-        "business_score": 5,
-    }), 201)  # fmt: skip
+    delivery = expect(
+        api.post(
+            "/deliveries",
+            json={
+                **valid_bodies["deliveries"],
+                "cost_person_days": "999999.99",
+                "contract_line_value": 0,
+                "business_score": 5,
+            },
+        ),
+        201,
+    )
     assert Decimal(str(delivery["cost_person_days"])) == Decimal("999999.99")
     assert Decimal(str(delivery["contract_line_value"])) == 0
 
@@ -886,9 +1034,10 @@ INVALID_PATCH = [
 
 
 @pytest.mark.parametrize(
-    ("plural", "field", "value"), INVALID_PATCH,
+    ("plural", "field", "value"),
+    INVALID_PATCH,
     ids=[f"{p}.{f}={v!r:.20}" for p, f, v in INVALID_PATCH],
-)  # fmt: skip
+)
 def test_invalid_patch_is_422_naming_the_field_and_changes_nothing(
     api: TestClient,
     valid_bodies: dict[str, dict[str, Any]],
@@ -948,9 +1097,14 @@ def test_sort_by_unknown_field_is_422(api: TestClient, plural: str, sort: str) -
 
 @pytest.mark.parametrize(
     ("plural", "sort"),
-    [("projects", "currency"), ("features", "description"), ("deliveries", "notes"),
-     ("devices", "tags"), ("customers", "customer_name")],
-)  # fmt: skip
+    [
+        ("projects", "currency"),
+        ("features", "description"),
+        ("deliveries", "notes"),
+        ("devices", "tags"),
+        ("customers", "customer_name"),
+    ],
+)
 def test_sort_by_a_field_that_is_not_sortable_is_422(
     api: TestClient, plural: str, sort: str
 ) -> None:
@@ -959,12 +1113,18 @@ def test_sort_by_a_field_that_is_not_sortable_is_422(
 
 @pytest.mark.parametrize(
     ("plural", "name", "value"),
-    [("customers", "tier", "gold"), ("customers", "lifecycle_stage", "x"),
-     ("projects", "status", "x"), ("projects", "customer_id", "0"),
-     ("deliveries", "strategic", "maybe"), ("deliveries", "project_id", str(2**63)),
-     ("devices", "status", "gone"), ("devices", "tag", "t" * 65),
-     ("features", "product_line", "l" * 101)],
-)  # fmt: skip
+    [
+        ("customers", "tier", "gold"),
+        ("customers", "lifecycle_stage", "x"),
+        ("projects", "status", "x"),
+        ("projects", "customer_id", "0"),
+        ("deliveries", "strategic", "maybe"),
+        ("deliveries", "project_id", str(2**63)),
+        ("devices", "status", "gone"),
+        ("devices", "tag", "t" * 65),
+        ("features", "product_line", "l" * 101),
+    ],
+)
 def test_bad_filter_is_422_naming_it(api: TestClient, plural: str, name: str, value: str) -> None:
     assert error_loc(api.get(f"/{plural}", params={name: value}), "query") == ["query", name]
 

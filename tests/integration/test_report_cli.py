@@ -29,10 +29,14 @@ def cli(api_url: str, admin_token: str) -> Any:
 
     def run(*args: str) -> Result:
         result = runner.invoke(
-            app, ["report", *args],
-            env={"FIELDTRACK_API_URL": api_url, "FIELDTRACK_API_TOKEN": admin_token,
-                 "COLUMNS": "200"},
-        )  # fmt: skip
+            app,
+            ["report", *args],
+            env={
+                "FIELDTRACK_API_URL": api_url,
+                "FIELDTRACK_API_TOKEN": admin_token,
+                "COLUMNS": "200",
+            },
+        )
         assert "Traceback" not in result.output, result.output
         if result.exception is not None:
             assert isinstance(result.exception, SystemExit), repr(result.exception)
@@ -48,19 +52,38 @@ def customer(conn: psycopg.Connection, project: Project, unique: str) -> dict[st
     key, planned, stray = project.feature_key, f"planned_{unique}", f"stray_{unique}"
     planned_id = registry.upsert_feature(conn, planned, f"Planned {unique}", "test", None)
     registry.upsert_delivery(
-        conn, project.id, planned_id, status="planned", delivered_on=None, cost_person_days=1,
-        contract_line_value=100, business_score=2, strategic=False,
-    )  # fmt: skip
+        conn,
+        project.id,
+        planned_id,
+        status="planned",
+        delivered_on=None,
+        cost_person_days=1,
+        contract_line_value=100,
+        business_score=2,
+        strategic=False,
+    )
     second = registry.upsert_project(
-        conn, project.customer_id, f"Second {unique}", contract_value=500, currency="EUR",
-        go_live_date=None, status="live",
-    )  # fmt: skip
+        conn,
+        project.customer_id,
+        f"Second {unique}",
+        contract_value=500,
+        currency="EUR",
+        go_live_date=None,
+        status="live",
+    )
     feature_id = conn.execute("SELECT id FROM features WHERE key = %s", (key,)).fetchone()
     assert feature_id is not None
     registry.upsert_delivery(
-        conn, second, feature_id[0], status="delivered", delivered_on=None, cost_person_days=2,
-        contract_line_value=300, business_score=4, strategic=True,
-    )  # fmt: skip
+        conn,
+        second,
+        feature_id[0],
+        status="delivered",
+        delivered_on=None,
+        cost_person_days=2,
+        contract_line_value=300,
+        business_score=4,
+        strategic=True,
+    )
 
     serials = [f"rep-{unique}-{i}" for i in range(12)]
     registry.provision_devices(conn, None, project.id, [(s, "m", "1.0") for s in serials])
@@ -83,9 +106,10 @@ def customer(conn: psycopg.Connection, project: Project, unique: str) -> dict[st
             importer.add(serial, kind, json.dumps(body).encode())
     assert importer.finish().quarantined == {}
     return {
-        "name": f"Customer {unique}", "projects": [f"Project {unique}", f"Second {unique}"],
+        "name": f"Customer {unique}",
+        "projects": [f"Project {unique}", f"Second {unique}"],
         "features": [key, planned, stray],
-    }  # fmt: skip
+    }
 
 
 def test_table_per_project(cli: Any, customer: dict[str, Any]) -> None:
@@ -115,8 +139,18 @@ def test_case_of_the_name_may_differ(cli: Any, customer: dict[str, Any]) -> None
 def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: Path) -> None:
     name = customer["name"]
 
-    result = cli("--customer", name, "--window", "30d", "--format", "csv",
-                 "--audience", "internal", "--out", str(tmp_path / "report.csv"))  # fmt: skip
+    result = cli(
+        "--customer",
+        name,
+        "--window",
+        "30d",
+        "--format",
+        "csv",
+        "--audience",
+        "internal",
+        "--out",
+        str(tmp_path / "report.csv"),
+    )
     assert result.exit_code == 0, result.output
     assert "report.csv" in result.stderr
     with (tmp_path / "report.csv").open(newline="", encoding="utf-8") as handle:
@@ -129,8 +163,18 @@ def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: P
     assert len(delivered) == 2
     assert all(r["recommendation"] for r in delivered)
 
-    result = cli("--customer", name, "--window", "90d", "--format", "json",
-                 "--audience", "internal", "--out", str(tmp_path / "report.json"))  # fmt: skip
+    result = cli(
+        "--customer",
+        name,
+        "--window",
+        "90d",
+        "--format",
+        "json",
+        "--audience",
+        "internal",
+        "--out",
+        str(tmp_path / "report.json"),
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert data["customer"]["name"] == name
@@ -142,8 +186,16 @@ def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: P
     assert first["coverage"]["devices_reporting"] == 12
     assert {f["feature_key"] for f in first["undelivered_usage"]} == {customer["features"][2]}
 
-    result = cli("--customer", name, "--format", "html", "--audience", "internal",
-                 "--out", str(tmp_path / "r.html"))  # fmt: skip
+    result = cli(
+        "--customer",
+        name,
+        "--format",
+        "html",
+        "--audience",
+        "internal",
+        "--out",
+        str(tmp_path / "r.html"),
+    )
     assert result.exit_code == 0, result.output
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert html.startswith("<!doctype html>")
@@ -158,8 +210,18 @@ def test_csv_json_and_html_files(cli: Any, customer: dict[str, Any], tmp_path: P
 
 
 # What the customer's version must not say: written here, apart from the code.
-INTERNAL_KEYS = {"recommendation", "explanation", "business_value", "user_value", "peers",
-                 "undelivered_usage", "tier", "lifecycle_stage", "contract_value", "rules"}  # fmt: skip
+INTERNAL_KEYS = {
+    "recommendation",
+    "explanation",
+    "business_value",
+    "user_value",
+    "peers",
+    "undelivered_usage",
+    "tier",
+    "lifecycle_stage",
+    "contract_value",
+    "rules",
+}
 
 
 def test_the_default_report_is_the_customer_version(
@@ -243,8 +305,9 @@ def test_bad_window_is_an_error(cli: Any, window: str) -> None:
 
 def test_unreachable_api_is_an_error(unique: str) -> None:
     result = CliRunner().invoke(
-        app, ["report", "--customer", f"Anyone {unique}"],
+        app,
+        ["report", "--customer", f"Anyone {unique}"],
         env={"FIELDTRACK_API_URL": "http://127.0.0.1:9", "FIELDTRACK_API_TOKEN": None},
-    )  # fmt: skip
+    )
     assert result.exit_code == 1
     assert "error: the API is not reachable" in result.stderr

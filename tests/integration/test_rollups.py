@@ -109,31 +109,46 @@ def history(local_services: LocalServices, settings: Settings) -> Iterator[Histo
         rng = random.Random(6)
         with psycopg.connect(url, autocommit=True) as conn:
             customer = upserts.upsert_customer(conn, "Rollup Co", "waist", "retail", "adoption")
-            ids = {k: upserts.upsert_feature(conn, k, k.replace("_", " "), None, None)
-                   for k in FEATURES}  # fmt: skip
+            ids = {
+                k: upserts.upsert_feature(conn, k, k.replace("_", " "), None, None)
+                for k in FEATURES
+            }
             project_ids, serials = [], []
             for n in range(4):
                 late = n == 3
                 pid = upserts.upsert_project(
-                    conn, customer, f"Rollups {n}", contract_value=None, currency="EUR",
+                    conn,
+                    customer,
+                    f"Rollups {n}",
+                    contract_value=None,
+                    currency="EUR",
                     go_live_date=LATE_GO_LIVE if late else START.date() - timedelta(days=3),
                     status="live",
-                )  # fmt: skip
+                )
                 for key in DELIVERED:
                     upserts.upsert_delivery(
-                        conn, pid, ids[key], status="delivered",
+                        conn,
+                        pid,
+                        ids[key],
+                        status="delivered",
                         delivered_on=LATE_DELIVERY if late and key == "remote_unlock" else None,
-                        cost_person_days=None, contract_line_value=None, business_score=None,
+                        cost_person_days=None,
+                        contract_line_value=None,
+                        business_score=None,
                         strategic=False,
-                    )  # fmt: skip
+                    )
                 fleet = [(f"rollup-{n}-{d}", "m", rng.choice(["1.0", "1.1"])) for d in range(8)]
                 upserts.provision_devices(conn, None, pid, fleet)
                 project_ids.append(pid)
                 serials += [s for s, _, _ in fleet]
             messages = _messages(serials, rng)
             updated = [f"rollup-0-{d}" for d in range(0, 8, 2)]
-            status = {"v": 1, "state": "online", "ts": FIRMWARE_AT.isoformat(),
-                      "firmware": REPORTED_FIRMWARE}  # fmt: skip
+            status = {
+                "v": 1,
+                "state": "online",
+                "ts": FIRMWARE_AT.isoformat(),
+                "firmware": REPORTED_FIRMWARE,
+            }
             messages += [(s, MessageKind.STATUS, json.dumps(status).encode()) for s in updated]
             assert _import(conn, messages) == 0
         yield History(url, project_ids, messages)
@@ -247,8 +262,9 @@ def test_measures_equal_the_hourly_definitions(history: History, window: Window)
                 REF_COVERAGE, params
             ).fetchone() or (0, 0, None, None)
             assert (m.coverage.devices_reporting, m.coverage.device_days_reporting) == (
-                reporting, device_days,
-            )  # fmt: skip
+                reporting,
+                device_days,
+            )
             assert m.coverage.measured_since == min(since, window.until)
             expect = min(1.0, received / expected) if received and expected else None
             assert m.coverage.completeness == expect
@@ -256,8 +272,11 @@ def test_measures_equal_the_hourly_definitions(history: History, window: Window)
             prev = {"project": pid, "since": window.previous, "until": window.since}
             previous = {k: n for k, n, _, _ in conn.execute(REF_USAGE, prev)}
             prev_reporting, prev_days, _, _ = conn.execute(REF_COVERAGE, prev).fetchone() or (
-                0, 0, None, None,
-            )  # fmt: skip
+                0,
+                0,
+                None,
+                None,
+            )
             first_last = {k: (f, la) for k, f, la in conn.execute(REF_FIRST_LAST, params)}
             assert {f.feature_key for f in m.features} == set(DELIVERED) | set(usage)
             for f in m.features:
@@ -265,8 +284,11 @@ def test_measures_equal_the_hourly_definitions(history: History, window: Window)
                 fsince = _from(live, window)
                 fparams = {**params, "since": fsince}
                 n_reporting, n_days, _, _ = conn.execute(REF_COVERAGE, fparams).fetchone() or (
-                    0, 0, None, None,
-                )  # fmt: skip
+                    0,
+                    0,
+                    None,
+                    None,
+                )
                 fusage = {k: (n, e, d) for k, n, e, d in conn.execute(REF_USAGE, fparams)}
                 n, events, use_days = fusage.get(f.feature_key, (0, 0, 0))
                 where = (f.feature_key, fsince)
@@ -302,8 +324,9 @@ def test_measures_equal_the_hourly_definitions(history: History, window: Window)
             want = {k: (e, n, h) for k, e, n, h in conn.execute(REF_USAGE_PAGE, whole)}
             got_page = {
                 f.feature_key: (f.events, f.devices_using, f.last_used_hour)
-                for f in page.features if f.feature_key in want or f.events
-            }  # fmt: skip
+                for f in page.features
+                if f.feature_key in want or f.events
+            }
             assert got_page == want
             hour = window.since.replace(minute=0, second=0, microsecond=0)
             page_reporting = conn.execute(REF_COVERAGE, {**whole, "since": hour}).fetchone()
@@ -371,8 +394,9 @@ def test_span_edges_cover_exactly_the_window_hours() -> None:
         for day, mask in span.edges:
             start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             hours |= {start + timedelta(hours=h) for h in range(24) if mask >> h & 1}
-        first = since.replace(minute=0, second=0) + (timedelta(hours=1) if since.minute or
-                                                     since.second else timedelta())  # fmt: skip
+        first = since.replace(minute=0, second=0) + (
+            timedelta(hours=1) if since.minute or since.second else timedelta()
+        )
         want, hour = set(), first
         while hour < until:
             want.add(hour)

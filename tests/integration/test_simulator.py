@@ -143,9 +143,11 @@ def test_live_fleet_over_mqtt_lands_the_ground_truth_and_injected_bad_data(
     generator = Generator(demo, end - timedelta(hours=6), end, now=datetime.now(UTC))
     firmware = {d.serial: firmware_of(demo, d.project, d.serial) for d in generator.devices}
     swarm = Swarm(
-        settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials],
+        settings.mqtt_host,
+        settings.mqtt_port,
+        [(c.serial, c.password) for c in credentials],
         firmware=firmware,
-    )  # fmt: skip
+    )
     try:
         assert swarm.start() == len(credentials)
         counts = runner.run_load(generator, swarm, rate=None, stop=threading.Event())
@@ -154,8 +156,10 @@ def test_live_fleet_over_mqtt_lands_the_ground_truth_and_injected_bad_data(
         assert stats.consistent and stats.failed_total == 0
         truth = generator.truth.to_json()
         assert _await_truth(truth, sim_database, since=started) == []
-        print(f"\n[sim] {counts.published} messages in {counts.elapsed_s:.1f}s "
-              f"({counts.rate:,.0f}/s); injected {truth['injected']}")  # fmt: skip
+        print(
+            f"\n[sim] {counts.published} messages in {counts.elapsed_s:.1f}s "
+            f"({counts.rate:,.0f}/s); injected {truth['injected']}"
+        )
         assert all(truth["injected"].get(k, 0) > 0 for k in ("not_json", "duplicate"))
     finally:
         swarm.stop()
@@ -177,9 +181,10 @@ def test_history_import_over_http_is_idempotent_and_quarantines_bad_records(
 
     def upload() -> dict[str, object]:
         response = api.post(
-            "/imports/history", content=path.read_bytes(),
+            "/imports/history",
+            content=path.read_bytes(),
             headers={"content-type": "application/x-ndjson"},
-        )  # fmt: skip
+        )
         assert response.status_code == 201, response.text
         return dict(response.json())
 
@@ -249,8 +254,9 @@ def test_history_csv_lines_the_csv_module_cannot_read_are_quarantined(
     assert report["quarantined"] == {"invalid_payload": 2}
     rows = [(detail, size) for _, size, detail in quarantined]
     assert [detail.split(": unreadable CSV: ")[1][:20] for detail, _ in rows] == [
-        "new-line character s", "field larger than fi",
-    ]  # fmt: skip
+        "new-line character s",
+        "field larger than fi",
+    ]
     assert rows[1][1] > len(huge)  # the whole raw record is measured, 64 KiB of it kept
 
     header = api.post(
@@ -294,21 +300,48 @@ def test_portfolio_backfill_lands_the_ground_truth(sim_database: str, tmp_path: 
     truth = tmp_path / "portfolio.truth.json"
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "services", "sim", "backfill", "--scenario", "portfolio",
-         "--days", str(PORTFOLIO_TEST_DAYS), "--truth", str(truth)],
-        env=env, capture_output=True, text=True, timeout=PORTFOLIO_BACKFILL_LIMIT_S,
+        [
+            sys.executable,
+            "-m",
+            "services",
+            "sim",
+            "backfill",
+            "--scenario",
+            "portfolio",
+            "--days",
+            str(PORTFOLIO_TEST_DAYS),
+            "--truth",
+            str(truth),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PORTFOLIO_BACKFILL_LIMIT_S,
         check=False,
-    )  # fmt: skip
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
     print(
         f"\n[sim] portfolio {PORTFOLIO_TEST_DAYS}-day backfill: {elapsed:.0f}s\n{done.stderr[-400:]}"
     )
     verified = subprocess.run(
-        [sys.executable, "-m", "services", "sim", "verify", "--scenario", "portfolio",
-         "--truth", str(truth)],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "services",
+            "sim",
+            "verify",
+            "--scenario",
+            "portfolio",
+            "--truth",
+            str(truth),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert verified.returncode == 0, verified.stderr[-3000:]
 
 
@@ -321,8 +354,9 @@ def test_paced_run_replays_the_recent_past_and_lands_the_ground_truth(
     with psycopg.connect(sim_database) as conn:
         credentials = seed(conn, broker_admin, demo, end.date())
     generator = Generator(demo, end - timedelta(minutes=10), end, inject=False)
-    swarm = Swarm(settings.mqtt_host, settings.mqtt_port,
-                  [(c.serial, c.password) for c in credentials])  # fmt: skip
+    swarm = Swarm(
+        settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials]
+    )
     try:
         assert swarm.start() == len(credentials)
         started = time.monotonic()

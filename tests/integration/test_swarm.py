@@ -69,14 +69,17 @@ def provisioned(
         credentials = provision_devices(
             conn, admin, project_id, [(s, "SWARM-1", "1.0") for s in serials]
         )
-        print(f"\n[swarm] provisioned {len(serials)} devices (rows + broker identities) "
-              f"in {time.monotonic() - started:.1f}s")  # fmt: skip
+        print(
+            f"\n[swarm] provisioned {len(serials)} devices (rows + broker identities) "
+            f"in {time.monotonic() - started:.1f}s"
+        )
         yield credentials
     finally:
         started = time.monotonic()
         admin.delete_devices(serials)
-        print(f"[swarm] removed {len(serials)} broker identities "
-              f"in {time.monotonic() - started:.1f}s")  # fmt: skip
+        print(
+            f"[swarm] removed {len(serials)} broker identities in {time.monotonic() - started:.1f}s"
+        )
 
 
 def publish_all(
@@ -92,8 +95,9 @@ def publish_all(
             payload_ts = base + timedelta(milliseconds=seq)
             for serial in mine:
                 try:
-                    if not swarm.publish(serial, MessageKind.USAGE,
-                                         usage_body(seq, payload_ts, feature)):  # fmt: skip
+                    if not swarm.publish(
+                        serial, MessageKind.USAGE, usage_body(seq, payload_ts, feature)
+                    ):
                         errors.append(f"{serial}/{seq}: refused")
                 except Exception as exc:
                     errors.append(f"{serial}/{seq}: {exc!r}")
@@ -112,8 +116,11 @@ def publish_all(
 def assert_clean(stats: SwarmStats, messages: int) -> None:
     assert stats.consistent, stats
     assert (stats.submitted, stats.sent, stats.acked, stats.outstanding) == (
-        messages, messages, messages, 0,
-    ), stats  # fmt: skip
+        messages,
+        messages,
+        messages,
+        0,
+    ), stats
     assert stats.failed == {} and stats.refused == {} and stats.disconnected == {}, stats
     assert stats.gave_up == 0, stats
 
@@ -138,9 +145,11 @@ def test_two_thousand_devices_publish_from_one_process(
     threads_before = threading.active_count()
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         swarm = Swarm(
-            settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials],
+            settings.mqtt_host,
+            settings.mqtt_port,
+            [(c.serial, c.password) for c in credentials],
             firmware=dict.fromkeys(serials, "1.0"),
-        )  # fmt: skip
+        )
         try:
             started = time.monotonic()
             connected = swarm.start(timeout=120)
@@ -163,8 +172,11 @@ def test_two_thousand_devices_publish_from_one_process(
             time.sleep(1.0)  # anything extra (a duplicate) would land now
             assert usage_rows(conn, serials) == messages
             # Every birth message reached ingest too.
-            wait_for(lambda: sum(v is True for v in online(conn, serials).values()) == devices,
-                     timeout=60, interval=0.5)  # fmt: skip
+            wait_for(
+                lambda: sum(v is True for v in online(conn, serials).values()) == devices,
+                timeout=60,
+                interval=0.5,
+            )
             print(
                 f"[swarm] {devices} devices connected in {connect_s:.1f}s; "
                 f"{messages} QoS 1 messages handed over in {handed_s:.1f}s "
@@ -179,8 +191,11 @@ def test_two_thousand_devices_publish_from_one_process(
         assert stats.connected == 0 and stats.consistent, stats
         # Whatever ingest quarantined for these devices, it was none of their messages (the
         # empty retained messages that clear their statuses are all that may show up there).
-        wait_for(lambda: all(v is False for v in online(conn, serials).values()), timeout=60,
-                 interval=0.5)  # fmt: skip
+        wait_for(
+            lambda: all(v is False for v in online(conn, serials).values()),
+            timeout=60,
+            interval=0.5,
+        )
         assert conn.execute(QUARANTINED_WITH_PAYLOAD, (serials,)).fetchone() == (0,)
 
 
@@ -199,9 +214,12 @@ def test_backpressure_blocks_publishers_and_never_drops(
     serials = [f"swarm-bp-{unique}-{i:03d}" for i in range(devices)]
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         swarm = Swarm(
-            settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials],
-            max_outstanding_per_device=5, max_outstanding_total=limit,
-        )  # fmt: skip
+            settings.mqtt_host,
+            settings.mqtt_port,
+            [(c.serial, c.password) for c in credentials],
+            max_outstanding_per_device=5,
+            max_outstanding_total=limit,
+        )
         peak = 0
         done = threading.Event()
 
@@ -232,8 +250,10 @@ def test_backpressure_blocks_publishers_and_never_drops(
             wait_for(lambda: usage_rows(conn, serials) >= messages, timeout=60, interval=0.2)
             time.sleep(0.5)
             assert usage_rows(conn, serials) == messages
-            print(f"[swarm] backpressure: {messages} messages through a window of {limit}, "
-                  f"{stats.backpressure_waits} publish() calls waited, peak outstanding {peak}")  # fmt: skip
+            print(
+                f"[swarm] backpressure: {messages} messages through a window of {limit}, "
+                f"{stats.backpressure_waits} publish() calls waited, peak outstanding {peak}"
+            )
         finally:
             swarm.stop(clear_status=True)
 
@@ -309,8 +329,9 @@ def test_a_device_the_broker_throws_out_is_recorded_and_not_retried_forever(
 ) -> None:
     kicked, steady = f"swarm-kick-{unique}", f"swarm-steady-{unique}"
     with provisioned(conn, broker_admin, project.id, [kicked, steady]) as credentials:
-        swarm = Swarm(settings.mqtt_host, settings.mqtt_port,
-                      [(c.serial, c.password) for c in credentials])  # fmt: skip
+        swarm = Swarm(
+            settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials]
+        )
         try:
             assert swarm.start(timeout=30) == 2
             broker_admin.disable_device(kicked)  # the broker disconnects it at once
@@ -335,8 +356,9 @@ def test_an_unreachable_broker_makes_devices_give_up_after_bounded_attempts() ->
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    swarm = Swarm("127.0.0.1", port, [("nowhere-1", "x"), ("nowhere-2", "x")],
-                  max_reconnect_attempts=2)  # fmt: skip
+    swarm = Swarm(
+        "127.0.0.1", port, [("nowhere-1", "x"), ("nowhere-2", "x")], max_reconnect_attempts=2
+    )
     try:
         started = time.monotonic()
         assert swarm.publish("nowhere-1", MessageKind.USAGE, b"{}")  # held for the connect

@@ -40,13 +40,27 @@ Json = dict[str, Any]
 # What a customer's own staff must never receive, in any form (JSON keys, CSV columns, page
 # text): written here, apart from the code's models.
 INTERNAL_KEYS = {
-    "business_value", "business_high", "user_value", "recommendation", "explanation", "peers",
-    "tier", "lifecycle_stage", "contract_value", "undelivered_usage",
-}  # fmt: skip
+    "business_value",
+    "business_high",
+    "user_value",
+    "recommendation",
+    "explanation",
+    "peers",
+    "tier",
+    "lifecycle_stage",
+    "contract_value",
+    "undelivered_usage",
+}
 INTERNAL_WORDS = (
-    "cut candidate", "keep prudently", "iterate / invest", "business value", "insufficient data",
-    "too early", "at_risk", "renewal",
-)  # fmt: skip
+    "cut candidate",
+    "keep prudently",
+    "iterate / invest",
+    "business value",
+    "insufficient data",
+    "too early",
+    "at_risk",
+    "renewal",
+)
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +279,13 @@ def test_undelivered_use_is_flagged_with_the_truths_numbers(
     undelivered = {f["feature_key"]: f for f in observed["Barn Sensors"]["undelivered_usage"]}
     truth = loaded.feature_truth("Barn Sensors", "energy_report")
     assert set(undelivered) == {"energy_report"} and truth["events"] > 0
-    assert (undelivered["energy_report"]["events"], undelivered["energy_report"]["devices_using"]) == (
-        truth["events"], truth["devices_using"],
-    )  # fmt: skip
+    assert (
+        undelivered["energy_report"]["events"],
+        undelivered["energy_report"]["devices_using"],
+    ) == (
+        truth["events"],
+        truth["devices_using"],
+    )
     assert "recommendation" not in undelivered["energy_report"]
 
 
@@ -285,8 +303,12 @@ def test_verdicts_do_not_move_when_another_project_changes(
         importer = HistoryImporter(conn)
         at = loaded.until - timedelta(hours=3)
         for n, serial in enumerate(serials):
-            body = {"v": 1, "seq": 10_000_000 + n, "ts": at.isoformat(),
-                    "events": [{"feature": "leak_alerts", "count": 40}]}  # fmt: skip
+            body = {
+                "v": 1,
+                "seq": 10_000_000 + n,
+                "ts": at.isoformat(),
+                "events": [{"feature": "leak_alerts", "count": 40}],
+            }
             importer.add(serial, MessageKind.USAGE, json.dumps(body).encode())
         assert importer.finish().usage_rows == len(serials)
         conn.execute(
@@ -341,9 +363,11 @@ def test_a_viewer_gets_usage_and_never_internal_fields_anywhere(
     # pages and the printable report
     customer = loaded_customer_id(loaded, "Harbour Logistics")
     for path in (
-        f"/dashboards/projects/{pid}", f"/dashboards/customers/{customer}",
-        "/dashboards/customers", f"/dashboards/customers/{customer}/report",
-    ):  # fmt: skip
+        f"/dashboards/projects/{pid}",
+        f"/dashboards/customers/{customer}",
+        "/dashboards/customers",
+        f"/dashboards/customers/{customer}/report",
+    ):
         page = viewer.get(path, params={"days": 30})
         assert page.status_code == 200, (path, page.text[:300])
         lowered = page.text.lower()
@@ -408,8 +432,9 @@ def test_weekly_adoption_equals_the_truth_week_by_week(loaded: Loaded, pm: TestC
                 reporting = {s for s, d in days.items() if {x for x in d & span if x >= start}}
                 users = {s for s, d in truth.days.items() if {x for x in d & span if x >= start}}
             assert (point["devices_reporting"], point["devices_using"]) == (
-                len(reporting), len(users),
-            ), (feature, week)  # fmt: skip
+                len(reporting),
+                len(users),
+            ), (feature, week)
             assert point["adoption_low"] <= point["adoption"] <= point["adoption_high"]
     # route_planner's series starts the week it was delivered
     delivered = loaded.until.date() - timedelta(days=10)
@@ -511,15 +536,27 @@ def test_a_reading_timed_across_a_go_live_never_breaks_the_analytics(
     with psycopg.connect(loaded.url, autocommit=True) as conn:
         customer = registry.upsert_customer(conn, "Stored Readings", "tail", "retail", "adoption")
         pid = registry.upsert_project(
-            conn, customer, "Stored Readings", contract_value=None, currency="EUR",
-            go_live_date=live, status="live",
-        )  # fmt: skip
+            conn,
+            customer,
+            "Stored Readings",
+            contract_value=None,
+            currency="EUR",
+            go_live_date=live,
+            status="live",
+        )
         feature = conn.execute("SELECT id FROM features WHERE key = 'drone_survey'").fetchone()
         assert feature is not None
         registry.upsert_delivery(
-            conn, pid, feature[0], status="delivered", delivered_on=None, cost_person_days=None,
-            contract_line_value=None, business_score=None, strategic=False,
-        )  # fmt: skip
+            conn,
+            pid,
+            feature[0],
+            status="delivered",
+            delivered_on=None,
+            cost_person_days=None,
+            contract_line_value=None,
+            business_score=None,
+            strategic=False,
+        )
         registry.provision_devices(
             conn, None, pid, [("vd-stored-a", "m", "1"), ("vd-stored-b", "m", "1")]
         )
@@ -529,13 +566,19 @@ def test_a_reading_timed_across_a_go_live_never_breaks_the_analytics(
         a = {"v": 1, "seq": 1, "ts": noon.isoformat(), "events": [used]}
         # the message counts in the hour of its first reading; its second one is timed after
         crossed = {**used, "ts": (evening + timedelta(minutes=20)).isoformat()}
-        b = {"v": 1, "seq": 1, "ts": evening.isoformat(),
-             "events": [{"feature": "dock_booking"}, crossed]}  # fmt: skip
+        b = {
+            "v": 1,
+            "seq": 1,
+            "ts": evening.isoformat(),
+            "events": [{"feature": "dock_booking"}, crossed],
+        }
         importer.add("vd-stored-a", MessageKind.USAGE, json.dumps(a).encode())
         importer.add("vd-stored-b", MessageKind.USAGE, json.dumps(b).encode())
         assert importer.finish().usage_rows == 3
-    window = {"since": (evening - timedelta(days=1)).isoformat(),
-              "until": (evening + timedelta(days=2)).isoformat()}  # fmt: skip
+    window = {
+        "since": (evening - timedelta(days=1)).isoformat(),
+        "until": (evening + timedelta(days=2)).isoformat(),
+    }
     response = pm.get(f"/projects/{pid}/analytics", params=window)
     assert response.status_code == 200, response.text
     [row] = response.json()["features"]

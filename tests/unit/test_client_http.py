@@ -87,13 +87,16 @@ def test_409_is_conflict() -> None:
 def test_422_field_errors_read_as_field_and_message() -> None:
     body = {
         "detail": [
-            {"loc": ["body", "name"], "msg": "String should have at least 1 character",
-             "type": "string_too_short"},
+            {
+                "loc": ["body", "name"],
+                "msg": "String should have at least 1 character",
+                "type": "string_too_short",
+            },
             {"loc": ["body", 0, "serial"], "msg": "String should match pattern", "type": "x"},
             {"loc": ["query", "sort"], "msg": "cannot sort customers by 'x'", "type": "x"},
             {"loc": ["body"], "msg": "Field required", "type": "missing"},
         ]
-    }  # fmt: skip
+    }
     with pytest.raises(Invalid) as info:
         client(answer(422, body)).post("/customers", {})
     exc = info.value
@@ -199,9 +202,13 @@ def test_client_settings_need_no_database_or_broker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
     monkeypatch.setenv("FIELDTRACK_STATE_DIR", str(tmp_path))
-    for key in ("FIELDTRACK_DATABASE_URL", "FIELDTRACK_MQTT_ADMIN_PASSWORD",
-                "FIELDTRACK_MQTT_INGEST_PASSWORD", "FIELDTRACK_API_URL",
-                "FIELDTRACK_API_TOKEN"):  # fmt: skip
+    for key in (
+        "FIELDTRACK_DATABASE_URL",
+        "FIELDTRACK_MQTT_ADMIN_PASSWORD",
+        "FIELDTRACK_MQTT_INGEST_PASSWORD",
+        "FIELDTRACK_API_URL",
+        "FIELDTRACK_API_TOKEN",
+    ):
         monkeypatch.delenv(key, raising=False)
     settings = load_client_settings()
     assert settings.api_url == "http://127.0.0.1:8000"
@@ -261,11 +268,20 @@ class ScriptedApi:
         if answer != 201:
             return httpx.Response(answer, json={"detail": "broker down; nothing was changed"})
         start = sum(len(b) for b in self.batches[:-1])
-        return httpx.Response(201, json=[
-            {"device": {"id": start + i + 1, "serial": d["serial"], "project_id": d["project_id"]},
-             "password": f"pw-{start + i + 1}"}
-            for i, d in enumerate(body)
-        ])  # fmt: skip
+        return httpx.Response(
+            201,
+            json=[
+                {
+                    "device": {
+                        "id": start + i + 1,
+                        "serial": d["serial"],
+                        "project_id": d["project_id"],
+                    },
+                    "password": f"pw-{start + i + 1}",
+                }
+                for i, d in enumerate(body)
+            ],
+        )
 
 
 def provision(monkeypatch: pytest.MonkeyPatch, api: ScriptedApi, *args: str) -> Result:
@@ -276,9 +292,10 @@ def provision(monkeypatch: pytest.MonkeyPatch, api: ScriptedApi, *args: str) -> 
 
     monkeypatch.setattr(FieldtrackClient, "from_settings", classmethod(scripted))
     return CliRunner().invoke(
-        cli_app, ["devices", "provision", "--project", "7", *args],
+        cli_app,
+        ["devices", "provision", "--project", "7", *args],
         env={"FIELDTRACK_API_URL": BASE},
-    )  # fmt: skip
+    )
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -324,8 +341,15 @@ def test_provision_failing_at_once_leaves_no_file(
 def test_provision_replaces_random_serials_that_exist_already(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    exists = {"detail": [{"loc": ["body", "serial"], "msg": "item 3: device exists already",
-                          "type": "invalid_input"}]}  # fmt: skip
+    exists = {
+        "detail": [
+            {
+                "loc": ["body", "serial"],
+                "msg": "item 3: device exists already",
+                "type": "invalid_input",
+            }
+        ]
+    }
     api, out = ScriptedApi([exists]), tmp_path / "creds.csv"
     result = provision(monkeypatch, api, "--count", "5", "--out", str(out))
     assert result.exit_code == 0, result.output

@@ -557,9 +557,13 @@ def _grafana_start(services: dict[str, dict[str, Any]], password: str) -> Any:
     assert f"exec {GRAFANA_ENTRYPOINT}" in script
     script = script.replace(f"exec {GRAFANA_ENTRYPOINT}", "exit 0")
     return subprocess.run(
-        ["sh", "-c", script], env={"PATH": "/usr/bin:/bin", "GF_SECURITY_ADMIN_PASSWORD": password},
-        capture_output=True, text=True, timeout=10, check=False,
-    )  # fmt: skip
+        ["sh", "-c", script],
+        env={"PATH": "/usr/bin:/bin", "GF_SECURITY_ADMIN_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
 
 
 # --- ordering ----------------------------------------------------------------------

@@ -115,9 +115,14 @@ def test_intervals_parse_like_gtime(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("interval", "text"),
-    [(timedelta(hours=1), "1h"), (timedelta(minutes=90), "1h"), (timedelta(seconds=30), "30s"),
-     (timedelta(days=2), "2d"), (timedelta(milliseconds=100), "100ms")],
-)  # fmt: skip
+    [
+        (timedelta(hours=1), "1h"),
+        (timedelta(minutes=90), "1h"),
+        (timedelta(seconds=30), "30s"),
+        (timedelta(days=2), "2d"),
+        (timedelta(milliseconds=100), "100ms"),
+    ],
+)
 def test_intervals_format_like_gtime(interval: timedelta, text: str) -> None:
     assert format_interval(interval) == text
 
@@ -176,8 +181,10 @@ DASHBOARDS = load_dashboards()
 
 def test_the_three_dashboards_are_there() -> None:
     assert {d["uid"] for d in DASHBOARDS.values()} == {
-        "fieldtrack-fleet", "fieldtrack-ingest", "fieldtrack-usage",
-    }  # fmt: skip
+        "fieldtrack-fleet",
+        "fieldtrack-ingest",
+        "fieldtrack-usage",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))

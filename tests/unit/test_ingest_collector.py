@@ -40,8 +40,10 @@ def test_the_young_generation_holds_a_whole_decoded_batch() -> None:
     gc.disable()
     try:
         before = gc.get_count()[0]
-        kept = [decode("fieldtrack/v1/dev-1/usage", body, now=now, max_future_skew=timedelta(0))
-                for body in bodies]  # fmt: skip
+        kept = [
+            decode("fieldtrack/v1/dev-1/usage", body, now=now, max_future_skew=timedelta(0))
+            for body in bodies
+        ]
         allocated = gc.get_count()[0] - before
     finally:
         if enabled:

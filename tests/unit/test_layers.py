@@ -80,3 +80,16 @@ def test_a_backwards_import_fails(tmp_path: Path, module: str, line: str, report
     result = _lint_imports(tree)
     assert result.returncode != 0, result.stdout
     assert "BROKEN" in result.stdout and report in result.stdout, result.stdout
+
+
+def test_the_formatter_formats_the_tree() -> None:
+    """`ruff format` lays out the code (`make lint` checks it): nothing is hand-laid against it."""
+    markers = ("# fmt" + ": skip", "# fmt" + ": off")  # split, or this file would match
+    hand_laid = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for package in (*PACKAGES, "tests")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if any(marker in line for marker in markers)
+    ]
+    assert hand_laid == []

@@ -26,8 +26,12 @@ def _decode(payload: bytes | dict[str, object], topic: str = USAGE) -> Accepted 
 
 
 def _usage(**overrides: object) -> dict[str, object]:
-    body: dict[str, object] = {"v": 1, "seq": 5, "ts": "2026-11-22T11:59:00Z",
-                               "events": [{"feature": "remote_unlock", "count": 2}]}  # fmt: skip
+    body: dict[str, object] = {
+        "v": 1,
+        "seq": 5,
+        "ts": "2026-11-22T11:59:00Z",
+        "events": [{"feature": "remote_unlock", "count": 2}],
+    }
     body.update(overrides)
     return body
 
@@ -49,8 +53,9 @@ def test_each_reading_keeps_its_own_time_in_utc() -> None:
     outcome = _decode(_usage(ts="2026-11-22T13:59:00+02:00", events=events))
     assert isinstance(outcome, Accepted)
     assert outcome.reading_times == (
-        datetime(2026, 11, 22, 12, 0, tzinfo=UTC), datetime(2026, 11, 22, 11, 59, tzinfo=UTC),
-    )  # fmt: skip
+        datetime(2026, 11, 22, 12, 0, tzinfo=UTC),
+        datetime(2026, 11, 22, 11, 59, tzinfo=UTC),
+    )
     assert outcome.oldest == datetime(2026, 11, 22, 11, 59, tzinfo=UTC)
 
 
@@ -119,9 +124,11 @@ def test_payload_naming_its_own_device_is_accepted() -> None:
 
 def test_ten_minutes_of_clock_skew_is_tolerated_by_default_setting() -> None:
     outcome = decode(
-        USAGE, json.dumps(_usage(ts="2026-11-22T12:09:00Z")).encode(), now=NOW,
+        USAGE,
+        json.dumps(_usage(ts="2026-11-22T12:09:00Z")).encode(),
+        now=NOW,
         max_future_skew=timedelta(minutes=10),
-    )  # fmt: skip
+    )
     assert isinstance(outcome, Accepted)
 
 
@@ -132,9 +139,15 @@ def test_status_message_needs_no_sequence() -> None:
 
 @pytest.mark.parametrize(
     "topic",
-    ["fieldtrack/v1/dev-1", "fieldtrack/v2/dev-1/usage", "fieldtrack/v1/dev-1/usage/extra",
-     "fieldtrack/v1/+/usage", "fieldtrack/v1/dev-1/firmware", "fieldtrack/v1//usage"],
-)  # fmt: skip
+    [
+        "fieldtrack/v1/dev-1",
+        "fieldtrack/v2/dev-1/usage",
+        "fieldtrack/v1/dev-1/usage/extra",
+        "fieldtrack/v1/+/usage",
+        "fieldtrack/v1/dev-1/firmware",
+        "fieldtrack/v1//usage",
+    ],
+)
 def test_unknown_topics_are_rejected(topic: str) -> None:
     outcome = _decode(_usage(), topic)
     assert isinstance(outcome, Rejected)
@@ -152,8 +165,12 @@ TELEMETRY = "fieldtrack/v1/dev-1/telemetry"
 
 
 def _telemetry(**overrides: object) -> dict[str, object]:
-    body: dict[str, object] = {"v": 1, "seq": 6, "ts": "2026-11-22T11:59:00Z",
-                               "metrics": [{"name": "battery", "value": 80.0}]}  # fmt: skip
+    body: dict[str, object] = {
+        "v": 1,
+        "seq": 6,
+        "ts": "2026-11-22T11:59:00Z",
+        "metrics": [{"name": "battery", "value": 80.0}],
+    }
     body.update(overrides)
     return body
 

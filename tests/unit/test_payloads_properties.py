@@ -58,10 +58,11 @@ json_leaves = st.one_of(
 )
 json_values = st.recursive(
     json_leaves,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                  max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
-)  # fmt: skip
+)
 feature_keys = st.one_of(st.from_regex(r"\A[a-z][a-z0-9_.-]{0,10}\Z"), st.text(max_size=12))
 readings = st.fixed_dictionaries(
     {"feature": feature_keys},
@@ -177,10 +178,13 @@ def _checked_only(kind: str, payload: bytes) -> str | None:
 @given(message=messages, kind=st.sampled_from(KINDS))
 @example(message={"v": 1, "seq": 1, "ts": "2026-11-22T11:59:00", "events": []}, kind="usage")
 @example(
-    message={"seq": "7", "ts": "2026-11-22T11:00:00Z", "metrics": [{"name": "a", "value": 1,
-             "unit": "m\x00" * 10}]},
+    message={
+        "seq": "7",
+        "ts": "2026-11-22T11:00:00Z",
+        "metrics": [{"name": "a", "value": 1, "unit": "m\x00" * 10}],
+    },
     kind="telemetry",
-)  # fmt: skip
+)
 @example(  # year 1 in UTC refused beside a field both models refuse alike
     message={"seq": -1, "ts": "0001-01-01T00:00:00+01:00", "events": [{"feature": "a"}]},
     kind="usage",

@@ -10,10 +10,17 @@ from services.analytics.measures import InternalProjectContext
 from services.analytics.portfolio import MIN_PEERS, peer_stats
 
 OWN = InternalProjectContext(
-    project_id=1, project_name="Docks", customer_id=10, customer_name="Harbour",
-    industry="logistics", go_live_date=date(2026, 1, 1), devices_total=80, tier="head",
-    lifecycle_stage="renewal", contract_value=500_000,
-)  # fmt: skip
+    project_id=1,
+    project_name="Docks",
+    customer_id=10,
+    customer_name="Harbour",
+    industry="logistics",
+    go_live_date=date(2026, 1, 1),
+    devices_total=80,
+    tier="head",
+    lifecycle_stage="renewal",
+    contract_value=500_000,
+)
 
 
 def test_quartiles_of_other_customers_only() -> None:

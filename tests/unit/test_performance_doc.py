@@ -13,20 +13,31 @@ def _report() -> dict[str, object]:
         return {"server_ms": {"p50": p95 / 2, "p95": p95}}
 
     report: dict[str, object] = {
-        "meta": {"date": "2026-12-02", "started_at": "2026-12-02T04:41:53+00:00",
-                 "machine": "2 cores, 24 GiB RAM, Linux-6", "mode": "full"},
-        "ceilings": {}, "phases": {},
+        "meta": {
+            "date": "2026-12-02",
+            "started_at": "2026-12-02T04:41:53+00:00",
+            "machine": "2 cores, 24 GiB RAM, Linux-6",
+            "mode": "full",
+        },
+        "ceilings": {},
+        "phases": {},
         "queries": {
-            "status": "ran", "requests": 30, "window_end": "0:37:00 into the last day",
+            "status": "ran",
+            "requests": 30,
+            "window_end": "0:37:00 into the last day",
             "windows_days": [7, 30],
             "sizes": {
-                "10000000": {"dataset": {"days": 90}, "endpoints": {
-                    "portfolio": {"7": timed(90), "30": timed(120)}}},
-                "50000000": {"dataset": {"days": 90}, "endpoints": {
-                    "portfolio": {"7": timed(100), "30": timed(310)}}},
+                "10000000": {
+                    "dataset": {"days": 90},
+                    "endpoints": {"portfolio": {"7": timed(90), "30": timed(120)}},
+                },
+                "50000000": {
+                    "dataset": {"days": 90},
+                    "endpoints": {"portfolio": {"7": timed(100), "30": timed(310)}},
+                },
             },
         },
-    }  # fmt: skip
+    }
     report["targets"] = targets(report)
     return report
 

@@ -35,9 +35,16 @@ VALUABLE = Business(business_score=5, contract_line_value=50_000, contract_value
 
 def _evidence(**changes: object) -> Evidence:
     base = Evidence(
-        kind=FeatureKind.INTERACTIVE, devices_reporting=100, devices_using=50, stickiness=0.3,
-        measured_days=30, completeness=0.98, live_since=LIVE, days_live=90, business=MODEST,
-    )  # fmt: skip
+        kind=FeatureKind.INTERACTIVE,
+        devices_reporting=100,
+        devices_using=50,
+        stickiness=0.3,
+        measured_days=30,
+        completeness=0.98,
+        live_since=LIVE,
+        days_live=90,
+        business=MODEST,
+    )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -108,7 +115,7 @@ def test_confidence_high_at_every_high_line() -> None:
         (1000, 30, None, "0% of expected messages"),  # no sequence data: not trusted
         (0, 0.5, 0.0, "only 0 devices"),
     ],
-)  # fmt: skip
+)
 def test_confidence_low_below_any_medium_line_and_says_why(
     devices: int, days: float, completeness: float | None, reason: str
 ) -> None:
@@ -234,9 +241,12 @@ def test_too_little_data_blocks_every_verdict(changes: dict[str, object], reason
 
 def test_a_standing_feature_that_never_fired_but_is_enabled_is_kept() -> None:
     alarm = _evidence(
-        kind=FeatureKind.STANDING, devices_using=0, stickiness=0.0, enabled_reporting=100,
+        kind=FeatureKind.STANDING,
+        devices_using=0,
+        stickiness=0.0,
+        enabled_reporting=100,
         devices_enabled=97,
-    )  # fmt: skip
+    )
     got = judge(alarm, T)
     assert got.recommendation is Recommendation.KEEP_PRUDENTLY
     assert "enabled on 97 of 100 devices" in got.explanation
@@ -251,9 +261,12 @@ def test_a_standing_feature_without_enabled_reports_is_not_judged_by_firing() ->
 
 def test_a_standing_feature_switched_off_everywhere_and_unused_is_a_cut_candidate() -> None:
     alarm = _evidence(
-        kind=FeatureKind.STANDING, devices_using=0, stickiness=0.0, enabled_reporting=80,
+        kind=FeatureKind.STANDING,
+        devices_using=0,
+        stickiness=0.0,
+        enabled_reporting=80,
         devices_enabled=0,
-    )  # fmt: skip
+    )
     assert judge(alarm, T).recommendation is Recommendation.CUT_CANDIDATE
 
 
@@ -271,9 +284,13 @@ def test_a_cut_rests_on_enough_days() -> None:
 def test_a_few_devices_reporting_settings_do_not_speak_for_the_fleet() -> None:
     """36 of 500 devices (say, on new firmware) report the alarm off: not shown off."""
     alarm = _evidence(
-        kind=FeatureKind.STANDING, devices_reporting=500, devices_using=0, stickiness=0.0,
-        enabled_reporting=36, devices_enabled=0,
-    )  # fmt: skip
+        kind=FeatureKind.STANDING,
+        devices_reporting=500,
+        devices_using=0,
+        stickiness=0.0,
+        enabled_reporting=36,
+        devices_enabled=0,
+    )
     got = judge(alarm, T)
     assert got.recommendation is Recommendation.INSUFFICIENT_DATA
     assert "only 36 of 500 reporting devices report their settings" in got.explanation

@@ -74,10 +74,19 @@ def test_a_refused_raise_keeps_the_soft_limit_and_still_checks_it() -> None:
 
 def _stats(**counts: object) -> SwarmStats:
     base: dict[str, object] = {
-        "devices": 1, "connected": 1, "refused": {}, "disconnected": {}, "reconnected": 0,
-        "gave_up": 0, "submitted": 0, "sent": 0, "acked": 0, "failed": {}, "outstanding": 0,
+        "devices": 1,
+        "connected": 1,
+        "refused": {},
+        "disconnected": {},
+        "reconnected": 0,
+        "gave_up": 0,
+        "submitted": 0,
+        "sent": 0,
+        "acked": 0,
+        "failed": {},
+        "outstanding": 0,
         "backpressure_waits": 0,
-    }  # fmt: skip
+    }
     base.update(counts)
     return SwarmStats(**base)  # type: ignore[arg-type]
 

@@ -86,10 +86,12 @@ def _project(rng: random.Random) -> list[Truth]:
                 # an alarm rightly fires rarely, if ever
                 adoption=rng.choice([0.0, 0.0, 0.02]) if standing else _adoption(rng),
                 enabled=rng.choice([0.0, rng.uniform(0.5, 1.0), 1.0]) if standing else 1.0,
-                provisioned=provisioned, dead_share=dead,
+                provisioned=provisioned,
+                dead_share=dead,
                 # some features are delivered after go-live
                 days_live=live if rng.random() < 0.8 else rng.randint(0, live),
-                completeness=complete, reports_settings=settings,
+                completeness=complete,
+                reports_settings=settings,
                 business=Business(
                     business_score=rng.choice([None, 1, 2, 3, 4, 5]),
                     contract_line_value=rng.choice([None, rng.uniform(1e3, 2e5)]),
@@ -97,7 +99,7 @@ def _project(rng: random.Random) -> list[Truth]:
                     strategic=rng.random() < 0.2,
                 ),
             )
-        )  # fmt: skip
+        )
     return out
 
 
@@ -109,13 +111,18 @@ def _measure(rng: random.Random, truth: Truth) -> Evidence:
     use_days = sum(_binomial(rng, days, rng.uniform(0.03, 1.0)) for _ in range(users))
     enabled_reporting = working if truth.reports_settings else 0
     return Evidence(
-        kind=truth.kind, devices_reporting=working, devices_using=users,
+        kind=truth.kind,
+        devices_reporting=working,
+        devices_using=users,
         stickiness=use_days / (working * days) if working and days else 0.0,
-        measured_days=days, completeness=truth.completeness,
-        live_since=END - timedelta(days=truth.days_live), days_live=truth.days_live,
-        business=truth.business, enabled_reporting=enabled_reporting,
+        measured_days=days,
+        completeness=truth.completeness,
+        live_since=END - timedelta(days=truth.days_live),
+        days_live=truth.days_live,
+        business=truth.business,
+        enabled_reporting=enabled_reporting,
         devices_enabled=_binomial(rng, enabled_reporting, truth.enabled),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +204,12 @@ def test_false_cuts_stay_within_the_intervals_promise(judged: list[Judged]) -> N
     assert not [j for j in false_cuts if j.truth.adoption >= 2 * T.cut_adoption]
     # standing features judged by their settings: switched on truly by the line's share
     standing = [
-        j for j in judged
-        if j.truth.kind is FeatureKind.STANDING and j.truth.enabled >= T.cut_adoption
+        j
+        for j in judged
+        if j.truth.kind is FeatureKind.STANDING
+        and j.truth.enabled >= T.cut_adoption
         and j.truth.reports_settings
-    ]  # fmt: skip
+    ]
     assert not [j for j in standing if _is(j, CUT)]
 
 
@@ -211,11 +220,14 @@ def test_an_unused_feature_on_a_healthy_fleet_is_always_found(judged: list[Judge
     for j in judged:
         e = j.evidence
         if (
-            e.kind is FeatureKind.INTERACTIVE and e.devices_using == 0
-            and e.devices_reporting >= 50 and e.days_live is not None
-            and e.days_live >= T.maturity_days and e.measured_days >= T.cut_min_days
+            e.kind is FeatureKind.INTERACTIVE
+            and e.devices_using == 0
+            and e.devices_reporting >= 50
+            and e.days_live is not None
+            and e.days_live >= T.maturity_days
+            and e.measured_days >= T.cut_min_days
             and (e.completeness or 0) >= T.medium_confidence_completeness
-        ):  # fmt: skip
+        ):
             assert _is(j, CUT), j
             found += 1
     assert found > 50
@@ -223,13 +235,15 @@ def test_an_unused_feature_on_a_healthy_fleet_is_always_found(judged: list[Judge
 
 def test_heavily_used_valuable_features_are_iterate_or_invest(judged: list[Judged]) -> None:
     heavy = [
-        j for j in judged
-        if j.truth.adoption >= 0.7 and j.verdict.business_high
+        j
+        for j in judged
+        if j.truth.adoption >= 0.7
+        and j.verdict.business_high
         and j.evidence.devices_reporting >= T.medium_confidence_devices
         and (j.evidence.days_live or 0) >= T.maturity_days
         and j.evidence.measured_days >= T.medium_confidence_days
         and (j.evidence.completeness or 0) >= T.medium_confidence_completeness
-    ]  # fmt: skip
+    ]
     assert len(heavy) > 100
     assert all(_is(j, Recommendation.ITERATE_INVEST) for j in heavy)
 

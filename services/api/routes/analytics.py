@@ -49,9 +49,10 @@ CSV_RESPONSE: Responses = {
 
 def _csv(body: str, name: str) -> Response:
     return Response(
-        body, media_type="text/csv",
+        body,
+        media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
-    )  # fmt: skip
+    )
 
 
 def _window(window: UsageWindow) -> Window:

@@ -91,9 +91,11 @@ def _login_page(
 ) -> HTMLResponse:
     csrf = secrets.token_urlsafe(32)
     response = templates.TemplateResponse(
-        request, "login.html", {"next": next_path, "csrf_token": csrf, "error": error},
+        request,
+        "login.html",
+        {"next": next_path, "csrf_token": csrf, "error": error},
         status_code=status_code,
-    )  # fmt: skip
+    )
     set_cookie(request, response, LOGIN_CSRF_COOKIE, sign(request, "login", csrf), LOGIN_FORM_TTL)
     return response
 
@@ -116,9 +118,11 @@ def login(
     expected = unsign(request, "login", signed, LOGIN_FORM_TTL) if signed else None
     if expected is None or not hmac.compare_digest(expected.encode(), csrf_token.encode()):
         return _login_page(
-            request, next_path, "The login form expired. Please try again.",
+            request,
+            next_path,
+            "The login form expired. Please try again.",
             status.HTTP_403_FORBIDDEN,
-        )  # fmt: skip
+        )
     try:
         principal = password_login(request, username, password)
     except RateLimitedError as exc:
@@ -134,9 +138,12 @@ def login(
         session_id, _ = store.start_session(conn, principal)
     response = RedirectResponse(next_path, status_code=status.HTTP_303_SEE_OTHER)
     set_cookie(
-        request, response, SESSION_COOKIE, sign(request, "session", session_id),
+        request,
+        response,
+        SESSION_COOKIE,
+        sign(request, "session", session_id),
         store.SESSION_TTL,
-    )  # fmt: skip
+    )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
     return response
 

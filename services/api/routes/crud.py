@@ -50,8 +50,10 @@ def crud_router(
     # and pydantic's union keeps an exact instance as it is, so a viewer's item is never
     # widened to the staff model (nor a staff item narrowed): test_access checks the keys.
     @router.get(
-        "", response_model=Page[out] | Page[view], summary=f"List {plural}"  # type: ignore[valid-type]
-    )  # fmt: skip
+        "",
+        response_model=Page[out] | Page[view],  # type: ignore[valid-type]
+        summary=f"List {plural}",
+    )
     def list_items(
         conn: ConnDep,
         caller: Reader,
@@ -59,36 +61,53 @@ def crud_router(
         where: Annotated[filters, Depends()],  # type: ignore[valid-type]
     ) -> Any:
         return repository.list_items(
-            conn, readable(caller), filters=filter_values(where), search=page.q,
-            sort=page.sort, limit=page.limit, offset=page.offset,
+            conn,
+            readable(caller),
+            filters=filter_values(where),
+            search=page.q,
+            sort=page.sort,
+            limit=page.limit,
+            offset=page.offset,
             customer_id=caller.customer_scope,
-        )  # fmt: skip
+        )
 
     @router.get(
-        "/{item_id}", response_model=out | view, responses=NOT_FOUND,
+        "/{item_id}",
+        response_model=out | view,
+        responses=NOT_FOUND,
         summary=f"One {resource.label}",
-    )  # fmt: skip
+    )
     def get_item(item_id: ItemId, conn: ConnDep, caller: Reader) -> Any:
         return repository.get_item(conn, readable(caller), item_id, caller.customer_scope)
 
     @router.post(
-        "", response_model=out, status_code=status.HTTP_201_CREATED, responses=CONFLICT,
-        summary=f"Create a {resource.label}", dependencies=writer,
-    )  # fmt: skip
+        "",
+        response_model=out,
+        status_code=status.HTTP_201_CREATED,
+        responses=CONFLICT,
+        summary=f"Create a {resource.label}",
+        dependencies=writer,
+    )
     def create_item(body: create, conn: ConnDep) -> Any:  # type: ignore[valid-type]
         return repository.create_item(conn, resource, body)
 
     @router.patch(
-        "/{item_id}", response_model=out, responses={**NOT_FOUND, **CONFLICT},
-        summary=f"Change some fields of a {resource.label}", dependencies=writer,
-    )  # fmt: skip
+        "/{item_id}",
+        response_model=out,
+        responses={**NOT_FOUND, **CONFLICT},
+        summary=f"Change some fields of a {resource.label}",
+        dependencies=writer,
+    )
     def update_item(item_id: ItemId, body: update, conn: ConnDep) -> Any:  # type: ignore[valid-type]
         return repository.update_item(conn, resource, item_id, body)
 
     @router.delete(
-        "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT},
-        summary=f"Delete a {resource.label} that nothing depends on", dependencies=writer,
-    )  # fmt: skip
+        "/{item_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses={**NOT_FOUND, **CONFLICT},
+        summary=f"Delete a {resource.label} that nothing depends on",
+        dependencies=writer,
+    )
     def delete_item(item_id: ItemId, conn: ConnDep) -> None:
         repository.delete_item(conn, resource, item_id)
 

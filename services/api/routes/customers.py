@@ -20,6 +20,9 @@ class CustomerFilters:
 
 
 router = crud_router(
-    resource=CUSTOMERS, create=models.CustomerCreate, update=models.CustomerUpdate,
-    filters=CustomerFilters, plural="customers",
-)  # fmt: skip
+    resource=CUSTOMERS,
+    create=models.CustomerCreate,
+    update=models.CustomerUpdate,
+    filters=CustomerFilters,
+    plural="customers",
+)

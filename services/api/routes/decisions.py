@@ -87,9 +87,13 @@ def get_decisions(
     conn: ConnDep, page: ListDep, where: Annotated[DecisionFilters, Depends()]
 ) -> Page[Decision]:
     return list_decisions(
-        conn, filters=filter_values(where), search=page.q, sort=page.sort, limit=page.limit,
+        conn,
+        filters=filter_values(where),
+        search=page.q,
+        sort=page.sort,
+        limit=page.limit,
         offset=page.offset,
-    )  # fmt: skip
+    )
 
 
 @router.get(

@@ -23,6 +23,10 @@ class DeliveryFilters:
 
 
 router = crud_router(
-    resource=DELIVERIES, create=models.DeliveryCreate, update=models.DeliveryUpdate,
-    filters=DeliveryFilters, plural="deliveries", write=Permission.WRITE_DELIVERIES,
-)  # fmt: skip
+    resource=DELIVERIES,
+    create=models.DeliveryCreate,
+    update=models.DeliveryUpdate,
+    filters=DeliveryFilters,
+    plural="deliveries",
+    write=Permission.WRITE_DELIVERIES,
+)

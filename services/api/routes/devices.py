@@ -47,9 +47,15 @@ def list_devices(
     conn: ConnDep, caller: FleetReader, page: ListDep, where: Annotated[DeviceFilters, Depends()]
 ) -> models.Page[Any]:
     return repository.list_items(
-        conn, DEVICES, filters=filter_values(where), search=page.q, sort=page.sort,
-        limit=page.limit, offset=page.offset, customer_id=caller.customer_scope,
-    )  # fmt: skip
+        conn,
+        DEVICES,
+        filters=filter_values(where),
+        search=page.q,
+        sort=page.sort,
+        limit=page.limit,
+        offset=page.offset,
+        customer_id=caller.customer_scope,
+    )
 
 
 @router.get("/{item_id}", response_model=models.Device, responses=NOT_FOUND, summary="One device")
@@ -129,9 +135,12 @@ def import_devices(
 
 
 @router.patch(
-    "/{item_id}", response_model=models.Device, responses=NOT_FOUND,
-    summary="Change model, firmware, site or tags", dependencies=MANAGE
-)  # fmt: skip
+    "/{item_id}",
+    response_model=models.Device,
+    responses=NOT_FOUND,
+    summary="Change model, firmware, site or tags",
+    dependencies=MANAGE,
+)
 def update_device(item_id: ItemId, body: models.DeviceUpdate, conn: ConnDep) -> Any:
     return repository.update_item(conn, DEVICES, item_id, body)
 

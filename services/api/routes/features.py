@@ -19,6 +19,9 @@ class FeatureFilters:
 
 
 router = crud_router(
-    resource=FEATURES, create=models.FeatureCreate, update=models.FeatureUpdate,
-    filters=FeatureFilters, plural="features",
-)  # fmt: skip
+    resource=FEATURES,
+    create=models.FeatureCreate,
+    update=models.FeatureUpdate,
+    filters=FeatureFilters,
+    plural="features",
+)

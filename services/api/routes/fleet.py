@@ -45,9 +45,11 @@ def fleet_for(
     if project is not None:
         visible_project(conn, caller, project)
     return health.fleet_summary(
-        conn, customer_id=caller.customer_scope, project_id=project,
+        conn,
+        customer_id=caller.customer_scope,
+        project_id=project,
         stale_after=timedelta(minutes=stale_minutes),
-    )  # fmt: skip
+    )
 
 
 @router.get(

@@ -62,9 +62,14 @@ def fleet_page(
         else health.project_fleet(conn, customer_id=caller.customer_scope)
     )
     return render(
-        request, "fleet.html", caller, fleet=summary, all_projects=projects,
-        stale_choices=STALE_CHOICES, fleet_json=summary.model_dump(mode="json"),
-    )  # fmt: skip
+        request,
+        "fleet.html",
+        caller,
+        fleet=summary,
+        all_projects=projects,
+        stale_choices=STALE_CHOICES,
+        fleet_json=summary.model_dump(mode="json"),
+    )
 
 
 @router.get("/dashboards/devices/{device_id}", response_class=HTMLResponse)
@@ -78,9 +83,15 @@ def device_page(
     device = health.device_detail(conn, device_id, caller.customer_scope)
     telemetry = health.device_telemetry(conn, device, window.since, window.until)
     return render(
-        request, "device.html", caller, window, device=device, telemetry=telemetry,
-        telemetry_json=telemetry.model_dump(mode="json"), window_days=DEVICE_WINDOW_DAYS,
-    )  # fmt: skip
+        request,
+        "device.html",
+        caller,
+        window,
+        device=device,
+        telemetry=telemetry,
+        telemetry_json=telemetry.model_dump(mode="json"),
+        window_days=DEVICE_WINDOW_DAYS,
+    )
 
 
 @router.get("/dashboards/ingest", response_class=HTMLResponse)
@@ -93,8 +104,14 @@ def ingest_page(
 ) -> HTMLResponse:
     ingest = ingest_health_for(request, conn, minutes, hours)
     return render(
-        request, "ingest.html", caller, ingest=ingest, minutes=minutes, hours=hours,
-        recent_choices=RECENT_CHOICES, hours_choices=HOURS_CHOICES,
+        request,
+        "ingest.html",
+        caller,
+        ingest=ingest,
+        minutes=minutes,
+        hours=hours,
+        recent_choices=RECENT_CHOICES,
+        hours_choices=HOURS_CHOICES,
         ingest_json=ingest.model_dump(mode="json"),
         late_allowance=health.LATE_ALLOWANCE.total_seconds(),
-    )  # fmt: skip
+    )

@@ -89,9 +89,15 @@ def _customer_projects(
     scope = caller.customer_scope
     customer = repository.get_item(conn, _readable(CUSTOMERS, caller), customer_id, scope)
     projects = repository.list_items(
-        conn, _readable(PROJECTS, caller), filters={"customer_id": customer_id}, search=None,
-        sort="name", limit=PAGE_LIMIT, offset=0, customer_id=scope,
-    ).items  # fmt: skip
+        conn,
+        _readable(PROJECTS, caller),
+        filters={"customer_id": customer_id},
+        search=None,
+        sort="name",
+        limit=PAGE_LIMIT,
+        offset=0,
+        customer_id=scope,
+    ).items
     return customer, projects
 
 
@@ -110,21 +116,39 @@ def customers_page(
 ) -> HTMLResponse:
     scope = caller.customer_scope
     customers = repository.list_items(
-        conn, _readable(CUSTOMERS, caller), filters={}, search=None, sort="name",
-        limit=PAGE_LIMIT, offset=0, customer_id=scope,
-    ).items  # fmt: skip
+        conn,
+        _readable(CUSTOMERS, caller),
+        filters={},
+        search=None,
+        sort="name",
+        limit=PAGE_LIMIT,
+        offset=0,
+        customer_id=scope,
+    ).items
     projects = repository.list_items(
-        conn, _readable(PROJECTS, caller), filters={}, search=None, sort="name",
-        limit=PAGE_LIMIT, offset=0, customer_id=scope,
-    ).items  # fmt: skip
+        conn,
+        _readable(PROJECTS, caller),
+        filters={},
+        search=None,
+        sort="name",
+        limit=PAGE_LIMIT,
+        offset=0,
+        customer_id=scope,
+    ).items
     analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
     by_customer: dict[int, list[Any]] = {}
     for project in projects:
         by_customer.setdefault(project.customer_id, []).append(project)
     return render(
-        request, "customers.html", caller, window, customers=customers,
-        projects=by_customer, analytics=analytics, internal=scope is None,
-    )  # fmt: skip
+        request,
+        "customers.html",
+        caller,
+        window,
+        customers=customers,
+        projects=by_customer,
+        analytics=analytics,
+        internal=scope is None,
+    )
 
 
 @router.get("/dashboards/customers/{customer_id}", response_class=HTMLResponse)
@@ -139,9 +163,15 @@ def customer_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     customer, projects = _customer_projects(conn, caller, customer_id)
     analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
     return render(
-        request, "customer.html", caller, window, customer=customer, projects=projects,
-        analytics=analytics, internal=caller.customer_scope is None,
-    )  # fmt: skip
+        request,
+        "customer.html",
+        caller,
+        window,
+        customer=customer,
+        projects=projects,
+        analytics=analytics,
+        internal=caller.customer_scope is None,
+    )
 
 
 @router.get("/dashboards/customers/{customer_id}/report", response_class=HTMLResponse)
@@ -161,12 +191,15 @@ def customer_report(  # noqa: PLR0917 - FastAPI reads each as a parameter
     if not internal:  # what the customer's own staff may read of themselves
         customer = CustomerView.model_validate(customer.model_dump(include=CUSTOMER_VIEW))
     report = CustomerReport(
-        customer=customer, since=window.since, until=window.until,
+        customer=customer,
+        since=window.since,
+        until=window.until,
         window_days=max(1, round((window.until - window.since).total_seconds() / 86400)),
         generated_at=datetime.now(UTC),
         projects=[_view(analytics[p.id], internal) for p in projects],
-        internal=internal, rules=rule_texts(t) if internal else [],
-    )  # fmt: skip
+        internal=internal,
+        rules=rule_texts(t) if internal else [],
+    )
     return HTMLResponse(render_html(report))
 
 
@@ -199,12 +232,22 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     daily = daily_usage(conn, project_id, span.since, span.until, delivered_only=not internal)
     adoption = project_adoption(conn, project_id, span, analytics.features)
     return render(
-        request, "project.html", caller, window, analytics=analytics, internal=internal,
-        daily=daily, daily_json=[d.model_dump(mode="json") for d in daily],
+        request,
+        "project.html",
+        caller,
+        window,
+        analytics=analytics,
+        internal=internal,
+        daily=daily,
+        daily_json=[d.model_dump(mode="json") for d in daily],
         features_json=[f.model_dump(mode="json") for f in analytics.features],
-        adoption=adoption, adoption_json=adoption.model_dump(mode="json"),
-        decisions=decisions, thresholds=t, rules=rules(t) if internal else (), error=error,
-    )  # fmt: skip
+        adoption=adoption,
+        adoption_json=adoption.model_dump(mode="json"),
+        decisions=decisions,
+        thresholds=t,
+        rules=rules(t) if internal else (),
+        error=error,
+    )
 
 
 @router.post("/dashboards/projects/{project_id}/decisions")
@@ -224,9 +267,13 @@ def decide(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
     back = f"/dashboards/projects/{project_id}"
     try:
         body = DecisionCreate(
-            project_id=project_id, feature_key=feature_key, decision=decision,
-            rationale=rationale, decided_by=caller.name, window_days=window_days,
-        )  # fmt: skip
+            project_id=project_id,
+            feature_key=feature_key,
+            decision=decision,
+            rationale=rationale,
+            decided_by=caller.name,
+            window_days=window_days,
+        )
         record_decision(conn, body, t)
     except (ValidationError, FieldtrackError) as exc:
         problem = (
@@ -252,6 +299,11 @@ def portfolio_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     whole = portfolio(conn, span, t)
     risk = feature_impact(conn, impact, whole) if impact else None
     return render(
-        request, "portfolio.html", caller, window, portfolio=whole, impact=risk,
+        request,
+        "portfolio.html",
+        caller,
+        window,
+        portfolio=whole,
+        impact=risk,
         features_json=[f.model_dump(mode="json") for f in whole.features],
-    )  # fmt: skip
+    )

@@ -24,9 +24,12 @@ class ProjectFilters:
 
 
 router = crud_router(
-    resource=PROJECTS, create=models.ProjectCreate, update=models.ProjectUpdate,
-    filters=ProjectFilters, plural="projects",
-)  # fmt: skip
+    resource=PROJECTS,
+    create=models.ProjectCreate,
+    update=models.ProjectUpdate,
+    filters=ProjectFilters,
+    plural="projects",
+)
 
 
 @router.get(

@@ -22,9 +22,10 @@ from services.registry.models import Page
 
 # Raw payloads may carry anything a device sent: ingest health is for ops and admins.
 router = APIRouter(
-    prefix="/quarantine", tags=["quarantine"],
+    prefix="/quarantine",
+    tags=["quarantine"],
     dependencies=[Depends(require(Permission.READ_INGEST))],
-)  # fmt: skip
+)
 
 PREVIEW_BYTES = 2048
 
@@ -128,9 +129,13 @@ def list_quarantine(
     device: Annotated[str | None, Query(max_length=64, description="device serial")] = None,
 ) -> Page[QuarantinedMessage]:
     params = {
-        "since": window.since, "until": window.until, "reason": reason.value if reason else None,
-        "device": device, "limit": page.limit, "offset": page.offset,
-    }  # fmt: skip
+        "since": window.since,
+        "until": window.until,
+        "reason": reason.value if reason else None,
+        "device": device,
+        "limit": page.limit,
+        "offset": page.offset,
+    }
     found = conn.execute(COUNT, params).fetchone()
     total, first, last = found if found else (0, None, None)
     items: list[QuarantinedMessage] = []

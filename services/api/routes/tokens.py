@@ -14,9 +14,10 @@ from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId
 
 router = APIRouter(
-    prefix="/tokens", tags=["tokens"],
+    prefix="/tokens",
+    tags=["tokens"],
     dependencies=[Depends(require(Permission.MANAGE_ACCOUNTS))],
-)  # fmt: skip
+)
 Admin = Annotated[Principal, Depends(require(Permission.MANAGE_ACCOUNTS))]
 
 
@@ -26,11 +27,13 @@ def list_tokens(conn: ConnDep) -> list[store.Token]:
 
 
 @router.post(
-    "", response_model=store.NewToken, status_code=status.HTTP_201_CREATED,
+    "",
+    response_model=store.NewToken,
+    status_code=status.HTTP_201_CREATED,
     summary="A service token with a role; the secret is shown once. It expires (90 days by "
     "default, at most 365; never after the token this request came with) and is revoked when "
     "its creator's role changes or they are disabled or deleted",
-)  # fmt: skip
+)
 def create_token(
     body: store.TokenCreate, caller: Admin, conn: ConnDep, response: Response
 ) -> store.NewToken:
@@ -39,8 +42,10 @@ def create_token(
 
 
 @router.post(
-    "/{item_id}/revoke", response_model=store.Token, responses=NOT_FOUND,
+    "/{item_id}/revoke",
+    response_model=store.Token,
+    responses=NOT_FOUND,
     summary="Revoke a token: it stops working at once",
-)  # fmt: skip
+)
 def revoke_token(item_id: ItemId, conn: ConnDep) -> store.Token:
     return store.revoke_token(conn, item_id)

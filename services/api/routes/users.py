@@ -12,9 +12,10 @@ from services.api.errors import CONFLICT, NOT_FOUND
 from services.api.routes.crud import ItemId
 
 router = APIRouter(
-    prefix="/users", tags=["users"],
+    prefix="/users",
+    tags=["users"],
     dependencies=[Depends(require(Permission.MANAGE_ACCOUNTS))],
-)  # fmt: skip
+)
 
 
 @router.get("", response_model=list[store.User], summary="Every user")
@@ -23,9 +24,12 @@ def list_users(conn: ConnDep) -> list[store.User]:
 
 
 @router.post(
-    "", response_model=store.User, status_code=status.HTTP_201_CREATED, responses=CONFLICT,
+    "",
+    response_model=store.User,
+    status_code=status.HTTP_201_CREATED,
+    responses=CONFLICT,
     summary="Add a user with a role (a viewer with the one customer they may see)",
-)  # fmt: skip
+)
 def add_user(body: store.UserCreate, conn: ConnDep) -> store.User:
     return store.create_user(conn, body)
 
@@ -36,18 +40,22 @@ def get_user(item_id: ItemId, conn: ConnDep) -> store.User:
 
 
 @router.patch(
-    "/{item_id}", response_model=store.User, responses={**NOT_FOUND, **CONFLICT},
+    "/{item_id}",
+    response_model=store.User,
+    responses={**NOT_FOUND, **CONFLICT},
     summary="Change a user's password, role or customer, or disable or enable them (any change "
     "ends their sessions and revokes their personal tokens; a role change or disabling also "
     "revokes the service tokens they made)",
-)  # fmt: skip
+)
 def change_user(item_id: ItemId, body: store.UserUpdate, conn: ConnDep) -> store.User:
     return store.update_user(conn, item_id, body)
 
 
 @router.delete(
-    "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT},
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, **CONFLICT},
     summary="Delete a user and their personal tokens; the service tokens they made are revoked",
-)  # fmt: skip
+)
 def remove_user(item_id: ItemId, conn: ConnDep) -> None:
     store.delete_user(conn, item_id)

@@ -37,9 +37,15 @@ from tests.integration.scenario_support import ANALYTICS_SCENARIO, Loaded, load_
 CHROMIUM = "/usr/bin/chromium"
 # Flags this machine needs: no sandbox as root, and no calls home (the network is closed).
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
 PASSWORD = "browser tests password"
 PAGE_TIMEOUT_MS = 20_000
@@ -96,10 +102,12 @@ def site(local_services: LocalServices, settings: Settings) -> Iterator[Site]:
                 accounts.create_user(
                     conn,
                     accounts.UserCreate(
-                        username=name, password=PASSWORD, role=role,
+                        username=name,
+                        password=PASSWORD,
+                        role=role,
                         customer_id=customer[0] if role is Role.VIEWER else None,
                     ),
-                )  # fmt: skip
+                )
                 users[role.value] = name
         with serve(site_settings) as url:
             yield Site(url, loaded, site_settings, users, customer[0])

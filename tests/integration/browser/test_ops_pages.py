@@ -55,9 +55,15 @@ def live(site: Site) -> Iterator[Live]:
     for i, serial in enumerate(serials):
         messages += [
             status(serial, "online", ago(now, minutes=3), firmware="1.5.0"),
-            telemetry(serial, last_seq[serial] + 1, ago(now, minutes=1 + i), lag_s=2 + i, battery=70 + i,
-                      rssi=-60 - i),
-        ]  # fmt: skip
+            telemetry(
+                serial,
+                last_seq[serial] + 1,
+                ago(now, minutes=1 + i),
+                lag_s=2 + i,
+                battery=70 + i,
+                rssi=-60 - i,
+            ),
+        ]
     messages.append(raw(serials[0], b"{this is not json", ago(now, minutes=2)))
     result = store_live(site.loaded.url, messages)
     assert result.metric_rows == 6 and dict(result.quarantined) == {"not_json": 1}
@@ -80,8 +86,9 @@ def test_ops_fleet_page_matches_the_api_and_refreshes_itself(
             assert number(page, f"totals.{name}") == str(fleet["totals"][name]), name
         # stale devices depend on the clock: the page agrees with the API a moment before or after
         assert int(number(page, "totals.stale")) in {
-            fleet["totals"]["stale"], api.get("/fleet").json()["totals"]["stale"]
-        }  # fmt: skip
+            fleet["totals"]["stale"],
+            api.get("/fleet").json()["totals"]["stale"],
+        }
         expect(page.locator("#projects tbody tr")).to_have_count(len(fleet["projects"]))
         for p in fleet["projects"]:
             row = page.locator(f"#projects tr[data-project='{p['project_id']}']")
@@ -194,9 +201,15 @@ def test_ops_ingest_page_matches_the_api_and_refreshes_itself(
         page.evaluate("window.__notReloaded = true")
         store_live(
             site.loaded.url,
-            [telemetry(live.serials[1], live.last_seq[live.serials[1]] + 2, datetime.now(UTC) - timedelta(seconds=5),
-                       battery=50)],
-        )  # fmt: skip
+            [
+                telemetry(
+                    live.serials[1],
+                    live.last_seq[live.serials[1]] + 2,
+                    datetime.now(UTC) - timedelta(seconds=5),
+                    battery=50,
+                )
+            ],
+        )
         now = api.get("/ingest/health").json()["recent"]["messages"]
         assert now == recent["messages"] + 1
         expect(page.locator("[data-field='recent.messages']")).to_have_text(

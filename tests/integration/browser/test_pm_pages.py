@@ -72,8 +72,9 @@ def test_pm_opens_every_page_and_numbers_match_the_api(page: Page, site: Site) -
             adoption = api.get(f"/projects/{project_id}/adoption", params=params).json()
             weeks = sum(len(f["weekly"]) for f in adoption["features"])
             assert chart_points(page, "weekly-chart") == weeks
-            used = [f for f in analytics["features"] + analytics["undelivered_usage"]
-                    if f["events"]]  # fmt: skip
+            used = [
+                f for f in analytics["features"] + analytics["undelivered_usage"] if f["events"]
+            ]
             if used:
                 assert chart_points(page, "usage-chart") > 0
             # the quadrant's regions carry the rule table's labels
