@@ -14,15 +14,12 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,16 +30,21 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
+from services.core.console import (
+    Column,
+    command_group,
+    console,
+    err_console,
+    fail,
+    print_record,
+    print_rows,
+)
 from services.core.errors import FieldtrackError
 
 if TYPE_CHECKING:
     from services.client.http import FieldtrackClient
-
-console = Console()
-err_console = Console(stderr=True)
 
 PROVISION_CHUNK = 100  # devices per POST /devices/batch
 MAX_PROVISION = 100_000
@@ -51,7 +53,6 @@ SERIAL_RETRIES = 3  # fresh serials for a chunk whose random serials already exi
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,52}$")
 CREDENTIAL_COLUMNS = ("serial", "password", "project_id", "device_id")
 DATE_FORMATS = ["%Y-%m-%d"]
-TIMESTAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
 
 
 from services.registry.enums import (  # noqa: E402 - stdlib-only, cheap at --help
@@ -63,44 +64,25 @@ from services.registry.enums import (  # noqa: E402 - stdlib-only, cheap at --he
     Tier,
 )
 
-customers_app = typer.Typer(help="Customers (through the API).", no_args_is_help=True)
-projects_app = typer.Typer(help="Customer projects (through the API).", no_args_is_help=True)
-features_app = typer.Typer(
-    help="Features that can be delivered (through the API).", no_args_is_help=True
-)
-deliveries_app = typer.Typer(
-    help="Features delivered to projects (through the API).", no_args_is_help=True
-)
-devices_app = typer.Typer(
-    help="Devices and their MQTT credentials (through the API).", no_args_is_help=True
-)
-import_app = typer.Typer(
-    help="Bulk import from CSV (through the API); all rows or none.", no_args_is_help=True
-)
+customers_app = command_group("Customers (through the API).")
+projects_app = command_group("Customer projects (through the API).")
+features_app = command_group("Features that can be delivered (through the API).")
+deliveries_app = command_group("Features delivered to projects (through the API).")
+devices_app = command_group("Devices and their MQTT credentials (through the API).")
+import_app = command_group("Bulk import from CSV (through the API); all rows or none.")
 
 
 # --- plumbing -------------------------------------------------------------------------
 
 
-def _fail(message: str) -> typer.Exit:
-    err_console.print(
-        f"[bold red]error:[/] [red]{escape(message)}[/]", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(code=1)
-
-
 @contextmanager
 def _api() -> Iterator[FieldtrackClient]:
-    """A client for the configured API; any fieldtrack error ends the command with
-    `error: …` and exit status 1."""
+    """A client for the configured API (its errors end the command at the command group)."""
     from services.client.http import FieldtrackClient  # noqa: PLC0415 - lazy: fast --help
     from services.client.settings import load_client_settings  # noqa: PLC0415
 
-    try:
-        with FieldtrackClient.from_settings(load_client_settings()) as client:
-            yield client
-    except FieldtrackError as exc:
-        raise _fail(str(exc)) from exc
+    with FieldtrackClient.from_settings(load_client_settings()) as client:
+        yield client
 
 
 def _given(**fields: Any) -> dict[str, Any]:
@@ -119,50 +101,14 @@ def _given(**fields: Any) -> dict[str, Any]:
 def _changes(**fields: Any) -> dict[str, Any]:
     body = _given(**fields)
     if not body:
-        raise _fail("nothing to change: give at least one option (see --help)")
+        raise fail("nothing to change: give at least one option (see --help)")
     return body
-
-
-def _cell(value: Any, *, exact: bool = False) -> str:
-    """A value for a terminal; timestamps in lists are local time, to the minute."""
-    if value is None or value == []:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return ", ".join(_cell(v, exact=exact) for v in value)
-    if isinstance(value, dict):
-        if {"metric", "op", "value"} <= value.keys():
-            return f"{value['metric']} {value['op']} {value['value']}"
-        return ", ".join(f"{k}={_cell(v, exact=exact)}" for k, v in value.items())
-    text = str(value)
-    if not exact and TIMESTAMP_RE.match(text):
-        try:
-            return datetime.fromisoformat(text).astimezone().strftime("%Y-%m-%d %H:%M")
-        except ValueError:
-            return text
-    return text
-
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    key: str
-    justify: Literal["left", "right"] = "left"
 
 
 def _print_page(page: Mapping[str, Any], plural: str, columns: Sequence[Column]) -> None:
     items: list[dict[str, Any]] = page["items"]
-    # A column no item carries is left out (a customer viewer's rows lack the internal
-    # fields) rather than shown as "-", which would read as "none".
-    columns = [c for c in columns if any(c.key in item for item in items)]
-    table = Table(show_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column.header, justify=column.justify)
-    for item in items:
-        table.add_row(*(Text(_cell(item.get(c.key))) for c in columns))
     if items:
-        console.print(table)
+        print_rows(items, columns)
     total, offset = int(page["total"]), int(page["offset"])
     summary = f"total: {total} {plural}"
     if items and len(items) < total:
@@ -174,19 +120,10 @@ def _print_page(page: Mapping[str, Any], plural: str, columns: Sequence[Column])
     console.print(summary, highlight=False)
 
 
-def _print_item(item: Mapping[str, Any]) -> None:
-    table = Table(show_header=False, show_edge=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in item.items():
-        table.add_row(key, Text(_cell(value, exact=True)))
-    console.print(table)
-
-
 def _done(message: str, item: Mapping[str, Any] | None = None) -> None:
     console.print(Text(message))
     if item is not None:
-        _print_item(item)
+        print_record(item)
 
 
 # Options shared by every list command.
@@ -219,7 +156,7 @@ def _list(
 def _show(path: str, item_id: int) -> None:
     with _api() as api:
         item = api.get(f"{path}/{item_id}")
-    _print_item(item)
+    print_record(item)
 
 
 def _delete(path: str, label: str, item_id: int) -> None:
@@ -647,12 +584,12 @@ def _open_credentials(path: Path, force: bool) -> IO[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o600)
     except FileExistsError as exc:
-        raise _fail(
+        raise fail(
             f"{path} exists already and may hold credentials shown nowhere else; "
             "choose another --out, or pass --force to overwrite it"
         ) from exc
     except OSError as exc:
-        raise _fail(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise fail(f"cannot write {path}: {exc.strerror or exc}") from exc
     os.fchmod(fd, 0o600)  # a forced, pre-existing file keeps its old mode otherwise
     return os.fdopen(fd, "w", newline="", encoding="utf-8")
 
@@ -712,7 +649,7 @@ def devices_provision(
 ) -> None:
     """Provision COUNT devices with generated serials; their passwords go to --out only."""
     if not PREFIX_RE.match(prefix):
-        raise _fail(
+        raise fail(
             f"prefix {prefix!r} is not usable: 1-53 characters of A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit"
         )
@@ -754,8 +691,8 @@ def devices_provision(
             reason = str(exc) or "interrupted"
             if done == 0:
                 out.unlink(missing_ok=True)
-                raise _fail(f"{reason}\nno device credentials were received") from exc
-            raise _fail(
+                raise fail(f"{reason}\nno device credentials were received") from exc
+            raise fail(
                 f"{reason}\n{done} of {count} devices were provisioned before this; "
                 f"their credentials are in {out}"
             ) from exc
@@ -863,9 +800,9 @@ def _read_csv(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's BOM is not a column
     except UnicodeDecodeError as exc:
-        raise _fail(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+        raise fail(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except OSError as exc:
-        raise _fail(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _import_command(kind: str) -> Callable[[Path], None]:
@@ -909,7 +846,7 @@ def import_history(
     reason (see `GET /quarantine/summary`). Formats: docs/api.md, "Device history imports"."""
     content_type = HISTORY_TYPES.get(file.suffix.lower())
     if content_type is None:
-        raise _fail(f"{file.name}: use a .ndjson, .jsonl or .csv file")
+        raise fail(f"{file.name}: use a .ndjson, .jsonl or .csv file")
 
     def chunks() -> Iterator[bytes]:
         with file.open("rb") as handle:
