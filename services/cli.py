@@ -27,11 +27,8 @@ from device_sim.cli import (
     truth_path,
 )
 from services.accounts.cli import tokens_app, users_app
-from services.client import (
-    commands as client_commands,
-    login as client_login,
-    report as client_report,
-)
+from services.client import login as client_login, report as client_report
+from services.client.commands import customers, deliveries, devices, features, imports, projects
 from services.core.console import command_group, console, err_console, fail
 from services.core.paths import state_dir
 
@@ -48,12 +45,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
-app.add_typer(client_commands.customers_app, name="customers")
-app.add_typer(client_commands.projects_app, name="projects")
-app.add_typer(client_commands.features_app, name="features")
-app.add_typer(client_commands.deliveries_app, name="deliveries")
-app.add_typer(client_commands.devices_app, name="devices")
-app.add_typer(client_commands.import_app, name="import")
+for _registry in (customers, projects, features, deliveries, devices):
+    app.add_typer(_registry.app, name=_registry.COMMANDS.plural)
+app.add_typer(imports.app, name="import")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.command("report")(client_report.report)

@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.accounts.roles import Audience
-from services.client.commands import _api
+from services.client.commands.common import api
 from services.core.console import console as terminal, err_console, fail, file_console
 from services.core.errors import FieldtrackError
 from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
@@ -354,13 +354,13 @@ def report(
         raise fail(str(exc)) from exc
     name = customer.strip()
     if fmt is ReportFormat.CSV:
-        with _api() as api:
-            text, found, count = collect_csv(api, name, days, audience)
+        with api() as client:
+            text, found, count = collect_csv(client, name, days, audience)
         _write(out, text)
         _written(out, "CSV", found["name"], count)
         return
-    with _api() as api:
-        data = collect(api, name, days, audience)
+    with api() as client:
+        data = collect(client, name, days, audience)
     if fmt is ReportFormat.TABLE:
         if out is None:
             render_tables(_typed(data), terminal)
