@@ -116,67 +116,28 @@ COPY_METRICS = """
 COPY incoming_metrics (device_id, project_id, name, value, unit, device_time, received_at, seq,
                        item, boot) FROM STDIN
 """
-# What the move statements send back: reading 0 of each newly stored message (which marks the
-# message as stored), then one row with device_id NULL counting every reading inserted. Not
-# every reading: a message of 1,000 readings would send 1,000 rows back for one message.
+# What MOVE_METRICS sends back (telemetry has no rollups of its own): reading 0 of each newly
+# stored message (which marks the message as stored), then one row with device_id NULL counting
+# every reading inserted. Not every reading: a message of 1,000 readings would send 1,000 rows
+# back for one message. (A redelivered usage batch does send its new readings back: their
+# rollups are summed from them.)
 STORED_MESSAGES = """
 SELECT device_id, project_id, seq, device_time, boot FROM inserted WHERE item = 0
 UNION ALL
 SELECT NULL, NULL, count(*), NULL, NULL FROM inserted
 """
-MOVE_USAGE = (
-    """
-WITH inserted AS (
-    INSERT INTO usage_events SELECT * FROM incoming_usage
-    ON CONFLICT DO NOTHING
-    RETURNING project_id, feature_key, device_id, device_time, seq, item, count, duration_ms,
-              boot
-), rolled AS (
-    INSERT INTO usage_hourly AS h (project_id, feature_key, device_id, hour, events, readings,
-                                   duration_ms)
-    SELECT project_id, feature_key, device_id, time_bucket('1 hour', device_time),
-           sum(count), count(*), coalesce(sum(duration_ms), 0)
-    FROM inserted
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 4, 3  -- one lock order for every writer: no deadlocks between processes
-    ON CONFLICT (project_id, feature_key, hour, device_id) DO UPDATE
-    SET events = h.events + excluded.events,
-        readings = h.readings + excluded.readings,
-        duration_ms = h.duration_ms + excluded.duration_ms
-), utc AS (
-    SELECT project_id, feature_key, device_id, count,
-           time_bucket('1 hour', device_time) AS hour,
-           (device_time AT TIME ZONE 'UTC')::date AS day
-    FROM inserted
-), daily AS (
-    INSERT INTO usage_daily AS t (project_id, day, feature_key, device_id, hours)
-    SELECT project_id, day, feature_key, device_id,
-           bit_or(1 << extract(hour FROM hour AT TIME ZONE 'UTC')::integer)
-    FROM utc GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (project_id, day, feature_key, device_id) DO UPDATE
-    SET hours = t.hours | excluded.hours WHERE t.hours | excluded.hours <> t.hours
-), monthly AS (
-    INSERT INTO usage_monthly AS t (project_id, month, feature_key, device_id, days)
-    SELECT project_id, date_trunc('month', day)::date, feature_key, device_id,
-           bit_or(1 << (extract(day FROM day)::integer - 1))
-    FROM utc GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (project_id, month, feature_key, device_id) DO UPDATE
-    SET days = t.days | excluded.days WHERE t.days | excluded.days <> t.days
-), feature_hours AS (
-    INSERT INTO feature_hourly AS t (project_id, hour, feature_key, events)
-    SELECT project_id, hour, feature_key, sum(count) FROM utc GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (project_id, hour, feature_key) DO UPDATE SET events = t.events + excluded.events
-), feature_days AS (
-    INSERT INTO feature_daily AS t (project_id, day, feature_key, events)
-    SELECT project_id, day, feature_key, sum(count) FROM utc GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (project_id, day, feature_key) DO UPDATE SET events = t.events + excluded.events
-)
+# A redelivered batch's readings, moved from the staging table skipping those stored already;
+# the readings newly stored come back (in the layout of COPY_USAGE) to be rolled up as the
+# fast path's are (usage_rollups, UPSERT_USAGE_ROLLUPS).
+MOVE_USAGE = """
+INSERT INTO usage_events SELECT * FROM incoming_usage
+ON CONFLICT DO NOTHING
+RETURNING device_id, project_id, feature_key, device_time, received_at, seq, item, count,
+          duration_ms, boot
 """
-    + STORED_MESSAGES
-)
 # The fast path: the batch's readings COPYed straight into the hypertable (inside a savepoint:
 # a reading already stored raises a unique violation, and the batch then takes the staging
-# path above, which skips it), and the rollups upserted from sums made in memory.
+# path above, which skips it). Both paths upsert the rollups from sums made in memory.
 COPY_USAGE_DIRECT = """
 COPY usage_events (device_id, project_id, feature_key, device_time, received_at, seq, item,
                    count, duration_ms, boot) FROM STDIN (FORMAT BINARY)
@@ -628,7 +589,9 @@ def _insert_usage(cur: psycopg.Cursor[Any], usage: list[tuple[Any, ...]], stored
             cur.execute(UPSERT_USAGE_ROLLUPS, rollups)
     except psycopg.errors.UniqueViolation:
         _copy_rows(cur, COPY_USAGE, USAGE_TYPES, usage)
-        return _stored_messages(cur.execute(MOVE_USAGE).fetchall(), stored)
+        usage = cur.execute(MOVE_USAGE).fetchall()  # the readings not stored before
+        if usage:
+            cur.execute(UPSERT_USAGE_ROLLUPS, usage_rollups(usage))
     # reading 0 of each message marks the message (as STORED_MESSAGES does)
     stored.extend((row[0], row[1], row[5], row[3], row[9]) for row in usage if row[6] == 0)
     return len(usage)
@@ -638,9 +601,9 @@ _EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 
 def usage_rollups(usage: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
-    """The rollup rows of usage readings that are all newly stored, summed in memory exactly
-    as MOVE_USAGE sums them in SQL (UTC hours and days; bitmasks of migration 0007), as the
-    column arrays UPSERT_USAGE_ROLLUPS takes."""
+    """The rollup rows of usage readings that are all newly stored (UTC hours and days;
+    bitmasks of migration 0007), as the column arrays UPSERT_USAGE_ROLLUPS takes: the one
+    definition of the usage rollups for every path that stores readings."""
     hourly: dict[tuple[int, str, int, int], list[int]] = {}
     for device, project, feature, at, _received, _seq, _item, count, duration, _ in usage:
         key = (project, feature, device, int(at.timestamp() // 3600))
