@@ -43,14 +43,9 @@ from services.core.mqtt_client import BufferedClient
 from services.core.payloads import decode
 from services.core.settings import Settings, check_ingest_client_id
 from services.core.topics import shared_subscription
+from services.ingest.batch import BatchResult, RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import (
-    NOT_TRANSIENT,
-    BatchResult,
-    RawMessage,
-    store_batch,
-    store_isolating,
-)
+from services.ingest.store import NOT_TRANSIENT, store_batch, store_isolating
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
 from services.ingest.history import HistoryImporter
+from services.ingest.rollup_sums import MAX_SEQ_GAP
 from services.ingest.rollups import (
     ENABLED_TABLES,
     ROLLUP_TABLES,
@@ -31,7 +32,6 @@ from services.ingest.rollups import (
     rebuild_rollups,
     rollups_from_hourly,
 )
-from services.ingest.store import MAX_SEQ_GAP
 from services.registry import upserts
 from tests.integration.conftest import scratch_database
 
