@@ -187,7 +187,7 @@ def quarantine_replay(
     from services.core.migrate import migrate
     from services.core.payloads import QuarantineReason
     from services.core.settings import get_settings
-    from services.ingest.replay import replay_quarantine
+    from services.ingest.quarantine.replay import replay_quarantine
 
     unknown = sorted(set(reason or ()) - set(QuarantineReason))
     if unknown:
