@@ -16,13 +16,13 @@ from typing import Any
 import psycopg
 
 from services.core.broker_admin import BrokerAdmin
-from services.core.paths import PROJECT_ROOT
 from services.core.payloads import QuarantineReason, Rejected
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
 from services.ingest.service import discard_session
 from services.ingest.store import RawMessage, quarantine_messages
+from tests import PROJECT_ROOT
 from tests.integration.conftest import wait_for
 from tests.integration.ingest_support import (
     Ledger,

@@ -12,9 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from device_sim import scenario
-from device_sim.cli import SCENARIOS_DIR, resume_timeline, scenario_path, sim_app, truth_path
+from device_sim.cli import resume_timeline, scenario_path, sim_app, truth_path
 from services.core.errors import FieldtrackError
-from services.core.paths import PROJECT_ROOT
+from tests import PROJECT_ROOT
+
+# The shipped scenarios' folder in this checkout: no truth file may appear beside them.
+SCENARIOS_DIR = PROJECT_ROOT / "device_sim" / "scenarios"
 
 
 def _untracked_and_changed() -> set[str]:
