@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from services.core.settings import Settings
-from tests import PROJECT_ROOT
+from tests import PROJECT_ROOT, source_changes
 from tests.integration.conftest import mint_token
 
 # Building the wheel and installing it with its dependencies: about a minute on a busy
@@ -27,8 +27,6 @@ from tests.integration.conftest import mint_token
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 API_START_S = 60.0
-# The source tree as git sees it: the program reads none of it once installed.
-SOURCE_FOLDERS = ("services", "device_sim", "dashboards")
 
 
 @dataclass(frozen=True)
@@ -56,27 +54,6 @@ def _clean_env() -> dict[str, str]:
         if key not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}
         and not key.startswith("FIELDTRACK_")
     }
-
-
-def _source_snapshot() -> set[str]:
-    """What git sees as new or changed in the source folders, ignored files included (but
-    the bytecode this test process itself may compile)."""
-    done = subprocess.run(
-        [
-            "git",
-            "status",
-            "--porcelain",
-            "--ignored",
-            "--untracked-files=all",
-            "--",
-            *SOURCE_FOLDERS,
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {line for line in done.stdout.splitlines() if "__pycache__" not in line}
 
 
 def _tree(root: Path) -> dict[str, int]:
@@ -157,7 +134,7 @@ def test_installed_api_serves_the_pages_from_another_folder(
         "FIELDTRACK_MQTT_INGEST_PASSWORD": settings.mqtt_ingest_password.get_secret_value(),
         "FIELDTRACK_SESSION_SECRET": "installed-api-test-" + "s" * 32,
     }
-    site_before, source_before = _tree(installed.site_packages), _source_snapshot()
+    site_before, source_before = _tree(installed.site_packages), source_changes()
     token = mint_token(settings.database_url.get_secret_value(), name="install-test")
     base = f"http://127.0.0.1:{port}"
     with subprocess.Popen(
@@ -195,11 +172,11 @@ def test_installed_api_serves_the_pages_from_another_folder(
             api.terminate()
             api.wait(timeout=15)
     assert _tree(installed.site_packages) == site_before, "the API wrote into site-packages"
-    assert _source_snapshot() == source_before, "the API wrote into the checkout"
+    assert source_changes() == source_before, "the API wrote into the checkout"
 
 
 def test_installed_sim_loads_the_shipped_scenario(installed: Install, tmp_path: Path) -> None:
-    site_before, source_before = _tree(installed.site_packages), _source_snapshot()
+    site_before, source_before = _tree(installed.site_packages), source_changes()
     out = tmp_path / "history.ndjson"
     export = ["sim", "export", "--scenario", "demo", "--days", "0.01", "--out", str(out)]
     _run(
@@ -211,4 +188,4 @@ def test_installed_sim_loads_the_shipped_scenario(installed: Install, tmp_path: 
     # The ground truth goes to the state folder of the working directory.
     assert (tmp_path / ".state" / "sim" / "demo.truth.json").is_file()
     assert _tree(installed.site_packages) == site_before, "the simulator wrote into site-packages"
-    assert _source_snapshot() == source_before, "the simulator wrote into the checkout"
+    assert source_changes() == source_before, "the simulator wrote into the checkout"
