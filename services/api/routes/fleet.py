@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field
 
 from services.accounts.roles import Permission, Principal
 from services.api.auth import require, visible_project
-from services.api.deps import ConnDep, Window, WindowDep
+from services.api.deps import ConnDep, WindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId
 from services.api.routes.quarantine import ReasonSummary, quarantine_summary
+from services.core.windows import MAX_WINDOW_DAYS, Window
 from services.fleet import health
 from services.fleet.ingest_metrics import IngestMetrics, scrape
 from services.registry.models import MAX_BIGINT
@@ -35,7 +36,10 @@ RecentMinutes = Annotated[
     int, Query(ge=1, le=180, description="message rate and lag over the last minutes")
 ]
 IngestHours = Annotated[
-    int, Query(ge=1, le=24 * 90, description="quarantine and completeness over the last hours")
+    int,
+    Query(
+        ge=1, le=24 * MAX_WINDOW_DAYS, description="quarantine and completeness over the last hours"
+    ),
 ]
 
 

@@ -15,7 +15,13 @@ from fastapi.responses import HTMLResponse
 from services.accounts.roles import Permission, Principal
 from services.api.auth import require
 from services.api.deps import ConnDep
-from services.api.pages_support import PageWindow, render
+from services.api.pages_support import (
+    DaysQuery,
+    MomentQuery,
+    PageWindow,
+    render,
+    window_from,
+)
 from services.api.routes.crud import ItemId
 from services.api.routes.fleet import (
     DEFAULT_INGEST_HOURS,
@@ -40,10 +46,11 @@ HOURS_CHOICES = ((1, "1 h"), (24, "24 h"), (168, "7 days"))
 DEVICE_WINDOW_DAYS = (1, 7, 30)
 
 
-class DeviceWindow(PageWindow):
+def device_window(
+    days: DaysQuery = None, since: MomentQuery = None, until: MomentQuery = None
+) -> PageWindow:
     """A device's recent telemetry: the last day unless asked otherwise."""
-
-    default_days = DEVICE_WINDOW_DAYS[0]
+    return window_from(days, since, until, DEVICE_WINDOW_DAYS[0])
 
 
 @router.get("/dashboards/fleet", response_class=HTMLResponse)
@@ -78,7 +85,7 @@ def device_page(
     device_id: ItemId,
     conn: ConnDep,
     caller: FleetReader,
-    window: Annotated[DeviceWindow, Depends()],
+    window: Annotated[PageWindow, Depends(device_window)],
 ) -> HTMLResponse:
     device = health.device_detail(conn, device_id, caller.customer_scope)
     telemetry = health.device_telemetry(conn, device, window.since, window.until)
