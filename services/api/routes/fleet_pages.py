@@ -34,7 +34,8 @@ from services.api.routes.fleet import (
     fleet_for,
     ingest_health_for,
 )
-from services.fleet import health
+from services.fleet import fleet_health
+from services.fleet.ingest_health import LATE_ALLOWANCE
 
 router = APIRouter(include_in_schema=False)
 FleetReader = Annotated[Principal, Depends(require(Permission.READ_FLEET, kind="page"))]
@@ -66,7 +67,7 @@ def fleet_page(
     projects = (
         summary.projects
         if project is None
-        else health.project_fleet(conn, customer_id=caller.customer_scope)
+        else fleet_health.project_fleet(conn, customer_id=caller.customer_scope)
     )
     return render(
         request,
@@ -87,8 +88,8 @@ def device_page(
     caller: FleetReader,
     window: Annotated[PageWindow, Depends(device_window)],
 ) -> HTMLResponse:
-    device = health.device_detail(conn, device_id, caller.customer_scope)
-    telemetry = health.device_telemetry(conn, device, window.since, window.until)
+    device = fleet_health.device_detail(conn, device_id, caller.customer_scope)
+    telemetry = fleet_health.device_telemetry(conn, device, window.since, window.until)
     return render(
         request,
         "device.html",
@@ -120,5 +121,5 @@ def ingest_page(
         recent_choices=RECENT_CHOICES,
         hours_choices=HOURS_CHOICES,
         ingest_json=ingest.model_dump(mode="json"),
-        late_allowance=health.LATE_ALLOWANCE.total_seconds(),
+        late_allowance=LATE_ALLOWANCE.total_seconds(),
     )
