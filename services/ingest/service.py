@@ -48,6 +48,7 @@ from services.ingest.store import (
     NOT_TRANSIENT,
     BatchResult,
     RawMessage,
+    purge_quarantine,
     store_batch,
     store_isolating,
 )
@@ -411,14 +412,9 @@ class IngestService:
         """Drop quarantine rows older than the retention setting, a bounded chunk at a time."""
         self._next_purge = time.monotonic() + PURGE_EVERY_S
         cutoff = datetime.now(UTC) - timedelta(days=self._settings.ingest_quarantine_retention_days)
-        with conn.transaction():
-            done = conn.execute(
-                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine "
-                "WHERE received_at < %s LIMIT %s)",
-                (cutoff, PURGE_CHUNK),
-            )
-        PURGED.inc(done.rowcount)
-        if done.rowcount == PURGE_CHUNK:
+        purged = purge_quarantine(conn, cutoff, PURGE_CHUNK)
+        PURGED.inc(purged)
+        if purged == PURGE_CHUNK:
             self._next_purge = 0.0  # more to do: continue after the next batch
 
     # --- registry listener --------------------------------------------------

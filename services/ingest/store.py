@@ -979,6 +979,21 @@ def quarantine_messages(
         _write_quarantine(cur, rows)
 
 
+# Oldest first by id (the order they were quarantined), so each pass takes the oldest rows.
+PURGE_QUARANTINE = """
+DELETE FROM quarantine WHERE id IN (
+    SELECT id FROM quarantine WHERE received_at < %(before)s ORDER BY id LIMIT %(limit)s
+)
+"""
+
+
+def purge_quarantine(conn: psycopg.Connection, before: datetime, limit: int) -> int:
+    """Delete at most *limit* quarantine rows first received before *before*, in one short
+    transaction; return how many went (fewer than *limit*: none older are left)."""
+    with conn.transaction():
+        return conn.execute(PURGE_QUARANTINE, {"before": before, "limit": limit}).rowcount
+
+
 def _write_quarantine(cur: psycopg.Cursor[Any], rows: list[tuple[object, ...]]) -> None:
     """Quarantine *rows* (of `_quarantine_row`): a message already there is counted on its row,
     as are the copies of one message within *rows*."""
