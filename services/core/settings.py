@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         "the longest window any page or route reads",
     )
     retention_every_s: int = Field(
-        default=3600, ge=1, le=86_400, description="how often ingest runs the retention job"
+        default=600, ge=1, le=86_400, description="how often ingest runs the retention job"
     )
     retention_batch_rows: int = Field(
         default=5000,

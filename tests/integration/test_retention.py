@@ -368,3 +368,30 @@ def test_ingest_keeps_committing_while_the_job_works_through_many_chunks(
         ).fetchone()
         assert live is not None
         assert live[0] == 3 * len(commits)  # nothing of what ingest stored was deleted
+
+
+def test_readings_older_than_the_projects_retention_are_too_old_for_live_ingest(
+    history: History,
+) -> None:
+    """Otherwise a late redelivery of a message whose rows retention deleted would be stored
+    again and counted twice in the rollups."""
+    with psycopg.connect(history.url) as conn:
+        batch = []
+        for serial in ("ret-short-0", "ret-keeps-0"):
+            at = datetime.now(UTC) - (RETENTION_DAYS + 1) * DAY
+            body = {"v": 1, "seq": 10**6, "ts": at.isoformat(), "events": []}
+            body["events"] = [{"feature": FEATURES[0], "count": 1}]
+            batch.append(
+                RawMessage(device_topic(serial, MessageKind.USAGE), json.dumps(body).encode(), at)
+            )
+        with conn.transaction():
+            result = store_batch(
+                conn,
+                batch,
+                DeviceDirectory(),
+                max_future_skew=timedelta(minutes=10),
+                now=datetime.now(UTC),
+                late_data_days=30,
+            )
+    assert result.usage_rows == 1  # the project without retention_days took its reading
+    assert dict(result.quarantined) == {"too_old": 1}
