@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 from prometheus_client import Counter, Gauge
+from psycopg import sql
 
 from services.core.settings import Settings
 from services.ingest.store import purge_quarantine
@@ -82,37 +83,23 @@ SET deleted_before = greatest(raw_retention.deleted_before, excluded.deleted_bef
 # drops one chunk (and any older one that appeared since, which is past every cutoff too).
 DROP_CHUNKS = "SELECT count(*) FROM drop_chunks(%(table)s::regclass, older_than => %(end)s)"
 
-USAGE_OLDEST = """
-SELECT min(device_time) FROM usage_events
+# Usage events and metric samples share their time column and unique key.
+READINGS_OLDEST = """
+SELECT min(device_time) FROM {table}
 WHERE project_id = %(project)s AND device_time < %(cutoff)s
 """
 # A batch is picked by the unique key within one chunk's time range (never by ctid, which is
 # unique only inside one chunk); the delete repeats the range so it touches that chunk only.
-USAGE_DELETE = """
+READINGS_DELETE = """
 WITH doomed AS (
-    SELECT device_id, device_time, seq, item, boot FROM usage_events
+    SELECT device_id, device_time, seq, item, boot FROM {table}
     WHERE project_id = %(project)s AND device_time >= %(start)s AND device_time < %(before)s
     LIMIT %(limit)s
 )
-DELETE FROM usage_events u USING doomed d
-WHERE u.device_time >= %(start)s AND u.device_time < %(before)s
-  AND u.device_id = d.device_id AND u.device_time = d.device_time AND u.seq = d.seq
-  AND u.item = d.item AND u.boot = d.boot
-"""
-METRICS_OLDEST = """
-SELECT min(device_time) FROM metric_samples
-WHERE project_id = %(project)s AND device_time < %(cutoff)s
-"""
-METRICS_DELETE = """
-WITH doomed AS (
-    SELECT device_id, device_time, seq, item, boot FROM metric_samples
-    WHERE project_id = %(project)s AND device_time >= %(start)s AND device_time < %(before)s
-    LIMIT %(limit)s
-)
-DELETE FROM metric_samples m USING doomed d
-WHERE m.device_time >= %(start)s AND m.device_time < %(before)s
-  AND m.device_id = d.device_id AND m.device_time = d.device_time AND m.seq = d.seq
-  AND m.item = d.item AND m.boot = d.boot
+DELETE FROM {table} r USING doomed d
+WHERE r.device_time >= %(start)s AND r.device_time < %(before)s
+  AND r.device_id = d.device_id AND r.device_time = d.device_time AND r.seq = d.seq
+  AND r.item = d.item AND r.boot = d.boot
 """
 # A status row that changed its device's firmware (its first report included) is kept: the
 # firmware a device last reported before any moment is then still there to read.
@@ -144,15 +131,21 @@ class RawTable:
     """A hypertable of raw rows, and how the job deletes from it."""
 
     name: str
-    oldest: str  # a project's oldest deletable row (None: nothing to delete)
-    delete: str  # one batch of a project's rows within one chunk
+    oldest: sql.SQL | sql.Composed  # a project's oldest deletable row (None: nothing to delete)
+    delete: sql.SQL | sql.Composed  # one batch of a project's rows within one chunk
     drops_chunks: bool  # whole chunks past every cutoff may be dropped
+
+    @classmethod
+    def of_readings(cls, name: str) -> RawTable:
+        table = sql.Identifier(name)
+        oldest, delete = sql.SQL(READINGS_OLDEST), sql.SQL(READINGS_DELETE)
+        return cls(name, oldest.format(table=table), delete.format(table=table), True)
 
 
 RAW_TABLES = (
-    RawTable("usage_events", USAGE_OLDEST, USAGE_DELETE, drops_chunks=True),
-    RawTable("metric_samples", METRICS_OLDEST, METRICS_DELETE, drops_chunks=True),
-    RawTable("device_status_history", STATUS_OLDEST, STATUS_DELETE, drops_chunks=False),
+    RawTable.of_readings("usage_events"),
+    RawTable.of_readings("metric_samples"),
+    RawTable("device_status_history", sql.SQL(STATUS_OLDEST), sql.SQL(STATUS_DELETE), False),
 )
 TABLES = {table.name: table for table in RAW_TABLES}
 
@@ -270,7 +263,9 @@ def run_retention(
 
 
 def _scalar(
-    conn: psycopg.Connection, query: str, params: Sequence[object] | Mapping[str, object]
+    conn: psycopg.Connection,
+    query: str | sql.SQL | sql.Composed,
+    params: Sequence[object] | Mapping[str, object],
 ) -> Any:
     row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]

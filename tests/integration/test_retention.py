@@ -227,7 +227,7 @@ def test_a_project_keeps_its_retention_of_raw_rows_and_all_its_analytics(
 # The lock footprint: many daily chunks, enough rows that a pass takes seconds.
 CHUNK_DAYS = 70
 DEFAULT_DAYS = 30  # chunks older than this (and than every project's cutoff) are dropped
-DEVICES = 3
+DEVICES = 5
 # The longest a commit of ingest may wait while the job runs. The job's own transactions wait
 # at most LOCK_TIMEOUT (200 ms) for a lock; anything near a second means ingest queued
 # behind it.
@@ -332,7 +332,11 @@ def test_ingest_keeps_committing_while_the_job_works_through_many_chunks(
         try:
             time.sleep(0.5)
             job_settings = settings.model_copy(
-                update={"database_url": SecretStr(url), "raw_retention_days": DEFAULT_DAYS}
+                update={
+                    "database_url": SecretStr(url),
+                    "raw_retention_days": DEFAULT_DAYS,
+                    "retention_batch_rows": 2000,
+                }
             )
             began = time.monotonic()
             report = run_retention(conn, job_settings, datetime.now(UTC))
@@ -379,8 +383,8 @@ def test_readings_older_than_the_projects_retention_are_too_old_for_live_ingest(
         batch = []
         for serial in ("ret-short-0", "ret-keeps-0"):
             at = datetime.now(UTC) - (RETENTION_DAYS + 1) * DAY
-            body = {"v": 1, "seq": 10**6, "ts": at.isoformat(), "events": []}
-            body["events"] = [{"feature": FEATURES[0], "count": 1}]
+            events = [{"feature": FEATURES[0], "count": 1}]
+            body = {"v": 1, "seq": 10**6, "ts": at.isoformat(), "events": events}
             batch.append(
                 RawMessage(device_topic(serial, MessageKind.USAGE), json.dumps(body).encode(), at)
             )
