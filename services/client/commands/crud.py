@@ -7,10 +7,9 @@ answers to: a filter declared there is an option here, with the type of its fiel
 from __future__ import annotations
 
 import inspect
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any
 
 import typer
 
@@ -124,7 +123,7 @@ class ResourceCommands:
 
     def _filter_option(self, key: str, flt: Filter) -> Any:
         """The option for one filter: typed as the field it narrows, ids at least 1."""
-        value_type = _value_type(self.resource.out.model_fields[flt.column].annotation, flt.op)
+        value_type = self.resource.filter_type(key)
         name = self.options.get(key, key.removesuffix("_id")).replace("_", "-")
         # A renamed option says what it stands for ("--customer": customer id).
         help_text = flt.description or (
@@ -133,13 +132,3 @@ class ResourceCommands:
         decls = [f"--{name}/--no-{name}"] if value_type is bool else [f"--{name}"]
         minimum = 1 if value_type is int else None
         return Annotated[value_type | None, typer.Option(*decls, min=minimum, help=help_text)]
-
-
-def _value_type(annotation: Any, op: str) -> type:
-    """`X | None` is X; a contains filter compares one element of a `list[X]`."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
-    if op == "contains":
-        (annotation,) = get_args(annotation)
-    assert isinstance(annotation, type)  # noqa: S101 - declarations are checked at import
-    return annotation
