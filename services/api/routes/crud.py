@@ -9,13 +9,14 @@ import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from services.accounts.roles import Permission, Principal, Role
 from services.api.auth import require
-from services.api.deps import ConnDep, ListDep
+from services.api.deps import ConnDep, ListDep, ListParams
 from services.api.errors import CONFLICT, NOT_FOUND
 from services.registry import repository
 from services.registry.models import MAX_BIGINT, Page
@@ -71,6 +72,26 @@ def _limits(bounds: type[BaseModel] | None, flt: Filter) -> dict[str, Any]:
     }
 
 
+def list_page(
+    conn: psycopg.Connection,
+    resource: Resource[Any],
+    page: ListParams,
+    where: dict[str, Any],
+    customer_scope: int | None,
+) -> Page[Any]:
+    """The page of a resource's list that the query asks for, within the caller's scope."""
+    return repository.list_items(
+        conn,
+        resource,
+        filters=where,
+        search=page.q,
+        sort=page.sort,
+        limit=page.limit,
+        offset=page.offset,
+        customer_id=customer_scope,
+    )
+
+
 def crud_router(
     *,
     resource: Resource[Any],
@@ -106,16 +127,7 @@ def crud_router(
         page: ListDep,
         where: Where,
     ) -> Any:
-        return repository.list_items(
-            conn,
-            readable(caller),
-            filters=where,
-            search=page.q,
-            sort=page.sort,
-            limit=page.limit,
-            offset=page.offset,
-            customer_id=caller.customer_scope,
-        )
+        return list_page(conn, readable(caller), page, where, caller.customer_scope)
 
     @router.get(
         "/{item_id}",

@@ -11,7 +11,7 @@ from services.accounts.roles import Permission, Principal
 from services.api.auth import require
 from services.api.deps import BrokerDep, ConnDep, ListDep
 from services.api.errors import BROKER_DOWN, CONFLICT, IMPORT_REJECTED, NOT_FOUND
-from services.api.routes.crud import ItemId, query_filters
+from services.api.routes.crud import ItemId, list_page, query_filters
 from services.core.errors import InvalidInputError
 from services.registry import imports, models, provisioning, repository
 from services.registry.resources import DEVICES
@@ -36,16 +36,7 @@ def list_devices(
     page: ListDep,
     where: Annotated[dict[str, Any], Depends(device_filters)],
 ) -> models.Page[Any]:
-    return repository.list_items(
-        conn,
-        DEVICES,
-        filters=where,
-        search=page.q,
-        sort=page.sort,
-        limit=page.limit,
-        offset=page.offset,
-        customer_id=caller.customer_scope,
-    )
+    return list_page(conn, DEVICES, page, where, caller.customer_scope)
 
 
 @router.get("/{item_id}", response_model=models.Device, responses=NOT_FOUND, summary="One device")
