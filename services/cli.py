@@ -49,10 +49,12 @@ infra_app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 rollups_app = typer.Typer(help="The rollups the analytics read.", no_args_is_help=True)
 quarantine_app = typer.Typer(help="Messages ingest could not store.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Alert rules, alerts and notifications.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
 app.add_typer(client_commands.customers_app, name="customers")
 app.add_typer(client_commands.projects_app, name="projects")
@@ -293,6 +295,67 @@ def ingest(
         # Non-zero, for the supervisor to restart ingest; the broker redelivers what it held.
         logging.getLogger("fieldtrack.ingest").error("exiting with status %d", WORKER_DIED_EXIT)
         raise typer.Exit(code=WORKER_DIED_EXIT)
+
+
+@alerts_app.command("run")
+def alerts_run(verbose: bool = False) -> None:
+    """Evaluate every alert rule and deliver notifications, every
+    FIELDTRACK_ALERTS__EVAL_INTERVAL_S, until SIGTERM or Ctrl-C."""
+    from prometheus_client import start_http_server
+
+    from services.alerts.runner import run
+    from services.core.migrate import migrate
+    from services.core.settings import get_settings
+
+    _setup_logging(verbose)
+    try:
+        settings = get_settings()
+        migrate(settings.database_url.get_secret_value())
+    except FieldtrackError as exc:
+        raise _fail(exc) from exc
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    alerts = settings.alerts
+    if alerts.metrics_port:
+        try:
+            start_http_server(alerts.metrics_port, alerts.metrics_host)
+        except OSError as exc:
+            logging.getLogger("fieldtrack.alerts").error(  # noqa: TRY400 - the cause is exc
+                "metrics endpoint not started on %s:%s: %s",
+                alerts.metrics_host,
+                alerts.metrics_port,
+                exc,
+            )
+    logging.getLogger("fieldtrack.alerts").info(
+        "alerts running, every %s s", alerts.eval_interval_s
+    )
+    run(settings, stop)
+
+
+@alerts_app.command("evaluate")
+def alerts_evaluate() -> None:
+    """One evaluation and one delivery pass, now; prints what changed."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from services.alerts.engine import evaluate
+    from services.alerts.notify import deliver_due
+    from services.core.settings import get_settings
+
+    try:
+        settings = get_settings()
+        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+            now = datetime.now(UTC)
+            result = evaluate(conn, settings, now)
+            sent = deliver_due(conn, settings.alerts, now)
+    except FieldtrackError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"{result.fired} fired, {result.resolved} resolved, {result.open} open; notifications: "
+        f"{sent.sent} sent, {sent.failed} to retry, {sent.dead} dead"
+    )
 
 
 @app.command()

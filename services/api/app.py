@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 from services.accounts.throttle import LoginThrottle
 from services.api import errors
 from services.api.routes import (
+    alerts,
     analytics,
     auth,
     customers,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fleet,
         imports,
         quarantine,
+        alerts,
         schemas,
     ):
         app.include_router(module.router)

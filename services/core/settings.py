@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.errors import ConfigError
@@ -37,6 +37,29 @@ def check_ingest_client_id(value: str) -> str:
             "and take ingest's session over"
         )
     return value
+
+
+class AlertSettings(BaseModel):
+    """`fieldtrack alerts run`: how often it evaluates, and where its notifications go."""
+
+    eval_interval_s: int = Field(
+        default=30, ge=1, le=3600, description="seconds between two evaluations of every rule"
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        pattern=r"^https?://",
+        description="the dashboards' address, for the links in notifications",
+    )
+    smtp_host: str = Field(default="", description="SMTP server for email channels; empty: none")
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = Field(default=False, description="upgrade the connection with STARTTLS")
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "fieldtrack@localhost"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(
+        default=9109, ge=0, le=65535, description="Prometheus /metrics of `alerts run`; 0: off"
+    )
 
 
 class Settings(BaseSettings):
@@ -94,6 +117,11 @@ class Settings(BaseSettings):
     analytics: AnalyticsThresholds = Field(
         default_factory=AnalyticsThresholds,
         description="FIELDTRACK_ANALYTICS__<NAME>, e.g. FIELDTRACK_ANALYTICS__CUT_ADOPTION=0.03",
+    )
+
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings,
+        description="FIELDTRACK_ALERTS__<NAME>, e.g. FIELDTRACK_ALERTS__SMTP_HOST=mail.example.com",
     )
 
     api_host: str = "127.0.0.1"
