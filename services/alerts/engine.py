@@ -53,8 +53,8 @@ RETURNING rule_id
 """
 # Only channels still enabled; quiet hours are applied when the notification is delivered.
 OWE = """
-INSERT INTO alert_notifications (alert_id, event, channel_id)
-SELECT %(alert)s, %(event)s, c.id FROM alert_channels c
+INSERT INTO alert_notifications (alert_id, event, channel_id, next_attempt_at, created_at)
+SELECT %(alert)s, %(event)s, c.id, %(now)s, %(now)s FROM alert_channels c
 WHERE c.id = ANY(%(channels)s) AND c.enabled
 ON CONFLICT (alert_id, event, channel_id) DO NOTHING
 """
@@ -159,7 +159,7 @@ def evaluate(
             if row is not None:
                 resolved += 1
                 rule = by_id.get(row[0])
-                _owe(conn, alert_id, "resolved", rule.channels if rule else [])
+                _owe(conn, alert_id, "resolved", rule.channels if rule else [], now)
         for key, (rule, v) in current.items():
             if key in open_alerts:
                 continue
@@ -177,10 +177,12 @@ def evaluate(
             ).fetchone()
             if row is not None:
                 fired += 1
-                _owe(conn, row[0], "fired", rule.channels)
+                _owe(conn, row[0], "fired", rule.channels, now)
         return Evaluation(fired, resolved, len(current))
 
 
-def _owe(conn: psycopg.Connection, alert_id: int, event: str, channels: list[int]) -> None:
+def _owe(
+    conn: psycopg.Connection, alert_id: int, event: str, channels: list[int], now: datetime
+) -> None:
     if channels:
-        conn.execute(OWE, {"alert": alert_id, "event": event, "channels": channels})
+        conn.execute(OWE, {"alert": alert_id, "event": event, "channels": channels, "now": now})

@@ -17,10 +17,14 @@ import pytest
 from device_sim.device import SimDevice
 from services.accounts.roles import Principal, Role
 from services.alerts import store
-from services.alerts.notify import SIGNATURE_HEADER
-from services.alerts.store import ChannelCreate, RuleCreate
+from services.alerts.engine import evaluate
+from services.alerts.notify import MAX_ATTEMPTS, SIGNATURE_HEADER, deliver_due
+from services.alerts.rules import RuleKind
+from services.alerts.store import ChannelCreate, NotificationState, RuleCreate
 from services.core.broker_admin import BrokerAdmin
+from services.core.errors import NotFoundError
 from services.core.settings import Settings
+from services.core.topics import MessageKind
 from services.ingest.service import IngestService
 from services.registry import upserts as registry
 from tests.integration.alert_support import (
@@ -209,3 +213,146 @@ def test_a_silent_project_notifies_once_resolves_once_and_a_restart_repeats_noth
     assert [(a.kind, a.state) for a in opened if a.rule_id == rule.id] == [
         ("project_silent", "resolved")
     ], alerts.log()
+
+
+QUARANTINE = frozenset({RuleKind.QUARANTINE_RATE})
+
+
+def _default_rule(conn: psycopg.Connection, kind: RuleKind) -> store.AlertRule:
+    return next(r for r in store.list_rules(conn) if r.kind == kind and r.project_id is None)
+
+
+@pytest.fixture
+def quarantine_rule(
+    settings: Settings, conn: psycopg.Connection, webhook: WebhookSink, unique: str
+) -> Iterator[int]:
+    """The portfolio-wide quarantine rule notifying the test's webhook; its open alerts
+    resolved first (evaluated a day ahead, when no quarantine is recent), restored after."""
+    rule = _default_rule(conn, RuleKind.QUARANTINE_RATE)
+    hook = store.create_channel(
+        conn, ChannelCreate(name=f"flood-{unique}", kind="webhook", target=webhook.url)
+    )
+    later = datetime.now(UTC) + timedelta(days=1)
+    evaluate(conn, settings, later, QUARANTINE)
+    store.update_rule(conn, rule.id, store.RuleUpdate(channels=[hook.id]), "test")
+    yield hook.id
+    store.update_rule(conn, rule.id, store.RuleUpdate(channels=rule.channels), "test")
+    store.delete_channel(conn, hook.id)
+
+
+def test_a_quarantine_flood_fires_one_alert_naming_the_reason_and_the_device(
+    settings: Settings,
+    conn: psycopg.Connection,
+    ingest: IngestService,
+    project: Project,
+    broker_admin: BrokerAdmin,
+    unique: str,
+    webhook: WebhookSink,
+    quarantine_rule: int,
+) -> None:
+    [credential] = registry.provision_devices(
+        conn, broker_admin, project.id, [(f"flood-{unique}", "T1", "1.0")]
+    )
+    device = SimDevice(
+        credential.serial, credential.password, settings.mqtt_host, settings.mqtt_port
+    )
+    device.start()
+    assert device.connected.wait(10), device.refused
+    flood = 80  # over the default 10 a minute across 5 minutes
+    for i in range(flood):
+        device.publish(MessageKind.TELEMETRY, f"not json {i}".encode())
+    wait_for(
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM quarantine WHERE device_serial = %s", (credential.serial,)
+            ).fetchone()
+            == (flood,)
+        ),
+        timeout=20,
+    )
+    device.stop()
+    for _ in range(3):  # evaluated again and again: still one alert, one notification
+        evaluate(conn, settings, datetime.now(UTC), QUARANTINE)
+        deliver_due(conn, settings.alerts, datetime.now(UTC))
+    [alert] = [
+        a
+        for a in store.list_alerts(conn, ADMIN, open_only=True)
+        if a.kind == RuleKind.QUARANTINE_RATE and a.subject == "reason:not_json"
+    ]
+    assert alert.evidence["reason"] == "not_json"
+    assert {"serial": credential.serial, "messages": flood} in alert.evidence["devices"]
+    assert credential.serial in alert.summary
+    [delivery] = webhook.deliveries
+    assert delivery.json["event"] == "fired"
+    assert delivery.json["alert"]["subject"] == "reason:not_json"
+    assert credential.serial in delivery.json["alert"]["summary"]
+
+
+def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
+    settings: Settings,
+    conn: psycopg.Connection,
+    project: Project,
+    unique: str,
+    webhook: WebhookSink,
+) -> None:
+    hook = store.create_channel(
+        conn, ChannelCreate(name=f"down-{unique}", kind="webhook", target=webhook.url)
+    )
+    rule = store.create_rule(
+        conn,
+        RuleCreate(
+            kind="project_silent",
+            project_id=project.id,
+            params={"silent_s": 10},
+            channels=[hook.id],
+        ),
+        "test",
+    )
+    try:
+        _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=1))
+        now = datetime.now(UTC)
+        evaluate(conn, settings, now, frozenset({RuleKind.PROJECT_SILENT}))
+        webhook.failures = [500] * MAX_ATTEMPTS
+        [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
+        waits = []
+        at = now
+        for _ in range(MAX_ATTEMPTS):
+            deliver_due(conn, settings.alerts, at)
+            [notification] = store.list_notifications(conn, alert_id=notification.alert_id)
+            waits.append(notification.next_attempt_at - at)
+            at = notification.next_attempt_at
+        assert notification.state == "dead"
+        assert notification.attempts == MAX_ATTEMPTS
+        assert "HTTP 500" in (notification.last_error or "")
+        # each wait doubles from 15 s, capped at 30 minutes
+        assert [round(w.total_seconds()) for w in waits[:-1]] == [
+            min(15 * 2**i, 1800) for i in range(MAX_ATTEMPTS - 1)
+        ]
+        assert webhook.deliveries == []
+        dead = store.list_notifications(conn, state=NotificationState.DEAD)
+        assert notification.id in {n.id for n in dead}
+        # re-queued by hand, it goes out once the receiver answers
+        store.retry_notification(conn, notification.id)
+        deliver_due(conn, settings.alerts, datetime.now(UTC))
+        assert [d.json["event"] for d in webhook.deliveries] == ["fired"]
+        with pytest.raises(NotFoundError):
+            store.retry_notification(conn, notification.id)  # no longer dead
+    finally:
+        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), "test")
+
+
+def _heard(conn: psycopg.Connection, project_id: int, at: datetime) -> None:
+    """A device of the project last heard at *at* (as ingest records it)."""
+    [device_id] = conn.execute(
+        "INSERT INTO devices (serial, project_id) VALUES (%s, %s) RETURNING id",
+        (f"heard-{project_id}-{at.timestamp():.0f}", project_id),
+    ).fetchone() or (None,)
+    conn.execute(
+        "INSERT INTO device_state (device_id, online, last_seen) VALUES (%s, false, %s)",
+        (device_id, at),
+    )
+
+
+def _open_alert(conn: psycopg.Connection, rule_id: int) -> int:
+    [alert] = [a for a in store.list_alerts(conn, ADMIN, open_only=True) if a.rule_id == rule_id]
+    return alert.id
