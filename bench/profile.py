@@ -70,8 +70,8 @@ DB_WAIT = ("Connection.wait (", "wait_conn", "Transaction.__exit__", "Connection
 CATEGORIES = (
     ("waiting for PostgreSQL (statements, COPY, commit)", DB_WAIT),
     ("parsing and validating payloads (pydantic)", ("decode (payloads.py)", "model_validate")),
-    ("building rows and COPY data", ("write_row", "_Rows.add", "_copy")),
-    ("sequence gaps and rollup bookkeeping", ("_sequence_gaps", "_device_hours", "_stored_")),
+    ("building rows and COPY data", ("write_row", "Rows.add", "copy_rows", "copying (")),
+    ("sequence gaps and rollup bookkeeping", ("sequence_gaps", "device_hours", "_stored_")),
     ("waiting for messages (queue empty)", ("_take_batch",)),
     ("acknowledging to the broker", ("_acknowledge",)),
 )

@@ -26,18 +26,17 @@ from typing import Annotated, Any
 
 import psutil
 import typer
-from rich.console import Console
 
 from bench import ceilings, profile, report as report_mod
 from bench.env import BenchData, bench_data, bench_services, start_services
 from bench.load import Load
 from bench.phases import IngestBench, Phase
+from services.core.console import console
 from services.core.paths import PROJECT_ROOT
 from services.core.settings import Settings
 from services.infra.local import LocalServices
 
 PARTS = ("ceilings", "ingest", "naive", "queries")
-console = Console()
 
 
 @dataclass(frozen=True)

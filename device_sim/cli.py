@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from services.core.console import command_group, err_console, fail
 from services.core.errors import FieldtrackError
 from services.core.paths import PROJECT_ROOT, state_dir
 
@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from device_sim.generator import Generator, Timeline
     from device_sim.scenario import Scenario
 
-sim_app = typer.Typer(help="Simulated device fleets.", no_args_is_help=True)
-console = Console(stderr=True)
+sim_app = command_group("Simulated device fleets.")
 SCENARIOS_DIR = PROJECT_ROOT / "device_sim" / "scenarios"
 TRUTH_EVERY_S = 10.0  # how often a running fleet rewrites its ground truth
 
@@ -83,11 +82,6 @@ def resume_timeline(loaded: Scenario, truth: Path) -> Timeline:
         raise FieldtrackError(f"cannot resume from {truth}: {exc}") from exc
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")
-    return typer.Exit(code=1)
-
-
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -102,7 +96,7 @@ def progress_bar() -> Progress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>9,.0f} msg/s"),
         TimeElapsedColumn(),
-        console=console,
+        console=err_console,
         transient=False,
     )
 
@@ -151,9 +145,9 @@ def sim_seed(
     """Load a scenario into the registry and provision its devices."""
     try:
         path, count = seed_scenario(scenario, out, with_broker=broker)
-    except (FieldtrackError, OSError) as exc:
-        raise _fail(exc) from exc
-    console.print(f"provisioned {count} devices; credentials in {path}")
+    except OSError as exc:
+        raise fail(exc) from exc
+    err_console.print(f"provisioned {count} devices; credentials in {path}")
 
 
 def _fleet_generator(
@@ -179,8 +173,10 @@ def _fleet_generator(
         end = now + timedelta(seconds=duration_s) if duration_s else now + timedelta(days=365)
     if timeline:
         if start > now:
-            raise _fail(FieldtrackError(f"{truth_file} ends in the future ({start})"))
-        console.print(f"resuming the timeline of {truth_file} from {start:%Y-%m-%d %H:%M:%S} UTC")
+            raise fail(f"{truth_file} ends in the future ({start})")
+        err_console.print(
+            f"resuming the timeline of {truth_file} from {start:%Y-%m-%d %H:%M:%S} UTC"
+        )
     return Generator(
         loaded,
         start,
@@ -217,8 +213,8 @@ def _fleet_run(
         creds = read_credentials(credentials or default_credentials(loaded.name))
         truth_file = truth_path(loaded.name, truth)
         timeline = resume_timeline(loaded, truth_file) if resume else None
-    except (FieldtrackError, OSError) as exc:
-        raise _fail(exc) from exc
+    except OSError as exc:
+        raise fail(exc) from exc
     generator = _fleet_generator(
         loaded,
         timeline,
@@ -242,11 +238,11 @@ def _fleet_run(
     try:
         connected = swarm.start()
     except SwarmError as exc:
-        raise _fail(exc) from exc
-    console.print(f"{connected} of {len(creds)} devices connected")
+        raise fail(exc) from exc
+    err_console.print(f"{connected} of {len(creds)} devices connected")
     if connected == 0:
         swarm.stop()
-        raise _fail(FieldtrackError("no device could connect; re-run `fieldtrack sim seed`"))
+        raise fail("no device could connect; re-run `fieldtrack sim seed`")
     with progress_bar() as bar:
         task = bar.add_task(mode, total=None, rate=0.0)
 
@@ -269,7 +265,7 @@ def _fleet_run(
     stats = swarm.stats
     swarm.stop()
     generator.write_truth(truth_file)
-    console.print(
+    err_console.print(
         f"done in {counts.elapsed_s:.1f}s: sent {stats.sent}, acknowledged {stats.acked}, "
         f"failed {stats.failed_total} {dict(stats.failed) or ''}, refused logins "
         f"{sum(stats.refused.values())} {dict(stats.refused) or ''}, outstanding "
@@ -345,16 +341,12 @@ def sim_export(
     from device_sim import runner, scenario as scenario_mod
     from device_sim.generator import Generator
 
-    try:
-        path = scenario_path(scenario)
-        loaded = scenario_mod.load(path)
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    loaded = scenario_mod.load(scenario_path(scenario))
     now = datetime.now(UTC)
     generator = Generator(loaded, now - timedelta(days=days or loaded.days), now, inject_late=False)
     written = runner.export_ndjson(generator, out)
     generator.write_truth(truth_path(loaded.name, truth))
-    console.print(f"wrote {written:,} messages to {out}")
+    err_console.print(f"wrote {written:,} messages to {out}")
 
 
 @sim_app.command("verify")
@@ -373,11 +365,11 @@ def sim_verify(scenario: ScenarioOpt = "demo", truth: TruthOpt = None) -> None:
         expected = json.loads(path.read_text())
         with psycopg.connect(get_settings().database_url.get_secret_value()) as conn:
             problems = mismatches(expected, conn)
-    except (FieldtrackError, OSError, ValueError, psycopg.Error) as exc:
-        raise _fail(exc) from exc
+    except (OSError, ValueError, psycopg.Error) as exc:
+        raise fail(exc) from exc
     if problems:
         for problem in problems:
-            console.print(f"[red]✗[/] {escape(problem)}")
+            err_console.print(f"[red]✗[/] {escape(problem)}")
         raise typer.Exit(code=1)
     projects = expected["projects"]
-    console.print(f"[green]✓[/] {len(projects)} projects match the ground truth in {path}")
+    err_console.print(f"[green]✓[/] {len(projects)} projects match the ground truth in {path}")

@@ -13,14 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from device_sim.cli import (
     ResumeOpt,
     ScenarioOpt,
     TruthOpt,
-    console as sim_console,
     progress_bar,
     resume_timeline,
     scenario_path,
@@ -29,47 +27,35 @@ from device_sim.cli import (
     truth_path,
 )
 from services.accounts.cli import tokens_app, users_app
-from services.client import (
-    commands as client_commands,
-    login as client_login,
-    report as client_report,
-)
-from services.core.errors import FieldtrackError
+from services.client import login as client_login, report as client_report
+from services.client.commands import customers, deliveries, devices, features, imports, projects
+from services.core.console import command_group, console, err_console, fail
 from services.core.paths import state_dir
 
 if TYPE_CHECKING:
     from services.core.settings import Settings
 
-app = typer.Typer(
-    help="fieldtrack: IoT solution deliveries beside real device usage.", no_args_is_help=True
-)
-infra_app = typer.Typer(
-    help="Local TimescaleDB and Mosquitto, without Docker.", no_args_is_help=True
-)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-rollups_app = typer.Typer(help="The rollups the analytics read.", no_args_is_help=True)
-quarantine_app = typer.Typer(help="Messages ingest could not store.", no_args_is_help=True)
-alerts_app = typer.Typer(help="Alert rules, alerts and notifications.", no_args_is_help=True)
+app = command_group("fieldtrack: IoT solution deliveries beside real device usage.")
+infra_app = command_group("Local TimescaleDB and Mosquitto, without Docker.")
+db_app = command_group("Database schema.")
+rollups_app = command_group("The rollups the analytics read.")
+quarantine_app = command_group("Messages ingest could not store.")
+alerts_app = command_group("Alert rules, alerts and notifications.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
-app.add_typer(client_commands.customers_app, name="customers")
-app.add_typer(client_commands.projects_app, name="projects")
-app.add_typer(client_commands.features_app, name="features")
-app.add_typer(client_commands.deliveries_app, name="deliveries")
-app.add_typer(client_commands.devices_app, name="devices")
-app.add_typer(client_commands.import_app, name="import")
+for _registry in (customers, projects, features, deliveries, devices):
+    app.add_typer(_registry.app, name=_registry.COMMANDS.plural)
+app.add_typer(imports.app, name="import")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.command("report")(client_report.report)
 app.command("login")(client_login.login)
 app.command("logout")(client_login.logout)
 
-console = Console()
-err_console = Console(stderr=True)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEMO_INGEST_WAIT_S = 30.0  # how long the demo waits for ingest before starting the fleet
 DEMO_DRAIN_S = 3.0  # after the fleet stops, time for ingest to store what it sent
@@ -77,11 +63,6 @@ DEMO_DRAIN_S = 3.0  # after the fleet stops, time for ingest to store what it se
 
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-    return typer.Exit(code=1)
 
 
 def _report(message: str) -> None:
@@ -99,10 +80,7 @@ def infra_up() -> None:
     services = LocalServices.from_env()
     console.print("[bold]fieldtrack infra up[/]")
     started = time.monotonic()
-    try:
-        services.up(_report)
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    services.up(_report)
     console.print(f"ready in {time.monotonic() - started:.1f}s")
     _print_status(services)
 
@@ -112,10 +90,7 @@ def infra_down() -> None:
     """Stop the local services (data is kept)."""
     from services.infra.local import LocalServices
 
-    try:
-        LocalServices.from_env().down(_report)
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    LocalServices.from_env().down(_report)
 
 
 @infra_app.command("status")
@@ -146,18 +121,15 @@ def broker_setup() -> None:
     from services.core.broker_admin import setup_broker
     from services.core.settings import get_settings
 
-    try:
-        s = get_settings()
-        removed = setup_broker(
-            host=s.mqtt_host,
-            port=s.mqtt_port,
-            admin_user=s.mqtt_admin_username,
-            admin_password=s.mqtt_admin_password.get_secret_value(),
-            ingest_user=s.mqtt_ingest_username,
-            ingest_password=s.mqtt_ingest_password.get_secret_value(),
-        )
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    s = get_settings()
+    removed = setup_broker(
+        host=s.mqtt_host,
+        port=s.mqtt_port,
+        admin_user=s.mqtt_admin_username,
+        admin_password=s.mqtt_admin_password.get_secret_value(),
+        ingest_user=s.mqtt_ingest_username,
+        ingest_password=s.mqtt_ingest_password.get_secret_value(),
+    )
     for line in removed:
         console.print(f"[yellow]{escape(line)}[/]")
     console.print(f"broker {s.mqtt_host}:{s.mqtt_port} is set up for fieldtrack")
@@ -172,10 +144,7 @@ def db_migrate() -> None:
     from services.core.migrate import migrate
     from services.core.settings import get_settings
 
-    try:
-        applied = migrate(get_settings().database_url.get_secret_value())
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    applied = migrate(get_settings().database_url.get_secret_value())
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -197,8 +166,8 @@ def rollups_rebuild(
         url = get_settings().database_url.get_secret_value()
         with psycopg.connect(url) as conn:
             start = rebuild_rollups(conn, since.replace(tzinfo=UTC) if since else None)
-    except (FieldtrackError, psycopg.Error) as exc:
-        raise _fail(exc) from exc
+    except psycopg.Error as exc:
+        raise fail(exc) from exc
     where = f"from {start:%Y-%m-%d} on" if start else "all of them"
     console.print(f"rollups rebuilt ({where}) in {time.monotonic() - started:.1f}s")
 
@@ -220,12 +189,12 @@ def quarantine_replay(
     from services.core.migrate import migrate
     from services.core.payloads import QuarantineReason
     from services.core.settings import get_settings
-    from services.ingest.replay import replay_quarantine
+    from services.ingest.quarantine.replay import replay_quarantine
 
     unknown = sorted(set(reason or ()) - set(QuarantineReason))
     if unknown:
         known = ", ".join(QuarantineReason)
-        raise _fail(FieldtrackError(f"unknown reason {', '.join(unknown)}; reasons: {known}"))
+        raise fail(f"unknown reason {', '.join(unknown)}; reasons: {known}")
     try:
         settings = get_settings()
         url = settings.database_url.get_secret_value()
@@ -239,8 +208,8 @@ def quarantine_replay(
                 device=device,
                 limit=limit,
             )
-    except (FieldtrackError, psycopg.Error) as exc:
-        raise _fail(exc) from exc
+    except psycopg.Error as exc:
+        raise fail(exc) from exc
     console.print(escape(report.line()))
 
 
@@ -260,13 +229,10 @@ def ingest(
     from services.ingest.service import WORKER_DIED_EXIT, IngestService, tune_collector
 
     _setup_logging(verbose)
-    try:
-        settings = get_settings()
-        if client_id is not None:
-            settings = settings.with_ingest_client_id(client_id)  # validated as the setting
-        migrate(settings.database_url.get_secret_value())
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    settings = get_settings()
+    if client_id is not None:
+        settings = settings.with_ingest_client_id(client_id)  # validated as the setting
+    migrate(settings.database_url.get_secret_value())
     service = IngestService(settings)
     tune_collector()
     stop = threading.Event()
@@ -308,11 +274,8 @@ def alerts_run(verbose: bool = False) -> None:
     from services.core.settings import get_settings
 
     _setup_logging(verbose)
-    try:
-        settings = get_settings()
-        migrate(settings.database_url.get_secret_value())
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    settings = get_settings()
+    migrate(settings.database_url.get_secret_value())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -344,14 +307,11 @@ def alerts_evaluate() -> None:
     from services.alerts.notify import deliver_due
     from services.core.settings import get_settings
 
-    try:
-        settings = get_settings()
-        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-            now = datetime.now(UTC)
-            result = evaluate(conn, settings, now)
-            sent = deliver_due(conn, settings.alerts, now)
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    settings = get_settings()
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        now = datetime.now(UTC)
+        result = evaluate(conn, settings, now)
+        sent = deliver_due(conn, settings.alerts, now)
     console.print(
         f"{result.fired} fired, {result.resolved} resolved, {result.open} open; notifications: "
         f"{sent.sent} sent, {sent.failed} to retry, {sent.dead} dead"
@@ -369,10 +329,7 @@ def api(
     from services.api.app import create_app
     from services.core.settings import get_settings
 
-    try:
-        settings = get_settings()
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    settings = get_settings()
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,
@@ -419,12 +376,12 @@ def sim_backfill(
         timeline = resume_timeline(loaded, truth_file) if resume else None
         if seed:
             seed_scenario(scenario, with_broker=False, end=now)
-    except (FieldtrackError, OSError, psycopg.Error) as exc:
-        raise _fail(exc) from exc
+    except (OSError, psycopg.Error) as exc:
+        raise fail(exc) from exc
     end = now - timedelta(hours=gap_hours)
     if timeline:
         if timeline.end >= end:
-            sim_console.print(f"nothing to backfill: {truth_file} reaches {timeline.end}")
+            err_console.print(f"nothing to backfill: {truth_file} reaches {timeline.end}")
             return
         generator = Generator(
             loaded,
@@ -459,9 +416,9 @@ def sim_backfill(
             runner.backfill(generator, importer, progress)
             report = importer.finish()
     except psycopg.Error as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     generator.write_truth(truth_file)
-    sim_console.print(
+    err_console.print(
         f"backfilled {report.messages:,} messages: {report.usage_rows:,} usage rows, "
         f"{report.metric_rows:,} metric rows, {report.duplicates:,} duplicates absorbed, "
         f"quarantined {report.quarantined}; truth in {truth_file}"
@@ -480,12 +437,9 @@ def demo(
     Ctrl-C stops them all; the local services keep running."""
     from services.core.settings import get_settings
 
-    try:
-        settings = get_settings()
-        console.print("[bold]seeding the demo[/] (2 customers, 3 projects, 50 devices)")
-        creds, count = seed_scenario("demo")
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    settings = get_settings()
+    console.print("[bold]seeding the demo[/] (2 customers, 3 projects, 50 devices)")
+    creds, count = seed_scenario("demo")
     console.print(f"  • {count} devices provisioned, credentials in {creds}")
     first_admin = _first_admin(settings)
     exe = [sys.executable, "-m", "services"]
@@ -616,7 +570,7 @@ def _wait_for_ingest(settings: Settings, ingest: subprocess.Popen[bytes]) -> Non
 
 def _run_or_fail(command: list[str], what: str) -> None:
     if subprocess.run(command, check=False).returncode != 0:
-        raise _fail(FieldtrackError(f"{what} failed; see the output above"))
+        raise fail(f"{what} failed; see the output above")
 
 
 def _first_admin(settings: Settings) -> tuple[str, str] | None:

@@ -11,22 +11,18 @@ from typing import Annotated
 import psycopg
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from services.accounts import store
 from services.accounts.roles import Role
+from services.core.console import command_group, console, fail
 from services.core.errors import FieldtrackError
 from services.core.migrate import migrate
 from services.core.settings import get_settings
 
-users_app = typer.Typer(help="People who log in (needs database access).", no_args_is_help=True)
-tokens_app = typer.Typer(
-    help="Service tokens for machines (needs database access).", no_args_is_help=True
-)
-console = Console()
-err_console = Console(stderr=True)
+users_app = command_group("People who log in (needs database access).")
+tokens_app = command_group("Service tokens for machines (needs database access).")
 
 FIRST_ADMIN = "admin"
 # Generated passwords: long enough that nobody needs to guess at their strength.
@@ -50,17 +46,6 @@ def _customer_id(conn: psycopg.Connection, customer: str | None) -> int | None:
     if row is None:
         raise FieldtrackError(f"no customer named {customer!r}")
     return int(row[0])
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    if isinstance(exc, ValidationError):
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
-        )
-    else:
-        message = str(exc)
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code=1)
 
 
 def ensure_first_admin(conn: psycopg.Connection) -> tuple[str, str] | None:
@@ -101,8 +86,8 @@ def add_user(
                     customer_id=_customer_id(conn, customer),
                 ),
             )
-    except (FieldtrackError, ValidationError) as exc:
-        raise _fail(exc) from exc
+    except ValidationError as exc:
+        raise fail(exc) from exc
     console.print(f"user [bold]{user.username}[/] ({user.role.value}) added, id {user.id}")
     if generated:
         console.print(f"password (shown once): [bold]{escape(secret)}[/]")
@@ -111,11 +96,8 @@ def add_user(
 @users_app.command("list")
 def list_users() -> None:
     """Every user with role, customer and state."""
-    try:
-        with _connection() as conn:
-            users = store.list_users(conn)
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    with _connection() as conn:
+        users = store.list_users(conn)
     table = Table("id", "username", "role", "customer", "state")
     for user in users:
         table.add_row(
@@ -141,8 +123,8 @@ def reset_password(
         with _connection() as conn:
             user = store.find_user(conn, username)
             store.update_user(conn, user.id, store.UserUpdate(password=secret))
-    except (FieldtrackError, ValidationError) as exc:
-        raise _fail(exc) from exc
+    except ValidationError as exc:
+        raise fail(exc) from exc
     console.print(f"password of [bold]{user.username}[/] changed")
     if password is None:
         console.print(f"new password (shown once): [bold]{escape(secret)}[/]")
@@ -151,12 +133,9 @@ def reset_password(
 @users_app.command("disable")
 def disable_user(username: str) -> None:
     """Disable a user: their sessions and personal tokens stop working at once."""
-    try:
-        with _connection() as conn:
-            user = store.find_user(conn, username)
-            store.update_user(conn, user.id, store.UserUpdate(disabled=True))
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    with _connection() as conn:
+        user = store.find_user(conn, username)
+        store.update_user(conn, user.id, store.UserUpdate(disabled=True))
     console.print(f"user [bold]{user.username}[/] disabled")
 
 
@@ -183,8 +162,8 @@ def create_token(
                     expires_in_days=expires_in_days,
                 ),
             )
-    except (FieldtrackError, ValidationError) as exc:
-        raise _fail(exc) from exc
+    except ValidationError as exc:
+        raise fail(exc) from exc
     console.print(f"token {token.id} ({token.role.value}) created; secret (shown once):")
     # Printed plain so scripts can capture it: `TOKEN=$(fieldtrack tokens create … | tail -1)`.
     print(token.token)
@@ -193,11 +172,8 @@ def create_token(
 @tokens_app.command("list")
 def list_tokens() -> None:
     """Every token with its prefix, role and state (never the secret)."""
-    try:
-        with _connection() as conn:
-            tokens = store.list_tokens(conn)
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    with _connection() as conn:
+        tokens = store.list_tokens(conn)
     table = Table(
         "id", "name", "prefix", "role", "customer", "user", "created by", "expires", "state"
     )
@@ -220,9 +196,6 @@ def list_tokens() -> None:
 @tokens_app.command("revoke")
 def revoke_token(token_id: int) -> None:
     """Revoke a token: it stops working at once."""
-    try:
-        with _connection() as conn:
-            store.revoke_token(conn, token_id)
-    except FieldtrackError as exc:
-        raise _fail(exc) from exc
+    with _connection() as conn:
+        store.revoke_token(conn, token_id)
     console.print(f"token {token_id} revoked")

@@ -6,13 +6,10 @@ import os
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from services.core.console import console, err_console
 from services.core.errors import FieldtrackError
-
-console = Console()
-err_console = Console(stderr=True)
 
 
 def _write_private(text: str) -> str:
@@ -42,23 +39,19 @@ def login(
     from services.client.http import FieldtrackClient  # noqa: PLC0415
     from services.client.settings import ClientSettings, load_client_settings  # noqa: PLC0415
 
-    try:
-        settings = load_client_settings()
-        if url:
-            settings = ClientSettings(api_url=url, api_timeout_s=settings.api_timeout_s)
-        with FieldtrackClient(settings.api_url, timeout_s=settings.api_timeout_s) as client:
-            token = client.post(
-                "/auth/token",
-                {
-                    "username": username,
-                    "password": password,
-                    "name": "cli",
-                    "expires_in_days": expires_in_days,
-                },
-            )
-    except FieldtrackError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(code=1) from exc
+    settings = load_client_settings()
+    if url:
+        settings = ClientSettings(api_url=url, api_timeout_s=settings.api_timeout_s)
+    with FieldtrackClient(settings.api_url, timeout_s=settings.api_timeout_s) as client:
+        token = client.post(
+            "/auth/token",
+            {
+                "username": username,
+                "password": password,
+                "name": "cli",
+                "expires_in_days": expires_in_days,
+            },
+        )
     path = _write_private(
         "# written by `fieldtrack login`; environment variables override these\n"
         f"FIELDTRACK_API_URL={settings.api_url}\nFIELDTRACK_API_TOKEN={token['token']}\n"

@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from services.accounts.roles import Audience
-from services.client.commands import _api, _fail
+from services.client.commands.common import api
+from services.core.console import console as terminal, err_console, fail, file_console
 from services.core.errors import FieldtrackError
 from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from services.analytics.report import CustomerReport
     from services.client.http import FieldtrackClient
 
@@ -316,7 +318,7 @@ def _write(out: Path | None, text: str) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8", newline="")
     except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc.strerror or exc}") from exc
+        raise fail(f"cannot write {out}: {exc.strerror or exc}") from exc
 
 
 def report(
@@ -349,24 +351,22 @@ def report(
     try:
         days = parse_window(window)
     except ReportError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     name = customer.strip()
     if fmt is ReportFormat.CSV:
-        with _api() as api:
-            text, found, count = collect_csv(api, name, days, audience)
+        with api() as client:
+            text, found, count = collect_csv(client, name, days, audience)
         _write(out, text)
         _written(out, "CSV", found["name"], count)
         return
-    with _api() as api:
-        data = collect(api, name, days, audience)
+    with api() as client:
+        data = collect(client, name, days, audience)
     if fmt is ReportFormat.TABLE:
         if out is None:
-            render_tables(_typed(data), Console(highlight=False))
+            render_tables(_typed(data), terminal)
         else:
             buffer = io.StringIO()
-            render_tables(
-                _typed(data), Console(file=buffer, width=160, highlight=False, color_system=None)
-            )
+            render_tables(_typed(data), file_console(buffer, width=160))
             _write(out, buffer.getvalue())
     elif fmt is ReportFormat.JSON:
         _write(out, json.dumps(data.as_json(), indent=2, ensure_ascii=False) + "\n")
@@ -381,11 +381,11 @@ def _typed(data: Collected) -> CustomerReport:
     try:
         return data.typed()
     except ReportError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 def _written(out: Path | None, kind: str, name: str, projects: int) -> None:
     if out is not None:
-        Console(stderr=True, highlight=False).print(
+        err_console.print(
             Text(f"wrote the {kind} report for {name} ({projects} project(s)) to {out}")
         )

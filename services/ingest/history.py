@@ -39,16 +39,10 @@ from pydantic import BaseModel, Field
 
 from services.core.payloads import MAX_PAYLOAD_BYTES, MAX_READINGS, QuarantineReason, Rejected
 from services.core.topics import MessageKind, device_topic
+from services.ingest.batch import BatchResult, Outcome, RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import (
-    NOT_TRANSIENT,
-    BatchResult,
-    Outcome,
-    RawMessage,
-    quarantine_messages,
-    store_batch,
-    store_isolating,
-)
+from services.ingest.quarantine.write import quarantine_messages
+from services.ingest.store import NOT_TRANSIENT, store_batch, store_isolating
 
 # Messages per transaction: large enough for COPY to pay off, small enough to bound memory.
 HISTORY_BATCH = 5_000

@@ -1,14 +1,14 @@
 """Rebuilding every rollup from the raw rows, set-based, in one transaction.
 
-Ingest keeps the rollups up to date message by message (services/ingest/store.py); this is
-for operators (after a repair of raw rows, or to check them) and for loading generated data
+Ingest keeps the rollups up to date message by message (`rollup_sums.py`); this is for
+operators (after a repair of raw rows, or to check them) and for loading generated data
 in bulk (bench/dataset.py). It recomputes, from the month that holds *since* on:
 
 - ``usage_hourly`` from ``usage_events``;
 - ``device_hourly`` from the messages (reading 0 of each stored usage or telemetry message):
   messages, sequence range, the sequence numbers skipped and the jumps too long to be gaps,
   walking each device's messages in device-time order exactly as ingest does when messages
-  arrive in order (store._sequence_gaps; a late message that ingest counted as filling an
+  arrive in order (rollup_sums.sequence_gaps; a late message that ingest counted as filling an
   earlier gap is simply in its place here);
 - the day, month and project rollups from those two (``rollups_from_hourly``, migration 0007);
 - the month rows of what devices reported as enabled, from its day rows (migration 0012).
@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from services.ingest.store import MAX_SEQ_GAP
+from services.ingest.rollup_sums import MAX_SEQ_GAP
 
 ROLLUP_TABLES = (
     "usage_hourly",
@@ -61,7 +61,7 @@ FROM usage_events
 WHERE device_time >= %(from)s::timestamptz AND device_time < %(until)s::timestamptz
 GROUP BY 1, 2, 3, 4
 """
-# The walk of store._sequence_gaps, as a window: within one boot (-1: none), a step forward of
+# The walk of rollup_sums.sequence_gaps, as a window: within one boot (-1: none), a step forward of
 # up to max_gap + 1 counts the numbers skipped and a longer one is a jump; a lower number, or
 # another boot, is a restart. The first message after `from` continues from the device's last
 # message before it, so walking [from, until) in pieces gives what one walk does. Steps are

@@ -43,14 +43,10 @@ from services.core.mqtt_client import BufferedClient
 from services.core.payloads import decode
 from services.core.settings import Settings, check_ingest_client_id
 from services.core.topics import shared_subscription
+from services.ingest.batch import BatchResult, RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import (
-    NOT_TRANSIENT,
-    BatchResult,
-    RawMessage,
-    store_batch,
-    store_isolating,
-)
+from services.ingest.quarantine.purge import purge_quarantine
+from services.ingest.store import NOT_TRANSIENT, store_batch, store_isolating
 
 log = logging.getLogger(__name__)
 
@@ -411,14 +407,9 @@ class IngestService:
         """Drop quarantine rows older than the retention setting, a bounded chunk at a time."""
         self._next_purge = time.monotonic() + PURGE_EVERY_S
         cutoff = datetime.now(UTC) - timedelta(days=self._settings.ingest_quarantine_retention_days)
-        with conn.transaction():
-            done = conn.execute(
-                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine "
-                "WHERE received_at < %s LIMIT %s)",
-                (cutoff, PURGE_CHUNK),
-            )
-        PURGED.inc(done.rowcount)
-        if done.rowcount == PURGE_CHUNK:
+        purged = purge_quarantine(conn, cutoff, PURGE_CHUNK)
+        PURGED.inc(purged)
+        if purged == PURGE_CHUNK:
             self._next_purge = 0.0  # more to do: continue after the next batch
 
     # --- registry listener --------------------------------------------------

@@ -33,10 +33,12 @@ DEFAULT_PAGE_SIZE = 50
 
 @dataclass(frozen=True)
 class Filter:
-    """A query parameter that narrows a list: equality, or array containment."""
+    """A query parameter that narrows a list: equality, or array containment. Its value has
+    the type of `column` in the resource's `out` model (an array's element, for contains)."""
 
     column: str
     op: Literal["eq", "contains"] = "eq"
+    description: str | None = None  # for the help of the API and the command line
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,14 @@ FEATURES = Resource(
     out=models.Feature,
     sortable=frozenset({"id", "key", "name", "product_line", "kind", "created_at"}),
     default_sort="key",
-    filters={"product_line": Filter("product_line"), "kind": Filter("kind")},
+    filters={
+        "product_line": Filter("product_line"),
+        "kind": Filter(
+            "kind",
+            description="interactive: judged by use; standing (alarms, safeguards, schedules): "
+            "judged by being enabled on devices",
+        ),
+    },
     search_columns=("key", "name", "description"),
     dependents=(
         Dependent("deliveries", "feature_id", "delivery(ies)"),
@@ -117,7 +124,7 @@ DEVICES = Resource(
         "model": Filter("model"),
         "firmware": Filter("firmware"),
         "site": Filter("site"),
-        "tag": Filter("tags", "contains"),
+        "tag": Filter("tags", "contains", "devices carrying this tag"),
     },
     search_columns=("serial", "site"),
 )

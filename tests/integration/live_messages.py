@@ -10,8 +10,9 @@ from typing import Any
 import psycopg
 
 from services.core.topics import MessageKind, device_topic
+from services.ingest.batch import BatchResult, RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import BatchResult, RawMessage, store_batch
+from services.ingest.store import store_batch
 
 
 def ago(now: datetime, **delta: float) -> datetime:

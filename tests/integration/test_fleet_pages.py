@@ -27,8 +27,9 @@ from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
+from services.ingest.batch import RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import RawMessage, store_batch
+from services.ingest.store import store_batch
 from services.registry import upserts as registry
 from tests.integration.conftest import api_client, mint_token, scratch_database
 from tests.integration.live_messages import ago, iso, raw, status, telemetry, usage

@@ -30,8 +30,9 @@ from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
+from services.ingest.batch import RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import RawMessage, store_batch
+from services.ingest.store import store_batch
 from services.registry import upserts as registry
 from tests.grafana_sql import (
     READER_SQL,

@@ -25,8 +25,8 @@ from services.core.topics import MessageKind
 from services.fleet.ingest_metrics import scrape
 from services.infra.local import LocalServices
 from services.ingest import service as ingest_service
+from services.ingest.batch import BatchResult
 from services.ingest.service import discard_session
-from services.ingest.store import BatchResult
 from tests.integration.conftest import wait_for
 from tests.integration.ingest_support import (
     Ledger,

@@ -21,8 +21,9 @@ from services.core.payloads import QuarantineReason, Rejected
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
+from services.ingest.batch import RawMessage
+from services.ingest.quarantine.write import quarantine_messages
 from services.ingest.service import discard_session
-from services.ingest.store import RawMessage, quarantine_messages
 from tests.integration.conftest import wait_for
 from tests.integration.ingest_support import (
     Ledger,

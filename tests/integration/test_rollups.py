@@ -24,6 +24,7 @@ from services.core.settings import Settings
 from services.core.topics import MessageKind
 from services.infra.local import LocalServices
 from services.ingest.history import HistoryImporter
+from services.ingest.rollup_sums import MAX_SEQ_GAP
 from services.ingest.rollups import (
     ENABLED_TABLES,
     ROLLUP_TABLES,
@@ -31,7 +32,6 @@ from services.ingest.rollups import (
     rebuild_rollups,
     rollups_from_hourly,
 )
-from services.ingest.store import MAX_SEQ_GAP
 from services.registry import upserts
 from tests.integration.conftest import scratch_database
 
@@ -414,6 +414,25 @@ def test_redelivery_adds_nothing_and_rebuild_equals_ingest(history: History) -> 
         assert rebuild_rollups(conn) is None
         assert rollup_rows(conn) == kept
         assert rebuild_rollups(conn, START + timedelta(days=6)) == datetime(2025, 2, 1, tzinfo=UTC)
+        assert rollup_rows(conn) == kept
+
+
+def test_a_batch_partly_stored_before_rolls_up_only_its_new_readings(history: History) -> None:
+    """A redelivered batch some of whose readings are new takes the staging path (the fast
+    path's COPY meets a stored reading): the readings it inserts are rolled up as the fast
+    path rolls them up, and nothing else is."""
+    with psycopg.connect(history.url, autocommit=True) as conn:
+        kept = rollup_rows(conn)
+        # readings after the first of their message: the messages stay stored, so sequence
+        # accounting is untouched and only the usage rollups lose what these readings held
+        lost = conn.execute("DELETE FROM usage_events WHERE item > 0 AND seq % 3 = 0").rowcount
+        assert lost > 0
+        rebuild_rollups(conn)
+        assert rollup_rows(conn)["usage_hourly"] != kept["usage_hourly"]
+        importer = HistoryImporter(conn)
+        for serial, kind, payload in history.messages:
+            importer.add(serial, kind, payload)
+        assert importer.finish().usage_rows == lost
         assert rollup_rows(conn) == kept
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from device_sim import scenario
 from device_sim.cli import scenario_path
 from device_sim.generator import Generator
-from services.ingest.store import _sequence_gaps
+from services.ingest.rollup_sums import sequence_gaps
 
 ORIGIN = datetime(2026, 11, 20, 3, 17, tzinfo=UTC)
 SPLIT = ORIGIN + timedelta(days=2, hours=5, minutes=41, seconds=13)
@@ -130,7 +130,7 @@ def test_per_device_counts_continue_across_any_split(tmp_path: Path) -> None:
 
 def test_ingest_counts_nothing_missing_across_the_seam(tmp_path: Path) -> None:
     """The backfill's and the resumed run's messages through ingest's own gap walk
-    (store._sequence_gaps): no number skipped, no jump, reboots included. (A run started
+    (rollup_sums.sequence_gaps): no number skipped, no jump, reboots included. (A run started
     afresh would pass this too, its devices starting an unrelated boot; that it continues
     the same boot and numbers is the first test's.)"""
     loaded = _restless(tmp_path)
@@ -148,9 +148,9 @@ def test_ingest_counts_nothing_missing_across_the_seam(tmp_path: Path) -> None:
         stored.append((ids.setdefault(serial, len(ids)), 1, body["seq"], at, body["boot"]))
     # as ingest sees them: the history in one import, then the live run batch by batch
     cut = len(before)
-    counts, latest = _sequence_gaps(stored[:cut], {})
+    counts, latest = sequence_gaps(stored[:cut], {})
     for first in range(cut, len(stored), 500):
-        more, latest_now = _sequence_gaps(stored[first : first + 500], latest)
+        more, latest_now = sequence_gaps(stored[first : first + 500], latest)
         latest = {**latest, **latest_now}
         for key, value in more.items():
             counts.setdefault(key, [0, 0])

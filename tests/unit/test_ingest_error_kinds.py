@@ -11,8 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from services.fleet.ingest_metrics import parse
+from services.ingest.batch import BatchResult, RawMessage
 from services.ingest.service import CODE_ERRORS_FROM_DATABASE
-from services.ingest.store import NOT_TRANSIENT, BatchResult, RawMessage, store_isolating
+from services.ingest.store import NOT_TRANSIENT, store_isolating
 
 DATA_ERRORS = [
     psycopg.errors.CheckViolation,

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.ingest.store import (
+from services.ingest.batch import NO_BOOT
+from services.ingest.identity import (
     IDENTITY_WINDOW_BOOTS,
     IDENTITY_WINDOW_SEQS,
-    MAX_SEQ_GAP,
-    NO_BOOT,
-    _note,
-    _pack_window,
-    _read_window,
-    _sequence_gaps,
+    note,
+    pack_window,
+    read_window,
 )
+from services.ingest.rollup_sums import MAX_SEQ_GAP, sequence_gaps
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MAX_SEQ = 2**63 - 1
@@ -34,7 +33,7 @@ def _counts(
     if previous:
         boot = previous[2] if len(previous) > 2 else NO_BOOT
         prior = {1: (previous[0], _at(previous[1]), boot)}
-    counts, _ = _sequence_gaps(stored, prior)
+    counts, _ = sequence_gaps(stored, prior)
     return sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
 
 
@@ -70,7 +69,7 @@ def test_the_first_message_of_a_device_has_nothing_to_compare_with() -> None:
 
 def test_latest_is_by_device_time_not_largest_number() -> None:
     stored = [(1, 7, 900, _at(1), NO_BOOT), (1, 7, 1, _at(5), NO_BOOT)]  # rebooted between
-    _, latest = _sequence_gaps(stored, {})
+    _, latest = sequence_gaps(stored, {})
     assert latest[1] == (1, _at(5), NO_BOOT)
 
 
@@ -105,33 +104,33 @@ def test_a_device_without_a_clock_restarting_at_the_same_time_fills_no_gap() -> 
 
 def test_the_window_recognises_a_message_of_a_boot_it_remembers() -> None:
     window: list[list[int]] = []
-    assert [_note(window, 3, seq) for seq in (10, 11, 13)] == [True, True, True]
-    assert _note(window, 3, 11) is False  # sent again (another ts does not matter)
-    assert _note(window, 3, 12) is True  # late, never stored: new
-    assert _note(window, 3, 12) is False
-    assert _note(window, 4, 11) is True  # the same seq in another boot is another message
+    assert [note(window, 3, seq) for seq in (10, 11, 13)] == [True, True, True]
+    assert note(window, 3, 11) is False  # sent again (another ts does not matter)
+    assert note(window, 3, 12) is True  # late, never stored: new
+    assert note(window, 3, 12) is False
+    assert note(window, 4, 11) is True  # the same seq in another boot is another message
 
 
 def test_the_window_reaches_back_a_fixed_number_of_seqs() -> None:
     window: list[list[int]] = []
-    _note(window, 1, 0)
-    assert _note(window, 1, IDENTITY_WINDOW_SEQS - 1) is True
-    assert _note(window, 1, 0) is False  # still inside
-    assert _note(window, 1, IDENTITY_WINDOW_SEQS) is True
-    assert _note(window, 1, 0) is True  # out of reach: only an exact repeat is recognised
-    assert _note(window, 1, MAX_SEQ) is True  # a jump of 2^63 shifts nothing it should not
-    assert _note(window, 1, MAX_SEQ) is False
+    note(window, 1, 0)
+    assert note(window, 1, IDENTITY_WINDOW_SEQS - 1) is True
+    assert note(window, 1, 0) is False  # still inside
+    assert note(window, 1, IDENTITY_WINDOW_SEQS) is True
+    assert note(window, 1, 0) is True  # out of reach: only an exact repeat is recognised
+    assert note(window, 1, MAX_SEQ) is True  # a jump of 2^63 shifts nothing it should not
+    assert note(window, 1, MAX_SEQ) is False
 
 
 def test_the_window_remembers_the_latest_boots_used() -> None:
     window: list[list[int]] = []
     for boot in range(1, IDENTITY_WINDOW_BOOTS + 2):
-        _note(window, boot, 7)
-    assert _note(window, 1, 7) is True  # forgotten: the least recently used boot
-    assert _note(window, IDENTITY_WINDOW_BOOTS + 1, 7) is False
-    assert _read_window(_pack_window(window)) == window
+        note(window, boot, 7)
+    assert note(window, 1, 7) is True  # forgotten: the least recently used boot
+    assert note(window, IDENTITY_WINDOW_BOOTS + 1, 7) is False
+    assert read_window(pack_window(window)) == window
 
 
 def test_a_window_of_another_layout_is_forgotten_not_a_crash() -> None:
-    assert _read_window(None) == []
-    assert _read_window(b"\x01\x02\x03") == []
+    assert read_window(None) == []
+    assert read_window(b"\x01\x02\x03") == []

@@ -10,12 +10,12 @@ from pydantic import BaseModel, Field
 
 from services.accounts.roles import Permission, Principal
 from services.api.auth import require, visible_project
-from services.api.deps import ConnDep, Window, WindowDep
+from services.api.deps import ConnDep, WindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId
-from services.api.routes.quarantine import ReasonSummary, quarantine_summary
 from services.fleet import health
 from services.fleet.ingest_metrics import IngestMetrics, scrape
+from services.ingest.quarantine.read import ReasonSummary, reason_summary
 from services.registry.models import MAX_BIGINT
 
 router = APIRouter()
@@ -106,7 +106,7 @@ def ingest_health_for(
 ) -> IngestHealth:
     now = now or datetime.now(UTC)
     since = now - timedelta(hours=hours)
-    reasons = quarantine_summary(conn, Window(since, now))
+    reasons = reason_summary(conn, since, now)
     return IngestHealth(
         generated_at=now,
         recent=health.recent_ingest(conn, now - timedelta(minutes=minutes), now),

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from psycopg import sql
-from psycopg.rows import class_row
-from pydantic import BaseModel, Field, field_validator
 
 from services.accounts.roles import Permission
 from services.api.auth import require
 from services.api.deps import ConnDep, PageDep, WindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId
-from services.core.errors import NotFoundError
 from services.core.payloads import QuarantineReason
+from services.ingest.quarantine.read import (
+    QuarantinedMessage,
+    ReasonSummary,
+    quarantined_message,
+    quarantined_messages,
+    quarantined_payload,
+    reason_summary,
+)
 from services.registry.models import Page
 
 # Raw payloads may carry anything a device sent: ingest health is for ops and admins.
@@ -26,89 +29,6 @@ router = APIRouter(
     tags=["quarantine"],
     dependencies=[Depends(require(Permission.READ_INGEST))],
 )
-
-PREVIEW_BYTES = 2048
-
-
-class QuarantinedMessage(BaseModel):
-    id: int
-    received_at: datetime
-    topic: str
-    device_serial: str | None
-    reason: QuarantineReason
-    detail: str | None
-    payload_size: int = Field(description="bytes received (the stored payload may be truncated)")
-    copies: int = Field(
-        description="times these same bytes on this topic were quarantined (a retained message "
-        "replayed on every ingest reconnect, a redelivery, a re-import): one row for all"
-    )
-    last_received_at: datetime | None = Field(description="when the latest copy arrived")
-    payload_preview: str = Field(
-        description=f"first {PREVIEW_BYTES} bytes as text: invalid UTF-8 replaced, NUL shown as \\0"
-    )
-
-    @field_validator("payload_preview", mode="before")
-    @classmethod
-    def _as_text(cls, value: object) -> object:
-        if isinstance(value, bytes | memoryview):
-            return bytes(value).decode("utf-8", errors="replace").replace("\x00", "\\0")
-        return value
-
-
-class ReasonSummary(BaseModel):
-    reason: QuarantineReason
-    count: int = Field(description="messages quarantined for this reason, copies included")
-    last_received_at: datetime
-    sample: QuarantinedMessage = Field(description="the most recent message with this reason")
-
-
-PREVIEW_COLUMNS = f"""
-id, received_at, topic, device_serial, reason, detail, payload_size, copies,
-coalesce(last_received_at, received_at) AS last_received_at,
-substring(payload FROM 1 FOR {PREVIEW_BYTES}) AS payload_preview
-"""
-# In the order messages were quarantined (latest first by default): by id, which the primary
-# key serves. The time window is a BRIN filter (migration 0011) that cannot give an order, so
-# COUNT, which reads the window anyway for the page's total, also finds its id range, and the
-# list walks only that range.
-LIST = f"""
-SELECT {PREVIEW_COLUMNS} FROM quarantine
-WHERE id BETWEEN %(first)s AND %(last)s
-  AND received_at >= %(since)s AND received_at < %(until)s
-  AND (%(reason)s::text IS NULL OR reason = %(reason)s)
-  AND (%(device)s::text IS NULL OR device_serial = %(device)s)
-ORDER BY id {{direction}} LIMIT %(limit)s OFFSET %(offset)s
-"""
-COUNT = """
-SELECT count(*), min(id), max(id) FROM quarantine
-WHERE received_at >= %(since)s AND received_at < %(until)s
-  AND (%(reason)s::text IS NULL OR reason = %(reason)s)
-  AND (%(device)s::text IS NULL OR device_serial = %(device)s)
-"""
-# Messages, copies included (one row holds all copies of the same bytes on the same topic).
-SUMMARY = """
-SELECT reason, sum(copies)::bigint AS count,
-       max(coalesce(last_received_at, received_at)) AS last_received_at, max(id) AS sample_id
-FROM quarantine WHERE received_at >= %(since)s AND received_at < %(until)s
-GROUP BY reason ORDER BY 2 DESC
-"""
-ONE = f"SELECT {PREVIEW_COLUMNS} FROM quarantine WHERE id = %s"
-RAW = "SELECT payload FROM quarantine WHERE id = %s"
-
-
-class _SummaryRow(BaseModel):
-    reason: QuarantineReason
-    count: int
-    last_received_at: datetime
-    sample_id: int
-
-
-def _one(conn: ConnDep, item_id: int) -> QuarantinedMessage:
-    with conn.cursor(row_factory=class_row(QuarantinedMessage)) as cur:
-        found = cur.execute(ONE, (item_id,)).fetchone()
-    if found is None:
-        raise NotFoundError(f"quarantined message {item_id} not found")
-    return found
 
 
 @router.get(
@@ -128,46 +48,29 @@ def list_quarantine(
     reason: Annotated[QuarantineReason | None, Query()] = None,
     device: Annotated[str | None, Query(max_length=64, description="device serial")] = None,
 ) -> Page[QuarantinedMessage]:
-    params = {
-        "since": window.since,
-        "until": window.until,
-        "reason": reason.value if reason else None,
-        "device": device,
-        "limit": page.limit,
-        "offset": page.offset,
-    }
-    found = conn.execute(COUNT, params).fetchone()
-    total, first, last = found if found else (0, None, None)
-    items: list[QuarantinedMessage] = []
-    if total:
-        with conn.cursor(row_factory=class_row(QuarantinedMessage)) as cur:
-            listed = sql.SQL(LIST).format(direction=sql.SQL("DESC" if sort == "-id" else "ASC"))
-            items = cur.execute(listed, {**params, "first": first, "last": last}).fetchall()
-    return Page[QuarantinedMessage](
-        items=items, total=int(total), limit=page.limit, offset=page.offset
+    total, items = quarantined_messages(
+        conn,
+        since=window.since,
+        until=window.until,
+        reason=reason,
+        device=device,
+        limit=page.limit,
+        offset=page.offset,
+        latest_first=sort == "-id",
     )
+    return Page[QuarantinedMessage](items=items, total=total, limit=page.limit, offset=page.offset)
 
 
 @router.get(
     "/summary", response_model=list[ReasonSummary], summary="Counts by reason, with a sample"
 )
 def quarantine_summary(conn: ConnDep, window: WindowDep) -> list[ReasonSummary]:
-    with conn.cursor(row_factory=class_row(_SummaryRow)) as cur:
-        rows = cur.execute(SUMMARY, {"since": window.since, "until": window.until}).fetchall()
-    return [
-        ReasonSummary(
-            reason=r.reason,
-            count=r.count,
-            last_received_at=r.last_received_at,
-            sample=_one(conn, r.sample_id),
-        )
-        for r in rows
-    ]
+    return reason_summary(conn, window.since, window.until)
 
 
 @router.get("/{item_id}", response_model=QuarantinedMessage, responses=NOT_FOUND)
 def get_quarantined(item_id: ItemId, conn: ConnDep) -> QuarantinedMessage:
-    return _one(conn, item_id)
+    return quarantined_message(conn, item_id)
 
 
 @router.get(
@@ -177,7 +80,4 @@ def get_quarantined(item_id: ItemId, conn: ConnDep) -> QuarantinedMessage:
     summary="The stored raw bytes (up to 64 KiB of the original)",
 )
 def get_quarantined_payload(item_id: ItemId, conn: ConnDep) -> Response:
-    row = conn.execute(RAW, (item_id,)).fetchone()
-    if row is None:
-        raise NotFoundError(f"quarantined message {item_id} not found")
-    return Response(bytes(row[0]), media_type="application/octet-stream")
+    return Response(quarantined_payload(conn, item_id), media_type="application/octet-stream")

@@ -17,7 +17,8 @@ TRIGGER = os.environ.get("FIELDTRACK_TEST_CODE_FAULT")
 
 if TRIGGER:
     from services.ingest import service
-    from services.ingest.store import BatchResult, store_batch as _real_store_batch
+    from services.ingest.batch import BatchResult
+    from services.ingest.store import store_batch as _real_store_batch
 
     _trigger = Path(TRIGGER)
 

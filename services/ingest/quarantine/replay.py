@@ -35,8 +35,9 @@ import psycopg
 
 from services.core.payloads import QuarantineReason
 from services.core.topics import MessageKind, parse_topic
+from services.ingest.batch import RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.store import NOT_TRANSIENT, RawMessage, store_batch
+from services.ingest.store import NOT_TRANSIENT, store_batch
 
 # Quarantine rows listed per query while walking it (each is replayed in its own transaction).
 CHUNK = 500
