@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from device_sim.cli import SCENARIOS_DIR
+from device_sim.cli import scenario_path
 from device_sim.scenario import Scenario, delivered_on, go_live, load
 from device_sim.seed import seed
 from services.core.migrate import migrate
@@ -362,7 +362,7 @@ def _scenario_params(conn: psycopg.Connection, scenario: Scenario, end: date, st
 
 
 def _generate(url: str, target: int, report: Report, workers: int) -> None:
-    scenario = load(SCENARIOS_DIR / "portfolio.yaml")
+    scenario = load(scenario_path("portfolio"))
     end = datetime.now(UTC).date()
     start = end - timedelta(days=DAYS)
     start_ts = datetime(start.year, start.month, start.day, tzinfo=UTC)

@@ -20,9 +20,9 @@ from pathlib import Path
 import psycopg
 from pydantic import SecretStr
 
+from bench import PROJECT_ROOT
 from services.core.broker_admin import BrokerAdmin
 from services.core.migrate import migrate
-from services.core.paths import PROJECT_ROOT
 from services.core.settings import Settings
 from services.infra.local import ADMIN_USER, INGEST_USER, LocalServices
 from services.infra.mosquitto import QUOTA_SWITCH

@@ -19,7 +19,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.core.paths import PROJECT_ROOT
+from bench import PROJECT_ROOT
 from services.core.settings import Settings
 
 CONNECT_TIMEOUT_S = 60.0

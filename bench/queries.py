@@ -30,11 +30,11 @@ import httpx
 import psycopg
 from pydantic import SecretStr
 
+from bench import PROJECT_ROOT
 from bench.dataset import Dataset, ensure_dataset
 from services.accounts.roles import Role
 from services.accounts.store import TokenCreate, create_token
 from services.api.background import serve_in_thread
-from services.core.paths import PROJECT_ROOT
 from services.core.settings import Settings, get_settings
 from services.infra.local import LocalServices
 

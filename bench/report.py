@@ -422,7 +422,7 @@ if __name__ == "__main__":
     # `make bench` writes there itself).
     import sys
 
-    from services.core.paths import PROJECT_ROOT
+    from bench import PROJECT_ROOT
 
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else PROJECT_ROOT / ".state/bench/report"
     found = json.loads((source / "report.json").read_text())

@@ -27,12 +27,11 @@ from typing import Annotated, Any
 import psutil
 import typer
 
-from bench import ceilings, profile, report as report_mod
+from bench import PROJECT_ROOT, ceilings, profile, report as report_mod
 from bench.env import BenchData, bench_data, bench_services, start_services
 from bench.load import Load
 from bench.phases import IngestBench, Phase
 from services.core.console import console
-from services.core.paths import PROJECT_ROOT
 from services.core.settings import Settings
 from services.infra.local import LocalServices
 

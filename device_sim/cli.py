@@ -13,6 +13,8 @@ import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,14 +24,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services.core.console import command_group, err_console, fail
 from services.core.errors import FieldtrackError
-from services.core.paths import PROJECT_ROOT, state_dir
+from services.core.paths import state_dir
 
 if TYPE_CHECKING:
     from device_sim.generator import Generator, Timeline
     from device_sim.scenario import Scenario
 
 sim_app = command_group("Simulated device fleets.")
-SCENARIOS_DIR = PROJECT_ROOT / "device_sim" / "scenarios"
+# The shipped scenarios are package data (device_sim/scenarios), found in any install.
+SHIPPED_SCENARIOS = resources.files("device_sim") / "scenarios"
 TRUTH_EVERY_S = 10.0  # how often a running fleet rewrites its ground truth
 
 ScenarioOpt = Annotated[
@@ -52,9 +55,10 @@ ResumeOpt = Annotated[
 ]
 
 
-def scenario_path(name: str) -> Path:
-    shipped = SCENARIOS_DIR / f"{name}.yaml"
-    return shipped if shipped.exists() else Path(name)
+def scenario_path(name: str) -> Traversable:
+    """A shipped scenario by name (demo, portfolio, load), else *name* as a YAML path."""
+    shipped = SHIPPED_SCENARIOS / f"{name}.yaml"
+    return shipped if shipped.is_file() else Path(name)
 
 
 def default_credentials(scenario_name: str) -> Path:

@@ -8,7 +8,7 @@ shipped scenarios (`demo`, `portfolio`, `load`).
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Annotated, Literal
 
 import yaml
@@ -300,7 +300,8 @@ class Scenario(_Model):
         return [(c, p) for c in self.customers for p in c.projects]
 
 
-def load(path: Path) -> Scenario:
+def load(path: Traversable) -> Scenario:
+    """A scenario from its YAML: a file, or one shipped in the package (scenario_path)."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from tests import PROJECT_ROOT
+
 # Set before anything reads settings: tests get their own state folder and ports, never the
 # demo's. FIELDTRACK_TEST_STATE_DIR (with other ports) lets two suites run side by side.
 os.environ["FIELDTRACK_STATE_DIR"] = os.environ.get(

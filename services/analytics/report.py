@@ -108,14 +108,13 @@ def customer_line(c: Customer | CustomerView, internal: bool) -> str:
 def render_html(report: CustomerReport) -> str:
     from jinja2 import (  # noqa: PLC0415 - lazy: `fieldtrack --help` stays fast
         Environment,
-        FileSystemLoader,
         StrictUndefined,
     )
 
-    from services.core.paths import DASHBOARDS_DIR  # noqa: PLC0415
+    from services.core.paths import template_loader  # noqa: PLC0415
 
     env = Environment(
-        loader=FileSystemLoader(DASHBOARDS_DIR / "templates"),
+        loader=template_loader(),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,

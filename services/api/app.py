@@ -35,7 +35,7 @@ from services.api.routes import (
 )
 from services.core.db import open_pool
 from services.core.migrate import migrate
-from services.core.paths import DASHBOARDS_DIR, chart_library_dir
+from services.core.paths import DASHBOARDS_PACKAGE, chart_library_dir
 from services.core.settings import Settings, get_settings
 
 
@@ -98,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.document_access_errors(app)
     app.include_router(fleet_pages.router)
     # Static assets (CSS, scripts) are public: the login page needs them.
-    app.mount("/static", StaticFiles(directory=DASHBOARDS_DIR / "static"), name="static")
+    # Served from the installed package (dashboards/static), not from a source checkout.
+    static = StaticFiles(packages=[(DASHBOARDS_PACKAGE, "static")])
+    app.mount("/static", static, name="static")
     app.mount("/vendor/plotly", StaticFiles(directory=chart_library_dir()), name="plotly")
     return app

@@ -1,15 +1,18 @@
-"""The Jinja2 templates under dashboards/templates, shared by every page."""
+"""The Jinja2 templates under dashboards/templates (package data), shared by every page."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, select_autoescape
 
 from services.analytics.recommend import LABELS
-from services.core.paths import DASHBOARDS_DIR
+from services.core.paths import template_loader
 
-templates = Jinja2Templates(directory=DASHBOARDS_DIR / "templates")
+templates = Jinja2Templates(
+    env=Environment(loader=template_loader(), autoescape=select_autoescape())
+)
 
 
 def utc(moment: datetime | None) -> str:

@@ -36,7 +36,6 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from services.core.broker_admin import BrokerAdmin
-from services.core.paths import PROJECT_ROOT
 from services.core.payloads import MAX_PAYLOAD_BYTES
 from services.core.settings import Settings
 from services.core.topics import MessageKind
@@ -46,9 +45,11 @@ from services.infra.mosquitto import (
     DEVICE_BURST_MSGS,
     DEVICE_BYTES_PER_S,
     DEVICE_MSGS_PER_S,
+    config_template,
 )
 from services.ingest.service import discard_session
 from services.registry import upserts as registry
+from tests import PROJECT_ROOT
 from tests.integration.ingest_support import (
     Background,
     FaultEnv,
@@ -76,8 +77,7 @@ AUTOSAVE = re.compile(r"^autosave_interval (\d+)", re.MULTILINE)
 
 def autosave_interval_s() -> int:
     """How often the broker writes its persistence file (from the one config template)."""
-    template = PROJECT_ROOT / "services" / "infra" / "mosquitto.conf.template"
-    found = AUTOSAVE.search(template.read_text())
+    found = AUTOSAVE.search(config_template().template)
     return int(found[1]) if found else 1800  # Mosquitto's own default
 
 
@@ -413,8 +413,8 @@ QUEUE_LIMIT = re.compile(r"^max_queued_(messages|bytes) (\d+)", re.MULTILINE)
 
 def queue_budget() -> dict[str, int]:
     """Ingest's session queue budget, from the one config template."""
-    template = PROJECT_ROOT / "services" / "infra" / "mosquitto.conf.template"
-    return {kind: int(value) for kind, value in QUEUE_LIMIT.findall(template.read_text())}
+    template = config_template().template
+    return {kind: int(value) for kind, value in QUEUE_LIMIT.findall(template)}
 
 
 class Flooder:

@@ -32,7 +32,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from device_sim.device import SimDevice
 from services.core.broker_admin import BrokerAdmin, device_role
 from services.core.migrate import migrate
-from services.core.paths import PROJECT_ROOT
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
@@ -40,6 +39,7 @@ from services.infra.postgres import PG_BIN
 from services.infra.system import run
 from services.registry import upserts as registry
 from services.registry.upserts import DeviceCredential
+from tests import PROJECT_ROOT
 from tests.integration.conftest import scratch_database
 
 # --- payloads -----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any
 import psycopg
 
 from services.core.broker_admin import BrokerAdmin
-from services.core.paths import PROJECT_ROOT
 from services.core.payloads import QuarantineReason, Rejected
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
@@ -24,6 +23,7 @@ from services.infra.local import LocalServices
 from services.ingest.batch import RawMessage
 from services.ingest.quarantine.write import quarantine_messages
 from services.ingest.service import discard_session
+from tests import PROJECT_ROOT
 from tests.integration.conftest import wait_for
 from tests.integration.ingest_support import (
     Ledger,

@@ -4,7 +4,6 @@ source tree beside the shipped scenarios; and it records the timeline a --resume
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,32 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from device_sim import scenario
-from device_sim.cli import SCENARIOS_DIR, resume_timeline, scenario_path, sim_app, truth_path
+from device_sim.cli import resume_timeline, scenario_path, sim_app, truth_path
 from services.core.errors import FieldtrackError
-from services.core.paths import PROJECT_ROOT
+from tests import PROJECT_ROOT, source_changes
 
-
-def _untracked_and_changed() -> set[str]:
-    """Files under the checkout that git sees as new or changed (ignored ones included)."""
-    done = subprocess.run(
-        [
-            "git",
-            "status",
-            "--porcelain",
-            "--ignored",
-            "--untracked-files=all",
-            "--",
-            "device_sim",
-            "services",
-            "dashboards",
-            "tests/scenarios",
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {line[3:] for line in done.stdout.splitlines() if "__pycache__" not in line}
+# The shipped scenarios' folder in this checkout: no truth file may appear beside them.
+SCENARIOS_DIR = PROJECT_ROOT / "device_sim" / "scenarios"
 
 
 def test_the_default_truth_file_is_in_the_state_folder(
@@ -53,7 +32,7 @@ def test_export_writes_its_truth_outside_the_checkout(
 ) -> None:
     monkeypatch.setenv("FIELDTRACK_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
-    before = _untracked_and_changed()
+    before = source_changes()
     # git ignores *.truth.json, so an old checkout's leftover is compared by time, not listed
     truths = {p: p.stat().st_mtime_ns for p in SCENARIOS_DIR.glob("*.truth.json*")}
     result = CliRunner().invoke(
@@ -64,7 +43,7 @@ def test_export_writes_its_truth_outside_the_checkout(
     body = json.loads(truth.read_text())
     assert body["scenario"] == "demo" and body["anchor"] and body["start"] and body["end"]
     assert {p: p.stat().st_mtime_ns for p in SCENARIOS_DIR.glob("*.truth.json*")} == truths
-    assert _untracked_and_changed() == before
+    assert source_changes() == before
 
 
 def test_resume_reads_the_timeline_and_refuses_another_scenario(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from services.api.app import create_app
 from services.core.settings import Settings
 from services.infra.local import LocalServices
 from services.infra.system import ensure_packages
-from tests.conftest import PROJECT_ROOT
+from tests import PROJECT_ROOT
 from tests.integration.conftest import api_client, mint_token, wait_for
 from tests.integration.scenario_support import ANALYTICS_SCENARIO, Loaded, load_scenario
 
