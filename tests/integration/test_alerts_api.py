@@ -197,10 +197,10 @@ def test_rules_and_channels_are_for_admins_and_ops_and_bad_ones_get_a_clear_4xx(
         ),
         ({"name": "x\u0000", "kind": "webhook", "target": "http://127.0.0.1/"}, "name"),
     ]
-    for request, why in channels:
-        response = ops.post("/alerts/channels", json=request)
-        assert response.status_code == 422, (request, response.text)
-        assert why in response.text, (request, response.text)
+    for channel, why in channels:
+        response = ops.post("/alerts/channels", json=channel)
+        assert response.status_code == 422, (channel, response.text)
+        assert why in response.text, (channel, response.text)
     made = ops.post(
         "/alerts/channels",
         json={
