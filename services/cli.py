@@ -28,7 +28,15 @@ from device_sim.cli import (
 )
 from services.accounts.cli import tokens_app, users_app
 from services.client import login as client_login, report as client_report
-from services.client.commands import customers, deliveries, devices, features, imports, projects
+from services.client.commands import (
+    alerts,
+    customers,
+    deliveries,
+    devices,
+    features,
+    imports,
+    projects,
+)
 from services.core.console import command_group, console, err_console, fail
 from services.core.paths import state_dir
 
@@ -40,7 +48,7 @@ infra_app = command_group("Local TimescaleDB and Mosquitto, without Docker.")
 db_app = command_group("Database schema.")
 rollups_app = command_group("The rollups the analytics read.")
 quarantine_app = command_group("Messages ingest could not store.")
-alerts_app = command_group("Alert rules, alerts and notifications.")
+alerts_app = alerts.app  # list, ack, rules … through the API; run and evaluate below
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
