@@ -462,7 +462,8 @@ def demo(
     live += _demo_history(settings, exe, history_days, catch_up)
     # Each in its own session: Ctrl-C reaches only this process, which stops them in order.
     children: dict[str, subprocess.Popen[bytes]] = {}
-    for name, args in (("ingest", ["ingest"]), ("api", ["api"]), ("simulator", live)):
+    processes = (("ingest", ["ingest"]), ("api", ["api"]), ("alerts", ["alerts", "run"]))
+    for name, args in (*processes, ("simulator", live)):
         if name == "simulator":
             # Ingest subscribed first: it receives the devices' births live, not as the
             # broker's retained copies later.
@@ -480,7 +481,8 @@ def demo(
         f"\n[bold green]fieldtrack demo is running[/]\n"
         f"  dashboards  {url}/\n  API docs    {url}/docs\n"
         f"  metrics     http://{settings.ingest_metrics_host}:{settings.ingest_metrics_port}/metrics\n"
-        f"  logs        {logs}/{{ingest,api,simulator}}.log\n"
+        f"  alerts      {url}/alerts (the depot's site goes quiet a few minutes in)\n"
+        f"  logs        {logs}/{{ingest,api,alerts,simulator}}.log\n"
         "Ctrl-C stops the demo (the local services keep running; `make down` stops them)."
     )
     if first_admin:
