@@ -49,11 +49,13 @@ db_app = command_group("Database schema.")
 rollups_app = command_group("The rollups the analytics read.")
 quarantine_app = command_group("Messages ingest could not store.")
 alerts_app = alerts.app  # list, ack, rules … through the API; run and evaluate below
+retention_app = command_group("Deleting raw rows and quarantined messages past retention.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(retention_app, name="retention")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
 for _registry in (customers, projects, features, deliveries, devices):
     app.add_typer(_registry.app, name=_registry.COMMANDS.plural)
@@ -178,6 +180,37 @@ def rollups_rebuild(
         raise fail(exc) from exc
     where = f"from {start:%Y-%m-%d} on" if start else "all of them"
     console.print(f"rollups rebuilt ({where}) in {time.monotonic() - started:.1f}s")
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """One retention pass now (ingest runs one every FIELDTRACK_RETENTION_EVERY_S): raw rows
+    past each project's retention and quarantined messages past theirs are deleted."""
+    import psycopg
+
+    from services.core.settings import get_settings
+    from services.ingest.retention import run_retention
+
+    try:
+        settings = get_settings()
+        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+            report = run_retention(conn, settings, datetime.now(UTC))
+    except psycopg.Error as exc:
+        raise fail(exc) from exc
+    if not report.ran:
+        console.print("another process is running a retention pass; nothing done")
+        return
+    deleted = ", ".join(f"{t} {n}" for t, n in sorted(report.rows_deleted.items()) if n)
+    dropped = ", ".join(f"{t} {n}" for t, n in sorted(report.chunks_dropped.items()))
+    console.print(
+        f"retention pass in {report.seconds:.1f}s: rows deleted: {deleted or 'none'}; "
+        f"chunks dropped: {dropped or 'none'}"
+        + (
+            f"; {report.lock_timeouts} left for the next pass (locks busy)"
+            if report.lock_timeouts
+            else ""
+        )
+    )
 
 
 @quarantine_app.command("replay")

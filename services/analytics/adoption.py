@@ -20,8 +20,9 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from pydantic import BaseModel, Field
 
-from services.analytics.measures import FeatureMeasures, Window
+from services.analytics.measures import FeatureMeasures
 from services.analytics.recommend import wilson
+from services.core.windows import Window
 
 WEEK = timedelta(days=7)
 

@@ -31,7 +31,6 @@ from pydantic import (
     model_validator,
 )
 
-from services.analytics.measures import Window
 from services.analytics.portfolio import FeatureRow, ProjectAnalytics, portfolio, project_analytics
 from services.analytics.recommend import (
     AnalyticsThresholds,
@@ -41,7 +40,7 @@ from services.analytics.recommend import (
 )
 from services.core.db import translate_errors
 from services.core.errors import InvalidInputError, NotFoundError
-from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, Window
 from services.registry import repository
 from services.registry.models import FeatureKey, Id, Name, Notes, Page
 from services.registry.repository import Filter, Resource

@@ -45,6 +45,7 @@ from services.analytics.windows import (
 from services.core.errors import NotFoundError
 from services.core.payloads import ENABLED_REPORTED
 from services.core.thresholds import AnalyticsThresholds
+from services.core.windows import Window
 from services.registry.enums import FeatureKind
 
 
@@ -213,20 +214,6 @@ SELECT k.project_id, k.feature_key,
           AND u.hour < %(until)s)
 FROM unnest(%(pids)s::bigint[], %(keys)s::text[]) AS k(project_id, feature_key)
 """
-
-
-@dataclass(frozen=True)
-class Window:
-    since: datetime
-    until: datetime
-
-    @property
-    def days(self) -> float:
-        return (self.until - self.since) / DAY
-
-    @property
-    def previous(self) -> datetime:
-        return self.since - (self.until - self.since)
 
 
 @dataclass(frozen=True)

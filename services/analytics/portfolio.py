@@ -21,7 +21,6 @@ from services.analytics.measures import (
     ProjectContext,
     ProjectMeasures,
     ProjectReading,
-    Window,
     measure_projects,
 )
 from services.analytics.recommend import (
@@ -34,6 +33,7 @@ from services.analytics.recommend import (
 )
 from services.analytics.windows import Span, reporting_devices, using_devices
 from services.core.errors import NotFoundError
+from services.core.windows import Window
 from services.registry.enums import DeliveryStatus, FeatureKind
 
 # Quartiles of fewer peers than this would all but name them: only their count is shown.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, ClassVar
+from datetime import datetime
+from typing import Annotated
 
 import psycopg
 from fastapi import Depends, Query, Request
@@ -14,10 +14,9 @@ from services.core.broker_admin import BrokerAdmin
 from services.core.errors import InvalidInputError
 from services.core.settings import Settings
 from services.core.thresholds import AnalyticsThresholds
-from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, OPS_WINDOW_DAYS
+from services.core.windows import DEFAULT_WINDOW_DAYS, OPS_WINDOW_DAYS, Window
 from services.registry.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
-MAX_WINDOW = timedelta(days=MAX_WINDOW_DAYS)
 MAX_OFFSET = 1_000_000
 
 
@@ -94,48 +93,28 @@ PageDep = Annotated[PageParams, Depends()]
 ListDep = Annotated[ListParams, Depends()]
 
 
-class Window:
-    """A time window [since, until) from query parameters, validated; an operations list's
-    default is the last week."""
-
-    default_days: ClassVar[int] = OPS_WINDOW_DAYS
-
-    def __init__(
-        self,
-        since: Annotated[
-            datetime | None,
-            Query(
-                description=f"start, ISO 8601 with zone; default until − {DEFAULT_WINDOW_DAYS} "
-                f"days for usage and analytics, − {OPS_WINDOW_DAYS} days for operations lists"
-            ),
-        ] = None,
-        until: Annotated[
-            datetime | None, Query(description="end (exclusive), ISO 8601 with zone; default now")
-        ] = None,
-    ) -> None:
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and value.tzinfo is None:
-                raise InvalidInputError(
-                    "needs a time zone, e.g. 2026-01-31T00:00:00Z", field=name, location="query"
-                )
-        self.until = (until or datetime.now(UTC)).astimezone(UTC)
-        self.since = (since or self.until - timedelta(days=self.default_days)).astimezone(UTC)
-        if self.since >= self.until:
-            raise InvalidInputError("since must be before until", field="since", location="query")
-        if self.until - self.since > MAX_WINDOW:
-            raise InvalidInputError(
-                f"the window may span at most {MAX_WINDOW.days} days",
-                field="since",
-                location="query",
-            )
+SinceQuery = Annotated[
+    datetime | None,
+    Query(
+        description=f"start, ISO 8601 with zone; default until − {DEFAULT_WINDOW_DAYS} "
+        f"days for usage and analytics, − {OPS_WINDOW_DAYS} days for operations lists"
+    ),
+]
+UntilQuery = Annotated[
+    datetime | None, Query(description="end (exclusive), ISO 8601 with zone; default now")
+]
 
 
-class UsageWindow(Window):
+def ops_window(since: SinceQuery = None, until: UntilQuery = None) -> Window:
+    """An operations list's window from `?since=…&until=…`: by default the last week."""
+    return Window.asked(since, until, default_days=OPS_WINDOW_DAYS)
+
+
+def usage_window(since: SinceQuery = None, until: UntilQuery = None) -> Window:
     """The window of usage, analytics and their exports: by default the last 30 days, the same
     as the pages and the CLI."""
+    return Window.asked(since, until, default_days=DEFAULT_WINDOW_DAYS)
 
-    default_days = DEFAULT_WINDOW_DAYS
 
-
-WindowDep = Annotated[Window, Depends()]
-UsageWindowDep = Annotated[UsageWindow, Depends()]
+WindowDep = Annotated[Window, Depends(ops_window)]
+UsageWindowDep = Annotated[Window, Depends(usage_window)]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
 from services.accounts.roles import Permission, Principal
-from services.api.deps import Window
 from services.api.templates import templates
 from services.core.errors import InvalidInputError
-from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, Window
 
 WINDOW_DAYS = (7, DEFAULT_WINDOW_DAYS, 90)
 
@@ -34,27 +34,24 @@ def _moment(text: str | None, field: str, *, end: bool) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class PageWindow(Window):
-    """`?days=7|30|90` (default 30, ending now) or a custom `?since=…&until=…` (dates from
-    the picker, or ISO times)."""
+@dataclass(frozen=True)
+class PageWindow:
+    """A page's window: the last *days* days, or custom (*days* None) from the picker."""
 
-    default_days = DEFAULT_WINDOW_DAYS
+    window: Window
+    days: int | None = None
 
-    def __init__(
-        self,
-        days: Annotated[
-            int | None, Query(ge=1, le=MAX_WINDOW_DAYS, description="window length")
-        ] = None,
-        since: Annotated[str | None, Query(max_length=40)] = None,
-        until: Annotated[str | None, Query(max_length=40)] = None,
-    ) -> None:
-        start, end = _moment(since, "since", end=False), _moment(until, "until", end=True)
-        self.custom = start is not None or end is not None
-        if not self.custom:
-            end = datetime.now(UTC)  # to the microsecond: a status from this second counts
-            start = end - timedelta(days=days or self.default_days)
-        super().__init__(start, end)
-        self.days = days or (self.default_days if not self.custom else None)
+    @property
+    def since(self) -> datetime:
+        return self.window.since
+
+    @property
+    def until(self) -> datetime:
+        return self.window.until
+
+    @property
+    def custom(self) -> bool:
+        return self.days is None
 
     @property
     def query(self) -> str:
@@ -77,6 +74,32 @@ class PageWindow(Window):
         if not self.custom:
             return f"last {self.days} day{'' if self.days == 1 else 's'}"
         return f"{self.since:%Y-%m-%d %H:%M} – {self.until:%Y-%m-%d %H:%M} UTC"
+
+
+DaysQuery = Annotated[int | None, Query(ge=1, le=MAX_WINDOW_DAYS, description="window length")]
+MomentQuery = Annotated[str | None, Query(max_length=40)]
+
+
+def window_from(
+    days: int | None, since: str | None, until: str | None, default_days: int
+) -> PageWindow:
+    """`?days=N` (ending now) or a custom `?since=…&until=…` (dates from the picker, or ISO
+    times); neither: the last *default_days* days."""
+    start, end = _moment(since, "since", end=False), _moment(until, "until", end=True)
+    if start is None and end is None:
+        # ending now to the microsecond: a status from this second counts
+        return PageWindow(Window.last(days or default_days), days or default_days)
+    return PageWindow(Window.asked(start, end, default_days=default_days))
+
+
+def page_window(
+    days: DaysQuery = None, since: MomentQuery = None, until: MomentQuery = None
+) -> PageWindow:
+    """A usage page's window: by default the last 30 days, as the API and the CLI."""
+    return window_from(days, since, until, DEFAULT_WINDOW_DAYS)
+
+
+PageWindowDep = Annotated[PageWindow, Depends(page_window)]
 
 
 NAV: tuple[tuple[str, str, Permission], ...] = (
@@ -115,6 +138,8 @@ def render(
             "nav": navigation(caller),
             "window": window,
             "window_days": WINDOW_DAYS,
+            "default_window_days": DEFAULT_WINDOW_DAYS,
+            "max_window_days": MAX_WINDOW_DAYS,
             "can": caller.can,
             "P": Permission,
             **context,

@@ -13,11 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,8 +28,8 @@ from rich.text import Text
 from services.accounts.roles import Audience
 from services.client.commands.common import api
 from services.core.console import console as terminal, err_console, fail, file_console
-from services.core.errors import FieldtrackError
-from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
+from services.core.errors import FieldtrackError, InvalidInputError
+from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, Window, parse_days
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
 MAX_NAME = 200  # customer names are 1-200 characters
 PAGE_SIZE = 500  # the API's largest page
-WINDOW_RE = re.compile(r"^(\d{1,4})d$")
 SUGGESTIONS = 5
 # What a customer version says about the customer (the API's customer view of a customer):
 # tier and lifecycle stage are the solution company's view of them.
@@ -128,15 +126,11 @@ class Collected:
 
 
 def parse_window(text: str) -> int:
-    """`30d`, `7d`, `90d` or any `Nd` → N days (1 … 400)."""
-    match = WINDOW_RE.match(text.strip().lower())
-    days = int(match[1]) if match else 0
-    if not 1 <= days <= MAX_WINDOW_DAYS:
-        raise ReportError(
-            f"--window {text!r} is not a window: use a number of days like 7d, 30d or 90d "
-            f"(1d to {MAX_WINDOW_DAYS}d)"
-        )
-    return days
+    """`--window`'s `Nd` → N days, within the one limit."""
+    try:
+        return parse_days(text)
+    except InvalidInputError as exc:
+        raise ReportError(f"--window {exc}") from exc
 
 
 # --- through the API ----------------------------------------------------------------------
@@ -177,8 +171,13 @@ def find_customer(api: FieldtrackClient, name: str) -> dict[str, Any]:
     raise ReportError(f"no customer is named {name!r}{hint} (see `fieldtrack customers list`)")
 
 
-def _window_params(since: datetime, until: datetime) -> dict[str, str]:
-    return {"since": since.isoformat(), "until": until.isoformat()}
+def _last(days: int) -> Window:
+    """The *days* days up to now, to the second."""
+    return Window.last(days, datetime.now(UTC).replace(microsecond=0))
+
+
+def _window_params(window: Window) -> dict[str, str]:
+    return {"since": window.since.isoformat(), "until": window.until.isoformat()}
 
 
 def collect(
@@ -186,14 +185,15 @@ def collect(
 ) -> Collected:
     customer = find_customer(api, name)
     projects = list(_pages(api, "/projects", {"customer_id": customer["id"], "sort": "name"}))
-    until = datetime.now(UTC).replace(microsecond=0)
-    since = until - timedelta(days=days)
-    params = {**_window_params(since, until), "audience": audience.value}
+    window = _last(days)
+    params = {**_window_params(window), "audience": audience.value}
     analytics = [api.get(f"/projects/{p['id']}/analytics", params) for p in projects]
     rules = api.get("/analytics/rules") if audience is Audience.INTERNAL else []
     if audience is Audience.CUSTOMER:
         customer = {k: v for k, v in customer.items() if k in CUSTOMER_FIELDS}
-    return Collected(customer, since, until, days, datetime.now(UTC), analytics, audience, rules)
+    return Collected(
+        customer, window.since, window.until, days, datetime.now(UTC), analytics, audience, rules
+    )
 
 
 def collect_csv(
@@ -202,9 +202,8 @@ def collect_csv(
     """The API's own CSV export for each project, under one header."""
     customer = find_customer(api, name)
     projects = list(_pages(api, "/projects", {"customer_id": customer["id"], "sort": "name"}))
-    until = datetime.now(UTC).replace(microsecond=0)
     params = {
-        **_window_params(until - timedelta(days=days), until),
+        **_window_params(_last(days)),
         "format": "csv",
         "audience": audience.value,
     }
@@ -325,7 +324,10 @@ def report(
     *,
     customer: Annotated[str, typer.Option(help="the customer's name (exact; case may differ)")],
     window: Annotated[
-        str, typer.Option(help="how far back from now: 7d, 30d, 90d or any Nd (up to 400d)")
+        str,
+        typer.Option(
+            help=f"how far back from now: 7d, 30d, 90d or any Nd (up to {MAX_WINDOW_DAYS}d)"
+        ),
     ] = f"{DEFAULT_WINDOW_DAYS}d",
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="table on the terminal, or csv, json, html")

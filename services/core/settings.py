@@ -17,6 +17,7 @@ from services.core.errors import ConfigError
 from services.core.paths import local_env_file
 from services.core.thresholds import AnalyticsThresholds
 from services.core.topics import SERIAL_RE, is_reserved_name
+from services.core.windows import MAX_WINDOW_DAYS
 
 MIN_SESSION_SECRET = 32
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
@@ -109,6 +110,23 @@ class Settings(BaseSettings):
         default=30, ge=1, le=3650, description="default late-data window; a project may set its own"
     )
     ingest_quarantine_retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    raw_retention_days: int = Field(
+        default=MAX_WINDOW_DAYS,
+        ge=1,
+        le=36_500,
+        description="raw usage events, metric samples and status history older than this are "
+        "deleted (rollups are kept); a project's `retention_days` overrides it. The default is "
+        "the longest window any page or route reads",
+    )
+    retention_every_s: int = Field(
+        default=600, ge=1, le=86_400, description="how often ingest runs the retention job"
+    )
+    retention_batch_rows: int = Field(
+        default=5000,
+        ge=1,
+        le=100_000,
+        description="rows the retention job deletes per transaction (one project, one chunk)",
+    )
     ingest_metrics_host: str = "127.0.0.1"
     ingest_metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Prometheus /metrics of ingest; 0 turns it off"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core.windows import MAX_WINDOW_DAYS
+
 
 class AnalyticsThresholds(BaseModel):
     """Every value is a share (0..1) unless its name says otherwise."""
@@ -44,7 +46,7 @@ class AnalyticsThresholds(BaseModel):
     cut_min_days: float = Field(
         default=14,
         gt=0,
-        le=400,
+        le=MAX_WINDOW_DAYS,
         description="a cut rests on at least this many measured days: a feature used weekly "
         "or monthly can have a quiet week",
     )

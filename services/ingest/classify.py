@@ -57,7 +57,10 @@ def check_device(
     if late_data_days is None:
         return None
     oldest = accepted.oldest
-    window = timedelta(days=device.late_data_days or late_data_days)
+    # Never later than the project keeps raw rows: a redelivery of a message whose rows
+    # retention deleted would otherwise be stored again and counted twice in the rollups.
+    days = device.late_data_days or late_data_days
+    window = timedelta(days=min(days, device.retention_days or days))
     if oldest is not None and oldest < now - window:
         return Rejected(
             QuarantineReason.TOO_OLD,

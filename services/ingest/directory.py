@@ -25,10 +25,12 @@ class DeviceRef:
     project_id: int
     active: bool
     late_data_days: int | None
+    retention_days: int | None
 
 
 LOOKUP = """
-SELECT d.id, d.serial, d.project_id, d.status = 'active' AS active, p.late_data_days
+SELECT d.id, d.serial, d.project_id, d.status = 'active' AS active, p.late_data_days,
+       p.retention_days
 FROM devices d JOIN projects p ON p.id = d.project_id
 WHERE d.serial = ANY(%s)
 """

@@ -13,8 +13,10 @@ in bulk (bench/dataset.py). It recomputes, from the month that holds *since* on:
 - the day, month and project rollups from those two (``rollups_from_hourly``, migration 0007);
 - the month rows of what devices reported as enabled, from its day rows (migration 0012).
 
-The rollup tables are locked against writes while it runs: ingest waits (the broker keeps
-its messages) and readers keep reading the old rows until the commit.
+It never starts before the point where retention has deleted raw rows (migration 0019): the
+rollups are all that is left of those. The rollup tables are locked against writes while it
+runs: ingest waits (the broker keeps its messages) and readers keep reading the old rows until
+the commit.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from services.core.errors import ConfigError
 from services.ingest.rollup_sums import MAX_SEQ_GAP
 
 ROLLUP_TABLES = (
@@ -53,6 +56,8 @@ FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid
 LEFT JOIN pg_constraint con ON con.conindid = i.oid AND con.conrelid = c.oid
 WHERE c.relname = ANY(%s) AND c.relnamespace = 'public'::regnamespace
 """
+# How far back retention may have deleted some project's raw rows (migration 0019).
+RAW_ROWS_GONE_BEFORE = "SELECT max(deleted_before) FROM raw_retention"
 USAGE_HOURLY = """
 INSERT INTO usage_hourly (project_id, feature_key, device_id, hour, events, readings, duration_ms)
 SELECT project_id, feature_key, device_id, time_bucket('1 hour', device_time),
@@ -166,10 +171,12 @@ def rebuild_rollups(conn: psycopg.Connection, since: datetime | None = None) -> 
 
     Returns the start of what was rebuilt (a UTC month start; None for everything). Rebuilding
     everything empties the tables and recreates their indexes after the load (readers wait);
-    a partial rebuild only locks them against writes."""
+    a partial rebuild only locks them against writes. Refused (ConfigError) from before the
+    point where retention has deleted raw rows: their rollups are all that is left of them."""
     start = None if since is None else month_start(since)
     params = {"from": "-infinity" if start is None else start}
     with conn.transaction(), conn.cursor() as cur:
+        _check_raw_rows_kept(cur, start)
         if start is None:
             cur.execute(LOCK)
             cur.execute(
@@ -185,6 +192,20 @@ def rebuild_rollups(conn: psycopg.Connection, since: datetime | None = None) -> 
             cur.execute("DELETE FROM device_hourly WHERE hour >= %(from)s::timestamptz", params)
             _rebuild(cur, start)
     return start
+
+
+def _check_raw_rows_kept(cur: psycopg.Cursor[tuple[Any, ...]], start: datetime | None) -> None:
+    row = cur.execute(RAW_ROWS_GONE_BEFORE).fetchone()
+    gone_before = None if row is None else row[0]
+    if gone_before is not None and (start is None or start < gone_before):
+        first = month_start(gone_before)
+        if first < gone_before:
+            first = month_start(first + timedelta(days=32))
+        raise ConfigError(
+            f"raw rows before {gone_before:%Y-%m-%d %H:%M} UTC were deleted by retention, so "
+            f"rollups before then cannot be rebuilt (they are all that is left); rebuild from "
+            f"{first:%Y-%m-%d} on (--since {first:%Y-%m-%d}) or later"
+        )
 
 
 def hourly_rollups(

@@ -45,7 +45,7 @@ from services.core.settings import Settings, check_ingest_client_id
 from services.core.topics import shared_subscription
 from services.ingest.batch import BatchResult, RawMessage
 from services.ingest.directory import DeviceDirectory
-from services.ingest.quarantine.purge import purge_quarantine
+from services.ingest.retention import RetentionSchedule
 from services.ingest.store import NOT_TRANSIENT, store_batch, store_isolating
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,6 @@ QOS = 1
 RECONNECT_MAX_S = 2
 # Registry changes arrive by LISTEN/NOTIFY; this is how often the listener checks for stop.
 LISTEN_POLL_S = 1.0
-# Quarantine retention is enforced this often, in bounded deletes that never block ingest long.
-PURGE_EVERY_S = 600.0
-PURGE_CHUNK = 10_000
 # Larger payloads (several readings) are decoded on the network thread as they arrive, while
 # the writer waits on PostgreSQL: +27 % rows/s for 100-reading messages (bench, same run).
 # Smaller ones are left to the writer: their decode is too short to repay the GIL handoffs.
@@ -88,6 +85,8 @@ CODE_ERRORS_FROM_DATABASE = (
 )
 # Served beside /metrics on the metrics port (every other path is the metrics).
 HEALTH_PATH = "/health"
+# How long stopping waits for a retention pass to finish its current transaction.
+RETENTION_STOP_S = 5.0
 
 MESSAGES = Counter("fieldtrack_ingest_messages_total", "MQTT messages taken by the writer")
 ROWS = Counter("fieldtrack_ingest_rows_total", "readings stored", ["kind"])
@@ -117,7 +116,6 @@ INGEST_DELAY = Histogram(
 STATUS_CLEARED = Counter(
     "fieldtrack_ingest_status_cleared_total", "empty retained status messages (cleared, not stored)"
 )
-PURGED = Counter("fieldtrack_ingest_quarantine_purged_total", "quarantine rows past retention")
 WRITER_ALIVE = Gauge(
     "fieldtrack_ingest_writer_alive", "1 while the writer thread runs, 0 once it has died"
 )
@@ -185,7 +183,8 @@ class IngestService:
             name="ingest-registry-listener",
             daemon=True,
         )
-        self._next_purge = 0.0
+        # Retention (raw rows and the quarantine) on a thread and connection of its own.
+        self._retention = RetentionSchedule(settings, lambda: datetime.now(UTC))
         # Set once a worker thread died: the process must stop (see `failed`).
         self.failed = threading.Event()
         self._dead: set[str] = set()
@@ -341,7 +340,7 @@ class IngestService:
             conn.close()
 
     def _commit(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
-        """Store a batch, quarantining what the database refuses; purge when it is time."""
+        """Store a batch, quarantining what the database refuses."""
         started = time.perf_counter()
         try:
             result = self._store(conn, batch)
@@ -351,8 +350,6 @@ class IngestService:
             log.warning("a batch could not be stored (%r); isolating the message", exc)
             result = store_isolating(conn, batch, partial(self._store, conn))
         BATCH_SECONDS.observe(time.perf_counter() - started)
-        if time.monotonic() >= self._next_purge:
-            self._purge_quarantine(conn)
         return result
 
     def _store(self, conn: psycopg.Connection, batch: list[RawMessage]) -> BatchResult:
@@ -402,15 +399,6 @@ class IngestService:
             COMMIT_LAG.observe(max((committed - device_time).total_seconds(), 0.0))
         self.totals.merge(result)
         self.totals.device_times.clear()  # totals keep counts, not every timestamp
-
-    def _purge_quarantine(self, conn: psycopg.Connection) -> None:
-        """Drop quarantine rows older than the retention setting, a bounded chunk at a time."""
-        self._next_purge = time.monotonic() + PURGE_EVERY_S
-        cutoff = datetime.now(UTC) - timedelta(days=self._settings.ingest_quarantine_retention_days)
-        purged = purge_quarantine(conn, cutoff, PURGE_CHUNK)
-        PURGED.inc(purged)
-        if purged == PURGE_CHUNK:
-            self._next_purge = 0.0  # more to do: continue after the next batch
 
     # --- registry listener --------------------------------------------------
 
@@ -477,6 +465,7 @@ class IngestService:
     def start(self) -> None:
         self._listener.start()
         self._writer.start()
+        self._retention.start()
         WRITER_ALIVE.set(1)
         if self._settings.ingest_metrics_port:
             host, port = self._settings.ingest_metrics_host, self._settings.ingest_metrics_port
@@ -497,6 +486,7 @@ class IngestService:
         self._stop.set()
         self._writer.join(SHUTDOWN_FLUSH_S + RETRY_MAX_S)
         self._listener.join(LISTEN_POLL_S + 1)
+        self._retention.stop(RETENTION_STOP_S)
         self._client.disconnect()
         self._client.loop_stop()
         if self._http is not None:

@@ -149,6 +149,19 @@ class Customer(CustomerView):
 
 # --- projects -------------------------------------------------------------------------
 
+# What a project's retention keeps, for every model that carries the field (docs/operations.md,
+# "Retention"; services/ingest/retention.py enforces it).
+RETENTION_DAYS = (
+    "days of raw device data kept: usage events, metric samples and status history older "
+    "than this are deleted (within FIELDTRACK_RETENTION_EVERY_S, 10 minutes by default), "
+    "except the status reports where a device's firmware changed. null: the server's "
+    "FIELDTRACK_RAW_RETENTION_DAYS (400 days by default, the longest window any route reads). "
+    "The hourly, daily and monthly rollups are kept for ever, so usage, adoption and verdicts "
+    "of any window stay as they were; only views of single readings (a device's telemetry, "
+    "its status changes) end at the cutoff. Readings older than this are also too old for "
+    "live ingest (quarantined as too_old)"
+)
+
 
 class ProjectCreate(_In):
     customer_id: Id
@@ -157,9 +170,7 @@ class ProjectCreate(_In):
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
     go_live_date: date | None = None
     status: ProjectStatus = ProjectStatus.DELIVERING
-    retention_days: int | None = Field(
-        default=None, ge=1, le=36500, description="how long raw device data is kept"
-    )
+    retention_days: int | None = Field(default=None, ge=1, le=36500, description=RETENTION_DAYS)
     late_data_days: int | None = Field(
         default=None,
         ge=1,
@@ -176,7 +187,7 @@ class ProjectUpdate(_Patch):
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     go_live_date: date | None = None
     status: ProjectStatus | None = None
-    retention_days: int | None = Field(default=None, ge=1, le=36500)
+    retention_days: int | None = Field(default=None, ge=1, le=36500, description=RETENTION_DAYS)
     late_data_days: int | None = Field(default=None, ge=1, le=3650)
 
 
@@ -190,7 +201,7 @@ class ProjectView(_Out):
     currency: str
     go_live_date: date | None
     status: ProjectStatus
-    retention_days: int | None
+    retention_days: int | None = Field(description=RETENTION_DAYS)
     late_data_days: int | None
     devices: int = Field(description="active devices")
     created_at: datetime

@@ -44,6 +44,7 @@ SELECT EXISTS (SELECT 1 FROM usage_events WHERE device_id = %(id)s)
 
 
 def new_password() -> str:
+    """A device's MQTT password, for every path that provisions one."""
     return secrets.token_urlsafe(PASSWORD_BYTES)
 
 

@@ -8,7 +8,6 @@ if the broker refuses, nothing is left behind in the database.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -17,9 +16,7 @@ import psycopg
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import FieldtrackError
-
-# 24 random bytes: far beyond guessing, short enough to paste.
-DEVICE_PASSWORD_BYTES = 24
+from services.registry.provisioning import new_password
 
 
 class ProvisioningError(FieldtrackError):
@@ -155,10 +152,7 @@ def provision_devices(
                 [(s, project_id, m, f) for s, m, f in devices if s not in existing],
             )
             cur.executemany(REACTIVATE_DEVICE, [(m, f, s) for s, m, f in devices if s in existing])
-        credentials = [
-            DeviceCredential(serial, secrets.token_urlsafe(DEVICE_PASSWORD_BYTES), project_id)
-            for serial in serials
-        ]
+        credentials = [DeviceCredential(serial, new_password(), project_id) for serial in serials]
         if admin is not None:
             admin.create_devices([(c.serial, c.password) for c in credentials])
     return credentials

@@ -17,6 +17,7 @@ from services.core.payloads import MAX_PAYLOAD_BYTES
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
 from services.infra.local import LocalServices
+from services.ingest.retention import run_retention
 from services.ingest.service import IngestService, discard_session
 from tests.integration.conftest import Project, wait_for
 from tests.integration.ingest_support import fault_database, fleet, wait_until_stored
@@ -117,9 +118,8 @@ def test_quarantine_older_than_retention_is_purged(
                VALUES (%s, 't', %s, 'not_json', 'test', 'x', 1)""",
             (received, serial),
         )
-    service = IngestService(settings)  # not started: only its retention step is exercised
-    with psycopg.connect(settings.database_url.get_secret_value()) as writer:
-        service._purge_quarantine(writer)
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as job:
+        run_retention(job, settings, datetime.now(UTC))
     kept = conn.execute(
         "SELECT received_at FROM quarantine WHERE device_serial = %s", (serial,)
     ).fetchall()

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from services.analytics.measures import Window, measure_projects
+from services.analytics.measures import measure_projects
 from services.analytics.portfolio import firmware_breakdown
 from services.analytics.recommend import AnalyticsThresholds
 from services.analytics.usage import project_usage
@@ -22,6 +22,7 @@ from services.analytics.windows import Span
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.core.topics import MessageKind
+from services.core.windows import Window
 from services.infra.local import LocalServices
 from services.ingest.history import HistoryImporter
 from services.ingest.rollup_sums import MAX_SEQ_GAP

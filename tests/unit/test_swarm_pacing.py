@@ -7,16 +7,16 @@ import resource
 
 import pytest
 
-from device_sim.swarm import (
+from device_sim.swarm.limits import (
     FD_HEADROOM,
     RECONNECT_BASE_S,
     RECONNECT_MAX_S,
     SwarmError,
-    SwarmStats,
     descriptors_needed,
     raise_descriptor_limit,
     reconnect_delay,
 )
+from device_sim.swarm.stats import SwarmStats
 
 
 def test_reconnect_delay_doubles_within_jitter_and_is_capped() -> None:

@@ -17,7 +17,7 @@ from services.accounts.roles import Audience, Permission, Principal
 from services.analytics.adoption import ProjectAdoption, project_adoption
 from services.analytics.export import analytics_csv
 from services.analytics.impact import FeatureImpact, feature_impact
-from services.analytics.measures import Window, project_measures
+from services.analytics.measures import project_measures
 from services.analytics.portfolio import (
     CustomerProjectAnalytics,
     FirmwareGroup,
@@ -31,7 +31,7 @@ from services.analytics.portfolio import (
 from services.analytics.recommend import RuleText, rule_texts
 from services.analytics.usage import delivered_keys
 from services.api.auth import AudienceQuery, audience_of, require, visible_project
-from services.api.deps import ConnDep, ThresholdsDep, UsageWindow, UsageWindowDep
+from services.api.deps import ConnDep, ThresholdsDep, UsageWindowDep
 from services.api.errors import NOT_FOUND, Responses
 from services.api.routes.crud import ItemId
 from services.core.errors import NotFoundError
@@ -55,10 +55,6 @@ def _csv(body: str, name: str) -> Response:
     )
 
 
-def _window(window: UsageWindow) -> Window:
-    return Window(window.since, window.until)
-
-
 @router.get(
     "/projects/{item_id}/analytics",
     response_model=ProjectAnalytics | CustomerProjectAnalytics,
@@ -77,7 +73,7 @@ def get_project_analytics(  # noqa: PLR0917 - FastAPI reads each as a parameter
 ) -> ProjectAnalytics | CustomerProjectAnalytics | Response:
     visible_project(conn, caller, item_id)
     internal = audience_of(caller, audience, Audience.INTERNAL) is Audience.INTERNAL
-    result = project_analytics(conn, item_id, _window(window), t)
+    result = project_analytics(conn, item_id, window, t)
     if format == "csv":
         return _csv(analytics_csv([result], internal=internal), f"project-{item_id}-analytics")
     return result if internal else for_customer(result)
@@ -93,7 +89,7 @@ def get_project_adoption(
     item_id: ItemId, conn: ConnDep, caller: UsageReader, window: UsageWindowDep, t: ThresholdsDep
 ) -> ProjectAdoption:
     visible_project(conn, caller, item_id)
-    span = _window(window)
+    span = window
     measures = project_measures(conn, item_id, span, t)
     # the features of the project page: for the customer's own staff the delivered ones only
     # (use of anything else is internal), for staff planned and cut deliveries too
@@ -112,7 +108,7 @@ def get_project_adoption(
 def get_portfolio(
     conn: ConnDep, window: UsageWindowDep, t: ThresholdsDep, format: Format = "json"
 ) -> Portfolio | Response:
-    result = portfolio(conn, _window(window), t)
+    result = portfolio(conn, window, t)
     if format == "csv":
         return _csv(analytics_csv(result.projects, internal=True), "portfolio-analytics")
     return result
@@ -141,7 +137,7 @@ def get_feature_impact(
     t: ThresholdsDep,
     feature: Annotated[FeatureKey, Query(description="the feature's key")],
 ) -> FeatureImpact:
-    return feature_impact(conn, feature, portfolio(conn, _window(window), t))
+    return feature_impact(conn, feature, portfolio(conn, window, t))
 
 
 @router.get(
@@ -161,4 +157,4 @@ def get_firmware_breakdown(
     if caller.customer_scope is not None and feature not in delivered_keys(conn, item_id):
         # the use of a feature the customer did not buy is not theirs to see
         raise NotFoundError(f"feature {feature!r} is not delivered to project {item_id}")
-    return firmware_breakdown(conn, item_id, feature, _window(window))
+    return firmware_breakdown(conn, item_id, feature, window)

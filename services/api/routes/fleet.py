@@ -13,7 +13,8 @@ from services.api.auth import require, visible_project
 from services.api.deps import ConnDep, WindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId
-from services.fleet import health
+from services.core.windows import MAX_WINDOW_DAYS
+from services.fleet import fleet_health, ingest_health
 from services.fleet.ingest_metrics import IngestMetrics, scrape
 from services.ingest.quarantine.read import ReasonSummary, reason_summary
 from services.registry.models import MAX_BIGINT
@@ -35,16 +36,19 @@ RecentMinutes = Annotated[
     int, Query(ge=1, le=180, description="message rate and lag over the last minutes")
 ]
 IngestHours = Annotated[
-    int, Query(ge=1, le=24 * 90, description="quarantine and completeness over the last hours")
+    int,
+    Query(
+        ge=1, le=24 * MAX_WINDOW_DAYS, description="quarantine and completeness over the last hours"
+    ),
 ]
 
 
 def fleet_for(
     conn: ConnDep, caller: Principal, project: int | None, stale_minutes: int
-) -> health.FleetSummary:
+) -> fleet_health.FleetSummary:
     if project is not None:
         visible_project(conn, caller, project)
-    return health.fleet_summary(
+    return fleet_health.fleet_summary(
         conn,
         customer_id=caller.customer_scope,
         project_id=project,
@@ -54,7 +58,7 @@ def fleet_for(
 
 @router.get(
     "/fleet",
-    response_model=health.FleetSummary,
+    response_model=fleet_health.FleetSummary,
     responses=NOT_FOUND,
     tags=["fleet"],
     summary="Fleet health: devices online / offline / never seen per project, stale devices, "
@@ -65,22 +69,22 @@ def get_fleet(
     caller: FleetReader,
     project: ProjectFilter = None,
     stale_minutes: StaleMinutes = DEFAULT_STALE_MINUTES,
-) -> health.FleetSummary:
+) -> fleet_health.FleetSummary:
     return fleet_for(conn, caller, project, stale_minutes)
 
 
 @router.get(
     "/devices/{item_id}/telemetry",
-    response_model=health.DeviceTelemetry,
+    response_model=fleet_health.DeviceTelemetry,
     responses=NOT_FOUND,
     tags=["fleet"],
     summary="One device's state, its metrics over the window (bucketed) and reporting history",
 )
 def get_device_telemetry(
     item_id: ItemId, conn: ConnDep, caller: FleetReader, window: WindowDep
-) -> health.DeviceTelemetry:
-    device = health.device_detail(conn, item_id, caller.customer_scope)
-    return health.device_telemetry(conn, device, window.since, window.until)
+) -> fleet_health.DeviceTelemetry:
+    device = fleet_health.device_detail(conn, item_id, caller.customer_scope)
+    return fleet_health.device_telemetry(conn, device, window.since, window.until)
 
 
 class Quarantine(BaseModel):
@@ -92,9 +96,9 @@ class Quarantine(BaseModel):
 
 class IngestHealth(BaseModel):
     generated_at: datetime
-    recent: health.RecentIngest
+    recent: ingest_health.RecentIngest
     quarantine: Quarantine
-    completeness: list[health.ProjectCompleteness]
+    completeness: list[ingest_health.ProjectCompleteness]
     completeness_since: datetime
     ingest_metrics: IngestMetrics = Field(
         description="the ingest process's own counters (duplicates absorbed, …), if reachable"
@@ -109,11 +113,11 @@ def ingest_health_for(
     reasons = reason_summary(conn, since, now)
     return IngestHealth(
         generated_at=now,
-        recent=health.recent_ingest(conn, now - timedelta(minutes=minutes), now),
+        recent=ingest_health.recent_ingest(conn, now - timedelta(minutes=minutes), now),
         quarantine=Quarantine(
             since=since, until=now, total=sum(r.count for r in reasons), reasons=reasons
         ),
-        completeness=health.completeness(conn, since, now),
+        completeness=ingest_health.completeness(conn, since, now),
         completeness_since=since,
         ingest_metrics=scrape(request.app.state.settings),
     )

@@ -15,7 +15,13 @@ from fastapi.responses import HTMLResponse
 from services.accounts.roles import Permission, Principal
 from services.api.auth import require
 from services.api.deps import ConnDep
-from services.api.pages_support import PageWindow, render
+from services.api.pages_support import (
+    DaysQuery,
+    MomentQuery,
+    PageWindow,
+    render,
+    window_from,
+)
 from services.api.routes.crud import ItemId
 from services.api.routes.fleet import (
     DEFAULT_INGEST_HOURS,
@@ -28,7 +34,8 @@ from services.api.routes.fleet import (
     fleet_for,
     ingest_health_for,
 )
-from services.fleet import health
+from services.fleet import fleet_health
+from services.fleet.ingest_health import LATE_ALLOWANCE
 
 router = APIRouter(include_in_schema=False)
 FleetReader = Annotated[Principal, Depends(require(Permission.READ_FLEET, kind="page"))]
@@ -40,10 +47,11 @@ HOURS_CHOICES = ((1, "1 h"), (24, "24 h"), (168, "7 days"))
 DEVICE_WINDOW_DAYS = (1, 7, 30)
 
 
-class DeviceWindow(PageWindow):
+def device_window(
+    days: DaysQuery = None, since: MomentQuery = None, until: MomentQuery = None
+) -> PageWindow:
     """A device's recent telemetry: the last day unless asked otherwise."""
-
-    default_days = DEVICE_WINDOW_DAYS[0]
+    return window_from(days, since, until, DEVICE_WINDOW_DAYS[0])
 
 
 @router.get("/dashboards/fleet", response_class=HTMLResponse)
@@ -59,7 +67,7 @@ def fleet_page(
     projects = (
         summary.projects
         if project is None
-        else health.project_fleet(conn, customer_id=caller.customer_scope)
+        else fleet_health.project_fleet(conn, customer_id=caller.customer_scope)
     )
     return render(
         request,
@@ -78,10 +86,10 @@ def device_page(
     device_id: ItemId,
     conn: ConnDep,
     caller: FleetReader,
-    window: Annotated[DeviceWindow, Depends()],
+    window: Annotated[PageWindow, Depends(device_window)],
 ) -> HTMLResponse:
-    device = health.device_detail(conn, device_id, caller.customer_scope)
-    telemetry = health.device_telemetry(conn, device, window.since, window.until)
+    device = fleet_health.device_detail(conn, device_id, caller.customer_scope)
+    telemetry = fleet_health.device_telemetry(conn, device, window.since, window.until)
     return render(
         request,
         "device.html",
@@ -113,5 +121,5 @@ def ingest_page(
         recent_choices=RECENT_CHOICES,
         hours_choices=HOURS_CHOICES,
         ingest_json=ingest.model_dump(mode="json"),
-        late_allowance=health.LATE_ALLOWANCE.total_seconds(),
+        late_allowance=LATE_ALLOWANCE.total_seconds(),
     )

@@ -19,7 +19,6 @@ from services.accounts.roles import Audience, Permission, Principal
 from services.analytics.adoption import project_adoption
 from services.analytics.decisions import DecisionCreate, list_decisions, record_decision
 from services.analytics.impact import feature_impact
-from services.analytics.measures import Window as AnalyticsWindow
 from services.analytics.portfolio import (
     CustomerProjectAnalytics,
     ProjectAnalytics,
@@ -33,7 +32,7 @@ from services.analytics.report import CustomerReport, render_html
 from services.analytics.usage import daily_usage
 from services.api.auth import AudienceQuery, audience_of, require, visible_project
 from services.api.deps import ConnDep, ThresholdsDep
-from services.api.pages_support import PageWindow, home_of, render
+from services.api.pages_support import PageWindow, PageWindowDep, home_of, render
 from services.api.routes.crud import ItemId
 from services.core.errors import FieldtrackError
 from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS
@@ -63,7 +62,7 @@ def _analytics(
     """Analytics of these projects as the caller may see them (none without usage rights)."""
     if not caller.can(Permission.READ_USAGE) or not project_ids:
         return {}
-    found = analyse(conn, project_ids, AnalyticsWindow(window.since, window.until), t)
+    found = analyse(conn, project_ids, window.window, t)
     if caller.customer_scope is None:
         return {p.project.project_id: p for p in found}
     return {p.project.project_id: for_customer(p) for p in found}
@@ -111,7 +110,7 @@ def customers_page(
     request: Request,
     conn: ConnDep,
     caller: Reader,
-    window: Annotated[PageWindow, Depends()],
+    window: PageWindowDep,
     t: ThresholdsDep,
 ) -> HTMLResponse:
     scope = caller.customer_scope
@@ -157,7 +156,7 @@ def customer_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     customer_id: ItemId,
     conn: ConnDep,
     caller: Reader,
-    window: Annotated[PageWindow, Depends()],
+    window: PageWindowDep,
     t: ThresholdsDep,
 ) -> HTMLResponse:
     customer, projects = _customer_projects(conn, caller, customer_id)
@@ -179,7 +178,7 @@ def customer_report(  # noqa: PLR0917 - FastAPI reads each as a parameter
     customer_id: ItemId,
     conn: ConnDep,
     caller: UsageReader,
-    window: Annotated[PageWindow, Depends()],
+    window: PageWindowDep,
     t: ThresholdsDep,
     audience: AudienceQuery = None,
 ) -> HTMLResponse:
@@ -194,7 +193,7 @@ def customer_report(  # noqa: PLR0917 - FastAPI reads each as a parameter
         customer=customer,
         since=window.since,
         until=window.until,
-        window_days=max(1, round((window.until - window.since).total_seconds() / 86400)),
+        window_days=max(1, round(window.window.days)),
         generated_at=datetime.now(UTC),
         projects=[_view(analytics[p.id], internal) for p in projects],
         internal=internal,
@@ -209,12 +208,12 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     project_id: ItemId,
     conn: ConnDep,
     caller: UsageReader,
-    window: Annotated[PageWindow, Depends()],
+    window: PageWindowDep,
     t: ThresholdsDep,
     error: str | None = None,
 ) -> HTMLResponse:
     visible_project(conn, caller, project_id)
-    span = AnalyticsWindow(window.since, window.until)
+    span = window.window
     internal = caller.customer_scope is None
     # peers are for staff: a customer's page measures its own project only
     analytics = (
@@ -291,11 +290,11 @@ def portfolio_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     request: Request,
     conn: ConnDep,
     caller: PortfolioReader,
-    window: Annotated[PageWindow, Depends()],
+    window: PageWindowDep,
     t: ThresholdsDep,
     impact: Annotated[FeatureKey | None, Query(description="a feature's cut impact")] = None,
 ) -> HTMLResponse:
-    span = AnalyticsWindow(window.since, window.until)
+    span = window.window
     whole = portfolio(conn, span, t)
     risk = feature_impact(conn, impact, whole) if impact else None
     return render(

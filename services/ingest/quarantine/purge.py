@@ -6,10 +6,11 @@ from datetime import datetime
 
 import psycopg
 
-# A bounded chunk: one delete never holds the quarantine (or ingest's transaction) long.
+# A bounded chunk: one delete never holds the quarantine long. Oldest first by id (the order
+# they were quarantined), so each pass takes the oldest rows.
 PURGE = """
 DELETE FROM quarantine WHERE id IN (
-    SELECT id FROM quarantine WHERE received_at < %(cutoff)s LIMIT %(chunk)s
+    SELECT id FROM quarantine WHERE received_at < %(cutoff)s ORDER BY id LIMIT %(chunk)s
 )
 """
 
