@@ -27,9 +27,10 @@ from services.alerts.rules import (
     RuleKind,
 )
 from services.analytics.adoption import project_adoption
-from services.analytics.measures import Window, project_measures
+from services.analytics.measures import project_measures
 from services.core.settings import Settings
-from services.fleet.health import recent_ingest
+from services.core.windows import Window
+from services.fleet.ingest_health import recent_ingest
 from services.fleet.ingest_metrics import scrape
 
 # An alert names at most this many devices; the count says how many there are in all.
@@ -247,7 +248,12 @@ def adoption_drop(ctx: Context, rules: Mapping[int, AdoptionDrop]) -> list[Viola
         measures = project_measures(ctx.conn, project, window, ctx.settings.analytics)
         delivered = [f for f in measures.features if f.delivery_status == "delivered"]
         for feature in project_adoption(ctx.conn, project, window, delivered).features:
-            whole = [w for w in feature.weekly if w.days == 7]  # a whole week
+            # whole weeks, over before today (this week is never compared, even on a Sunday)
+            whole = [
+                w
+                for w in feature.weekly
+                if w.days == 7 and w.week + timedelta(days=7) <= ctx.now.date()
+            ]
             if len(whole) < 2:  # the last two weeks
                 continue
             before, last = whole[-2], whole[-1]

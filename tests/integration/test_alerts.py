@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from device_sim.device import SimDevice
 from services.accounts.roles import Principal, Role
@@ -20,12 +22,16 @@ from services.alerts import store
 from services.alerts.engine import evaluate
 from services.alerts.notify import MAX_ATTEMPTS, SIGNATURE_HEADER, deliver_due
 from services.alerts.rules import RuleKind
+from services.alerts.runner import run_once
 from services.alerts.store import ChannelCreate, NotificationState, RuleCreate
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import NotFoundError
 from services.core.settings import Settings
-from services.core.topics import MessageKind
+from services.core.topics import MessageKind, device_topic
+from services.ingest.batch import RawMessage
+from services.ingest.directory import DeviceDirectory
 from services.ingest.service import IngestService
+from services.ingest.store import store_batch
 from services.registry import upserts as registry
 from tests.integration.alert_support import (
     AlertsProcess,
@@ -285,6 +291,12 @@ def test_a_quarantine_flood_fires_one_alert_naming_the_reason_and_the_device(
     [delivery] = webhook.deliveries
     assert delivery.json["event"] == "fired"
     assert delivery.json["alert"]["subject"] == "reason:not_json"
+    # and Prometheus sees it firing (the gauge `alerts run` serves)
+    run_once(conn, settings)
+    firing = REGISTRY.get_sample_value(
+        "fieldtrack_alerts_open", {"kind": "quarantine_rate", "state": "firing"}
+    )
+    assert firing is not None and firing >= 1
     assert credential.serial in delivery.json["alert"]["summary"]
 
 
@@ -356,3 +368,109 @@ def _heard(conn: psycopg.Connection, project_id: int, at: datetime) -> None:
 def _open_alert(conn: psycopg.Connection, rule_id: int) -> int:
     [alert] = [a for a in store.list_alerts(conn, ADMIN, open_only=True) if a.rule_id == rule_id]
     return alert.id
+
+
+def _history(
+    conn: psycopg.Connection,
+    project: Project,
+    serials: list[str],
+    using: Callable[[int, int], bool],
+) -> None:
+    """24 days of a daily report from each device, and a use of the project's feature on the
+    days using(week, device) says, the week counted back from this one (0: this week)."""
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    batch = []
+    for number, serial in enumerate(serials):
+        seq = 0
+        for days_ago in range(24, 0, -1):
+            at = today - timedelta(days=days_ago)
+            monday = today.date() - timedelta(days=today.weekday())
+            week = ((monday - at.date()).days - 1) // 7 + 1
+            body: dict[str, object] = {
+                "v": 1,
+                "seq": (seq := seq + 1),
+                "ts": at.isoformat(),
+                "metrics": [{"name": "battery", "value": 90, "unit": "%"}],
+            }
+            batch.append(
+                RawMessage(
+                    device_topic(serial, MessageKind.TELEMETRY), json.dumps(body).encode(), at
+                )
+            )
+            if using(week, number):
+                use = {
+                    "v": 1,
+                    "seq": (seq := seq + 1),
+                    "ts": (at + timedelta(minutes=1)).isoformat(),
+                    "events": [{"feature": project.feature_key, "count": 1}],
+                }
+                batch.append(
+                    RawMessage(
+                        device_topic(serial, MessageKind.USAGE), json.dumps(use).encode(), at
+                    )
+                )
+    with conn.transaction():
+        result = store_batch(
+            conn,
+            batch,
+            DeviceDirectory(),
+            max_future_skew=timedelta(minutes=10),
+            now=datetime.now(UTC),
+            late_data_days=None,
+        )
+    assert result.quarantined == {} or not any(result.quarantined.values()), result
+
+
+@pytest.mark.parametrize(
+    ("devices", "before", "after", "fires"),
+    [
+        (20, 18, 2, True),  # 90 % → 10 %: a collapse, beyond both intervals
+        (20, 12, 9, False),  # 60 % → 45 %: within the 20 points
+        (4, 4, 0, False),  # a tiny pilot: too few devices to say
+    ],
+)
+def test_a_collapse_of_weekly_adoption_is_a_pm_alert_with_its_evidence(
+    settings: Settings,
+    conn: psycopg.Connection,
+    project: Project,
+    unique: str,
+    devices: int,
+    before: int,
+    after: int,
+    fires: bool,
+) -> None:
+    serials = [
+        c.serial
+        for c in registry.provision_devices(
+            conn, None, project.id, [(f"adopt-{unique}-{i}", "T1", "1.0") for i in range(devices)]
+        )
+    ]
+    # week 2: the week before last, week 1: last week (both whole), week 0: this one
+    _history(
+        conn,
+        project,
+        serials,
+        lambda week, n: (week == 2 and n < before) or (week == 1 and n < after) or week >= 3,
+    )
+    evaluate(conn, settings, datetime.now(UTC), frozenset({RuleKind.ADOPTION_DROP}))
+    found = [
+        a
+        for a in store.list_alerts(conn, ADMIN, open_only=True, project_id=project.id)
+        if a.kind == RuleKind.ADOPTION_DROP
+    ]
+    if not fires:
+        assert found == []
+        return
+    [alert] = found
+    assert alert.subject == f"feature:{project.id}:{project.feature_key}"
+    earlier, last = alert.evidence["weeks"]
+    assert (earlier["devices_using"], last["devices_using"]) == (before, after)
+    assert last["adoption_high"] < earlier["adoption_low"]
+    assert "90% → 10%" in alert.summary
+    # a customer's viewer never sees it; a PM does
+    viewer = Principal(
+        kind="user", id=0, name="v", role=Role.VIEWER, customer_id=project.customer_id
+    )
+    assert store.list_alerts(conn, viewer, project_id=project.id) == []
+    pm = Principal(kind="user", id=0, name="pm", role=Role.PM, customer_id=None)
+    assert [a.id for a in store.list_alerts(conn, pm, project_id=project.id)] == [alert.id]
