@@ -185,6 +185,15 @@ LIMIT %(limit)s OFFSET %(offset)s
 """
 )
 ONE_ALERT = ALERT_COLUMNS + VISIBLE + " AND a.id = %(id)s"
+COUNT_ALERTS = (
+    "SELECT count(*)::int FROM alerts a LEFT JOIN projects p ON p.id = a.project_id"
+    + VISIBLE
+    + """
+  AND (%(open)s::boolean IS NULL OR (a.state <> 'resolved') = %(open)s::boolean)
+  AND (%(state)s::text IS NULL OR a.state = %(state)s)
+  AND (%(project)s::bigint IS NULL OR a.project_id = %(project)s)
+"""
+)
 COUNT_OPEN = (
     "SELECT count(*) FILTER (WHERE a.state = 'firing')::int, count(*)::int FROM alerts a "
     "LEFT JOIN projects p ON p.id = a.project_id" + VISIBLE + " AND a.state <> 'resolved'"
@@ -275,6 +284,20 @@ def list_alerts(
     }
     with conn.cursor(row_factory=class_row(Alert)) as cur:
         return cur.execute(LIST_ALERTS, params).fetchall()
+
+
+def count_alerts(
+    conn: psycopg.Connection,
+    caller: Principal,
+    *,
+    open_only: bool | None = None,
+    state: AlertState | None = None,
+    project_id: int | None = None,
+) -> int:
+    """How many alerts list_alerts would give over all pages."""
+    params = {**_scope(caller), "open": open_only, "state": state, "project": project_id}
+    row = conn.execute(COUNT_ALERTS, params).fetchone()
+    return row[0] if row else 0
 
 
 def get_alert(conn: psycopg.Connection, caller: Principal, alert_id: int) -> Alert:

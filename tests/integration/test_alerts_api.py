@@ -85,7 +85,7 @@ def other_project(conn: psycopg.Connection, unique: str) -> Project:
 def _seen(client: TestClient, tag: str) -> set[int]:
     response = client.get("/alerts", params={"limit": 500})
     assert response.status_code == 200, response.text
-    return {a["id"] for a in response.json() if a["evidence"].get("tag") == tag}
+    return {a["id"] for a in response.json()["items"] if a["evidence"].get("tag") == tag}
 
 
 def test_each_role_sees_the_alerts_of_its_audience_and_a_viewer_only_its_customers(

@@ -26,7 +26,7 @@ from services.api.auth import require
 from services.api.deps import ConnDep
 from services.api.errors import CONFLICT, NOT_FOUND
 from services.api.routes.crud import ItemId
-from services.registry.models import MAX_BIGINT
+from services.registry.models import MAX_BIGINT, Page
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 Reader = Annotated[Principal, Depends(require(Permission.READ_ALERTS))]
@@ -39,7 +39,7 @@ class OpenCount(BaseModel):
     open: int
 
 
-@router.get("", response_model=list[Alert], summary="Alerts the caller may see, open first")
+@router.get("", response_model=Page[Alert], summary="Alerts the caller may see, open first")
 def list_alerts(
     conn: ConnDep,
     caller: Reader,
@@ -49,8 +49,8 @@ def list_alerts(
     project_id: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
     limit: Annotated[int, Query(ge=1, le=store.MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> list[Alert]:
-    return store.list_alerts(
+) -> Page[Alert]:
+    items = store.list_alerts(
         conn,
         caller,
         open_only=open,
@@ -59,6 +59,8 @@ def list_alerts(
         limit=limit,
         offset=offset,
     )
+    total = store.count_alerts(conn, caller, open_only=open, state=state, project_id=project_id)
+    return Page(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/count", response_model=OpenCount, summary="Open alerts (the top bar's badge)")

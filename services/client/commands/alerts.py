@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from services.client.commands.common import ItemId, api, changes, done, given
+from services.client.commands.common import ItemId, api, changes, done, given, print_page
 from services.core.console import Column, command_group, console, fail, print_record, print_rows
 
 app = command_group("Alert rules, alerts and notifications.")
@@ -99,16 +99,15 @@ def list_alerts(
     state: Annotated[State | None, typer.Option(help="only this state")] = None,
     project: Annotated[int | None, typer.Option(min=1, help="only this project's")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Open alerts you may see (firing, then acknowledged); --all adds the history."""
-    query = given(state=state, project_id=project, limit=limit)
+    query = given(state=state, project_id=project, limit=limit, offset=offset)
     if not all_ and state is None:
         query["open"] = "true"
     with api() as client:
-        alerts = client.get("/alerts", query)
-    if alerts:
-        print_rows(alerts, ALERT_COLUMNS)
-    console.print(f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''}", highlight=False)
+        page = client.get("/alerts", query)
+    print_page(page, "alerts", ALERT_COLUMNS)
 
 
 @app.command("show")
