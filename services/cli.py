@@ -349,10 +349,13 @@ def alerts_evaluate() -> None:
     from services.core.settings import get_settings
 
     settings = get_settings()
-    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        now = datetime.now(UTC)
-        result = evaluate(conn, settings, now)
-        sent = deliver_due(conn, settings.alerts, now)
+    try:
+        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+            now = datetime.now(UTC)
+            result = evaluate(conn, settings, now)
+            sent = deliver_due(conn, settings.alerts, now)
+    except psycopg.Error as exc:
+        raise fail(exc) from exc
     console.print(
         f"{result.fired} fired, {result.resolved} resolved, {result.open} open; notifications: "
         f"{sent.sent} sent, {sent.failed} to retry, {sent.dead} dead"
