@@ -63,6 +63,7 @@ def fleet_page(
     )
     return render(
         request,
+        conn,
         "fleet.html",
         caller,
         fleet=summary,
@@ -84,6 +85,7 @@ def device_page(
     telemetry = health.device_telemetry(conn, device, window.since, window.until)
     return render(
         request,
+        conn,
         "device.html",
         caller,
         window,
@@ -105,6 +107,7 @@ def ingest_page(
     ingest = ingest_health_for(request, conn, minutes, hours)
     return render(
         request,
+        conn,
         "ingest.html",
         caller,
         ingest=ingest,
