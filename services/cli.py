@@ -517,7 +517,7 @@ def demo(
         f"\n[bold green]fieldtrack demo is running[/]\n"
         f"  dashboards  {url}/\n  API docs    {url}/docs\n"
         f"  metrics     http://{settings.ingest_metrics_host}:{settings.ingest_metrics_port}/metrics\n"
-        f"  alerts      {url}/alerts (the depot's site goes quiet a few minutes in)\n"
+        f"  alerts      {url}/dashboards/alerts (the depot's site goes quiet a few minutes in)\n"
         f"  logs        {logs}/{{ingest,api,alerts,simulator}}.log\n"
         "Ctrl-C stops the demo (the local services keep running; `make down` stops them)."
     )

@@ -41,6 +41,8 @@ SEND_TIMEOUT_S = 10.0
 # At most this many notifications per delivery pass: the evaluation loop is not held up.
 PASS_LIMIT = 100
 SIGNATURE_HEADER = "X-Fieldtrack-Signature"
+# The dashboards' Alerts page; one alert's page is below it (the links in notifications).
+ALERTS_PAGE = "/dashboards/alerts"
 
 DUE = """
 SELECT n.id, n.event, n.attempts, c.id AS channel_id, c.name AS channel, c.kind, c.target,
@@ -166,7 +168,7 @@ def payload(due: Due, settings: AlertSettings) -> dict[str, Any]:
             "customer": due.customer_name,
             "fired_at": due.fired_at.isoformat(),
             "resolved_at": due.resolved_at.isoformat() if due.resolved_at else None,
-            "url": f"{settings.public_url.rstrip('/')}/alerts/{due.alert_id}",
+            "url": f"{settings.public_url.rstrip('/')}{ALERTS_PAGE}/{due.alert_id}",
         },
     }
 

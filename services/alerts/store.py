@@ -203,6 +203,12 @@ UPDATE alerts SET state = 'acknowledged', acknowledged_at = %(now)s, acknowledge
        updated_at = %(now)s
 WHERE id = %(id)s AND state = 'firing'
 """
+# The devices an alert names that the caller may see, for links to their pages.
+NAMED_DEVICES = """
+SELECT d.serial, d.id FROM devices d JOIN projects p ON p.id = d.project_id
+WHERE d.serial = ANY(%(serials)s)
+  AND (%(customer)s::bigint IS NULL OR p.customer_id = %(customer)s)
+"""
 RULE_COLUMNS = (
     "SELECT id, kind, project_id, params, enabled, channels, updated_by, updated_at "
     "FROM alert_rules"
@@ -323,6 +329,24 @@ def acknowledge(conn: psycopg.Connection, caller: Principal, alert_id: int, now:
     if updated.rowcount == 0:
         raise ConflictError(f"alert {alert_id} is {alert.state}, not firing", field="state")
     return get_alert(conn, caller, alert_id)
+
+
+def named_serials(alert: Alert) -> list[str]:
+    """The device serials an alert's evidence lists (services/alerts/conditions.py: `silent`
+    for silent devices, `devices` for offline or quarantined ones), in its order."""
+    listed = alert.evidence.get("silent", alert.evidence.get("devices"))
+    if not isinstance(listed, list):
+        return []
+    serials = (item.get("serial") if isinstance(item, dict) else item for item in listed)
+    return [s for s in serials if isinstance(s, str)]
+
+
+def device_ids(conn: psycopg.Connection, caller: Principal, serials: list[str]) -> dict[str, int]:
+    """Each of these serials that is a device the caller may see, with its id."""
+    if not serials:
+        return {}
+    params = {"serials": serials, "customer": caller.customer_scope}
+    return dict(conn.execute(NAMED_DEVICES, params).fetchall())
 
 
 def list_rules(conn: psycopg.Connection) -> list[AlertRule]:

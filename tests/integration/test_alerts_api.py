@@ -6,23 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from psycopg.types.json import Jsonb
 
 from services.accounts.roles import Role
 from services.alerts.rules import RuleKind
 from services.core.settings import Settings
 from tests.integration.conftest import Project, api_client, mint_token
-
-OPEN_ALERT = """
-INSERT INTO alerts (rule_id, kind, project_id, subject, state, summary, evidence, fired_at,
-                    updated_at)
-SELECT r.id, r.kind, %(project)s, %(subject)s, 'firing', %(summary)s, %(evidence)s, now(), now()
-FROM alert_rules r WHERE r.kind = %(kind)s AND r.project_id IS NULL
-RETURNING id
-"""
 
 
 @pytest.fixture
@@ -38,48 +28,6 @@ def client_as(settings: Settings) -> Iterator[Callable[..., TestClient]]:
     yield make
     for client in clients:
         client.__exit__(None, None, None)
-
-
-@pytest.fixture
-def alerts_of(conn: psycopg.Connection) -> Callable[[Project, str], dict[RuleKind, int]]:
-    """One firing alert of each kind about a project (the ingest kinds about no project)."""
-
-    def make(project: Project, tag: str) -> dict[RuleKind, int]:
-        made = {}
-        for kind in RuleKind:
-            on_project = kind not in {RuleKind.QUARANTINE_RATE, RuleKind.INGEST_LAG}
-            row = conn.execute(
-                OPEN_ALERT,
-                {
-                    "kind": kind.value,
-                    "project": project.id if on_project else None,
-                    "subject": f"test:{tag}:{project.id}",
-                    "summary": f"{kind} {tag}",
-                    "evidence": Jsonb({"tag": tag}),
-                },
-            ).fetchone()
-            assert row is not None
-            made[kind] = row[0]
-        return made
-
-    return make
-
-
-@pytest.fixture
-def other_project(conn: psycopg.Connection, unique: str) -> Project:
-    from services.registry import upserts as registry
-
-    customer = registry.upsert_customer(conn, f"Other {unique}", "waist", "retail", "adoption")
-    project = registry.upsert_project(
-        conn,
-        customer,
-        f"Other {unique}",
-        contract_value=1,
-        currency="EUR",
-        go_live_date=None,
-        status="live",
-    )
-    return Project(project, customer, "none")
 
 
 def _seen(client: TestClient, tag: str) -> set[int]:

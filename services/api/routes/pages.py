@@ -140,6 +140,7 @@ def customers_page(
         by_customer.setdefault(project.customer_id, []).append(project)
     return render(
         request,
+        conn,
         "customers.html",
         caller,
         window,
@@ -163,6 +164,7 @@ def customer_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
     return render(
         request,
+        conn,
         "customer.html",
         caller,
         window,
@@ -232,6 +234,7 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     adoption = project_adoption(conn, project_id, span, analytics.features)
     return render(
         request,
+        conn,
         "project.html",
         caller,
         window,
@@ -299,6 +302,7 @@ def portfolio_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     risk = feature_impact(conn, impact, whole) if impact else None
     return render(
         request,
+        conn,
         "portfolio.html",
         caller,
         window,
