@@ -20,7 +20,7 @@ from psycopg.rows import class_row
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, model_validator
 
 from services.accounts.roles import Principal, Role
-from services.core.db import MAX_BIGINT, translate_errors
+from services.core.db import MAX_BIGINT, fetch_one, translate_errors
 from services.core.errors import (
     AuthenticationError,
     ConflictError,
@@ -161,6 +161,7 @@ VALUES (%(username)s, %(password_hash)s, %(role)s, %(customer_id)s)
 RETURNING {USER_COLUMNS}
 """
 SELECT_USER = f"SELECT {USER_COLUMNS} FROM users WHERE id = %s"
+FIND_USER = f"SELECT {USER_COLUMNS} FROM users WHERE username = %s"
 LOCK_USER = f"SELECT {USER_COLUMNS} FROM users WHERE id = %s FOR UPDATE"
 LIST_USERS = f"SELECT {USER_COLUMNS} FROM users ORDER BY username"
 LOGIN_USER = """
@@ -327,21 +328,11 @@ def create_user(conn: psycopg.Connection, body: UserCreate) -> User:
 
 
 def get_user(conn: psycopg.Connection, user_id: int) -> User:
-    with conn.cursor(row_factory=class_row(User)) as cur:
-        row = cur.execute(SELECT_USER, (user_id,)).fetchone()
-    if row is None:
-        raise NotFoundError(f"user {user_id} not found")
-    return row
+    return fetch_one(conn, SELECT_USER, (user_id,), User, f"user {user_id}")
 
 
 def find_user(conn: psycopg.Connection, username: str) -> User:
-    with conn.cursor(row_factory=class_row(User)) as cur:
-        row = cur.execute(
-            f"SELECT {USER_COLUMNS} FROM users WHERE username = %s", (username.lower(),)
-        ).fetchone()
-    if row is None:
-        raise NotFoundError(f"user {username!r} not found")
-    return row
+    return fetch_one(conn, FIND_USER, (username.lower(),), User, f"user {username!r}")
 
 
 def list_users(conn: psycopg.Connection) -> list[User]:
@@ -356,10 +347,7 @@ def update_user(conn: psycopg.Connection, user_id: int, body: UserUpdate) -> Use
     # Hashed before the transaction: argon2 takes a while and the user's row stays unlocked.
     password_hash = hash_password(body.password) if body.password is not None else None
     with conn.transaction():
-        with conn.cursor(row_factory=class_row(User)) as cur:
-            current = cur.execute(LOCK_USER, (user_id,)).fetchone()
-        if current is None:
-            raise NotFoundError(f"user {user_id} not found")
+        current = fetch_one(conn, LOCK_USER, (user_id,), User, f"user {user_id}")
         role = body.role or current.role
         customer_id = (
             body.customer_id if "customer_id" in body.model_fields_set else current.customer_id

@@ -220,7 +220,7 @@ DECISIONS = Resource(
         "project_id": Filter("project_id"),
         "feature_key": Filter("feature_key"),
         "decision": Filter("decision"),
-        "scope": Filter("scope"),
+        "scope": Filter("scope", description="project or portfolio-wide"),
     },
     search_columns=("rationale", "decided_by", "feature_key"),
 )

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.errors import ConfigError
+from services.core.settings import variable_problems
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
@@ -65,8 +66,4 @@ def load_client_settings() -> ClientSettings:
     try:
         return ClientSettings(_env_file=cli_config_file())
     except ValidationError as exc:
-        problems = "; ".join(
-            f"FIELDTRACK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"client configuration is invalid ({problems})") from exc
+        raise ConfigError(f"client configuration is invalid ({variable_problems(exc)})") from exc

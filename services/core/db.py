@@ -1,24 +1,27 @@
 """The database: the pool and its lifecycle, and what every store shares about it (the
-largest id a column holds, and the database's refusals a client can cause, in fieldtrack's
-own errors)."""
+largest id a column holds, one row or "not found", and the database's refusals a client can
+cause, in fieldtrack's own errors)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import psycopg
-from psycopg import errors as pg_errors
+from psycopg import errors as pg_errors, sql
+from psycopg.abc import Params
+from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
-from services.core.errors import ConflictError, InvalidInputError
+from services.core.errors import ConflictError, InvalidInputError, NotFoundError
 from services.core.settings import Settings
 
 POOL_OPEN_TIMEOUT_S = 30.0
 MAX_BIGINT = 2**63 - 1  # the largest bigint: ids above it cannot exist
 
+RowT = TypeVar("RowT")
 _KEY_DETAIL = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\)")
 
 
@@ -34,6 +37,21 @@ def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection]:
     )
     pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
     return pool
+
+
+def fetch_one(
+    conn: psycopg.Connection,
+    query: str | sql.Composed,
+    params: Params,
+    row_type: type[RowT],
+    what: str,
+) -> RowT:
+    """The row *query* finds, as a *row_type*; none is a NotFoundError: "{what} not found"."""
+    with conn.cursor(row_factory=class_row(row_type)) as cur:
+        row = cur.execute(query, params).fetchone()
+    if row is None:
+        raise NotFoundError(f"{what} not found")
+    return row
 
 
 class Labelled(Protocol):

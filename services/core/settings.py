@@ -201,6 +201,14 @@ class Settings(BaseSettings):
         return value
 
 
+def variable_problems(exc: ValidationError) -> str:
+    """What is wrong with the settings, each named by its environment variable."""
+    return "; ".join(
+        f"FIELDTRACK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; raises ConfigError with every problem listed."""
@@ -209,11 +217,7 @@ def get_settings() -> Settings:
         # wrapper script applies.
         return Settings(_env_file=local_env_file())
     except ValidationError as exc:
-        problems = "; ".join(
-            f"FIELDTRACK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
         raise ConfigError(
-            f"configuration is incomplete or invalid ({problems}). "
+            f"configuration is incomplete or invalid ({variable_problems(exc)}). "
             f"Run `fieldtrack infra up` for local services, or set these variables."
         ) from exc

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import class_row
 from pydantic import BaseModel, Field
 
-from services.core.errors import NotFoundError
+from services.core.db import fetch_one
 
 # Battery and signal are each device's latest reading within this long.
 LATEST_WITHIN = timedelta(days=1)
@@ -282,11 +282,8 @@ def device_detail(
     conn: psycopg.Connection, device_id: int, customer_id: int | None
 ) -> DeviceDetail:
     """The device with its project and state; another customer's device is not found."""
-    with conn.cursor(row_factory=class_row(DeviceDetail)) as cur:
-        found = cur.execute(DEVICE, {"device": device_id, "customer": customer_id}).fetchone()
-    if found is None:
-        raise NotFoundError(f"device {device_id} not found")
-    return found
+    params = {"device": device_id, "customer": customer_id}
+    return fetch_one(conn, DEVICE, params, DeviceDetail, f"device {device_id}")
 
 
 # A flapping device can report thousands of statuses; the page shows the latest ones.

@@ -10,10 +10,11 @@ Nothing a client sends becomes a 500.
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 import psycopg
 from psycopg import sql
@@ -39,6 +40,16 @@ class Filter:
     column: str
     op: Literal["eq", "contains"] = "eq"
     description: str | None = None  # for the help of the API and the command line
+
+
+def value_annotation(annotation: Any, op: str) -> Any:
+    """What one value of a filter on a field annotated so is: `X | None` is X; a contains
+    filter compares one element of a `list[X]`."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    if op == "contains":
+        (annotation,) = get_args(annotation)
+    return annotation
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,14 @@ class Resource(Generic[OutT]):
             )
         if self.default_sort.removeprefix("-") in self.internal:
             raise ValueError(f"{self.label}: the default sort cannot be an internal field")
+
+    def filter_type(self, key: str) -> type:
+        """The type of a filter's value: that of the field it narrows in `out`."""
+        flt = self.filters[key]
+        annotation = value_annotation(self.out.model_fields[flt.column].annotation, flt.op)
+        if not isinstance(annotation, type):
+            raise TypeError(f"{self.label}: filter {key} narrows a field of no plain type")
+        return annotation
 
     def for_viewers(self) -> Resource[Any]:
         """The resource as a customer viewer reads it: the viewer model, nothing internal

@@ -5,24 +5,91 @@ response models from these annotations at runtime, and here they are the factory
 arguments.
 """
 
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, status
+import psycopg
+from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from services.accounts.roles import Permission, Principal, Role
 from services.api.auth import require
-from services.api.deps import ConnDep, ListDep
+from services.api.deps import ConnDep, ListDep, ListParams
 from services.api.errors import CONFLICT, NOT_FOUND
 from services.registry import repository
 from services.registry.models import MAX_BIGINT, Page
-from services.registry.repository import Resource
+from services.registry.repository import Filter, Resource, value_annotation
 
+# the keywords of Query that a field's metadata may carry over to a filter (_limits)
+LIMITS = ("max_length", "ge", "le", "pattern")
 ItemId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="the item's id")]
 
 
-def filter_values(filters: object) -> dict[str, Any]:
-    return {k: v for k, v in vars(filters).items() if v is not None}
+def query_filters(
+    resource: Resource[Any], bounds: type[BaseModel] | None = None
+) -> Callable[..., dict[str, Any]]:
+    """A dependency reading the resource's filters from the query, each typed as the field it
+    narrows and bounded as `bounds` (the create model) bounds that field; it returns them by
+    name, None for those not given."""
+
+    def where(**values: Any) -> dict[str, Any]:
+        return values
+
+    where.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                key,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[
+                    resource.filter_type(key) | None,
+                    Query(description=flt.description, **_limits(bounds, flt)),
+                ],
+                default=None,
+            )
+            for key, flt in resource.filters.items()
+        ]
+    )
+    return where
+
+
+def _limits(bounds: type[BaseModel] | None, flt: Filter) -> dict[str, Any]:
+    """The bounds and the pattern a stored value keeps to (ids from 1, text up to its length):
+    a filter value beyond them could match nothing. Not a minimum length: a blank filter
+    stays an empty page, not a 422."""
+    field = bounds.model_fields.get(flt.column) if bounds else None
+    if field is None:
+        return {}
+    # a list's own limits (how many tags) are not those of the element a contains compares
+    metadata = [] if flt.op == "contains" else list(field.metadata)
+    metadata += FieldInfo.from_annotation(value_annotation(field.annotation, flt.op)).metadata
+    return {
+        limit: getattr(item, limit)
+        for item in metadata
+        for limit in LIMITS
+        if getattr(item, limit, None) is not None
+    }
+
+
+def list_page(
+    conn: psycopg.Connection,
+    resource: Resource[Any],
+    page: ListParams,
+    where: dict[str, Any],
+    customer_scope: int | None,
+) -> Page[Any]:
+    """The page of a resource's list that the query asks for, within the caller's scope."""
+    return repository.list_items(
+        conn,
+        resource,
+        filters=where,
+        search=page.q,
+        sort=page.sort,
+        limit=page.limit,
+        offset=page.offset,
+        customer_id=customer_scope,
+    )
 
 
 def crud_router(
@@ -30,7 +97,6 @@ def crud_router(
     resource: Resource[Any],
     create: type[BaseModel],
     update: type[BaseModel],
-    filters: type,
     plural: str,
     read: Permission = Permission.READ_REGISTRY,
     write: Permission = Permission.WRITE_REGISTRY,
@@ -42,6 +108,7 @@ def crud_router(
     router = APIRouter(prefix=f"/{plural}", tags=[plural])
     Reader = Annotated[Principal, Depends(require(read))]
     writer = [Depends(require(write))]
+    Where = Annotated[dict[str, Any], Depends(query_filters(resource, create))]
 
     def readable(caller: Principal) -> Resource[Any]:
         return viewed if caller.role is Role.VIEWER else resource
@@ -58,18 +125,9 @@ def crud_router(
         conn: ConnDep,
         caller: Reader,
         page: ListDep,
-        where: Annotated[filters, Depends()],  # type: ignore[valid-type]
+        where: Where,
     ) -> Any:
-        return repository.list_items(
-            conn,
-            readable(caller),
-            filters=filter_values(where),
-            search=page.q,
-            sort=page.sort,
-            limit=page.limit,
-            offset=page.offset,
-            customer_id=caller.customer_scope,
-        )
+        return list_page(conn, readable(caller), page, where, caller.customer_scope)
 
     @router.get(
         "/{item_id}",

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel
 
 from services.accounts.roles import Permission, Principal
 from services.analytics.decisions import (
+    DECISIONS,
     Decision,
     DecisionCreate,
-    DecisionKind,
-    Scope,
     get_decision,
     list_decisions,
     record_decision,
@@ -20,8 +19,8 @@ from services.analytics.decisions import (
 from services.api.auth import require
 from services.api.deps import ConnDep, ListDep, ThresholdsDep
 from services.api.errors import NOT_FOUND, ErrorBody, Responses
-from services.api.routes.crud import ItemId, filter_values
-from services.registry.models import MAX_BIGINT, FeatureKey, Page
+from services.api.routes.crud import ItemId, query_filters
+from services.registry.models import Page
 
 router = APIRouter(prefix="/decisions", tags=["decisions"])
 DecisionReader = [Depends(require(Permission.READ_DECISIONS))]
@@ -47,16 +46,7 @@ CREATE_RESPONSES: Responses = {
 }
 
 
-class DecisionFilters:
-    def __init__(
-        self,
-        project_id: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
-        feature_key: Annotated[FeatureKey | None, Query()] = None,
-        decision: Annotated[DecisionKind | None, Query()] = None,
-        scope: Annotated[Scope | None, Query(description="project or portfolio-wide")] = None,
-    ) -> None:
-        self.project_id, self.feature_key = project_id, feature_key
-        self.decision, self.scope = decision, scope
+decision_filters = query_filters(DECISIONS, DecisionCreate)
 
 
 @router.post(
@@ -84,11 +74,11 @@ def create_decision(
     dependencies=DecisionReader,
 )
 def get_decisions(
-    conn: ConnDep, page: ListDep, where: Annotated[DecisionFilters, Depends()]
+    conn: ConnDep, page: ListDep, where: Annotated[dict[str, Any], Depends(decision_filters)]
 ) -> Page[Decision]:
     return list_decisions(
         conn,
-        filters=filter_values(where),
+        filters=where,
         search=page.q,
         sort=page.sort,
         limit=page.limit,

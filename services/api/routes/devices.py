@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, status
+from fastapi import APIRouter, Body, Depends, status
 from fastapi.responses import Response
 
 from services.accounts.roles import Permission, Principal
 from services.api.auth import require
 from services.api.deps import BrokerDep, ConnDep, ListDep
 from services.api.errors import BROKER_DOWN, CONFLICT, IMPORT_REJECTED, NOT_FOUND
-from services.api.routes.crud import ItemId, filter_values
+from services.api.routes.crud import ItemId, list_page, query_filters
 from services.core.errors import InvalidInputError
 from services.registry import imports, models, provisioning, repository
 from services.registry.resources import DEVICES
@@ -26,36 +26,17 @@ MAX_CSV_BYTES = 5 * 1024 * 1024
 NO_STORE = "no-store"  # responses carrying passwords must not sit in any cache
 
 
-class DeviceFilters:
-    def __init__(  # noqa: PLR0917 - FastAPI reads each filter from its own query parameter
-        self,
-        project_id: Annotated[int | None, Query(ge=1, le=models.MAX_BIGINT)] = None,
-        status: Annotated[models.DeviceStatus | None, Query()] = None,
-        model: Annotated[str | None, Query(max_length=100)] = None,
-        firmware: Annotated[str | None, Query(max_length=100)] = None,
-        site: Annotated[str | None, Query(max_length=200)] = None,
-        tag: Annotated[
-            str | None, Query(max_length=64, description="devices carrying this tag")
-        ] = None,
-    ) -> None:
-        self.project_id, self.status, self.model = project_id, status, model
-        self.firmware, self.site, self.tag = firmware, site, tag
+device_filters = query_filters(DEVICES, models.DeviceCreate)
 
 
 @router.get("", response_model=models.Page[models.Device], summary="List devices")
 def list_devices(
-    conn: ConnDep, caller: FleetReader, page: ListDep, where: Annotated[DeviceFilters, Depends()]
+    conn: ConnDep,
+    caller: FleetReader,
+    page: ListDep,
+    where: Annotated[dict[str, Any], Depends(device_filters)],
 ) -> models.Page[Any]:
-    return repository.list_items(
-        conn,
-        DEVICES,
-        filters=filter_values(where),
-        search=page.q,
-        sort=page.sort,
-        limit=page.limit,
-        offset=page.offset,
-        customer_id=caller.customer_scope,
-    )
+    return list_page(conn, DEVICES, page, where, caller.customer_scope)
 
 
 @router.get("/{item_id}", response_model=models.Device, responses=NOT_FOUND, summary="One device")

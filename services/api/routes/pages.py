@@ -81,22 +81,32 @@ def _readable(resource: Resource[Any], caller: Principal) -> Resource[Any]:
     return resource if caller.customer_scope is None else resource.for_viewers()
 
 
+def _by_name(
+    conn: psycopg.Connection,
+    resource: Resource[Any],
+    caller: Principal,
+    filters: dict[str, Any] | None = None,
+) -> list[Any]:
+    """The first PAGE_LIMIT items by name, as the caller may read them."""
+    return repository.list_items(
+        conn,
+        _readable(resource, caller),
+        filters=filters or {},
+        search=None,
+        sort="name",
+        limit=PAGE_LIMIT,
+        offset=0,
+        customer_id=caller.customer_scope,
+    ).items
+
+
 def _customer_projects(
     conn: psycopg.Connection, caller: Principal, customer_id: int
 ) -> tuple[Any, list[Any]]:
     """A customer the caller may see (else 404) and its projects."""
     scope = caller.customer_scope
     customer = repository.get_item(conn, _readable(CUSTOMERS, caller), customer_id, scope)
-    projects = repository.list_items(
-        conn,
-        _readable(PROJECTS, caller),
-        filters={"customer_id": customer_id},
-        search=None,
-        sort="name",
-        limit=PAGE_LIMIT,
-        offset=0,
-        customer_id=scope,
-    ).items
+    projects = _by_name(conn, PROJECTS, caller, {"customer_id": customer_id})
     return customer, projects
 
 
@@ -114,26 +124,8 @@ def customers_page(
     t: ThresholdsDep,
 ) -> HTMLResponse:
     scope = caller.customer_scope
-    customers = repository.list_items(
-        conn,
-        _readable(CUSTOMERS, caller),
-        filters={},
-        search=None,
-        sort="name",
-        limit=PAGE_LIMIT,
-        offset=0,
-        customer_id=scope,
-    ).items
-    projects = repository.list_items(
-        conn,
-        _readable(PROJECTS, caller),
-        filters={},
-        search=None,
-        sort="name",
-        limit=PAGE_LIMIT,
-        offset=0,
-        customer_id=scope,
-    ).items
+    customers = _by_name(conn, CUSTOMERS, caller)
+    projects = _by_name(conn, PROJECTS, caller)
     analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
     by_customer: dict[int, list[Any]] = {}
     for project in projects:

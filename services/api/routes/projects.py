@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends
 
 from services.accounts.roles import Permission, Principal
 from services.analytics.usage import DailyUsage, ProjectUsage, daily_usage, project_usage
@@ -13,21 +13,10 @@ from services.api.routes.crud import ItemId, crud_router
 from services.registry import models
 from services.registry.resources import PROJECTS
 
-
-class ProjectFilters:
-    def __init__(
-        self,
-        customer_id: Annotated[int | None, Query(ge=1, le=models.MAX_BIGINT)] = None,
-        status: Annotated[models.ProjectStatus | None, Query()] = None,
-    ) -> None:
-        self.customer_id, self.status = customer_id, status
-
-
 router = crud_router(
     resource=PROJECTS,
     create=models.ProjectCreate,
     update=models.ProjectUpdate,
-    filters=ProjectFilters,
     plural="projects",
 )
 

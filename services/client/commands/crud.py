@@ -1,20 +1,21 @@
-"""`list`, `show` and `delete` of a registry resource, made from its declaration.
+"""The commands of a registry resource, made from declarations.
 
-The filters of a list are the resource's (services/registry/resources.py), the same the API
-answers to: a filter declared there is an option here, with the type of its field.
+`list`, `show` and `delete` come from the resource's declaration: the filters of a list are
+the resource's (services/registry/resources.py), the same the API answers to, each an option
+with the type of its field. `add` and `update` come from one table of `Setting`s a resource's
+module declares: each option and the API field it sets, once for both commands.
 """
 
 from __future__ import annotations
 
 import inspect
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any
 
 import typer
 
-from services.client.commands.common import ItemId, api, done, given, print_page
+from services.client.commands.common import ItemId, api, changes, done, given, print_page
 from services.core.console import Column, command_group, console, print_record
 from services.registry.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Filter, Resource
 
@@ -41,6 +42,46 @@ PAGING: tuple[tuple[str, Any, Any], ...] = (
     ("offset", Annotated[int, typer.Option(min=0, help="how many to skip")], 0),
 )
 
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An option of `add` and `update`, and the API field it sets."""
+
+    api_field: str
+    value_type: type
+    help: str | None = None
+    option: str | None = None  # the option's name where it is not the field's
+    required: bool = False  # by `add`
+    fixed: bool = False  # given once, to `add` (which requires it): whose project, which key
+    add_help: str | None = None  # `add`'s help instead, e.g. the default it falls back on
+    limits: Mapping[str, Any] = field(default_factory=dict)  # typer.Option's: min, formats
+
+    @property
+    def name(self) -> str:
+        return self.option or self.api_field
+
+    def parameter(self, *, adding: bool) -> inspect.Parameter:
+        """The option on `add` (required or not) or on `update` (never required). A flag
+        is off unless given on `add`, and unchanged unless given on `update`."""
+        flag = self.name.replace("_", "-")
+        decls = [f"--{flag}/--no-{flag}"] if self.value_type is bool else []
+        option = typer.Option(
+            *decls, help=(self.add_help or self.help) if adding else self.help, **self.limits
+        )
+        hint: Any
+        default: Any
+        if adding and (self.required or self.fixed):
+            hint, default = self.value_type, inspect.Parameter.empty
+        elif adding and self.value_type is bool:
+            hint, default = bool, False
+        else:
+            hint, default = self.value_type | None, None
+        return inspect.Parameter(
+            self.name, KEYWORD, annotation=Annotated[hint, option], default=default
+        )
+
 
 @dataclass(frozen=True)
 class ResourceCommands:
@@ -53,6 +94,8 @@ class ResourceCommands:
     delete_help: str
     # option names that differ from the filter's; an `_id` filter is named without `_id`
     options: Mapping[str, str] = field(default_factory=dict)
+    # how `add` names what it created, from the API's answer
+    created: str = "{name}"
 
     @property
     def path(self) -> str:
@@ -72,17 +115,39 @@ class ResourceCommands:
         app.command("show", help=f"One {self.label}.")(self._show)
         app.command("delete", help=self.delete_help)(self._delete)
 
-    def create(self, body: Mapping[str, Any], *, name: str = "name", context: str = "") -> None:
-        """POST one item; say which, by its *name* field, and show it."""
-        with api() as client:
-            item = client.post(self.path, body)
-        done(f"created {self.label} {item['id']}: {item[name]}{context}", item)
+    def add_write_commands(
+        self, app: typer.Typer, settings: Sequence[Setting], *, add_help: str, update_help: str
+    ) -> None:
+        """`add` and `update`, both from the one table of settings."""
+        app.command("add", help=add_help)(self._add_command(settings))
+        app.command("update", help=update_help)(self._update_command(settings))
 
-    def update(self, item_id: int, body: Mapping[str, Any]) -> None:
-        """PATCH one item and show it as it is now."""
-        with api() as client:
-            item = client.patch(f"{self.path}/{item_id}", body)
-        done(f"updated {self.label} {item_id}", item)
+    def _add_command(self, settings: Sequence[Setting]) -> Callable[..., None]:
+        def run(**options: Any) -> None:
+            body = given(**{s.api_field: options[s.name] for s in settings})
+            with api() as client:
+                item = client.post(self.path, body)
+            done(f"created {self.label} {item['id']}: {self.created.format(**item)}", item)
+
+        parameters = [s.parameter(adding=True) for s in settings]
+        run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        return run
+
+    def _update_command(self, settings: Sequence[Setting]) -> Callable[..., None]:
+        changeable = [s for s in settings if not s.fixed]
+
+        def run(item_id: int, **options: Any) -> None:
+            body = changes(**{s.api_field: options[s.name] for s in changeable})
+            with api() as client:
+                item = client.patch(f"{self.path}/{item_id}", body)
+            done(f"updated {self.label} {item_id}", item)
+
+        item_id = inspect.Parameter(
+            "item_id", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ItemId
+        )
+        parameters = [item_id, *(s.parameter(adding=False) for s in changeable)]
+        run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        return run
 
     def _show(self, item_id: ItemId) -> None:
         with api() as client:
@@ -124,7 +189,7 @@ class ResourceCommands:
 
     def _filter_option(self, key: str, flt: Filter) -> Any:
         """The option for one filter: typed as the field it narrows, ids at least 1."""
-        value_type = _value_type(self.resource.out.model_fields[flt.column].annotation, flt.op)
+        value_type = self.resource.filter_type(key)
         name = self.options.get(key, key.removesuffix("_id")).replace("_", "-")
         # A renamed option says what it stands for ("--customer": customer id).
         help_text = flt.description or (
@@ -133,13 +198,3 @@ class ResourceCommands:
         decls = [f"--{name}/--no-{name}"] if value_type is bool else [f"--{name}"]
         minimum = 1 if value_type is int else None
         return Annotated[value_type | None, typer.Option(*decls, min=minimum, help=help_text)]
-
-
-def _value_type(annotation: Any, op: str) -> type:
-    """`X | None` is X; a contains filter compares one element of a `list[X]`."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
-    if op == "contains":
-        (annotation,) = get_args(annotation)
-    assert isinstance(annotation, type)  # noqa: S101 - declarations are checked at import
-    return annotation

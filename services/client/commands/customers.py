@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from services.client.commands.common import ItemId, changes, given
-from services.client.commands.crud import ResourceCommands
+from services.client.commands.crud import ResourceCommands, Setting
 from services.core.console import Column
 from services.registry.enums import LifecycleStage as Stage, Tier
 from services.registry.resources import CUSTOMERS
@@ -30,31 +25,21 @@ COMMANDS = ResourceCommands(
 app = COMMANDS.app()
 
 
-@app.command("add")
-def customers_add(
-    *,
-    name: Annotated[str, typer.Option(help="unique customer name")],
-    tier: Annotated[Tier, typer.Option(help="head (large), waist (mid) or tail (small)")],
-    industry: Annotated[str, typer.Option(help="e.g. logistics")],
-    stage: Annotated[Stage | None, typer.Option(help="default: onboarding")] = None,
-) -> None:
-    """Create a customer."""
-    body = given(name=name, tier=tier, industry=industry, lifecycle_stage=stage)
-    COMMANDS.create(body)
-
-
-@app.command("update")
-def customers_update(
-    item_id: ItemId,
-    *,
-    name: Annotated[str | None, typer.Option()] = None,
-    tier: Annotated[Tier | None, typer.Option()] = None,
-    industry: Annotated[str | None, typer.Option()] = None,
-    stage: Annotated[Stage | None, typer.Option(help="lifecycle stage")] = None,
-) -> None:
-    """Change some fields of a customer."""
-    body = changes(name=name, tier=tier, industry=industry, lifecycle_stage=stage)
-    COMMANDS.update(item_id, body)
-
-
+COMMANDS.add_write_commands(
+    app,
+    (
+        Setting("name", str, required=True, add_help="unique customer name"),
+        Setting("tier", Tier, required=True, add_help="head (large), waist (mid) or tail (small)"),
+        Setting("industry", str, required=True, add_help="e.g. logistics"),
+        Setting(
+            "lifecycle_stage",
+            Stage,
+            "lifecycle stage",
+            option="stage",
+            add_help="default: onboarding",
+        ),
+    ),
+    add_help="Create a customer.",
+    update_help="Change some fields of a customer.",
+)
 COMMANDS.add_standard_commands(app)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-import typer
-
-from services.client.commands.common import DATE_FORMATS, ItemId, changes, given
-from services.client.commands.crud import ResourceCommands
+from services.client.commands.common import DATE_FORMATS
+from services.client.commands.crud import ResourceCommands, Setting
 from services.core.console import Column
 from services.registry.enums import DeliveryStatus
 from services.registry.resources import DELIVERIES
@@ -29,67 +26,28 @@ COMMANDS = ResourceCommands(
         Column("strategic", "strategic"),
     ),
     delete_help="Delete a delivery.",
+    created="{feature_key} for project {project_id}",
 )
 app = COMMANDS.app()
 
-DeliveredOn = Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="YYYY-MM-DD")]
-CostDays = Annotated[str | None, typer.Option(help="cost in person-days, e.g. 12.5")]
-LineValue = Annotated[str | None, typer.Option(help="contract line value, e.g. 25000.00")]
-Score = Annotated[int | None, typer.Option(min=1, max=5, help="business score 1-5")]
-Notes = Annotated[str | None, typer.Option()]
-
-
-@app.command("add")
-def deliveries_add(
-    *,
-    project: Annotated[int, typer.Option(min=1, help="project id")],
-    feature: Annotated[int, typer.Option(min=1, help="feature id")],
-    status: Annotated[DeliveryStatus | None, typer.Option(help="default: delivered")] = None,
-    delivered_on: DeliveredOn = None,
-    cost_days: CostDays = None,
-    line_value: LineValue = None,
-    score: Score = None,
-    strategic: Annotated[bool, typer.Option("--strategic/--no-strategic")] = False,
-    notes: Notes = None,
-) -> None:
-    """Record a feature delivered (or planned, or cut) for a project."""
-    body = given(
-        project_id=project,
-        feature_id=feature,
-        status=status,
-        delivered_on=delivered_on,
-        cost_person_days=cost_days,
-        contract_line_value=line_value,
-        business_score=score,
-        strategic=strategic,
-        notes=notes,
-    )
-    COMMANDS.create(body, name="feature_key", context=f" for project {project}")
-
-
-@app.command("update")
-def deliveries_update(
-    item_id: ItemId,
-    *,
-    status: Annotated[DeliveryStatus | None, typer.Option()] = None,
-    delivered_on: DeliveredOn = None,
-    cost_days: CostDays = None,
-    line_value: LineValue = None,
-    score: Score = None,
-    strategic: Annotated[bool | None, typer.Option("--strategic/--no-strategic")] = None,
-    notes: Notes = None,
-) -> None:
-    """Change some fields of a delivery."""
-    body = changes(
-        status=status,
-        delivered_on=delivered_on,
-        cost_person_days=cost_days,
-        contract_line_value=line_value,
-        business_score=score,
-        strategic=strategic,
-        notes=notes,
-    )
-    COMMANDS.update(item_id, body)
-
-
+COMMANDS.add_write_commands(
+    app,
+    (
+        Setting("project_id", int, "project id", option="project", fixed=True, limits={"min": 1}),
+        Setting("feature_id", int, "feature id", option="feature", fixed=True, limits={"min": 1}),
+        Setting("status", DeliveryStatus, add_help="default: delivered"),
+        Setting("delivered_on", datetime, "YYYY-MM-DD", limits={"formats": DATE_FORMATS}),
+        Setting("cost_person_days", str, "cost in person-days, e.g. 12.5", option="cost_days"),
+        Setting(
+            "contract_line_value", str, "contract line value, e.g. 25000.00", option="line_value"
+        ),
+        Setting(
+            "business_score", int, "business score 1-5", option="score", limits={"min": 1, "max": 5}
+        ),
+        Setting("strategic", bool),
+        Setting("notes", str),
+    ),
+    add_help="Record a feature delivered (or planned, or cut) for a project.",
+    update_help="Change some fields of a delivery.",
+)
 COMMANDS.add_standard_commands(app)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-import typer
-
-from services.client.commands.common import DATE_FORMATS, ItemId, changes, given
-from services.client.commands.crud import ResourceCommands
+from services.client.commands.common import DATE_FORMATS
+from services.client.commands.crud import ResourceCommands, Setting
 from services.core.console import Column
 from services.registry.enums import ProjectStatus
 from services.registry.resources import PROJECTS
@@ -31,59 +28,28 @@ COMMANDS = ResourceCommands(
 )
 app = COMMANDS.app()
 
-Money = Annotated[str | None, typer.Option(help="amount, e.g. 480000.00")]
-GoLive = Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="YYYY-MM-DD")]
-Currency = Annotated[str | None, typer.Option(help="ISO 4217 code (default: EUR)")]
-Retention = Annotated[
-    int | None, typer.Option(min=1, max=36500, help="days raw device data is kept")
-]
-
-
-@app.command("add")
-def projects_add(
-    *,
-    customer: Annotated[int, typer.Option(min=1, help="customer id")],
-    name: Annotated[str, typer.Option(help="project name (unique per customer)")],
-    value: Money = None,
-    currency: Currency = None,
-    go_live: GoLive = None,
-    status: Annotated[ProjectStatus | None, typer.Option(help="default: delivering")] = None,
-    retention_days: Retention = None,
-) -> None:
-    """Create a project for a customer."""
-    body = given(
-        customer_id=customer,
-        name=name,
-        contract_value=value,
-        currency=currency,
-        go_live_date=go_live,
-        status=status,
-        retention_days=retention_days,
-    )
-    COMMANDS.create(body)
-
-
-@app.command("update")
-def projects_update(
-    item_id: ItemId,
-    *,
-    name: Annotated[str | None, typer.Option()] = None,
-    value: Money = None,
-    currency: Currency = None,
-    go_live: GoLive = None,
-    status: Annotated[ProjectStatus | None, typer.Option()] = None,
-    retention_days: Retention = None,
-) -> None:
-    """Change some fields of a project."""
-    body = changes(
-        name=name,
-        contract_value=value,
-        currency=currency,
-        go_live_date=go_live,
-        status=status,
-        retention_days=retention_days,
-    )
-    COMMANDS.update(item_id, body)
-
-
+COMMANDS.add_write_commands(
+    app,
+    (
+        Setting(
+            "customer_id", int, "customer id", option="customer", fixed=True, limits={"min": 1}
+        ),
+        Setting("name", str, required=True, add_help="project name (unique per customer)"),
+        Setting("contract_value", str, "amount, e.g. 480000.00", option="value"),
+        Setting("currency", str, "ISO 4217 code (default: EUR)"),
+        Setting(
+            "go_live_date",
+            datetime,
+            "YYYY-MM-DD",
+            option="go_live",
+            limits={"formats": DATE_FORMATS},
+        ),
+        Setting("status", ProjectStatus, add_help="default: delivering"),
+        Setting(
+            "retention_days", int, "days raw device data is kept", limits={"min": 1, "max": 36500}
+        ),
+    ),
+    add_help="Create a project for a customer.",
+    update_help="Change some fields of a project.",
+)
 COMMANDS.add_standard_commands(app)

@@ -10,6 +10,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 from pydantic import BaseModel, Field, field_validator
 
+from services.core.db import fetch_one
 from services.core.errors import NotFoundError
 from services.core.payloads import QuarantineReason
 
@@ -137,11 +138,7 @@ def reason_summary(
 
 
 def quarantined_message(conn: psycopg.Connection, item_id: int) -> QuarantinedMessage:
-    with conn.cursor(row_factory=class_row(QuarantinedMessage)) as cur:
-        found = cur.execute(ONE, (item_id,)).fetchone()
-    if found is None:
-        raise NotFoundError(f"quarantined message {item_id} not found")
-    return found
+    return fetch_one(conn, ONE, (item_id,), QuarantinedMessage, f"quarantined message {item_id}")
 
 
 def quarantined_payload(conn: psycopg.Connection, item_id: int) -> bytes:
