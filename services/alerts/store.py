@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, time
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import psycopg
@@ -14,6 +13,7 @@ from psycopg.types.json import Jsonb
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from services.accounts.roles import Principal, Role
+from services.alerts.enums import AlertState, ChannelKind, NotificationState
 from services.alerts.rules import AUDIENCE, PER_PROJECT, Audience, RuleKind, parse_params
 from services.core.db import translate_errors
 from services.core.errors import ConflictError, InvalidInputError, NotFoundError
@@ -21,12 +21,6 @@ from services.core.errors import ConflictError, InvalidInputError, NotFoundError
 T = TypeVar("T")
 # The most a list returns at once.
 MAX_LIMIT = 500
-
-
-class AlertState(StrEnum):
-    FIRING = "firing"
-    ACKNOWLEDGED = "acknowledged"
-    RESOLVED = "resolved"
 
 
 class Alert(BaseModel):
@@ -88,11 +82,6 @@ class RuleUpdate(BaseModel):
     channels: list[int] | None = Field(default=None, max_length=20)
 
 
-class ChannelKind(StrEnum):
-    WEBHOOK = "webhook"
-    EMAIL = "email"
-
-
 _URL = TypeAdapter(AnyHttpUrl)
 _EMAIL = r"^[^@\s,]+@[^@\s,]+$"
 
@@ -138,12 +127,6 @@ class Channel(BaseModel):
     quiet_end: time | None
     enabled: bool
     created_at: datetime
-
-
-class NotificationState(StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    DEAD = "dead"
 
 
 class Notification(BaseModel):

@@ -20,10 +20,11 @@ from device_sim.device import SimDevice
 from services.accounts.roles import Principal, Role
 from services.alerts import store
 from services.alerts.engine import evaluate
+from services.alerts.enums import NotificationState
 from services.alerts.notify import MAX_ATTEMPTS, SIGNATURE_HEADER, deliver_due
 from services.alerts.rules import RuleKind
 from services.alerts.runner import run_once
-from services.alerts.store import ChannelCreate, NotificationState, RuleCreate
+from services.alerts.store import ChannelCreate, RuleCreate
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import NotFoundError
 from services.core.settings import Settings

@@ -18,9 +18,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from services.accounts.roles import Permission, Principal
 from services.alerts import store
+from services.alerts.enums import AlertState
 from services.alerts.notify import ALERTS_PAGE
 from services.alerts.rules import DESCRIPTIONS
-from services.alerts.store import Alert, AlertState
+from services.alerts.store import Alert
 from services.api.auth import require
 from services.api.deps import ConnDep
 from services.api.pages_support import render

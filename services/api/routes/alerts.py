@@ -10,15 +10,14 @@ from pydantic import BaseModel
 
 from services.accounts.roles import Permission, Principal
 from services.alerts import store
+from services.alerts.enums import AlertState, NotificationState
 from services.alerts.rules import catalog
 from services.alerts.store import (
     Alert,
     AlertRule,
-    AlertState,
     Channel,
     ChannelCreate,
     Notification,
-    NotificationState,
     RuleCreate,
     RuleUpdate,
 )

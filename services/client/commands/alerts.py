@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 from datetime import time
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
+from services.alerts.enums import AlertState, ChannelKind, NotificationState
+from services.alerts.rules import RuleKind
 from services.client.commands.common import ItemId, api, changes, done, given, print_page
 from services.core.console import Column, command_group, console, fail, print_record, print_rows
 
@@ -60,23 +61,6 @@ NOTIFICATION_COLUMNS = (
 )
 
 
-class State(StrEnum):
-    FIRING = "firing"
-    ACKNOWLEDGED = "acknowledged"
-    RESOLVED = "resolved"
-
-
-class ChannelKind(StrEnum):
-    WEBHOOK = "webhook"
-    EMAIL = "email"
-
-
-class OutboxState(StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    DEAD = "dead"
-
-
 def _params(pairs: list[str] | None) -> dict[str, Any] | None:
     """`name=value` pairs as rule parameters (values as JSON: numbers stay numbers)."""
     if not pairs:
@@ -96,7 +80,7 @@ def _params(pairs: list[str] | None) -> dict[str, Any] | None:
 @app.command("list")
 def list_alerts(
     all_: Annotated[bool, typer.Option("--all", help="resolved ones too")] = False,
-    state: Annotated[State | None, typer.Option(help="only this state")] = None,
+    state: Annotated[AlertState | None, typer.Option(help="only this state")] = None,
     project: Annotated[int | None, typer.Option(min=1, help="only this project's")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
     offset: Annotated[int, typer.Option(min=0)] = 0,
@@ -155,14 +139,15 @@ ChannelsOpt = Annotated[
 
 @rules_app.command("add")
 def add_rule(
-    kind: Annotated[str, typer.Argument(help="a rule kind (`fieldtrack alerts kinds`)")],
+    kind: Annotated[RuleKind, typer.Argument(help="a rule kind (`fieldtrack alerts kinds`)")],
     project: Annotated[int, typer.Option(min=1, help="the project the rule is for")],
     set_: SetOpt = None,
     channel: ChannelsOpt = None,
     disabled: Annotated[bool, typer.Option(help="silence this kind for the project")] = False,
 ) -> None:
     """A project's own rule of a kind, replacing the default for that project."""
-    body = {"kind": kind, "project_id": project, "params": _params(set_) or {}}
+    body: dict[str, Any] = {"kind": kind.value, "project_id": project}
+    body["params"] = _params(set_) or {}
     body |= {"channels": channel or [], "enabled": not disabled}
     with api() as client:
         done("rule added", client.post("/alerts/rules", body))
@@ -230,7 +215,9 @@ def delete_channel(channel_id: ItemId) -> None:
 
 @notifications_app.command("list")
 def list_notifications(
-    state: Annotated[OutboxState | None, typer.Option(help="e.g. dead: the dead letters")] = None,
+    state: Annotated[
+        NotificationState | None, typer.Option(help="e.g. dead: the dead letters")
+    ] = None,
     alert: Annotated[int | None, typer.Option(min=1, help="only this alert's")] = None,
 ) -> None:
     with api() as client:
