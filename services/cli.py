@@ -353,9 +353,11 @@ def alerts_evaluate() -> None:
         with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
             now = datetime.now(UTC)
             result = evaluate(conn, settings, now)
-            sent = deliver_due(conn, settings.alerts, now)
+            sent = deliver_due(conn, settings.alerts)
     except psycopg.Error as exc:
         raise fail(exc) from exc
+    if result.skipped:
+        console.print("another `alerts run` is evaluating now; nothing decided here")
     console.print(
         f"{result.fired} fired, {result.resolved} resolved, {result.open} open; notifications: "
         f"{sent.sent} sent, {sent.failed} to retry, {sent.dead} dead"

@@ -33,6 +33,14 @@ from services.core.windows import Window
 from services.fleet.ingest_health import recent_ingest
 from services.fleet.ingest_metrics import scrape
 
+# A device's or project's usual interval is estimated from at least this many hours with
+# reports in its last week; with less, only the rule's fixed bound applies.
+USUAL_MIN_HOURS = 24
+# A project is silent only after this many of its usual intervals (and silent_s) pass.
+PROJECT_INTERVALS = 3
+# An ingest whose metrics do not answer is tried once more, this patiently, before it is
+# called unreachable: one slow scrape of a busy process is not an outage.
+RESCRAPE_TIMEOUT_S = 3.0
 # An alert names at most this many devices; the count says how many there are in all.
 LISTED_DEVICES = 50
 # Receive lag is judged over this recent span (as the ingest page's figures are).
@@ -58,25 +66,42 @@ class Context:
     settings: Settings
 
 
-# Each device's usual interval: the time its last week of reports spans, over their count
-# (fewer than two reports: unknown, and only min_silence_s applies).
+# Each device's usual interval, from its last week of reports: the larger of the mean gap
+# (span ÷ messages) and the 90th percentile over its hours of 3600 s ÷ messages that hour,
+# so a device whose day is busy (many uses) and night quiet (telemetry only) is judged by
+# its quiet hours, not by its busy ones. Under USUAL_MIN_HOURS of history (the first hour's
+# bucket would stretch the span): unknown, and only min_silence_s applies.
 SILENT_DEVICES = """
 SELECT d.project_id, d.serial, s.last_seen,
-       extract(epoch FROM s.last_seen - u.first_hour) / nullif(u.messages - 1, 0) AS usual_s
+       CASE WHEN u.hours >= %(min_hours)s
+            THEN greatest(extract(epoch FROM s.last_seen - u.first_hour)
+                          / nullif(u.messages - 1, 0), u.p90_s) END AS usual_s
 FROM devices d
 JOIN device_state s ON s.device_id = d.id
 JOIN projects p ON p.id = d.project_id
 LEFT JOIN LATERAL (
-    SELECT sum(h.messages) AS messages, min(h.hour) AS first_hour FROM device_hourly h
+    SELECT sum(h.messages) AS messages, min(h.hour) AS first_hour, count(*) AS hours,
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY 3600.0 / h.messages) AS p90_s
+    FROM device_hourly h
     WHERE h.device_id = d.id AND h.hour > s.last_seen - interval '7 days'
-      AND h.hour <= s.last_seen
+      AND h.hour <= s.last_seen AND h.messages > 0
 ) u ON true
 WHERE d.status = 'active' AND p.status <> 'ended' AND d.project_id = ANY(%(projects)s)
   AND s.last_seen IS NOT NULL AND s.last_seen < %(now)s - make_interval(secs => %(floor)s)
 ORDER BY d.project_id, s.last_seen, d.serial
 """
+# When a project was last heard from, and how often it is usually heard from: its last
+# week's span over its messages (any device), so a small fleet of hourly sensors is not
+# "silent" between two reports.
 LAST_HEARD = """
-SELECT p.id, max(s.last_seen) FROM projects p
+SELECT p.id, max(s.last_seen) AS last_heard,
+       (SELECT CASE WHEN count(*) >= %(min_hours)s
+                    THEN extract(epoch FROM max(s.last_seen) - min(h.hour))
+                         / nullif(sum(h.messages) - 1, 0) END
+        FROM device_hourly h
+        WHERE h.project_id = p.id AND h.hour > max(s.last_seen) - interval '7 days'
+          AND h.hour <= max(s.last_seen)) AS usual_s
+FROM projects p
 JOIN devices d ON d.project_id = p.id AND d.status = 'active'
 JOIN device_state s ON s.device_id = d.id
 WHERE p.status <> 'ended' AND p.id = ANY(%(projects)s)
@@ -103,8 +128,8 @@ WHERE p.status <> 'ended' AND h.project_id = %(project)s
 GROUP BY h.project_id
 """
 QUARANTINED = """
-SELECT reason, count(*)::int, array_agg(DISTINCT coalesce(device_serial, '?')) AS serials
-FROM quarantine WHERE received_at >= %(since)s AND received_at < %(now)s
+SELECT reason, count(*)::int FROM quarantine
+WHERE received_at >= %(since)s AND received_at < %(now)s
 GROUP BY reason
 """
 QUARANTINE_BY_DEVICE = """
@@ -120,16 +145,16 @@ def _project_subject(project_id: int) -> str:
 
 def device_silent(ctx: Context, rules: Mapping[int, DeviceSilent]) -> list[Violation]:
     floor = min(r.min_silence_s for r in rules.values())
-    params = {"projects": list(rules), "now": ctx.now, "floor": floor}
+    params = {"projects": list(rules), "now": ctx.now, "floor": floor, "min_hours": USUAL_MIN_HOURS}
     silent: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for project, serial, last_seen, usual_s in ctx.conn.execute(SILENT_DEVICES, params):
         rule = rules[project]
         quiet = (ctx.now - last_seen).total_seconds()
         bound = max(rule.min_silence_s, rule.intervals * usual_s if usual_s else 0.0)
         if quiet > bound:
-            silent[project].append(
-                {"serial": serial, "last_seen": last_seen.isoformat(), "silent_s": round(quiet)}
-            )
+            # nothing that grows by itself (a silence in seconds): evidence changes only
+            # when the devices do, so an open alert is not rewritten at every evaluation
+            silent[project].append({"serial": serial, "last_seen": last_seen.isoformat()})
     return [
         Violation(
             _project_subject(project),
@@ -144,15 +169,17 @@ def device_silent(ctx: Context, rules: Mapping[int, DeviceSilent]) -> list[Viola
 
 def project_silent(ctx: Context, rules: Mapping[int, ProjectSilent]) -> list[Violation]:
     out = []
-    for project, last_heard in ctx.conn.execute(LAST_HEARD, {"projects": list(rules)}):
+    params = {"projects": list(rules), "min_hours": USUAL_MIN_HOURS}
+    for project, last_heard, usual_s in ctx.conn.execute(LAST_HEARD, params):
         quiet = (ctx.now - last_heard).total_seconds()
-        if quiet > rules[project].silent_s:
+        bound = max(rules[project].silent_s, PROJECT_INTERVALS * (usual_s or 0.0))
+        if quiet > bound:
             out.append(
                 Violation(
                     _project_subject(project),
                     project,
-                    f"no message from the project's devices for {_duration(quiet)}",
-                    {"last_message": last_heard.isoformat(), "silent_s": round(quiet)},
+                    f"no message from the project's devices since {last_heard:%Y-%m-%d %H:%M} UTC",
+                    {"last_message": last_heard.isoformat()},
                 )
             )
     return sorted(out, key=lambda v: v.subject)
@@ -202,7 +229,7 @@ def quarantine_rate(ctx: Context, rule: QuarantineRate) -> list[Violation]:
     since = ctx.now - timedelta(seconds=rule.window_s)
     params: dict[str, Any] = {"since": since, "now": ctx.now, "limit": LISTED_DEVICES}
     out = []
-    for reason, count, _ in ctx.conn.execute(QUARANTINED, params).fetchall():
+    for reason, count in ctx.conn.execute(QUARANTINED, params).fetchall():
         rate = count / (rule.window_s / 60)
         if rate > rule.per_minute:
             devices = ctx.conn.execute(QUARANTINE_BY_DEVICE, {**params, "reason": reason})
@@ -222,6 +249,8 @@ def quarantine_rate(ctx: Context, rule: QuarantineRate) -> list[Violation]:
 
 def ingest_lag(ctx: Context, rule: IngestLag) -> list[Violation]:
     metrics = scrape(ctx.settings)
+    if metrics.url is not None and not metrics.reachable:
+        metrics = scrape(ctx.settings, timeout=RESCRAPE_TIMEOUT_S)
     problems: list[str] = []
     evidence: dict[str, Any] = {"metrics_url": metrics.url}
     if metrics.url is not None and not metrics.reachable:

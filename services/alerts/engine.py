@@ -1,18 +1,19 @@
-"""One evaluation: every enabled rule checked, alerts opened, updated and resolved, and the
-notifications they owe written to the outbox — all in one transaction.
+"""One evaluation: every enabled rule checked, then alerts opened, updated and resolved,
+and the notifications they owe written to the outbox — in one transaction.
 
 Restart-safe by construction: the state is the database's. An alert is opened with
-INSERT … ON CONFLICT on the one-open-alert index, resolved only while open, and each
-transition's notifications are unique per alert × event × channel; an evaluation that dies
-half-way commits nothing, and the next one does it all. A transaction-level advisory lock
-lets one evaluator at a time decide, whatever runs beside it.
+INSERT … ON CONFLICT on the one-open-alert index (kind × subject), resolved only while open,
+and each transition's notifications are unique per alert × event × channel; an evaluation
+that dies half-way commits nothing, and the next one does it all. The conditions are read
+before the transaction; the decisions are taken under a transaction-level advisory lock that
+a second evaluator does not wait for (it skips its pass: its reading would be older).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -29,9 +30,11 @@ EVALUATION_LOCK = 0x616C65727473
 RULES = """
 SELECT id, kind, project_id, params, enabled, channels FROM alert_rules ORDER BY id
 """
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%(key)s)"
 LIVE_PROJECTS = "SELECT id FROM projects WHERE status <> 'ended' ORDER BY id"
 OPEN_ALERTS = """
-SELECT id, rule_id, subject FROM alerts WHERE state <> 'resolved' AND kind = ANY(%(kinds)s)
+SELECT id, kind, subject, project_id, clear_since FROM alerts
+WHERE state <> 'resolved' AND kind = ANY(%(kinds)s)
 FOR UPDATE
 """
 OPEN_ALERT = """
@@ -39,23 +42,36 @@ INSERT INTO alerts (rule_id, kind, project_id, subject, state, summary, evidence
                     updated_at)
 VALUES (%(rule)s, %(kind)s, %(project)s, %(subject)s, 'firing', %(summary)s, %(evidence)s,
         %(now)s, %(now)s)
-ON CONFLICT (rule_id, subject) WHERE state <> 'resolved' DO NOTHING
+ON CONFLICT (kind, subject) WHERE state <> 'resolved' DO NOTHING
 RETURNING id
 """
-UPDATE_EVIDENCE = """
-UPDATE alerts SET summary = %(summary)s, evidence = %(evidence)s, updated_at = %(now)s
-WHERE id = %(id)s AND (summary <> %(summary)s OR evidence <> %(evidence)s)
+# Still holding: follow the evidence (and the rule it now comes under); clear no longer.
+HOLDING = """
+UPDATE alerts SET summary = %(summary)s, evidence = %(evidence)s, rule_id = %(rule)s,
+       clear_since = NULL, updated_at = %(now)s
+WHERE id = %(id)s AND (summary <> %(summary)s OR evidence <> %(evidence)s
+                       OR rule_id IS DISTINCT FROM %(rule)s OR clear_since IS NOT NULL)
 """
+CLEARING = "UPDATE alerts SET clear_since = %(now)s WHERE id = %(id)s AND clear_since IS NULL"
 RESOLVE = """
-UPDATE alerts SET state = 'resolved', resolved_at = %(now)s, updated_at = %(now)s
+UPDATE alerts SET state = 'resolved', resolved_at = %(now)s, resolution = %(why)s,
+       updated_at = %(now)s
 WHERE id = %(id)s AND state <> 'resolved'
-RETURNING rule_id
+RETURNING id
 """
 # Only channels still enabled; quiet hours are applied when the notification is delivered.
-OWE = """
+OWE_FIRED = """
 INSERT INTO alert_notifications (alert_id, event, channel_id, next_attempt_at, created_at)
-SELECT %(alert)s, %(event)s, c.id, %(now)s, %(now)s FROM alert_channels c
+SELECT %(alert)s, 'fired', c.id, %(now)s, %(now)s FROM alert_channels c
 WHERE c.id = ANY(%(channels)s) AND c.enabled
+ON CONFLICT (alert_id, event, channel_id) DO NOTHING
+"""
+# A resolution goes where the firing went (whatever the rule routes to now).
+OWE_RESOLVED = """
+INSERT INTO alert_notifications (alert_id, event, channel_id, next_attempt_at, created_at)
+SELECT f.alert_id, 'resolved', f.channel_id, %(now)s, %(now)s
+FROM alert_notifications f JOIN alert_channels c ON c.id = f.channel_id AND c.enabled
+WHERE f.alert_id = %(alert)s AND f.event = 'fired'
 ON CONFLICT (alert_id, event, channel_id) DO NOTHING
 """
 
@@ -75,6 +91,7 @@ class Evaluation:
     fired: int
     resolved: int
     open: int
+    skipped: bool = False  # another evaluator held the lock: nothing decided
 
 
 def load_rules(conn: psycopg.Connection) -> list[Rule]:
@@ -126,42 +143,48 @@ def evaluate(
     now: datetime,
     kinds: frozenset[RuleKind] = ALL_KINDS,
 ) -> Evaluation:
-    """One evaluation of these kinds at *now*, committed (or nothing, if it fails). Alerts of
-    other kinds are left as they are."""
+    """One evaluation of these kinds at *now*, committed (or nothing, if it fails); alerts of
+    other kinds are left as they are. Skipped (Evaluation.skipped) while another runs."""
+    rules = load_rules(conn)
+    projects = [row[0] for row in conn.execute(LIVE_PROJECTS)]
+    found = violations(Context(conn, now, settings), rules, projects, kinds)
+    per_project, portfolio = effective_rules(rules, projects, kinds)
+    watched = {(k, p) for k, by_project in per_project.items() for p in by_project}
+    current = {(rule.kind, v.subject): (rule, v) for rule, v in found}
+    clear_for = timedelta(seconds=settings.alerts.clear_after_s)
+    fired = resolved = 0
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVALUATION_LOCK,))
-        rules = load_rules(conn)
-        by_id = {r.id: r for r in rules}
-        projects = [row[0] for row in conn.execute(LIVE_PROJECTS)]
-        found = violations(Context(conn, now, settings), rules, projects, kinds)
-        current = {(rule.id, v.subject): (rule, v) for rule, v in found}
-        fired = resolved = 0
-        open_alerts = {
-            (rule_id, subject): id_
-            for id_, rule_id, subject in conn.execute(
-                OPEN_ALERTS, {"kinds": [k.value for k in kinds]}
-            )
-        }
-        for key, alert_id in open_alerts.items():
-            if key in current:
-                _, v = current[key]
-                conn.execute(
-                    UPDATE_EVIDENCE,
-                    {
-                        "id": alert_id,
-                        "summary": v.summary,
-                        "evidence": Jsonb(v.evidence),
-                        "now": now,
-                    },
-                )
+        locked = conn.execute(TRY_LOCK, {"key": EVALUATION_LOCK}).fetchone()
+        if not (locked and locked[0]):
+            return Evaluation(0, 0, 0, skipped=True)
+        open_alerts = conn.execute(OPEN_ALERTS, {"kinds": [k.value for k in kinds]}).fetchall()
+        for alert_id, kind_name, subject, project, clear_since in open_alerts:
+            held = current.get((kind_name, subject))
+            if held is not None:
+                rule, v = held
+                params = {"id": alert_id, "summary": v.summary, "rule": rule.id, "now": now}
+                conn.execute(HOLDING, {**params, "evidence": Jsonb(v.evidence)})
                 continue
-            row = conn.execute(RESOLVE, {"id": alert_id, "now": now}).fetchone()
-            if row is not None:
+            kind = RuleKind(kind_name)
+            if kind in PORTFOLIO_CHECKS:
+                why = None if kind in portfolio else "rule off"
+            elif project not in projects:
+                why = "project ended"
+            else:
+                why = None if (kind, project) in watched else "rule off"
+            if why is None:  # the condition cleared: resolve once it has stayed clear
+                if clear_since is None:
+                    conn.execute(CLEARING, {"id": alert_id, "now": now})
+                    continue
+                if now - clear_since < clear_for:
+                    continue
+                why = "cleared"
+            if conn.execute(RESOLVE, {"id": alert_id, "now": now, "why": why}).fetchone():
                 resolved += 1
-                rule = by_id.get(row[0])
-                _owe(conn, alert_id, "resolved", rule.channels if rule else [], now)
+                conn.execute(OWE_RESOLVED, {"alert": alert_id, "now": now})
+        already = {(kind, subject) for _, kind, subject, _, _ in open_alerts}
         for key, (rule, v) in current.items():
-            if key in open_alerts:
+            if key in already:
                 continue
             row = conn.execute(
                 OPEN_ALERT,
@@ -177,12 +200,7 @@ def evaluate(
             ).fetchone()
             if row is not None:
                 fired += 1
-                _owe(conn, row[0], "fired", rule.channels, now)
-        return Evaluation(fired, resolved, len(current))
-
-
-def _owe(
-    conn: psycopg.Connection, alert_id: int, event: str, channels: list[int], now: datetime
-) -> None:
-    if channels:
-        conn.execute(OWE, {"alert": alert_id, "event": event, "channels": channels, "now": now})
+                if rule.channels:
+                    params = {"alert": row[0], "channels": rule.channels, "now": now}
+                    conn.execute(OWE_FIRED, params)
+    return Evaluation(fired, resolved, len(current))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import smtplib
+import socket
 import ssl
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -44,21 +46,38 @@ SIGNATURE_HEADER = "X-Fieldtrack-Signature"
 # The dashboards' Alerts page; one alert's page is below it (the links in notifications).
 ALERTS_PAGE = "/dashboards/alerts"
 
+# A claimed notification is due again after this long if its sender died mid-send.
+LEASE = timedelta(seconds=60)
+
 DUE = """
 SELECT n.id, n.event, n.attempts, c.id AS channel_id, c.name AS channel, c.kind, c.target,
        c.secret, c.quiet_start, c.quiet_end, a.id AS alert_id, a.kind AS alert_kind,
        a.subject, a.state, a.summary, a.evidence, a.project_id, p.name AS project_name,
-       cu.name AS customer_name, a.fired_at, a.resolved_at
+       cu.name AS customer_name, a.fired_at, a.resolved_at, a.resolution
 FROM alert_notifications n
 JOIN alert_channels c ON c.id = n.channel_id
 JOIN alerts a ON a.id = n.alert_id
 LEFT JOIN projects p ON p.id = a.project_id
 LEFT JOIN customers cu ON cu.id = p.customer_id
 WHERE n.state = 'pending' AND n.next_attempt_at <= %(now)s
+  -- a resolution waits for its alert's firing on that channel: never "resolved" first
+  AND (n.event = 'fired' OR NOT EXISTS (
+      SELECT 1 FROM alert_notifications f
+      WHERE f.alert_id = n.alert_id AND f.channel_id = n.channel_id AND f.event = 'fired'
+        AND f.state = 'pending'))
 ORDER BY n.next_attempt_at, n.id
 LIMIT 1
 FOR UPDATE OF n SKIP LOCKED
 """
+# A receiver that never heard of an alert is not told it resolved.
+ORPHANED_RESOLUTIONS = """
+UPDATE alert_notifications n SET state = 'dead', last_error = 'its firing notification is dead'
+WHERE n.event = 'resolved' AND n.state = 'pending' AND EXISTS (
+    SELECT 1 FROM alert_notifications f
+    WHERE f.alert_id = n.alert_id AND f.channel_id = n.channel_id AND f.event = 'fired'
+      AND f.state = 'dead')
+"""
+CLAIM = "UPDATE alert_notifications SET next_attempt_at = %(until)s WHERE id = %(id)s"
 SENT = """
 UPDATE alert_notifications SET state = 'sent', attempts = attempts + 1, sent_at = %(now)s,
        last_error = NULL
@@ -97,6 +116,7 @@ class Due:
     customer_name: str | None
     fired_at: datetime
     resolved_at: datetime | None
+    resolution: str | None
 
 
 class DeliveryError(Exception):
@@ -110,32 +130,42 @@ class DeliveryPass:
     dead: int
 
 
-def deliver_due(conn: psycopg.Connection, settings: AlertSettings, now: datetime) -> DeliveryPass:
-    """Send what is due, one notification per transaction, until none is or PASS_LIMIT."""
+def deliver_due(
+    conn: psycopg.Connection, settings: AlertSettings, now: datetime | None = None
+) -> DeliveryPass:
+    """Send what is due, until none is or PASS_LIMIT. Each notification is claimed (a lease,
+    committed) before it is sent and settled after, so no transaction or lock is held while a
+    receiver answers. *now* fixes the clock (tests); by default each notification reads it."""
     sent = failed = dead = 0
+    with conn.transaction():
+        conn.execute(ORPHANED_RESOLUTIONS)
     for _ in range(PASS_LIMIT):
+        at = now or datetime.now(UTC)
         with conn.transaction(), conn.cursor(row_factory=class_row(Due)) as cur:
-            due = cur.execute(DUE, {"now": now}).fetchone()
+            due = cur.execute(DUE, {"now": at}).fetchone()
             if due is None:
                 break
-            held = quiet_until(due.quiet_start, due.quiet_end, now)
-            if held is not None:
-                conn.execute(HOLD, {"id": due.id, "next": held})
-                continue
-            try:
-                send(due, settings)
-            except DeliveryError as exc:
-                wait = min(BACKOFF_BASE * 2**due.attempts, BACKOFF_MAX)
-                params = {"id": due.id, "error": str(exc)[:500], "next": now + wait}
-                state = conn.execute(FAILED, {**params, "max": MAX_ATTEMPTS}).fetchone()
-                log.warning("notification %s to %s failed: %s", due.id, due.channel, exc)
-                if state is not None and state[0] == "dead":
-                    dead += 1
-                else:
-                    failed += 1
-                continue
-            conn.execute(SENT, {"id": due.id, "now": now})
-            sent += 1
+            held = quiet_until(due.quiet_start, due.quiet_end, at)
+            conn.execute(CLAIM, {"id": due.id, "until": held or at + LEASE})
+        if held is not None:
+            continue
+        try:
+            send(due, settings)
+        except Exception as exc:
+            wait = min(BACKOFF_BASE * 2**due.attempts, BACKOFF_MAX)
+            error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+            params = {"id": due.id, "error": error[:500], "next": at + wait, "max": MAX_ATTEMPTS}
+            with conn.transaction():
+                state = conn.execute(FAILED, params).fetchone()
+            log.warning("notification %s to %s failed: %s", due.id, due.channel, error)
+            if state is not None and state[0] == "dead":
+                dead += 1
+            else:
+                failed += 1
+            continue
+        with conn.transaction():
+            conn.execute(SENT, {"id": due.id, "now": at})
+        sent += 1
     return DeliveryPass(sent, failed, dead)
 
 
@@ -168,6 +198,7 @@ def payload(due: Due, settings: AlertSettings) -> dict[str, Any]:
             "customer": due.customer_name,
             "fired_at": due.fired_at.isoformat(),
             "resolved_at": due.resolved_at.isoformat() if due.resolved_at else None,
+            "resolution": due.resolution,
             "url": f"{settings.public_url.rstrip('/')}{ALERTS_PAGE}/{due.alert_id}",
         },
     }
@@ -188,8 +219,9 @@ def send(due: Due, settings: AlertSettings) -> None:
 
 
 def _post(due: Due, settings: AlertSettings) -> None:
+    _check_destination(due.target, settings)
     body = json.dumps(payload(due, settings), sort_keys=True).encode()
-    timestamp = str(int(datetime.now().timestamp()))
+    timestamp = str(int(datetime.now(UTC).timestamp()))
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "fieldtrack-alerts",
@@ -200,20 +232,52 @@ def _post(due: Due, settings: AlertSettings) -> None:
     if due.secret:
         headers[SIGNATURE_HEADER] = signature(due.secret, timestamp, body)
     try:
-        response = httpx.post(due.target, content=body, headers=headers, timeout=SEND_TIMEOUT_S)
+        # The answer's body is never read: only its status counts, and nothing a receiver
+        # says is stored (a webhook must not become a way to read internal pages).
+        with httpx.stream(
+            "POST", due.target, content=body, headers=headers, timeout=SEND_TIMEOUT_S
+        ) as response:
+            status = response.status_code
     except httpx.HTTPError as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
-    if not response.is_success:
-        raise DeliveryError(f"HTTP {response.status_code}: {response.text[:200]}")
+        raise DeliveryError(type(exc).__name__) from exc
+    if not 200 <= status < 300:
+        raise DeliveryError(f"HTTP {status}")
+
+
+def _check_destination(url: str, settings: AlertSettings) -> None:
+    """Refuse a webhook whose host is (or resolves to) a loopback, private, link-local or
+    otherwise non-public address, unless FIELDTRACK_ALERTS__WEBHOOK_ALLOW_PRIVATE: an ops
+    user must not aim fieldtrack at the database, the metrics endpoints or a cloud's
+    metadata service."""
+    if settings.webhook_allow_private:
+        return
+    host = httpx.URL(url).host
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError as exc:
+        raise DeliveryError(f"cannot resolve {host}") from exc
+    private = sorted(a for a in addresses if not ipaddress.ip_address(a).is_global)
+    if private:
+        raise DeliveryError(
+            f"refused: {host} is a private or local address ({', '.join(private)}); "
+            "FIELDTRACK_ALERTS__WEBHOOK_ALLOW_PRIVATE=true allows it"
+        )
+
+
+def _one_line(text: str) -> str:
+    """A header value: line breaks in names or summaries must not start a new header."""
+    return " ".join(text.split())
 
 
 def _mail(due: Due, settings: AlertSettings) -> None:
     if not settings.smtp_host:
         raise DeliveryError("no SMTP server configured (FIELDTRACK_ALERTS__SMTP_HOST)")
     message = EmailMessage()
-    state = "RESOLVED" if due.event == "resolved" else "FIRING"
+    state = "FIRING"
+    if due.event == "resolved":
+        state = "RESOLVED" if due.resolution in (None, "cleared") else f"CLOSED ({due.resolution})"
     where = f"{due.customer_name} / {due.project_name}" if due.project_name else "fieldtrack"
-    message["Subject"] = f"[fieldtrack {state}] {where}: {due.summary}"[:250]
+    message["Subject"] = _one_line(f"[fieldtrack {state}] {where}: {due.summary}")[:250]
     message["From"] = settings.smtp_from
     message["To"] = due.target
     message["Message-ID"] = f"<alert-{due.alert_id}-{due.event}-{due.channel_id}@fieldtrack>"
@@ -238,4 +302,4 @@ def _mail(due: Due, settings: AlertSettings) -> None:
                 smtp.login(settings.smtp_username, password)
             smtp.send_message(message)
     except (OSError, smtplib.SMTPException) as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        raise DeliveryError(f"{type(exc).__name__}: {exc}"[:300]) from exc

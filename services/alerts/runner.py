@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from prometheus_client import Counter, Gauge
 
 from services.alerts.engine import ALL_KINDS, evaluate
-from services.alerts.notify import deliver_due
+from services.alerts.notify import SEND_TIMEOUT_S, deliver_due
 from services.alerts.rules import RuleKind
 from services.core.settings import Settings
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 # Kinds checked less often than every pass: weekly adoption changes once a week, and its
 # check reads every project's analytics.
 CADENCE: dict[RuleKind, timedelta] = {RuleKind.ADOPTION_DROP: timedelta(hours=1)}
+
+# Notifications go out this often at the least (a short eval interval makes it shorter).
+DELIVERY_EVERY_S = 5.0
 
 OPEN_BY_KIND = """
 SELECT kind, state, count(*)::int FROM alerts WHERE state <> 'resolved' GROUP BY 1, 2
@@ -60,38 +64,54 @@ class Schedule:
         self._last.update(dict.fromkeys(kinds, now))
 
 
-def run_once(
+def evaluate_once(
     conn: psycopg.Connection,
     settings: Settings,
     now: datetime | None = None,
     schedule: Schedule | None = None,
 ) -> None:
-    """One evaluation and one delivery pass; failures are logged and counted, never raised."""
+    """One evaluation of the kinds due; a failure is logged and counted, never raised (the
+    next interval tries again: the loop never dies of one bad pass)."""
     at = now or datetime.now(UTC)
     kinds = schedule.due(at) if schedule else ALL_KINDS
     try:
         result = evaluate(conn, settings, at, kinds)
-    except psycopg.Error:
+        _update_open(conn)
+    except Exception:
         EVALUATIONS.labels("failed").inc()
         log.exception("alert evaluation failed; the next interval tries again")
-    else:
-        EVALUATIONS.labels("ok").inc()
-        if schedule:
-            schedule.done(kinds, at)
-        ALERTS_FIRED.inc(result.fired)
-        ALERTS_RESOLVED.inc(result.resolved)
-        LAST_EVALUATION.set(at.timestamp())
-        if result.fired or result.resolved:
-            log.info("alerts: %d fired, %d resolved, %d open", *result.__dict__.values())
+        return
+    if result.skipped:  # another evaluator is deciding: its turn, not a failure
+        EVALUATIONS.labels("skipped").inc()
+        return
+    EVALUATIONS.labels("ok").inc()
+    if schedule:
+        schedule.done(kinds, at)
+    ALERTS_FIRED.inc(result.fired)
+    ALERTS_RESOLVED.inc(result.resolved)
+    LAST_EVALUATION.set(at.timestamp())
+    if result.fired or result.resolved:
+        log.info(
+            "alerts: %d fired, %d resolved, %d open", result.fired, result.resolved, result.open
+        )
+
+
+def deliver_once(conn: psycopg.Connection, settings: Settings, now: datetime | None = None) -> None:
+    """One delivery pass; a failure is logged, never raised."""
     try:
-        delivered = deliver_due(conn, settings.alerts, at)
-        _update_open(conn)
-    except psycopg.Error:
-        log.exception("notification delivery failed; the next interval tries again")
+        delivered = deliver_due(conn, settings.alerts, now)
+    except Exception:
+        log.exception("notification delivery failed; the next pass tries again")
         return
     NOTIFICATIONS.labels("sent").inc(delivered.sent)
     NOTIFICATIONS.labels("failed").inc(delivered.failed)
     NOTIFICATIONS.labels("dead").inc(delivered.dead)
+
+
+def run_once(conn: psycopg.Connection, settings: Settings, now: datetime | None = None) -> None:
+    """One evaluation, then one delivery pass (`fieldtrack alerts evaluate`, tests)."""
+    evaluate_once(conn, settings, now)
+    deliver_once(conn, settings, now)
 
 
 def _update_open(conn: psycopg.Connection) -> None:
@@ -101,17 +121,37 @@ def _update_open(conn: psycopg.Connection) -> None:
 
 
 def run(settings: Settings, stop: threading.Event) -> None:
-    """Until *stop* is set: a pass every eval_interval_s, reconnecting after a lost database."""
+    """Until *stop* is set: an evaluation every eval_interval_s, and beside it, on its own
+    thread and connection, delivery — a slow receiver never holds up the evaluations."""
     interval = settings.alerts.eval_interval_s
     schedule = Schedule()
+    sender = threading.Thread(
+        target=_loop,
+        args=(settings, stop, min(interval, DELIVERY_EVERY_S), deliver_once),
+        name="alerts-delivery",
+        daemon=True,
+    )
+    sender.start()
+    _loop(settings, stop, interval, lambda conn, s: evaluate_once(conn, s, schedule=schedule))
+    sender.join(SEND_TIMEOUT_S + 1)
+
+
+def _loop(
+    settings: Settings,
+    stop: threading.Event,
+    every: float,
+    step: Callable[[psycopg.Connection, Settings], None],
+) -> None:
+    """*step* every *every* seconds on a connection of its own, reconnecting after a lost
+    database."""
     while not stop.is_set():
         try:
             with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
                 while not stop.is_set():
-                    run_once(conn, settings, schedule=schedule)
+                    step(conn, settings)
                     if conn.broken:
                         break
-                    stop.wait(interval)
+                    stop.wait(every)
         except psycopg.OperationalError as exc:
-            log.warning("database unavailable (%s); retrying in %s s", exc, interval)
-            stop.wait(interval)
+            log.warning("database unavailable (%s); retrying in %s s", exc, every)
+            stop.wait(every)

@@ -16,7 +16,12 @@ from services.accounts.roles import Principal, Role
 from services.alerts.enums import AlertState, ChannelKind, NotificationState
 from services.alerts.rules import AUDIENCE, PER_PROJECT, Audience, RuleKind, parse_params
 from services.core.db import translate_errors
-from services.core.errors import ConflictError, InvalidInputError, NotFoundError
+from services.core.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 
 T = TypeVar("T")
 # The most a list returns at once.
@@ -25,7 +30,7 @@ MAX_LIMIT = 500
 
 class Alert(BaseModel):
     id: int
-    rule_id: int
+    rule_id: int | None = Field(description="the rule it comes under (null: that rule is gone)")
     kind: RuleKind
     project_id: int | None
     project_name: str | None
@@ -39,6 +44,9 @@ class Alert(BaseModel):
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     resolved_at: datetime | None
+    resolution: str | None = Field(
+        description="cleared (stayed clear for the hold time), rule off or project ended"
+    )
     updated_at: datetime
 
 
@@ -83,7 +91,9 @@ class RuleUpdate(BaseModel):
 
 
 _URL = TypeAdapter(AnyHttpUrl)
-_EMAIL = r"^[^@\s,]+@[^@\s,]+$"
+# ASCII addresses with a dotted domain: anything else would only ever end up dead
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_EMAIL = rf"[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]+@{_LABEL}(?:\.{_LABEL})+"
 
 
 class ChannelCreate(BaseModel):
@@ -104,8 +114,18 @@ class ChannelCreate(BaseModel):
     def _checked(self) -> ChannelCreate:
         if (self.quiet_start is None) != (self.quiet_end is None):
             raise ValueError("quiet_start and quiet_end go together")
+        for moment in (self.quiet_start, self.quiet_end):
+            if moment is not None and moment.tzinfo is not None:
+                raise ValueError("quiet hours are UTC times of day, without an offset")
+        if self.quiet_start is not None and self.quiet_start == self.quiet_end:
+            raise ValueError("quiet_start and quiet_end are the same time: no quiet hours")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.target):
+            raise ValueError("target has control characters")
         if self.kind is ChannelKind.WEBHOOK:
-            _URL.validate_python(self.target)
+            if any(ch.isspace() for ch in self.target):
+                raise ValueError("a webhook URL has no spaces")
+            # stored as parsed: what is sent to is what was checked
+            self.target = str(_URL.validate_python(self.target))
         else:
             addresses = [a.strip() for a in self.target.split(",")]
             bad = [a for a in addresses if not re.fullmatch(_EMAIL, a)]
@@ -146,7 +166,7 @@ class Notification(BaseModel):
 ALERT_COLUMNS = """
 SELECT a.id, a.rule_id, a.kind, a.project_id, p.name AS project_name, p.customer_id,
        c.name AS customer_name, a.subject, a.state, a.summary, a.evidence, a.fired_at,
-       a.acknowledged_at, a.acknowledged_by, a.resolved_at, a.updated_at
+       a.acknowledged_at, a.acknowledged_by, a.resolved_at, a.resolution, a.updated_at
 FROM alerts a
 LEFT JOIN projects p ON p.id = a.project_id
 LEFT JOIN customers c ON c.id = p.customer_id
@@ -354,16 +374,29 @@ def _check_channels(conn: psycopg.Connection, channels: list[int] | None) -> Non
         raise InvalidInputError(f"no such channel: {unknown}", field="channels")
 
 
-def create_rule(conn: psycopg.Connection, body: RuleCreate, by: str) -> AlertRule:
+def _may_route(caller: Principal, kind: RuleKind) -> None:
+    """A rule's notifications carry its alerts' evidence: only someone who may see a kind's
+    alerts may route or change its rules (ops do not get PM evidence by email)."""
+    if AUDIENCE[kind] not in ROLE_AUDIENCES[caller.role]:
+        raise PermissionDeniedError(
+            f"{kind} alerts are for {AUDIENCE[kind]} staff: your role cannot change their rules"
+        )
+
+
+def create_rule(conn: psycopg.Connection, body: RuleCreate, caller: Principal) -> AlertRule:
+    _may_route(caller, body.kind)
     _check_channels(conn, body.channels)
-    params = {**body.model_dump(), "params": Jsonb(body.params), "by": by}
+    params = {**body.model_dump(), "params": Jsonb(body.params), "by": caller.name}
     with translate_errors("alert rule"), conn.transaction():
         (rule_id,) = _returned(conn.execute(CREATE_RULE, params).fetchone())
     return get_rule(conn, rule_id)
 
 
-def update_rule(conn: psycopg.Connection, rule_id: int, body: RuleUpdate, by: str) -> AlertRule:
+def update_rule(
+    conn: psycopg.Connection, rule_id: int, body: RuleUpdate, caller: Principal
+) -> AlertRule:
     rule = get_rule(conn, rule_id)
+    _may_route(caller, rule.kind)
     if body.params is not None:
         parse_params(rule.kind, body.params)
     _check_channels(conn, body.channels)
@@ -372,17 +405,18 @@ def update_rule(conn: psycopg.Connection, rule_id: int, body: RuleUpdate, by: st
         "params": Jsonb(body.params) if body.params is not None else None,
         "enabled": body.enabled,
         "channels": body.channels,
-        "by": by,
+        "by": caller.name,
     }
     with conn.transaction():
         conn.execute(UPDATE_RULE, params)
     return get_rule(conn, rule_id)
 
 
-def delete_rule(conn: psycopg.Connection, rule_id: int) -> None:
-    """A project's own rule goes (its alerts with it; the default applies again); a default
-    cannot be deleted, only disabled."""
+def delete_rule(conn: psycopg.Connection, rule_id: int, caller: Principal) -> None:
+    """A project's own rule goes (its alerts stay, under the default, which applies again);
+    a default cannot be deleted, only disabled."""
     rule = get_rule(conn, rule_id)
+    _may_route(caller, rule.kind)
     if rule.project_id is None:
         raise ConflictError(
             f"rule {rule_id} is the portfolio-wide default of {rule.kind}: disable it instead",

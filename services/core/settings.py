@@ -46,6 +46,13 @@ class AlertSettings(BaseModel):
     eval_interval_s: int = Field(
         default=30, ge=1, le=3600, description="seconds between two evaluations of every rule"
     )
+    clear_after_s: int = Field(
+        default=120,
+        ge=0,
+        le=86400,
+        description="a condition must stay clear this long before its alert resolves (one good "
+        "reading in a bad spell does not close it, nor notify twice)",
+    )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
         pattern=r"^https?://",
@@ -57,6 +64,11 @@ class AlertSettings(BaseModel):
     smtp_username: str = ""
     smtp_password: SecretStr | None = None
     smtp_from: str = "fieldtrack@localhost"
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhooks reach loopback and private addresses (a receiver on the "
+        "same host or network); off, such a target is refused at every attempt",
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(
         default=9109, ge=0, le=65535, description="Prometheus /metrics of `alerts run`; 0: off"

@@ -107,6 +107,9 @@ class AlertsProcess:
             "PYTHONUNBUFFERED": "1",
             "FIELDTRACK_DATABASE_URL": database_url,
             "FIELDTRACK_ALERTS__EVAL_INTERVAL_S": "1",
+            "FIELDTRACK_ALERTS__CLEAR_AFTER_S": "2",
+            # the test's receivers listen on 127.0.0.1
+            "FIELDTRACK_ALERTS__WEBHOOK_ALLOW_PRIVATE": "true",
             "FIELDTRACK_ALERTS__SMTP_HOST": "127.0.0.1",
             "FIELDTRACK_ALERTS__SMTP_PORT": str(smtp_port),
             "FIELDTRACK_ALERTS__METRICS_PORT": "0",

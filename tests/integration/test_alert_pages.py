@@ -222,6 +222,7 @@ def test_a_notifications_link_opens_the_alert_after_logging_in(
         customer_name="c",
         fired_at=now,
         resolved_at=None,
+        resolution=None,
     )
     link = urlsplit(payload(due, settings.alerts)["alert"]["url"]).path
     assert link == f"{ALERTS_PAGE}/{alert}"

@@ -27,7 +27,7 @@ from services.alerts.runner import run_once
 from services.alerts.store import ChannelCreate, RuleCreate
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import NotFoundError
-from services.core.settings import Settings
+from services.core.settings import AlertSettings, Settings
 from services.core.topics import MessageKind, device_topic
 from services.ingest.batch import RawMessage
 from services.ingest.directory import DeviceDirectory
@@ -138,7 +138,7 @@ def test_a_silent_project_notifies_once_resolves_once_and_a_restart_repeats_noth
             params={"silent_s": SILENT_S},
             channels=[mail.id, hook.id],
         ),
-        "test",
+        ADMIN,
     )
     credentials = registry.provision_devices(
         conn, broker_admin, project.id, [(f"alert-{unique}-{i}", "T1", "1.0") for i in range(3)]
@@ -215,7 +215,7 @@ def test_a_silent_project_notifies_once_resolves_once_and_a_restart_repeats_noth
             device.stop()
     finally:
         alerts.stop()
-        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), "test")
+        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), ADMIN)
     opened = store.list_alerts(conn, ADMIN, project_id=project.id)
     assert [(a.kind, a.state) for a in opened if a.rule_id == rule.id] == [
         ("project_silent", "resolved")
@@ -223,6 +223,11 @@ def test_a_silent_project_notifies_once_resolves_once_and_a_restart_repeats_noth
 
 
 QUARANTINE = frozenset({RuleKind.QUARANTINE_RATE})
+
+
+def local(settings: Settings) -> AlertSettings:
+    """The alert settings with webhooks allowed to reach this host (the test's receiver)."""
+    return settings.alerts.model_copy(update={"webhook_allow_private": True})
 
 
 def _default_rule(conn: psycopg.Connection, kind: RuleKind) -> store.AlertRule:
@@ -240,10 +245,11 @@ def quarantine_rule(
         conn, ChannelCreate(name=f"flood-{unique}", kind="webhook", target=webhook.url)
     )
     later = datetime.now(UTC) + timedelta(days=1)
-    evaluate(conn, settings, later, QUARANTINE)
-    store.update_rule(conn, rule.id, store.RuleUpdate(channels=[hook.id]), "test")
+    evaluate(conn, settings, later, QUARANTINE)  # clear from then on …
+    evaluate(conn, settings, later + timedelta(hours=1), QUARANTINE)  # … long enough: resolved
+    store.update_rule(conn, rule.id, store.RuleUpdate(channels=[hook.id]), ADMIN)
     yield hook.id
-    store.update_rule(conn, rule.id, store.RuleUpdate(channels=rule.channels), "test")
+    store.update_rule(conn, rule.id, store.RuleUpdate(channels=rule.channels), ADMIN)
     store.delete_channel(conn, hook.id)
 
 
@@ -280,7 +286,7 @@ def test_a_quarantine_flood_fires_one_alert_naming_the_reason_and_the_device(
     device.stop()
     for _ in range(3):  # evaluated again and again: still one alert, one notification
         evaluate(conn, settings, datetime.now(UTC), QUARANTINE)
-        deliver_due(conn, settings.alerts, datetime.now(UTC))
+        deliver_due(conn, local(settings), datetime.now(UTC))
     [alert] = [
         a
         for a in store.list_alerts(conn, ADMIN, open_only=True)
@@ -319,7 +325,7 @@ def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
             params={"silent_s": 10},
             channels=[hook.id],
         ),
-        "test",
+        ADMIN,
     )
     try:
         _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=1))
@@ -330,7 +336,7 @@ def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
         waits = []
         at = now
         for _ in range(MAX_ATTEMPTS):
-            deliver_due(conn, settings.alerts, at)
+            deliver_due(conn, local(settings), at)
             [notification] = store.list_notifications(conn, alert_id=notification.alert_id)
             waits.append(notification.next_attempt_at - at)
             at = notification.next_attempt_at
@@ -346,16 +352,16 @@ def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
         assert notification.id in {n.id for n in dead}
         # re-queued by hand, it goes out once the receiver answers
         store.retry_notification(conn, notification.id)
-        deliver_due(conn, settings.alerts, datetime.now(UTC))
+        deliver_due(conn, local(settings), datetime.now(UTC))
         assert [d.json["event"] for d in webhook.deliveries] == ["fired"]
         with pytest.raises(NotFoundError):
             store.retry_notification(conn, notification.id)  # no longer dead
     finally:
-        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), "test")
+        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), ADMIN)
 
 
-def _heard(conn: psycopg.Connection, project_id: int, at: datetime) -> None:
-    """A device of the project last heard at *at* (as ingest records it)."""
+def _heard(conn: psycopg.Connection, project_id: int, at: datetime) -> int:
+    """A device of the project last heard at *at* (as ingest records it); its id."""
     [device_id] = conn.execute(
         "INSERT INTO devices (serial, project_id) VALUES (%s, %s) RETURNING id",
         (f"heard-{project_id}-{at.timestamp():.0f}", project_id),
@@ -364,10 +370,14 @@ def _heard(conn: psycopg.Connection, project_id: int, at: datetime) -> None:
         "INSERT INTO device_state (device_id, online, last_seen) VALUES (%s, false, %s)",
         (device_id, at),
     )
+    assert isinstance(device_id, int)
+    return device_id
 
 
-def _open_alert(conn: psycopg.Connection, rule_id: int) -> int:
-    [alert] = [a for a in store.list_alerts(conn, ADMIN, open_only=True) if a.rule_id == rule_id]
+def _open_alert(conn: psycopg.Connection, rule_id: int, project_id: int | None = None) -> int:
+    """The one open alert under this rule (about this project, for a default rule)."""
+    alerts = store.list_alerts(conn, ADMIN, open_only=True, project_id=project_id)
+    [alert] = [a for a in alerts if a.rule_id == rule_id]
     return alert.id
 
 
@@ -475,3 +485,98 @@ def test_a_collapse_of_weekly_adoption_is_a_pm_alert_with_its_evidence(
     assert store.list_alerts(conn, viewer, project_id=project.id) == []
     pm = Principal(kind="user", id=0, name="pm", role=Role.PM, customer_id=None)
     assert [a.id for a in store.list_alerts(conn, pm, project_id=project.id)] == [alert.id]
+
+
+def test_a_webhook_to_a_private_address_is_refused_unless_allowed(
+    settings: Settings,
+    conn: psycopg.Connection,
+    project: Project,
+    unique: str,
+    webhook: WebhookSink,
+) -> None:
+    hook = store.create_channel(
+        conn, ChannelCreate(name=f"inside-{unique}", kind="webhook", target=webhook.url)
+    )
+    rule = store.create_rule(
+        conn,
+        RuleCreate(
+            kind="project_silent",
+            project_id=project.id,
+            params={"silent_s": 10},
+            channels=[hook.id],
+        ),
+        ADMIN,
+    )
+    try:
+        _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=1))
+        now = datetime.now(UTC)
+        evaluate(conn, settings, now, frozenset({RuleKind.PROJECT_SILENT}))
+        deliver_due(conn, settings.alerts, now)  # the default: private addresses refused
+        [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
+        assert notification.state == "pending"
+        assert "refused: 127.0.0.1 is a private or local address" in (notification.last_error or "")
+        assert webhook.deliveries == []
+    finally:
+        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), ADMIN)
+
+
+def test_an_alert_follows_its_rule_across_an_override_and_closes_when_the_rule_goes_off(
+    settings: Settings,
+    conn: psycopg.Connection,
+    project: Project,
+    unique: str,
+    webhook: WebhookSink,
+) -> None:
+    silent = frozenset({RuleKind.PROJECT_SILENT})
+    default = _default_rule(conn, RuleKind.PROJECT_SILENT)
+    _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=2))
+    now = datetime.now(UTC)
+    evaluate(conn, settings, now, silent)
+    first = _open_alert(conn, default.id, project.id)
+    hook = store.create_channel(
+        conn, ChannelCreate(name=f"own-{unique}", kind="webhook", target=webhook.url)
+    )
+    own = store.create_rule(
+        conn,
+        RuleCreate(
+            kind="project_silent",
+            project_id=project.id,
+            params={"silent_s": 60},
+            channels=[hook.id],
+        ),
+        ADMIN,
+    )
+    evaluate(conn, settings, now + timedelta(seconds=30), silent)
+    assert _open_alert(conn, own.id) == first  # the same alert, now under the project's rule
+    store.delete_rule(conn, own.id, ADMIN)
+    evaluate(conn, settings, now + timedelta(seconds=60), silent)
+    assert (
+        _open_alert(conn, default.id, project.id) == first
+    )  # its history kept, back under the default
+    try:
+        store.update_rule(conn, default.id, store.RuleUpdate(enabled=False), ADMIN)
+        evaluate(conn, settings, now + timedelta(seconds=90), silent)
+        closed = store.get_alert(conn, ADMIN, first)
+        assert (closed.state, closed.resolution) == ("resolved", "rule off")
+    finally:
+        store.update_rule(conn, default.id, store.RuleUpdate(enabled=True), ADMIN)
+
+
+def test_one_good_reading_in_a_bad_spell_does_not_resolve_an_alert(
+    settings: Settings, conn: psycopg.Connection, project: Project
+) -> None:
+    silent = frozenset({RuleKind.PROJECT_SILENT})
+    default = _default_rule(conn, RuleKind.PROJECT_SILENT)
+    device = _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=2))
+    start = datetime.now(UTC)
+    evaluate(conn, settings, start, silent)
+    alert = _open_alert(conn, default.id, project.id)
+    hold = timedelta(seconds=settings.alerts.clear_after_s)
+    conn.execute("UPDATE device_state SET last_seen = %s WHERE device_id = %s", (start, device))
+    evaluate(conn, settings, start + timedelta(seconds=1), silent)  # clear, but not for long
+    assert store.get_alert(conn, ADMIN, alert).state == "firing"
+    evaluate(conn, settings, start + hold / 2, silent)
+    assert store.get_alert(conn, ADMIN, alert).state == "firing"
+    evaluate(conn, settings, start + hold + timedelta(seconds=2), silent)
+    resolved = store.get_alert(conn, ADMIN, alert)
+    assert (resolved.state, resolved.resolution) == ("resolved", "cleared")

@@ -131,13 +131,36 @@ def test_rules_and_channels_are_for_admins_and_ops_and_bad_ones_get_a_clear_4xx(
         for r in ops.get("/alerts/rules").json()
         if r["kind"] == "project_silent" and r["project_id"] is None
     )
+    # a PM alert's evidence is not for ops: they cannot route or change its rules
+    adoption = next(
+        r
+        for r in ops.get("/alerts/rules").json()
+        if r["kind"] == "adoption_drop" and r["project_id"] is None
+    )
+    routed = ops.patch(f"/alerts/rules/{adoption['id']}", json={"channels": []})
+    assert routed.status_code == 403
+    assert "adoption_drop alerts are for pm staff" in routed.text
+    own = {"kind": "adoption_drop", "project_id": project.id}
+    assert ops.post("/alerts/rules", json=own).status_code == 403
     refused = ops.delete(f"/alerts/rules/{default['id']}")
     assert refused.status_code == 409
     assert "disable it instead" in refused.text
     assert ops.delete(f"/alerts/rules/{rule['id']}").status_code == 204
 
     channels = [
-        ({"name": f"h-{unique}", "kind": "webhook", "target": "not a url"}, "URL"),
+        ({"name": f"h-{unique}", "kind": "webhook", "target": "ftp://example.com/x"}, "URL"),
+        ({"name": f"s-{unique}", "kind": "webhook", "target": "http://a\tb.com/"}, "control"),
+        ({"name": f"i-{unique}", "kind": "email", "target": "ü@example.de"}, "not an email"),
+        (
+            {
+                "name": f"z-{unique}",
+                "kind": "email",
+                "target": "a@b.de",
+                "quiet_start": "22:00",
+                "quiet_end": "22:00",
+            },
+            "the same time",
+        ),
         ({"name": f"m-{unique}", "kind": "email", "target": "ops@x.org, nobody"}, "nobody"),
         (
             {"name": f"q-{unique}", "kind": "email", "target": "a@b.c", "quiet_start": "22:00"},

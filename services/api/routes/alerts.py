@@ -86,14 +86,14 @@ def list_rules(conn: ConnDep, _: Manager) -> list[AlertRule]:
     summary="A project's own rule of a kind (replaces the default for that project)",
 )
 def create_rule(body: RuleCreate, conn: ConnDep, caller: Manager) -> AlertRule:
-    return store.create_rule(conn, body, caller.name)
+    return store.create_rule(conn, body, caller)
 
 
 @router.patch(
     "/rules/{item_id}", response_model=AlertRule, responses=NOT_FOUND, summary="Change a rule"
 )
 def update_rule(item_id: ItemId, body: RuleUpdate, conn: ConnDep, caller: Manager) -> AlertRule:
-    return store.update_rule(conn, item_id, body, caller.name)
+    return store.update_rule(conn, item_id, body, caller)
 
 
 @router.delete(
@@ -102,8 +102,8 @@ def update_rule(item_id: ItemId, body: RuleUpdate, conn: ConnDep, caller: Manage
     responses={**NOT_FOUND, **CONFLICT},
     summary="Delete a project's own rule (a default can only be disabled)",
 )
-def delete_rule(item_id: ItemId, conn: ConnDep, _: Manager) -> None:
-    store.delete_rule(conn, item_id)
+def delete_rule(item_id: ItemId, conn: ConnDep, caller: Manager) -> None:
+    store.delete_rule(conn, item_id, caller)
 
 
 @router.get("/channels", response_model=list[Channel], summary="Notification channels")

@@ -30,11 +30,13 @@ CREATE TABLE alert_rules (
     UNIQUE NULLS NOT DISTINCT (kind, project_id)
 );
 
--- One open alert per rule × subject: a unique index the evaluator's INSERT … ON CONFLICT
--- relies on, so two evaluators (or one restarted) never open the same alert twice.
+-- One open alert per kind × subject, whichever rule (the default or the project's own) it
+-- comes under now: a unique index the evaluator's INSERT … ON CONFLICT relies on, so two
+-- evaluators (or one restarted) never open the same alert twice, and replacing a default
+-- by a project's rule keeps the alert. Deleting a rule keeps its alerts' history.
 CREATE TABLE alerts (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    rule_id          bigint NOT NULL REFERENCES alert_rules (id) ON DELETE CASCADE,
+    rule_id          bigint REFERENCES alert_rules (id) ON DELETE SET NULL,
     kind             text NOT NULL,
     project_id       bigint REFERENCES projects (id) ON DELETE CASCADE,
     subject          text NOT NULL,
@@ -45,9 +47,15 @@ CREATE TABLE alerts (
     acknowledged_at  timestamptz,
     acknowledged_by  text,
     resolved_at      timestamptz,
+    -- cleared: the condition stayed clear for the hold time; rule off: no enabled rule
+    -- watches it any more; project ended: its project ended
+    resolution       text CHECK (resolution IN ('cleared', 'rule off', 'project ended')),
+    -- since when the condition has been clear (NULL: it holds); the alert resolves once this
+    -- is older than the hold time, so one good reading in a bad spell does not close it
+    clear_since      timestamptz,
     updated_at       timestamptz NOT NULL
 );
-CREATE UNIQUE INDEX alerts_one_open ON alerts (rule_id, subject) WHERE state <> 'resolved';
+CREATE UNIQUE INDEX alerts_one_open ON alerts (kind, subject) WHERE state <> 'resolved';
 CREATE INDEX alerts_recent ON alerts (fired_at DESC);
 CREATE INDEX alerts_project ON alerts (project_id, fired_at DESC);
 
