@@ -221,6 +221,12 @@ class DeviceModel:
             seconds=rng.uniform(0, self.telemetry_every.total_seconds())
         )
         self.goes_offline = rng.random() < fleet.offline.share
+        # From here on the device sends nothing (its site went dark), run after run alike.
+        self.quiet_from = (
+            origin + timedelta(hours=fleet.quiet_after_hours)
+            if fleet.quiet_after_hours is not None
+            else None
+        )
         # The boot counter at the origin is the second the device was (simulated to be)
         # powered on, counted from BOOT_EPOCH: a run started afresh later is a later power-on
         # and never repeats a boot an earlier run of the device used (ingest would take its
@@ -267,6 +273,8 @@ class DeviceModel:
         return found
 
     def offline_at(self, moment: datetime) -> bool:
+        if self.quiet_from is not None and moment >= self.quiet_from:
+            return True
         if not self.goes_offline:
             return False
         day = moment.date()
@@ -334,6 +342,11 @@ class DeviceModel:
                     moments.append((begin, "offline", None))
                 if t0 <= finish < t1:
                     moments.append((finish, "online", None))
+        quiet = self.quiet_from
+        if quiet is not None:
+            moments = [m for m in moments if m[0] < quiet]
+            if t0 <= quiet < t1:
+                moments.append((quiet, "offline", None))
         for at, what, detail in sorted(moments, key=lambda m: (m[0], m[1])):
             if what == "offline":
                 truth.outages += 1

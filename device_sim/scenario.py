@@ -234,6 +234,12 @@ class Fleet(_Model):
         default=False,
         description="telemetry carries enabled_features: the delivered features switched on",
     )
+    quiet_after_hours: float | None = Field(
+        default=None,
+        gt=0,
+        description="the whole fleet goes offline for good this long after the timeline's "
+        "origin (a site losing its uplink): the project goes quiet, for the alerts to show",
+    )
 
 
 class Project(_Model):

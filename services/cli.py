@@ -28,7 +28,15 @@ from device_sim.cli import (
 )
 from services.accounts.cli import tokens_app, users_app
 from services.client import login as client_login, report as client_report
-from services.client.commands import customers, deliveries, devices, features, imports, projects
+from services.client.commands import (
+    alerts,
+    customers,
+    deliveries,
+    devices,
+    features,
+    imports,
+    projects,
+)
 from services.core.console import command_group, console, err_console, fail
 from services.core.paths import state_dir
 
@@ -40,11 +48,13 @@ infra_app = command_group("Local TimescaleDB and Mosquitto, without Docker.")
 db_app = command_group("Database schema.")
 rollups_app = command_group("The rollups the analytics read.")
 quarantine_app = command_group("Messages ingest could not store.")
+alerts_app = alerts.app  # list, ack, rules … through the API; run and evaluate below
 retention_app = command_group("Deleting raw rows and quarantined messages past retention.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(retention_app, name="retention")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
 for _registry in (customers, projects, features, deliveries, devices):
@@ -294,6 +304,66 @@ def ingest(
         raise typer.Exit(code=WORKER_DIED_EXIT)
 
 
+@alerts_app.command("run")
+def alerts_run(verbose: bool = False) -> None:
+    """Evaluate every alert rule and deliver notifications, every
+    FIELDTRACK_ALERTS__EVAL_INTERVAL_S, until SIGTERM or Ctrl-C."""
+    from prometheus_client import start_http_server
+
+    from services.alerts.runner import run
+    from services.core.migrate import migrate
+    from services.core.settings import get_settings
+
+    _setup_logging(verbose)
+    settings = get_settings()
+    migrate(settings.database_url.get_secret_value())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    alerts = settings.alerts
+    if alerts.metrics_port:
+        try:
+            start_http_server(alerts.metrics_port, alerts.metrics_host)
+        except OSError as exc:
+            logging.getLogger("fieldtrack.alerts").error(  # noqa: TRY400 - the cause is exc
+                "metrics endpoint not started on %s:%s: %s",
+                alerts.metrics_host,
+                alerts.metrics_port,
+                exc,
+            )
+    logging.getLogger("fieldtrack.alerts").info(
+        "alerts running, every %s s", alerts.eval_interval_s
+    )
+    run(settings, stop)
+
+
+@alerts_app.command("evaluate")
+def alerts_evaluate() -> None:
+    """One evaluation and one delivery pass, now; prints what changed."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from services.alerts.engine import evaluate
+    from services.alerts.notify import deliver_due
+    from services.core.settings import get_settings
+
+    settings = get_settings()
+    try:
+        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+            now = datetime.now(UTC)
+            result = evaluate(conn, settings, now)
+            sent = deliver_due(conn, settings.alerts)
+    except psycopg.Error as exc:
+        raise fail(exc) from exc
+    if result.skipped:
+        console.print("another `alerts run` is evaluating now; nothing decided here")
+    console.print(
+        f"{result.fired} fired, {result.resolved} resolved, {result.open} open; notifications: "
+        f"{sent.sent} sent, {sent.failed} to retry, {sent.dead} dead"
+    )
+
+
 @app.command()
 def api(
     host: Annotated[str | None, typer.Option(help="overrides FIELDTRACK_API_HOST")] = None,
@@ -430,7 +500,8 @@ def demo(
     live += _demo_history(settings, exe, history_days, catch_up)
     # Each in its own session: Ctrl-C reaches only this process, which stops them in order.
     children: dict[str, subprocess.Popen[bytes]] = {}
-    for name, args in (("ingest", ["ingest"]), ("api", ["api"]), ("simulator", live)):
+    processes = (("ingest", ["ingest"]), ("api", ["api"]), ("alerts", ["alerts", "run"]))
+    for name, args in (*processes, ("simulator", live)):
         if name == "simulator":
             # Ingest subscribed first: it receives the devices' births live, not as the
             # broker's retained copies later.
@@ -448,7 +519,8 @@ def demo(
         f"\n[bold green]fieldtrack demo is running[/]\n"
         f"  dashboards  {url}/\n  API docs    {url}/docs\n"
         f"  metrics     http://{settings.ingest_metrics_host}:{settings.ingest_metrics_port}/metrics\n"
-        f"  logs        {logs}/{{ingest,api,simulator}}.log\n"
+        f"  alerts      {url}/dashboards/alerts (the depot's site goes quiet a few minutes in)\n"
+        f"  logs        {logs}/{{ingest,api,alerts,simulator}}.log\n"
         "Ctrl-C stops the demo (the local services keep running; `make down` stops them)."
     )
     if first_admin:

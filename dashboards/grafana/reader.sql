@@ -28,3 +28,8 @@ GRANT SELECT ON customers, projects, features, deliveries, devices, device_state
 GRANT SELECT (id, received_at, topic, device_serial, reason, detail, payload_size, copies,
                last_received_at)
     ON quarantine TO fieldtrack_grafana;
+-- Alerts without their evidence (a PM alert's evidence is verdict material); never the
+-- channels (webhook secrets, addresses) nor the outbox.
+GRANT SELECT (id, rule_id, kind, project_id, subject, state, summary, fired_at, acknowledged_at,
+               acknowledged_by, resolved_at, updated_at)
+    ON alerts TO fieldtrack_grafana;

@@ -34,6 +34,9 @@ class Permission(StrEnum):
     MANAGE_DEVICES = "devices:write"  # provision, revoke, rotate, delete, import history
     READ_INGEST = "ingest:read"  # quarantine and ingest health
     MANAGE_ACCOUNTS = "accounts:write"  # users and service tokens
+    READ_ALERTS = "alerts:read"  # the alerts of the kinds a role sees (services/alerts/store.py)
+    ACK_ALERTS = "alerts:acknowledge"
+    MANAGE_ALERTS = "alerts:write"  # rules, channels, dead notifications
 
 
 P = Permission
@@ -48,10 +51,22 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.READ_DECISIONS,
             P.WRITE_DECISIONS,
             P.READ_FLEET,
+            P.READ_ALERTS,
+            P.ACK_ALERTS,
         }
     ),
-    Role.OPS: frozenset({P.READ_REGISTRY, P.READ_FLEET, P.MANAGE_DEVICES, P.READ_INGEST}),
-    Role.VIEWER: frozenset({P.READ_REGISTRY, P.READ_USAGE, P.READ_FLEET}),
+    Role.OPS: frozenset(
+        {
+            P.READ_REGISTRY,
+            P.READ_FLEET,
+            P.MANAGE_DEVICES,
+            P.READ_INGEST,
+            P.READ_ALERTS,
+            P.ACK_ALERTS,
+            P.MANAGE_ALERTS,
+        }
+    ),
+    Role.VIEWER: frozenset({P.READ_REGISTRY, P.READ_USAGE, P.READ_FLEET, P.READ_ALERTS}),
 }
 
 

@@ -14,6 +14,8 @@ from fastapi_offline import FastAPIOffline
 from services.accounts.throttle import LoginThrottle
 from services.api import errors
 from services.api.routes import (
+    alert_pages,
+    alerts,
     analytics,
     auth,
     customers,
@@ -89,12 +91,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fleet,
         imports,
         quarantine,
+        alerts,
         schemas,
     ):
         app.include_router(module.router)
     app.include_router(pages.router)
     errors.document_access_errors(app)
     app.include_router(fleet_pages.router)
+    app.include_router(alert_pages.router)
     # Static assets (CSS, scripts) are public: the login page needs them.
     # Served from the installed package (dashboards/static), not from a source checkout.
     static = StaticFiles(packages=[(DASHBOARDS_PACKAGE, "static")])

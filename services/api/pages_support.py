@@ -7,10 +7,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import psycopg
 from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
 from services.accounts.roles import Permission, Principal
+from services.alerts.notify import ALERTS_PAGE
+from services.alerts.store import open_counts
 from services.api.templates import templates
 from services.core.errors import InvalidInputError
 from services.core.windows import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, Window
@@ -107,6 +110,7 @@ NAV: tuple[tuple[str, str, Permission], ...] = (
     ("Portfolio", "/dashboards/portfolio", Permission.READ_PORTFOLIO),
     ("Fleet", "/dashboards/fleet", Permission.READ_FLEET),
     ("Ingest", "/dashboards/ingest", Permission.READ_INGEST),
+    ("Alerts", ALERTS_PAGE, Permission.READ_ALERTS),
 )
 
 
@@ -125,17 +129,23 @@ def home_of(caller: Principal) -> str:
 
 def render(
     request: Request,
+    conn: psycopg.Connection,
     template: str,
     caller: Principal,
     window: PageWindow | None = None,
     **context: Any,
 ) -> HTMLResponse:
+    """A page with the top bar: the caller's navigation and the badge of firing alerts they
+    may see (one COUNT on the page's own connection)."""
+    firing = open_counts(conn, caller)[0] if caller.can(Permission.READ_ALERTS) else 0
     return templates.TemplateResponse(
         request,
         template,
         {
             "caller": caller,
             "nav": navigation(caller),
+            "alerts_page": ALERTS_PAGE,
+            "alerts_firing": firing,
             "window": window,
             "window_days": WINDOW_DAYS,
             "default_window_days": DEFAULT_WINDOW_DAYS,

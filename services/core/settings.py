@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.errors import ConfigError
@@ -38,6 +38,41 @@ def check_ingest_client_id(value: str) -> str:
             "and take ingest's session over"
         )
     return value
+
+
+class AlertSettings(BaseModel):
+    """`fieldtrack alerts run`: how often it evaluates, and where its notifications go."""
+
+    eval_interval_s: int = Field(
+        default=30, ge=1, le=3600, description="seconds between two evaluations of every rule"
+    )
+    clear_after_s: int = Field(
+        default=120,
+        ge=0,
+        le=86400,
+        description="a condition must stay clear this long before its alert resolves (one good "
+        "reading in a bad spell does not close it, nor notify twice)",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        pattern=r"^https?://",
+        description="the dashboards' address, for the links in notifications",
+    )
+    smtp_host: str = Field(default="", description="SMTP server for email channels; empty: none")
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = Field(default=False, description="upgrade the connection with STARTTLS")
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "fieldtrack@localhost"
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhooks reach loopback and private addresses (a receiver on the "
+        "same host or network); off, such a target is refused at every attempt",
+    )
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(
+        default=9109, ge=0, le=65535, description="Prometheus /metrics of `alerts run`; 0: off"
+    )
 
 
 class Settings(BaseSettings):
@@ -112,6 +147,11 @@ class Settings(BaseSettings):
     analytics: AnalyticsThresholds = Field(
         default_factory=AnalyticsThresholds,
         description="FIELDTRACK_ANALYTICS__<NAME>, e.g. FIELDTRACK_ANALYTICS__CUT_ADOPTION=0.03",
+    )
+
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings,
+        description="FIELDTRACK_ALERTS__<NAME>, e.g. FIELDTRACK_ALERTS__SMTP_HOST=mail.example.com",
     )
 
     api_host: str = "127.0.0.1"

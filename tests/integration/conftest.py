@@ -19,12 +19,14 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
+from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
 from device_sim.device import SimDevice
 from services.accounts import store as accounts
 from services.accounts.roles import Role
 from services.accounts.store import TokenCreate
+from services.alerts.rules import AUDIENCE, Audience, RuleKind
 from services.api.app import create_app
 from services.api.background import serve_in_thread
 from services.core.broker_admin import BrokerAdmin
@@ -198,6 +200,73 @@ def project(conn: psycopg.Connection, unique: str) -> Project:
         strategic=False,
     )
     return Project(project_id, customer_id, feature_key)
+
+
+@pytest.fixture
+def other_project(conn: psycopg.Connection, unique: str) -> Project:
+    """A project of another customer (no features)."""
+    customer = registry.upsert_customer(conn, f"Other {unique}", "waist", "retail", "adoption")
+    project = registry.upsert_project(
+        conn,
+        customer,
+        f"Other {unique}",
+        contract_value=1,
+        currency="EUR",
+        go_live_date=None,
+        status="live",
+    )
+    return Project(project, customer, "none")
+
+
+OPEN_ALERT = """
+INSERT INTO alerts (rule_id, kind, project_id, subject, state, summary, evidence, fired_at,
+                    updated_at)
+SELECT r.id, r.kind, %(project)s, %(subject)s, 'firing', %(summary)s, %(evidence)s, now(), now()
+FROM alert_rules r WHERE r.kind = %(kind)s AND r.project_id IS NULL
+RETURNING id
+"""
+
+
+def open_alert(
+    conn: psycopg.Connection,
+    kind: RuleKind,
+    project_id: int | None,
+    subject: str,
+    summary: str,
+    evidence: dict[str, Any],
+) -> int:
+    """A firing alert of a kind's portfolio-wide rule, written as the evaluator would."""
+    params = {
+        "kind": kind.value,
+        "project": project_id,
+        "subject": subject,
+        "summary": summary,
+        "evidence": Jsonb(evidence),
+    }
+    row = conn.execute(OPEN_ALERT, params).fetchone()
+    assert row is not None
+    alert_id: int = row[0]
+    return alert_id
+
+
+@pytest.fixture
+def alerts_of(conn: psycopg.Connection) -> Callable[[Project, str], dict[RuleKind, int]]:
+    """One firing alert of each kind about a project (the ingest kinds about no project)."""
+
+    def make(project: Project, tag: str) -> dict[RuleKind, int]:
+        return {
+            kind: open_alert(
+                conn,
+                kind,
+                None if AUDIENCE[kind] is Audience.OPS else project.id,
+                f"test:{tag}:{project.id}",
+                f"{kind} {tag}",
+                {"tag": tag},
+            )
+            for kind in RuleKind
+        }
+
+    return make
 
 
 @pytest.fixture

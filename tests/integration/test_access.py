@@ -39,13 +39,14 @@ from services.accounts.throttle import (
     MAX_WAIT_S,
     address_key,
 )
+from services.alerts.rules import RuleKind
 from services.analytics.decisions import DecisionCreate, record_decision
 from services.analytics.recommend import AnalyticsThresholds
 from services.api.app import create_app
 from services.api.background import serve_in_thread
 from services.core.settings import Settings
 from services.registry import models, upserts as registry
-from tests.integration.conftest import api_client, keys_of
+from tests.integration.conftest import api_client, keys_of, open_alert
 from tests.integration.test_auth import WRONG_GUESS, client_from, fresh_address, guess
 
 ADMIN, PM, OPS, VIEWER = "admin", "pm", "ops", "viewer"
@@ -136,6 +137,22 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/quarantine/{item_id}"): Rule(roles(ADMIN, OPS)),
     ("GET", "/quarantine/{item_id}/payload"): Rule(roles(ADMIN, OPS)),
     ("GET", "/ingest/health"): Rule(roles(ADMIN, OPS)),
+    # alerts: each role reads the kinds of its audience (viewers their own projects' device
+    # alerts); staff acknowledge; admins and ops manage rules, channels and the outbox
+    ("GET", "/alerts"): Rule(EVERYONE),
+    ("GET", "/alerts/count"): Rule(EVERYONE),
+    ("GET", "/alerts/kinds"): Rule(EVERYONE),
+    ("GET", "/alerts/{item_id}"): Rule(EVERYONE, scoped=True),
+    ("POST", "/alerts/{item_id}/acknowledge"): Rule(roles(ADMIN, PM, OPS)),
+    ("GET", "/alerts/rules"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/alerts/rules"): Rule(roles(ADMIN, OPS)),
+    ("PATCH", "/alerts/rules/{item_id}"): Rule(roles(ADMIN, OPS)),
+    ("DELETE", "/alerts/rules/{item_id}"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/alerts/channels"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/alerts/channels"): Rule(roles(ADMIN, OPS)),
+    ("DELETE", "/alerts/channels/{item_id}"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/alerts/notifications"): Rule(roles(ADMIN, OPS)),
+    ("POST", "/alerts/notifications/{item_id}/retry"): Rule(roles(ADMIN, OPS)),
     # accounts
     ("GET", "/users"): Rule(roles(ADMIN)),
     ("POST", "/users"): Rule(roles(ADMIN)),
@@ -158,6 +175,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/dashboards/fleet"): Rule(EVERYONE),
     ("GET", "/dashboards/devices/{device_id}"): Rule(EVERYONE, scoped=True),
     ("GET", "/dashboards/ingest"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/dashboards/alerts"): Rule(EVERYONE),
+    ("GET", "/dashboards/alerts/{item_id}"): Rule(EVERYONE, scoped=True),
+    ("POST", "/dashboards/alerts/{item_id}/acknowledge"): Rule(roles(ADMIN, PM, OPS)),
 }
 PAGES = {path for _, path in RULES if path == "/" or path.startswith(("/dashboards", "/logout"))}
 REDIRECTS = {"/"}  # the home page sends each role to its own start page
@@ -226,6 +246,7 @@ class Side:
     device: int
     feature: int
     feature_key: str
+    alert: int  # firing, about the project: every role sees it (a viewer its own side's)
 
 
 @dataclass(frozen=True)
@@ -272,7 +293,8 @@ def _side(conn: psycopg.Connection, tag: str) -> Side:
         (f"access-{tag}", project),
     ).fetchone()
     assert delivery and device
-    return Side(customer, project, delivery[0], device[0], feature, key)
+    alert = open_alert(conn, RuleKind.PROJECT_SILENT, project, f"access:{tag}", "quiet", {})
+    return Side(customer, project, delivery[0], device[0], feature, key, alert)
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +375,7 @@ def fill(path: str, world: World, side: Side, existing: bool) -> str:
         "tokens": world.token,
         "auth": MISSING,
         "features": side.feature,
+        "alerts": side.alert,
     }
     parts = path.strip("/").split("/")
     resource = parts[1] if parts[0] == "dashboards" and len(parts) > 1 else parts[0]

@@ -149,6 +149,42 @@ MESSAGES = sorted(
 )
 
 
+SEED_ALERT = """
+INSERT INTO alerts (rule_id, kind, project_id, subject, state, summary, evidence, fired_at,
+                    acknowledged_at, acknowledged_by, resolved_at, updated_at)
+SELECT r.id, r.kind, %(project)s, %(subject)s, %(state)s, %(summary)s, '{"secret": 1}',
+       %(fired)s, %(acked)s, %(by)s, %(resolved)s, %(fired)s
+FROM alert_rules r WHERE r.kind = %(kind)s AND r.project_id IS NULL
+"""
+# (kind, project, state, fired, acknowledged by then, resolved): one before the range
+ALERTS = [
+    ("completeness_low", "lockers", "resolved", at(-5), None, at(-4)),
+    ("device_silent", "lockers", "acknowledged", at(1, 30), ("sam", at(2)), None),
+    ("project_silent", "gateways", "firing", at(2), None, None),
+    ("quarantine_rate", None, "firing", at(3, 10), None, None),
+    ("devices_offline", "dimming", "resolved", at(23), None, at(23, 50)),
+]
+
+
+def seed_alerts(conn: psycopg.Connection, ids: Mapping[str, int]) -> None:
+    for kind, project, state, fired, acknowledged, resolved in ALERTS:
+        by, acked = acknowledged or (None, None)
+        conn.execute(
+            SEED_ALERT,
+            {
+                "kind": kind,
+                "project": ids[project] if project else None,
+                "subject": f"project:{ids[project]}" if project else "reason:not_json",
+                "state": state,
+                "summary": f"{kind} alert",
+                "fired": fired,
+                "acked": acked,
+                "by": by,
+                "resolved": resolved,
+            },
+        )
+
+
 def seed(conn: psycopg.Connection) -> dict[str, int]:
     acme = registry.upsert_customer(conn, "Acme Logistics", "head", "logistics", "expansion")
     bistro = registry.upsert_customer(conn, "Bistro Group", "tail", "hospitality", "adoption")
@@ -213,6 +249,7 @@ def seed(conn: psycopg.Connection) -> dict[str, int]:
         "revoked_device": 1,
         "invalid_payload": 1,
     }, result
+    seed_alerts(conn, ids)
     return ids
 
 
@@ -456,6 +493,30 @@ ALL_PROJECTS: dict[tuple[str, str], Expected] = {
             ("unknown_device", 1, at(3, 10), "no provisioned device with this serial"),
         ],
     ),
+    ("fieldtrack-ingest", "Open alerts"): (
+        ["state", "kind", "about", "summary", "fired", "acknowledged_by"],
+        [
+            (
+                "firing",
+                "quarantine_rate",
+                "reason:not_json",
+                "quarantine_rate alert",
+                at(3, 10),
+                None,
+            ),
+            ("firing", "project_silent", GATEWAYS, "project_silent alert", at(2), None),
+            ("acknowledged", "device_silent", LOCKERS, "device_silent alert", at(1, 30), "sam"),
+        ],
+    ),
+    ("fieldtrack-ingest", "Alerts fired, by kind"): (
+        ["time", "metric", "alerts"],
+        [
+            (at(1), "device_silent", 1),
+            (at(2), "project_silent", 1),
+            (at(3), "quarantine_rate", 1),
+            (at(23), "devices_offline", 1),
+        ],
+    ),
 }
 FEATURE_TABLE = ["feature", "delivery", "events", "using_devices", "reporting_devices", "adoption"]
 USAGE_OF_LOCKERS: dict[tuple[str, str], Expected] = {
@@ -581,8 +642,12 @@ def test_the_grafana_role_reads_only_what_the_dashboards_need(reader: psycopg.Co
     assert reader.execute("SELECT count(*) FROM quarantine").fetchone() == (6,)
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         reader.execute("CREATE TEMP TABLE scratch (x int)")
+    assert reader.execute("SELECT count(*) FROM alerts").fetchone() == (len(ALERTS),)
     for forbidden in (
         "SELECT payload FROM quarantine",
+        "SELECT evidence FROM alerts",
+        "SELECT secret FROM alert_channels",
+        "SELECT * FROM alert_notifications",
         "SELECT * FROM decisions",
         "SELECT * FROM usage_events",
     ):

@@ -49,6 +49,7 @@ EXPECTED_COMMANDS: dict[str, list[tuple[str, ...]]] = {
     "migrate": [("db", "migrate")],
     "ingest": [("ingest",)],
     "api": [("api",)],
+    "alerts": [("alerts", "run")],
     "simulator": [("sim", "seed"), ("sim", "run")],
 }
 SHELL_SEPARATORS = {"&&", ";", "||"}
@@ -212,12 +213,27 @@ def test_fieldtrack_image_services_share_image_and_env(
         env = svc.get("environment") or {}
         # A service may add its own variables, but never drop or change the shared ones.
         assert {k: env.get(k) for k in shared} == shared, f"{name} does not use x-fieldtrack-env"
-        settings_fields = set(Settings.model_fields)
         extra = [k for k in env if k not in shared]
         for key in extra:
-            assert key.startswith("FIELDTRACK_") and key.removeprefix("FIELDTRACK_").lower() in (
-                settings_fields
-            ), f"{name} sets {key}, which is not a fieldtrack setting"
+            assert key.startswith("FIELDTRACK_") and _is_setting(key), (
+                f"{name} sets {key}, which is not a fieldtrack setting"
+            )
+
+
+def _is_setting(key: str) -> bool:
+    """FIELDTRACK_NAME names a field of the settings; FIELDTRACK_GROUP__NAME a field of a
+    nested group (the settings' env_nested_delimiter)."""
+    path = key.removeprefix("FIELDTRACK_").lower().split("__")
+    fields: dict[str, Any] = dict(Settings.model_fields)
+    for i, part in enumerate(path):
+        if part not in fields:
+            return False
+        kind = fields[part].annotation
+        if i + 1 < len(path):
+            if not (isinstance(kind, type) and hasattr(kind, "model_fields")):
+                return False
+            fields = dict(kind.model_fields)
+    return True
 
 
 def test_fieldtrack_is_the_typer_app() -> None:

@@ -175,3 +175,26 @@ def test_a_run_started_afresh_never_reuses_a_boot(tmp_path: Path) -> None:
         Generator(loaded, SPLIT, END, anchor=anchor, inject=False), timedelta(hours=6)
     ):
         assert json.loads(payload)["boot"] > max(boots[serial]), serial
+
+
+def test_a_fleet_that_goes_quiet_sends_nothing_after_and_a_resumed_run_agrees(
+    tmp_path: Path,
+) -> None:
+    """The demo's depot goes quiet 338.1 h after the origin: it says goodbye then, sends
+    nothing after, and a run resumed past that point neither sends nor counts anything."""
+    loaded = scenario.load(scenario_path("demo"))
+    origin = ORIGIN
+    quiet = origin + timedelta(hours=338.1)
+    start, end = quiet - timedelta(hours=3), quiet + timedelta(hours=3)
+    run = Generator(loaded, start, end, origin=origin, anchor=end.date(), inject=False)
+    depot = {d.serial for d in run.devices if d.serial.startswith("acme-lgt")}
+    sent = [o for batch in run.windows(timedelta(minutes=10)) for o in batch]
+    mine = [o for o in sent if o.serial in depot]
+    assert max(o.at for o in mine if o.kind is not None) < quiet
+    assert {o.serial for o in mine if o.control == "offline" and o.at == quiet} == depot
+    assert any(o.at >= quiet for o in sent if o.serial not in depot and o.kind is not None)
+    resumed = Generator(
+        loaded, quiet + timedelta(hours=1), end, origin=origin, anchor=end.date(), inject=False
+    )
+    later = [o for batch in resumed.windows(timedelta(minutes=10)) for o in batch]
+    assert not [o for o in later if o.serial in depot and o.kind is not None]

@@ -71,6 +71,7 @@ def fleet_page(
     )
     return render(
         request,
+        conn,
         "fleet.html",
         caller,
         fleet=summary,
@@ -92,6 +93,7 @@ def device_page(
     telemetry = fleet_health.device_telemetry(conn, device, window.since, window.until)
     return render(
         request,
+        conn,
         "device.html",
         caller,
         window,
@@ -113,6 +115,7 @@ def ingest_page(
     ingest = ingest_health_for(request, conn, minutes, hours)
     return render(
         request,
+        conn,
         "ingest.html",
         caller,
         ingest=ingest,

@@ -132,6 +132,7 @@ def customers_page(
         by_customer.setdefault(project.customer_id, []).append(project)
     return render(
         request,
+        conn,
         "customers.html",
         caller,
         window,
@@ -155,6 +156,7 @@ def customer_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     analytics = _analytics(conn, caller, window, [p.id for p in projects], t)
     return render(
         request,
+        conn,
         "customer.html",
         caller,
         window,
@@ -224,6 +226,7 @@ def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     adoption = project_adoption(conn, project_id, span, analytics.features)
     return render(
         request,
+        conn,
         "project.html",
         caller,
         window,
@@ -291,6 +294,7 @@ def portfolio_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     risk = feature_impact(conn, impact, whole) if impact else None
     return render(
         request,
+        conn,
         "portfolio.html",
         caller,
         window,

@@ -1,0 +1,1 @@
+"""Alert rules, their evaluation, the alerts they open and the notifications they send."""
