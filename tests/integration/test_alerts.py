@@ -307,30 +307,40 @@ def test_a_quarantine_flood_fires_one_alert_naming_the_reason_and_the_device(
     assert credential.serial in delivery.json["alert"]["summary"]
 
 
-def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
-    settings: Settings,
-    conn: psycopg.Connection,
-    project: Project,
-    unique: str,
-    webhook: WebhookSink,
-) -> None:
-    hook = store.create_channel(
-        conn, ChannelCreate(name=f"down-{unique}", kind="webhook", target=webhook.url)
-    )
-    rule = store.create_rule(
-        conn,
-        RuleCreate(
+@pytest.fixture
+def silent_to(
+    settings: Settings, conn: psycopg.Connection, project: Project, unique: str
+) -> Callable[[WebhookSink], store.AlertRule]:
+    """The project's own silence rule notifying a webhook, its project silent for an hour and
+    evaluated: one firing alert, its notification owed."""
+
+    def make(webhook: WebhookSink) -> store.AlertRule:
+        hook = store.create_channel(
+            conn, ChannelCreate(name=f"hook-{unique}", kind="webhook", target=webhook.url)
+        )
+        body = RuleCreate(
             kind="project_silent",
             project_id=project.id,
             params={"silent_s": 10},
             channels=[hook.id],
-        ),
-        ADMIN,
-    )
-    try:
+        )
+        rule = store.create_rule(conn, body, ADMIN)
         _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=1))
+        evaluate(conn, settings, datetime.now(UTC), frozenset({RuleKind.PROJECT_SILENT}))
+        return rule
+
+    return make
+
+
+def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
+    settings: Settings,
+    conn: psycopg.Connection,
+    silent_to: Callable[[WebhookSink], store.AlertRule],
+    webhook: WebhookSink,
+) -> None:
+    rule = silent_to(webhook)
+    try:
         now = datetime.now(UTC)
-        evaluate(conn, settings, now, frozenset({RuleKind.PROJECT_SILENT}))
         webhook.failures = [500] * MAX_ATTEMPTS
         [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
         waits = []
@@ -490,27 +500,12 @@ def test_a_collapse_of_weekly_adoption_is_a_pm_alert_with_its_evidence(
 def test_a_webhook_to_a_private_address_is_refused_unless_allowed(
     settings: Settings,
     conn: psycopg.Connection,
-    project: Project,
-    unique: str,
+    silent_to: Callable[[WebhookSink], store.AlertRule],
     webhook: WebhookSink,
 ) -> None:
-    hook = store.create_channel(
-        conn, ChannelCreate(name=f"inside-{unique}", kind="webhook", target=webhook.url)
-    )
-    rule = store.create_rule(
-        conn,
-        RuleCreate(
-            kind="project_silent",
-            project_id=project.id,
-            params={"silent_s": 10},
-            channels=[hook.id],
-        ),
-        ADMIN,
-    )
+    rule = silent_to(webhook)
     try:
-        _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=1))
         now = datetime.now(UTC)
-        evaluate(conn, settings, now, frozenset({RuleKind.PROJECT_SILENT}))
         deliver_due(conn, settings.alerts, now)  # the default: private addresses refused
         [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
         assert notification.state == "pending"
