@@ -69,6 +69,7 @@ app.command("logout")(client_login.logout)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEMO_INGEST_WAIT_S = 30.0  # how long the demo waits for ingest before starting the fleet
 DEMO_DRAIN_S = 3.0  # after the fleet stops, time for ingest to store what it sent
+DEMO_ALERTS_GRACE_S = 60.0  # after the fleet's catch-up, before the first alert evaluation
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -305,7 +306,13 @@ def ingest(
 
 
 @alerts_app.command("run")
-def alerts_run(verbose: bool = False) -> None:
+def alerts_run(
+    verbose: bool = False,
+    delay: Annotated[
+        float,
+        typer.Option(min=0, max=3600, help="seconds to wait before the first evaluation"),
+    ] = 0,
+) -> None:
     """Evaluate every alert rule and deliver notifications, every
     FIELDTRACK_ALERTS__EVAL_INTERVAL_S, until SIGTERM or Ctrl-C."""
     from prometheus_client import start_http_server
@@ -315,6 +322,8 @@ def alerts_run(verbose: bool = False) -> None:
     from services.core.settings import get_settings
 
     _setup_logging(verbose)
+    if not verbose:  # a line per scrape of ingest's metrics, every evaluation, says nothing
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     migrate(settings.database_url.get_secret_value())
     stop = threading.Event()
@@ -334,6 +343,8 @@ def alerts_run(verbose: bool = False) -> None:
     logging.getLogger("fieldtrack.alerts").info(
         "alerts running, every %s s", alerts.eval_interval_s
     )
+    if stop.wait(delay):
+        return
     run(settings, stop)
 
 
@@ -500,7 +511,14 @@ def demo(
     live += _demo_history(settings, exe, history_days, catch_up)
     # Each in its own session: Ctrl-C reaches only this process, which stops them in order.
     children: dict[str, subprocess.Popen[bytes]] = {}
-    processes = (("ingest", ["ingest"]), ("api", ["api"]), ("alerts", ["alerts", "run"]))
+    # The evaluator starts once the live fleet has caught up with real time: judged during the
+    # catch-up, every project would look silent (its history ends two hours ago).
+    evaluate_from = f"{catch_up * 3600 / speed + DEMO_ALERTS_GRACE_S:.0f}"
+    processes = (
+        ("ingest", ["ingest"]),
+        ("api", ["api"]),
+        ("alerts", ["alerts", "run", "--delay", evaluate_from]),
+    )
     for name, args in (*processes, ("simulator", live)):
         if name == "simulator":
             # Ingest subscribed first: it receives the devices' births live, not as the
