@@ -142,6 +142,8 @@ def _resolve(argv: list[str]) -> tuple[tuple[str, ...], Any, list[str]]:
 
     Duck-typed: Typer builds Click-compatible commands, from Click or from its vendored copy.
     """
+    if argv[0] == "exec":  # the shell's last command, run in its place
+        argv = argv[1:]
     assert argv[0] == "fieldtrack", f"{shlex.join(argv)!r} does not run fieldtrack"
     command: Any = typer.main.get_command(app)
     path: list[str] = []
@@ -261,6 +263,17 @@ def test_service_commands_are_real_cli_commands(
     argvs = _invocations(services[service].get("command"))
     paths = [_parse(argv)[0] for argv in argvs]
     assert paths == EXPECTED_COMMANDS[service]
+
+
+@pytest.mark.parametrize("service", sorted(EXPECTED_COMMANDS))
+def test_a_shell_hands_its_last_command_the_signals(
+    services: dict[str, dict[str, Any]], service: str
+) -> None:
+    """`sh` as the container's first process ignores compose's SIGTERM: a service run through
+    it would be killed only when `docker compose down` gives up waiting."""
+    argvs = _invocations(services[service].get("command"))
+    if len(argvs) > 1:
+        assert argvs[-1][0] == "exec", f"{service}: `exec` the last command of its script"
 
 
 def test_resolution_rejects_unknown_commands_and_options() -> None:
