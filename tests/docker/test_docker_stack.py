@@ -29,6 +29,7 @@ import pytest
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import InfraError
 from services.core.settings import Settings
+from services.infra import timescale
 from tests import PROJECT_ROOT
 from tests.docker import engine
 from tests.integration.ingest_support import (
@@ -65,6 +66,7 @@ HOST_PORTS = ("DB", "MQTT", "API", "INGEST_METRICS", "ALERTS_METRICS", "GRAFANA"
 BUILD_TIMEOUT_S = 780
 HEALTHY_TIMEOUT_S = 180
 COMMAND_TIMEOUT_S = 300
+EXTENSION_VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
 ADMIN_PASSWORD = re.compile(r"password \(shown once\): (\S+)")
 PAGES = {"/dashboards/fleet": "Fleet · fieldtrack", "/dashboards/ingest": "Ingest · fieldtrack"}
 # The ingest kill: devices publish throughout; ingest dies SIGKILL-hard a few seconds in and
@@ -237,6 +239,15 @@ def test_every_service_is_healthy_and_runs_as_its_own_user(stack: Stack) -> None
         for bindings in published.values():
             assert all(b["HostIp"] == "127.0.0.1" for b in bindings), f"{name}: {bindings}"
     assert "grafana" not in containers, "Grafana starts only under its profile"
+
+
+def test_timescaledb_is_the_version_the_suite_runs(stack: Stack) -> None:
+    """Both are built by services/infra/timescale.py from the same source package."""
+    with psycopg.connect(stack.database_url, connect_timeout=5) as conn:
+        row = conn.execute(EXTENSION_VERSION).fetchone()
+    assert row and row[0], "TimescaleDB is not installed in the stack's database"
+    if timescale.PG_CONFIG.exists() and (local := timescale.installed_version()):
+        assert row[0] == local, f"the image has TimescaleDB {row[0]}, the local services {local}"
 
 
 def test_the_first_admin_sees_the_simulated_fleet_and_the_pages(stack: Stack) -> None:
