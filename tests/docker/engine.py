@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.errors import InfraError
-from services.infra.system import Reporter, ensure_packages, log_tail, run
+from services.infra.system import Reporter, await_ready, ensure_packages, run
 
 PACKAGES = ("docker.io", "docker-compose", "mmdebstrap")
 BASE_IMAGE = "debian:bookworm-slim"  # what every Dockerfile of fieldtrack starts from
@@ -77,25 +76,27 @@ def start_daemon(logfile: Path, report: Reporter) -> subprocess.Popen[bytes]:
         raise InfraError("dockerd is not installed (Debian's docker.io package provides it)")
     report(f"starting dockerd (log: {logfile})")
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    with logfile.open("ab") as log:
+    with logfile.open("wb") as log:  # this start's log only: its end is the reason
         daemon = subprocess.Popen(
             ["dockerd"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            raise InfraError(
-                f"dockerd exited at start (exit {daemon.returncode}): this machine cannot run "
-                f"a Docker daemon (root, cgroups and overlay or vfs are needed)\n"
-                f"--- {logfile} ---\n{log_tail(logfile)}"
-            )
-        if daemon_answers():
-            return daemon
-        time.sleep(0.5)
-    daemon.terminate()
-    raise InfraError(
-        f"dockerd did not answer within {DAEMON_START_TIMEOUT_S}s\n{log_tail(logfile)}"
-    )
+    try:
+        await_ready(
+            daemon,
+            daemon_answers,
+            name="dockerd",
+            logfile=logfile,
+            timeout_s=DAEMON_START_TIMEOUT_S,
+            waiting_for="answer",
+            interval_s=0.5,
+        )
+    except InfraError as exc:
+        daemon.terminate()
+        raise InfraError(
+            "this machine cannot run a Docker daemon (it needs root, cgroups and an overlay "
+            f"or vfs storage driver): {exc}"
+        ) from exc
+    return daemon
 
 
 def compose_command() -> list[str]:
