@@ -21,12 +21,13 @@ os.environ["FIELDTRACK_CLI_CONFIG"] = str(Path(os.environ["FIELDTRACK_STATE_DIR"
 
 
 TESTS_ROOT = Path(__file__).resolve().parent
-# The tiers, by folder: every test is `unit` or `integration`; the browser tests are both
-# `integration` and `browser`. `slow` is marked on the tests themselves.
+# The tiers, by folder: every test is `unit`, `integration` or `docker`; the browser tests
+# are both `integration` and `browser`. `slow` is marked on the tests themselves.
 TIER_BY_FOLDER = {
     "unit": pytest.mark.unit,
     "integration": pytest.mark.integration,
     "browser": pytest.mark.browser,
+    "docker": pytest.mark.docker,
 }
 # Whole modules of injected faults (killed or stopped services under load); single fault
 # tests elsewhere carry `@pytest.mark.chaos` themselves.
@@ -41,7 +42,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tiers = [TIER_BY_FOLDER[folder] for folder in folders if folder in TIER_BY_FOLDER]
         if not tiers:
             raise pytest.UsageError(
-                f"{item.nodeid}: every test lives under tests/unit or tests/integration"
+                f"{item.nodeid}: every test lives under tests/unit, tests/integration or "
+                "tests/docker"
             )
         for tier in tiers:
             item.add_marker(tier)
@@ -53,7 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtestloop(session: pytest.Session) -> None:
     """Install what the selected tests need before any of them starts, so the one-time
     installs of a fresh machine (Debian packages, the TimescaleDB build, Chromium: minutes)
-    do not count against the first test's timeout. A failure here is only printed: the
+    do not count against the first test's timeout (the Docker engine's packages too; the
+    stack test starts its daemon and builds its images itself). A failure here is only printed: the
     fixtures try again, and every test that needs them errors with the reason."""
     if session.config.option.collectonly or not session.items:
         return
@@ -77,5 +80,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
             LocalServices.from_env().install(report)
         if selected("browser"):
             ensure_packages(["chromium"], report)
+        if selected("docker"):
+            from tests.docker.engine import PACKAGES as DOCKER_PACKAGES
+
+            ensure_packages(DOCKER_PACKAGES, report)
     except Exception as exc:
         report(f"failed, the tests that need it will say why: {exc}")

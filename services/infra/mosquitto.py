@@ -20,7 +20,15 @@ from typing import IO
 from services.core.errors import InfraError
 from services.core.payloads import MAX_PAYLOAD_BYTES
 from services.core.topics import TOPIC_ROOT
-from services.infra.system import Reporter, chown_tree, is_root, log_tail, run, user_exists
+from services.infra.system import (
+    Reporter,
+    await_ready,
+    chown_tree,
+    is_root,
+    log_tail,
+    run,
+    user_exists,
+)
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 MOSQUITTO_CTRL = "mosquitto_ctrl"
@@ -246,17 +254,15 @@ class LocalMosquitto:
                 umask=BROKER_UMASK,
             )
         self.pidfile.write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise InfraError(
-                    f"Mosquitto exited at start (exit {proc.returncode})\n"
-                    f"--- {self.logfile} ---\n{self.log_tail()}"
-                )
-            if port_open("127.0.0.1", self.port):
-                return True
-            time.sleep(0.1)
-        raise InfraError(f"Mosquitto did not open port {self.port}\n{self.log_tail()}")
+        await_ready(
+            proc,
+            lambda: port_open("127.0.0.1", self.port),
+            name="Mosquitto",
+            logfile=self.logfile,
+            timeout_s=START_TIMEOUT_S,
+            waiting_for=f"open port {self.port}",
+        )
+        return True
 
     def stop(self) -> bool:
         pid = self.pid()

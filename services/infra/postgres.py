@@ -21,6 +21,15 @@ SERVICE_USER = "postgres"  # PostgreSQL refuses to run as root
 APP_ROLE = "fieldtrack"
 APP_DATABASE = "fieldtrack"
 START_TIMEOUT_S = 60
+# fieldtrack's server settings, shared by the local cluster and the Docker image.
+SERVER_SETTINGS = (
+    "shared_preload_libraries = 'timescaledb'",
+    "timescaledb.telemetry_level = off",
+    "max_connections = 200",
+    "shared_buffers = 512MB",
+    "max_wal_size = 4GB",
+    "password_encryption = 'scram-sha-256'",
+)
 
 
 @dataclass(frozen=True)
@@ -105,13 +114,7 @@ class LocalPostgres:
             f"port = {self.port}\n"
             "listen_addresses = '127.0.0.1'\n"
             f"unix_socket_directories = '{self.socket_dir}'\n"
-            "unix_socket_permissions = 0700\n"
-            "shared_preload_libraries = 'timescaledb'\n"
-            "timescaledb.telemetry_level = off\n"
-            "max_connections = 200\n"
-            "shared_buffers = 512MB\n"
-            "max_wal_size = 4GB\n"
-            "password_encryption = 'scram-sha-256'\n"
+            "unix_socket_permissions = 0700\n" + "".join(f"{line}\n" for line in SERVER_SETTINGS)
         )
         chown_tree(self.data / "fieldtrack.conf", SERVICE_USER)
 
@@ -218,3 +221,21 @@ class LocalPostgres:
         except psycopg.Error:
             return None
         return str(row[0]) if row else None
+
+
+# The settings file deploy/timescaledb/Dockerfile installs; tests check the committed copy.
+DOCKER_CONFIG = "deploy/timescaledb/fieldtrack.conf"
+
+
+def render_docker_config() -> str:
+    """The TimescaleDB image's settings: the local cluster's, listening on the container's
+    network (its port is published on the host's loopback only)."""
+    return (
+        f"# fieldtrack's PostgreSQL settings in the TimescaleDB image, rendered by\n"
+        f"# `python -m services.infra.postgres > {DOCKER_CONFIG}`.\n"
+        "listen_addresses = '*'\n" + "".join(f"{line}\n" for line in SERVER_SETTINGS)
+    )
+
+
+if __name__ == "__main__":
+    print(render_docker_config(), end="")

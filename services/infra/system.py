@@ -7,6 +7,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -69,6 +70,31 @@ def log_tail(path: Path, lines: int = 30) -> str:
     if not path.exists():
         return f"(no log at {path})"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def await_ready(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    logfile: Path,
+    timeout_s: float,
+    waiting_for: str = "be ready",
+    interval_s: float = 0.1,
+) -> None:
+    """Wait until *ready()* says a started service answers; raise InfraError with the end of
+    its log if it exits first or *timeout_s* passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise InfraError(
+                f"{name} exited at start (exit {proc.returncode})\n"
+                f"--- {logfile} ---\n{log_tail(logfile)}"
+            )
+        if ready():
+            return
+        time.sleep(interval_s)
+    raise InfraError(f"{name} did not {waiting_for} within {timeout_s:g}s\n{log_tail(logfile)}")
 
 
 def is_root() -> bool:

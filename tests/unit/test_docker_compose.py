@@ -7,6 +7,7 @@ each of those only shows when the stack misbehaves. These tests catch them at co
 
 from __future__ import annotations
 
+import inspect
 import re
 import shlex
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 
 from services.cli import app
 from services.core.settings import PLACEHOLDER_SECRETS, Settings
+from services.infra import postgres, timescale
 from services.infra.mosquitto import (
     DOCKER_DATA_DIR,
     DOCKER_PLUGIN,
@@ -39,6 +41,7 @@ except ImportError:  # pragma: no cover - Typer on the public Click
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+DATABASE_DOCKERFILE = "deploy/timescaledb/Dockerfile"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 BROKER_DOCKERFILE = "deploy/mosquitto/Dockerfile"
 REGENERATE = ".venv/bin/python -m services.infra.mosquitto > deploy/mosquitto/mosquitto.conf"
@@ -54,11 +57,19 @@ EXPECTED_COMMANDS: dict[str, list[tuple[str, ...]]] = {
 }
 SHELL_SEPARATORS = {"&&", ";", "||"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<modifier>[^}]*)\}")
+PUBLISHED_PORT = re.compile(
+    r"(?P<ip>[0-9.]+):(?:(?P<port>\d+)|\$\{FIELDTRACK_HOST_\w+_PORT:-(?P<default>\d+)\})"
+    r":(?P<container>\d+)"
+)
 URL_PASSWORD = re.compile(r"://[^:/@]+:(?P<password>.*)@")
 ALL_ADDRESSES = "0.0.0.0"  # inside a container: reachable through the published port
-MOSQUITTO_UID = "1883"  # the mosquitto user of the eclipse-mosquitto image
+MOSQUITTO_UID = "1883"  # the mosquitto user of the broker image (deploy/mosquitto/Dockerfile)
 GRAFANA_DIR = ROOT / "dashboards" / "grafana"
 GRAFANA_ENTRYPOINT = "/run.sh"  # of the grafana/grafana-oss image
+GRAFANA_PROFILE = "grafana"
+DOCKERFILES = ("Dockerfile", BROKER_DOCKERFILE, DATABASE_DOCKERFILE)
+BASE_IMAGE = "debian:bookworm-slim"  # built from Debian's mirror where Docker Hub is out of reach
+COMPILERS = ("gcc", "cmake", "make", "build-essential", "-dev")
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -131,6 +142,8 @@ def _resolve(argv: list[str]) -> tuple[tuple[str, ...], Any, list[str]]:
 
     Duck-typed: Typer builds Click-compatible commands, from Click or from its vendored copy.
     """
+    if argv[0] == "exec":  # the shell's last command, run in its place
+        argv = argv[1:]
     assert argv[0] == "fieldtrack", f"{shlex.join(argv)!r} does not run fieldtrack"
     command: Any = typer.main.get_command(app)
     path: list[str] = []
@@ -160,12 +173,14 @@ def _parse(argv: list[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 
 def _ports(svc: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """Published ports as (host ip, host port, container port); short syntax only."""
+    """Published ports as (host ip, host port, container port); short syntax only. The host
+    port is its default when a FIELDTRACK_HOST_*_PORT variable may change it."""
     published = []
     for entry in svc.get("ports", []):
-        parts = str(entry).split("/")[0].split(":")
-        assert len(parts) == 3, f"publish as HOST_IP:HOST_PORT:CONTAINER_PORT, not {entry!r}"
-        published.append((parts[0], int(parts[1]), int(parts[2])))
+        match = PUBLISHED_PORT.fullmatch(str(entry))
+        assert match, f"publish as HOST_IP:HOST_PORT:CONTAINER_PORT, not {entry!r}"
+        host = match["port"] or match["default"]
+        published.append((match["ip"], int(host), int(match["container"])))
     return published
 
 
@@ -248,6 +263,17 @@ def test_service_commands_are_real_cli_commands(
     argvs = _invocations(services[service].get("command"))
     paths = [_parse(argv)[0] for argv in argvs]
     assert paths == EXPECTED_COMMANDS[service]
+
+
+@pytest.mark.parametrize("service", sorted(EXPECTED_COMMANDS))
+def test_a_shell_hands_its_last_command_the_signals(
+    services: dict[str, dict[str, Any]], service: str
+) -> None:
+    """`sh` as the container's first process ignores compose's SIGTERM: a service run through
+    it would be killed only when `docker compose down` gives up waiting."""
+    argvs = _invocations(services[service].get("command"))
+    if len(argvs) > 1:
+        assert argvs[-1][0] == "exec", f"{service}: `exec` the last command of its script"
 
 
 def test_resolution_rejects_unknown_commands_and_options() -> None:
@@ -518,7 +544,7 @@ def test_grafana_datasource_is_the_compose_database_as_the_reader_role(
 ) -> None:
     host, port = grafana_datasource["url"].split(":")
     db = services[host]
-    assert str(db["image"]).startswith("timescale/timescaledb")
+    assert db["build"]["dockerfile"] == DATABASE_DOCKERFILE
     assert int(port) == 5432
     assert grafana_datasource["jsonData"]["database"] == db["environment"]["POSTGRES_DB"]
     created = re.search(r"CREATE ROLE (\w+)", (GRAFANA_DIR / "reader.sql").read_text())
@@ -623,7 +649,7 @@ def test_image_runs_unprivileged_from_a_regular_install() -> None:
     # The package data (templates, static files, scenarios) is read from site-packages:
     # the image installs the wheel, never the source tree in editable mode.
     assert not re.search(r"pip install[^\n]*\s(-e|--editable)\s", dockerfile), "editable install"
-    assert re.search(r"^RUN pip install [^\n]*/wheels/\*\.whl", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"\bpip install [^\n]*/wheels/\*\.whl", dockerfile)
     # The working directory holds ./.state: the service user's own, outside the code.
     assert re.search(rf"chown fieldtrack:fieldtrack [^\n]*{re.escape(workdir)}\b", dockerfile)
     ignored = [
@@ -634,3 +660,82 @@ def test_image_runs_unprivileged_from_a_regular_install() -> None:
     assert ".state" in ignored, ".state holds local secrets and must not enter the image"
     for needed in ("services", "device_sim", "dashboards", "pyproject.toml"):
         assert needed not in ignored and f"**/{needed}" not in ignored, needed
+
+
+def _stages(dockerfile: str) -> list[tuple[str, str]]:
+    """Each build stage as (base image, its instructions)."""
+    parts = re.split(r"^FROM\s+(\S+)[^\n]*\n", dockerfile, flags=re.MULTILINE)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_images_build_from_debian_in_stages_and_run_unprivileged(path: str) -> None:
+    """Built from debian:bookworm-slim only (Docker Hub need not be reachable); compilers and
+    headers stay in a build stage; the runtime runs as a user of its own."""
+    dockerfile = (ROOT / path).read_text()
+    assert "# syntax=" not in dockerfile, "a syntax directive pulls a frontend from Docker Hub"
+    stages = _stages(dockerfile)
+    assert len(stages) >= 2, f"{path}: build in a stage of its own"
+    assert {base for base, _ in stages} == {BASE_IMAGE}
+    runtime = stages[-1][1]
+    installs = " ".join(re.findall(r"apt-get install ([^\n&]*)", runtime))
+    assert installs, f"{path}: the runtime installs nothing from Debian"
+    for compiler in COMPILERS:
+        assert compiler not in installs, f"{path}: the runtime image installs {compiler}"
+    assert "rm -rf /var/lib/apt/lists/*" in runtime, f"{path}: apt's lists stay in the image"
+    users = re.findall(r"^USER\s+(\S+)", runtime, flags=re.MULTILINE)
+    assert users and users[-1] not in ("root", "0"), f"{path} must not run as root"
+
+
+def test_only_grafana_is_pulled(services: dict[str, dict[str, Any]]) -> None:
+    """Every image of the stack is built here; Grafana's (and the set-up of its database
+    role) only start under their profile."""
+    for name, svc in services.items():
+        if GRAFANA_PROFILE in (svc.get("profiles") or []):
+            continue
+        assert "build" in svc, f"{name} pulls {svc.get('image')} instead of building it"
+    assert services["grafana"]["profiles"] == [GRAFANA_PROFILE]
+    assert services["grafana-db-setup"]["profiles"] == [GRAFANA_PROFILE]
+    for name in ("timescaledb", "grafana-db-setup"):
+        assert services[name]["build"] == {"context": ".", "dockerfile": DATABASE_DOCKERFILE}
+
+
+def test_committed_database_config_is_the_rendered_one() -> None:
+    committed = ROOT / postgres.DOCKER_CONFIG
+    assert committed.read_text() == postgres.render_docker_config(), (
+        f"{postgres.DOCKER_CONFIG} is stale; regenerate it with "
+        f"`.venv/bin/python -m services.infra.postgres > {postgres.DOCKER_CONFIG}`"
+    )
+    copied = re.search(
+        rf"^COPY {re.escape(postgres.DOCKER_CONFIG)} (\S+)",
+        (ROOT / DATABASE_DOCKERFILE).read_text(),
+        flags=re.MULTILINE,
+    )
+    assert copied, f"{DATABASE_DOCKERFILE} does not install {postgres.DOCKER_CONFIG}"
+    entrypoint = (ROOT / "deploy" / "timescaledb" / "entrypoint.sh").read_text()
+    assert f"include = '{copied[1]}'" in entrypoint, "the cluster does not include the settings"
+
+
+def test_database_image_builds_timescaledb_as_infra_up_does() -> None:
+    """The image runs services/infra/timescale.py itself: same source, flags and version as
+    the local services the test suite uses. Its stage copies only what that module imports."""
+    dockerfile = (ROOT / DATABASE_DOCKERFILE).read_text()
+    build = _stages(dockerfile)[0][1]
+    assert re.search(r"^RUN python3 -m services\.infra\.timescale ", build, flags=re.MULTILINE)
+    copied = {
+        PurePosixPath(source)
+        for line in re.findall(r"^COPY ([^\n]+)", build, flags=re.MULTILINE)
+        for source in line.split()[:-1]
+    }
+    needed = {PurePosixPath("services/infra/timescale.py")}
+    for module in re.findall(r"^from (services\.\S+) import", inspect.getsource(timescale), re.M):
+        needed.add(PurePosixPath(module.replace(".", "/") + ".py"))
+    for path in list(needed):
+        needed |= {parent / "__init__.py" for parent in path.parents if parent.parts}
+    assert needed <= copied, f"the build stage misses {sorted(map(str, needed - copied))}"
+
+
+def test_broker_image_user_owns_the_store() -> None:
+    dockerfile = (ROOT / BROKER_DOCKERFILE).read_text()
+    assert f"--uid {MOSQUITTO_UID} " in dockerfile, "broker-init gives the store to another uid"
+    assert "/usr/lib/mosquitto_dynamic_security.so" in dockerfile
