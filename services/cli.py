@@ -84,24 +84,46 @@ def _report(message: str) -> None:
 
 
 @infra_app.command("up")
-def infra_up() -> None:
+def infra_up(
+    replica: Annotated[
+        bool,
+        typer.Option(
+            "--replica",
+            help="also a read replica: a hot standby of the local PostgreSQL on "
+            "FIELDTRACK_LOCAL_PG_REPLICA_PORT, whose URL becomes FIELDTRACK_DATABASE_READ_URL",
+        ),
+    ] = False,
+) -> None:
     """Install, build and start the local services (idempotent)."""
     from services.infra.local import LocalServices
 
     services = LocalServices.from_env()
     console.print("[bold]fieldtrack infra up[/]")
     started = time.monotonic()
-    services.up(_report)
+    services.up(_report, replica=replica)
     console.print(f"ready in {time.monotonic() - started:.1f}s")
     _print_status(services)
 
 
 @infra_app.command("down")
-def infra_down() -> None:
+def infra_down(
+    replica: Annotated[
+        bool,
+        typer.Option(
+            "--replica",
+            help="only the read replica: stop it and remove its data and replication slot "
+            "(reads go back to the primary, which keeps running)",
+        ),
+    ] = False,
+) -> None:
     """Stop the local services (data is kept)."""
     from services.infra.local import LocalServices
 
-    LocalServices.from_env().down(_report)
+    services = LocalServices.from_env()
+    if replica:
+        services.remove_replica(_report)
+    else:
+        services.down(_report)
 
 
 @infra_app.command("status")

@@ -34,8 +34,15 @@
       "recent.lag_max_seconds": two, "ingest_metrics.messages": whole,
       "ingest_metrics.duplicates.usage": (v) => whole(v || 0), "ingest_metrics.duplicates.metric": (v) => whole(v || 0),
       "ingest_metrics.db_failures": whole, "ingest_metrics.queue_depth": whole,
-      "recent.late_lag_max_seconds": ftOps.duration,
+      "recent.late_lag_max_seconds": ftOps.duration, "replica.lag_seconds": two,
+      "replica.lag_bytes": whole,
     });
+    const replica = document.getElementById("replica");
+    if (replica) {
+      document.getElementById("replica-down").hidden = h.replica.reachable;
+      document.getElementById("replica-error").textContent = h.replica.error || "";
+      document.getElementById("replica-lag").hidden = !h.replica.reachable;
+    }
     [["commit-lag", "commit_lag"], ["ingest-delay", "ingest_delay"]].forEach(([id, key]) => {
       ["p50", "p95"].forEach((p) => {
         document.getElementById(`${id}-${p}`).textContent =

@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from services.accounts.throttle import LoginThrottle
 from services.api import errors
+from services.api.reads import ReadRouter
 from services.api.routes import (
     alert_pages,
     alerts,
@@ -27,6 +28,7 @@ from services.api.routes import (
     fleet_pages,
     health,
     imports,
+    metrics,
     pages,
     projects,
     quarantine,
@@ -34,7 +36,7 @@ from services.api.routes import (
     tokens,
     users,
 )
-from services.core.db import open_pool
+from services.core.db import open_pool, open_read_pool
 from services.core.migrate import migrate
 from services.core.paths import DASHBOARDS_PACKAGE, chart_library_dir
 from services.core.settings import Settings, get_settings
@@ -50,9 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = config
         app.state.login_throttle = LoginThrottle()
         app.state.pool = open_pool(config)
+        read_pool = open_read_pool(config)
+        app.state.reads = None if read_pool is None else ReadRouter(read_pool)
         try:
             yield
         finally:
+            if read_pool is not None:
+                read_pool.close()
             app.state.pool.close()
 
     # FastAPIOffline serves /docs and /redoc from packaged assets: no CDN, works offline.
@@ -93,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quarantine,
         alerts,
         schemas,
+        metrics,
     ):
         app.include_router(module.router)
     app.include_router(pages.router)

@@ -18,13 +18,11 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from services.accounts import store
 from services.accounts.roles import Audience, Permission, Principal
-from services.api.deps import ConnDep
+from services.api.deps import SAFE_METHODS, SESSION_COOKIE, ConnDep
 from services.core.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 
-SESSION_COOKIE = "fieldtrack_session"
 LOGIN_CSRF_COOKIE = "fieldtrack_login_csrf"
 CSRF_HEADER = "X-CSRF-Token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The attribute a dependency carries to say which access rule it is (read by the tests).
 ACCESS_RULE = "__fieldtrack_access__"
 

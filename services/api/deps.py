@@ -10,6 +10,7 @@ import psycopg
 from fastapi import Depends, Query, Request
 from psycopg_pool import ConnectionPool
 
+from services.api.reads import ReadRouter, writer_key
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import InvalidInputError
 from services.core.settings import Settings
@@ -18,12 +19,25 @@ from services.core.windows import DEFAULT_WINDOW_DAYS, OPS_WINDOW_DAYS, Window
 from services.registry.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 MAX_OFFSET = 1_000_000
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The dashboards' session cookie (set and read by services/api/auth.py).
+SESSION_COOKIE = "fieldtrack_session"
+
+
+def caller_key(request: Request) -> str | None:
+    """The caller's credentials, as the read router remembers their writes by."""
+    return writer_key(request.headers.get("Authorization"), request.cookies.get(SESSION_COOKIE))
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection]:
+    """The primary: every write, and the reads that must see the caller's writes at once."""
     pool: ConnectionPool[psycopg.Connection] = request.app.state.pool
+    reads: ReadRouter | None = request.app.state.reads
     with pool.connection() as conn:
         yield conn
+        if reads is not None and request.method not in SAFE_METHODS:
+            conn.commit()
+            reads.wrote(caller_key(request), conn)
 
 
 # scope="function": the transaction commits (and the connection goes back to the pool) when
@@ -32,6 +46,20 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
 # project page) could arrive before the session or the decision was visible, and be sent
 # back to the login form — a race the real-browser tests hit about one login in ten.
 ConnDep = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
+
+
+def get_read_conn(request: Request, primary: ConnDep) -> Iterator[psycopg.Connection]:
+    """The read replica for analytics, pages and exports when it is configured, up and has
+    the caller's own writes; else the request's primary connection (services/api/reads.py)."""
+    reads: ReadRouter | None = request.app.state.reads
+    if reads is None:
+        yield primary
+        return
+    with reads.connection(caller_key(request)) as replica:
+        yield primary if replica is None else replica
+
+
+ReadConnDep = Annotated[psycopg.Connection, Depends(get_read_conn, scope="function")]
 
 
 def get_broker_admin(request: Request) -> Iterator[BrokerAdmin]:

@@ -14,6 +14,7 @@ from psycopg import errors as pg_errors, sql
 from psycopg.abc import Params
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
 
 from services.core.errors import ConflictError, InvalidInputError, NotFoundError
 from services.core.settings import Settings
@@ -25,17 +26,31 @@ RowT = TypeVar("RowT")
 _KEY_DETAIL = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\)")
 
 
-def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection]:
-    """Open a pool and wait until it holds its minimum connections (fail fast at start-up)."""
-    pool: ConnectionPool[psycopg.Connection] = ConnectionPool(
-        settings.database_url.get_secret_value(),
+def _pool(url: SecretStr, settings: Settings) -> ConnectionPool[psycopg.Connection]:
+    return ConnectionPool(
+        url.get_secret_value(),
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         open=False,
         kwargs={"connect_timeout": 5},
         check=ConnectionPool.check_connection,
     )
+
+
+def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection]:
+    """Open a pool and wait until it holds its minimum connections (fail fast at start-up)."""
+    pool = _pool(settings.database_url, settings)
     pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+    return pool
+
+
+def open_read_pool(settings: Settings) -> ConnectionPool[psycopg.Connection] | None:
+    """The read replica's pool, if one is configured. Not waited for: a replica that is down
+    at start-up is read from once it is back, and the primary serves meanwhile."""
+    if settings.database_read_url is None:
+        return None
+    pool = _pool(settings.database_read_url, settings)
+    pool.open(wait=False)
     return pool
 
 

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         description="libpq URL of the TimescaleDB database, e.g. postgresql://user:pw@host:5432/db",
     )
+    database_read_url: SecretStr | None = Field(
+        default=None,
+        description="libpq URL of a read replica (a hot standby of database_url): the API's "
+        "analytics, pages and exports read there, falling back to the primary; none: all on "
+        "the primary",
+    )
     db_pool_min: Annotated[int, Field(ge=1, le=64)] = 1
     db_pool_max: Annotated[int, Field(ge=1, le=256)] = 8
 
@@ -204,11 +210,12 @@ class Settings(BaseSettings):
                 "services, or set it to a random value (e.g. `openssl rand -base64 33`)."
             )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_read_url")
     @classmethod
-    def _postgres_url(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
-        if not url.startswith(("postgresql://", "postgres://")):
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
             raise ValueError("must be a postgresql:// URL")
         return value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from services.infra.system import Reporter, ensure_packages
 RUNTIME_PACKAGES = ("postgresql-15", "mosquitto", "mosquitto-clients", *QUOTA_BUILD_PACKAGES)
 DEFAULT_PG_PORT = 54329  # away from a system PostgreSQL on 5432
 DEFAULT_MQTT_PORT = 18830  # away from a system Mosquitto on 1883
+DEFAULT_PG_REPLICA_PORT = 54330
 ADMIN_USER = "fieldtrack-admin"
 INGEST_USER = "fieldtrack-ingest"
 SECRET_KEYS = ("DB_PASSWORD", "MQTT_ADMIN_PASSWORD", "MQTT_INGEST_PASSWORD", "SESSION_SECRET")
@@ -28,6 +30,7 @@ class LocalServices:
     root: Path
     pg_port: int
     mqtt_port: int
+    pg_replica_port: int = DEFAULT_PG_REPLICA_PORT
 
     @classmethod
     def from_env(cls) -> LocalServices:
@@ -35,11 +38,19 @@ class LocalServices:
             root=state_dir(),
             pg_port=int(os.environ.get("FIELDTRACK_LOCAL_PG_PORT", DEFAULT_PG_PORT)),
             mqtt_port=int(os.environ.get("FIELDTRACK_LOCAL_MQTT_PORT", DEFAULT_MQTT_PORT)),
+            pg_replica_port=int(
+                os.environ.get("FIELDTRACK_LOCAL_PG_REPLICA_PORT", DEFAULT_PG_REPLICA_PORT)
+            ),
         )
 
     @property
     def postgres(self) -> LocalPostgres:
         return LocalPostgres(self.root / "postgres", self.pg_port)
+
+    @property
+    def replica(self) -> LocalPostgres:
+        """The read replica: a hot standby of `postgres`, made by `infra up --replica`."""
+        return LocalPostgres(self.root / "postgres-replica", self.pg_replica_port, self.postgres)
 
     @property
     def mosquitto(self) -> LocalMosquitto:
@@ -77,13 +88,21 @@ class LocalServices:
             handle.write(text)
 
     def write_env_file(self, values: dict[str, str]) -> Path:
-        """The connection settings every fieldtrack process reads for the local services."""
+        """The connection settings every fieldtrack process reads for the local services;
+        the read URL while the replica runs."""
         path = local_env_file()
+        replica = self.replica
+        reads = (
+            f"FIELDTRACK_DATABASE_READ_URL={replica.app_url(values['DB_PASSWORD'])}\n"
+            if replica.running()
+            else ""
+        )
         self._write_private(
             path,
             "# written by `fieldtrack infra up`; environment variables override these\n"
             f"FIELDTRACK_DATABASE_URL={self.postgres.app_url(values['DB_PASSWORD'])}\n"
-            f"FIELDTRACK_MQTT_HOST=127.0.0.1\n"
+            + reads
+            + "FIELDTRACK_MQTT_HOST=127.0.0.1\n"
             f"FIELDTRACK_MQTT_PORT={self.mqtt_port}\n"
             f"FIELDTRACK_MQTT_ADMIN_USERNAME={ADMIN_USER}\n"
             f"FIELDTRACK_MQTT_ADMIN_PASSWORD={values['MQTT_ADMIN_PASSWORD']}\n"
@@ -110,8 +129,9 @@ class LocalServices:
             version = timescale.ensure_timescaledb(self.build_cache / "timescaledb", report)
             report(f"TimescaleDB {version}: built and installed")
 
-    def up(self, report: Reporter) -> None:
-        """Install, build, initialise and start whatever is missing; idempotent."""
+    def up(self, report: Reporter, *, replica: bool = False) -> None:
+        """Install, build, initialise and start whatever is missing (with *replica*, the read
+        replica too); idempotent."""
         self.install(report)
         values = self.load_secrets()
 
@@ -146,14 +166,44 @@ class LocalServices:
         )
         for line in removed:
             report(f"broker: {line}")
+        if replica:
+            self.start_replica(report)
         env_file = self.write_env_file(values)
         report(f"connection settings written to {env_file}")
+
+    def start_replica(self, report: Reporter) -> None:
+        """Make the read replica from the running primary if there is none, and start it."""
+        standby = self.replica
+        if not standby.running() and port_open("127.0.0.1", standby.port):
+            raise InfraError(
+                f"port {standby.port} is taken by another program; "
+                "set FIELDTRACK_LOCAL_PG_REPLICA_PORT to a free port"
+            )
+        standby.init(report)
+        if not standby.start(report):
+            report(f"replica: already running on 127.0.0.1:{standby.port} (pid {standby.pid()})")
+        standby.wait_ready()
+
+    def remove_replica(self, report: Reporter) -> None:
+        """Stop the read replica, drop its slot and data; reads go back to the primary."""
+        standby = self.replica
+        if standby.stop():
+            report("replica stopped")
+        standby.drop_slot()
+        if standby.root.exists():
+            shutil.rmtree(standby.root)
+            report(f"replica removed ({standby.root})")
+        if local_env_file().exists():
+            self.write_env_file(self.load_secrets())
 
     def down(self, report: Reporter) -> None:
         if self.mosquitto.stop():
             report("Mosquitto stopped")
         else:
             report("Mosquitto: not running")
+        # the standby first: stopped after its primary it would retry the stream meanwhile
+        if self.replica.stop():
+            report("replica stopped")
         if self.postgres.stop():
             report("PostgreSQL stopped")
         else:
@@ -161,9 +211,22 @@ class LocalServices:
 
     def status(self) -> list[dict[str, str]]:
         """One row per service: what it is, whether it runs, where, and its files."""
-        pg, mq = self.postgres, self.mosquitto
+        pg, mq, standby = self.postgres, self.mosquitto, self.replica
         ts_version = timescale.installed_version() if timescale.PG_CONFIG.exists() else None
-        pg_pid, mq_pid = pg.pid(), mq.pid()
+        pg_pid, mq_pid, standby_pid = pg.pid(), mq.pid(), standby.pid()
+        replica_rows = (
+            [
+                {
+                    "service": "read replica (hot standby)",
+                    "state": f"running, pid {standby_pid}" if standby_pid else "stopped",
+                    "address": f"127.0.0.1:{standby.port} database fieldtrack",
+                    "detail": f"streaming from 127.0.0.1:{pg.port}; data {standby.data}; "
+                    f"log {standby.logfile}",
+                }
+            ]
+            if standby.initialised()
+            else []
+        )
         return [
             {
                 "service": "TimescaleDB (PostgreSQL 15)",
@@ -172,6 +235,7 @@ class LocalServices:
                 "detail": f"extension {ts_version or 'not installed'}; data {pg.data}; "
                 f"log {pg.logfile}",
             },
+            *replica_rows,
             {
                 "service": "Mosquitto",
                 "state": f"running, pid {mq_pid}" if mq_pid else "stopped",

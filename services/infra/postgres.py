@@ -30,12 +30,27 @@ SERVER_SETTINGS = (
     "max_wal_size = 4GB",
     "password_encryption = 'scram-sha-256'",
 )
+# Local clusters only: a replication slot keeps the WAL a stopped replica still needs, up to
+# this much; beyond it the slot is given up and the replica must be made again.
+PRIMARY_SETTINGS = ("max_slot_wal_keep_size = 4GB",)
+# A hot standby's: queries on it hold back the primary's vacuum rather than being cancelled
+# when the replay would remove rows they still read (long analytics would fail otherwise).
+STANDBY_SETTINGS = ("hot_standby = on", "hot_standby_feedback = on")
+REPLICATION_SLOT = "fieldtrack_replica"
+
+
+DROP_SLOT = """
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s
+"""
 
 
 @dataclass(frozen=True)
 class LocalPostgres:
+    """A cluster of its own, or (*primary* set) a hot standby streaming from that one."""
+
     root: Path
     port: int
+    primary: LocalPostgres | None = None
 
     @property
     def data(self) -> Path:
@@ -85,6 +100,9 @@ class LocalPostgres:
         self.root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         chown_tree(self.root, SERVICE_USER)
+        if self.primary is not None:
+            self._clone(self.primary, report)
+            return True
         report(f"creating PostgreSQL cluster in {self.data}")
         run(
             [
@@ -107,14 +125,47 @@ class LocalPostgres:
             handle.write("\ninclude_if_exists = 'fieldtrack.conf'\n")
         return True
 
+    def _clone(self, primary: LocalPostgres, report: Reporter) -> None:
+        """A base backup of *primary* that starts as its standby (`-R`), streaming through a
+        replication slot (`-C -S`) so the primary keeps the WAL it has not yet received."""
+        report(f"copying the primary on port {primary.port} into {self.data} (pg_basebackup)")
+        with psycopg.connect(primary.superuser_conninfo(), autocommit=True) as conn:
+            # a slot left by an earlier replica would hold WAL for a copy that is gone
+            conn.execute(DROP_SLOT, (REPLICATION_SLOT,))
+        run(
+            [
+                PG_BIN / "pg_basebackup",
+                "--pgdata",
+                self.data,
+                "--dbname",
+                primary.superuser_conninfo(),
+                "--write-recovery-conf",
+                "--create-slot",
+                "--slot",
+                REPLICATION_SLOT,
+                "--checkpoint=fast",
+                "--wal-method=stream",
+            ],
+            what="pg_basebackup",
+            as_user=self._user(),
+        )
+
+    def drop_slot(self) -> None:
+        """Forget the standby's replication slot on the primary (its WAL is freed)."""
+        if self.primary is not None and self.primary.running():
+            with psycopg.connect(self.primary.superuser_conninfo(), autocommit=True) as conn:
+                conn.execute(DROP_SLOT, (REPLICATION_SLOT,))
+
     def write_config(self) -> None:
         """fieldtrack's settings, rewritten on every start so a changed port applies."""
+        role = STANDBY_SETTINGS if self.primary is not None else PRIMARY_SETTINGS
         (self.data / "fieldtrack.conf").write_text(
             "# written by `fieldtrack infra up`; edits are overwritten\n"
             f"port = {self.port}\n"
             "listen_addresses = '127.0.0.1'\n"
             f"unix_socket_directories = '{self.socket_dir}'\n"
-            "unix_socket_permissions = 0700\n" + "".join(f"{line}\n" for line in SERVER_SETTINGS)
+            "unix_socket_permissions = 0700\n"
+            + "".join(f"{line}\n" for line in (*SERVER_SETTINGS, *role))
         )
         chown_tree(self.data / "fieldtrack.conf", SERVICE_USER)
 

@@ -93,6 +93,8 @@ def settings(base_settings: Settings, database: str) -> Settings:
     return base_settings.model_copy(
         update={
             "database_url": SecretStr(database),
+            # a replica left running by `infra up --replica` serves another database
+            "database_read_url": None,
             "ingest_client_id": f"fieldtrack-ingest-test-{uuid.uuid4().hex[:8]}",
             "ingest_share_group": f"test-{uuid.uuid4().hex[:8]}",
             "ingest_batch_wait_ms": 50,

@@ -137,6 +137,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/quarantine/{item_id}"): Rule(roles(ADMIN, OPS)),
     ("GET", "/quarantine/{item_id}/payload"): Rule(roles(ADMIN, OPS)),
     ("GET", "/ingest/health"): Rule(roles(ADMIN, OPS)),
+    ("GET", "/metrics"): Rule(roles(ADMIN, OPS)),
     # alerts: each role reads the kinds of its audience (viewers their own projects' device
     # alerts); staff acknowledge; admins and ops manage rules, channels and the outbox
     ("GET", "/alerts"): Rule(EVERYONE),

@@ -30,8 +30,9 @@ from services.accounts.throttle import (
     LoginThrottle,
     backoff_s,
 )
-from services.api.auth import CSRF_HEADER, SESSION_COOKIE
+from services.api.auth import CSRF_HEADER
 from services.api.background import serve_in_thread
+from services.api.deps import SESSION_COOKIE
 from services.cli import app as cli_app
 from services.core.errors import AuthenticationError
 from services.core.migrate import migrate

@@ -31,7 +31,7 @@ from services.analytics.portfolio import (
 from services.analytics.recommend import RuleText, rule_texts
 from services.analytics.usage import delivered_keys
 from services.api.auth import AudienceQuery, audience_of, require, visible_project
-from services.api.deps import ConnDep, ThresholdsDep, UsageWindowDep
+from services.api.deps import ReadConnDep, ThresholdsDep, UsageWindowDep
 from services.api.errors import NOT_FOUND, Responses
 from services.api.routes.crud import ItemId
 from services.core.errors import NotFoundError
@@ -64,7 +64,7 @@ def _csv(body: str, name: str) -> Response:
 )
 def get_project_analytics(  # noqa: PLR0917 - FastAPI reads each as a parameter
     item_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: UsageReader,
     window: UsageWindowDep,
     t: ThresholdsDep,
@@ -86,7 +86,11 @@ def get_project_analytics(  # noqa: PLR0917 - FastAPI reads each as a parameter
     summary="Each delivered feature's weekly adoption (with its interval) and device cohorts",
 )
 def get_project_adoption(
-    item_id: ItemId, conn: ConnDep, caller: UsageReader, window: UsageWindowDep, t: ThresholdsDep
+    item_id: ItemId,
+    conn: ReadConnDep,
+    caller: UsageReader,
+    window: UsageWindowDep,
+    t: ThresholdsDep,
 ) -> ProjectAdoption:
     visible_project(conn, caller, item_id)
     span = window
@@ -106,7 +110,7 @@ def get_project_adoption(
     dependencies=[Depends(require(Permission.READ_PORTFOLIO))],
 )
 def get_portfolio(
-    conn: ConnDep, window: UsageWindowDep, t: ThresholdsDep, format: Format = "json"
+    conn: ReadConnDep, window: UsageWindowDep, t: ThresholdsDep, format: Format = "json"
 ) -> Portfolio | Response:
     result = portfolio(conn, window, t)
     if format == "csv":
@@ -132,7 +136,7 @@ def get_rules(t: ThresholdsDep) -> list[RuleText]:
     dependencies=[Depends(require(Permission.READ_PORTFOLIO))],
 )
 def get_feature_impact(
-    conn: ConnDep,
+    conn: ReadConnDep,
     window: UsageWindowDep,
     t: ThresholdsDep,
     feature: Annotated[FeatureKey, Query(description="the feature's key")],
@@ -148,7 +152,7 @@ def get_feature_impact(
 )
 def get_firmware_breakdown(
     item_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: UsageReader,
     window: UsageWindowDep,
     feature: Annotated[FeatureKey, Query()],

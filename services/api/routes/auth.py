@@ -19,7 +19,6 @@ from services.accounts.roles import Principal, Role
 from services.accounts.throttle import LoginBusyError, LoginThrottle, verification_slot
 from services.api.auth import (
     LOGIN_CSRF_COOKIE,
-    SESSION_COOKIE,
     CurrentUser,
     Public,
     require,
@@ -27,7 +26,7 @@ from services.api.auth import (
     sign,
     unsign,
 )
-from services.api.deps import ConnDep
+from services.api.deps import SESSION_COOKIE, ConnDep
 from services.api.errors import NOT_FOUND, ErrorBody, Responses
 from services.api.routes.crud import ItemId
 from services.api.templates import templates

@@ -5,17 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from services.accounts.roles import Permission, Principal
 from services.api.auth import require, visible_project
-from services.api.deps import ConnDep, WindowDep
+from services.api.deps import ConnDep, ReadConnDep, WindowDep
 from services.api.errors import NOT_FOUND
+from services.api.reads import lag_of
 from services.api.routes.crud import ItemId
 from services.core.windows import MAX_WINDOW_DAYS
 from services.fleet import fleet_health, ingest_health
 from services.fleet.ingest_metrics import IngestMetrics, scrape
+from services.fleet.replication import ReplicaLag
 from services.ingest.quarantine.read import ReasonSummary, reason_summary
 from services.registry.models import MAX_BIGINT
 
@@ -44,7 +47,7 @@ IngestHours = Annotated[
 
 
 def fleet_for(
-    conn: ConnDep, caller: Principal, project: int | None, stale_minutes: int
+    conn: psycopg.Connection, caller: Principal, project: int | None, stale_minutes: int
 ) -> fleet_health.FleetSummary:
     if project is not None:
         visible_project(conn, caller, project)
@@ -65,7 +68,7 @@ def fleet_for(
     "firmware, battery and signal",
 )
 def get_fleet(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: FleetReader,
     project: ProjectFilter = None,
     stale_minutes: StaleMinutes = DEFAULT_STALE_MINUTES,
@@ -81,7 +84,7 @@ def get_fleet(
     summary="One device's state, its metrics over the window (bucketed) and reporting history",
 )
 def get_device_telemetry(
-    item_id: ItemId, conn: ConnDep, caller: FleetReader, window: WindowDep
+    item_id: ItemId, conn: ReadConnDep, caller: FleetReader, window: WindowDep
 ) -> fleet_health.DeviceTelemetry:
     device = fleet_health.device_detail(conn, item_id, caller.customer_scope)
     return fleet_health.device_telemetry(conn, device, window.since, window.until)
@@ -103,11 +106,20 @@ class IngestHealth(BaseModel):
     ingest_metrics: IngestMetrics = Field(
         description="the ingest process's own counters (duplicates absorbed, …), if reachable"
     )
+    replica: ReplicaLag = Field(
+        description="how far the read replica these figures come from trails the primary"
+    )
 
 
-def ingest_health_for(
-    request: Request, conn: ConnDep, minutes: int, hours: int, now: datetime | None = None
+def ingest_health_for(  # noqa: PLR0917 - the request's two connections and its choices
+    request: Request,
+    conn: psycopg.Connection,
+    primary: psycopg.Connection,
+    minutes: int,
+    hours: int,
+    now: datetime | None = None,
 ) -> IngestHealth:
+    """Read on *conn* (the replica when it serves); the replica's lag against *primary*."""
     now = now or datetime.now(UTC)
     since = now - timedelta(hours=hours)
     reasons = reason_summary(conn, since, now)
@@ -120,6 +132,7 @@ def ingest_health_for(
         completeness=ingest_health.completeness(conn, since, now),
         completeness_since=since,
         ingest_metrics=scrape(request.app.state.settings),
+        replica=lag_of(request.app.state.reads, primary),
     )
 
 
@@ -133,8 +146,9 @@ def ingest_health_for(
 )
 def get_ingest_health(
     request: Request,
-    conn: ConnDep,
+    conn: ReadConnDep,
+    primary: ConnDep,
     minutes: RecentMinutes = DEFAULT_RECENT_MINUTES,
     hours: IngestHours = DEFAULT_INGEST_HOURS,
 ) -> IngestHealth:
-    return ingest_health_for(request, conn, minutes, hours)
+    return ingest_health_for(request, conn, primary, minutes, hours)

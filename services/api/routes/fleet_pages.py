@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from services.accounts.roles import Permission, Principal
 from services.api.auth import require
-from services.api.deps import ConnDep
+from services.api.deps import ConnDep, ReadConnDep
 from services.api.pages_support import (
     DaysQuery,
     MomentQuery,
@@ -57,7 +57,7 @@ def device_window(
 @router.get("/dashboards/fleet", response_class=HTMLResponse)
 def fleet_page(
     request: Request,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: FleetReader,
     project: ProjectFilter = None,
     stale_minutes: StaleMinutes = DEFAULT_STALE_MINUTES,
@@ -85,7 +85,7 @@ def fleet_page(
 def device_page(
     request: Request,
     device_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: FleetReader,
     window: Annotated[PageWindow, Depends(device_window)],
 ) -> HTMLResponse:
@@ -105,14 +105,15 @@ def device_page(
 
 
 @router.get("/dashboards/ingest", response_class=HTMLResponse)
-def ingest_page(
+def ingest_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     request: Request,
-    conn: ConnDep,
+    conn: ReadConnDep,
+    primary: ConnDep,
     caller: IngestReader,
     minutes: RecentMinutes = DEFAULT_RECENT_MINUTES,
     hours: IngestHours = DEFAULT_INGEST_HOURS,
 ) -> HTMLResponse:
-    ingest = ingest_health_for(request, conn, minutes, hours)
+    ingest = ingest_health_for(request, conn, primary, minutes, hours)
     return render(
         request,
         conn,

@@ -31,7 +31,7 @@ from services.analytics.recommend import AnalyticsThresholds, rule_texts, rules
 from services.analytics.report import CustomerReport, render_html
 from services.analytics.usage import daily_usage
 from services.api.auth import AudienceQuery, audience_of, require, visible_project
-from services.api.deps import ConnDep, ThresholdsDep
+from services.api.deps import ConnDep, ReadConnDep, ThresholdsDep
 from services.api.pages_support import PageWindow, PageWindowDep, home_of, render
 from services.api.routes.crud import ItemId
 from services.core.errors import FieldtrackError
@@ -53,7 +53,7 @@ CUSTOMER_VIEW = set(CustomerView.model_fields)
 
 
 def _analytics(
-    conn: ConnDep,
+    conn: psycopg.Connection,
     caller: Principal,
     window: PageWindow,
     project_ids: list[int],
@@ -118,7 +118,7 @@ def home(caller: Annotated[Principal, Depends(require(kind="page"))]) -> Respons
 @router.get("/dashboards/customers", response_class=HTMLResponse)
 def customers_page(
     request: Request,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: Reader,
     window: PageWindowDep,
     t: ThresholdsDep,
@@ -147,7 +147,7 @@ def customers_page(
 def customer_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     request: Request,
     customer_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: Reader,
     window: PageWindowDep,
     t: ThresholdsDep,
@@ -170,7 +170,7 @@ def customer_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
 @router.get("/dashboards/customers/{customer_id}/report", response_class=HTMLResponse)
 def customer_report(  # noqa: PLR0917 - FastAPI reads each as a parameter
     customer_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: UsageReader,
     window: PageWindowDep,
     t: ThresholdsDep,
@@ -200,7 +200,7 @@ def customer_report(  # noqa: PLR0917 - FastAPI reads each as a parameter
 def project_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     request: Request,
     project_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: UsageReader,
     window: PageWindowDep,
     t: ThresholdsDep,
@@ -283,7 +283,7 @@ def decide(  # noqa: PLR0917 - FastAPI reads each form field as a parameter
 @router.get("/dashboards/portfolio", response_class=HTMLResponse)
 def portfolio_page(  # noqa: PLR0917 - FastAPI reads each as a parameter
     request: Request,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: PortfolioReader,
     window: PageWindowDep,
     t: ThresholdsDep,

@@ -7,7 +7,7 @@ from fastapi import Depends
 from services.accounts.roles import Permission, Principal
 from services.analytics.usage import DailyUsage, ProjectUsage, daily_usage, project_usage
 from services.api.auth import require, visible_project
-from services.api.deps import ConnDep, UsageWindowDep
+from services.api.deps import ReadConnDep, UsageWindowDep
 from services.api.errors import NOT_FOUND
 from services.api.routes.crud import ItemId, crud_router
 from services.registry import models
@@ -29,7 +29,7 @@ router = crud_router(
 )
 def get_project_usage(
     item_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: Annotated[Principal, Depends(require(Permission.READ_USAGE))],
     window: UsageWindowDep,
 ) -> ProjectUsage:
@@ -47,7 +47,7 @@ def get_project_usage(
 )
 def get_daily_usage(
     item_id: ItemId,
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: Annotated[Principal, Depends(require(Permission.READ_USAGE))],
     window: UsageWindowDep,
 ) -> list[DailyUsage]:
