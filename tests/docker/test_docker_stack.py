@@ -264,8 +264,20 @@ def test_the_first_admin_sees_the_simulated_fleet_and_the_pages(stack: Stack) ->
             page = browser.get(path)
             assert page.status_code == 200, (path, page.status_code)
             assert f"<title>{title}</title>" in page.text, path
-        health = browser.get("/ingest/health").json()
+        health = _wait_for_messages(browser)
         assert health["recent"]["messages"] > 0, health
+
+
+def _wait_for_messages(browser: Browser, timeout: float = 90) -> dict[str, Any]:
+    """Ingest health once the fleet's telemetry (not only its births) reached the database."""
+    deadline = time.monotonic() + timeout
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        health = browser.get("/ingest/health").json()
+        if health["recent"]["messages"] > 0:
+            break
+        time.sleep(2)
+    return health
 
 
 def _wait_for_fleet(browser: Browser, timeout: float = 90) -> dict[str, Any]:
