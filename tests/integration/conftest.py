@@ -176,6 +176,11 @@ class Project:
 @pytest.fixture
 def project(conn: psycopg.Connection, unique: str) -> Project:
     """A customer with one project and one delivered feature."""
+    return make_project(conn, unique)
+
+
+def make_project(conn: psycopg.Connection, unique: str) -> Project:
+    """A customer with one project and one delivered feature, named after *unique*."""
     customer_id = registry.upsert_customer(
         conn, f"Customer {unique}", "waist", "retail", "adoption"
     )

@@ -40,7 +40,7 @@ from services.infra.system import run
 from services.registry import upserts as registry
 from services.registry.upserts import DeviceCredential
 from tests import PROJECT_ROOT
-from tests.integration.conftest import scratch_database
+from tests.integration.conftest import make_project, scratch_database
 
 # --- payloads -----------------------------------------------------------------------------
 
@@ -107,30 +107,8 @@ class Fleet:
 
 def create_project(conn: psycopg.Connection, token: str) -> tuple[int, str]:
     """A customer, a project and one delivered feature; returns (project id, feature key)."""
-    customer_id = registry.upsert_customer(conn, f"Customer {token}", "waist", "retail", "adoption")
-    project_id = registry.upsert_project(
-        conn,
-        customer_id,
-        f"Project {token}",
-        contract_value=1000,
-        currency="EUR",
-        go_live_date=None,
-        status="live",
-    )
-    feature_key = f"feature_{token}"
-    feature_id = registry.upsert_feature(conn, feature_key, f"Feature {token}", "test", None)
-    registry.upsert_delivery(
-        conn,
-        project_id,
-        feature_id,
-        status="delivered",
-        delivered_on=None,
-        cost_person_days=3,
-        contract_line_value=500,
-        business_score=3,
-        strategic=False,
-    )
-    return project_id, feature_key
+    made = make_project(conn, token)
+    return made.id, made.feature_key
 
 
 def connect_devices(

@@ -310,9 +310,10 @@ def test_a_quarantine_flood_fires_one_alert_naming_the_reason_and_the_device(
 @pytest.fixture
 def silent_to(
     settings: Settings, conn: psycopg.Connection, project: Project, unique: str
-) -> Callable[[WebhookSink], store.AlertRule]:
+) -> Iterator[Callable[[WebhookSink], store.AlertRule]]:
     """The project's own silence rule notifying a webhook, its project silent for an hour and
-    evaluated: one firing alert, its notification owed."""
+    evaluated: one firing alert, its notification owed. The rule is disabled afterwards."""
+    made: list[store.AlertRule] = []
 
     def make(webhook: WebhookSink) -> store.AlertRule:
         hook = store.create_channel(
@@ -327,9 +328,12 @@ def silent_to(
         rule = store.create_rule(conn, body, ADMIN)
         _heard(conn, project.id, datetime.now(UTC) - timedelta(hours=1))
         evaluate(conn, settings, datetime.now(UTC), frozenset({RuleKind.PROJECT_SILENT}))
+        made.append(rule)
         return rule
 
-    return make
+    yield make
+    for rule in made:
+        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), ADMIN)
 
 
 def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
@@ -339,35 +343,32 @@ def test_a_failing_webhook_is_retried_with_backoff_then_listed_dead(
     webhook: WebhookSink,
 ) -> None:
     rule = silent_to(webhook)
-    try:
-        now = datetime.now(UTC)
-        webhook.failures = [500] * MAX_ATTEMPTS
-        [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
-        waits = []
-        at = now
-        for _ in range(MAX_ATTEMPTS):
-            deliver_due(conn, local(settings), at)
-            [notification] = store.list_notifications(conn, alert_id=notification.alert_id)
-            waits.append(notification.next_attempt_at - at)
-            at = notification.next_attempt_at
-        assert notification.state == "dead"
-        assert notification.attempts == MAX_ATTEMPTS
-        assert "HTTP 500" in (notification.last_error or "")
-        # each wait doubles from 15 s, capped at 30 minutes
-        assert [round(w.total_seconds()) for w in waits[:-1]] == [
-            min(15 * 2**i, 1800) for i in range(MAX_ATTEMPTS - 1)
-        ]
-        assert webhook.deliveries == []
-        dead = store.list_notifications(conn, state=NotificationState.DEAD)
-        assert notification.id in {n.id for n in dead}
-        # re-queued by hand, it goes out once the receiver answers
-        store.retry_notification(conn, notification.id)
-        deliver_due(conn, local(settings), datetime.now(UTC))
-        assert [d.json["event"] for d in webhook.deliveries] == ["fired"]
-        with pytest.raises(NotFoundError):
-            store.retry_notification(conn, notification.id)  # no longer dead
-    finally:
-        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), ADMIN)
+    now = datetime.now(UTC)
+    webhook.failures = [500] * MAX_ATTEMPTS
+    [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
+    waits = []
+    at = now
+    for _ in range(MAX_ATTEMPTS):
+        deliver_due(conn, local(settings), at)
+        [notification] = store.list_notifications(conn, alert_id=notification.alert_id)
+        waits.append(notification.next_attempt_at - at)
+        at = notification.next_attempt_at
+    assert notification.state == "dead"
+    assert notification.attempts == MAX_ATTEMPTS
+    assert "HTTP 500" in (notification.last_error or "")
+    # each wait doubles from 15 s, capped at 30 minutes
+    assert [round(w.total_seconds()) for w in waits[:-1]] == [
+        min(15 * 2**i, 1800) for i in range(MAX_ATTEMPTS - 1)
+    ]
+    assert webhook.deliveries == []
+    dead = store.list_notifications(conn, state=NotificationState.DEAD)
+    assert notification.id in {n.id for n in dead}
+    # re-queued by hand, it goes out once the receiver answers
+    store.retry_notification(conn, notification.id)
+    deliver_due(conn, local(settings), datetime.now(UTC))
+    assert [d.json["event"] for d in webhook.deliveries] == ["fired"]
+    with pytest.raises(NotFoundError):
+        store.retry_notification(conn, notification.id)  # no longer dead
 
 
 def _heard(conn: psycopg.Connection, project_id: int, at: datetime) -> int:
@@ -504,15 +505,12 @@ def test_a_webhook_to_a_private_address_is_refused_unless_allowed(
     webhook: WebhookSink,
 ) -> None:
     rule = silent_to(webhook)
-    try:
-        now = datetime.now(UTC)
-        deliver_due(conn, settings.alerts, now)  # the default: private addresses refused
-        [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
-        assert notification.state == "pending"
-        assert "refused: 127.0.0.1 is a private or local address" in (notification.last_error or "")
-        assert webhook.deliveries == []
-    finally:
-        store.update_rule(conn, rule.id, store.RuleUpdate(enabled=False), ADMIN)
+    now = datetime.now(UTC)
+    deliver_due(conn, settings.alerts, now)  # the default: private addresses refused
+    [notification] = store.list_notifications(conn, alert_id=_open_alert(conn, rule.id))
+    assert notification.state == "pending"
+    assert "refused: 127.0.0.1 is a private or local address" in (notification.last_error or "")
+    assert webhook.deliveries == []
 
 
 def test_an_alert_follows_its_rule_across_an_override_and_closes_when_the_rule_goes_off(
