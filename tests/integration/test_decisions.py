@@ -85,7 +85,11 @@ def test_evidence_is_frozen_and_after_shows_usage_since(
 ) -> None:
     key = project.feature_key
     fleet = Fleet(conn, project.id, f"dec-{unique}", 4)
-    decided_at = datetime.now(UTC) - timedelta(days=3)
+    # At 06:00: the first report, 36 h before, falls on a day whose midnight (where a feature
+    # with no go-live is live from) is before the 2-day window, whatever time the test runs.
+    decided_at = (datetime.now(UTC) - timedelta(days=3)).replace(
+        hour=6, minute=0, second=0, microsecond=0
+    )
     # Before the decision (2-day evidence window): 4 devices report, 2 use the feature.
     fleet.send(
         [
