@@ -21,7 +21,7 @@ import psycopg
 from pydantic import SecretStr
 
 from bench import PROJECT_ROOT
-from services.core.broker_admin import BrokerAdmin
+from services.core.identities import open_identities
 from services.core.migrate import migrate
 from services.core.settings import Settings
 from services.infra.local import ADMIN_USER, INGEST_USER, LocalServices
@@ -135,12 +135,7 @@ def bench_data(
         probe_serial = f"bench-{token}-probe"
         ceiling_serials = [f"bench-{token}-c{i}" for i in range(CEILING_PUBLISHERS)]
         c_serials = [f"bench-{token}-p{i}" for i in range(CEILING_PUBLISHERS)]
-        admin = BrokerAdmin(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_admin_username,
-            settings.mqtt_admin_password.get_secret_value(),
-        )
+        admin = open_identities(settings)
         with admin, psycopg.connect(url, autocommit=True) as conn:
             project_id = _project(conn, "load")
             probe_project = _project(conn, "probe")

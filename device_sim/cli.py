@@ -113,7 +113,7 @@ def seed_scenario(
 
     from device_sim import scenario as scenario_mod
     from device_sim.seed import seed, write_credentials
-    from services.core.broker_admin import BrokerAdmin
+    from services.core.identities import open_identities
     from services.core.migrate import migrate
     from services.core.settings import get_settings
 
@@ -124,12 +124,7 @@ def seed_scenario(
     day = (end or datetime.now(UTC)).date()
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         if with_broker:
-            with BrokerAdmin(
-                settings.mqtt_host,
-                settings.mqtt_port,
-                settings.mqtt_admin_username,
-                settings.mqtt_admin_password.get_secret_value(),
-            ) as admin:
+            with open_identities(settings) as admin:
                 credentials = seed(conn, admin, loaded, day)
         else:
             credentials = seed(conn, None, loaded, day)

@@ -12,7 +12,7 @@ import psycopg
 
 from device_sim.generator import firmware_of
 from device_sim.scenario import Scenario, delivered_on, go_live, serials
-from services.core.broker_admin import BrokerAdmin
+from services.core.identities import DeviceIdentities
 from services.registry import upserts as registry
 from services.registry.upserts import DeviceCredential
 
@@ -21,7 +21,7 @@ CREDENTIAL_FIELDS = ("serial", "password", "project_id")
 
 def seed(
     conn: psycopg.Connection,
-    admin: BrokerAdmin | None,
+    admin: DeviceIdentities | None,
     scenario: Scenario,
     end: date | None = None,
 ) -> list[DeviceCredential]:

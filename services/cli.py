@@ -50,12 +50,14 @@ rollups_app = command_group("The rollups the analytics read.")
 quarantine_app = command_group("Messages ingest could not store.")
 alerts_app = alerts.app  # list, ack, rules … through the API; run and evaluate below
 retention_app = command_group("Deleting raw rows and quarantined messages past retention.")
+broker_app = command_group("The NATS cluster's fieldtrack services (FIELDTRACK_BROKER=nats).")
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(retention_app, name="retention")
+app.add_typer(broker_app, name="broker")
 app.add_typer(sim_app, name="sim")  # device_sim/cli.py
 for _registry in (customers, projects, features, deliveries, devices):
     app.add_typer(_registry.app, name=_registry.COMMANDS.plural)
@@ -93,6 +95,15 @@ def infra_up(
             "FIELDTRACK_LOCAL_PG_REPLICA_PORT, whose URL becomes FIELDTRACK_DATABASE_READ_URL",
         ),
     ] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="devices on a local NATS cluster instead of Mosquitto: three nodes with "
+            "JetStream and MQTT (ports FIELDTRACK_LOCAL_NATS_PORT and _NATS_MQTT_PORT, +0..2) "
+            "and fieldtrack's auth callout; kept until `infra down --cluster`",
+        ),
+    ] = False,
 ) -> None:
     """Install, build and start the local services (idempotent)."""
     from services.infra.local import LocalServices
@@ -100,7 +111,7 @@ def infra_up(
     services = LocalServices.from_env()
     console.print("[bold]fieldtrack infra up[/]")
     started = time.monotonic()
-    services.up(_report, replica=replica)
+    services.up(_report, replica=replica, cluster=cluster)
     console.print(f"ready in {time.monotonic() - started:.1f}s")
     _print_status(services)
 
@@ -115,14 +126,24 @@ def infra_down(
             "(reads go back to the primary, which keeps running)",
         ),
     ] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="only the NATS cluster: stop it and its auth callout and remove their data "
+            "(devices go back to Mosquitto)",
+        ),
+    ] = False,
 ) -> None:
     """Stop the local services (data is kept)."""
     from services.infra.local import LocalServices
 
     services = LocalServices.from_env()
+    if cluster:
+        services.remove_cluster(_report)
     if replica:
         services.remove_replica(_report)
-    else:
+    if not (cluster or replica):
         services.down(_report)
 
 
@@ -166,6 +187,17 @@ def broker_setup() -> None:
     for line in removed:
         console.print(f"[yellow]{escape(line)}[/]")
     console.print(f"broker {s.mqtt_host}:{s.mqtt_port} is set up for fieldtrack")
+
+
+@broker_app.command("auth")
+def broker_auth() -> None:
+    """Serve the cluster's auth callout: every device login is checked against the registry
+    (`infra up --cluster` runs one; run several for redundancy, they share the work)."""
+    from services.broker.callout import run
+    from services.core.settings import get_settings
+
+    _setup_logging()
+    run(get_settings())
 
 
 # --- db -----------------------------------------------------------------------
@@ -303,11 +335,13 @@ def ingest(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     service.start()
+    source = (
+        f"the NATS cluster {settings.nats.urls}"
+        if settings.broker == "nats"
+        else f"{settings.mqtt_host}:{settings.mqtt_port}"
+    )
     logging.getLogger("fieldtrack.ingest").info(
-        "ingest %s running against %s:%s",
-        settings.ingest_client_id,
-        settings.mqtt_host,
-        settings.mqtt_port,
+        "ingest %s running against %s", settings.ingest_client_id, source
     )
     # A bare wait() would not wake for the signal handler; a dead worker thread stops it too.
     while not stop.wait(0.5) and not service.failed.is_set():

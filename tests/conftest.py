@@ -16,6 +16,9 @@ os.environ["FIELDTRACK_STATE_DIR"] = os.environ.get(
 )
 os.environ.setdefault("FIELDTRACK_LOCAL_PG_PORT", "54339")
 os.environ.setdefault("FIELDTRACK_LOCAL_MQTT_PORT", "18840")
+# The NATS cluster's nodes (NATS 14240-14242, routes +2000, monitor +4000; MQTT 18871-18873).
+os.environ.setdefault("FIELDTRACK_LOCAL_NATS_PORT", "14240")
+os.environ.setdefault("FIELDTRACK_LOCAL_NATS_MQTT_PORT", "18871")
 # A developer's own `fieldtrack login` must never leak into the tests' CLI runs.
 os.environ["FIELDTRACK_CLI_CONFIG"] = str(Path(os.environ["FIELDTRACK_STATE_DIR"]) / "cli.env")
 

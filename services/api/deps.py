@@ -11,8 +11,8 @@ from fastapi import Depends, Query, Request
 from psycopg_pool import ConnectionPool
 
 from services.api.reads import ReadRouter, writer_key
-from services.core.broker_admin import BrokerAdmin
 from services.core.errors import InvalidInputError
+from services.core.identities import DeviceIdentities, open_identities
 from services.core.settings import Settings
 from services.core.thresholds import AnalyticsThresholds
 from services.core.windows import DEFAULT_WINDOW_DAYS, OPS_WINDOW_DAYS, Window
@@ -62,19 +62,15 @@ def get_read_conn(request: Request, primary: ConnDep) -> Iterator[psycopg.Connec
 ReadConnDep = Annotated[psycopg.Connection, Depends(get_read_conn, scope="function")]
 
 
-def get_broker_admin(request: Request) -> Iterator[BrokerAdmin]:
-    """A dynamic-security session for this request (provisioning is rare; keep it simple)."""
+def get_broker_admin(request: Request) -> Iterator[DeviceIdentities]:
+    """The broker's device identities for this request (provisioning is rare; keep it
+    simple)."""
     settings: Settings = request.app.state.settings
-    with BrokerAdmin(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        settings.mqtt_admin_username,
-        settings.mqtt_admin_password.get_secret_value(),
-    ) as admin:
+    with open_identities(settings) as admin:
         yield admin
 
 
-BrokerDep = Annotated[BrokerAdmin, Depends(get_broker_admin)]
+BrokerDep = Annotated[DeviceIdentities, Depends(get_broker_admin)]
 
 
 def get_thresholds(request: Request) -> AnalyticsThresholds:

@@ -375,6 +375,9 @@ class BrokerAdmin:
             tolerate=["not found"],
         )
 
+    def committed(self) -> None:
+        """Nothing left to do: dynamic security applied every change as it was made."""
+
 
 def setup_broker(
     *,

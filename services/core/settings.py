@@ -8,7 +8,7 @@ own TimescaleDB and broker sets the connection values and skips the local servic
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +75,50 @@ class AlertSettings(BaseModel):
     )
 
 
+class NatsSettings(BaseModel):
+    """The NATS cluster, when `broker` is `nats`: devices speak MQTT to any node; fieldtrack's
+    own processes speak NATS to the cluster."""
+
+    urls: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="comma-separated nats:// URLs of the cluster's nodes (any one suffices)",
+    )
+    auth_username: str = "fieldtrack-auth"
+    auth_password: SecretStr | None = Field(
+        default=None, description="the auth-callout service's own account (AUTH)"
+    )
+    issuer_seed: SecretStr | None = Field(
+        default=None,
+        description="account nkey seed (SA…) that signs the device identities the callout "
+        "grants; its public key is the `issuer` in every node's auth_callout block",
+    )
+    system_username: str = "fieldtrack-sys"
+    system_password: SecretStr | None = Field(
+        default=None, description="system account: finds and disconnects a revoked device"
+    )
+    consumer: str = Field(
+        default="fieldtrack-ingest",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="durable JetStream consumer every ingest process shares",
+    )
+
+    def url_list(self) -> list[str]:
+        return [url.strip() for url in self.urls.split(",") if url.strip()]
+
+    def require(self) -> None:
+        """The callout and revocation cannot work without their secrets: fail at start."""
+        missing = [
+            f"FIELDTRACK_NATS__{name.upper()}"
+            for name in ("auth_password", "issuer_seed", "system_password")
+            if getattr(self, name) is None
+        ]
+        if missing:
+            raise ConfigError(
+                f"broker is nats but {', '.join(missing)} is not set; run "
+                "`fieldtrack infra up --cluster` for the local cluster"
+            )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FIELDTRACK_",
@@ -94,6 +138,17 @@ class Settings(BaseSettings):
     )
     db_pool_min: Annotated[int, Field(ge=1, le=64)] = 1
     db_pool_max: Annotated[int, Field(ge=1, le=256)] = 8
+
+    broker: Literal["mosquitto", "nats"] = Field(
+        default="mosquitto",
+        description="mosquitto: one broker, device identities in its dynamic security; nats: a "
+        "NATS cluster, devices authenticated by fieldtrack's auth callout, ingest consuming "
+        "the cluster's replicated MQTT stream",
+    )
+    nats: NatsSettings = Field(
+        default_factory=NatsSettings,
+        description="FIELDTRACK_NATS__<NAME>, e.g. FIELDTRACK_NATS__URLS=nats://n1:4222,nats://n2:4222",
+    )
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: Annotated[int, Field(ge=1, le=65535)] = 1883

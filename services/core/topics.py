@@ -90,3 +90,34 @@ def _parse_topic(topic: str) -> DeviceTopic | None:
 
 
 _parse_cached = lru_cache(maxsize=16_384)(_parse_topic)
+
+
+# A NATS server with MQTT enabled turns an MQTT topic into a subject: levels are separated by
+# `.`, and a `.` inside a level becomes `//` (https://docs.nats.io/running-a-nats-service/
+# configuration/mqtt). Permissions and the ingest consumer's filter are written in subjects.
+NATS_MQTT_STREAM_PREFIX = "$MQTT.msgs."
+
+
+def nats_subject(topic: str) -> str:
+    """The NATS subject an MQTT topic (or filter: `+` and `#` map to `*` and `>`) becomes."""
+    levels = topic.split("/")
+    mapped = ["*" if lv == "+" else ">" if lv == "#" else lv.replace(".", "//") for lv in levels]
+    return ".".join(mapped)
+
+
+def mqtt_topic(subject: str) -> str:
+    """The MQTT topic a NATS subject published from MQTT came from (inverse of nats_subject)."""
+    return "/".join(token.replace("//", ".") for token in subject.split("."))
+
+
+def nats_client_id(serial: str) -> str:
+    """A device's MQTT client id on a NATS cluster: NATS refuses `.` in client ids, so each is
+    written `~` (no serial has a `~`, so no two devices share a client id). On Mosquitto the
+    client id is the serial itself."""
+    return serial.replace(".", "~")
+
+
+def nats_ingest_filter() -> str:
+    """What ingest's JetStream consumer takes from the cluster's MQTT message stream: every
+    device topic, as the server stored it before acknowledging the device's PUBLISH."""
+    return NATS_MQTT_STREAM_PREFIX + nats_subject(f"{TOPIC_ROOT}/#")

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from services.core.broker_admin import setup_broker
 from services.core.errors import InfraError
+from services.core.nats_jwt import new_account_seed, public_key
 from services.core.paths import local_env_file, state_dir
 from services.infra import timescale
+from services.infra.callout_process import CalloutProcess
 from services.infra.mosquitto import QUOTA_BUILD_PACKAGES, LocalMosquitto, port_open
+from services.infra.nats import ClusterSecrets, LocalNatsCluster
 from services.infra.postgres import LocalPostgres
 from services.infra.system import Reporter, ensure_packages
 
@@ -20,9 +23,23 @@ RUNTIME_PACKAGES = ("postgresql-15", "mosquitto", "mosquitto-clients", *QUOTA_BU
 DEFAULT_PG_PORT = 54329  # away from a system PostgreSQL on 5432
 DEFAULT_MQTT_PORT = 18830  # away from a system Mosquitto on 1883
 DEFAULT_PG_REPLICA_PORT = 54330
+DEFAULT_NATS_PORT = 14222  # the cluster's nodes: 14222-14224 (routes +2000, monitor +4000)
+DEFAULT_NATS_MQTT_PORT = 18841  # their MQTT listeners: 18841-18843
+AUTH_USER = "fieldtrack-auth"
+SYSTEM_USER = "fieldtrack-sys"
 ADMIN_USER = "fieldtrack-admin"
 INGEST_USER = "fieldtrack-ingest"
-SECRET_KEYS = ("DB_PASSWORD", "MQTT_ADMIN_PASSWORD", "MQTT_INGEST_PASSWORD", "SESSION_SECRET")
+SECRET_KEYS = (
+    "DB_PASSWORD",
+    "MQTT_ADMIN_PASSWORD",
+    "MQTT_INGEST_PASSWORD",
+    "SESSION_SECRET",
+    "NATS_AUTH_PASSWORD",
+    "NATS_SYSTEM_PASSWORD",
+    "NATS_ISSUER_SEED",
+)
+# Not a random string but an nkey seed: the auth callout's signing key.
+NKEY_SECRETS = frozenset({"NATS_ISSUER_SEED"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,8 @@ class LocalServices:
     pg_port: int
     mqtt_port: int
     pg_replica_port: int = DEFAULT_PG_REPLICA_PORT
+    nats_port: int = DEFAULT_NATS_PORT
+    nats_mqtt_port: int = DEFAULT_NATS_MQTT_PORT
 
     @classmethod
     def from_env(cls) -> LocalServices:
@@ -40,6 +59,10 @@ class LocalServices:
             mqtt_port=int(os.environ.get("FIELDTRACK_LOCAL_MQTT_PORT", DEFAULT_MQTT_PORT)),
             pg_replica_port=int(
                 os.environ.get("FIELDTRACK_LOCAL_PG_REPLICA_PORT", DEFAULT_PG_REPLICA_PORT)
+            ),
+            nats_port=int(os.environ.get("FIELDTRACK_LOCAL_NATS_PORT", DEFAULT_NATS_PORT)),
+            nats_mqtt_port=int(
+                os.environ.get("FIELDTRACK_LOCAL_NATS_MQTT_PORT", DEFAULT_NATS_MQTT_PORT)
             ),
         )
 
@@ -55,6 +78,15 @@ class LocalServices:
     @property
     def mosquitto(self) -> LocalMosquitto:
         return LocalMosquitto(self.root / "mosquitto", self.mqtt_port)
+
+    @property
+    def cluster(self) -> LocalNatsCluster:
+        """The NATS cluster `infra up --cluster` runs instead of Mosquitto for devices."""
+        return LocalNatsCluster(self.root / "nats", self.nats_port, self.nats_mqtt_port)
+
+    @property
+    def callout(self) -> CalloutProcess:
+        return CalloutProcess(self.root / "nats")
 
     @property
     def secrets_file(self) -> Path:
@@ -74,7 +106,12 @@ class LocalServices:
                     values[key] = value
         missing = [key for key in SECRET_KEYS if key not in values]
         if missing:
-            values.update({key: secrets.token_urlsafe(32) for key in missing})
+            values.update(
+                {
+                    key: new_account_seed() if key in NKEY_SECRETS else secrets.token_urlsafe(32)
+                    for key in missing
+                }
+            )
             self._write_private(
                 self.secrets_file, "".join(f"{k}={values[k]}\n" for k in SECRET_KEYS)
             )
@@ -97,14 +134,28 @@ class LocalServices:
             if replica.running()
             else ""
         )
+        cluster = self.cluster
+        broker = (
+            "FIELDTRACK_BROKER=nats\n"
+            f"FIELDTRACK_NATS__URLS={cluster.urls}\n"
+            f"FIELDTRACK_NATS__AUTH_USERNAME={AUTH_USER}\n"
+            f"FIELDTRACK_NATS__AUTH_PASSWORD={values['NATS_AUTH_PASSWORD']}\n"
+            f"FIELDTRACK_NATS__SYSTEM_USERNAME={SYSTEM_USER}\n"
+            f"FIELDTRACK_NATS__SYSTEM_PASSWORD={values['NATS_SYSTEM_PASSWORD']}\n"
+            f"FIELDTRACK_NATS__ISSUER_SEED={values['NATS_ISSUER_SEED']}\n"
+            f"FIELDTRACK_MQTT_NODES={cluster.mqtt_nodes}\n"
+            "FIELDTRACK_MQTT_HOST=127.0.0.1\n"
+            f"FIELDTRACK_MQTT_PORT={cluster.nodes[0].mqtt_port}\n"
+            if cluster.initialised()
+            else f"FIELDTRACK_MQTT_HOST=127.0.0.1\nFIELDTRACK_MQTT_PORT={self.mqtt_port}\n"
+        )
         self._write_private(
             path,
             "# written by `fieldtrack infra up`; environment variables override these\n"
             f"FIELDTRACK_DATABASE_URL={self.postgres.app_url(values['DB_PASSWORD'])}\n"
             + reads
-            + "FIELDTRACK_MQTT_HOST=127.0.0.1\n"
-            f"FIELDTRACK_MQTT_PORT={self.mqtt_port}\n"
-            f"FIELDTRACK_MQTT_ADMIN_USERNAME={ADMIN_USER}\n"
+            + broker
+            + f"FIELDTRACK_MQTT_ADMIN_USERNAME={ADMIN_USER}\n"
             f"FIELDTRACK_MQTT_ADMIN_PASSWORD={values['MQTT_ADMIN_PASSWORD']}\n"
             f"FIELDTRACK_MQTT_INGEST_USERNAME={INGEST_USER}\n"
             f"FIELDTRACK_MQTT_INGEST_PASSWORD={values['MQTT_INGEST_PASSWORD']}\n"
@@ -129,9 +180,9 @@ class LocalServices:
             version = timescale.ensure_timescaledb(self.build_cache / "timescaledb", report)
             report(f"TimescaleDB {version}: built and installed")
 
-    def up(self, report: Reporter, *, replica: bool = False) -> None:
+    def up(self, report: Reporter, *, replica: bool = False, cluster: bool = False) -> None:
         """Install, build, initialise and start whatever is missing (with *replica*, the read
-        replica too); idempotent."""
+        replica too; with *cluster*, the NATS cluster and its auth callout); idempotent."""
         self.install(report)
         values = self.load_secrets()
 
@@ -168,8 +219,32 @@ class LocalServices:
             report(f"broker: {line}")
         if replica:
             self.start_replica(report)
+        if cluster or self.cluster.initialised():
+            self.cluster.up(self.cluster_secrets(values), report)
         env_file = self.write_env_file(values)
         report(f"connection settings written to {env_file}")
+        if self.cluster.running() and self.callout.start():
+            report(f"auth callout started (log {self.callout.logfile})")
+
+    def cluster_secrets(self, values: dict[str, str]) -> ClusterSecrets:
+        return ClusterSecrets(
+            auth_user=AUTH_USER,
+            auth_password=values["NATS_AUTH_PASSWORD"],
+            ingest_user=INGEST_USER,
+            ingest_password=values["MQTT_INGEST_PASSWORD"],
+            system_user=SYSTEM_USER,
+            system_password=values["NATS_SYSTEM_PASSWORD"],
+            issuer=public_key(values["NATS_ISSUER_SEED"]),
+        )
+
+    def remove_cluster(self, report: Reporter) -> None:
+        """Stop the NATS cluster and its callout and remove their data; devices go back to
+        Mosquitto."""
+        if self.callout.stop():
+            report("auth callout stopped")
+        self.cluster.remove(report)
+        if local_env_file().exists():
+            self.write_env_file(self.load_secrets())
 
     def start_replica(self, report: Reporter) -> None:
         """Make the read replica from the running primary if there is none, and start it."""
@@ -197,6 +272,9 @@ class LocalServices:
             self.write_env_file(self.load_secrets())
 
     def down(self, report: Reporter) -> None:
+        if self.callout.stop():
+            report("auth callout stopped")
+        self.cluster.down(report)
         if self.mosquitto.stop():
             report("Mosquitto stopped")
         else:
@@ -242,6 +320,7 @@ class LocalServices:
                 "address": f"127.0.0.1:{mq.port} (MQTT, no anonymous access)",
                 "detail": f"config {mq.config}; log {mq.logfile}",
             },
+            *self._cluster_rows(),
             {
                 "service": "connection settings",
                 "state": "written" if local_env_file().exists() else "missing (run infra up)",
@@ -249,3 +328,27 @@ class LocalServices:
                 "detail": str(local_env_file()),
             },
         ]
+
+    def _cluster_rows(self) -> list[dict[str, str]]:
+        cluster = self.cluster
+        if not cluster.initialised():
+            return []
+        rows = [
+            {
+                "service": f"NATS {node.name}",
+                "state": f"running, pid {pid}" if (pid := node.pid()) else "stopped",
+                "address": f"127.0.0.1:{node.client_port} (NATS), {node.mqtt_port} (MQTT)",
+                "detail": f"config {node.config}; log {node.logfile}",
+            }
+            for node in cluster.nodes
+        ]
+        pid = self.callout.pid()
+        rows.append(
+            {
+                "service": "NATS auth callout",
+                "state": f"running, pid {pid}" if pid else "stopped",
+                "address": "",
+                "detail": f"log {self.callout.logfile}",
+            }
+        )
+        return rows

@@ -27,6 +27,7 @@ class RawMessage(NamedTuple):
     historical: bool = False  # bulk-imported history: device time, not receipt, is "last seen"
     decoded: Accepted | Rejected | None = None  # decoded on receipt (None: the writer decodes)
     origin: str | None = None  # where an imported record came from ("line 7"): in its detail
+    ack: str | None = None  # a NATS cluster's acknowledgement subject for this message
 
 
 @dataclass

@@ -45,6 +45,7 @@ from services.core.settings import Settings, check_ingest_client_id
 from services.core.topics import shared_subscription
 from services.ingest.batch import BatchResult, RawMessage
 from services.ingest.directory import DeviceDirectory
+from services.ingest.jetstream import JetStreamSource
 from services.ingest.retention import RetentionSchedule
 from services.ingest.store import NOT_TRANSIENT, store_batch, store_isolating
 
@@ -174,6 +175,18 @@ class IngestService:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish_raw = self._on_publish
+        # On a NATS cluster ingest reads the replicated MQTT stream instead of subscribing.
+        self._jetstream = (
+            JetStreamSource(
+                settings,
+                self._on_stream_message,
+                self._queue.qsize,
+                self._connected,
+                on_death=self._source_died,
+            )
+            if settings.broker == "nats"
+            else None
+        )
         self._writer = threading.Thread(
             target=self._guarded, args=(self._write_loop,), name="ingest-writer", daemon=True
         )
@@ -239,6 +252,27 @@ class IngestService:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """paho's route, for what the fast reader leaves to paho (QoS 2, never subscribed)."""
         self._on_publish(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain))
+
+    def _on_stream_message(self, topic: str, payload: bytes, ack: str) -> None:
+        """The JetStream source's route (a NATS cluster): acknowledged by its ack subject."""
+        if self._stop.is_set():
+            return  # left unacknowledged: the stream delivers it again
+        received = datetime.now(UTC)
+        decoded = None
+        try:
+            if len(payload) > EARLY_DECODE_BYTES:
+                decoded = decode(topic, payload, now=received, max_future_skew=self._skew)
+            self._queue.put_nowait(
+                RawMessage(topic, payload, received, 0, 1, decoded=decoded, ack=ack)
+            )
+        except Exception:  # never into the fetch loop: the message just comes again
+            log.exception("could not enqueue a message from %.200s", topic)
+
+    def _source_died(self) -> None:
+        """The JetStream fetcher is gone: like a dead worker thread, the process must stop."""
+        self._dead.add("ingest-jetstream")
+        self._stop.set()
+        self.failed.set()
 
     # --- worker threads: a dead one stops the process --------------------------
 
@@ -364,6 +398,9 @@ class IngestService:
             )
 
     def _acknowledge(self, batch: list[RawMessage]) -> None:
+        if self._jetstream is not None:
+            self._jetstream.acknowledge([raw.ack for raw in batch if raw.ack is not None])
+            return
         generation = self._generation
         # A message from an earlier connection is redelivered by the broker on this one;
         # acking its old mid here would acknowledge some other message.
@@ -435,6 +472,8 @@ class IngestService:
             key: "alive" if thread.is_alive() and thread.name not in self._dead else "dead"
             for key, thread in threads.items()
         }
+        if self._jetstream is not None:
+            state["jetstream"] = "alive" if self._jetstream.alive() else "dead"
         alive = all(value == "alive" for value in state.values())
         return alive, {
             "status": "ok" if alive else "failed",
@@ -473,6 +512,9 @@ class IngestService:
                 self._http = _serve_http(host, port, self._http_app(make_wsgi_app()))
             except OSError as exc:
                 log.error("metrics endpoint not started on %s:%s: %s", host, port, exc)  # noqa: TRY400
+        if self._jetstream is not None:
+            self._jetstream.start()
+            return
         self._client.connect_async(
             self._settings.mqtt_host, self._settings.mqtt_port, self._settings.ingest_keepalive_s
         )
@@ -487,8 +529,11 @@ class IngestService:
         self._writer.join(SHUTDOWN_FLUSH_S + RETRY_MAX_S)
         self._listener.join(LISTEN_POLL_S + 1)
         self._retention.stop(RETENTION_STOP_S)
-        self._client.disconnect()
-        self._client.loop_stop()
+        if self._jetstream is not None:
+            self._jetstream.stop()
+        else:
+            self._client.disconnect()
+            self._client.loop_stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 from pydantic import BaseModel, Field, ValidationError
 
-from services.core.broker_admin import BrokerAdmin
 from services.core.errors import ConflictError, FieldtrackError, InvalidInputError
+from services.core.identities import DeviceIdentities
 from services.registry import models, provisioning
 from services.registry.repository import Resource, create_item
 from services.registry.resources import CUSTOMERS, DELIVERIES, DEVICES, FEATURES, PROJECTS
@@ -211,7 +211,7 @@ def import_csv(conn: psycopg.Connection, kind_name: str, text: str) -> ImportRep
 
 
 def import_devices(
-    conn: psycopg.Connection, admin: BrokerAdmin, text: str
+    conn: psycopg.Connection, admin: DeviceIdentities, text: str
 ) -> list[models.ProvisionedDevice]:
     """Provision every device in the file, or none; returns each password once."""
     kind = ImportKind(DEVICES, models.DeviceCreate)

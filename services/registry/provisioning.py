@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import psycopg
 from psycopg import sql
 
-from services.core.broker_admin import BrokerAdmin
 from services.core.db import translate_errors
 from services.core.errors import ConflictError, NotFoundError
-from services.registry import models
+from services.core.identities import DeviceIdentities
+from services.registry import credentials as device_credentials, models
 from services.registry.repository import get_item
 from services.registry.resources import DEVICES
 
@@ -49,9 +49,10 @@ def new_password() -> str:
 
 
 def provision(
-    conn: psycopg.Connection, admin: BrokerAdmin, devices: Sequence[models.DeviceCreate]
+    conn: psycopg.Connection, admin: DeviceIdentities, devices: Sequence[models.DeviceCreate]
 ) -> list[models.ProvisionedDevice]:
-    """Register devices and create their broker identities; all or nothing."""
+    """Register devices and create their broker identities; all or nothing. The password's
+    hash is kept in the registry too (the NATS auth callout checks it there)."""
     ids: list[int] = []
     passwords = [new_password() for _ in devices]
     with translate_errors(DEVICES), conn.transaction(), conn.cursor() as cur:
@@ -66,14 +67,17 @@ def provision(
                 ids.append(int(row[0]))
             if not cur.nextset():
                 break
-        admin.create_devices([(d.serial, p) for d, p in zip(devices, passwords, strict=True)])
+        pairs = [(d.serial, p) for d, p in zip(devices, passwords, strict=True)]
+        device_credentials.store(conn, pairs)
+        admin.create_devices(pairs)
+    admin.committed()
     return [
         models.ProvisionedDevice(device=get_item(conn, DEVICES, device_id), password=password)
         for device_id, password in zip(ids, passwords, strict=True)
     ]
 
 
-def revoke(conn: psycopg.Connection, admin: BrokerAdmin, device_id: int) -> models.Device:
+def revoke(conn: psycopg.Connection, admin: DeviceIdentities, device_id: int) -> models.Device:
     """Disable the device in the broker (it is disconnected at once) and mark it revoked.
     Its history stays. Revoking a revoked device changes nothing."""
     with conn.transaction():
@@ -81,22 +85,26 @@ def revoke(conn: psycopg.Connection, admin: BrokerAdmin, device_id: int) -> mode
         if conn.execute(REVOKE, (device_id,)).fetchone() is not None:
             conn.execute(MARK_OFFLINE, (device_id,))
             admin.disable_device(device.serial)
+    admin.committed()
     return get_item(conn, DEVICES, device_id)
 
 
 def rotate_credentials(
-    conn: psycopg.Connection, admin: BrokerAdmin, device_id: int
+    conn: psycopg.Connection, admin: DeviceIdentities, device_id: int
 ) -> models.ProvisionedDevice:
     """A new password; the old one stops working at once."""
     device = get_item(conn, DEVICES, device_id)
     if device.status is models.DeviceStatus.REVOKED:
         raise ConflictError(f"device {device_id} is revoked; its credentials cannot be rotated")
     password = new_password()
-    admin.set_device_password(device.serial, password)
+    with conn.transaction():
+        device_credentials.store(conn, [(device.serial, password)])
+        admin.set_device_password(device.serial, password)
+    admin.committed()
     return models.ProvisionedDevice(device=device, password=password)
 
 
-def delete(conn: psycopg.Connection, admin: BrokerAdmin, device_id: int) -> None:
+def delete(conn: psycopg.Connection, admin: DeviceIdentities, device_id: int) -> None:
     """Remove a device that never reported; one with history must be revoked instead."""
     with conn.transaction():
         device = get_item(conn, DEVICES, device_id)
@@ -107,6 +115,7 @@ def delete(conn: psycopg.Connection, admin: BrokerAdmin, device_id: int) -> None
             )
         conn.execute(sql.SQL("DELETE FROM devices WHERE id = %s"), (device_id,))
         admin.delete_device(device.serial)
+    admin.committed()
 
 
 def require_project(conn: psycopg.Connection, project_id: int) -> None:

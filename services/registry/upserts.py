@@ -14,8 +14,9 @@ from datetime import date
 
 import psycopg
 
-from services.core.broker_admin import BrokerAdmin
 from services.core.errors import FieldtrackError
+from services.core.identities import DeviceIdentities
+from services.registry import credentials as device_credentials
 from services.registry.provisioning import new_password
 
 
@@ -130,12 +131,12 @@ def upsert_delivery(
 
 def provision_devices(
     conn: psycopg.Connection,
-    admin: BrokerAdmin | None,
+    admin: DeviceIdentities | None,
     project_id: int,
     devices: Sequence[tuple[str, str | None, str | None]],
 ) -> list[DeviceCredential]:
     """Provision (serial, model, firmware) devices; existing ones of this project get new
-    credentials. Returns each password once; only the broker keeps a (hashed) copy.
+    credentials. Returns each password once; the broker and the registry keep a hash.
     Without a broker admin, only the registry rows are written (enough for history imports)."""
     serials = [serial for serial, _, _ in devices]
     with conn.transaction():
@@ -153,8 +154,12 @@ def provision_devices(
             )
             cur.executemany(REACTIVATE_DEVICE, [(m, f, s) for s, m, f in devices if s in existing])
         credentials = [DeviceCredential(serial, new_password(), project_id) for serial in serials]
+        pairs = [(c.serial, c.password) for c in credentials]
+        device_credentials.store(conn, pairs)
         if admin is not None:
-            admin.create_devices([(c.serial, c.password) for c in credentials])
+            admin.create_devices(pairs)
+    if admin is not None:
+        admin.committed()
     return credentials
 
 

