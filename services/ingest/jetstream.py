@@ -30,7 +30,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from services.core.settings import Settings
 from services.core.topics import NATS_MQTT_STREAM_PREFIX, mqtt_topic, nats_ingest_filter
@@ -53,6 +53,8 @@ RECONNECT_WAIT_S = 0.5
 # How many of a fetch's messages may wait in ingest's queue before it stops fetching.
 QUEUE_HIGH_WATER = 10_000
 STOP_TIMEOUT_S = 10.0
+LEADER_WAIT_S = 0.25
+DRAIN_TIMEOUT_S = 5
 
 Deliver = Callable[[str, bytes, str], None]  # topic, payload, ack subject
 
@@ -91,6 +93,8 @@ class JetStreamSource:
         self._stopping: asyncio.Event | None = None
         self._done = threading.Event()
         self.error: BaseException | None = None
+        self.fetches = 0  # pull requests answered (with messages or empty)
+        self.fetched = 0  # messages taken from the stream
 
     def start(self) -> None:
         self._thread.start()
@@ -129,6 +133,8 @@ class JetStreamSource:
             name="fieldtrack-ingest",
             max_reconnect_attempts=-1,
             reconnect_time_wait=RECONNECT_WAIT_S,
+            drain_timeout=DRAIN_TIMEOUT_S,
+            error_cb=_log_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
@@ -149,15 +155,26 @@ class JetStreamSource:
                         settings.ingest_batch_max, timeout=FETCH_TIMEOUT_S
                     )
                 except (NatsTimeoutError, TimeoutError):
+                    self.fetches += 1
                     continue  # nothing arrived within the fetch's wait (nats-py raises either)
+                except ServiceUnavailableError:
+                    # JetStream is electing the consumer's leader (a node just started or
+                    # died): the same connection works again in a moment.
+                    await asyncio.sleep(LEADER_WAIT_S)
+                    continue
+                self.fetches += 1
+                self.fetched += len(messages)
                 for message in messages:
                     topic = mqtt_topic(message.subject.removeprefix(NATS_MQTT_STREAM_PREFIX))
                     self._deliver(topic, message.data, message.reply)
         finally:
             self._connected.clear()
             self._client = None
-            with suppress(NatsError, OSError):
-                await client.drain()
+            with suppress(NatsError, OSError, TimeoutError):
+                if stopping.is_set():
+                    await client.drain()  # the acknowledgements already queued go out
+                else:
+                    await client.close()  # a failed connection: draining it would hang
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
@@ -195,6 +212,11 @@ class JetStreamSource:
     async def _stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
+
+
+async def _log_error(exc: Exception) -> None:
+    """nats-py's own handler logs a traceback for every failed reconnect to a stopped node."""
+    log.warning("NATS connection: %r", exc)
 
 
 async def ensure_stream(client: NatsClient) -> None:

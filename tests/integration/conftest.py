@@ -35,6 +35,7 @@ from services.core.settings import Settings, get_settings
 from services.infra.local import LocalServices
 from services.ingest.service import IngestService, discard_session
 from services.registry import upserts as registry
+from tests.integration.cluster_support import cluster  # noqa: F401 - the NATS cluster fixture
 
 
 @pytest.fixture(scope="session")
