@@ -62,6 +62,12 @@ def parse_broker_nodes(text: str) -> list[BrokerNode]:
     return nodes
 
 
+def node_name(node: BrokerNode) -> str:
+    """A broker node as `host:port`, the form `parse_broker_nodes` reads."""
+    host, port = node
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class AlertSettings(BaseModel):
     """`fieldtrack alerts run`: how often it evaluates, and where its notifications go."""
 

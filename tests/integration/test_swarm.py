@@ -145,8 +145,7 @@ def test_two_thousand_devices_publish_from_one_process(
     threads_before = threading.active_count()
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         swarm = Swarm(
-            settings.mqtt_host,
-            settings.mqtt_port,
+            settings.broker_nodes(),
             [(c.serial, c.password) for c in credentials],
             firmware=dict.fromkeys(serials, "1.0"),
         )
@@ -214,8 +213,7 @@ def test_backpressure_blocks_publishers_and_never_drops(
     serials = [f"swarm-bp-{unique}-{i:03d}" for i in range(devices)]
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         swarm = Swarm(
-            settings.mqtt_host,
-            settings.mqtt_port,
+            settings.broker_nodes(),
             [(c.serial, c.password) for c in credentials],
             max_outstanding_per_device=5,
             max_outstanding_total=limit,
@@ -274,7 +272,7 @@ def test_refusal_is_counted_and_only_a_dropped_device_leaves_a_last_will(
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         passwords = {c.serial: c.password for c in credentials}
         passwords[impostor] = "not-the-password"
-        swarm = Swarm(settings.mqtt_host, settings.mqtt_port, list(passwords.items()))
+        swarm = Swarm(settings.broker_nodes(), list(passwords.items()))
         try:
             assert swarm.start(timeout=30) == 2  # no exception for the refused login
             stats = swarm.stats
@@ -329,9 +327,7 @@ def test_a_device_the_broker_throws_out_is_recorded_and_not_retried_forever(
 ) -> None:
     kicked, steady = f"swarm-kick-{unique}", f"swarm-steady-{unique}"
     with provisioned(conn, broker_admin, project.id, [kicked, steady]) as credentials:
-        swarm = Swarm(
-            settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials]
-        )
+        swarm = Swarm(settings.broker_nodes(), [(c.serial, c.password) for c in credentials])
         try:
             assert swarm.start(timeout=30) == 2
             broker_admin.disable_device(kicked)  # the broker disconnects it at once
@@ -357,7 +353,7 @@ def test_an_unreachable_broker_makes_devices_give_up_after_bounded_attempts() ->
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     swarm = Swarm(
-        "127.0.0.1", port, [("nowhere-1", "x"), ("nowhere-2", "x")], max_reconnect_attempts=2
+        [("127.0.0.1", port)], [("nowhere-1", "x"), ("nowhere-2", "x")], max_reconnect_attempts=2
     )
     try:
         started = time.monotonic()
