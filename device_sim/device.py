@@ -91,14 +91,7 @@ class SimDevice:
     def _next_node(self) -> None:
         """Aim paho's next reconnect (its own loop thread) at the next broker node."""
         self._node = (self._node + 1) % len(self._nodes)
-        self._aim()
-
-    def _aim(self) -> None:
-        host, port = self._nodes[self._node]
-        if (self._client.host, self._client.port) != (host, port):
-            # Not paho's host/port setters: they refuse while it reconnects. connect_async
-            # sets the target in any state, opens nothing and keeps the queued messages.
-            self._client.connect_async(host, port, KEEPALIVE_S)
+        aim(self._client, self.node, KEEPALIVE_S)
 
     @property
     def node(self) -> BrokerNode:
@@ -106,7 +99,7 @@ class SimDevice:
         return self._nodes[self._node]
 
     def start(self) -> None:
-        self._aim()
+        aim(self._client, self.node, KEEPALIVE_S)
         self._client.loop_start()
 
     def stop(self) -> None:
@@ -178,6 +171,16 @@ def status_payload(state: str, firmware: str | None = None) -> str:
     if firmware:
         body["firmware"] = firmware
     return json.dumps(body)
+
+
+def aim(client: mqtt.Client, node: BrokerNode, keepalive: int) -> None:
+    """Point the client's next connect at broker *node* (no I/O)."""
+    host, port = node
+    if (client.host, client.port) != (host, port):
+        # Not paho's host/port setters: they refuse after a lost connection or a failed
+        # connect. connect_async sets the target in any state, opens nothing and keeps the
+        # queued messages (the reconnect resends those in flight).
+        client.connect_async(host, port, keepalive)
 
 
 def set_last_will(client: mqtt.Client, serial: str) -> None:

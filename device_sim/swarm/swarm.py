@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_sim.device import QOS, set_last_will, status_payload
+from device_sim.device import QOS, aim, set_last_will, status_payload
 from device_sim.swarm.connection import DOWN, LIVE, Device, DeviceState, reason_name
 from device_sim.swarm.limits import (
     CONNECT_TIMEOUT_S,
@@ -137,13 +137,7 @@ class Swarm:
         return client
 
     def _aim(self, device: Device) -> None:
-        """Point the device's client at its node for the next connect (no I/O)."""
-        host, port = self._nodes[device.node]
-        if (device.client.host, device.client.port) != (host, port):
-            # Not paho's host/port setters: they refuse after a lost connection or a failed
-            # connect. connect_async sets the target in any state, opens nothing and keeps the
-            # queued messages (reconnect() then resends those in flight).
-            device.client.connect_async(host, port, KEEPALIVE_S)
+        aim(device.client, self._nodes[device.node], KEEPALIVE_S)
 
     # --- public API ------------------------------------------------------------------------
 
