@@ -95,12 +95,8 @@ class Load:
         self, settings: Settings, devices: list[DeviceCredential], probe: DeviceCredential
     ) -> None:
         self.serials = [c.serial for c in devices]
-        self._swarm = Swarm(
-            settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in devices]
-        )
-        self._probe = SimDevice(
-            probe.serial, probe.password, settings.mqtt_host, settings.mqtt_port
-        )
+        self._swarm = Swarm(settings.broker_nodes(), [(c.serial, c.password) for c in devices])
+        self._probe = SimDevice(probe.serial, probe.password, settings.broker_nodes())
         self._next_seq = 1
         self._probe_seq = 1
 

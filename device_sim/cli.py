@@ -226,8 +226,7 @@ def _fleet_run(
     )
     firmware = {d.serial: firmware_of(loaded, d.project, d.serial) for d in generator.devices}
     swarm = Swarm(
-        settings.mqtt_host,
-        settings.mqtt_port,
+        settings.broker_nodes(),
         [(c.serial, c.password) for c in creds],
         firmware=firmware,
     )
@@ -238,7 +237,10 @@ def _fleet_run(
         connected = swarm.start()
     except SwarmError as exc:
         raise fail(exc) from exc
-    err_console.print(f"{connected} of {len(creds)} devices connected")
+    nodes = swarm.stats.nodes
+    spread = ", ".join(f"{n} on {node}" for node, n in nodes.items())
+    where = f" ({spread})" if len(nodes) > 1 else ""
+    err_console.print(f"{connected} of {len(creds)} devices connected{where}")
     if connected == 0:
         swarm.stop()
         raise fail("no device could connect; re-run `fieldtrack sim seed`")

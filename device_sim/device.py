@@ -3,6 +3,10 @@
 ``publish`` applies backpressure instead of dropping: when paho's queue of unacknowledged
 messages is full it waits for acknowledgements, and it never returns without the message
 either handed to paho or an exception raised.
+
+Given several broker nodes (a cluster: any node accepts any device), the device starts on the
+first and, whenever a connection is lost or a connect fails, paho's next reconnect goes to
+the next node; queued messages go out on whichever node it reaches.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from services.core.topics import MessageKind, device_topic
+
+if TYPE_CHECKING:
+    from services.core.settings import BrokerNode
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +44,16 @@ class PublishError(Exception):
 
 
 class SimDevice:
-    def __init__(self, serial: str, password: str, host: str, port: int) -> None:
+    def __init__(self, serial: str, password: str, nodes: Sequence[BrokerNode]) -> None:
+        if not nodes:
+            raise ValueError("a device needs at least one broker node")
         self.serial = serial
         self.connected = threading.Event()
         self.refused: str | None = None
         self.sent = 0
-        self._host, self._port = host, port
+        self._nodes = list(nodes)
+        self._node = 0  # index of the node it is connected to, or will try next
+        self._stopping = False
         # Sequence numbers continue across simulator restarts, as a device's flash counter would.
         self._seq = time.time_ns() // 1_000_000
         self._client = mqtt.Client(
@@ -52,6 +64,7 @@ class SimDevice:
         set_last_will(self._client, serial)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self.firmware: str | None = None
 
     def _on_connect(
@@ -69,13 +82,29 @@ class SimDevice:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected.clear()
+        if not self._stopping:
+            self._next_node()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._next_node()
+
+    def _next_node(self) -> None:
+        """Aim paho's next reconnect (its own loop thread) at the next broker node."""
+        self._node = (self._node + 1) % len(self._nodes)
+        aim(self._client, self.node, KEEPALIVE_S)
+
+    @property
+    def node(self) -> BrokerNode:
+        """The broker node it is connected to, or will try next."""
+        return self._nodes[self._node]
 
     def start(self) -> None:
-        self._client.connect_async(self._host, self._port, KEEPALIVE_S)
+        aim(self._client, self.node, KEEPALIVE_S)
         self._client.loop_start()
 
     def stop(self) -> None:
         """Say goodbye (offline status) and disconnect cleanly."""
+        self._stopping = True
         if self.connected.is_set():
             info = self._publish_status("offline")
             info.wait_for_publish(timeout=5)
@@ -142,6 +171,16 @@ def status_payload(state: str, firmware: str | None = None) -> str:
     if firmware:
         body["firmware"] = firmware
     return json.dumps(body)
+
+
+def aim(client: mqtt.Client, node: BrokerNode, keepalive: int) -> None:
+    """Point the client's next connect at broker *node* (no I/O)."""
+    host, port = node
+    if (client.host, client.port) != (host, port):
+        # Not paho's host/port setters: they refuse after a lost connection or a failed
+        # connect. connect_async sets the target in any state, opens nothing and keeps the
+        # queued messages (the reconnect resends those in flight).
+        client.connect_async(host, port, keepalive)
 
 
 def set_last_will(client: mqtt.Client, serial: str) -> None:

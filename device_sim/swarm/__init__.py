@@ -15,6 +15,13 @@ would write to the socket from the publishing thread itself. (As with paho's own
 loop, a publish racing the network thread's reconnect can, rarely, queue a PUBLISH ahead of
 the CONNECT; the broker then closes the connection and the normal retry resends it.)
 
+Broker nodes. A swarm is given one or more broker nodes, a cluster in which any node accepts
+any device. Device i starts on node i mod n; each failed connect attempt and each lost
+connection sends that device's next attempt to the next node in the list, so the devices of
+a node that died are back on a live one within their reconnect backoff (the attempts count
+across nodes). Messages in flight are resent on the new node and keep their place in the
+books; `SwarmStats.nodes` counts the connected devices by node.
+
 Backpressure. A message is *outstanding* from the moment it is handed to paho until its
 PUBACK. `publish` blocks while the device has `max_outstanding_per_device` outstanding
 messages or the swarm `max_outstanding_total`; after `PUBLISH_WAIT_S` it counts the message

@@ -35,6 +35,7 @@ class Device:
     serial: str
     client: mqtt.Client
     firmware: str | None
+    node: int  # index of the broker node it is connected to, or will try next
     state: DeviceState = DeviceState.IDLE
     handshaking: bool = False  # socket open, CONNACK not yet received
     closing: bool = False  # disconnect() is draining it: no new messages

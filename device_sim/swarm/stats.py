@@ -14,6 +14,7 @@ class SwarmStats:
 
     devices: int
     connected: int
+    nodes: dict[str, int]  # connected devices by broker node (host:port), every node listed
     refused: dict[str, int]  # refused logins, by the broker's reason
     disconnected: dict[str, int]  # connections ended by the broker or the network, by reason
     reconnected: int  # logins after the first: automatic reconnects and reconnect() calls
@@ -93,10 +94,12 @@ class Ledger:
         """Nothing outstanding, reserved or awaiting a status PUBACK."""
         return self.outstanding == 0 and self.reserved == 0 and self.status_outstanding == 0
 
-    def snapshot(self, devices: int, connected: int) -> SwarmStats:
+    def snapshot(self, devices: int, nodes: dict[str, int]) -> SwarmStats:
+        """The books now, with the connected devices by node (*nodes*)."""
         return SwarmStats(
             devices=devices,
-            connected=connected,
+            connected=sum(nodes.values()),
+            nodes=nodes,
             refused=dict(self.refused),
             disconnected=dict(self.disconnected),
             reconnected=self.reconnected,

@@ -11,16 +11,16 @@ import random
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_sim.device import QOS, set_last_will, status_payload
+from device_sim.device import QOS, aim, set_last_will, status_payload
 from device_sim.swarm.connection import DOWN, LIVE, Device, DeviceState, reason_name
 from device_sim.swarm.limits import (
     CONNECT_TIMEOUT_S,
@@ -38,7 +38,11 @@ from device_sim.swarm.limits import (
 from device_sim.swarm.loop import COMMAND_WAIT_S, NetworkLoop
 from device_sim.swarm.stats import Ledger, SwarmStats
 from services.core.mqtt_client import BufferedClient
+from services.core.settings import node_name
 from services.core.topics import MessageKind, device_topic
+
+if TYPE_CHECKING:
+    from services.core.settings import BrokerNode
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,7 @@ class Swarm:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        nodes: Sequence[BrokerNode],
         credentials: Sequence[tuple[str, str]],
         *,
         firmware: Mapping[str, str] | None = None,
@@ -77,7 +80,11 @@ class Swarm:
     ) -> None:
         if max_outstanding_per_device < 1 or max_outstanding_total < 1:
             raise ValueError("outstanding limits must be at least 1")
-        self._host, self._port = host, port
+        if not nodes:
+            raise ValueError("a swarm needs at least one broker node")
+        if len(set(nodes)) < len(nodes):
+            raise ValueError("a broker node is listed twice")
+        self._nodes = list(nodes)
         self._max_attempts = max_reconnect_attempts
         self._rng = random.Random()
         # Everything the ledger and _lock guard is shared with publishing threads.
@@ -98,11 +105,14 @@ class Swarm:
         self._retries: list[tuple[float, int, int, Device]] = []  # due, seq, token, device
         self._retry_seq = 0
         firmware = firmware or {}
-        for serial, password in credentials:
+        for i, (serial, password) in enumerate(credentials):
             if serial in self._devices:
                 raise ValueError(f"device {serial} is listed twice")
-            device = Device(serial, self._make_client(serial, password), firmware.get(serial))
-            device.client.user_data_set(device)  # each callback learns its device
+            client = self._make_client(serial, password)
+            # Spread evenly: device i starts on node i mod n.
+            device = Device(serial, client, firmware.get(serial), node=i % len(self._nodes))
+            client.user_data_set(device)  # each callback learns its device
+            self._aim(device)
             self._devices[serial] = device
 
     def _make_client(self, serial: str, password: str) -> mqtt.Client:
@@ -124,8 +134,10 @@ class Swarm:
         client.on_socket_open = self._loop.on_socket_open
         client.on_socket_close = self._loop.on_socket_close
         client.on_socket_register_write = self._loop.on_socket_register_write
-        client.connect_async(self._host, self._port, KEEPALIVE_S)  # no I/O: sets the target
         return client
+
+    def _aim(self, device: Device) -> None:
+        aim(device.client, self._nodes[device.node], KEEPALIVE_S)
 
     # --- public API ------------------------------------------------------------------------
 
@@ -139,8 +151,9 @@ class Swarm:
     @property
     def stats(self) -> SwarmStats:
         with self._lock:
-            connected = sum(d.state is DeviceState.CONNECTED for d in self._devices.values())
-            return self._books.snapshot(len(self._devices), connected)
+            on = Counter(d.node for d in self._devices.values() if d.state is DeviceState.CONNECTED)
+            nodes = {node_name(node): on[i] for i, node in enumerate(self._nodes)}
+            return self._books.snapshot(len(self._devices), nodes)
 
     def start(self, timeout: float = 120.0) -> int:
         """Connect every device (in waves of CONNECT_WINDOW); return how many are connected
@@ -157,10 +170,11 @@ class Swarm:
         self._poll(self._settled, started + timeout)
         stats = self.stats
         log.info(
-            "swarm: %s of %s devices connected in %.1fs (refused: %s, gave up: %s)",
+            "swarm: %s of %s devices connected in %.1fs (by node: %s; refused: %s, gave up: %s)",
             stats.connected,
             stats.devices,
             time.monotonic() - started,
+            stats.nodes,
             stats.refused,
             stats.gave_up,
         )
@@ -465,6 +479,7 @@ class Swarm:
                 device.intent = None
                 self._handshakes += 1
             try:
+                self._aim(device)
                 device.client.reconnect()  # TCP connect (blocking, bounded) + CONNECT queued
             except Exception as exc:  # refused, timed out, unreachable: a failed attempt
                 with self._cond:
@@ -481,6 +496,9 @@ class Swarm:
             device.state = DeviceState.OFFLINE
             self._write_off(device, "stop_before_ack")
             return
+        # Any node of a cluster takes any device: the next attempt (even after a reconnect()
+        # of a device that gave up) goes to the next node, so a dead node's devices move on.
+        device.node = (device.node + 1) % len(self._nodes)
         device.attempts += 1
         if device.attempts > self._max_attempts:
             device.state = DeviceState.GAVE_UP

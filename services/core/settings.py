@@ -11,13 +11,16 @@ from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.core.errors import ConfigError
 from services.core.paths import local_env_file
 from services.core.thresholds import AnalyticsThresholds
 from services.core.topics import SERIAL_RE, is_reserved_name
 from services.core.windows import MAX_WINDOW_DAYS
+
+# A broker node's address: (host, port).
+BrokerNode = tuple[str, int]
 
 MIN_SESSION_SECRET = 32
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
@@ -38,6 +41,31 @@ def check_ingest_client_id(value: str) -> str:
             "and take ingest's session over"
         )
     return value
+
+
+def parse_broker_nodes(text: str) -> list[BrokerNode]:
+    """Broker nodes from a comma-separated `host:port` list (an IPv6 host in brackets:
+    `[::1]:1883`); an empty text is no nodes."""
+    if not text.strip():
+        return []
+    nodes: list[BrokerNode] = []
+    for item in (part.strip() for part in text.split(",")):
+        host, colon, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        valid_port = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+        if not colon or not host or not valid_port:
+            raise ValueError(
+                f"{item!r} is not a broker node: give a comma-separated list of host:port, "
+                "e.g. 10.0.0.1:1883,10.0.0.2:1883"
+            )
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def node_name(node: BrokerNode) -> str:
+    """A broker node as `host:port`, the form `parse_broker_nodes` reads."""
+    host, port = node
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class AlertSettings(BaseModel):
@@ -152,6 +180,12 @@ class Settings(BaseSettings):
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    # NoDecode: the variable is a host:port list, not the JSON pydantic-settings expects.
+    mqtt_nodes: Annotated[list[BrokerNode], NoDecode] = Field(
+        default_factory=list,
+        description="the broker nodes of a cluster the simulated devices spread over and fail "
+        "over between, as host:port,host:port; empty: mqtt_host:mqtt_port alone",
+    )
     mqtt_admin_username: str = "fieldtrack-admin"
     mqtt_admin_password: SecretStr = Field(
         description="broker account allowed to use $CONTROL/dynamic-security/v1 (provisioning)",
@@ -232,6 +266,15 @@ class Settings(BaseSettings):
         if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("is empty or a placeholder; set a real secret")
         return value
+
+    @field_validator("mqtt_nodes", mode="before")
+    @classmethod
+    def _node_list(cls, value: object) -> object:
+        return parse_broker_nodes(value) if isinstance(value, str) else value
+
+    def broker_nodes(self) -> list[BrokerNode]:
+        """The broker nodes devices connect to: mqtt_nodes, or mqtt_host:mqtt_port alone."""
+        return list(self.mqtt_nodes) or [(self.mqtt_host, self.mqtt_port)]
 
     @field_validator("ingest_client_id")
     @classmethod

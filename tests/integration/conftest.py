@@ -291,7 +291,7 @@ def provision(
         [credential] = registry.provision_devices(
             conn, broker_admin, project_id, [(serial, "T1", "1.0")]
         )
-        device = SimDevice(serial, credential.password, settings.mqtt_host, settings.mqtt_port)
+        device = SimDevice(serial, credential.password, settings.broker_nodes())
         device.start()
         assert device.connected.wait(10), f"device {serial} could not connect: {device.refused}"
         devices.append(device)

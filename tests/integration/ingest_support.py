@@ -114,9 +114,7 @@ def create_project(conn: psycopg.Connection, token: str) -> tuple[int, str]:
 def connect_devices(
     credentials: Sequence[DeviceCredential], settings: Settings, timeout: float = 20.0
 ) -> list[SimDevice]:
-    devices = [
-        SimDevice(c.serial, c.password, settings.mqtt_host, settings.mqtt_port) for c in credentials
-    ]
+    devices = [SimDevice(c.serial, c.password, settings.broker_nodes()) for c in credentials]
     for device in devices:
         device.start()
     deadline = time.monotonic() + timeout

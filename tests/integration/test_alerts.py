@@ -145,10 +145,7 @@ def test_a_silent_project_notifies_once_resolves_once_and_a_restart_repeats_noth
     )
 
     def connect() -> list[SimDevice]:
-        devices = [
-            SimDevice(c.serial, c.password, settings.mqtt_host, settings.mqtt_port)
-            for c in credentials
-        ]
+        devices = [SimDevice(c.serial, c.password, settings.broker_nodes()) for c in credentials]
         for device in devices:
             device.start()
             assert device.connected.wait(10), device.refused
@@ -266,9 +263,7 @@ def test_a_quarantine_flood_fires_one_alert_naming_the_reason_and_the_device(
     [credential] = registry.provision_devices(
         conn, broker_admin, project.id, [(f"flood-{unique}", "T1", "1.0")]
     )
-    device = SimDevice(
-        credential.serial, credential.password, settings.mqtt_host, settings.mqtt_port
-    )
+    device = SimDevice(credential.serial, credential.password, settings.broker_nodes())
     device.start()
     assert device.connected.wait(10), device.refused
     flood = 80  # over the default 10 a minute across 5 minutes

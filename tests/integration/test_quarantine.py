@@ -48,7 +48,7 @@ def test_message_from_unknown_device_is_quarantined_with_reason(
     serial = f"ghost-{unique}"
     password = secrets.token_urlsafe(16)
     broker_admin.create_devices([(serial, password)])
-    device = SimDevice(serial, password, settings.mqtt_host, settings.mqtt_port)
+    device = SimDevice(serial, password, settings.broker_nodes())
     device.start()
     try:
         assert device.connected.wait(10)

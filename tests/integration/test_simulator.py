@@ -143,8 +143,7 @@ def test_live_fleet_over_mqtt_lands_the_ground_truth_and_injected_bad_data(
     generator = Generator(demo, end - timedelta(hours=6), end, now=datetime.now(UTC))
     firmware = {d.serial: firmware_of(demo, d.project, d.serial) for d in generator.devices}
     swarm = Swarm(
-        settings.mqtt_host,
-        settings.mqtt_port,
+        settings.broker_nodes(),
         [(c.serial, c.password) for c in credentials],
         firmware=firmware,
     )
@@ -354,9 +353,7 @@ def test_paced_run_replays_the_recent_past_and_lands_the_ground_truth(
     with psycopg.connect(sim_database) as conn:
         credentials = seed(conn, broker_admin, demo, end.date())
     generator = Generator(demo, end - timedelta(minutes=10), end, inject=False)
-    swarm = Swarm(
-        settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials]
-    )
+    swarm = Swarm(settings.broker_nodes(), [(c.serial, c.password) for c in credentials])
     try:
         assert swarm.start() == len(credentials)
         started = time.monotonic()

@@ -1,9 +1,12 @@
 """The swarm: thousands of real MQTT devices in one process on one network thread, against the
 suite's broker and the running ingest. Nothing is mocked: logins, ACLs, PUBACKs, last wills
-and the rows ingest stores are all real."""
+and the rows ingest stores are all real. For the broker nodes of a cluster, a second node is
+a TCP relay to the suite's broker (`NodeRelay`), so that every node's messages reach the same
+ingest and a node can die."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
 import threading
@@ -16,9 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from device_sim.device import SimDevice
 from device_sim.swarm import DeviceState, Swarm, SwarmStats
 from services.core.broker_admin import BrokerAdmin
-from services.core.settings import Settings
+from services.core.settings import BrokerNode, Settings, node_name
 from services.core.topics import MessageKind
 from services.ingest.service import IngestService
 from services.registry.upserts import DeviceCredential, provision_devices
@@ -113,6 +117,69 @@ def publish_all(
     return errors
 
 
+def dead_node() -> BrokerNode:
+    """An address nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return ("127.0.0.1", probe.getsockname()[1])
+
+
+class NodeRelay:
+    """Another node of the suite's broker: a TCP relay on a port of its own. `kill` ends it as
+    a dying node ends: its listener closes and every connection through it is cut."""
+
+    def __init__(self, broker: BrokerNode) -> None:
+        self._broker = broker
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.node: BrokerNode = ("127.0.0.1", self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._dead = False
+        threading.Thread(target=self._accept, name="node-relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                device, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                broker = socket.create_connection(self._broker)
+            except OSError:
+                device.close()  # the broker is away: the device sees a failed connect
+                continue
+            with self._lock:
+                self._sockets += [device, broker]
+                if self._dead:  # accepted just as it was killed
+                    break
+            for src, dst in ((device, broker), (broker, device)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+        self._cut()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self._dead = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self._listener.close()
+        self._cut()
+
+
 def assert_clean(stats: SwarmStats, messages: int) -> None:
     assert stats.consistent, stats
     assert (stats.submitted, stats.sent, stats.acked, stats.outstanding) == (
@@ -145,8 +212,7 @@ def test_two_thousand_devices_publish_from_one_process(
     threads_before = threading.active_count()
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         swarm = Swarm(
-            settings.mqtt_host,
-            settings.mqtt_port,
+            settings.broker_nodes(),
             [(c.serial, c.password) for c in credentials],
             firmware=dict.fromkeys(serials, "1.0"),
         )
@@ -214,8 +280,7 @@ def test_backpressure_blocks_publishers_and_never_drops(
     serials = [f"swarm-bp-{unique}-{i:03d}" for i in range(devices)]
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         swarm = Swarm(
-            settings.mqtt_host,
-            settings.mqtt_port,
+            settings.broker_nodes(),
             [(c.serial, c.password) for c in credentials],
             max_outstanding_per_device=5,
             max_outstanding_total=limit,
@@ -274,7 +339,7 @@ def test_refusal_is_counted_and_only_a_dropped_device_leaves_a_last_will(
     with provisioned(conn, broker_admin, project.id, serials) as credentials:
         passwords = {c.serial: c.password for c in credentials}
         passwords[impostor] = "not-the-password"
-        swarm = Swarm(settings.mqtt_host, settings.mqtt_port, list(passwords.items()))
+        swarm = Swarm(settings.broker_nodes(), list(passwords.items()))
         try:
             assert swarm.start(timeout=30) == 2  # no exception for the refused login
             stats = swarm.stats
@@ -329,9 +394,7 @@ def test_a_device_the_broker_throws_out_is_recorded_and_not_retried_forever(
 ) -> None:
     kicked, steady = f"swarm-kick-{unique}", f"swarm-steady-{unique}"
     with provisioned(conn, broker_admin, project.id, [kicked, steady]) as credentials:
-        swarm = Swarm(
-            settings.mqtt_host, settings.mqtt_port, [(c.serial, c.password) for c in credentials]
-        )
+        swarm = Swarm(settings.broker_nodes(), [(c.serial, c.password) for c in credentials])
         try:
             assert swarm.start(timeout=30) == 2
             broker_admin.disable_device(kicked)  # the broker disconnects it at once
@@ -353,12 +416,7 @@ def test_a_device_the_broker_throws_out_is_recorded_and_not_retried_forever(
 
 
 def test_an_unreachable_broker_makes_devices_give_up_after_bounded_attempts() -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    swarm = Swarm(
-        "127.0.0.1", port, [("nowhere-1", "x"), ("nowhere-2", "x")], max_reconnect_attempts=2
-    )
+    swarm = Swarm([dead_node()], [("nowhere-1", "x"), ("nowhere-2", "x")], max_reconnect_attempts=2)
     try:
         started = time.monotonic()
         assert swarm.publish("nowhere-1", MessageKind.USAGE, b"{}")  # held for the connect
@@ -372,3 +430,119 @@ def test_an_unreachable_broker_makes_devices_give_up_after_bounded_attempts() ->
         assert swarm.stats.failed == {"gave_up_before_ack": 1, "device_gave_up": 1}
     finally:
         swarm.stop()
+
+
+# --- 5. broker nodes: spread, fail over, no acknowledged message lost -----------------------
+
+
+def test_devices_of_a_dead_node_fail_over_to_a_live_one(
+    ingest: IngestService,
+    settings: Settings,
+    broker_admin: BrokerAdmin,
+    conn: psycopg.Connection,
+    project: Project,
+    unique: str,
+) -> None:
+    devices, per_device = 20, 3
+    serials = [f"swarm-dead-{unique}-{i:02d}" for i in range(devices)]
+    dead, [live] = dead_node(), settings.broker_nodes()
+    with provisioned(conn, broker_admin, project.id, serials) as credentials:
+        swarm = Swarm([dead, live], [(c.serial, c.password) for c in credentials])
+        try:
+            # Held before the first connect: the dead node's devices send it on the live one.
+            errors = publish_all(swarm, serials, range(1, 2), project.feature_key)
+            started = time.monotonic()
+            assert swarm.start(timeout=30) == devices, swarm.stats
+            assert time.monotonic() - started < 5  # one backoff, not the give-up
+            stats = swarm.stats
+            assert stats.nodes == {node_name(dead): 0, node_name(live): devices}, stats
+            assert stats.reconnected == 0, stats  # failed connects are not reconnects
+
+            errors += publish_all(swarm, serials, range(2, per_device + 1), project.feature_key)
+            assert not errors, errors[:5]
+            assert swarm.wait_acked(30), swarm.stats
+            messages = devices * per_device
+            assert_clean(swarm.stats, messages)
+            wait_for(lambda: usage_rows(conn, serials) >= messages, timeout=30, interval=0.2)
+            time.sleep(0.5)
+            assert usage_rows(conn, serials) == messages
+        finally:
+            swarm.stop(clear_status=True)
+
+
+def test_a_node_that_dies_hands_its_devices_to_the_other_without_losing_a_message(
+    ingest: IngestService,
+    settings: Settings,
+    broker_admin: BrokerAdmin,
+    conn: psycopg.Connection,
+    project: Project,
+    unique: str,
+) -> None:
+    devices, before, during = 20, 5, 40
+    serials = [f"swarm-node-{unique}-{i:02d}" for i in range(devices)]
+    [live] = settings.broker_nodes()
+    relay = NodeRelay(live)
+    nodes = [live, relay.node]
+    with provisioned(conn, broker_admin, project.id, serials) as credentials:
+        swarm = Swarm(
+            nodes, [(c.serial, c.password) for c in credentials], max_outstanding_per_device=5
+        )
+        try:
+            assert swarm.start(timeout=30) == devices, swarm.stats
+            half = devices // 2
+            assert swarm.stats.nodes == {node_name(live): half, node_name(relay.node): half}
+            errors = publish_all(swarm, serials, range(1, before + 1), project.feature_key)
+            assert swarm.wait_acked(30), swarm.stats
+
+            # The node dies while its devices publish: some of their messages are in flight.
+            seqs = range(before + 1, before + during + 1)
+            publisher = threading.Thread(
+                target=lambda: errors.extend(
+                    publish_all(swarm, serials, seqs, project.feature_key)
+                ),
+                name="publish-through-the-failover",
+            )
+            publisher.start()
+            wait_for(lambda: swarm.stats.acked >= devices * (before + 2), interval=0.001)
+            relay.kill()
+            publisher.join(120)
+            assert not errors, errors[:5]
+            assert swarm.wait_acked(60), swarm.stats
+
+            stats = swarm.stats
+            messages = devices * (before + during)
+            assert stats.nodes == {node_name(live): devices, node_name(relay.node): 0}, stats
+            assert stats.disconnected == {"connection lost": half}, stats
+            assert stats.reconnected == half, stats
+            assert stats.consistent, stats
+            assert (stats.submitted, stats.acked, stats.outstanding) == (messages, messages, 0)
+            assert stats.failed == {} and stats.gave_up == 0, stats
+            # Every acknowledged message was stored, each once (a resent one is recognised).
+            wait_for(lambda: usage_rows(conn, serials) >= messages, timeout=60, interval=0.2)
+            time.sleep(1.0)
+            assert usage_rows(conn, serials) == messages
+        finally:
+            swarm.stop(clear_status=True)
+            relay.kill()
+
+
+def test_a_simulated_device_moves_on_from_a_dead_node(
+    ingest: IngestService,
+    settings: Settings,
+    broker_admin: BrokerAdmin,
+    conn: psycopg.Connection,
+    project: Project,
+    unique: str,
+) -> None:
+    serial = f"sim-dead-{unique}"
+    dead, [live] = dead_node(), settings.broker_nodes()
+    with provisioned(conn, broker_admin, project.id, [serial]) as [credential]:
+        device = SimDevice(serial, credential.password, [dead, live])
+        device.start()
+        try:
+            assert device.connected.wait(15), device.refused
+            assert device.node == live
+            device.usage(project.feature_key).wait_for_publish(10)
+            wait_for(lambda: usage_rows(conn, [serial]) == 1)
+        finally:
+            device.stop()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from services.core.errors import ConfigError
-from services.core.settings import Settings, get_settings
+from services.core.settings import Settings, get_settings, parse_broker_nodes
 
 VALID = {
     "FIELDTRACK_DATABASE_URL": "postgresql://u:p@localhost:5432/db",
@@ -52,3 +52,35 @@ def test_missing_required_value_says_how_to_fix(env: pytest.MonkeyPatch) -> None
     env.delenv("FIELDTRACK_DATABASE_URL")
     with pytest.raises(ConfigError, match="fieldtrack infra up"):
         get_settings()
+
+
+def test_broker_nodes_default_to_the_one_broker(env: pytest.MonkeyPatch) -> None:
+    env.setenv("FIELDTRACK_MQTT_HOST", "broker.example")
+    env.setenv("FIELDTRACK_MQTT_PORT", "1884")
+    settings = get_settings()
+    assert settings.mqtt_nodes == []
+    assert settings.broker_nodes() == [("broker.example", 1884)]
+
+
+def test_broker_nodes_come_from_a_host_port_list(env: pytest.MonkeyPatch) -> None:
+    env.setenv("FIELDTRACK_MQTT_NODES", " 10.0.0.1:1883, nats-2:1884,[::1]:1885 ")
+    assert get_settings().broker_nodes() == [
+        ("10.0.0.1", 1883),
+        ("nats-2", 1884),
+        ("::1", 1885),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value", ["nats-1", "nats-1:", ":1883", "nats-1:0", "nats-1:70000", "a:1883,,b:1883", "a:x"]
+)
+def test_a_malformed_node_list_fails_naming_the_variable(
+    env: pytest.MonkeyPatch, value: str
+) -> None:
+    env.setenv("FIELDTRACK_MQTT_NODES", value)
+    with pytest.raises(ConfigError, match=r"FIELDTRACK_MQTT_NODES: .*host:port"):
+        get_settings()
+
+
+def test_parse_broker_nodes_of_empty_text_is_no_nodes() -> None:
+    assert parse_broker_nodes("") == parse_broker_nodes("  ") == []

@@ -76,6 +76,7 @@ def _stats(**counts: object) -> SwarmStats:
     base: dict[str, object] = {
         "devices": 1,
         "connected": 1,
+        "nodes": {"127.0.0.1:1883": 1},
         "refused": {},
         "disconnected": {},
         "reconnected": 0,
