@@ -95,8 +95,17 @@ class Load:
         self, settings: Settings, devices: list[DeviceCredential], probe: DeviceCredential
     ) -> None:
         self.serials = [c.serial for c in devices]
-        self._swarm = Swarm(settings.broker_nodes(), [(c.serial, c.password) for c in devices])
-        self._probe = SimDevice(probe.serial, probe.password, settings.broker_nodes())
+        self._swarm = Swarm(
+            settings.broker_nodes(),
+            [(c.serial, c.password) for c in devices],
+            client_id_of=settings.device_client_id,
+        )
+        self._probe = SimDevice(
+            probe.serial,
+            probe.password,
+            settings.broker_nodes(),
+            client_id_of=settings.device_client_id,
+        )
         self._next_seq = 1
         self._probe_seq = 1
 

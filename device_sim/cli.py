@@ -229,6 +229,7 @@ def _fleet_run(
         settings.broker_nodes(),
         [(c.serial, c.password) for c in creds],
         firmware=firmware,
+        client_id_of=settings.device_client_id,
     )
     stop = _stop_on_signals()
     if duration_s:

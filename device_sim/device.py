@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,14 @@ class PublishError(Exception):
 
 
 class SimDevice:
-    def __init__(self, serial: str, password: str, nodes: Sequence[BrokerNode]) -> None:
+    def __init__(
+        self,
+        serial: str,
+        password: str,
+        nodes: Sequence[BrokerNode],
+        *,
+        client_id_of: Callable[[str], str] = str,
+    ) -> None:
         if not nodes:
             raise ValueError("a device needs at least one broker node")
         self.serial = serial
@@ -57,7 +64,7 @@ class SimDevice:
         # Sequence numbers continue across simulator restarts, as a device's flash counter would.
         self._seq = time.time_ns() // 1_000_000
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=serial, protocol=mqtt.MQTTv311
+            CallbackAPIVersion.VERSION2, client_id=client_id_of(serial), protocol=mqtt.MQTTv311
         )
         self._client.username_pw_set(serial, password)
         self._client.max_queued_messages_set(MAX_OUTSTANDING)

@@ -77,6 +77,7 @@ class Swarm:
         max_outstanding_per_device: int = 100,
         max_outstanding_total: int = 20_000,
         max_reconnect_attempts: int = MAX_RECONNECT_ATTEMPTS,
+        client_id_of: Callable[[str], str] = str,
     ) -> None:
         if max_outstanding_per_device < 1 or max_outstanding_total < 1:
             raise ValueError("outstanding limits must be at least 1")
@@ -86,6 +87,8 @@ class Swarm:
             raise ValueError("a broker node is listed twice")
         self._nodes = list(nodes)
         self._max_attempts = max_reconnect_attempts
+        # a device's MQTT client id: its serial, or on a NATS cluster Settings.device_client_id
+        self._client_id_of = client_id_of
         self._rng = random.Random()
         # Everything the ledger and _lock guard is shared with publishing threads.
         self._lock = threading.Lock()
@@ -118,7 +121,7 @@ class Swarm:
     def _make_client(self, serial: str, password: str) -> mqtt.Client:
         client = BufferedClient(
             CallbackAPIVersion.VERSION2,
-            client_id=serial,
+            client_id=self._client_id_of(serial),
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services.core.errors import ConfigError
 from services.core.paths import local_env_file
 from services.core.thresholds import AnalyticsThresholds
-from services.core.topics import SERIAL_RE, is_reserved_name
+from services.core.topics import SERIAL_RE, is_reserved_name, nats_client_id
 from services.core.windows import MAX_WINDOW_DAYS
 
 # A broker node's address: (host, port).
@@ -275,6 +275,10 @@ class Settings(BaseSettings):
     def broker_nodes(self) -> list[BrokerNode]:
         """The broker nodes devices connect to: mqtt_nodes, or mqtt_host:mqtt_port alone."""
         return list(self.mqtt_nodes) or [(self.mqtt_host, self.mqtt_port)]
+
+    def device_client_id(self, serial: str) -> str:
+        """The MQTT client id a device logs in with on the configured broker."""
+        return nats_client_id(serial) if self.broker == "nats" else serial
 
     @field_validator("ingest_client_id")
     @classmethod
