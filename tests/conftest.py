@@ -34,7 +34,7 @@ TIER_BY_FOLDER = {
 }
 # Whole modules of injected faults (killed or stopped services under load); single fault
 # tests elsewhere carry `@pytest.mark.chaos` themselves.
-CHAOS_MODULES = {"test_chaos_faults.py", "test_ingest_faults.py"}
+CHAOS_MODULES = {"test_chaos_faults.py", "test_ingest_faults.py", "test_cluster_faults.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers

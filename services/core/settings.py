@@ -129,6 +129,13 @@ class NatsSettings(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="durable JetStream consumer every ingest process shares",
     )
+    ack_wait_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="a message an ingest process took and did not acknowledge (it died) goes to "
+        "another after this long; every process of one consumer must use the same value",
+    )
 
     def url_list(self) -> list[str]:
         return [url.strip() for url in self.urls.split(",") if url.strip()]

@@ -85,6 +85,15 @@ class LocalServices:
         return LocalNatsCluster(self.root / "nats", self.nats_port, self.nats_mqtt_port)
 
     @property
+    def cluster_marker(self) -> Path:
+        """Present while `infra up --cluster` made the cluster the local broker (a cluster a
+        test runs beside Mosquitto has none, and never becomes the broker in the settings)."""
+        return self.root / "nats" / "broker"
+
+    def cluster_is_broker(self) -> bool:
+        return self.cluster_marker.exists()
+
+    @property
     def callout(self) -> CalloutProcess:
         return CalloutProcess(self.root / "nats")
 
@@ -219,11 +228,12 @@ class LocalServices:
             report(f"broker: {line}")
         if replica:
             self.start_replica(report)
-        if cluster or self.cluster.initialised():
+        if cluster or self.cluster_is_broker():
             self.cluster.up(self.cluster_secrets(values), report)
+            self.cluster_marker.write_text("the NATS cluster is the local broker\n")
         env_file = self.write_env_file(values)
         report(f"connection settings written to {env_file}")
-        if self.cluster.running() and self.callout.start():
+        if self.cluster_is_broker() and self.callout.start():
             report(f"auth callout started (log {self.callout.logfile})")
 
     def cluster_secrets(self, values: dict[str, str]) -> ClusterSecrets:

@@ -6,8 +6,9 @@ A node acknowledges a device's QoS 1 PUBLISH only after it stored the message in
 Ingest's consumer is that interest: it takes device messages in batches, and acknowledges each
 only after its batch committed, so a message is stored by the time a device learns it was
 received, and removed from the stream only once it is in TimescaleDB. A message whose ingest
-process died unacknowledged is delivered again after ACK_WAIT_S, to any process; the store's
-unique keys make the second delivery a no-op.
+process died unacknowledged is delivered again after the consumer's ack wait
+(`FIELDTRACK_NATS__ACK_WAIT_S`), to any process; the store's unique keys make the second
+delivery a no-op.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ log = logging.getLogger(__name__)
 # it and uses it).
 MQTT_STREAM = "$MQTT_msgs"
 MQTT_STREAM_REPLICAS = 3
-# A delivered message not acknowledged this long goes to another ingest process: longer than
-# a slow batch commit, short enough that a killed process's messages return within a minute.
-ACK_WAIT_S = 30.0
 # Messages delivered and not yet acknowledged, over all ingest processes: the bound on what a
 # crash sends round again, and on each process's memory.
 MAX_ACK_PENDING = 20_000
@@ -65,7 +63,7 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         filter_subject=nats_ingest_filter(),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ACK_WAIT_S,
+        ack_wait=settings.nats.ack_wait_s,
         max_ack_pending=MAX_ACK_PENDING,
         max_deliver=-1,  # never drop a message: a poisonous one is quarantined by the store
     )
@@ -191,7 +189,7 @@ class JetStreamSource:
     async def _ack(self, subjects: list[str]) -> None:
         client = self._client
         if client is None:
-            return  # no connection: the cluster redelivers after ACK_WAIT_S
+            return  # no connection: the cluster redelivers after the consumer's ack wait
         try:
             for subject in subjects:
                 await client.publish(subject, b"+ACK")

@@ -49,6 +49,7 @@ def process_env(settings: Settings) -> dict[str, str]:
         "FIELDTRACK_MQTT_PORT": str(settings.mqtt_port),
         "FIELDTRACK_NATS__URLS": nats.urls,
         "FIELDTRACK_NATS__CONSUMER": nats.consumer,
+        "FIELDTRACK_NATS__ACK_WAIT_S": str(nats.ack_wait_s),
     }
     for name in ("auth_password", "issuer_seed", "system_password"):
         value = getattr(nats, name)

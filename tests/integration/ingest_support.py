@@ -398,6 +398,10 @@ class Stopped:
     quarantined: str
 
 
+# What ingest logs once it takes messages: subscribed on Mosquitto, consuming on NATS.
+READY_MARKERS = ("connected to broker", "consuming $MQTT_msgs")
+
+
 class IngestProcess:
     """`python -m services ingest` against a given database, with a stable client id."""
 
@@ -441,7 +445,7 @@ class IngestProcess:
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "connected to broker" in self.log():
+            if any(marker in self.log() for marker in READY_MARKERS):
                 return
             if self.proc.poll() is not None:
                 break
