@@ -29,6 +29,9 @@ down: install
 	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/test $(BIN)/fieldtrack infra down
 	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/bench FIELDTRACK_LOCAL_PG_PORT=54349 \
 		FIELDTRACK_LOCAL_MQTT_PORT=18850 $(BIN)/fieldtrack infra down
+	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/chaos-cluster FIELDTRACK_LOCAL_PG_PORT=54369 \
+		FIELDTRACK_LOCAL_MQTT_PORT=18890 FIELDTRACK_LOCAL_NATS_PORT=14260 \
+		FIELDTRACK_LOCAL_NATS_MQTT_PORT=18891 $(BIN)/fieldtrack infra down
 	FIELDTRACK_STATE_DIR=$${FIELDTRACK_CHAOS_STATE_DIR:-$(CURDIR)/.state/chaos} \
 	  FIELDTRACK_LOCAL_PG_PORT=$${FIELDTRACK_LOCAL_PG_PORT:-54359} \
 	  FIELDTRACK_LOCAL_MQTT_PORT=$${FIELDTRACK_LOCAL_MQTT_PORT:-18860} $(BIN)/fieldtrack infra down
@@ -61,6 +64,8 @@ bench: install
 # The fault suite, long version: its own TimescaleDB and Mosquitto (.state/chaos, ports 54359
 # and 18860 unless FIELDTRACK_LOCAL_PG_PORT / _MQTT_PORT say otherwise), every fault under
 # load, then a report in .state/chaos/report/. CHAOS_ARGS="--only burst-2x" runs a subset
-# (its report in .state/chaos/report-partial/).
+# (its report in .state/chaos/report-partial/). Then the NATS cluster's faults with 2,000 devices
+# (.state/chaos-cluster, its own ports; CLUSTER_CHAOS_ARGS="--devices 500" for a smaller run).
 chaos: install
 	$(BIN)/python -m tests.integration.chaos $(CHAOS_ARGS)
+	$(BIN)/python -m tests.integration.cluster_chaos $(CLUSTER_CHAOS_ARGS)
