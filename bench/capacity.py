@@ -65,7 +65,6 @@ SELECT device_id, project_id, feature_key, device_time, received_at, seq, item, 
        duration_ms, boot
 FROM usage_events WHERE project_id = %s
 """
-SETTLE_S = 3.0  # after the last device connected, before the broker's memory is read
 ROLLUP_REPEATS = 5
 
 Say = Callable[[str], None]
@@ -189,26 +188,19 @@ def rollups(data: BenchData, say: Say) -> dict[str, Figure]:
     }
 
 
-def _rss(pids: list[int]) -> int:
-    return sum(psutil.Process(pid).memory_info().rss for pid in pids)
-
-
 def connections(broker: Broker, count: int, say: Say) -> dict[str, dict[str, Figure]]:
     """Memory of *count* idle devices connected through the simulator's swarm: the broker's
-    RSS before and after, and this process's (the swarm's)."""
+    before and after, and the Python memory the swarm allocated."""
     credentials = preloaded(count)
     broker.preload(credentials)
-    before = _rss(broker.pids())
-    tracemalloc.start()
+    before = broker.memory()
     say(f"connections: {count:,} idle devices through the swarm")
+    tracemalloc.start()
     swarm = Swarm(broker.host, broker.port, credentials)
     try:
-        connected = swarm.start(timeout=180)
-        if connected != count:
-            raise RuntimeError(f"only {connected:,} of {count:,} devices connected")
-        time.sleep(SETTLE_S)
-        after = _rss(broker.pids())
+        _connect(swarm, count)
         mine, _ = tracemalloc.get_traced_memory()
+        after = broker.memory()
     finally:
         tracemalloc.stop()
         swarm.stop(clear_status=True)
@@ -218,19 +210,26 @@ def connections(broker: Broker, count: int, say: Say) -> dict[str, dict[str, Fig
         broker.name: {
             "memory_per_1k_connections": figure(
                 round((after - before) / 2**20 * 1000 / count, 2),
-                "MiB RSS / 1,000 connections",
-                f"{broker.name} RSS after minus before: {how}, a retained birth status each",
+                "MiB / 1,000 connections",
+                f"{broker.name}'s own count of memory in use, after minus before: {how}, "
+                "a retained birth status each",
             ),
         },
         "swarm": {
             "memory_per_device": figure(
                 round(mine / 1024 / count, 1),
                 "KiB / device",
-                f"Python memory the swarm allocated (tracemalloc; sockets' kernel buffers "
+                "Python memory the swarm allocated (tracemalloc; sockets' kernel buffers "
                 f"not included): {how}",
             ),
         },
     }
+
+
+def _connect(swarm: Swarm, count: int) -> None:
+    connected = swarm.start(timeout=180)
+    if connected != count:
+        raise RuntimeError(f"only {connected:,} of {count:,} devices connected")
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:

@@ -116,11 +116,16 @@ def walls(costs: Costs, rates: Rates, machine: Machine) -> dict[str, float]:
     }
     busiest = max(shares, key=lambda name: shares[name])
     return {
-        "broker thread": BROKER_THREAD_CORES / per_device.broker_cores,
-        f"CPU (mostly {busiest})": machine.cores / per_device.cores,
-        "broker memory": machine.memory_gib / per_device.broker_memory_gib,
+        "broker thread": _fleet_at(BROKER_THREAD_CORES, per_device.broker_cores),
+        f"CPU (mostly {busiest})": _fleet_at(machine.cores, per_device.cores),
+        "broker memory": _fleet_at(machine.memory_gib, per_device.broker_memory_gib),
         "broker identity store": identity_wall(costs),
     }
+
+
+def _fleet_at(limit: float, per_device: float) -> float:
+    """The fleet that uses *limit* at *per_device* each (none measured: no wall)."""
+    return limit / per_device if per_device > 0 else math.inf
 
 
 def first_wall(costs: Costs, rates: Rates, machine: Machine) -> tuple[str, float]:
@@ -199,7 +204,9 @@ def table(
     for machine in (here, big):
         found = walls(costs, rates, machine)
         listed = ", ".join(
-            f"{name} at {at:,.0f} devices" for name, at in sorted(found.items(), key=lambda x: x[1])
+            f"{name} at {at:,.0f} devices"
+            for name, at in sorted(found.items(), key=lambda x: x[1])
+            if math.isfinite(at)
         )
         lines.append(f"- Walls on {machine.name} ({machine.cores} cores): {listed}.")
     return lines
