@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test test-fast lint typecheck infra down status clean-state bench chaos
+.PHONY: install demo test test-fast lint typecheck infra down status clean-state bench capacity chaos
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,11 @@ down: install
 	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/test $(BIN)/fieldtrack infra down
 	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/bench FIELDTRACK_LOCAL_PG_PORT=54349 \
 		FIELDTRACK_LOCAL_MQTT_PORT=18850 $(BIN)/fieldtrack infra down
-	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/chaos-cluster FIELDTRACK_LOCAL_PG_PORT=54369 \
+	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/chaos-cluster FIELDTRACK_LOCAL_PG_PORT=54379 \
 		FIELDTRACK_LOCAL_MQTT_PORT=18890 FIELDTRACK_LOCAL_NATS_PORT=14260 \
 		FIELDTRACK_LOCAL_NATS_MQTT_PORT=18891 $(BIN)/fieldtrack infra down
+	FIELDTRACK_STATE_DIR=$(CURDIR)/.state/capacity FIELDTRACK_LOCAL_PG_PORT=54369 \
+		FIELDTRACK_LOCAL_MQTT_PORT=18870 $(BIN)/fieldtrack infra down
 	FIELDTRACK_STATE_DIR=$${FIELDTRACK_CHAOS_STATE_DIR:-$(CURDIR)/.state/chaos} \
 	  FIELDTRACK_LOCAL_PG_PORT=$${FIELDTRACK_LOCAL_PG_PORT:-54359} \
 	  FIELDTRACK_LOCAL_MQTT_PORT=$${FIELDTRACK_LOCAL_MQTT_PORT:-18860} $(BIN)/fieldtrack infra down
@@ -60,6 +62,13 @@ test-fast: install
 # BENCH_ARGS="--quick" for a smoke run, "--only ingest" etc. for parts.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The capacity model: each component's cost per message, row, connection and provisioned
+# device on this machine, projected to 10k, 100k and 1M devices (docs/scaling.md), on its own
+# services (.state/capacity, ports 54369/18870); report in .state/capacity/capacity.md.
+# CAPACITY_ARGS="--quick" for a smoke run, "--usage-every 30" etc. for other rates.
+capacity: install
+	$(BIN)/python -m bench.capacity $(CAPACITY_ARGS)
 
 # The fault suite, long version: its own TimescaleDB and Mosquitto (.state/chaos, ports 54359
 # and 18860 unless FIELDTRACK_LOCAL_PG_PORT / _MQTT_PORT say otherwise), every fault under

@@ -38,13 +38,17 @@ CEILING_PUBLISHERS = 2
 Say = Callable[[str], None]
 
 
-def bench_services() -> LocalServices:
-    """The benchmark's own local services; the ports honour the usual environment variables."""
-    root = Path(os.environ.get("FIELDTRACK_BENCH_STATE_DIR", PROJECT_ROOT / ".state" / "bench"))
+def bench_services(
+    state: str = "bench", pg_port: int = BENCH_PG_PORT, mqtt_port: int = BENCH_MQTT_PORT
+) -> LocalServices:
+    """A bench command's own local services in .state/*state* (or
+    FIELDTRACK_<STATE>_STATE_DIR); the ports honour the usual environment variables."""
+    variable = f"FIELDTRACK_{state.upper()}_STATE_DIR"
+    root = Path(os.environ.get(variable, PROJECT_ROOT / ".state" / state))
     return LocalServices(
         root=root.resolve(),
-        pg_port=int(os.environ.get("FIELDTRACK_LOCAL_PG_PORT", BENCH_PG_PORT)),
-        mqtt_port=int(os.environ.get("FIELDTRACK_LOCAL_MQTT_PORT", BENCH_MQTT_PORT)),
+        pg_port=int(os.environ.get("FIELDTRACK_LOCAL_PG_PORT", pg_port)),
+        mqtt_port=int(os.environ.get("FIELDTRACK_LOCAL_MQTT_PORT", mqtt_port)),
     )
 
 
@@ -75,6 +79,7 @@ def settings_for(services: LocalServices) -> Settings:
         mqtt_ingest_username=INGEST_USER,
         mqtt_ingest_password=SecretStr(values["MQTT_INGEST_PASSWORD"]),
         ingest_metrics_port=0,
+        session_secret=SecretStr(values["SESSION_SECRET"]),  # the API that bench/queries.py serves
     )
 
 
@@ -95,7 +100,8 @@ class BenchData:
     c_publishers: list[DeviceCredential]
 
 
-def _project(conn: psycopg.Connection, name: str) -> int:
+def bench_project(conn: psycopg.Connection, name: str) -> int:
+    """A customer, project and delivered feature for the bench's devices; the project's id."""
     customer = registry.upsert_customer(conn, f"Bench {name}", "head", "testing", "adoption")
     project = registry.upsert_project(
         conn,
@@ -137,8 +143,8 @@ def bench_data(
         c_serials = [f"bench-{token}-p{i}" for i in range(CEILING_PUBLISHERS)]
         admin = open_identities(settings)
         with admin, psycopg.connect(url, autocommit=True) as conn:
-            project_id = _project(conn, "load")
-            probe_project = _project(conn, "probe")
+            project_id = bench_project(conn, "load")
+            probe_project = bench_project(conn, "probe")
             provisioned = registry.provision_devices(
                 conn, admin, project_id, [(s, "BENCH", "1.0") for s in [*serials, *c_serials]]
             )

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -67,6 +67,7 @@ class Phase:
     lost: int = 0
     cpu_percent: float = 0.0
     rss_mib: float = 0.0
+    cpu_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -187,6 +188,7 @@ class IngestBench:
     @staticmethod
     def _usage(phase: Phase, usage: Usage) -> None:
         phase.cpu_percent, phase.rss_mib = usage.cpu_percent, usage.rss_mib
+        phase.cpu_s = usage.cpu_s
 
     # --- phases ---------------------------------------------------------------------------
 
@@ -199,11 +201,14 @@ class IngestBench:
         *,
         mode: str,
         on_drain: Callable[[int], None] | None = None,
+        others: Mapping[str, Sampler] | None = None,
     ) -> Phase:
         """*messages* of *readings* readings through *processes* ingest processes, `live`
         (the swarm publishing), `live_c` (mosquitto_pub publishing) or `backlog`; *on_drain*
         is called (in a thread) with the first process's pid as a backlog starts draining
-        (to profile it)."""
+        (to profile it). *others* (the broker, PostgreSQL) are sampled over the same span
+        as ingest; their usage goes into the phase's extra."""
+        others = others or {}
         c_load = mode == "live_c"
         plan = self._plan(messages, readings, c_load)
         phase = Phase(name, mode, processes, readings, plan.messages)
@@ -218,6 +223,8 @@ class IngestBench:
                 baseline = 0
                 started = time.monotonic()
                 sampler = Sampler([p.pid for p in procs]).start()
+                for other in others.values():
+                    other.start()
                 watcher = (
                     threading.Thread(target=on_drain, args=(procs[0].pid,)) if on_drain else None
                 )
@@ -230,6 +237,8 @@ class IngestBench:
                 send = self._sender(plan, c_load)
                 baseline = sum(proc.committed() for proc in procs)
                 sampler = Sampler([p.pid for p in procs]).start()
+                for other in others.values():
+                    other.start()
                 started = time.monotonic()
                 result: list[Sent] = []
                 sender = threading.Thread(target=lambda: result.append(send()))
@@ -238,6 +247,7 @@ class IngestBench:
                 sender.join(WAIT_S)
                 sent = result[0]
             self._usage(phase, sampler.stop())
+            phase.extra = {name: asdict(other.stop()) for name, other in others.items()}
         finally:
             self._retire(procs)
         phase.seconds = round(samples[-1][0] - started, 3)

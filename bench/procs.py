@@ -141,13 +141,19 @@ class IngestProc(Proc):
 class Usage:
     cpu_percent: float  # of one core; two busy threads on two cores read 200 %
     rss_mib: float  # the largest resident set seen
+    cpu_s: float = 0.0  # CPU seconds in all
 
 
 class Sampler:
-    """CPU time and peak RSS of some processes between start() and stop()."""
+    """CPU time and peak RSS of some processes between start() and stop(); with *children*,
+    the CPU time of their child processes too (PostgreSQL's backends), those that exit
+    meanwhile included."""
 
-    def __init__(self, pids: Sequence[int], interval: float = 0.25) -> None:
+    def __init__(
+        self, pids: Sequence[int], interval: float = 0.25, *, children: bool = False
+    ) -> None:
         self._procs = [psutil.Process(pid) for pid in pids]
+        self._children = children
         self._interval = interval
         self._stop = threading.Event()
         self._rss = 0
@@ -161,6 +167,14 @@ class Sampler:
             with suppress(psutil.Error):
                 times = proc.cpu_times()
                 total += times.user + times.system
+                if self._children:
+                    # a child that exits moves its whole time into the parent's children_*
+                    # (the parent reaps it), so live children + reaped ones never jumps back
+                    total += times.children_user + times.children_system
+                    for child in proc.children():
+                        with suppress(psutil.Error):
+                            own = child.cpu_times()
+                            total += own.user + own.system
         return total
 
     def _run(self) -> None:
@@ -183,4 +197,5 @@ class Sampler:
         return Usage(
             cpu_percent=round(100 * cpu / elapsed, 1) if elapsed > 0 else 0.0,
             rss_mib=round(self._rss / 2**20, 1),
+            cpu_s=round(cpu, 3),
         )

@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -106,9 +106,17 @@ def _measure(client: httpx.Client, path: str, params: dict[str, str]) -> dict[st
     }
 
 
-def _bench_size(
-    dataset: Dataset, settings: Settings, report: Report, *, reference: bool = True
+def bench_size(
+    dataset: Dataset,
+    settings: Settings,
+    report: Report,
+    *,
+    reference: bool = True,
+    windows: Sequence[int] = WINDOWS,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
+    """The endpoints (*only* these, if given) over each window of *dataset*, and with
+    *reference* the hourly reference query."""
     with psycopg.connect(dataset.url) as conn:
         row = conn.execute(BIGGEST_PROJECT).fetchone()
         assert row is not None  # noqa: S101 - the dataset has devices
@@ -125,6 +133,8 @@ def _bench_size(
         "impact": "/portfolio/impact",
         "dashboard": f"/dashboards/projects/{project}",
     }
+    if only is not None:
+        endpoints = {name: path for name, path in endpoints.items() if name in only}
     # the routes that take the project's busiest feature
     by_feature = {"firmware", "impact"}
     result: dict[str, Any] = {
@@ -146,7 +156,7 @@ def _bench_size(
         # The API migrated the dataset's database on start; a PM's token reads every endpoint.
         client.headers["Authorization"] = f"Bearer {_token(settings)}"
         result["reference"]["health"] = _measure(client, "/health", {})
-        for days in WINDOWS:
+        for days in windows:
             window = {
                 "since": (until - timedelta(days=days)).isoformat(),
                 "until": until.isoformat(),
@@ -204,7 +214,7 @@ def run_query_bench(
         settings = base.model_copy(update={"database_url": SecretStr(dataset.url)})
         # the old query reads the hourly rollup, about as large at every size: it takes
         # half a minute a size, so it runs at the largest one only
-        measured = _bench_size(dataset, settings, report, reference=size == max(sizes))
+        measured = bench_size(dataset, settings, report, reference=size == max(sizes))
         measured["dataset"]["prepare_s_this_run"] = round(prepared, 1)
         measured["bench_s"] = round(time.monotonic() - began, 1)
         results["sizes"][str(size)] = measured

@@ -431,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     for key, port in (
-        ("FIELDTRACK_LOCAL_PG_PORT", "54369"),
-        ("FIELDTRACK_LOCAL_PG_REPLICA_PORT", "54370"),
+        ("FIELDTRACK_LOCAL_PG_PORT", "54379"),
+        ("FIELDTRACK_LOCAL_PG_REPLICA_PORT", "54380"),
         ("FIELDTRACK_LOCAL_MQTT_PORT", "18890"),
         ("FIELDTRACK_LOCAL_NATS_PORT", "14260"),
         ("FIELDTRACK_LOCAL_NATS_MQTT_PORT", "18891"),

@@ -1,0 +1,500 @@
+"""`make capacity`: the cost of each component of fieldtrack on this machine, per unit, and
+what a fleet of 10k, 100k and 1M devices would need.
+
+    python -m bench.capacity [--quick] [--broker mosquitto] [--out DIR] [--usage-every S]
+                             [--telemetry-every S]
+
+Starts its own TimescaleDB and Mosquitto in .state/capacity (ports 54369 / 18870, or
+FIELDTRACK_LOCAL_PG_PORT / FIELDTRACK_LOCAL_MQTT_PORT) and measures, each figure with its
+unit and how it was measured:
+
+- CPU per message of the broker and of `fieldtrack ingest`, and PostgreSQL's per stored row:
+  QoS 1 single-reading usage messages from mosquitto_pub through one real ingest process;
+- the rollups per reading: ingest's in-memory sums and PostgreSQL's rebuild;
+- memory per connected device: the broker's and the simulator swarm's;
+- the time to provision 100 more devices with 500 to 10,000 identities already in the
+  broker, and the growth fitted through those;
+- the dashboard and analytics queries at a stated number of usage events (bench/queries.py).
+
+Writes capacity.json (its `components` keyed by component: another broker adds its own) and
+capacity.md (the figures and the projection, bench/projection.py) to .state/capacity/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import psutil
+import psycopg
+import typer
+from pydantic import SecretStr
+
+from bench import projection, queries
+from bench.brokers import BROKERS, PRELOADED_PREFIX, Broker, preloaded
+from bench.dataset import Dataset, ensure_dataset
+from bench.env import BenchData, bench_data, bench_project, bench_services, start_services
+from bench.load import Load
+from bench.phases import IngestBench
+from bench.procs import Sampler
+from device_sim.swarm import Swarm
+from services.core.console import console
+from services.core.migrate import migrate
+from services.core.settings import Settings
+from services.infra.local import LocalServices
+from services.ingest.rollup_sums import usage_rollups
+from services.ingest.rollups import rebuild_rollups
+
+CAPACITY_PG_PORT = 54369
+CAPACITY_MQTT_PORT = 18870
+PROVISION_BATCH = 100
+# The fleet sizes of the projection are measured against a machine of this size as well.
+BIG_MACHINE = projection.Machine("a 16-core machine", 16, 64)
+# The usage rows of the message phase, as ingest's in-memory rollup takes them.
+PHASE_EVENTS = "SELECT count(*) FROM usage_events WHERE project_id = %s"
+PHASE_READINGS = """
+SELECT device_id, project_id, feature_key, device_time, received_at, seq, item, count,
+       duration_ms, boot
+FROM usage_events WHERE project_id = %s
+"""
+ROLLUP_REPEATS = 5
+
+Say = Callable[[str], None]
+Figure = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    devices: int  # load devices of the message phase
+    messages: int
+    connections: int
+    identities: tuple[int, ...]  # present in the broker before each provisioning batch
+    query_events: int  # the bench dataset's; 0: the message phase's rows
+
+
+FULL = Sizes(
+    devices=20,
+    messages=50_000,
+    connections=5_000,
+    identities=(1_000, 5_000, 10_000),
+    query_events=1_000_000,
+)
+QUICK = Sizes(devices=4, messages=4_000, connections=1_000, identities=(500, 2_000), query_events=0)
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]{datetime.now().strftime('%H:%M:%S')}[/] {message}")
+
+
+def figure(value: float, unit: str, how: str) -> Figure:
+    return {"value": value, "unit": unit, "how": how}
+
+
+def capacity_services() -> LocalServices:
+    return bench_services("capacity", CAPACITY_PG_PORT, CAPACITY_MQTT_PORT)
+
+
+# --- the measurements ---------------------------------------------------------------------
+
+
+def messages(
+    bench: IngestBench, broker: Broker, sizes: Sizes, say: Say
+) -> dict[str, dict[str, Figure]]:
+    """CPU of the broker, of one ingest process and of PostgreSQL (every backend) while
+    mosquitto_pub publishes single-reading QoS 1 usage messages through them."""
+    data = bench.data
+    postmaster = data.services.postgres.pid()
+    if postmaster is None:
+        raise RuntimeError("PostgreSQL is not running")
+    others = {
+        "broker": Sampler(broker.pids()),
+        "postgres": Sampler([postmaster], children=True),
+    }
+    say(f"messages: {sizes.messages:,} through {broker.name} and one ingest process")
+    phase = bench.throughput("capacity", sizes.messages, 1, 1, mode="live_c", others=others)
+    if phase.lost or phase.failed or phase.stored_rows != phase.messages:
+        raise RuntimeError(f"the message phase lost messages: {phase.as_dict()}")
+    how = (
+        f"{phase.messages:,} QoS 1 single-reading usage messages from {len(data.c_publishers)} "
+        f"mosquitto_pub into one `fieldtrack ingest` at {phase.msgs_per_s:,.0f} msg/s"
+    )
+    per_message = 1e6 / phase.messages
+    return {
+        broker.name: {
+            "cpu_per_message": figure(
+                round(phase.extra["broker"]["cpu_s"] * per_message, 2),
+                "µs CPU / message",
+                f"{broker.name} process CPU over {how}",
+            ),
+        },
+        "ingest": {
+            "cpu_per_message": figure(
+                round(phase.cpu_s * per_message, 2),
+                "µs CPU / message",
+                f"ingest process CPU over {how}",
+            ),
+            "memory": figure(phase.rss_mib, "MiB RSS", f"peak of the ingest process, {how}"),
+            "msgs_per_s": figure(
+                phase.msgs_per_s,
+                "messages / s",
+                f"first publish to last commit, {how}: what one process carried, not its most",
+            ),
+        },
+        "postgresql": {
+            "cpu_per_row": figure(
+                round(phase.extra["postgres"]["cpu_s"] * 1e6 / phase.stored_rows, 2),
+                "µs CPU / stored row",
+                f"all PostgreSQL processes' CPU over {how}, one row per message, rollups included",
+            ),
+        },
+    }
+
+
+def rollups(data: BenchData, say: Say) -> dict[str, Figure]:
+    """The usage rollups of the message phase's readings: ingest's in-memory sums
+    (`usage_rollups`) and PostgreSQL's set-based rebuild (`rebuild_rollups`)."""
+    say("rollups: in memory and rebuilt in PostgreSQL")
+    with psycopg.connect(data.url) as conn:
+        readings = conn.execute(PHASE_READINGS, (data.project_id,)).fetchall()
+        started = time.process_time()
+        for _ in range(ROLLUP_REPEATS):
+            usage_rollups(readings)
+        inline = (time.process_time() - started) / ROLLUP_REPEATS
+        postmaster = data.services.postgres.pid()
+        sampler = Sampler([postmaster] if postmaster else [], children=True).start()
+        rebuild_rollups(conn)
+        rebuilt = sampler.stop()
+    count = len(readings)
+    return {
+        "inline_cpu_per_reading": figure(
+            round(inline * 1e6 / count, 2),
+            "µs CPU / reading",
+            f"`usage_rollups` (ingest's rollup sums) over {count:,} stored readings, "
+            f"mean of {ROLLUP_REPEATS}",
+        ),
+        "rebuild_cpu_per_reading": figure(
+            round(rebuilt.cpu_s * 1e6 / count, 2),
+            "µs CPU / reading",
+            f"PostgreSQL CPU of `rebuild_rollups` (every rollup) over {count:,} readings",
+        ),
+    }
+
+
+def connections(broker: Broker, count: int, say: Say) -> dict[str, dict[str, Figure]]:
+    """Memory of *count* idle devices connected through the simulator's swarm: the broker's
+    before and after, and the Python memory the swarm allocated."""
+    credentials = preloaded(count)
+    broker.preload(credentials)
+    before = broker.memory()
+    say(f"connections: {count:,} idle devices through the swarm")
+    tracemalloc.start()
+    swarm = Swarm(broker.host, broker.port, credentials)
+    try:
+        _connect(swarm, count)
+        mine, _ = tracemalloc.get_traced_memory()
+        after = broker.memory()
+    finally:
+        tracemalloc.stop()
+        swarm.stop(clear_status=True)
+    broker.preload([])
+    how = f"{count:,} devices connected with their own identities, idle (keepalive 60 s)"
+    return {
+        broker.name: {
+            "memory_per_1k_connections": figure(
+                round((after - before) / 2**20 * 1000 / count, 2),
+                "MiB / 1,000 connections",
+                f"{broker.name}'s own count of memory in use, after minus before: {how}, "
+                "a retained birth status each",
+            ),
+        },
+        "swarm": {
+            "memory_per_device": figure(
+                round(mine / 1024 / count, 1),
+                "KiB / device",
+                "Python memory the swarm allocated (tracemalloc; sockets' kernel buffers "
+                f"not included): {how}",
+            ),
+        },
+    }
+
+
+def _connect(swarm: Swarm, count: int) -> None:
+    connected = swarm.start(timeout=180)
+    if connected != count:
+        raise RuntimeError(f"only {connected:,} of {count:,} devices connected")
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line through (x, y) points: (intercept, slope)."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+    return mean_y - slope * mean_x, slope
+
+
+def provisioning(
+    services: LocalServices, settings: Settings, broker: Broker, sizes: Sizes, say: Say
+) -> dict[str, Figure]:
+    """A batch of PROVISION_BATCH devices provisioned as the API does (registry rows and
+    broker identities, all or nothing) into a scratch database, with each number of
+    identities already present; the growth of the cost per device fitted through those, and
+    projected to 100,000."""
+    out: dict[str, Figure] = {}
+    points: list[tuple[float, float]] = []
+    app_url = settings.database_url.get_secret_value()
+    with (
+        services.postgres.scratch_database(app_url, "fieldtrack_capacity") as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        migrate(url)
+        project = bench_project(conn, "provisioning")
+        for present in sizes.identities:
+            broker.preload(preloaded(present))
+            # named so that the next preload removes them with the preloaded ones
+            serials = [f"{PRELOADED_PREFIX}new-{present}-{i:03d}" for i in range(PROVISION_BATCH)]
+            say(f"provisioning: {PROVISION_BATCH} devices with {present:,} identities present")
+            started = time.monotonic()
+            broker.provision(conn, project, serials)
+            seconds = time.monotonic() - started
+            per_device = seconds / PROVISION_BATCH
+            points.append((present, per_device))
+            out[f"provision_at_{present}"] = figure(
+                round(per_device * 1000, 1),
+                "ms / device",
+                f"{PROVISION_BATCH} devices in one request through the registry's provisioning "
+                f"(database and {broker.name} identities) with {present:,} identities present",
+            )
+    broker.preload([])
+    base, growth = fit(points)
+    fitted = f"least squares through the {len(points)} sizes above"
+    out["provision_base"] = figure(
+        round(base * 1000, 2), "ms / device", f"with no identity present: {fitted}"
+    )
+    out["provision_growth"] = figure(
+        round(growth * 1e6, 3), "µs / device per identity present", f"slope: {fitted}"
+    )
+    out["provision_at_100000_projected"] = figure(
+        round((base + growth * 100_000) * 1000, 1),
+        "ms / device",
+        "projected (not measured): the fitted line at 100,000 identities",
+    )
+    return out
+
+
+def phase_dataset(data: BenchData) -> Dataset:
+    """The message phase's database as bench/queries.py reads a dataset: its 30-day window
+    ends after today, so it holds every row of the phase."""
+    with psycopg.connect(data.url) as conn:
+        row = conn.execute(PHASE_EVENTS, (data.project_id,)).fetchone()
+    events = int(row[0]) if row else 0
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = today + timedelta(days=2)
+    database = data.url.rsplit("/", 1)[-1]
+    return Dataset(
+        data.url, database, events, end - timedelta(days=30), end, events, 0, 0, 0, True, 0
+    )
+
+
+def query_costs(dataset: Dataset, settings: Settings, say: Say) -> dict[str, Figure]:
+    """The dashboard and project analytics over 30 days of *dataset* (bench/queries.py)."""
+    say(f"queries: {dataset.usage_rows:,} usage events")
+    on_dataset = settings.model_copy(update={"database_url": SecretStr(dataset.url)})
+    found = queries.bench_size(
+        dataset,
+        on_dataset,
+        say,
+        reference=False,
+        windows=(30,),
+        only=("dashboard", "project_analytics"),
+    )
+    out: dict[str, Figure] = {}
+    for name, measured in found["endpoints"].items():
+        server = measured["30"]["server_ms"]
+        out[f"{name}_30d"] = figure(
+            server["p50"],
+            "ms server time (p50)",
+            f"GET of the {name} over 30 days, {measured['30']['requests']} requests, "
+            f"{dataset.usage_rows:,} usage events, {found['project']['devices']:,} devices "
+            "in the project",
+        )
+    return out
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def costs_of(components: dict[str, dict[str, Figure]], broker: str) -> projection.Costs:
+    """The projection's per-unit costs from the measured components."""
+
+    def value(component: str, name: str) -> float:
+        return float(components[component][name]["value"])
+
+    return projection.Costs(
+        broker_cpu_s_per_message=value(broker, "cpu_per_message") / 1e6,
+        ingest_cpu_s_per_message=value("ingest", "cpu_per_message") / 1e6,
+        postgres_cpu_s_per_row=value("postgresql", "cpu_per_row") / 1e6,
+        broker_mib_per_device=value(broker, "memory_per_1k_connections") / 1000,
+        provision_s_per_device=max(0.0, value(broker, "provision_base") / 1000),
+        provision_s_per_identity=max(0.0, value(broker, "provision_growth") / 1e6),
+        ingest_msgs_per_s=value("ingest", "msgs_per_s"),
+    )
+
+
+def this_machine() -> projection.Machine:
+    memory = psutil.virtual_memory().total / 2**30
+    return projection.Machine("this machine", os.cpu_count() or 1, round(memory))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """capacity.md: the measured figures, then the projection."""
+    meta = report["meta"]
+    lines = [
+        "| component | figure | value | unit | how |",
+        "|---|---|---:|---|---|",
+    ]
+    for component, figures in report["components"].items():
+        for name, found in figures.items():
+            lines.append(
+                f"| {component} | {name} | {found['value']:,} | {found['unit']} | {found['how']} |"
+            )
+    return "\n".join(
+        [
+            "# Capacity",
+            "",
+            f"Measured by `make capacity` ({meta['mode']} run, broker {meta['broker']}) on "
+            f"{meta['machine']}; load average {meta['load_average_at_start']} at the start.",
+            "",
+            "## Measured",
+            "",
+            *lines,
+            "",
+            "## Projection",
+            "",
+            *report["projection"],
+            "",
+        ]
+    )
+
+
+def run_capacity(
+    services: LocalServices,
+    settings: Settings,
+    *,
+    broker_name: str = "mosquitto",
+    quick: bool,
+    out_dir: Path,
+    rates: projection.Rates | None = None,
+    say: Say = _say,
+) -> dict[str, Any]:
+    """Measure every component against running *services*; write and return the report."""
+    sizes = QUICK if quick else FULL
+    rates = rates or projection.Rates()
+    started = time.monotonic()
+    broker = BROKERS[broker_name](services, settings)
+    memory = psutil.virtual_memory().total / 2**30
+    report: dict[str, Any] = {
+        "meta": {
+            "machine": f"{os.cpu_count()} cores, {memory:.0f} GiB RAM, "
+            f"{platform.platform(terse=True)}",
+            "mode": "quick" if quick else "full",
+            "broker": broker.name,
+            "load_average_at_start": round(os.getloadavg()[0], 1),
+            "rates": {
+                "usage_every_s": rates.usage_every_s,
+                "telemetry_every_s": rates.telemetry_every_s,
+            },
+        },
+        "components": {},
+    }
+    components: dict[str, dict[str, Figure]] = report["components"]
+
+    def add(found: dict[str, dict[str, Figure]]) -> None:
+        for component, figures in found.items():
+            components.setdefault(component, {}).update(figures)
+
+    work = out_dir / "work"
+    with bench_data(services, settings, sizes.devices, say) as data:
+        with Load(data.settings, data.devices, data.probe) as load:
+            add(messages(IngestBench(data, load, work, say), broker, sizes, say))
+        add({"rollups": rollups(data, say)})
+        if not sizes.query_events:
+            add({"queries": query_costs(phase_dataset(data), settings, say)})
+    # these restart the broker: after the load's connections are gone
+    add(connections(broker, sizes.connections, say))
+    add({broker.name: provisioning(services, settings, broker, sizes, say)})
+    if sizes.query_events:
+        say(f"queries: the bench dataset of {sizes.query_events:,} usage events")
+        dataset = ensure_dataset(services, sizes.query_events, say)
+        add({"queries": query_costs(dataset, settings, say)})
+    costs = costs_of(components, broker.name)
+    report["projection"] = projection.table(costs, rates, this_machine(), BIG_MACHINE)
+    report["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "capacity.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "capacity.md").write_text(markdown(report))
+    return report
+
+
+def main(
+    quick: Annotated[bool, typer.Option(help="a smoke run: small sizes, about a minute")] = False,
+    *,
+    broker: Annotated[
+        str, typer.Option(help=f"the broker measured: {', '.join(BROKERS)}")
+    ] = "mosquitto",
+    out: Annotated[Path | None, typer.Option(help="report folder; default .state/capacity")] = None,
+    usage_every: Annotated[
+        float, typer.Option(help="seconds between a device's usage messages")
+    ] = 60.0,
+    telemetry_every: Annotated[
+        float, typer.Option(help="seconds between a device's telemetry messages")
+    ] = 300.0,
+    keep_services: Annotated[
+        bool, typer.Option(help="leave the capacity run's TimescaleDB and Mosquitto running")
+    ] = False,
+) -> None:
+    """Measure the cost of each component on this machine and project it to 10k, 100k and
+    1M devices; write capacity.json and capacity.md."""
+    if broker not in BROKERS:
+        raise typer.BadParameter(f"unknown broker {broker!r}; choose from {', '.join(BROKERS)}")
+    services = capacity_services()
+    out_dir = out or services.root
+    _say(
+        f"capacity services in {services.root} (PostgreSQL :{services.pg_port}, "
+        f"Mosquitto :{services.mqtt_port})"
+    )
+    try:
+        settings = start_services(services, _say)
+        # bench/queries.py and the dataset find the services through the environment
+        os.environ["FIELDTRACK_LOCAL_PG_PORT"] = str(services.pg_port)
+        os.environ["FIELDTRACK_LOCAL_MQTT_PORT"] = str(services.mqtt_port)
+        run_capacity(
+            services,
+            settings,
+            broker_name=broker,
+            quick=quick,
+            out_dir=out_dir,
+            rates=projection.Rates(usage_every, telemetry_every),
+        )
+    finally:
+        if not keep_services:
+            services.down(lambda message: _say(f"[infra] {message}"))
+    console.print((out_dir / "capacity.md").read_text())
+    console.print(f"report: {out_dir / 'capacity.md'} and capacity.json")
+
+
+def cli() -> None:
+    typer.run(main)
+
+
+if __name__ == "__main__":
+    cli()
