@@ -1,6 +1,7 @@
 """The brokers the capacity model measures, each described the same way: where devices
 connect, which processes are the broker's, how devices are provisioned and how its identity
-store is brought to a size before a measurement. Mosquitto is the one implemented here.
+store is brought to a size before a measurement: Mosquitto (identities in its dynamic-security
+store) and the NATS cluster (identities in the registry, checked by the auth callout).
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
+import psutil
 import psycopg
 
-from services.core.broker_admin import BrokerAdmin, device_acls, device_role
+from bench.env import bench_project
+from services.core.broker_admin import device_acls, device_role
+from services.core.identities import open_identities
 from services.core.settings import Settings
+from services.core.topics import nats_client_id
 from services.infra.local import LocalServices
-from services.registry import models, provisioning
+from services.registry import credentials as credentials_module, models, provisioning
 
 # Identities written straight into a store are named so, and replaced by the next preload.
 PRELOADED_PREFIX = "capacity-pre-"
@@ -37,8 +43,7 @@ class Broker:
     """A broker under measurement."""
 
     name: str
-    host: str
-    port: int
+    nodes: list[tuple[str, int]]  # where devices connect (MQTT); a cluster has several
     pids: Callable[[], list[int]]  # the processes whose CPU is the broker's
     # Bytes of memory the broker holds now. Mosquitto: its own heap count; its RSS keeps
     # the memory it freed after reading its identity store, and thousands of connections
@@ -46,9 +51,10 @@ class Broker:
     memory: Callable[[], int]
     # Register *serials* in a project and give each a broker identity, as the API does.
     provision: Callable[[psycopg.Connection, int, Sequence[str]], None]
-    # Restart the broker with these device identities present besides its own (none: back to
-    # its own); each can log in with its password.
-    preload: Callable[[Credentials], None]
+    # Make these device identities present besides the broker's own (none: back to its own),
+    # each able to log in with its password; *conn* is the registry's database.
+    preload: Callable[[psycopg.Connection, Credentials], None]
+    client_id_of: Callable[[str], str] = str  # a device's MQTT client id from its serial
 
 
 def preloaded(count: int) -> list[tuple[str, str]]:
@@ -81,18 +87,7 @@ def mosquitto(services: LocalServices, settings: Settings) -> Broker:
         )
         return int(found.stdout.split()[-1])
 
-    def provision(conn: psycopg.Connection, project_id: int, serials: Sequence[str]) -> None:
-        admin = BrokerAdmin(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_admin_username,
-            settings.mqtt_admin_password.get_secret_value(),
-        )
-        with admin:
-            devices = [models.DeviceCreate(serial=s, project_id=project_id) for s in serials]
-            provisioning.provision(conn, admin, devices)
-
-    def preload(credentials: Credentials) -> None:
+    def preload(conn: psycopg.Connection, credentials: Credentials) -> None:
         broker = services.mosquitto
         broker.stop()
         store = json.loads(broker.dynsec_file.read_text())
@@ -109,7 +104,72 @@ def mosquitto(services: LocalServices, settings: Settings) -> Broker:
         broker.start(lambda message: None)
 
     return Broker(
-        "mosquitto", settings.mqtt_host, settings.mqtt_port, pids, memory, provision, preload
+        "mosquitto",
+        [(settings.mqtt_host, settings.mqtt_port)],
+        pids,
+        memory,
+        partial(provision_devices, settings),
+        preload,
+    )
+
+
+def provision_devices(
+    settings: Settings, conn: psycopg.Connection, project_id: int, serials: Sequence[str]
+) -> None:
+    """Register devices and give each a broker identity, as the API's POST /devices does."""
+    with open_identities(settings) as identities:
+        devices = [models.DeviceCreate(serial=s, project_id=project_id) for s in serials]
+        provisioning.provision(conn, identities, devices)
+
+
+PRELOAD_PROJECT = "capacity-preloaded"
+FORGET_PRELOADED = "DELETE FROM devices WHERE serial LIKE %s"
+COPY_DEVICES = "COPY devices (serial, project_id) FROM STDIN"
+COPY_CREDENTIALS = """
+INSERT INTO device_credentials (device_id, secret_hash)
+SELECT d.id, c.secret_hash FROM devices d JOIN unnest(%s::text[], %s::bytea[])
+    AS c(serial, secret_hash) ON c.serial = d.serial
+"""
+
+
+def nats(services: LocalServices, settings: Settings) -> Broker:
+    """The local NATS cluster of *services* (`infra up --cluster`): device identities are the
+    registry's rows, checked at login by the auth callout."""
+
+    def pids() -> list[int]:
+        found = [pid for node in services.cluster.nodes if (pid := node.pid()) is not None]
+        if not found:
+            raise RuntimeError("the NATS cluster is not running")
+        return found
+
+    def memory() -> int:
+        return sum(psutil.Process(pid).memory_info().rss for pid in pids())
+
+    def preload(conn: psycopg.Connection, credentials: Credentials) -> None:
+        with conn.transaction():
+            conn.execute(FORGET_PRELOADED, (f"{PRELOADED_PREFIX}%",))
+            if not credentials:
+                return
+            project = bench_project(conn, PRELOAD_PROJECT)
+            with conn.cursor().copy(COPY_DEVICES) as copy:
+                for serial, _ in credentials:
+                    copy.write_row((serial, project))
+            conn.execute(
+                COPY_CREDENTIALS,
+                (
+                    [serial for serial, _ in credentials],
+                    [credentials_module.secret_hash(password) for _, password in credentials],
+                ),
+            )
+
+    return Broker(
+        "nats",
+        [("127.0.0.1", node.mqtt_port) for node in services.cluster.nodes],
+        pids,
+        memory,
+        partial(provision_devices, settings),
+        preload,
+        client_id_of=nats_client_id,
     )
 
 
@@ -127,4 +187,7 @@ def dynsec_client(serial: str, password: str) -> dict[str, object]:
     }
 
 
-BROKERS: dict[str, Callable[[LocalServices, Settings], Broker]] = {"mosquitto": mosquitto}
+BROKERS: dict[str, Callable[[LocalServices, Settings], Broker]] = {
+    "mosquitto": mosquitto,
+    "nats": nats,
+}

@@ -20,7 +20,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import PROJECT_ROOT
-from services.core.settings import Settings
+from services.core.settings import Settings, child_environment
 
 CONNECT_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
@@ -34,17 +34,10 @@ def free_port() -> int:
 
 def connection_env(settings: Settings) -> dict[str, str]:
     """The environment a fieldtrack process needs to reach the benchmark's services."""
-    return {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "FIELDTRACK_DATABASE_URL": settings.database_url.get_secret_value(),
-        "FIELDTRACK_MQTT_HOST": settings.mqtt_host,
-        "FIELDTRACK_MQTT_PORT": str(settings.mqtt_port),
-        "FIELDTRACK_MQTT_ADMIN_USERNAME": settings.mqtt_admin_username,
-        "FIELDTRACK_MQTT_ADMIN_PASSWORD": settings.mqtt_admin_password.get_secret_value(),
-        "FIELDTRACK_MQTT_INGEST_USERNAME": settings.mqtt_ingest_username,
-        "FIELDTRACK_MQTT_INGEST_PASSWORD": settings.mqtt_ingest_password.get_secret_value(),
-    }
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **child_environment(settings)}
+
+
+NATS_READY_LINE = "consuming $MQTT_msgs"
 
 
 class Proc:
@@ -115,6 +108,8 @@ class IngestProc(Proc):
             "FIELDTRACK_INGEST_SHARE_GROUP": group,
             "FIELDTRACK_INGEST_METRICS_PORT": str(self.metrics_port),
         }
+        if settings.broker == "nats":
+            self.ready_line = NATS_READY_LINE
         super().__init__(client_id, [sys.executable, "-m", "services", "ingest"], env, log_dir)
         self.client_id = client_id
 

@@ -329,6 +329,30 @@ class Settings(BaseSettings):
         return value
 
 
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The FIELDTRACK_* variables that make a child fieldtrack process use *settings*' database
+    and broker (they override its connection file)."""
+    env = {
+        "FIELDTRACK_DATABASE_URL": settings.database_url.get_secret_value(),
+        "FIELDTRACK_BROKER": settings.broker,
+        "FIELDTRACK_MQTT_HOST": settings.mqtt_host,
+        "FIELDTRACK_MQTT_PORT": str(settings.mqtt_port),
+        "FIELDTRACK_MQTT_NODES": ",".join(node_name(node) for node in settings.mqtt_nodes),
+        "FIELDTRACK_MQTT_ADMIN_USERNAME": settings.mqtt_admin_username,
+        "FIELDTRACK_MQTT_ADMIN_PASSWORD": settings.mqtt_admin_password.get_secret_value(),
+        "FIELDTRACK_MQTT_INGEST_USERNAME": settings.mqtt_ingest_username,
+        "FIELDTRACK_MQTT_INGEST_PASSWORD": settings.mqtt_ingest_password.get_secret_value(),
+        "FIELDTRACK_NATS__URLS": settings.nats.urls,
+        "FIELDTRACK_NATS__CONSUMER": settings.nats.consumer,
+        "FIELDTRACK_NATS__ACK_WAIT_S": str(settings.nats.ack_wait_s),
+    }
+    for name in ("auth_password", "issuer_seed", "system_password"):
+        value: SecretStr | None = getattr(settings.nats, name)
+        if value is not None:
+            env[f"FIELDTRACK_NATS__{name.upper()}"] = value.get_secret_value()
+    return env
+
+
 def variable_problems(exc: ValidationError) -> str:
     """What is wrong with the settings, each named by its environment variable."""
     return "; ".join(

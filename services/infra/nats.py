@@ -37,6 +37,7 @@ STOP_TIMEOUT_S = 15.0
 MAX_FILE_STORE = "4G"
 MAX_MEMORY_STORE = "256M"
 PRIVATE_FILE_MODE = 0o600
+LOGIN_TIMEOUT_S = 10
 
 NODE_CONFIG = """\
 # written by `fieldtrack infra up --cluster`
@@ -66,6 +67,9 @@ accounts {{
 }}
 system_account: {system_account}
 authorization {{
+  # seconds a login may wait for the auth callout: a reconnect storm (a node's devices all at
+  # once) queues there instead of failing at the 2 s default
+  timeout: {auth_timeout}
   auth_callout {{
     issuer: "{issuer}"
     account: {auth_account}
@@ -170,6 +174,7 @@ class NatsNode:
             system_user=secrets.system_user,
             system_password=secrets.system_password,
             issuer=secrets.issuer,
+            auth_timeout=LOGIN_TIMEOUT_S,
         )
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "w") as handle:

@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         os.environ.setdefault(key, port)
     services = LocalServices.from_env()
+    services.remove_replica(print)  # a replica of an earlier run may stream from elsewhere
     services.up(print, replica=True)
     from services.core.settings import get_settings
 

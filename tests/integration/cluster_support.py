@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
-from services.core.settings import NatsSettings, Settings
+from services.core.settings import NatsSettings, Settings, child_environment
 from services.core.topics import nats_client_id
 from services.infra.callout_process import CalloutProcess
 from services.infra.local import LocalServices
@@ -40,22 +40,7 @@ class Cluster:
 
 def process_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a fieldtrack subprocess use *settings*' database and broker."""
-    nats = settings.nats
-    env = {
-        **os.environ,
-        "FIELDTRACK_DATABASE_URL": settings.database_url.get_secret_value(),
-        "FIELDTRACK_BROKER": settings.broker,
-        "FIELDTRACK_MQTT_HOST": settings.mqtt_host,
-        "FIELDTRACK_MQTT_PORT": str(settings.mqtt_port),
-        "FIELDTRACK_NATS__URLS": nats.urls,
-        "FIELDTRACK_NATS__CONSUMER": nats.consumer,
-        "FIELDTRACK_NATS__ACK_WAIT_S": str(nats.ack_wait_s),
-    }
-    for name in ("auth_password", "issuer_seed", "system_password"):
-        value = getattr(nats, name)
-        if value is not None:
-            env[f"FIELDTRACK_NATS__{name.upper()}"] = value.get_secret_value()
-    return env
+    return {**os.environ, **child_environment(settings)}
 
 
 def cluster_settings(services: LocalServices, settings: Settings) -> Settings:
