@@ -55,6 +55,7 @@ class Broker:
     # each able to log in with its password; *conn* is the registry's database.
     preload: Callable[[psycopg.Connection, Credentials], None]
     client_id_of: Callable[[str], str] = str  # a device's MQTT client id from its serial
+    single_threaded: bool = True  # Mosquitto: one core is its wall; NATS: none
 
 
 def preloaded(count: int) -> list[tuple[str, str]]:
@@ -170,6 +171,7 @@ def nats(services: LocalServices, settings: Settings) -> Broker:
         partial(provision_devices, settings),
         preload,
         client_id_of=nats_client_id,
+        single_threaded=False,
     )
 
 

@@ -23,6 +23,7 @@ capacity.md (the figures and the projection, bench/projection.py) to .state/capa
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -402,20 +403,21 @@ def query_costs(dataset: Dataset, settings: Settings, say: Say) -> dict[str, Fig
 # --- the run --------------------------------------------------------------------------------
 
 
-def costs_of(components: dict[str, dict[str, Figure]], broker: str) -> projection.Costs:
+def costs_of(components: dict[str, dict[str, Figure]], broker: Broker) -> projection.Costs:
     """The projection's per-unit costs from the measured components."""
 
     def value(component: str, name: str) -> float:
         return float(components[component][name]["value"])
 
     return projection.Costs(
-        broker_cpu_s_per_message=value(broker, "cpu_per_message") / 1e6,
+        broker_cpu_s_per_message=value(broker.name, "cpu_per_message") / 1e6,
         ingest_cpu_s_per_message=value("ingest", "cpu_per_message") / 1e6,
         postgres_cpu_s_per_row=value("postgresql", "cpu_per_row") / 1e6,
-        broker_mib_per_device=value(broker, "memory_per_1k_connections") / 1000,
-        provision_s_per_device=max(0.0, value(broker, "provision_base") / 1000),
-        provision_s_per_identity=max(0.0, value(broker, "provision_growth") / 1e6),
+        broker_mib_per_device=value(broker.name, "memory_per_1k_connections") / 1000,
+        provision_s_per_device=max(0.0, value(broker.name, "provision_base") / 1000),
+        provision_s_per_identity=max(0.0, value(broker.name, "provision_growth") / 1e6),
         ingest_msgs_per_s=value("ingest", "msgs_per_s"),
+        broker_thread_cores=projection.BROKER_THREAD_CORES if broker.single_threaded else math.inf,
     )
 
 
@@ -507,7 +509,7 @@ def run_capacity(
         say(f"queries: the bench dataset of {sizes.query_events:,} usage events")
         dataset = ensure_dataset(services, sizes.query_events, say)
         add({"queries": query_costs(dataset, settings, say)})
-    costs = costs_of(components, broker.name)
+    costs = costs_of(components, broker)
     report["projection"] = projection.table(costs, rates, this_machine(), BIG_MACHINE)
     report["meta"]["seconds"] = round(time.monotonic() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)

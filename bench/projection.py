@@ -47,6 +47,9 @@ class Costs:
     provision_s_per_device: float  # with no identity present
     provision_s_per_identity: float  # what each identity already present adds to that
     ingest_msgs_per_s: float  # the rate one ingest process was measured at
+    # the cores one broker process can use: Mosquitto's one thread; a NATS cluster's nodes are
+    # multi-threaded and each on a machine of its own: no such wall (infinity)
+    broker_thread_cores: float = BROKER_THREAD_CORES
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def walls(costs: Costs, rates: Rates, machine: Machine) -> dict[str, float]:
     }
     busiest = max(shares, key=lambda name: shares[name])
     return {
-        "broker thread": _fleet_at(BROKER_THREAD_CORES, per_device.broker_cores),
+        "broker thread": _fleet_at(costs.broker_thread_cores, per_device.broker_cores),
         f"CPU (mostly {busiest})": _fleet_at(machine.cores, per_device.cores),
         "broker memory": _fleet_at(machine.memory_gib, per_device.broker_memory_gib),
         "broker identity store": identity_wall(costs),
@@ -153,7 +156,7 @@ def deployment(costs: Costs, rates: Rates, big: Machine, devices: int) -> str:
     )
     if (
         fleet.cores <= HEADROOM * big.cores
-        and fleet.broker_cores <= HEADROOM * BROKER_THREAD_CORES
+        and fleet.broker_cores <= HEADROOM * costs.broker_thread_cores
         and fleet.provisioning_s <= PROVISIONING_WALL_S
     ):
         return f"one machine: Mosquitto, {processes}, one TimescaleDB"
