@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -72,6 +73,7 @@ FROM usage_events WHERE project_id = %s
 ROLLUP_REPEATS = 5
 DEVICE_ID = "SELECT id FROM devices WHERE serial = %s"
 REVOCATION_WAIT_S = 30.0
+FLEET_BATCH = 1000  # devices per provisioning request when a whole fleet is provisioned
 CALLOUT_START_S = 2.0  # the auth callout connects to the cluster before logins are asked
 
 Say = Callable[[str], None]
@@ -327,6 +329,44 @@ def provisioning(
     return out
 
 
+def provision_fleet(settings: Settings, broker: Broker, total: int, say: Say) -> dict[str, Figure]:
+    """A whole fleet provisioned through the API's path, batch after batch, from none to
+    *total*: the cost per device of the first and of the last batch (flat: the same).
+    Only for a broker whose identities are rows (NATS): Mosquitto would take days."""
+    url = settings.database_url.get_secret_value()
+    batches: list[float] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(FORGET_PRELOADED, (f"{PRELOADED_PREFIX}%",))
+        project = bench_project(conn, "fleet")
+        started = time.monotonic()
+        for first in range(0, total, FLEET_BATCH):
+            serials = [
+                f"{PRELOADED_PREFIX}fleet-{i:07d}" for i in range(first, first + FLEET_BATCH)
+            ]
+            batch_started = time.monotonic()
+            broker.provision(conn, project, serials)
+            batches.append((time.monotonic() - batch_started) / FLEET_BATCH)
+            if (first + FLEET_BATCH) % (total // 10) == 0:
+                say(f"provisioning the fleet: {first + FLEET_BATCH:,} of {total:,}")
+        seconds = time.monotonic() - started
+        conn.execute(FORGET_PRELOADED, (f"{PRELOADED_PREFIX}%",))
+    how = f"{total:,} devices through the registry's provisioning, {FLEET_BATCH:,} a request"
+    tenth = max(1, len(batches) // 10)
+    return {
+        f"fleet_{total}_first_batches": figure(
+            round(statistics.median(batches[:tenth]) * 1000, 3),
+            "ms / device",
+            f"{how}: median of the first tenth of the batches",
+        ),
+        f"fleet_{total}_last_batches": figure(
+            round(statistics.median(batches[-tenth:]) * 1000, 3),
+            "ms / device",
+            f"{how}: median of the last tenth of the batches",
+        ),
+        f"fleet_{total}_seconds": figure(round(seconds, 1), "s", f"{how}, in all"),
+    }
+
+
 def identity_sizes(broker: Broker, sizes: Sizes) -> tuple[int, ...]:
     """Mosquitto's dynamic security cannot reach 100,000 identities in a run (see the growth);
     the cluster's identities are rows, so it is measured there."""
@@ -505,6 +545,8 @@ def run_capacity(
     serve_logins_from(services, broker, settings)
     add(connections(broker, settings, sizes.connections, say))
     add({broker.name: provisioning(services, settings, broker, sizes, say)})
+    if broker.name == "nats":
+        add({broker.name: provision_fleet(settings, broker, sizes.cluster_identities[-1], say)})
     if sizes.query_events:
         say(f"queries: the bench dataset of {sizes.query_events:,} usage events")
         dataset = ensure_dataset(services, sizes.query_events, say)

@@ -20,6 +20,7 @@ from services.core.errors import (
     AuthenticationError,
     BrokerAdminError,
     ConflictError,
+    DisconnectError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
@@ -194,7 +195,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(BrokerAdminError)
     def broker_down(request: Request, exc: BrokerAdminError) -> JSONResponse:
+        # a DisconnectError comes after the commit: the change stands, only the kick failed
+        done = "" if isinstance(exc, DisconnectError) else "; nothing was changed"
         return JSONResponse(
-            {"detail": f"{exc}; nothing was changed"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"detail": f"{exc}{done}"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
         )

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import nats
+import psycopg
 from nats.aio.msg import Msg
 from prometheus_client import Counter
 from psycopg_pool import ConnectionPool
@@ -28,7 +30,6 @@ from services.core.payloads import MAX_PAYLOAD_BYTES
 from services.core.settings import Settings
 from services.core.topics import (
     SERIAL_RE,
-    device_prefix_filter,
     device_publish_topics,
     is_reserved_name,
     nats_client_id,
@@ -41,11 +42,16 @@ log = logging.getLogger(__name__)
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 QUEUE_GROUP = "fieldtrack-auth"
 APP_ACCOUNT = "APP"
-# A device subscribes to its own prefix at most (commands); a handful of subscriptions.
-DEVICE_MAX_SUBSCRIPTIONS = 8
+PAYLOAD_HEADROOM = 1024
 # Logins decided at once: each is one indexed registry lookup; a reconnect storm after a node
 # is lost (a third of the fleet at once) queues here instead of opening more connections.
 POOL_MAX = 4
+# A registry lookup that takes longer than this fails the login (the device retries) instead
+# of holding every other login behind a stuck connection.
+LOOKUP_TIMEOUT_MS = 2000
+CONNECT_TIMEOUT_S = 5
+# Refused logins are logged at most this often: anyone can attempt logins at will.
+REFUSAL_LOG_EVERY_S = 1.0
 RECONNECT_WAIT_S = 0.5
 
 DECISIONS = Counter(
@@ -94,13 +100,17 @@ def refusal(login: Login) -> str | None:
 
 
 def device_permissions(serial: str) -> dict[str, Any]:
-    """A device's rights, as the user JWT grants them."""
+    """A device's rights, as the user JWT grants them: publish to its own topics, nothing
+    else. Devices receive nothing from the broker, and on NATS an MQTT subscription of a
+    persistent session is a durable consumer of the replicated stream that would keep every
+    later message for it: no subscription is allowed."""
     return {
         "pub": {"allow": [nats_subject(topic) for topic in device_publish_topics(serial)]},
-        "sub": {"allow": [nats_subject(device_prefix_filter(serial))]},
-        "subs": DEVICE_MAX_SUBSCRIPTIONS,
+        "sub": {"deny": [">"]},
+        "subs": 0,
         "data": nats_jwt.NO_LIMIT,
-        "payload": MAX_PAYLOAD_BYTES,
+        # the node counts its own MQTT header (a few bytes) into the payload
+        "payload": MAX_PAYLOAD_BYTES + PAYLOAD_HEADROOM,
         "allowed_connection_types": ["MQTT"],
         "type": "user",
         "version": 2,
@@ -145,7 +155,16 @@ class AuthCallout:
             max_size=POOL_MAX,
             open=False,
             name="auth-callout",
+            kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "options": f"-c statement_timeout={LOOKUP_TIMEOUT_MS}",
+                "keepalives_idle": 10,
+            },
         )
+        self._slots = asyncio.Semaphore(POOL_MAX)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_refusal_log = 0.0
+        self._refusals_unlogged = 0
 
     def decide(self, token: bytes) -> str | None:
         """The response to one request; None when the request itself is unreadable (no
@@ -158,16 +177,39 @@ class AuthCallout:
             return None
         why_not = refusal(login)
         if why_not is None:
-            with self._pool.connection() as conn:
-                why_not = credentials.check(conn, login.serial, login.password).refused
+            try:
+                with self._pool.connection() as conn:
+                    why_not = credentials.check(conn, login.serial, login.password).refused
+            except psycopg.Error as exc:
+                log.warning("registry lookup for a login failed: %s", exc)
+                why_not = "the registry could not be asked; try again"
         DECISIONS.labels("accepted" if why_not is None else "refused").inc()
         if why_not is not None:
-            log.info("login of %.64r refused: %s", login.serial, why_not)
+            self._log_refusal(login.serial, why_not)
         return answer(login, self._seed, why_not)
 
+    def _log_refusal(self, serial: str, why_not: str) -> None:
+        now = time.monotonic()
+        if now - self._last_refusal_log < REFUSAL_LOG_EVERY_S:
+            self._refusals_unlogged += 1
+            return
+        more = f" ({self._refusals_unlogged} more refused since the last line)"
+        log.info(
+            "login of %.64r refused: %s%s", serial, why_not, more if self._refusals_unlogged else ""
+        )
+        self._last_refusal_log, self._refusals_unlogged = now, 0
+
     async def _on_request(self, msg: Msg) -> None:
+        """nats-py awaits each callback before the next message: decide in a task of its own,
+        so up to POOL_MAX logins are looked up at once."""
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
         try:
-            response = await asyncio.to_thread(self.decide, msg.data)
+            async with self._slots:
+                response = await asyncio.to_thread(self.decide, msg.data)
             if response is not None:
                 await msg.respond(response.encode())
         except Exception:  # one bad request must not end the service

@@ -17,6 +17,11 @@ class BrokerAdminError(FieldtrackError):
     """The broker refused or did not answer a dynamic-security command."""
 
 
+class DisconnectError(BrokerAdminError):
+    """The registry change is committed, but the broker could not be made to close the
+    device's connections (it is refused at its next login; repeating the request retries)."""
+
+
 class NotFoundError(FieldtrackError):
     """A requested object does not exist (or is not visible to the caller)."""
 

@@ -155,7 +155,7 @@ class LocalServices:
             f"FIELDTRACK_MQTT_NODES={cluster.mqtt_nodes}\n"
             "FIELDTRACK_MQTT_HOST=127.0.0.1\n"
             f"FIELDTRACK_MQTT_PORT={cluster.nodes[0].mqtt_port}\n"
-            if cluster.initialised()
+            if self.cluster_is_broker()
             else f"FIELDTRACK_MQTT_HOST=127.0.0.1\nFIELDTRACK_MQTT_PORT={self.mqtt_port}\n"
         )
         self._write_private(

@@ -109,6 +109,7 @@ class JetStreamSource:
             log.critical("the JetStream fetcher died", exc_info=True)
             self._on_death()
         finally:
+            self._loop.close()
             self._done.set()
 
     async def _serve(self) -> None:

@@ -70,7 +70,7 @@ def provision(
         pairs = [(d.serial, p) for d, p in zip(devices, passwords, strict=True)]
         device_credentials.store(conn, pairs)
         admin.create_devices(pairs)
-    admin.committed()
+    settle(conn, admin)
     return [
         models.ProvisionedDevice(device=get_item(conn, DEVICES, device_id), password=password)
         for device_id, password in zip(ids, passwords, strict=True)
@@ -79,13 +79,14 @@ def provision(
 
 def revoke(conn: psycopg.Connection, admin: DeviceIdentities, device_id: int) -> models.Device:
     """Disable the device in the broker (it is disconnected at once) and mark it revoked.
-    Its history stays. Revoking a revoked device changes nothing."""
+    Its history stays. Revoking a revoked device changes nothing in the registry, but tells the
+    broker again (a disconnect that failed the first time is retried)."""
     with conn.transaction():
         device = get_item(conn, DEVICES, device_id)
         if conn.execute(REVOKE, (device_id,)).fetchone() is not None:
             conn.execute(MARK_OFFLINE, (device_id,))
-            admin.disable_device(device.serial)
-    admin.committed()
+        admin.disable_device(device.serial)
+    settle(conn, admin)
     return get_item(conn, DEVICES, device_id)
 
 
@@ -100,7 +101,7 @@ def rotate_credentials(
     with conn.transaction():
         device_credentials.store(conn, [(device.serial, password)])
         admin.set_device_password(device.serial, password)
-    admin.committed()
+    settle(conn, admin)
     return models.ProvisionedDevice(device=device, password=password)
 
 
@@ -115,6 +116,15 @@ def delete(conn: psycopg.Connection, admin: DeviceIdentities, device_id: int) ->
             )
         conn.execute(sql.SQL("DELETE FROM devices WHERE id = %s"), (device_id,))
         admin.delete_device(device.serial)
+    settle(conn, admin)
+
+
+def settle(conn: psycopg.Connection, admin: DeviceIdentities) -> None:
+    """Commit the registry change (a connection that is not in autocommit mode, as the API's,
+    holds it in an outer transaction until now), then let the broker act on it: a device
+    disconnected before the commit could log in again with what it is losing."""
+    if not conn.autocommit:
+        conn.commit()
     admin.committed()
 
 

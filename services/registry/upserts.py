@@ -17,7 +17,7 @@ import psycopg
 from services.core.errors import FieldtrackError
 from services.core.identities import DeviceIdentities
 from services.registry import credentials as device_credentials
-from services.registry.provisioning import new_password
+from services.registry.provisioning import new_password, settle
 
 
 class ProvisioningError(FieldtrackError):
@@ -155,11 +155,11 @@ def provision_devices(
             cur.executemany(REACTIVATE_DEVICE, [(m, f, s) for s, m, f in devices if s in existing])
         credentials = [DeviceCredential(serial, new_password(), project_id) for serial in serials]
         pairs = [(c.serial, c.password) for c in credentials]
-        device_credentials.store(conn, pairs)
-        if admin is not None:
+        if admin is not None:  # without a broker the passwords are thrown away: keep the old
+            device_credentials.store(conn, pairs)
             admin.create_devices(pairs)
     if admin is not None:
-        admin.committed()
+        settle(conn, admin)
     return credentials
 
 
