@@ -109,8 +109,8 @@ class JetStreamSource:
             log.critical("the JetStream fetcher died", exc_info=True)
             self._on_death()
         finally:
-            self._loop.close()
             self._done.set()
+            self._loop.close()
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
@@ -185,7 +185,8 @@ class JetStreamSource:
         """Acknowledge committed messages (from the writer thread; does not wait). A lost
         acknowledgement only means the message comes again and is found already stored."""
         if ack_subjects and not self._done.is_set():
-            asyncio.run_coroutine_threadsafe(self._ack(list(ack_subjects)), self._loop)
+            with suppress(RuntimeError):  # the loop closed meanwhile: they are redelivered
+                asyncio.run_coroutine_threadsafe(self._ack(list(ack_subjects)), self._loop)
 
     async def _ack(self, subjects: list[str]) -> None:
         client = self._client
@@ -203,8 +204,8 @@ class JetStreamSource:
     def stop(self) -> None:
         """Stop fetching, send the acknowledgements already queued, disconnect."""
         if self._stopping is not None and not self._done.is_set():
-            done: Future[None] = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
-            with suppress(Exception):
+            with suppress(Exception):  # a closed loop (RuntimeError) has stopped already
+                done: Future[None] = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
                 done.result(STOP_TIMEOUT_S)
         self._thread.join(STOP_TIMEOUT_S)
 
