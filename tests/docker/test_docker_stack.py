@@ -223,23 +223,35 @@ def _host_port(taken: list[int]) -> int:
 def _wait_healthy(stack: Stack) -> dict[str, dict[str, Any]]:
     """Until every long-running service is healthy, every one-shot exited 0 and the simulator
     runs; fail with the states and logs otherwise."""
+    return _wait_services(stack, "the stack", LONG_RUNNING, ONE_SHOTS, (SIMULATOR,))
+
+
+def _wait_services(
+    stack: Stack,
+    what: str,
+    healthy: tuple[str, ...],
+    done: tuple[str, ...],
+    running: tuple[str, ...],
+) -> dict[str, dict[str, Any]]:
+    """The project's containers once *healthy* are, *done* exited 0 and *running* run; fail
+    with the states and logs when that does not come or a one-shot failed."""
     deadline = time.monotonic() + HEALTHY_TIMEOUT_S
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
         found = stack.containers()
         states = {name: _state(c) for name, c in found.items()}
-        failed = [name for name in ONE_SHOTS if states.get(name, "").startswith("exited(")]
+        failed = [name for name in done if states.get(name, "").startswith("exited(")]
         failed = [name for name in failed if states[name] != "exited(0)"]
         if failed:
             break
         if (
-            all(states.get(name) == "healthy" for name in LONG_RUNNING)
-            and all(states.get(name) == "exited(0)" for name in ONE_SHOTS)
-            and states.get(SIMULATOR) == "running"
+            all(states.get(name) == "healthy" for name in healthy)
+            and all(states.get(name) == "exited(0)" for name in done)
+            and all(states.get(name) == "running" for name in running)
         ):
             return found
         time.sleep(2)
-    pytest.fail(f"the stack is not healthy: {states}\n{stack.logs()}")
+    pytest.fail(f"{what} is not healthy: {states}\n{stack.logs()}")
 
 
 def _state(container: dict[str, Any]) -> str:
@@ -392,7 +404,9 @@ def test_a_device_publishes_through_two_cluster_nodes(stack: Stack) -> None:
     auth callout on two nodes, and what it sent through each is stored by ingest-cluster."""
     started = time.monotonic()
     stack.run("--profile", CLUSTER_PROFILE, "up", "-d")
-    containers = _wait_cluster(stack)
+    containers = _wait_services(
+        stack, "the cluster", CLUSTER_LONG_RUNNING, (CLUSTER_ONE_SHOT,), (CLUSTER_CALLOUT,)
+    )
     _report(f"cluster healthy {time.monotonic() - started:.0f} s after `up`")
     for name in (*CLUSTER_LONG_RUNNING, CLUSTER_CALLOUT):
         _assert_unprivileged_on_loopback(name, containers[name])
@@ -448,26 +462,6 @@ def _publish_through(
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def _wait_cluster(stack: Stack) -> dict[str, dict[str, Any]]:
-    """Until the nodes and ingest-cluster are healthy, the callout runs and the issuer was
-    derived; fail with the states and logs otherwise."""
-    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        found = stack.containers()
-        states = {name: _state(c) for name, c in found.items()}
-        if states.get(CLUSTER_ONE_SHOT, "exited(0)") not in ("exited(0)", "running", "created"):
-            break
-        if (
-            all(states.get(name) == "healthy" for name in CLUSTER_LONG_RUNNING)
-            and states.get(CLUSTER_CALLOUT) == "running"
-            and states.get(CLUSTER_ONE_SHOT) == "exited(0)"
-        ):
-            return found
-        time.sleep(2)
-    pytest.fail(f"the cluster is not healthy: {states}\n{stack.logs()}")
 
 
 def test_down_leaves_nothing_of_the_project(stack: Stack) -> None:
