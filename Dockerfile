@@ -48,11 +48,13 @@ RUN apt-get update -q \
        --home-dir /nonexistent --shell /usr/sbin/nologin fieldtrack
 
 # The installed package is owned by root and read-only for the service user. The working
-# directory is the service user's: the state folder (./.state) and the simulator's
-# credentials (/sim) are the only places it writes.
+# directory is the service user's: the state folder (./.state), the simulator's credentials
+# (/sim) and, under the `cluster` profile, a NATS node's store (/nats/data) and the issuer's
+# public key (/nats/issuer) are the only places it writes. Compose's named volumes take
+# these folders' owner.
 COPY --from=build /opt/fieldtrack /opt/fieldtrack
-RUN mkdir -p /var/lib/fieldtrack /sim \
-    && chown fieldtrack:fieldtrack /var/lib/fieldtrack /sim
+RUN mkdir -p /var/lib/fieldtrack /sim /nats/data /nats/issuer \
+    && chown fieldtrack:fieldtrack /var/lib/fieldtrack /sim /nats/data /nats/issuer
 WORKDIR /var/lib/fieldtrack
 
 USER fieldtrack

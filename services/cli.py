@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -171,11 +172,17 @@ def _print_status(services: object) -> None:
 
 @app.command("broker-setup")
 def broker_setup() -> None:
-    """Create fieldtrack's roles and ingest account on a broker (for your own Mosquitto)."""
+    """Create fieldtrack's roles and ingest account on a broker (for your own Mosquitto); on a
+    NATS cluster, the MQTT stream and ingest's consumer (before any device publishes)."""
     from services.core.broker_admin import setup_broker
+    from services.core.nats_stream import prepare_ingest_stream
     from services.core.settings import get_settings
 
     s = get_settings()
+    if s.broker == "nats":
+        prepare_ingest_stream(s)
+        console.print(f"NATS cluster {s.nats.urls}: stream and consumer {s.nats.consumer} ready")
+        return
     removed = setup_broker(
         host=s.mqtt_host,
         port=s.mqtt_port,
@@ -198,6 +205,38 @@ def broker_auth() -> None:
 
     _setup_logging()
     run(get_settings())
+
+
+@broker_app.command("issuer")
+def broker_issuer(
+    out: Annotated[
+        Path | None, typer.Option(help="write the key to this file instead of printing it")
+    ] = None,
+) -> None:
+    """The public key of FIELDTRACK_NATS__ISSUER_SEED: the `issuer` every node's auth callout
+    trusts (docker-compose's nodes read it from here)."""
+    from services.core.errors import ConfigError
+    from services.core.nats_jwt import public_key
+    from services.core.settings import get_settings
+
+    seed = get_settings().nats.issuer_seed
+    if seed is None:
+        raise ConfigError(
+            "FIELDTRACK_NATS__ISSUER_SEED is not set; `fieldtrack broker new-seed` makes one"
+        )
+    key = public_key(seed.get_secret_value())
+    if out is None:
+        print(key)
+    else:
+        out.write_text(f"{key}\n")
+
+
+@broker_app.command("new-seed")
+def broker_new_seed() -> None:
+    """Print a new account seed for FIELDTRACK_NATS__ISSUER_SEED (keep it secret)."""
+    from services.core.nats_jwt import new_account_seed
+
+    print(new_account_seed())
 
 
 # --- db -----------------------------------------------------------------------

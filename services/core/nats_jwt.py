@@ -44,7 +44,10 @@ def new_account_seed() -> str:
 
 def public_key(seed: str) -> str:
     """The public nkey (`A…` for an account) of a seed."""
-    key: bytes = nkeys.from_seed(seed.encode()).public_key
+    try:
+        key: bytes = nkeys.from_seed(seed.encode()).public_key
+    except (nkeys.NkeysError, ValueError) as exc:
+        raise InvalidInputError(f"not an nkey seed: {exc}") from exc
     return key.decode()
 
 

@@ -8,10 +8,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from services.core.broker_admin import setup_broker
 from services.core.errors import InfraError
 from services.core.nats_jwt import new_account_seed, public_key
+from services.core.nats_stream import prepare_ingest_stream
 from services.core.paths import local_env_file, state_dir
+from services.core.settings import NatsSettings, Settings
 from services.infra import timescale
 from services.infra.callout_process import CalloutProcess
 from services.infra.mosquitto import QUOTA_BUILD_PACKAGES, LocalMosquitto, port_open
@@ -233,8 +237,23 @@ class LocalServices:
             self.cluster_marker.write_text("the NATS cluster is the local broker\n")
         env_file = self.write_env_file(values)
         report(f"connection settings written to {env_file}")
-        if self.cluster_is_broker() and self.callout.start():
-            report(f"auth callout started (log {self.callout.logfile})")
+        if self.cluster_is_broker():
+            # before the callout lets a device in: a message no consumer wants is not kept
+            prepare_ingest_stream(self._cluster_settings(values))
+            report("NATS cluster: the MQTT stream and ingest's consumer are ready")
+            if self.callout.start():
+                report(f"auth callout started (log {self.callout.logfile})")
+
+    def _cluster_settings(self, values: dict[str, str]) -> Settings:
+        """What reaching the local cluster as ingest takes (for setting it up)."""
+        return Settings(
+            database_url=SecretStr(self.postgres.app_url(values["DB_PASSWORD"])),
+            broker="nats",
+            nats=NatsSettings(urls=self.cluster.urls),
+            mqtt_admin_password=SecretStr(values["MQTT_ADMIN_PASSWORD"]),
+            mqtt_ingest_username=INGEST_USER,
+            mqtt_ingest_password=SecretStr(values["MQTT_INGEST_PASSWORD"]),
+        )
 
     def cluster_secrets(self, values: dict[str, str]) -> ClusterSecrets:
         return ClusterSecrets(

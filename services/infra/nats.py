@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from services.core.errors import InfraError
+from services.core.settings import NatsSettings, Settings
 from services.infra.mosquitto import port_open
 from services.infra.system import Reporter, await_ready, log_tail
 
@@ -37,13 +38,44 @@ STOP_TIMEOUT_S = 15.0
 MAX_FILE_STORE = "4G"
 MAX_MEMORY_STORE = "256M"
 PRIVATE_FILE_MODE = 0o600
+LOCAL_ADDRESS = "127.0.0.1"
+# Seconds a login may wait for the auth callout: a reconnect storm (a node's devices all at
+# once) queues there instead of failing at the 2 s default.
 LOGIN_TIMEOUT_S = 10
+# The APP account's JetStream, over all its streams: a stopped ingest or a stuck consumer
+# fills this, then the nodes refuse QoS 1 publishes (devices keep them and retry) instead of
+# filling the disk.
+APP_MAX_FILE = "3G"
+APP_MAX_MEMORY = "128M"
+
+# A node's secrets are NATS config variables, never written into the template: a local node's
+# file defines them above it (mode 0600); a compose node takes them from its environment.
+SECRET_FIELDS = ("auth_password", "ingest_password", "system_password", "issuer")
+
+
+# What ingest publishes: the JetStream API calls for the MQTT stream and its consumer (info,
+# create, the pull requests) and the acknowledgements; never a device's subject.
+INGEST_PUBLISH = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.$MQTT_msgs",
+    "$JS.API.STREAM.CREATE.$MQTT_msgs",
+    "$JS.API.CONSUMER.CREATE.$MQTT_msgs.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.$MQTT_msgs.>",
+    "$JS.API.CONSUMER.INFO.$MQTT_msgs.>",
+    "$JS.API.CONSUMER.MSG.NEXT.$MQTT_msgs.>",
+    "$JS.ACK.$MQTT_msgs.>",
+)
+
+
+def config_variable(field: str) -> str:
+    """The config variable holding a ClusterSecrets field: NATS_AUTH_PASSWORD, NATS_ISSUER…"""
+    return f"NATS_{field.upper()}"
+
 
 NODE_CONFIG = """\
-# written by `fieldtrack infra up --cluster`
 server_name: {name}
-listen: 127.0.0.1:{client_port}
-http: 127.0.0.1:{monitor_port}
+listen: {bind}:{client_port}
+http: {bind}:{monitor_port}
 jetstream {{
   store_dir: "{store}"
   max_file_store: {max_file}
@@ -51,27 +83,35 @@ jetstream {{
 }}
 cluster {{
   name: {cluster}
-  listen: 127.0.0.1:{route_port}
+  listen: {bind}:{route_port}
   routes: [{routes}]
 }}
 mqtt {{
-  listen: 127.0.0.1:{mqtt_port}
+  listen: {bind}:{mqtt_port}
+  # devices publish with QoS 1; a QoS 2 PUBLISH would sit in a stream until its PUBREL
+  reject_qos2_publish: true
 }}
 accounts {{
-  {auth_account}: {{ users: [ {{ user: "{auth_user}", password: "{auth_password}" }} ] }}
+  {auth_account}: {{ users: [ {{ user: "{auth_user}", password: ${auth_password} }} ] }}
   {app_account}: {{
-    jetstream: enabled
-    users: [ {{ user: "{ingest_user}", password: "{ingest_password}" }} ]
+    jetstream: {{ max_file: {app_max_file}, max_mem: {app_max_memory} }}
+    users: [ {{
+      user: "{ingest_user}", password: ${ingest_password}
+      # the NATS protocol only, and only what consuming the MQTT stream takes
+      allowed_connection_types: ["STANDARD"]
+      permissions: {{
+        publish: {{ allow: [{ingest_publish}] }}
+        subscribe: {{ allow: ["_INBOX.>"] }}
+      }}
+    }} ]
   }}
-  {system_account}: {{ users: [ {{ user: "{system_user}", password: "{system_password}" }} ] }}
+  {system_account}: {{ users: [ {{ user: "{system_user}", password: ${system_password} }} ] }}
 }}
 system_account: {system_account}
 authorization {{
-  # seconds a login may wait for the auth callout: a reconnect storm (a node's devices all at
-  # once) queues there instead of failing at the 2 s default
-  timeout: {auth_timeout}
+  timeout: {login_timeout}
   auth_callout {{
-    issuer: "{issuer}"
+    issuer: ${issuer}
     account: {auth_account}
     auth_users: [ "{auth_user}", "{ingest_user}", "{system_user}" ]
   }}
@@ -80,14 +120,63 @@ authorization {{
 
 
 @dataclass(frozen=True)
-class ClusterSecrets:
+class ClusterUsers:
+    """Who logs in to the nodes with a password (everyone else asks the auth callout)."""
+
     auth_user: str
-    auth_password: str
     ingest_user: str
-    ingest_password: str
     system_user: str
+
+
+@dataclass(frozen=True)
+class ClusterSecrets(ClusterUsers):
+    auth_password: str
+    ingest_password: str
     system_password: str
     issuer: str  # the callout issuer's public account key
+
+    def variables(self) -> dict[str, str]:
+        """The values of the config variables NODE_CONFIG refers to."""
+        return {config_variable(field): getattr(self, field) for field in SECRET_FIELDS}
+
+
+def render_config(
+    *,
+    name: str,
+    bind: str,
+    client_port: int,
+    monitor_port: int,
+    route_port: int,
+    mqtt_port: int,
+    store: str,
+    routes: list[str],
+    users: ClusterUsers,
+) -> str:
+    """One node's config, shared by the local cluster and docker-compose."""
+    return NODE_CONFIG.format(
+        name=name,
+        bind=bind,
+        client_port=client_port,
+        monitor_port=monitor_port,
+        store=store,
+        max_file=MAX_FILE_STORE,
+        max_memory=MAX_MEMORY_STORE,
+        cluster=CLUSTER_NAME,
+        route_port=route_port,
+        routes=", ".join(routes),
+        mqtt_port=mqtt_port,
+        app_max_file=APP_MAX_FILE,
+        app_max_memory=APP_MAX_MEMORY,
+        ingest_publish=", ".join(f'"{subject}"' for subject in INGEST_PUBLISH),
+        login_timeout=LOGIN_TIMEOUT_S,
+        auth_account=AUTH_ACCOUNT,
+        app_account=APP_ACCOUNT,
+        system_account=SYSTEM_ACCOUNT,
+        auth_user=users.auth_user,
+        ingest_user=users.ingest_user,
+        system_user=users.system_user,
+        **{field: config_variable(field) for field in SECRET_FIELDS},
+    )
 
 
 def nats_server() -> Path:
@@ -153,32 +242,24 @@ class NatsNode:
 
     def write_config(self, secrets: ClusterSecrets, routes: list[int]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        text = NODE_CONFIG.format(
+        # json quotes a value as a NATS config string
+        definitions = "".join(
+            f"{variable}: {json.dumps(value)}\n" for variable, value in secrets.variables().items()
+        )
+        text = render_config(
             name=self.name,
+            bind=LOCAL_ADDRESS,
             client_port=self.client_port,
             monitor_port=self.monitor_port,
-            store=self.directory / "jetstream",
-            max_file=MAX_FILE_STORE,
-            max_memory=MAX_MEMORY_STORE,
-            cluster=CLUSTER_NAME,
             route_port=self.route_port,
-            routes=", ".join(f"nats-route://127.0.0.1:{port}" for port in routes),
             mqtt_port=self.mqtt_port,
-            auth_account=AUTH_ACCOUNT,
-            app_account=APP_ACCOUNT,
-            system_account=SYSTEM_ACCOUNT,
-            auth_user=secrets.auth_user,
-            auth_password=secrets.auth_password,
-            ingest_user=secrets.ingest_user,
-            ingest_password=secrets.ingest_password,
-            system_user=secrets.system_user,
-            system_password=secrets.system_password,
-            issuer=secrets.issuer,
-            auth_timeout=LOGIN_TIMEOUT_S,
+            store=str(self.directory / "jetstream"),
+            routes=[f"nats-route://{LOCAL_ADDRESS}:{port}" for port in routes],
+            users=secrets,
         )
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+            handle.write("# written by `fieldtrack infra up --cluster`\n" + definitions + text)
 
     def start(self) -> subprocess.Popen[bytes] | None:
         """Start the node (not waiting for it); None if it already runs."""
@@ -294,3 +375,43 @@ class LocalNatsCluster:
         if self.root.exists():
             shutil.rmtree(self.root)
             report(f"NATS cluster removed ({self.root})")
+
+
+# The node config docker-compose.yml mounts (deploy/nats/nats.conf); a unit test checks the
+# committed copy against this. One file for the three nodes: each is named by its environment.
+DOCKER_NODES = tuple(f"nats-{i + 1}" for i in range(NODES))  # their compose services
+DOCKER_CLIENT_PORT = 4222
+DOCKER_MONITOR_PORT = 8222
+DOCKER_ROUTE_PORT = 6222
+DOCKER_MQTT_PORT = 1883
+DOCKER_STORE = "/nats/data"
+SERVER_NAME_VARIABLE = "NATS_SERVER_NAME"
+
+
+def docker_users() -> ClusterUsers:
+    """The accounts fieldtrack's containers log in with: the settings' default names."""
+    nats_fields, fields = NatsSettings.model_fields, Settings.model_fields
+    return ClusterUsers(
+        auth_user=str(nats_fields["auth_username"].default),
+        ingest_user=str(fields["mqtt_ingest_username"].default),
+        system_user=str(nats_fields["system_username"].default),
+    )
+
+
+def render_docker_config() -> str:
+    header = "# rendered by `python -m services.infra.nats` from NODE_CONFIG; do not edit\n"
+    return header + render_config(
+        name=f"${SERVER_NAME_VARIABLE}",
+        bind="0.0.0.0",  # noqa: S104 — inside a container a node listens on its own network
+        client_port=DOCKER_CLIENT_PORT,
+        monitor_port=DOCKER_MONITOR_PORT,
+        route_port=DOCKER_ROUTE_PORT,
+        mqtt_port=DOCKER_MQTT_PORT,
+        store=DOCKER_STORE,
+        routes=[f"nats-route://{host}:{DOCKER_ROUTE_PORT}" for host in DOCKER_NODES],
+        users=docker_users(),
+    )
+
+
+if __name__ == "__main__":
+    print(render_docker_config(), end="")

@@ -23,29 +23,14 @@ from contextlib import suppress
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError, TimeoutError as NatsTimeoutError
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import ServiceUnavailableError
 
+from services.core.nats_stream import MQTT_STREAM, ensure_consumer
 from services.core.settings import Settings
-from services.core.topics import NATS_MQTT_STREAM_PREFIX, mqtt_topic, nats_ingest_filter
+from services.core.topics import NATS_MQTT_STREAM_PREFIX, mqtt_topic
 
 log = logging.getLogger(__name__)
 
-# The stream the NATS server itself creates for an account's MQTT messages; made here with the
-# server's own settings when ingest starts before any device connected (the server then finds
-# it and uses it).
-MQTT_STREAM = "$MQTT_msgs"
-MQTT_STREAM_REPLICAS = 3
-# Messages delivered and not yet acknowledged, over all ingest processes: the bound on what a
-# crash sends round again, and on each process's memory.
-MAX_ACK_PENDING = 20_000
 FETCH_TIMEOUT_S = 1.0
 RECONNECT_WAIT_S = 0.5
 # How many of a fetch's messages may wait in ingest's queue before it stops fetching.
@@ -55,18 +40,6 @@ LEADER_WAIT_S = 0.25
 DRAIN_TIMEOUT_S = 5
 
 Deliver = Callable[[str, bytes, str], None]  # topic, payload, ack subject
-
-
-def consumer_config(settings: Settings) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=settings.nats.consumer,
-        filter_subject=nats_ingest_filter(),
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=settings.nats.ack_wait_s,
-        max_ack_pending=MAX_ACK_PENDING,
-        max_deliver=-1,  # never drop a message: a poisonous one is quarantined by the store
-    )
 
 
 class JetStreamSource:
@@ -140,8 +113,7 @@ class JetStreamSource:
         self._client = client
         try:
             stream = client.jetstream()
-            await ensure_stream(client)
-            await stream.add_consumer(MQTT_STREAM, consumer_config(settings))
+            await ensure_consumer(client, settings)
             subscription = await stream.pull_subscribe_bind(settings.nats.consumer, MQTT_STREAM)
             self._connected.set()
             log.info("consuming %s as %s", MQTT_STREAM, settings.nats.consumer)
@@ -217,20 +189,3 @@ class JetStreamSource:
 async def _log_error(exc: Exception) -> None:
     """nats-py's own handler logs a traceback for every failed reconnect to a stopped node."""
     log.warning("NATS connection: %r", exc)
-
-
-async def ensure_stream(client: NatsClient) -> None:
-    """The MQTT message stream, as the server would make it, if no device made it yet."""
-    stream = client.jetstream()
-    try:
-        await stream.stream_info(MQTT_STREAM)
-    except NotFoundError:
-        await stream.add_stream(
-            StreamConfig(
-                name=MQTT_STREAM,
-                subjects=[f"{NATS_MQTT_STREAM_PREFIX}>"],
-                storage=StorageType.FILE,
-                retention=RetentionPolicy.INTEREST,
-                num_replicas=MQTT_STREAM_REPLICAS,
-            )
-        )

@@ -14,11 +14,12 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +29,22 @@ import pytest
 
 from services.core.broker_admin import BrokerAdmin
 from services.core.errors import InfraError
+from services.core.nats_jwt import new_account_seed
 from services.core.settings import Settings
+from services.core.topics import MessageKind, device_topic
 from services.infra import timescale
 from tests import PROJECT_ROOT
 from tests.docker import engine
+from tests.integration.cluster_support import device_client
 from tests.integration.ingest_support import (
     Background,
     Ledger,
     account,
     create_project,
     fleet,
-    free_port,
     publish_streams,
+    stored_count,
+    usage_body,
     wait_all_stored,
 )
 
@@ -61,8 +66,22 @@ SECRETS = (
     "FIELDTRACK_SESSION_SECRET",
     "FIELDTRACK_GRAFANA_ADMIN_PASSWORD",
     "FIELDTRACK_GRAFANA_DB_PASSWORD",
+    "FIELDTRACK_NATS__AUTH_PASSWORD",
+    "FIELDTRACK_NATS__SYSTEM_PASSWORD",
 )
-HOST_PORTS = ("DB", "MQTT", "API", "INGEST_METRICS", "ALERTS_METRICS", "GRAFANA")
+ISSUER_SEED = "FIELDTRACK_NATS__ISSUER_SEED"  # an nkey seed, not a random string
+NATS_NODES = ("NATS1", "NATS2", "NATS3")
+HOST_PORTS = (
+    "DB",
+    "MQTT",
+    "API",
+    "INGEST_METRICS",
+    "ALERTS_METRICS",
+    "GRAFANA",
+    *NATS_NODES,
+    *(f"{node}_MQTT" for node in NATS_NODES),
+)
+HOST_PORT_RANGE = range(20000, 32000)
 BUILD_TIMEOUT_S = 780
 HEALTHY_TIMEOUT_S = 180
 COMMAND_TIMEOUT_S = 300
@@ -76,6 +95,16 @@ KILL_MESSAGES_PER_DEVICE = 1500
 KILL_RATE = 200.0  # msgs/s over all devices: about 30 s of publishing
 KILL_AFTER_S = 5.0
 RESTART_AFTER_S = 5.0
+# The `cluster` profile, brought up beside the running stack: a device provisioned through the
+# API publishes a few messages through two different nodes.
+CLUSTER_PROFILE = "cluster"
+CLUSTER_LONG_RUNNING = ("nats-1", "nats-2", "nats-3", "ingest-cluster")  # healthchecked
+CLUSTER_CALLOUT = "nats-auth"
+CLUSTER_ONE_SHOT = "nats-issuer"
+CLUSTER_MESSAGES_PER_NODE = 5
+PUBLISH_TIMEOUT_S = 10
+STORED_TIMEOUT_S = 60
+TOKEN_SECRET = re.compile(r"secret \(shown once\):\s*\n(\S+)")
 
 
 def _report(message: str) -> None:
@@ -133,12 +162,14 @@ class Stack:
 
     def logs(self) -> str:
         try:
-            return self.run("logs", "--no-color", "--tail", "40", timeout=60)[-12000:]
+            logs = ("--profile", CLUSTER_PROFILE, "logs", "--no-color", "--tail", "40")
+            return self.run(*logs, timeout=60)[-12000:]
         except (InfraError, subprocess.TimeoutExpired) as exc:
             return f"(no logs: {exc})"
 
     def down(self) -> None:
-        self.run("down", "-v", "--remove-orphans", "--timeout", "30")
+        # with the profile: its services' containers are the project's too
+        self.run("--profile", CLUSTER_PROFILE, "down", "-v", "--remove-orphans", "--timeout", "30")
 
     def settings(self) -> Settings:
         """fieldtrack's settings as seen from this machine: the published ports."""
@@ -164,33 +195,63 @@ def _docker(*args: str) -> str:
 def _stack_env(compose: list[str], state: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDTRACK_")}
     env |= {name: secrets.token_urlsafe(24) for name in SECRETS}
-    env |= {f"FIELDTRACK_HOST_{name}_PORT": str(free_port()) for name in HOST_PORTS}
+    env[ISSUER_SEED] = new_account_seed()
+    ports: list[int] = []
+    for name in HOST_PORTS:
+        ports.append(_host_port(ports))
+        env[f"FIELDTRACK_HOST_{name}_PORT"] = str(ports[-1])
     env["FIELDTRACK_BUILD_CA_CERTIFICATES"] = engine.local_ca_certificates()
     if compose[0] == "docker":
         env["DOCKER_BUILDKIT"] = "0"  # the classic builder: no frontend image to pull
     return env
 
 
+def _host_port(taken: list[int]) -> int:
+    """A free port below Linux's ephemeral range: one picked inside it may become the local
+    end of another program's connection before the stack publishes it (seen on a busy host)."""
+    while True:
+        port = secrets.choice(HOST_PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in taken:
+            return port
+
+
 def _wait_healthy(stack: Stack) -> dict[str, dict[str, Any]]:
     """Until every long-running service is healthy, every one-shot exited 0 and the simulator
     runs; fail with the states and logs otherwise."""
+    return _wait_services(stack, "the stack", LONG_RUNNING, ONE_SHOTS, (SIMULATOR,))
+
+
+def _wait_services(
+    stack: Stack,
+    what: str,
+    healthy: tuple[str, ...],
+    done: tuple[str, ...],
+    running: tuple[str, ...],
+) -> dict[str, dict[str, Any]]:
+    """The project's containers once *healthy* are, *done* exited 0 and *running* run; fail
+    with the states and logs when that does not come or a one-shot failed."""
     deadline = time.monotonic() + HEALTHY_TIMEOUT_S
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
         found = stack.containers()
         states = {name: _state(c) for name, c in found.items()}
-        failed = [name for name in ONE_SHOTS if states.get(name, "").startswith("exited(")]
+        failed = [name for name in done if states.get(name, "").startswith("exited(")]
         failed = [name for name in failed if states[name] != "exited(0)"]
         if failed:
             break
         if (
-            all(states.get(name) == "healthy" for name in LONG_RUNNING)
-            and all(states.get(name) == "exited(0)" for name in ONE_SHOTS)
-            and states.get(SIMULATOR) == "running"
+            all(states.get(name) == "healthy" for name in healthy)
+            and all(states.get(name) == "exited(0)" for name in done)
+            and all(states.get(name) == "running" for name in running)
         ):
             return found
         time.sleep(2)
-    pytest.fail(f"the stack is not healthy: {states}\n{stack.logs()}")
+    pytest.fail(f"{what} is not healthy: {states}\n{stack.logs()}")
 
 
 def _state(container: dict[str, Any]) -> str:
@@ -233,12 +294,17 @@ def stack() -> Iterator[Stack]:
 def test_every_service_is_healthy_and_runs_as_its_own_user(stack: Stack) -> None:
     containers = _wait_healthy(stack)
     for name in (*LONG_RUNNING, SIMULATOR):
-        user = containers[name]["Config"]["User"]
-        assert user and user not in ("root", "0"), f"{name} runs as root"
-        published = containers[name]["HostConfig"]["PortBindings"] or {}
-        for bindings in published.values():
-            assert all(b["HostIp"] == "127.0.0.1" for b in bindings), f"{name}: {bindings}"
+        _assert_unprivileged_on_loopback(name, containers[name])
     assert "grafana" not in containers, "Grafana starts only under its profile"
+    assert CLUSTER_CALLOUT not in containers, "the NATS cluster starts only under its profile"
+
+
+def _assert_unprivileged_on_loopback(name: str, container: dict[str, Any]) -> None:
+    user = container["Config"]["User"]
+    assert user and user not in ("root", "0"), f"{name} runs as root"
+    published = container["HostConfig"]["PortBindings"] or {}
+    for bindings in published.values():
+        assert all(b["HostIp"] == "127.0.0.1" for b in bindings), f"{name}: {bindings}"
 
 
 def test_timescaledb_is_the_version_the_suite_runs(stack: Stack) -> None:
@@ -331,6 +397,71 @@ def test_ingest_killed_and_started_again_loses_nothing(stack: Stack) -> None:
     accounting.assert_exact()
     assert stored == accounting.published
     _wait_healthy(stack)
+
+
+def test_a_device_publishes_through_two_cluster_nodes(stack: Stack) -> None:
+    """The profile beside the running stack: a device the API provisioned is admitted by the
+    auth callout on two nodes, and what it sent through each is stored by ingest-cluster."""
+    started = time.monotonic()
+    stack.run("--profile", CLUSTER_PROFILE, "up", "-d")
+    containers = _wait_services(
+        stack, "the cluster", CLUSTER_LONG_RUNNING, (CLUSTER_ONE_SHOT,), (CLUSTER_CALLOUT,)
+    )
+    _report(f"cluster healthy {time.monotonic() - started:.0f} s after `up`")
+    for name in (*CLUSTER_LONG_RUNNING, CLUSTER_CALLOUT):
+        _assert_unprivileged_on_loopback(name, containers[name])
+
+    created = stack.run(
+        "run", "--rm", "api", "fieldtrack", "tokens", "create", "cluster-test", "--role", "admin"
+    )
+    token = TOKEN_SECRET.search(created)
+    assert token, created
+    unique = secrets.token_hex(4)
+    serial = f"cluster-{unique}"
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        project_id, feature = create_project(conn, unique)
+    provisioned = httpx.post(
+        f"{stack.api}/devices",
+        json={"serial": serial, "project_id": project_id},
+        headers={"Authorization": f"Bearer {token[1]}"},
+        timeout=15,
+    )
+    assert provisioned.status_code == 201, provisioned.text
+    password = provisioned.json()["password"]
+
+    base = datetime.now(UTC)
+    for i, node in enumerate(NATS_NODES[:2]):
+        seqs = range(i * CLUSTER_MESSAGES_PER_NODE, (i + 1) * CLUSTER_MESSAGES_PER_NODE)
+        _publish_through(stack.port(f"{node}_MQTT"), serial, password, feature, seqs, base)
+    expected = len(NATS_NODES[:2]) * CLUSTER_MESSAGES_PER_NODE
+    deadline = time.monotonic() + STORED_TIMEOUT_S
+    while (stored := stored_count(stack.database_url, [serial])) < expected:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{stored} of {expected} messages stored\n{stack.logs()}")
+        time.sleep(1)
+    assert stored == expected
+    _report(f"cluster check done {time.monotonic() - started:.0f} s after `up`")
+
+
+def _publish_through(
+    port: int, serial: str, password: str, feature: str, seqs: range, base: datetime
+) -> None:
+    """Connect as the device to one node, publish at QoS 1 and wait for every PUBACK."""
+    client = device_client(serial, password)
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    try:
+        for seq in seqs:
+            info = client.publish(
+                device_topic(serial, MessageKind.USAGE),
+                usage_body(seq, base + timedelta(milliseconds=seq), feature),
+                qos=1,
+            )
+            info.wait_for_publish(PUBLISH_TIMEOUT_S)
+            assert info.is_published(), f"node on port {port} did not acknowledge seq {seq}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def test_down_leaves_nothing_of_the_project(stack: Stack) -> None:

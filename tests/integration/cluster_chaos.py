@@ -35,11 +35,11 @@ import psycopg
 from device_sim.swarm import Swarm
 from services.core.identities import open_identities
 from services.core.migrate import migrate
+from services.core.nats_stream import MQTT_STREAM
 from services.core.settings import Settings
 from services.core.topics import MessageKind, nats_client_id
 from services.infra.local import LocalServices
 from services.infra.nats import NatsNode
-from services.ingest.jetstream import MQTT_STREAM
 from services.registry import upserts as registry
 from tests import PROJECT_ROOT
 from tests.integration.cluster_support import cluster_settings, process_env
@@ -343,9 +343,7 @@ def kill_stream_leader(
     acked = swarm.stats.acked
     wait_until(lambda: swarm.stats.acked > acked, 60, "PUBACKs again")
     pubacks_again_s = time.monotonic() - killed_at
-    wait_until(
-        lambda: swarm.stats.connected == profile.devices, 120, "every device back on a node"
-    )
+    wait_until(lambda: swarm.stats.connected == profile.devices, 120, "every device back on a node")
     reconnected_s = time.monotonic() - killed_at
     victim.start()
     wait_until(victim.healthy, 60, f"{victim.name} back and current")

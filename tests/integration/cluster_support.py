@@ -18,6 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
+from services.core.nats_stream import prepare_ingest_stream
 from services.core.settings import NatsSettings, Settings, child_environment
 from services.core.topics import nats_client_id
 from services.infra.callout_process import CalloutProcess
@@ -69,6 +70,7 @@ def cluster(local_services: LocalServices, settings: Settings) -> Iterator[Clust
     nats.remove(print)  # every session starts from empty stores
     nats.up(local_services.cluster_secrets(local_services.load_secrets()), print)
     running = cluster_settings(local_services, settings)
+    prepare_ingest_stream(running)  # as `infra up --cluster` does, before any device logs in
     callout.logfile.unlink(missing_ok=True)
     callout.start(env=process_env(running))
     deadline = time.monotonic() + CALLOUT_READY_S

@@ -23,7 +23,7 @@ import yaml
 
 from services.cli import app
 from services.core.settings import PLACEHOLDER_SECRETS, Settings
-from services.infra import postgres, timescale
+from services.infra import nats, postgres, timescale
 from services.infra.mosquitto import (
     DOCKER_DATA_DIR,
     DOCKER_PLUGIN,
@@ -54,7 +54,15 @@ EXPECTED_COMMANDS: dict[str, list[tuple[str, ...]]] = {
     "api": [("api",)],
     "alerts": [("alerts", "run")],
     "simulator": [("sim", "seed"), ("sim", "run")],
+    "nats-issuer": [("broker", "issuer")],
+    "nats-auth": [("broker", "auth")],
+    "ingest-cluster": [("ingest",)],
 }
+CLUSTER_PROFILE = "cluster"
+CLUSTER_SERVICES = ("nats-issuer", *nats.DOCKER_NODES, "nats-auth", "ingest-cluster")
+NATS_CONF = ROOT / "deploy" / "nats" / "nats.conf"
+REGENERATE_NATS = ".venv/bin/python -m services.infra.nats > deploy/nats/nats.conf"
+NATS_CONFIG_VARIABLE = re.compile(r"\$([A-Z_][A-Z0-9_]*)")
 SHELL_SEPARATORS = {"&&", ";", "||"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<modifier>[^}]*)\}")
 PUBLISHED_PORT = re.compile(
@@ -112,7 +120,7 @@ def _fieldtrack_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[
     return {
         name: svc
         for name, svc in services.items()
-        if str(svc.get("image", "")).split(":")[0] == "fieldtrack"
+        if str(svc.get("image", "")).split(":")[0] == "fieldtrack" and name not in nats.DOCKER_NODES
     }
 
 
@@ -362,7 +370,7 @@ def test_secrets_are_required_variables_not_values(services: dict[str, dict[str,
         env = svc.get("environment") or {}
         assert isinstance(env, dict), f"{name}: use a mapping for environment"
         for key, value in env.items():
-            if "PASSWORD" in key:
+            if "PASSWORD" in key or key.endswith("_SEED"):
                 secret = str(value)
             elif key.endswith("_URL") and (userinfo := URL_PASSWORD.search(str(value))):
                 secret = userinfo["password"]
@@ -488,6 +496,125 @@ def test_no_secret_is_passed_on_a_command_line(services: dict[str, dict[str, Any
                         f"{name}: a secret is on the command line of {simple.strip()!r}"
                     )
     assert checked >= 2  # the store's creation and the broker healthcheck
+
+
+# --- the NATS cluster (`cluster` profile) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster_env(compose: dict[str, Any]) -> dict[str, str]:
+    env = compose.get("x-fieldtrack-cluster-env")
+    assert isinstance(env, dict), "x-fieldtrack-cluster-env must be a mapping of variables"
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_committed_nats_config_is_the_rendered_one() -> None:
+    assert NATS_CONF.read_text() == nats.render_docker_config(), (
+        f"deploy/nats/nats.conf is stale; regenerate it with `{REGENERATE_NATS}`"
+    )
+
+
+def test_cluster_services_start_only_under_their_profile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    in_profile = {
+        n for n, svc in services.items() if CLUSTER_PROFILE in (svc.get("profiles") or [])
+    }
+    assert in_profile == set(CLUSTER_SERVICES)
+    for name in CLUSTER_SERVICES:
+        assert services[name]["profiles"] == [CLUSTER_PROFILE], name
+
+
+def test_cluster_env_points_at_the_nodes(
+    cluster_env: dict[str, str], shared_env: dict[str, str], services: dict[str, dict[str, Any]]
+) -> None:
+    assert {k: cluster_env.get(k) for k in shared_env} == shared_env
+    assert cluster_env["FIELDTRACK_BROKER"] == "nats"
+    urls = [urlsplit(url) for url in cluster_env["FIELDTRACK_NATS__URLS"].split(",")]
+    assert [(u.scheme, u.hostname, u.port) for u in urls] == [
+        ("nats", node, nats.DOCKER_CLIENT_PORT) for node in nats.DOCKER_NODES
+    ]
+    assert cluster_env["FIELDTRACK_MQTT_NODES"] == ",".join(
+        f"{node}:{nats.DOCKER_MQTT_PORT}" for node in nats.DOCKER_NODES
+    )
+    # The nodes' accounts are the settings' default names (nats.docker_users): none renamed.
+    assert not [k for k in cluster_env if k.endswith("_USERNAME")]
+    for name in ("nats-auth", "ingest-cluster", "nats-issuer"):
+        env = services[name]["environment"]
+        assert {k: env.get(k) for k in cluster_env} == cluster_env, f"{name}: not on the cluster"
+
+
+def _node_command(svc: dict[str, Any]) -> tuple[str, str]:
+    """(the file the node's issuer is read from, the config nats-server reads)."""
+    script, variable = _script(svc), nats.config_variable("issuer")
+    issuer = re.fullmatch(
+        rf"{variable}=\$\$\(cat (\S+)\) && export {variable} && exec nats-server -c (\S+)",
+        script,
+    )
+    assert issuer, f"unexpected node command {script!r}"
+    return issuer[1], issuer[2]
+
+
+def test_nodes_run_the_committed_config_with_their_secrets(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], cluster_env: dict[str, str]
+) -> None:
+    referenced = set(NATS_CONFIG_VARIABLE.findall(nats.render_docker_config()))
+    # Each secret is the variable the fieldtrack processes get it from.
+    same_as = {
+        nats.config_variable("auth_password"): cluster_env["FIELDTRACK_NATS__AUTH_PASSWORD"],
+        nats.config_variable("ingest_password"): cluster_env["FIELDTRACK_MQTT_INGEST_PASSWORD"],
+        nats.config_variable("system_password"): cluster_env["FIELDTRACK_NATS__SYSTEM_PASSWORD"],
+    }
+    issuer_out = str(_parse(_invocations(services["nats-issuer"]["command"])[0])[1]["out"])
+    [(issuer_volume, issuer_dir, _)] = _volumes(services["nats-issuer"])
+    assert PurePosixPath(issuer_out).parent == PurePosixPath(issuer_dir)
+    names, stores = set(), set()
+    for node in nats.DOCKER_NODES:
+        svc = services[node]
+        env = svc["environment"]
+        issuer_file, config_path = _node_command(svc)
+        assert issuer_file == issuer_out, f"{node} reads its issuer where nats-issuer never writes"
+        # the environment sets every variable the config refers to, the command the issuer
+        assert referenced == {*env, nats.config_variable("issuer")}, (
+            f"{node}: its environment and deploy/nats/nats.conf's variables differ"
+        )
+        for variable, value in same_as.items():
+            assert env[variable] == value, f"{node}: {variable} is not {value}"
+        names.add(env[nats.SERVER_NAME_VARIABLE])
+        mounts = {target: (source, mode) for source, target, mode in _volumes(svc)}
+        source, mode = mounts[config_path]
+        assert (COMPOSE_FILE.parent / source).resolve() == NATS_CONF.resolve() and mode == "ro"
+        assert mounts[issuer_dir] == (issuer_volume, "ro"), node
+        store, _ = mounts[nats.DOCKER_STORE]
+        assert store in (compose.get("volumes") or {}), f"{node}: its store is not a named volume"
+        stores.add(store)
+        assert {c for _, _, c in _ports(svc)} == {nats.DOCKER_MQTT_PORT, nats.DOCKER_CLIENT_PORT}
+        health = " ".join(map(str, svc["healthcheck"]["test"]))
+        assert f"127.0.0.1:{nats.DOCKER_MONITOR_PORT}/healthz" in health, node
+        assert svc["image"] == services["api"]["image"], f"{node}: not the app image"
+    assert len(names) == len(stores) == nats.NODES, "each node needs its own name and store"
+
+
+def test_nats_config_routes_to_every_node_on_the_compose_network() -> None:
+    config = nats.render_docker_config()
+    routes = re.search(r"routes: \[(.*)\]", config)
+    assert routes
+    hosts = [urlsplit(r.strip()) for r in routes[1].split(",")]
+    assert [(u.hostname, u.port) for u in hosts] == [
+        (node, nats.DOCKER_ROUTE_PORT) for node in nats.DOCKER_NODES
+    ]
+    for port in (nats.DOCKER_CLIENT_PORT, nats.DOCKER_MQTT_PORT, nats.DOCKER_MONITOR_PORT):
+        assert f"{ALL_ADDRESSES}:{port}" in config, "a node must listen beyond its loopback"
+    assert f'store_dir: "{nats.DOCKER_STORE}"' in config
+
+
+def test_image_gives_the_nodes_their_folders() -> None:
+    """Compose's named volumes take the owner of the folder they are mounted on."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    owned = re.search(r"chown fieldtrack:fieldtrack ([^\n]*)", dockerfile)
+    assert owned
+    for folder in (nats.DOCKER_STORE, "/nats/issuer"):
+        assert folder in owned[1].split(), f"{folder} is not the service user's"
 
 
 # --- Grafana ------------------------------------------------------------------------
@@ -620,6 +747,14 @@ def test_dependencies_can_be_satisfied(services: dict[str, dict[str, Any]]) -> N
         ("ingest", "broker-setup"): "service_completed_successfully",
         ("grafana-db-setup", "migrate"): "service_completed_successfully",
         ("grafana", "grafana-db-setup"): "service_completed_successfully",
+        **{(node, "nats-issuer"): "service_completed_successfully" for node in nats.DOCKER_NODES},
+        **{
+            (name, node): "service_healthy"
+            for name in ("nats-auth", "ingest-cluster")
+            for node in nats.DOCKER_NODES
+        },
+        ("nats-auth", "migrate"): "service_completed_successfully",
+        ("ingest-cluster", "migrate"): "service_completed_successfully",
     }
     for (service, dependency), condition in expected.items():
         deps = services[service].get("depends_on") or {}
