@@ -62,7 +62,8 @@ CLUSTER_PROFILE = "cluster"
 CLUSTER_SERVICES = ("nats-issuer", *nats.DOCKER_NODES, "nats-auth", "ingest-cluster")
 NATS_CONF = ROOT / "deploy" / "nats" / "nats.conf"
 REGENERATE_NATS = ".venv/bin/python -m services.infra.nats > deploy/nats/nats.conf"
-NATS_CONFIG_VARIABLE = re.compile(r"\$([A-Z_][A-Z0-9_]*)")
+# A variable is an unquoted `$NAME` value; `$` inside a quoted subject (`"$JS.API…"`) is not.
+NATS_CONFIG_VARIABLE = re.compile(r"(?<![\".\w])\$([A-Z_][A-Z0-9_]*)\b(?![.\w])")
 SHELL_SEPARATORS = {"&&", ";", "||"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<modifier>[^}]*)\}")
 PUBLISHED_PORT = re.compile(
