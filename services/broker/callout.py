@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 QUEUE_GROUP = "fieldtrack-auth"
 APP_ACCOUNT = "APP"
 PAYLOAD_HEADROOM = 1024
+IDENTITY_TTL_S = 24 * 3600
+IDENTITY_TTL_SPREAD_S = 3600
 # Logins decided at once: each is one indexed registry lookup; a reconnect storm after a node
 # is lost (a third of the fleet at once) queues here instead of opening more connections.
 POOL_MAX = 4
@@ -121,11 +124,17 @@ def answer(login: Login, issuer_seed: str, why_not: str | None) -> str:
     """The response JWT: the device's user JWT, or the refusal."""
     body: dict[str, Any] = {"type": "authorization_response", "version": 2}
     if why_not is None:
+        # A login is checked again at least this often: the bound on a connection that slipped
+        # past a revocation (admitted from a read just before it committed, and registered on
+        # its node just after the revocation looked for it). Spread so that devices admitted
+        # together do not all log in again together.
+        expires = int(time.time() + IDENTITY_TTL_S + secrets.randbelow(IDENTITY_TTL_SPREAD_S))
         body["jwt"] = nats_jwt.encode(
             {
                 "sub": login.user_nkey,
                 "aud": APP_ACCOUNT,
                 "name": login.serial,
+                "exp": expires,
                 "nats": device_permissions(login.serial),
             },
             issuer_seed,

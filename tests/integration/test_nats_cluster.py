@@ -24,7 +24,7 @@ from services.core.topics import MessageKind, device_topic
 from services.ingest.service import IngestService
 from services.registry import provisioning, upserts as registry
 from tests.integration.cluster_support import Cluster, device_client
-from tests.integration.conftest import Project, wait_for
+from tests.integration.conftest import Project, api_client, mint_token, wait_for
 from tests.integration.ingest_support import Ledger, account, stored_count, usage_body
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -232,3 +232,100 @@ def test_rotation_ends_the_old_password_and_its_connection(
     assert device.dropped.wait(1.0)
     assert not login(serial, old, node=2).accepted()
     assert login(serial, rotated.password, node=2).accepted()
+
+
+def test_the_api_revokes_and_rotates_on_the_cluster_after_its_commit(
+    cluster: Cluster, project: Project, unique: str, login: Any
+) -> None:
+    """Through the API (a pooled connection in a transaction, not autocommit): the device is
+    cut off and its reconnects are refused, so the kick came after the commit."""
+    url = cluster.settings.database_url.get_secret_value()
+    with api_client(cluster.settings, mint_token(url, name=f"nats-{unique}")) as api:
+        made = api.post("/devices", json={"serial": f"na-{unique}", "project_id": project.id})
+        assert made.status_code == 201, made.text
+        device_id, serial = made.json()["device"]["id"], made.json()["device"]["serial"]
+        device = login(serial, made.json()["password"], node=0)
+        assert device.accepted()
+        rotated = api.post(f"/devices/{device_id}/credentials")
+        assert rotated.status_code == 200, rotated.text
+        assert device.dropped.wait(1.0), "rotation left the old connection open"
+        # paho reconnects with the old password at once: refused, again and again
+        time.sleep(2.5)
+        assert not device.client.is_connected()
+        renewed = login(serial, rotated.json()["password"], node=1)
+        assert renewed.accepted()
+        revoked = api.post(f"/devices/{device_id}/revoke")
+        assert revoked.status_code == 200, revoked.text
+        assert renewed.dropped.wait(1.0), "revocation left the connection open"
+        time.sleep(2.5)
+        assert not renewed.client.is_connected()
+
+
+def test_a_device_may_not_subscribe_or_publish_qos2(
+    cluster: Cluster, project: Project, unique: str, login: Any
+) -> None:
+    serial = f"ns-{unique}"
+    password = provision(cluster.settings, project.id, [serial])[serial]
+    device = login(serial, password, node=2)
+    assert device.accepted()
+    granted: list[Any] = []
+    done = threading.Event()
+
+    def on_subscribe(client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        granted.extend(reasons)
+        done.set()
+
+    device.client.on_subscribe = on_subscribe
+    # even its own prefix: on NATS a subscription is a durable consumer that keeps messages
+    device.client.subscribe(f"fieldtrack/v1/{serial}/#", qos=1)
+    assert done.wait(5), "no SUBACK"
+    assert all(reason.is_failure for reason in granted), granted
+    device.client.publish(device_topic(serial, MessageKind.USAGE), b"{}", qos=2)
+    assert device.dropped.wait(5), "a QoS 2 publish was accepted"
+
+
+def test_ingest_account_is_no_device_and_cannot_forge_device_messages(
+    cluster: Cluster, login: Any
+) -> None:
+    settings = cluster.settings
+    password = settings.mqtt_ingest_password.get_secret_value()
+    # over MQTT it is refused (it could otherwise take any device's client id)
+    assert not login(settings.mqtt_ingest_username, password, client_id="fieldtrack-x").accepted()
+
+    async def forge() -> None:
+        client = await nats.connect(
+            servers=settings.nats.url_list(),
+            user=settings.mqtt_ingest_username,
+            password=password,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+
+        client._error_cb = on_error
+        try:
+            await client.publish("$MQTT.msgs.fieldtrack.v1.someone.usage", b"{}")
+            await client.publish("fieldtrack.v1.someone.usage", b"{}")
+            await client.flush()
+            await asyncio.sleep(0.5)
+        finally:
+            await client.close()
+        assert len(errors) == 2 and all("ermission" in str(e) for e in errors), errors
+
+    asyncio.run(forge())
+
+
+def test_provisioning_again_disconnects_the_old_password(
+    cluster: Cluster, project: Project, unique: str, login: Any
+) -> None:
+    serial = f"nq-{unique}"
+    old = provision(cluster.settings, project.id, [serial])[serial]
+    device = login(serial, old, node=1)
+    assert device.accepted()
+    new = provision(cluster.settings, project.id, [serial])[serial]
+    assert device.dropped.wait(1.0), "the re-provisioned device kept its old connection"
+    assert not login(serial, old, node=0).accepted()
+    assert login(serial, new, node=0).accepted()
