@@ -238,8 +238,6 @@ def connections(
                 f"{broker.name}'s own count of memory in use, after minus before: {how}, "
                 "a retained birth status each",
             ),
-        },
-        f"{broker.name} logins": {
             "logins_per_s": figure(
                 round(count / logins_s),
                 "logins / s",
