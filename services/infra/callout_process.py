@@ -3,14 +3,14 @@ without it no device can log in to the cluster, so `infra up --cluster` keeps it
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.infra.system import pid_from_file, stop_process
 
 STOP_TIMEOUT_S = 10.0
 PRIVATE_FILE_MODE = 0o600
@@ -29,15 +29,7 @@ class CalloutProcess:
         return self.root / "auth-callout.log"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and b"broker" not in cmdline.read_bytes():
-            return None  # a recycled pid
-        return pid
+        return pid_from_file(self.pidfile, b"broker")
 
     def start(self, env: dict[str, str] | None = None) -> bool:
         """Start it unless it runs; it reads the connection settings just written, or *env*
@@ -62,17 +54,7 @@ class CalloutProcess:
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        else:
+        if not stop_process(pid, signal.SIGTERM, STOP_TIMEOUT_S):
             os.kill(pid, signal.SIGKILL)
         self.pidfile.unlink(missing_ok=True)
         return True

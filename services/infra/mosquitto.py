@@ -4,13 +4,11 @@ and the dynamic-security plugin holding every device's identity.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +24,9 @@ from services.infra.system import (
     chown_tree,
     is_root,
     log_tail,
+    pid_from_file,
     run,
+    stop_process,
     user_exists,
 )
 
@@ -194,15 +194,7 @@ class LocalMosquitto:
         return self.root / QUOTA_LIBRARY
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and b"mosquitto" not in cmdline.read_bytes():
-            return None  # a recycled pid
-        return pid
+        return pid_from_file(self.pidfile, b"mosquitto")
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -268,16 +260,8 @@ class LocalMosquitto:
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)  # graceful: Mosquitto saves its persistence file
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            _reap(pid)
-            time.sleep(0.1)
-        else:
+        # graceful: Mosquitto saves its persistence file
+        if not stop_process(pid, signal.SIGTERM, STOP_TIMEOUT_S):
             raise InfraError(f"Mosquitto (pid {pid}) did not stop within {STOP_TIMEOUT_S}s")
         self.pidfile.unlink(missing_ok=True)
         return True
@@ -306,12 +290,6 @@ def init_dynsec(path: Path, admin_user: str, admin_password: str) -> None:
         umask=BROKER_UMASK,
         timeout=DYNSEC_INIT_TIMEOUT_S,
     )
-
-
-def _reap(pid: int) -> None:
-    """Collect the broker if this very process started it (tests do), so it is not a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def port_open(host: str, port: int) -> bool:

@@ -7,14 +7,12 @@ Each node has its own ports and store; the three form one cluster, so the MQTT m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import IO
 from services.core.errors import InfraError
 from services.core.settings import NatsSettings, Settings
 from services.infra.mosquitto import port_open
-from services.infra.system import Reporter, await_ready, log_tail
+from services.infra.system import Reporter, await_ready, log_tail, pid_from_file, stop_process
 
 CLUSTER_NAME = "fieldtrack"
 NODES = 3
@@ -227,15 +225,7 @@ class NatsNode:
         return f"nats://127.0.0.1:{self.client_port}"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and b"nats-server" not in cmdline.read_bytes():
-            return None  # a recycled pid
-        return pid
+        return pid_from_file(self.pidfile, b"nats-server")
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -295,17 +285,7 @@ class NatsNode:
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        else:
+        if not stop_process(pid, sig, STOP_TIMEOUT_S):
             raise InfraError(f"NATS node {self.name} (pid {pid}) did not stop")
         self.pidfile.unlink(missing_ok=True)
         return True

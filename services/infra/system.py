@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -156,3 +157,33 @@ def ensure_packages(packages: Sequence[str], report: Reporter) -> list[str]:
         env=env,
     )
     return missing
+
+
+def pid_from_file(pidfile: Path, program: bytes) -> int | None:
+    """The pid a service wrote, if that process still runs and is *program* (not a recycled
+    pid of something else)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists() and program not in cmdline.read_bytes():
+        return None
+    return pid
+
+
+def stop_process(pid: int, sig: int, timeout_s: float) -> bool:
+    """Send *sig* and wait until the process is gone (collecting it if this process started
+    it); False if it still runs after *timeout_s*."""
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    return False
