@@ -22,6 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
+from services.core.aio import run_sync
 from services.core.errors import DisconnectError
 from services.core.settings import Settings
 
@@ -88,7 +89,7 @@ class NatsIdentities:
     def disconnect(self, serials: Sequence[str]) -> int:
         """Close every open connection of these devices on every node; how many were closed."""
         try:
-            return asyncio.run(self._disconnect(list(dict.fromkeys(serials))))
+            return run_sync(lambda: self._disconnect(list(dict.fromkeys(serials))))
         except (NatsError, OSError, TimeoutError) as exc:
             raise DisconnectError(
                 f"the registry change is saved, but the NATS cluster could not be reached to "

@@ -24,6 +24,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from services.core.aio import run_sync
 from services.core.settings import Settings
 from services.core.topics import NATS_MQTT_STREAM_PREFIX, nats_ingest_filter
 
@@ -94,4 +95,4 @@ def prepare_ingest_stream(settings: Settings) -> None:
                     raise
                 await asyncio.sleep(0.5)
 
-    asyncio.run(run())
+    run_sync(run)

@@ -33,6 +33,7 @@ import nats
 import psycopg
 
 from device_sim.swarm import Swarm
+from services.core.aio import run_sync
 from services.core.identities import open_identities
 from services.core.migrate import migrate
 from services.core.nats_stream import MQTT_STREAM
@@ -170,7 +171,7 @@ async def _stream_leader(settings: Settings) -> str | None:
 def stream_leader(settings: Settings) -> str | None:
     """The node leading the MQTT stream, or None while it has none (an election)."""
     try:
-        return asyncio.run(asyncio.wait_for(_stream_leader(settings), 3))
+        return run_sync(lambda: asyncio.wait_for(_stream_leader(settings), 3))
     except Exception:  # no node answers yet, or no leader: both mean "not yet"
         return None
 

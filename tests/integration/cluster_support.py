@@ -2,7 +2,8 @@
 auth callout as its own process, beside (never instead of) the suite's Mosquitto.
 
 The suite's connection file keeps naming Mosquitto: the cluster's settings reach the processes
-started here through their environment only, so no other test's subprocess lands on it.
+started here through their environment only, so no other test's subprocess lands on it. One
+cluster per test module, removed after it: the other modules see only the suite's services.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def cluster_settings(services: LocalServices, settings: Settings) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(local_services: LocalServices, settings: Settings) -> Iterator[Cluster]:
     nats = local_services.cluster
     callout = local_services.callout

@@ -18,6 +18,7 @@ import nats
 import psycopg
 import pytest
 
+from services.core.aio import run_sync
 from services.core.identities import open_identities
 from services.core.settings import Settings
 from services.core.topics import MessageKind, device_topic
@@ -178,7 +179,7 @@ def test_device_credentials_do_not_open_the_nats_protocol(
         await client.close()
 
     with pytest.raises(Exception, match=r"(?i)authoriz|auth|timeout|connect"):
-        asyncio.run(attempt())
+        run_sync(attempt)
 
 
 def test_a_device_cannot_publish_on_another_devices_topic(
@@ -315,7 +316,7 @@ def test_ingest_account_is_no_device_and_cannot_forge_device_messages(
             await client.close()
         assert len(errors) == 2 and all("ermission" in str(e) for e in errors), errors
 
-    asyncio.run(forge())
+    run_sync(forge)
 
 
 def test_provisioning_again_disconnects_the_old_password(
