@@ -154,8 +154,11 @@ def deployment(costs: Costs, rates: Rates, big: Machine, devices: int) -> str:
     processes = f"{fleet.ingest_processes} ingest process" + (
         "es" if fleet.ingest_processes > 1 else ""
     )
+    # costs measured on the cluster describe the cluster: it is the broker at every size
+    clustered = math.isinf(costs.broker_thread_cores)
     if (
-        fleet.cores <= HEADROOM * big.cores
+        not clustered
+        and fleet.cores <= HEADROOM * big.cores
         and fleet.broker_cores <= HEADROOM * costs.broker_thread_cores
         and fleet.provisioning_s <= PROVISIONING_WALL_S
     ):

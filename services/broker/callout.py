@@ -22,7 +22,7 @@ from typing import Any
 import nats
 import psycopg
 from nats.aio.msg import Msg
-from prometheus_client import Counter
+from prometheus_client import Counter, start_http_server
 from psycopg_pool import ConnectionPool
 
 from services.core import nats_jwt
@@ -246,6 +246,17 @@ class AuthCallout:
 
 def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
+
+    nats_settings = settings.nats
+    if nats_settings.callout_metrics_port:
+        try:
+            start_http_server(
+                nats_settings.callout_metrics_port, addr=nats_settings.callout_metrics_host
+            )
+        except OSError as exc:  # a second callout on the same host: serves without metrics
+            log.warning(
+                "metrics not served on port %d: %s", nats_settings.callout_metrics_port, exc
+            )
 
     async def main() -> None:
         stop = asyncio.Event()

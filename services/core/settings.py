@@ -129,6 +129,14 @@ class NatsSettings(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="durable JetStream consumer every ingest process shares",
     )
+    callout_metrics_host: str = "127.0.0.1"
+    callout_metrics_port: int = Field(
+        default=9110,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics of `fieldtrack broker auth` (logins accepted, "
+        "refused, unreadable); 0: off",
+    )
     ack_wait_s: float = Field(
         default=30.0,
         ge=1,
@@ -345,6 +353,7 @@ def child_environment(settings: Settings) -> dict[str, str]:
         "FIELDTRACK_NATS__URLS": settings.nats.urls,
         "FIELDTRACK_NATS__CONSUMER": settings.nats.consumer,
         "FIELDTRACK_NATS__ACK_WAIT_S": str(settings.nats.ack_wait_s),
+        "FIELDTRACK_NATS__CALLOUT_METRICS_PORT": str(settings.nats.callout_metrics_port),
     }
     for name in ("auth_password", "issuer_seed", "system_password"):
         value: SecretStr | None = getattr(settings.nats, name)

@@ -111,6 +111,7 @@ class JetStreamSource:
             reconnected_cb=self._on_reconnected,
         )
         self._client = client
+        subscription = None
         try:
             stream = client.jetstream()
             await ensure_consumer(client, settings)
@@ -143,6 +144,9 @@ class JetStreamSource:
             self._client = None
             with suppress(NatsError, OSError, TimeoutError):
                 if stopping.is_set():
+                    if subscription is not None:
+                        # its pull request would hold the drain until it expires
+                        await subscription.unsubscribe()
                     await client.drain()  # the acknowledgements already queued go out
                 else:
                     await client.close()  # a failed connection: draining it would hang

@@ -57,6 +57,7 @@ def cluster_settings(services: LocalServices, settings: Settings) -> Settings:
                 issuer_seed=SecretStr(values["NATS_ISSUER_SEED"]),
                 system_password=SecretStr(values["NATS_SYSTEM_PASSWORD"]),
                 consumer=f"ingest-test-{uuid.uuid4().hex[:8]}",
+                callout_metrics_port=0,
             ),
             "mqtt_port": cluster.nodes[0].mqtt_port,
         }

@@ -3,6 +3,8 @@ hand, and the least-squares fit of the provisioning growth."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench.capacity import fit
@@ -68,3 +70,8 @@ def test_the_deployment_grows_with_the_fleet() -> None:
 
 def test_fit_is_the_least_squares_line() -> None:
     assert fit([(0, 1.0), (10, 3.0), (20, 5.0)]) == pytest.approx((1.0, 0.2))
+
+
+def test_costs_measured_on_the_cluster_recommend_the_cluster_at_every_size() -> None:
+    clustered = Costs(**{**COSTS.__dict__, "broker_thread_cores": math.inf})
+    assert deployment(clustered, RATES, BIG, 10_000).startswith("NATS cluster of 3")
