@@ -249,10 +249,21 @@ class LocalServices:
         return Settings(
             database_url=SecretStr(self.postgres.app_url(values["DB_PASSWORD"])),
             broker="nats",
-            nats=NatsSettings(urls=self.cluster.urls),
+            nats=self.nats_settings(values),
             mqtt_admin_password=SecretStr(values["MQTT_ADMIN_PASSWORD"]),
             mqtt_ingest_username=INGEST_USER,
             mqtt_ingest_password=SecretStr(values["MQTT_INGEST_PASSWORD"]),
+        )
+
+    def nats_settings(self, values: dict[str, str]) -> NatsSettings:
+        """The local cluster as fieldtrack's processes reach it, from the generated secrets."""
+        return NatsSettings(
+            urls=self.cluster.urls,
+            auth_username=AUTH_USER,
+            auth_password=SecretStr(values["NATS_AUTH_PASSWORD"]),
+            issuer_seed=SecretStr(values["NATS_ISSUER_SEED"]),
+            system_username=SYSTEM_USER,
+            system_password=SecretStr(values["NATS_SYSTEM_PASSWORD"]),
         )
 
     def cluster_secrets(self, values: dict[str, str]) -> ClusterSecrets:

@@ -44,6 +44,7 @@ from services.infra.nats import NatsNode
 from services.registry import upserts as registry
 from tests import PROJECT_ROOT
 from tests.integration.cluster_support import cluster_settings, process_env
+from tests.integration.conftest import make_project
 from tests.integration.ingest_support import IngestProcess, stream_ts, usage_body
 
 POLL_S = 0.1
@@ -196,33 +197,6 @@ def stored_total(url: str, project_id: int) -> int:
     return int(row[0]) if row else 0
 
 
-def make_project(conn: psycopg.Connection, tag: str) -> tuple[int, str]:
-    customer = registry.upsert_customer(conn, f"Cluster {tag}", "waist", "retail", "adoption")
-    project = registry.upsert_project(
-        conn,
-        customer,
-        f"Cluster faults {tag}",
-        contract_value=1000,
-        currency="EUR",
-        go_live_date=None,
-        status="live",
-    )
-    feature = f"cluster_{tag}"
-    feature_id = registry.upsert_feature(conn, feature, f"Feature {tag}", "test", None)
-    registry.upsert_delivery(
-        conn,
-        project,
-        feature_id,
-        status="delivered",
-        delivered_on=None,
-        cost_person_days=1,
-        contract_line_value=1,
-        business_score=1,
-        strategic=False,
-    )
-    return project, feature
-
-
 def run_cluster_faults(
     services: LocalServices,
     settings: Settings,
@@ -245,7 +219,8 @@ def run_cluster_faults(
     )
     result = ClusterFaultReport(profile.devices, profile.rate)
     with psycopg.connect(url, autocommit=True) as conn:
-        project_id, feature = make_project(conn, tag)
+        project = make_project(conn, tag)
+        project_id, feature = project.id, project.feature_key
         serials = [f"cf-{tag}-{i:05d}" for i in range(profile.devices)]
         with open_identities(settings) as identities:
             credentials = registry.provision_devices(

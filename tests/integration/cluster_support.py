@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import SecretStr
 
 from services.core.nats_stream import prepare_ingest_stream
-from services.core.settings import NatsSettings, Settings, child_environment
+from services.core.settings import Settings, child_environment
 from services.core.topics import nats_client_id
 from services.infra.callout_process import CalloutProcess
 from services.infra.local import LocalServices
@@ -46,20 +45,14 @@ def process_env(settings: Settings) -> dict[str, str]:
 
 
 def cluster_settings(services: LocalServices, settings: Settings) -> Settings:
-    values = services.load_secrets()
-    cluster = services.cluster
+    nats = services.nats_settings(services.load_secrets()).model_copy(
+        update={"consumer": f"ingest-test-{uuid.uuid4().hex[:8]}", "callout_metrics_port": 0}
+    )
     return settings.model_copy(
         update={
             "broker": "nats",
-            "nats": NatsSettings(
-                urls=cluster.urls,
-                auth_password=SecretStr(values["NATS_AUTH_PASSWORD"]),
-                issuer_seed=SecretStr(values["NATS_ISSUER_SEED"]),
-                system_password=SecretStr(values["NATS_SYSTEM_PASSWORD"]),
-                consumer=f"ingest-test-{uuid.uuid4().hex[:8]}",
-                callout_metrics_port=0,
-            ),
-            "mqtt_port": cluster.nodes[0].mqtt_port,
+            "nats": nats,
+            "mqtt_port": services.cluster.nodes[0].mqtt_port,
         }
     )
 
